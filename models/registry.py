@@ -1,0 +1,17 @@
+"""The model registry. Every builder has the signature
+`build(*, input_shape, num_classes, **options) -> keras.Model` and ends in a softmax named `probabilities`.
+"""
+
+from __future__ import annotations
+
+import keras
+
+from pipeline.registry import Registry
+
+MODELS = Registry("model")
+register_model = MODELS.register
+
+
+def build_model(name: str, *, input_shape, num_classes: int, **options) -> keras.Model:
+    """Builds a registered model. Raises KeyError for an unknown name (the message lists known ones)."""
+    return MODELS.get(name)(input_shape=tuple(input_shape), num_classes=num_classes, **options)

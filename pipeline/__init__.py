@@ -1,0 +1,1 @@
+"""A TensorFlow/Keras image-classification training pipeline driven by YAML experiments."""

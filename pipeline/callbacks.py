@@ -1,0 +1,221 @@
+"""Training callbacks that survive being killed at any moment.
+
+Keras' `ModelCheckpoint` and `BackupAndRestore` write their files in place, so a `kill -9` during a save
+leaves a truncated file that breaks the next resume. Here every file is written under a temporary name
+in the same directory and moved into place with `os.replace` (atomic on POSIX): a reader sees the old
+file or the new one, never half of one. The resume metadata is the commit point: it is replaced last and
+names the weights file it belongs to.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable
+
+import keras
+
+
+def atomic_write(path: os.PathLike, write: Callable[[str], None], suffix: str = "") -> None:
+    """Calls `write(temporary_path)`, fsyncs it and renames it to `path`.
+
+    `suffix` keeps the extension Keras insists on (`.keras`, `.weights.h5`) on the temporary name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.stem}-", suffix=suffix)
+    os.close(handle)
+    try:
+        os.unlink(temporary)  # Keras refuses to overwrite without asking in some versions
+        write(temporary)
+        with open(temporary, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: os.PathLike, text: str) -> None:
+    def write(temporary):
+        with open(temporary, "w") as handle:
+            handle.write(text)
+    atomic_write(path, write)
+
+
+def atomic_write_json(path: os.PathLike, data) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def _improved(mode: str, monitor: str):
+    if mode == "auto":
+        mode = "max" if ("acc" in monitor or monitor.endswith("auc")) else "min"
+    return (lambda new, best: new > best) if mode == "max" else (lambda new, best: new < best)
+
+
+class LearningRateLogger(keras.callbacks.Callback):
+    """Puts the current learning rate into the epoch logs, so CSV and TensorBoard both record it."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+
+class Checkpoints(keras.callbacks.Callback):
+    """Writes `last.keras` every epoch and `best.keras` when `monitor` improves, both atomically.
+
+    Full models (architecture, weights, optimizer), so `evaluate`, `export` and transfer can load them
+    without the code that built them.
+    """
+
+    def __init__(self, directory: os.PathLike, *, monitor: str = "val_accuracy", mode: str = "auto"):
+        super().__init__()
+        self.directory = Path(directory)
+        self.monitor = monitor
+        self._is_better = _improved(mode, monitor)
+        self.best = None
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        if self.monitor not in logs:
+            raise KeyError(f"train.callbacks.checkpoint.monitor: {self.monitor!r} is not a logged metric; "
+                           f"logged: {', '.join(sorted(logs))}")
+        value = float(logs[self.monitor])
+        atomic_write(self.directory / "last.keras", self.model.save, suffix=".keras")
+        if self.best is None or self._is_better(value, self.best):
+            self.best = value
+            atomic_write(self.directory / "best.keras", self.model.save, suffix=".keras")
+
+    def get_state(self) -> dict:
+        return {"best": self.best}
+
+    def set_state(self, state: dict) -> None:
+        self.best = state.get("best")
+
+
+class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
+    """`EarlyStopping` whose patience counter survives a resume."""
+
+    def get_state(self) -> dict:
+        best = None if self.best is None else float(self.best)
+        return {"wait": int(self.wait), "best": best, "best_epoch": int(self.best_epoch)}
+
+    def set_state(self, state: dict) -> None:
+        self.wait = state.get("wait", 0)
+        if state.get("best") is not None:
+            self.best = state["best"]
+        self.best_epoch = state.get("best_epoch", 0)
+
+
+class Timer(keras.callbacks.Callback):
+    """Wall time of `fit` and time spent in training steps only (validation excluded), across resumes."""
+
+    def __init__(self, images_per_epoch: int):
+        super().__init__()
+        self.images_per_epoch = images_per_epoch
+        self.fit_seconds = 0.0
+        self.step_seconds = 0.0
+        self.images = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._epoch_start = time.perf_counter()
+        self._steps_end = None
+
+    def on_test_begin(self, logs=None):
+        self._steps_end = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        now = time.perf_counter()
+        self.step_seconds += (self._steps_end or now) - self._epoch_start
+        self.fit_seconds += now - self._epoch_start
+        self.images += self.images_per_epoch
+
+    @property
+    def images_per_second(self) -> float:
+        return self.images / self.step_seconds if self.step_seconds else 0.0
+
+    def get_state(self) -> dict:
+        return {"fit_seconds": self.fit_seconds, "step_seconds": self.step_seconds, "images": self.images}
+
+    def set_state(self, state: dict) -> None:
+        self.fit_seconds = state.get("fit_seconds", 0.0)
+        self.step_seconds = state.get("step_seconds", 0.0)
+        self.images = state.get("images", 0)
+
+
+class CrashSafeBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """`BackupAndRestore` made atomic, and carrying the state of other callbacks.
+
+    At each epoch end: the weights (model and optimizer: iteration count, moments, so the learning-rate
+    schedule continues exactly) go to `epoch-NNNN.weights.h5`, then `training_metadata.json` is replaced;
+    it names that file, the epoch, and the state of `stateful` callbacks (best checkpoint value,
+    early-stopping patience, timers). Put this callback last, so it saves after the others have updated
+    their state and restores after their `on_train_begin` has reset it.
+    """
+
+    METADATA = "training_metadata.json"
+
+    def __init__(self, backup_dir: os.PathLike, *, stateful: dict | None = None):
+        super().__init__(str(backup_dir), save_freq="epoch", delete_checkpoint=False)
+        self.directory = Path(backup_dir)
+        self.stateful = stateful or {}
+
+    # -- reading --------------------------------------------------------------------------------
+    def read_metadata(self) -> dict | None:
+        return read_backup_metadata(self.directory)
+
+    def on_train_begin(self, logs=None):
+        metadata = self.read_metadata()
+        if metadata is None:
+            return
+        if self.model.optimizer is not None and not self.model.optimizer.built:
+            self.model.optimizer.build(self.model.trainable_variables)
+        self.model.load_weights(self.directory / metadata["weights"])
+        self.model._initial_epoch = metadata["epoch"]
+        for name, callback in self.stateful.items():
+            if name in metadata.get("callbacks", {}):
+                callback.set_state(metadata["callbacks"][name])
+
+    # -- writing --------------------------------------------------------------------------------
+    def _save_model(self):
+        self._write(finished=False)
+
+    def _write(self, finished: bool):
+        epoch = self._current_epoch
+        weights = f"epoch-{epoch:04d}.weights.h5"
+        if not (self.directory / weights).exists() or not finished:
+            atomic_write(self.directory / weights, lambda p: self.model.save_weights(p), suffix=".weights.h5")
+        metadata = {"epoch": epoch, "weights": weights, "finished": finished,
+                    "callbacks": {name: cb.get_state() for name, cb in self.stateful.items()}}
+        atomic_write_json(self.directory / self.METADATA, metadata)
+        # Only now is the old weights file unreferenced; leftovers of a killed save go too.
+        for path in self.directory.glob("*.weights.h5"):
+            if path.name != weights:
+                path.unlink(missing_ok=True)
+        for path in self.directory.glob(".tmp-*"):
+            path.unlink(missing_ok=True)
+
+    def on_train_end(self, logs=None):
+        # Recorded so that a run killed after training (during evaluation or export) does not train
+        # again on restart, even when early stopping ended it before `epochs`.
+        if self._current_epoch:
+            self._write(finished=True)
+
+
+def read_backup_metadata(directory: os.PathLike) -> dict | None:
+    """The resume metadata of a run's backup directory, or None when training never finished an epoch."""
+    path = Path(directory) / CrashSafeBackupAndRestore.METADATA
+    if not path.is_file():
+        return None
+    try:
+        metadata = json.loads(path.read_text())
+        if not (Path(directory) / metadata["weights"]).is_file():
+            raise KeyError(metadata["weights"])
+        return metadata
+    except (ValueError, KeyError) as error:
+        raise RuntimeError(f"{path}: resume state is unreadable ({error!r}); it was not written by this "
+                           f"pipeline or was edited by hand. Move the run directory aside and start a new "
+                           f"run.") from None

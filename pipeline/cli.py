@@ -1,0 +1,68 @@
+"""Command line: `python -m pipeline {train,evaluate,export} ...`.
+
+Thin on purpose: parse arguments, parse the config once, call one function. User errors (bad config,
+missing data, wrong run directory) print one message and exit with code 2, without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+USER_ERROR = 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = commands.add_parser("train", help="train an experiment (resumes when --run-dir holds a run)")
+    train.add_argument("experiment", help="experiment name (experiments/<name>.yaml) or path to a YAML file")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                       help="override a config value, e.g. --set train.epochs=3 (repeatable)")
+    train.add_argument("--run-dir", type=Path, help="run directory (default runs/<experiment>/<time>)")
+    train.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+    evaluate = commands.add_parser("evaluate", help="evaluate a run's best checkpoint on the test split")
+    evaluate.add_argument("run_dir", type=Path)
+
+    export = commands.add_parser("export", help="export a run's best checkpoint as a SavedModel")
+    export.add_argument("run_dir", type=Path)
+    export.add_argument("--out", type=Path, help="export root (default RUN_DIR/export)")
+    export.add_argument("--version", type=int, help="version number (default: next free)")
+    export.add_argument("--top-k", type=int, help="classes returned per image (default export.top_k)")
+    export.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    return parser
+
+
+def main(argv=None) -> int:
+    args = _parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of the way
+    from pipeline import config as config_lib
+    from pipeline import datasets, evaluate, export, train
+
+    user_errors = (config_lib.ConfigError, datasets.DatasetError, train.RunError, evaluate.RunDirError,
+                   export.ExportError)
+    try:
+        if args.command == "train":
+            config = config_lib.load_config(args.experiment, args.overrides)
+            if args.print_config:
+                print(config_lib.dump_yaml(config), end="")
+                return 0
+            train.train(config, run_dir=args.run_dir)
+        elif args.command == "evaluate":
+            evaluate.evaluate_run(args.run_dir)
+        elif args.command == "export":
+            path = export.export_run(args.run_dir, out_dir=args.out, version=args.version, top_k=args.top_k,
+                                     checkpoint=args.checkpoint)
+            print(f"exported {path}")
+    except user_errors as error:
+        print(f"error: {error}", file=sys.stderr)
+        return USER_ERROR
+    except KeyboardInterrupt:
+        print("\ninterrupted; run the same command again to resume from the last completed epoch",
+              file=sys.stderr)
+        return 130
+    return 0

@@ -1,0 +1,60 @@
+"""Optimizers and learning-rate schedules from plain keyword arguments.
+
+Schedules are stated in epochs in the YAML and converted to optimizer steps here, and they are Keras
+`LearningRateSchedule` objects driven by `optimizer.iterations`: the rate is part of the optimizer state,
+so a resumed run continues the schedule exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import keras
+
+
+def build_schedule(*, name: str, learning_rate: float, steps_per_epoch: int, epochs: int,
+                   warmup_epochs: float = 0.0, boundaries=(), factor: float = 0.1,
+                   end_learning_rate: float = 0.0, power: float = 1.0, alpha: float = 0.0):
+    """Returns a float (constant) or a `keras.optimizers.schedules.LearningRateSchedule`.
+
+    Args:
+        name: constant | step | polynomial | cosine.
+        learning_rate: the peak rate.
+        boundaries: step: epochs at which the rate is multiplied by `factor`.
+        warmup_epochs: cosine: linear warm-up from 0 to `learning_rate`.
+        alpha: cosine: the final rate as a fraction of the peak.
+    """
+    total_steps = max(1, steps_per_epoch * epochs)
+    if name == "constant":
+        return learning_rate
+    if name == "step":
+        step_boundaries = [int(round(b * steps_per_epoch)) for b in boundaries]
+        values = [learning_rate * factor ** index for index in range(len(step_boundaries) + 1)]
+        return keras.optimizers.schedules.PiecewiseConstantDecay(step_boundaries, values)
+    if name == "polynomial":
+        return keras.optimizers.schedules.PolynomialDecay(learning_rate, total_steps,
+                                                          end_learning_rate=end_learning_rate, power=power)
+    if name == "cosine":
+        warmup_steps = int(round(warmup_epochs * steps_per_epoch))
+        if warmup_steps:
+            # Keras' warm-up climbs from `initial_learning_rate` to `warmup_target`.
+            return keras.optimizers.schedules.CosineDecay(
+                0.0, total_steps - warmup_steps, alpha=alpha, warmup_target=learning_rate,
+                warmup_steps=warmup_steps)
+        return keras.optimizers.schedules.CosineDecay(learning_rate, total_steps, alpha=alpha)
+    raise ValueError(f"schedule must be constant, step, polynomial or cosine. Received: name={name!r}")
+
+
+def build_optimizer(*, name: str, learning_rate, momentum: float = 0.0, nesterov: bool = False,
+                    weight_decay: float | None = None, clipnorm: float | None = None):
+    """Builds a Keras optimizer. `learning_rate` may be a float or a schedule."""
+    common = {"learning_rate": learning_rate, "clipnorm": clipnorm}
+    if weight_decay is not None:
+        common["weight_decay"] = weight_decay
+    if name == "sgd":
+        return keras.optimizers.SGD(momentum=momentum, nesterov=nesterov, **common)
+    if name == "adam":
+        return keras.optimizers.Adam(**common)
+    if name == "adamw":
+        return keras.optimizers.AdamW(**common)
+    if name == "rmsprop":
+        return keras.optimizers.RMSprop(momentum=momentum, **common)
+    raise ValueError(f"optimizer must be sgd, adam, adamw or rmsprop. Received: name={name!r}")
