@@ -1,4 +1,4 @@
-"""Command line: `python -m pipeline {train,evaluate,export} ...`.
+"""Command line: `python -m pipeline {train,evaluate,export,predict} ...`.
 
 Thin on purpose: parse arguments, parse the config once, call one function. User errors (bad config,
 missing data, wrong run directory) print one message and exit with code 2, without a traceback.
@@ -34,6 +34,17 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--version", type=int, help="version number (default: next free)")
     export.add_argument("--top-k", type=int, help="classes returned per image (default export.top_k)")
     export.add_argument("--checkpoint", choices=["best", "last"], default="best")
+    export.add_argument("--format", choices=["saved_model", "tflite"], default="saved_model",
+                        help="saved_model (default RUN_DIR/export) or tflite (default RUN_DIR/export_tflite)")
+
+    predict = commands.add_parser("predict", help="classify image files with an exported SavedModel")
+    predict.add_argument("export_dir", type=Path,
+                         help="run directory, model directory (export/<name>) or version directory")
+    predict.add_argument("paths", nargs="+", type=Path, metavar="PATH",
+                         help="image files or folders (searched recursively)")
+    predict.add_argument("--top-k", type=int, help="classes per image (default: the export's top k)")
+    predict.add_argument("--format", choices=["table", "csv", "json"], default="table")
+    predict.add_argument("--batch-size", type=int, default=32)
     return parser
 
 
@@ -41,10 +52,10 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of the way
     from pipeline import config as config_lib
-    from pipeline import datasets, evaluate, export, train
+    from pipeline import datasets, evaluate, export, predict, train
 
     user_errors = (config_lib.ConfigError, datasets.DatasetError, train.RunError, evaluate.RunDirError,
-                   export.ExportError)
+                   export.ExportError, predict.PredictError)
     try:
         if args.command == "train":
             config = config_lib.load_config(args.experiment, args.overrides)
@@ -55,9 +66,19 @@ def main(argv=None) -> int:
         elif args.command == "evaluate":
             evaluate.evaluate_run(args.run_dir)
         elif args.command == "export":
-            path = export.export_run(args.run_dir, out_dir=args.out, version=args.version, top_k=args.top_k,
-                                     checkpoint=args.checkpoint)
+            if args.format == "tflite":
+                if args.top_k is not None:
+                    raise export.ExportError("--top-k applies to --format saved_model only; the TFLite "
+                                             "model outputs all probabilities")
+                path = export.export_run_tflite(args.run_dir, out_dir=args.out, version=args.version,
+                                                checkpoint=args.checkpoint)
+            else:
+                path = export.export_run(args.run_dir, out_dir=args.out, version=args.version,
+                                         top_k=args.top_k, checkpoint=args.checkpoint)
             print(f"exported {path}")
+        elif args.command == "predict":
+            return predict.predict_command(args.export_dir, args.paths, top_k=args.top_k,
+                                           output_format=args.format, batch_size=args.batch_size)
     except user_errors as error:
         print(f"error: {error}", file=sys.stderr)
         return USER_ERROR

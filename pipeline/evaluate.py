@@ -21,7 +21,7 @@ def load_run_config(run_dir: Path) -> config_lib.Config:
         raise RunDirError(f"{run_dir}: not a run directory (no config.yaml). Pass a directory written by "
                           f"`python -m pipeline train`, e.g. runs/<experiment>/<timestamp>")
     try:
-        return config_lib.from_dict(config_lib.yaml.safe_load(path.read_text()) or {})
+        return config_lib.from_dict(config_lib.yaml_load(path.read_text()) or {})
     except (config_lib.ConfigError, config_lib.yaml.YAMLError) as error:
         raise RunDirError(f"{path}: invalid run config: {error}") from None
 

@@ -5,6 +5,9 @@ Signatures (both run the eval transform from `pipeline.preprocessing`, the one e
     serve_images     images: tf.uint8 [batch, H, W, C] any H, W; C = 1, 3 or 4
 Outputs: probabilities [batch, num_classes] float32, classes [batch, k] class-name strings,
 scores [batch, k] float32 (top k, best first). Class names live in the graph itself.
+
+`export_tflite` writes `<out>/<model_name>/<version>/model.tflite` (uint8 [1, H, W, C] -> probabilities)
+with classes.txt beside it.
 """
 
 from __future__ import annotations
@@ -113,3 +116,72 @@ def export_run(run_dir: Path, *, config: Config | None = None, out_dir: Path | N
                         class_names=read_class_names(run_dir), image_size=(height, width),
                         channels=channels, resize_method=config.input.resize_method,
                         top_k=top_k or config.export.top_k, version=version)
+
+
+def tflite_function(model: keras.Model, *, image_size, channels: int, resize_method: str = "bilinear"):
+    """uint8 [1, H, W, C] at the training size -> {"probabilities": float32 [1, num_classes]}.
+
+    The eval transform is inside (channel conversion, resize, cast), so a TFLite client feeds raw pixels.
+    """
+    height, width = int(image_size[0]), int(image_size[1])
+
+    def predict(images):
+        prepared = preprocessing.prepare_images(images, image_size=(height, width), channels=channels,
+                                                resize_method=resize_method)
+        return {"probabilities": tf.cast(model(prepared, training=False), tf.float32)}
+
+    return predict, tf.TensorSpec([1, height, width, channels], tf.uint8, name="images")
+
+
+def export_tflite(model: keras.Model, *, out_dir: Path, model_name: str, class_names: list[str],
+                  image_size, channels: int, resize_method: str = "bilinear",
+                  version: int | None = None) -> Path:
+    """Writes `<out_dir>/<model_name>/<version>/model.tflite` and `classes.txt` beside it; returns the
+    version directory. Signature `serving_default`: images uint8 [1, H, W, C] -> probabilities.
+    Never overwrites a version."""
+    model_dir = Path(out_dir) / model_name
+    version = next_version(model_dir) if version is None else int(version)
+    target = model_dir / str(version)
+    if target.exists():
+        raise ExportError(f"{target} already exists; exports never overwrite a version. "
+                          f"Choose another --version or omit it to use {next_version(model_dir)}")
+    predict, spec = tflite_function(model, image_size=image_size, channels=channels,
+                                    resize_method=resize_method)
+    # Keras 3's own path (keras/src/export/litert.py): ExportArchive -> SavedModel -> from_saved_model.
+    # from_concrete_functions leaves Keras variables as uninitialised resource variables (NaN outputs).
+    with tempfile.TemporaryDirectory(prefix="tflite-export-") as saved_model_dir:
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        archive.add_endpoint("serving_default", predict, input_signature=[spec])
+        archive.write_out(saved_model_dir, verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
+        try:
+            flatbuffer = converter.convert()
+        except Exception as error:  # the converter raises ConverterError or plain exceptions
+            raise ExportError(f"TFLite conversion of {model_name} failed: {error}") from error
+    model_dir.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(dir=model_dir, prefix=f".tmp-{version}-"))
+    try:
+        (temporary / "model.tflite").write_bytes(flatbuffer)
+        (temporary / "classes.txt").write_text("\n".join(class_names) + "\n")
+        os.replace(temporary, target)
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    return target
+
+
+def export_run_tflite(run_dir: Path, *, config: Config | None = None, out_dir: Path | None = None,
+                      version: int | None = None, checkpoint: str = "best") -> Path:
+    """`python -m pipeline export RUN_DIR --format tflite`: the run's checkpoint as TFLite, by default in
+    RUN_DIR/export_tflite (kept apart from RUN_DIR/export, whose versions TF Serving loads as SavedModels)."""
+    from pipeline import evaluate
+
+    run_dir = Path(run_dir)
+    config = config or evaluate.load_run_config(run_dir)
+    model = evaluate.load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.keras")
+    height, width, channels = model.input_shape[1:]
+    return export_tflite(model, out_dir=out_dir or run_dir / "export_tflite", model_name=config.name,
+                         class_names=read_class_names(run_dir), image_size=(height, width),
+                         channels=channels, resize_method=config.input.resize_method, version=version)

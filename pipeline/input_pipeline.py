@@ -52,9 +52,11 @@ def make_train_dataset(images: np.ndarray, labels: np.ndarray, *, batch_size: in
                                               seed=seed)
     if augmenter is not None:
         # Keras random layers keep their RNG state in a variable: calls in parallel would race for it.
-        dataset = dataset.map(lambda x, y: (augmenter(x), y),
-                              num_parallel_calls=None if deterministic else AUTOTUNE,
-                              deterministic=deterministic)
+        if deterministic:
+            dataset = dataset.map(lambda x, y: (augmenter(x), y))
+        else:
+            dataset = dataset.map(lambda x, y: (augmenter(x), y), num_parallel_calls=AUTOTUNE,
+                                  deterministic=False)
     return dataset.prefetch(AUTOTUNE)
 
 

@@ -130,7 +130,7 @@ def check_run_dir(run_dir: Path, config: Config) -> str:
         raise RunError(f"--run-dir {run_dir}: the directory exists and is not a run directory "
                        f"(no config.yaml); choose a new or empty directory")
     try:
-        previous = config_lib.from_dict(config_lib.yaml.safe_load(config_path.read_text()))
+        previous = config_lib.from_dict(config_lib.yaml_load(config_path.read_text()))
     except (config_lib.ConfigError, config_lib.yaml.YAMLError) as error:
         raise RunError(f"{config_path}: cannot read the run's config ({error})") from None
     if previous != config:

@@ -1,0 +1,289 @@
+"""Training runs end to end on synthetic data: run-directory files, resume after SIGKILL, determinism."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from pipeline import callbacks as run_callbacks
+from pipeline import cli, config as config_lib, train
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_cli(*args) -> int:
+    return cli.main([str(a) for a in args])
+
+
+def sets(*pairs) -> list[str]:
+    return [item for pair in pairs for item in ("--set", pair)]
+
+
+def history_rows(run_dir: Path) -> list[dict]:
+    with open(run_dir / "history.csv") as handle:
+        return list(csv.DictReader(handle))
+
+
+@pytest.fixture
+def tiny_run(data_env, tmp_path):
+    """A finished 2-epoch tiny run on the synthetic CIFAR-10."""
+    run_dir = tmp_path / "run"
+    assert run_cli("train", "tiny", "--run-dir", run_dir, *sets(*data_env)) == 0
+    return run_dir
+
+
+def test_tiny_run_writes_every_run_directory_file(tiny_run, data_env):
+    for relative in ("config.yaml", "classes.txt", "checkpoints/best.keras", "checkpoints/last.keras",
+                     "backup/training_metadata.json", "history.csv", "metrics.json"):
+        assert (tiny_run / relative).is_file(), relative
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
+    assert np.isfinite(metrics["test"]["loss"])
+    assert metrics["epochs_completed"] == 2
+    assert metrics["train_seconds"] > 0 and metrics["images_per_second"] > 0
+    # The resolved config is complete and reloads to the same config.
+    saved = config_lib.from_dict(config_lib.yaml.safe_load((tiny_run / "config.yaml").read_text()))
+    assert saved == config_lib.load_config("tiny", data_env)
+    assert (tiny_run / "classes.txt").read_text().split("\n")[:2] == ["airplane", "automobile"]
+    rows = history_rows(tiny_run)
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    assert {"loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"} <= set(rows[0])
+    # TensorBoard: train and validation scalars, the learning rate among them.
+    from tensorboard.backend.event_processing import event_accumulator
+    tags = {}
+    for split in ("train", "validation"):
+        accumulator = event_accumulator.EventAccumulator(str(tiny_run / "tensorboard" / split))
+        accumulator.Reload()
+        tags[split] = set(accumulator.Tags()["tensors"]) | set(accumulator.Tags()["scalars"])
+    assert {"epoch_loss", "epoch_accuracy", "epoch_learning_rate"} <= tags["train"]
+    assert {"epoch_loss", "epoch_accuracy"} <= tags["validation"]
+    # The SavedModel reloads and predicts like the in-process model.
+    import tensorflow as tf
+    export_dir = Path(metrics["export"])
+    assert export_dir.parent.name == "tiny" and export_dir.name == "1"
+    served = tf.saved_model.load(str(export_dir)).signatures["serve_images"]
+    model = keras.models.load_model(tiny_run / "checkpoints" / "best.keras")
+    images = np.random.default_rng(0).integers(0, 256, (4, 16, 16, 3), dtype=np.uint8)
+    expected = model.predict(images.astype(np.float32), verbose=0)
+    got = served(images=tf.constant(images))["probabilities"].numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_rerunning_a_finished_run_does_nothing(tiny_run, data_env, capsys):
+    before = {p: p.stat().st_mtime_ns for p in tiny_run.rglob("*") if p.is_file()}
+    assert run_cli("train", "tiny", "--run-dir", tiny_run, *sets(*data_env)) == 0
+    assert "finished run" in capsys.readouterr().out
+    after = {p: p.stat().st_mtime_ns for p in tiny_run.rglob("*") if p.is_file()}
+    assert before == after
+
+
+def test_run_dir_with_another_config_is_refused(tiny_run, data_env, capsys):
+    code = run_cli("train", "tiny", "--run-dir", tiny_run, *sets(*data_env, "train.epochs=3"))
+    assert code == 2
+    error = capsys.readouterr().err
+    assert "different config" in error and "train.epochs: 2 -> 3" in error
+
+
+def test_run_dir_that_is_not_a_run_is_refused(data_env, tmp_path, capsys):
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "notes.txt").write_text("mine")
+    assert run_cli("train", "tiny", "--run-dir", tmp_path / "other", *sets(*data_env)) == 2
+    assert "not a run directory" in capsys.readouterr().err
+    assert (tmp_path / "other" / "notes.txt").read_text() == "mine"
+
+
+def test_missing_dataset_writes_nothing(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("DATA_MIRROR", str(tmp_path / "empty-mirror"))
+    monkeypatch.setattr("pipeline.datasets.download", _refuse_download)
+    run_dir = tmp_path / "run"
+    code = run_cli("train", "tiny", "--run-dir", run_dir, *sets(f"dataset.data_dir={tmp_path / 'data'}"))
+    assert code == 2
+    error = capsys.readouterr().err
+    assert "cifar10" in error and "Looked in" in error and "DATA_MIRROR" in error
+    assert not run_dir.exists()
+
+
+def _refuse_download(url, destination, timeout=60.0):
+    raise OSError("network unreachable")
+
+
+def test_same_seed_gives_the_same_metrics(data_env, tmp_path):
+    overrides = sets(*data_env, "input.augment.width_shift=0.1", "input.augment.horizontal_flip=true",
+                     "export.enabled=false")
+    for name in ("a", "b"):
+        assert run_cli("train", "tiny", "--run-dir", tmp_path / name, *overrides) == 0
+    first, second = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("a", "b"))
+    assert first["test"] == second["test"]
+    strip = lambda rows: [{k: v for k, v in r.items()} for r in rows]  # noqa: E731
+    assert strip(history_rows(tmp_path / "a")) == strip(history_rows(tmp_path / "b"))
+
+
+class _Interrupt(keras.callbacks.Callback):
+    def __init__(self, at_epoch):
+        super().__init__()
+        self.at_epoch = at_epoch
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch == self.at_epoch:
+            raise KeyboardInterrupt
+
+
+def test_resume_continues_the_learning_rate_schedule(data_env, tmp_path, monkeypatch):
+    overrides = [*data_env, "train.epochs=4", "train.schedule.name=cosine", "train.schedule.warmup_epochs=1",
+                 "export.enabled=false", "train.batch_size=64"]
+    config = config_lib.load_config("tiny", overrides)
+    train.train(config, run_dir=tmp_path / "straight", log=lambda *_: None)
+
+    original = train.build_callbacks
+
+    def with_interrupt(*args, **kwargs):
+        callback_list, stateful = original(*args, **kwargs)
+        return [_Interrupt(2), *callback_list], stateful
+
+    monkeypatch.setattr(train, "build_callbacks", with_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(config, run_dir=tmp_path / "resumed", log=lambda *_: None)
+    assert not (tmp_path / "resumed" / "metrics.json").exists()
+    metadata = run_callbacks.read_backup_metadata(tmp_path / "resumed" / "backup")
+    assert metadata["epoch"] == 2 and not metadata["finished"]
+    monkeypatch.setattr(train, "build_callbacks", original)
+    metrics = train.train(config, run_dir=tmp_path / "resumed", log=lambda *_: None)
+    assert metrics["epochs_completed"] == 4
+
+    straight, resumed = history_rows(tmp_path / "straight"), history_rows(tmp_path / "resumed")
+    assert [int(r["epoch"]) for r in resumed] == [0, 1, 2, 3]
+    np.testing.assert_allclose([float(r["learning_rate"]) for r in resumed],
+                               [float(r["learning_rate"]) for r in straight], rtol=1e-6)
+    last = keras.models.load_model(tmp_path / "resumed" / "checkpoints" / "last.keras")
+    steps = int(np.ceil(metrics["train_images"] / 64))
+    assert int(last.optimizer.iterations.numpy()) == 4 * steps
+
+
+def _write_experiment(path: Path, mirror_dir: Path, data_dir: Path, epochs: int) -> Path:
+    path.write_text(
+        "dataset: {name: mnist, validation_split: 0.1, data_dir: %s, mirror_dir: %s}\n"
+        "model: {name: tiny}\n"
+        "train: {epochs: %d, batch_size: 4}\n"
+        "export: {enabled: false}\n" % (data_dir, mirror_dir, epochs))
+    return path
+
+
+def _train_command(experiment: Path, run_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "pipeline", "train", str(experiment), "--run-dir", str(run_dir)]
+
+
+def test_sigkill_mid_run_resumes_to_the_full_epoch_count(synthetic_mirror, tmp_path):
+    epochs = 12
+    experiment = _write_experiment(tmp_path / "kill.yaml", synthetic_mirror, tmp_path / "data", epochs)
+    run_dir = tmp_path / "run"
+    metadata_path = run_dir / "backup" / "training_metadata.json"
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    # Kill twice at different points: right after the first backup, then a few epochs later.
+    for kill_after_epoch in (1, 5):
+        process = subprocess.Popen(_train_command(experiment, run_dir), cwd=PROJECT_ROOT, env=env,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.time() + 120
+        while time.time() < deadline and process.poll() is None:
+            try:
+                if json.loads(metadata_path.read_text())["epoch"] >= kill_after_epoch:
+                    break
+            except (OSError, ValueError):
+                pass
+            time.sleep(0.02)
+        assert process.poll() is None, process.stderr.read().decode()[-2000:]
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        assert not (run_dir / "metrics.json").exists()
+    completed = subprocess.run(_train_command(experiment, run_dir), cwd=PROJECT_ROOT, env=env,
+                               capture_output=True, text=True, timeout=300)
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert "resuming" in completed.stdout
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["epochs_completed"] == epochs
+    assert sorted({int(r["epoch"]) for r in history_rows(run_dir)}) == list(range(epochs))
+    # Exactly one weights file is kept, and no temporary file survives.
+    assert [p.name for p in (run_dir / "backup").iterdir() if p.name.endswith(".h5")] == \
+        [f"epoch-{epochs:04d}.weights.h5"]
+    assert not list(run_dir.rglob(".tmp-*"))
+
+
+def test_leftover_temporary_files_from_a_killed_save_do_not_break_resume(data_env, tmp_path):
+    overrides = [*data_env, "train.epochs=3", "export.enabled=false"]
+    config = config_lib.load_config("tiny", overrides)
+    run_dir = tmp_path / "run"
+
+    original = train.build_callbacks
+    try:
+        train.build_callbacks = lambda *a, **k: (lambda cl, st: ([_Interrupt(1), *cl], st))(*original(*a, **k))
+        with pytest.raises(KeyboardInterrupt):
+            train.train(config, run_dir=run_dir, log=lambda *_: None)
+    finally:
+        train.build_callbacks = original
+    # What a kill -9 in the middle of writing leaves behind: half-written temporary files.
+    (run_dir / "backup" / ".tmp-epoch-0002-abc.weights.h5").write_bytes(b"\x89HDF\r\n half")
+    (run_dir / "checkpoints" / ".tmp-best-xyz.keras").write_bytes(b"PK\x03\x04 half")
+    metrics = train.train(config, run_dir=run_dir, log=lambda *_: None)
+    assert metrics["epochs_completed"] == 3
+    keras.models.load_model(run_dir / "checkpoints" / "best.keras")
+
+
+def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
+    target = tmp_path / "best.keras"
+    target.write_bytes(b"old")
+
+    def broken_write(path):
+        Path(path).write_bytes(b"half of the new file")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError):
+        run_callbacks.atomic_write(target, broken_write, suffix=".keras")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["best.keras"]
+
+
+def test_unreadable_resume_state_is_reported(tmp_path):
+    (tmp_path / "training_metadata.json").write_text("{not json")
+    with pytest.raises(RuntimeError, match="resume state is unreadable"):
+        run_callbacks.read_backup_metadata(tmp_path)
+
+
+def test_diverging_run_stops_with_a_clear_message(data_env, tmp_path, capsys):
+    overrides = sets(*data_env, "train.optimizer.name=sgd", "train.optimizer.learning_rate=1e12",
+                     "export.enabled=false")
+    assert run_cli("train", "tiny", "--run-dir", tmp_path / "run", *overrides) == 2
+    error = capsys.readouterr().err
+    assert "diverged" in error and "train.optimizer.learning_rate" in error
+
+
+def test_evaluate_and_export_commands(tiny_run, data_env, capsys):
+    metrics_before = json.loads((tiny_run / "metrics.json").read_text())
+    assert run_cli("evaluate", tiny_run) == 0
+    assert "test accuracy" in capsys.readouterr().out
+    metrics_after = json.loads((tiny_run / "metrics.json").read_text())
+    assert metrics_after["test"]["accuracy"] == pytest.approx(metrics_before["test"]["accuracy"])
+    assert metrics_after["epochs_completed"] == 2
+    assert run_cli("export", tiny_run) == 0
+    assert (tiny_run / "export" / "tiny" / "2" / "saved_model.pb").is_file()
+    assert run_cli("evaluate", tiny_run.parent / "nope") == 2
+    assert "not a run directory" in capsys.readouterr().err
+
+
+def test_early_stopping_marks_training_finished(data_env, tmp_path):
+    overrides = [*data_env, "train.epochs=30", "export.enabled=false",
+                 "train.callbacks.early_stopping.enabled=true", "train.callbacks.early_stopping.patience=1",
+                 "train.callbacks.early_stopping.min_delta=10.0"]  # nothing improves by 10: stops at once
+    config = config_lib.load_config("tiny", overrides)
+    metrics = train.train(config, run_dir=tmp_path / "run", log=lambda *_: None)
+    assert metrics["epochs_completed"] < 30
+    metadata = run_callbacks.read_backup_metadata(tmp_path / "run" / "backup")
+    assert metadata["finished"] and metadata["epoch"] == metrics["epochs_completed"]
