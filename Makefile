@@ -45,3 +45,16 @@ export: $(STAMP)
 
 clean-venv:
 	rm -rf $(VENV)
+
+# Dataset tools (python -m pipeline data ...): make data-check ROOT=data/myphotos ARGS="--quarantine data/bad"
+#   data-label | data-check | data-stats | data-split ROOT=<folder> [ARGS="..."]
+#   data-gather ROOT=<urls.txt> ARGS="--out data/new"   (URLS=<urls.txt> works too)
+.PHONY: data-label data-check data-stats data-split data-gather
+
+data-label data-check data-stats data-split: $(STAMP)
+	@test -n "$(ROOT)" || { echo "usage: make $@ ROOT=<image folder> [ARGS=\"...\"]" >&2; exit 2; }
+	$(BIN)/python -m pipeline data $(patsubst data-%,%,$@) $(ROOT) $(ARGS)
+
+data-gather: $(STAMP)
+	@test -n "$(or $(URLS),$(ROOT))" || { echo "usage: make data-gather ROOT=<urls.txt> ARGS=\"--out DIR\"" >&2; exit 2; }
+	$(BIN)/python -m pipeline data gather $(or $(URLS),$(ROOT)) $(ARGS)

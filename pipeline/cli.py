@@ -28,7 +28,7 @@ def _parser() -> argparse.ArgumentParser:
     evaluate = commands.add_parser("evaluate", help="evaluate a run's best checkpoint on the test split")
     evaluate.add_argument("run_dir", type=Path)
 
-    export = commands.add_parser("export", help="export a run's best checkpoint as a SavedModel")
+    export = commands.add_parser("export", help="export a run's best checkpoint as a SavedModel or TFLite")
     export.add_argument("run_dir", type=Path)
     export.add_argument("--out", type=Path, help="export root (default RUN_DIR/export)")
     export.add_argument("--version", type=int, help="version number (default: next free)")
@@ -45,6 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--top-k", type=int, help="classes per image (default: the export's top k)")
     predict.add_argument("--format", choices=["table", "csv", "json"], default="table")
     predict.add_argument("--batch-size", type=int, default=32)
+
+    from pipeline import data_tools  # stdlib-only at import: parsing stays fast
+    data_tools.add_parser(commands)
     return parser
 
 
@@ -52,10 +55,10 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of the way
     from pipeline import config as config_lib
-    from pipeline import datasets, evaluate, export, predict, train
+    from pipeline import data_tools, datasets, evaluate, export, predict, train
 
     user_errors = (config_lib.ConfigError, datasets.DatasetError, train.RunError, evaluate.RunDirError,
-                   export.ExportError, predict.PredictError)
+                   export.ExportError, predict.PredictError, data_tools.DataError)
     try:
         if args.command == "train":
             config = config_lib.load_config(args.experiment, args.overrides)
@@ -76,6 +79,8 @@ def main(argv=None) -> int:
                 path = export.export_run(args.run_dir, out_dir=args.out, version=args.version,
                                          top_k=args.top_k, checkpoint=args.checkpoint)
             print(f"exported {path}")
+        elif args.command == "data":
+            return data_tools.main(args)
         elif args.command == "predict":
             return predict.predict_command(args.export_dir, args.paths, top_k=args.top_k,
                                            output_format=args.format, batch_size=args.batch_size)

@@ -70,6 +70,16 @@ class DatasetConfig:
     validation_split: float = _field(
         0.1, min=0.0, max=1.0, max_exclusive=True,
         help="fraction of the training split held out for validation, stratified, chosen with `seed`")
+    test_split: float = _field(
+        0.1, min=0.0, max=1.0, max_exclusive=True,
+        help="fraction carved out as the test split when the source has none (stratified, with `seed`)")
+    root: Optional[str] = _field(None, help="folder / file_list: the image folder or archive (.tar.gz, .zip)")
+    lists: Optional[dict] = _field(None, help="file_list: {train, validation, test} list files of `path label` lines")
+    classes: Optional[str] = _field(None, help="file_list: file of class names, one per line")
+    strict: bool = _field(False, help="fail before training if any image is unreadable (default: skip and report)")
+    min_image_size: int = _field(8, min=1, help="images whose shorter side is smaller are skipped as bad")
+    skip_placeholders: bool = _field(
+        False, help="also skip decodable images with very few colours (\"image not found\" placeholders)")
     data_dir: str = _field("data", help="where datasets are stored and cached (relative to the project)")
     mirror_dir: Optional[str] = _field(
         None, help="local mirror looked at first; default: $DATA_MIRROR, else ../shared/datasets if present")
@@ -88,12 +98,23 @@ class AugmentConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class CropConfig:
+    mode: str = _field("none", choices=["none", "square", "shorter_side"],
+                       help="none: resize whole image; square: square of side min(H,W)-2*margin (random in "
+                            "training, centred in evaluation); shorter_side: keep aspect, crop the target size")
+    margin: int = _field(0, min=0, help="square: pixels left out on each side of the shorter axis")
+
+
+@dataclasses.dataclass(frozen=True)
 class InputConfig:
     image_size: Optional[list] = _field(
         None, length=2, min=1, help="[height, width] fed to the model; null keeps the dataset's size")
     channels: Optional[int] = _field(None, choices=[1, 3], help="1 (grey) or 3 (RGB); null keeps the dataset's")
     resize_method: str = _field("bilinear", choices=["bilinear", "area", "nearest", "bicubic"],
                                 help="interpolation used when image_size differs from the data")
+    crop: CropConfig = _field(CropConfig(), help="cropping of images (image files of any size)")
+    cache: str = _field("memory", help="image files: cache decoded images in `memory`, in a file at a path, "
+                                       "or `none`")
     normalization: str = _field("unit", choices=["unit", "standardize"],
                                 help="unit: scale to [0, 1]; standardize: per-channel mean/std of the training split")
     shuffle_buffer: Optional[int] = _field(None, min=1, help="null shuffles the whole training split")

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import gzip
-import io
 import os
 import pickle
 import shutil
@@ -17,11 +16,13 @@ import struct
 import tarfile
 import tempfile
 import urllib.request
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
 from pipeline.config import PROJECT_ROOT
+from pipeline.fileio import atomic_write
 from pipeline.registry import Registry
 
 DATASETS = Registry("dataset")
@@ -47,6 +48,19 @@ class ArrayDataset:
         return tuple(self.train_images.shape[1:])
 
 
+@dataclasses.dataclass
+class FileDataset:
+    """Image files of any size and format, with integer labels, per split.
+
+    `splits` maps "train" and optionally "validation" and "test" to (paths, labels). Missing splits are
+    carved from train by the caller (stratified, seeded).
+    """
+
+    splits: dict[str, tuple[list[str], np.ndarray]]
+    class_names: list[str]
+    root: Path
+
+
 # --------------------------------------------------------------------------------------------------
 # Locations
 # --------------------------------------------------------------------------------------------------
@@ -68,15 +82,11 @@ def resolve_data_dir(data_dir: str) -> Path:
 
 def download(url: str, destination: Path, timeout: float = 60.0) -> Path:
     """Downloads `url` to `destination` atomically (a partial file never takes the final name)."""
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=destination.parent, prefix=f".{destination.name}.")
-    try:
-        with os.fdopen(handle, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
+    def write(temporary):
+        with open(temporary, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
             shutil.copyfileobj(response, out)
-        os.replace(temporary, destination)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
+
+    atomic_write(destination, write, suffix=destination.suffix)
     return destination
 
 
@@ -170,47 +180,35 @@ CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
 
 
-def _decode_jpeg_bytes(blobs: list[bytes], source: str) -> np.ndarray:
-    """Decodes with TensorFlow, the decoder the exported serving graph uses, so pixels match serving."""
+def decode_files(paths: list[str], *, source: str) -> np.ndarray:
+    """Decodes equally sized image files into one uint8 array, in parallel, with TensorFlow (the decoder
+    the exported serving graph uses, so training pixels match served pixels)."""
+    import concurrent.futures
+
     import tensorflow as tf
 
-    images = []
-    for blob, name in blobs:
+    def decode(path):
         try:
-            images.append(tf.io.decode_image(blob, channels=3, expand_animations=False).numpy())
-        except tf.errors.InvalidArgumentError:
-            raise DatasetError(f"{source}: {name} is not a readable image") from None
+            return tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False).numpy()
+        except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as error:
+            raise DatasetError(f"{source}: {path} is not a readable image ({error.message.splitlines()[0]})") from None
+
+    with concurrent.futures.ThreadPoolExecutor(max_workers=(os.cpu_count() or 2) * 2) as pool:
+        images = list(pool.map(decode, paths))
+    shapes = {image.shape for image in images}
+    if len(shapes) != 1:
+        raise DatasetError(f"{source}: images of several sizes {sorted(shapes)[:3]}; expected one size")
     return np.stack(images)
 
 
-def _read_cifar_jpeg_tree(files, source: str) -> dict:
-    """files: iterable of (relative path 'cifar10/<split>/<class>/<file>', bytes-reader)."""
-    blobs = {"train": [], "test": []}
-    labels = {"train": [], "test": []}
-    for relative, read in sorted(files, key=lambda item: item[0]):
-        parts = Path(relative).parts
-        if len(parts) < 3 or parts[-3] not in blobs or parts[-2] not in CIFAR10_CLASSES:
-            continue
-        blobs[parts[-3]].append((read(), relative))
-        labels[parts[-3]].append(CIFAR10_CLASSES.index(parts[-2]))
-    if not blobs["train"] or not blobs["test"]:
-        raise DatasetError(f"{source}: expected a tree cifar10/{{train,test}}/<class>/*.jpg with classes "
-                           f"{', '.join(CIFAR10_CLASSES)}; found {len(blobs['train'])} train and "
-                           f"{len(blobs['test'])} test images")
-    return {split: (_decode_jpeg_bytes(blobs[split], source), np.asarray(labels[split], np.int64))
-            for split in blobs}
-
-
-def _cifar_from_jpeg_tar(path: Path) -> dict:
-    with tarfile.open(path, "r:*") as archive:
-        members = [m for m in archive.getmembers() if m.isfile() and m.name.lower().endswith((".jpg", ".jpeg", ".png"))]
-        return _read_cifar_jpeg_tree(
-            [(m.name, lambda m=m: archive.extractfile(m).read()) for m in members], str(path))
-
-
-def _cifar_from_jpeg_dir(root: Path) -> dict:
-    files = [p for p in root.rglob("*") if p.suffix.lower() in (".jpg", ".jpeg", ".png") and p.is_file()]
-    return _read_cifar_jpeg_tree([(str(p.relative_to(root.parent)), p.read_bytes) for p in files], str(root))
+def _cifar_from_folders(tree: FileDataset) -> dict:
+    """CIFAR-10 as JPEG class folders (the mirror's form), read with the `folder` dataset's reader."""
+    if tree.class_names != CIFAR10_CLASSES or not {"train", "test"} <= set(tree.splits):
+        raise DatasetError(f"{tree.root}: expected train/ and test/ folders with classes "
+                           f"{', '.join(CIFAR10_CLASSES)}; found splits {', '.join(tree.splits)} and classes "
+                           f"{', '.join(tree.class_names)}")
+    return {split: (decode_files(tree.splits[split][0], source=str(tree.root)), tree.splits[split][1])
+            for split in ("train", "test")}
 
 
 def _cifar_from_pickles(directory: Path) -> dict:
@@ -226,18 +224,6 @@ def _cifar_from_pickles(directory: Path) -> dict:
     train = [load(f"data_batch_{index}") for index in range(1, 6)]
     return {"train": (np.concatenate([t[0] for t in train]), np.concatenate([t[1] for t in train])),
             "test": load("test_batch")}
-
-
-def _save_npz_atomically(path: Path, **arrays) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".npz")
-    os.close(handle)
-    try:
-        np.savez(temporary, **arrays)
-        os.replace(temporary, path)
-    except BaseException:
-        Path(temporary).unlink(missing_ok=True)
-        raise
 
 
 @register_dataset()
@@ -260,9 +246,9 @@ def cifar10(*, data_dir: str = "data", mirror_dir: str | None = None) -> ArrayDa
     mirror = resolve_mirror(mirror_dir)
     splits = None
     if mirror and (mirror / "cifar10-jpg.tar.gz").is_file():
-        splits = _cifar_from_jpeg_tar(mirror / "cifar10-jpg.tar.gz")
+        splits = _cifar_from_folders(read_folder_tree(_root_folder(mirror / "cifar10-jpg.tar.gz", data_dir)))
     elif mirror and (mirror / "cifar10" / "train").is_dir():
-        splits = _cifar_from_jpeg_dir(mirror / "cifar10")
+        splits = _cifar_from_folders(read_folder_tree(mirror / "cifar10"))
     elif (store / "cifar-10-batches-py").is_dir():
         splits = _cifar_from_pickles(store / "cifar-10-batches-py")
     else:
@@ -281,9 +267,204 @@ def cifar10(*, data_dir: str = "data", mirror_dir: str | None = None) -> ArrayDa
         with tarfile.open(archive, "r:gz") as tar:
             tar.extractall(store, filter="data")
         splits = _cifar_from_pickles(store / "cifar-10-batches-py")
-    _save_npz_atomically(cache, train_images=splits["train"][0], train_labels=splits["train"][1],
-                         test_images=splits["test"][0], test_labels=splits["test"][1])
+    arrays = dict(train_images=splits["train"][0], train_labels=splits["train"][1],
+                  test_images=splits["test"][0], test_labels=splits["test"][1])
+    atomic_write(cache, lambda p: np.savez(p, **arrays), suffix=".npz")
     return ArrayDataset(*splits["train"], *splits["test"], list(CIFAR10_CLASSES))
+
+
+# --------------------------------------------------------------------------------------------------
+# Image folders and file lists (any size, any format TensorFlow decodes)
+# --------------------------------------------------------------------------------------------------
+
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
+
+
+def resolve_root(root: str | os.PathLike | None, *, dataset: str) -> Path:
+    if not root:
+        raise DatasetError(f"dataset {dataset!r} needs dataset.root: the folder (or archive) holding the images")
+    path = Path(root).expanduser()
+    if not path.is_absolute() and not path.exists():
+        path = PROJECT_ROOT / path
+    if not path.exists():
+        raise DatasetError(f"dataset.root: {root} does not exist (looked at {path})")
+    return path
+
+
+def extract_archive(archive: Path, data_dir: str) -> Path:
+    """Extracts a .tar(.gz)/.zip once into data/<name>/ and returns that folder.
+
+    Extraction goes to a temporary folder that is renamed when complete, so an interrupted extraction
+    is never mistaken for a dataset.
+    """
+    name = archive.name
+    for suffix in ARCHIVE_SUFFIXES:
+        if name.endswith(suffix):
+            name = name[: -len(suffix)]
+    target = resolve_data_dir(data_dir) / name
+    if target.is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    temporary = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{name}-"))
+    try:
+        if archive.name.endswith(".zip"):
+            with zipfile.ZipFile(archive) as handle:
+                handle.extractall(temporary)
+        else:
+            with tarfile.open(archive, "r:*") as handle:
+                handle.extractall(temporary, filter="data")
+        os.replace(temporary, target)
+    except (OSError, tarfile.TarError, zipfile.BadZipFile) as error:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise DatasetError(f"{archive}: cannot extract ({error})") from None
+    except BaseException:
+        shutil.rmtree(temporary, ignore_errors=True)
+        raise
+    return target
+
+
+def _single_top_folder(root: Path) -> Path:
+    """Archives often wrap everything in one folder (hymenoptera/, hymenoptera_data/): step into it."""
+    entries = [p for p in root.iterdir() if not p.name.startswith((".", "__MACOSX"))]
+    return entries[0] if len(entries) == 1 and entries[0].is_dir() else root
+
+
+def read_folder_tree(root: Path) -> FileDataset:
+    """`root/<class>/...` or `root/{train,val|validation,test}/<class>/...`; classes = sorted folder names."""
+    from pipeline import image_files
+
+    if root.is_file() and root.name.endswith(ARCHIVE_SUFFIXES):
+        raise DatasetError(f"{root}: archives are extracted by the dataset loader; this is a bug")
+    split_dirs = image_files.split_folders(root)
+    if not split_dirs:
+        files, labels, class_names = image_files.list_class_folders(root)
+        if not class_names:
+            raise DatasetError(f"{root}: no class folders found; expected {root}/<class>/<images> or "
+                               f"{root}/train/<class>/<images>")
+        return FileDataset({"train": ([str(f) for f in files], np.asarray(labels, np.int64))},
+                           class_names, root)
+    if "train" not in split_dirs:
+        raise DatasetError(f"{root}: has {', '.join(p.name for p in split_dirs.values())}/ but no train/ folder")
+    _, _, class_names = image_files.list_class_folders(split_dirs["train"])
+    splits = {}
+    for split, directory in split_dirs.items():
+        files, labels, names = image_files.list_class_folders(directory)
+        unknown = sorted(set(names) - set(class_names))
+        if unknown:
+            raise DatasetError(f"{directory}: class folders {', '.join(unknown)} are not in "
+                               f"{split_dirs['train']} (classes: {', '.join(class_names)})")
+        remap = np.asarray([class_names.index(n) for n in names], np.int64)
+        splits[split] = ([str(f) for f in files], remap[np.asarray(labels, np.int64)] if labels else
+                         np.zeros(0, np.int64))
+    return FileDataset(splits, class_names, root)
+
+
+def _root_folder(root: Path, data_dir: str) -> Path:
+    if root.is_file() and root.name.endswith(ARCHIVE_SUFFIXES):
+        return _single_top_folder(extract_archive(root, data_dir))
+    return root
+
+
+@register_dataset()
+def folder(*, data_dir: str = "data", mirror_dir: str | None = None, root: str | None = None) -> FileDataset:
+    """Images in class folders: `root/<class>/` or `root/{train,val,test}/<class>/`, found recursively.
+
+    `root` may also be a .tar.gz/.zip archive of such a tree; it is extracted once into `data_dir`.
+    """
+    return read_folder_tree(_root_folder(resolve_root(root, dataset="folder"), data_dir))
+
+
+def _read_lines(path: Path) -> list[str]:
+    try:
+        return [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+    except OSError as error:
+        raise DatasetError(f"{path}: cannot read ({error.strerror})") from None
+
+
+@register_dataset()
+def file_list(*, data_dir: str = "data", mirror_dir: str | None = None, root: str | None = None,
+              lists: dict | None = None, classes: str | None = None) -> FileDataset:
+    """Images named by list files.
+
+    Either `lists: {train: a.txt, validation: b.txt, test: c.txt}` (any subset with train) holding
+    `relative/path label` lines (label: an index or a class name) plus `classes` (one name per line),
+    paths relative to `root`; or, with no `lists`, the Food-101 layout: `root/meta/classes.txt`,
+    `root/meta/{train,test}.txt` with `class/id` lines and images at `root/images/class/id.jpg`.
+    """
+    root_path = _root_folder(resolve_root(root, dataset="file_list"), data_dir)
+    root_path = root_path if (root_path / "meta").is_dir() or lists else _single_top_folder(root_path)
+    if not lists:
+        meta = root_path / "meta"
+        if not (meta / "classes.txt").is_file():
+            raise DatasetError(f"dataset 'file_list': give dataset.lists (train/validation/test list files) "
+                               f"or a Food-101 style root with meta/classes.txt; {meta / 'classes.txt'} not found")
+        class_names = _read_lines(meta / "classes.txt")
+        splits = {}
+        for split, name in (("train", "train.txt"), ("test", "test.txt")):
+            if (meta / name).is_file():
+                entries = _read_lines(meta / name)
+                paths = [str(root_path / "images" / f"{entry}.jpg") for entry in entries]
+                labels = [_label_of(entry.split("/")[0], class_names, meta / name) for entry in entries]
+                splits[split] = (paths, np.asarray(labels, np.int64))
+        return FileDataset(splits, class_names, root_path)
+    if "train" not in lists:
+        raise DatasetError(f"dataset.lists: a train list is required; received {', '.join(lists)}")
+    unknown = set(lists) - {"train", "validation", "test"}
+    if unknown:
+        raise DatasetError(f"dataset.lists: keys must be train, validation, test; received {', '.join(sorted(unknown))}")
+    if not classes:
+        raise DatasetError("dataset.classes: the class-names file (one name per line) is required with dataset.lists")
+    class_names = _read_lines(resolve_root(classes, dataset="file_list"))
+    splits = {}
+    for split, list_path in lists.items():
+        list_file = resolve_root(list_path, dataset="file_list")
+        paths, labels = [], []
+        for number, line in enumerate(_read_lines(list_file), 1):
+            path, _, label = line.rpartition(" ")
+            if not path:
+                raise DatasetError(f"{list_file}:{number}: expected `relative/path label`, received {line!r}")
+            paths.append(str(root_path / path.strip()))
+            labels.append(_label_of(label, class_names, f"{list_file}:{number}"))
+        splits[split] = (paths, np.asarray(labels, np.int64))
+    return FileDataset(splits, class_names, root_path)
+
+
+def _label_of(label: str, class_names: list[str], where) -> int:
+    if label in class_names:
+        return class_names.index(label)
+    if label.isdigit() and int(label) < len(class_names):
+        return int(label)
+    raise DatasetError(f"{where}: label {label!r} is neither a class name nor an index below "
+                       f"{len(class_names)}")
+
+
+HYMENOPTERA_URL = "https://download.pytorch.org/tutorial/hymenoptera_data.zip"
+
+
+@register_dataset()
+def hymenoptera(*, data_dir: str = "data", mirror_dir: str | None = None) -> FileDataset:
+    """Ants vs bees photos (245 train, 153 val; many sizes), read through the `folder` path.
+
+    Sources: the mirror's hymenoptera.tar.gz, data/hymenoptera*/, or the official zip download.
+    """
+    mirror = resolve_mirror(mirror_dir)
+    store = resolve_data_dir(data_dir)
+    if mirror and (mirror / "hymenoptera.tar.gz").is_file():
+        return read_folder_tree(_root_folder(mirror / "hymenoptera.tar.gz", data_dir))
+    for name in ("hymenoptera", "hymenoptera_data"):
+        if (store / name).is_dir():
+            return read_folder_tree(_single_top_folder(store / name))
+    archive = store / "hymenoptera_data.zip"
+    if not archive.is_file():
+        try:
+            download(HYMENOPTERA_URL, archive, timeout=120)
+        except OSError as error:
+            raise DatasetError(
+                f"dataset 'hymenoptera' not found. Looked in: "
+                f"{mirror / 'hymenoptera.tar.gz' if mirror else '(no mirror configured)'}, {store}/hymenoptera/; "
+                f"the download of {HYMENOPTERA_URL} failed: {getattr(error, 'reason', error)}. "
+                f"Place hymenoptera_data.zip in {store}/ or set DATA_MIRROR.") from None
+    return read_folder_tree(_root_folder(archive, data_dir))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -307,6 +488,13 @@ def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np
     return rng.permutation(kept), rng.permutation(held_out)
 
 
-def load_dataset(name: str, *, data_dir: str = "data", mirror_dir: str | None = None) -> ArrayDataset:
-    """Loads a registered dataset by name."""
-    return DATASETS.get(name)(data_dir=data_dir, mirror_dir=mirror_dir)
+def load_dataset(name: str, *, data_dir: str = "data", mirror_dir: str | None = None,
+                 **options) -> ArrayDataset | FileDataset:
+    """Loads a registered dataset by name. `options` not taken by that dataset are ignored when None."""
+    accepted = set(DATASETS.options(name)) - {"data_dir", "mirror_dir"}
+    extra = {key: value for key, value in options.items() if key in accepted}
+    ignored = sorted(key for key, value in options.items() if key not in accepted and value)
+    if ignored:
+        raise DatasetError(f"dataset {name!r} does not take dataset.{ignored[0]}; it takes: "
+                           f"{', '.join(sorted(accepted)) or 'no options'}")
+    return DATASETS.get(name)(data_dir=data_dir, mirror_dir=mirror_dir, **extra)

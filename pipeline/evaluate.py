@@ -35,10 +35,8 @@ def load_checkpoint(path: Path) -> keras.Model:
 
 def evaluate_model(checkpoint: Path, config: config_lib.Config, splits) -> dict:
     """Test loss and accuracy of a saved model, through the eval input pipeline."""
-    from pipeline import train
-
     model = load_checkpoint(checkpoint)
-    data = train.eval_dataset(config, *splits.test, splits.num_classes)
+    data = splits.dataset("test", config)
     results = model.evaluate(data, verbose=0, return_dict=True)
     return {"accuracy": float(results["accuracy"]), "loss": float(results["loss"])}
 

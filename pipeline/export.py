@@ -2,7 +2,7 @@
 
 Signatures (both run the eval transform from `pipeline.preprocessing`, the one evaluation uses):
     serving_default  image_bytes: tf.string [batch]  encoded JPEG/PNG/GIF/BMP, any size
-    serve_images     images: tf.uint8 [batch, H, W, C] any H, W; C = 1, 3 or 4
+    serve_images     images: tf.uint8 [batch, H, W, C] any H, W; C = 1, 2, 3 or 4 (converted)
 Outputs: probabilities [batch, num_classes] float32, classes [batch, k] class-name strings,
 scores [batch, k] float32 (top k, best first). Class names live in the graph itself.
 
@@ -35,33 +35,44 @@ def read_class_names(run_dir: Path) -> list[str]:
     return [line for line in path.read_text().splitlines() if line]
 
 
-def serving_functions(model: keras.Model, *, class_names: list[str], image_size, channels: int,
-                      resize_method: str = "bilinear", top_k: int = 5):
-    """The two serving functions of an export, as plain callables (also used in-process by tests)."""
+def serving_functions(model: keras.Model, *, class_names: list[str], transform: dict, top_k: int = 5):
+    """The two serving functions of an export, as plain callables (also used in-process by tests).
+
+    Args:
+        transform: keyword arguments of `preprocessing.prepare_images` (image_size, channels,
+            resize_method, crop, margin): the run's eval transform, see `eval_transform`.
+    """
     names = tf.constant(class_names)
     k = min(int(top_k), len(class_names))
-    height, width = int(image_size[0]), int(image_size[1])
+    height, width = (int(v) for v in transform["image_size"])
+    channels = int(transform["channels"])
 
     def outputs(images):
         probabilities = tf.cast(model(images, training=False), tf.float32)
         scores, indices = tf.math.top_k(probabilities, k=k)
         return {"probabilities": probabilities, "classes": tf.gather(names, indices), "scores": scores}
 
-    def prepare(images):
-        return preprocessing.prepare_images(images, image_size=(height, width), channels=channels,
-                                            resize_method=resize_method)
-
     def serve_bytes(image_bytes):
         def decode_one(encoded):
-            return prepare(preprocessing.decode_image(encoded, channels=channels))
+            decoded = preprocessing.decode_image(encoded, channels=channels)
+            return preprocessing.prepare_images(decoded, **transform)
         images = tf.map_fn(decode_one, image_bytes,
                            fn_output_signature=tf.TensorSpec([height, width, channels], tf.float32))
         return outputs(images)
 
     def serve_images(images):
-        return outputs(prepare(images))
+        return outputs(preprocessing.prepare_images(preprocessing.convert_channels_dynamic(images, channels),
+                                                    **transform))
 
     return serve_bytes, serve_images
+
+
+def eval_transform(model: keras.Model, config: Config) -> dict:
+    """The eval transform of a run (`prepare_images` keyword arguments), sized by the model's input."""
+    height, width, channels = model.input_shape[1:]
+    return {"image_size": (int(height), int(width)), "channels": int(channels),
+            "resize_method": config.input.resize_method, "crop": config.input.crop.mode,
+            "margin": config.input.crop.margin}
 
 
 def next_version(model_dir: Path) -> int:
@@ -69,33 +80,19 @@ def next_version(model_dir: Path) -> int:
     return max(versions, default=0) + 1
 
 
-def export_model(model: keras.Model, *, out_dir: Path, model_name: str, class_names: list[str],
-                 image_size, channels: int, resize_method: str = "bilinear", top_k: int = 5,
-                 version: int | None = None) -> Path:
-    """Writes `<out_dir>/<model_name>/<version>/` atomically and returns it. Never overwrites a version."""
+def _write_version(out_dir: Path, model_name: str, version: int | None, write) -> Path:
+    """Creates `<out_dir>/<model_name>/<version>/` atomically: `write(folder)` fills a temporary folder
+    that is renamed into place when complete. Never overwrites an existing version."""
     model_dir = Path(out_dir) / model_name
     version = next_version(model_dir) if version is None else int(version)
     target = model_dir / str(version)
     if target.exists():
         raise ExportError(f"{target} already exists; exports never overwrite a version. "
                           f"Choose another --version or omit it to use {next_version(model_dir)}")
-    serve_bytes, serve_images = serving_functions(model, class_names=class_names, image_size=image_size,
-                                                  channels=channels, resize_method=resize_method,
-                                                  top_k=top_k)
-    archive = keras.export.ExportArchive()
-    archive.track(model)
-    archive.add_endpoint("serving_default", serve_bytes,
-                         input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
-    archive.add_endpoint("serve_images", serve_images,
-                         input_signature=[tf.TensorSpec([None, None, None, channels], tf.uint8,
-                                                        name="images")])
     model_dir.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(dir=model_dir, prefix=f".tmp-{version}-"))
     try:
-        archive.write_out(str(temporary), verbose=False)
-        (temporary / "assets").mkdir(exist_ok=True)
-        # TF Serving ignores extra files in assets/; people and `predict` read the class names here.
-        (temporary / "assets" / "classes.txt").write_text("\n".join(class_names) + "\n")
+        write(temporary)
         os.replace(temporary, target)
     except BaseException:
         shutil.rmtree(temporary, ignore_errors=True)
@@ -103,50 +100,64 @@ def export_model(model: keras.Model, *, out_dir: Path, model_name: str, class_na
     return target
 
 
+def export_model(model: keras.Model, *, out_dir: Path, model_name: str, class_names: list[str],
+                 transform: dict, top_k: int = 5, version: int | None = None) -> Path:
+    """Writes the SavedModel `<out_dir>/<model_name>/<version>/` and returns it."""
+    serve_bytes, serve_images = serving_functions(model, class_names=class_names, transform=transform,
+                                                  top_k=top_k)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serving_default", serve_bytes,
+                         input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
+    archive.add_endpoint("serve_images", serve_images,
+                         input_signature=[tf.TensorSpec([None, None, None, None], tf.uint8, name="images")])
+
+    def write(folder: Path):
+        archive.write_out(str(folder), verbose=False)
+        (folder / "assets").mkdir(exist_ok=True)
+        # TF Serving ignores extra files in assets/; people and `predict` read the class names here.
+        (folder / "assets" / "classes.txt").write_text("\n".join(class_names) + "\n")
+
+    return _write_version(out_dir, model_name, version, write)
+
+
+def _load_run(run_dir: Path, config: Config | None, checkpoint: str):
+    from pipeline import evaluate
+
+    config = config or evaluate.load_run_config(run_dir)
+    model = evaluate.load_checkpoint(Path(run_dir) / "checkpoints" / f"{checkpoint}.keras")
+    return config, model, read_class_names(run_dir)
+
+
 def export_run(run_dir: Path, *, config: Config | None = None, out_dir: Path | None = None,
                version: int | None = None, top_k: int | None = None, checkpoint: str = "best") -> Path:
     """`python -m pipeline export RUN_DIR`: exports the run's best checkpoint (default) to RUN_DIR/export."""
-    from pipeline import evaluate
-
-    run_dir = Path(run_dir)
-    config = config or evaluate.load_run_config(run_dir)
-    model = evaluate.load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.keras")
-    height, width, channels = model.input_shape[1:]
-    return export_model(model, out_dir=out_dir or run_dir / "export", model_name=config.name,
-                        class_names=read_class_names(run_dir), image_size=(height, width),
-                        channels=channels, resize_method=config.input.resize_method,
+    config, model, class_names = _load_run(run_dir, config, checkpoint)
+    return export_model(model, out_dir=out_dir or Path(run_dir) / "export", model_name=config.name,
+                        class_names=class_names, transform=eval_transform(model, config),
                         top_k=top_k or config.export.top_k, version=version)
 
 
-def tflite_function(model: keras.Model, *, image_size, channels: int, resize_method: str = "bilinear"):
+def tflite_function(model: keras.Model, *, transform: dict):
     """uint8 [1, H, W, C] at the training size -> {"probabilities": float32 [1, num_classes]}.
 
-    The eval transform is inside (channel conversion, resize, cast), so a TFLite client feeds raw pixels.
+    The eval transform is inside (channel conversion, crop, resize, cast), so a TFLite client feeds raw
+    pixels.
     """
-    height, width = int(image_size[0]), int(image_size[1])
+    height, width = (int(v) for v in transform["image_size"])
 
     def predict(images):
-        prepared = preprocessing.prepare_images(images, image_size=(height, width), channels=channels,
-                                                resize_method=resize_method)
+        prepared = preprocessing.prepare_images(images, **transform)
         return {"probabilities": tf.cast(model(prepared, training=False), tf.float32)}
 
-    return predict, tf.TensorSpec([1, height, width, channels], tf.uint8, name="images")
+    return predict, tf.TensorSpec([1, height, width, int(transform["channels"])], tf.uint8, name="images")
 
 
 def export_tflite(model: keras.Model, *, out_dir: Path, model_name: str, class_names: list[str],
-                  image_size, channels: int, resize_method: str = "bilinear",
-                  version: int | None = None) -> Path:
+                  transform: dict, version: int | None = None) -> Path:
     """Writes `<out_dir>/<model_name>/<version>/model.tflite` and `classes.txt` beside it; returns the
-    version directory. Signature `serving_default`: images uint8 [1, H, W, C] -> probabilities.
-    Never overwrites a version."""
-    model_dir = Path(out_dir) / model_name
-    version = next_version(model_dir) if version is None else int(version)
-    target = model_dir / str(version)
-    if target.exists():
-        raise ExportError(f"{target} already exists; exports never overwrite a version. "
-                          f"Choose another --version or omit it to use {next_version(model_dir)}")
-    predict, spec = tflite_function(model, image_size=image_size, channels=channels,
-                                    resize_method=resize_method)
+    version directory. Signature `serving_default`: images uint8 [1, H, W, C] -> probabilities."""
+    predict, spec = tflite_function(model, transform=transform)
     # Keras 3's own path (keras/src/export/litert.py): ExportArchive -> SavedModel -> from_saved_model.
     # from_concrete_functions leaves Keras variables as uninitialised resource variables (NaN outputs).
     with tempfile.TemporaryDirectory(prefix="tflite-export-") as saved_model_dir:
@@ -160,28 +171,18 @@ def export_tflite(model: keras.Model, *, out_dir: Path, model_name: str, class_n
             flatbuffer = converter.convert()
         except Exception as error:  # the converter raises ConverterError or plain exceptions
             raise ExportError(f"TFLite conversion of {model_name} failed: {error}") from error
-    model_dir.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(dir=model_dir, prefix=f".tmp-{version}-"))
-    try:
-        (temporary / "model.tflite").write_bytes(flatbuffer)
-        (temporary / "classes.txt").write_text("\n".join(class_names) + "\n")
-        os.replace(temporary, target)
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
-    return target
+
+    def write(folder: Path):
+        (folder / "model.tflite").write_bytes(flatbuffer)
+        (folder / "classes.txt").write_text("\n".join(class_names) + "\n")
+
+    return _write_version(out_dir, model_name, version, write)
 
 
 def export_run_tflite(run_dir: Path, *, config: Config | None = None, out_dir: Path | None = None,
                       version: int | None = None, checkpoint: str = "best") -> Path:
     """`python -m pipeline export RUN_DIR --format tflite`: the run's checkpoint as TFLite, by default in
     RUN_DIR/export_tflite (kept apart from RUN_DIR/export, whose versions TF Serving loads as SavedModels)."""
-    from pipeline import evaluate
-
-    run_dir = Path(run_dir)
-    config = config or evaluate.load_run_config(run_dir)
-    model = evaluate.load_checkpoint(run_dir / "checkpoints" / f"{checkpoint}.keras")
-    height, width, channels = model.input_shape[1:]
-    return export_tflite(model, out_dir=out_dir or run_dir / "export_tflite", model_name=config.name,
-                         class_names=read_class_names(run_dir), image_size=(height, width),
-                         channels=channels, resize_method=config.input.resize_method, version=version)
+    config, model, class_names = _load_run(run_dir, config, checkpoint)
+    return export_tflite(model, out_dir=out_dir or Path(run_dir) / "export_tflite", model_name=config.name,
+                         class_names=class_names, transform=eval_transform(model, config), version=version)

@@ -17,7 +17,7 @@ AUTOTUNE = tf.data.AUTOTUNE
 
 def _indexed_batches(images: np.ndarray, labels: np.ndarray, *, batch_size: int, num_classes: int,
                      shuffle: bool, seed: int | None, shuffle_buffer: int | None,
-                     image_size, channels, resize_method) -> tf.data.Dataset:
+                     image_size, channels, resize_method, crop="none", margin=0) -> tf.data.Dataset:
     images_tensor = tf.constant(images)
     labels_tensor = tf.constant(np.asarray(labels, np.int64))
     dataset = tf.data.Dataset.range(len(images))
@@ -27,15 +27,16 @@ def _indexed_batches(images: np.ndarray, labels: np.ndarray, *, batch_size: int,
 
     def load(indices):
         batch = preprocessing.prepare_images(tf.gather(images_tensor, indices), image_size=image_size,
-                                             channels=channels, resize_method=resize_method)
+                                             channels=channels, resize_method=resize_method, crop=crop,
+                                             margin=margin)
         return batch, tf.one_hot(tf.gather(labels_tensor, indices), num_classes)
 
     return dataset.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
 
 
 def make_train_dataset(images: np.ndarray, labels: np.ndarray, *, batch_size: int, num_classes: int,
-                       seed: int, image_size=None, channels=None, resize_method="bilinear",
-                       augment: dict | None = None, shuffle_buffer: int | None = None,
+                       seed: int, image_size=None, channels=None, resize_method="bilinear", crop="none",
+                       margin=0, augment: dict | None = None, shuffle_buffer: int | None = None,
                        deterministic: bool = True) -> tf.data.Dataset:
     """Shuffled, augmented batches of (float32 images in [0, 255], one-hot labels).
 
@@ -47,22 +48,89 @@ def make_train_dataset(images: np.ndarray, labels: np.ndarray, *, batch_size: in
     """
     dataset = _indexed_batches(images, labels, batch_size=batch_size, num_classes=num_classes,
                                shuffle=True, seed=seed, shuffle_buffer=shuffle_buffer,
-                               image_size=image_size, channels=channels, resize_method=resize_method)
-    augmenter = preprocessing.build_augmenter(**(augment or {}), image_size=image_size or images.shape[1:3],
-                                              seed=seed)
-    if augmenter is not None:
-        # Keras random layers keep their RNG state in a variable: calls in parallel would race for it.
-        if deterministic:
-            dataset = dataset.map(lambda x, y: (augmenter(x), y))
-        else:
-            dataset = dataset.map(lambda x, y: (augmenter(x), y), num_parallel_calls=AUTOTUNE,
-                                  deterministic=False)
+                               image_size=image_size, channels=channels, resize_method=resize_method,
+                               crop=crop, margin=margin)
+    dataset = _augment(dataset, augment, image_size or images.shape[1:3], seed, deterministic)
     return dataset.prefetch(AUTOTUNE)
 
 
+def _augment(dataset, augment: dict | None, image_size, seed: int, deterministic: bool):
+    """Batch-level augmentation with Keras preprocessing layers (one vectorised call per batch)."""
+    augmenter = preprocessing.build_augmenter(**(augment or {}), image_size=image_size, seed=seed)
+    if augmenter is None:
+        return dataset
+    if deterministic:
+        # Keras random layers keep their RNG state in a variable: calls in parallel would race for it.
+        return dataset.map(lambda x, y: (augmenter(x), y))
+    return dataset.map(lambda x, y: (augmenter(x), y), num_parallel_calls=AUTOTUNE, deterministic=False)
+
+
 def make_eval_dataset(images: np.ndarray, labels: np.ndarray, *, batch_size: int, num_classes: int,
-                      image_size=None, channels=None, resize_method="bilinear") -> tf.data.Dataset:
+                      image_size=None, channels=None, resize_method="bilinear", crop="none",
+                      margin=0) -> tf.data.Dataset:
     """Batches in order, eval transform only (no randomness)."""
     return _indexed_batches(images, labels, batch_size=batch_size, num_classes=num_classes,
                             shuffle=False, seed=None, shuffle_buffer=None, image_size=image_size,
-                            channels=channels, resize_method=resize_method).prefetch(AUTOTUNE)
+                            channels=channels, resize_method=resize_method, crop=crop,
+                            margin=margin).prefetch(AUTOTUNE)
+
+
+# --------------------------------------------------------------------------------------------------
+# Image files of any size (folder and file_list datasets)
+# --------------------------------------------------------------------------------------------------
+
+def _cache(dataset: tf.data.Dataset, cache: str, suffix: str) -> tf.data.Dataset:
+    if cache == "none":
+        return dataset
+    if cache == "memory":
+        return dataset.cache()
+    return dataset.cache(f"{cache}-{suffix}")  # a disk cache; TF adds its own .index/.data files
+
+
+def _train_crop(image, seed, *, image_size, channels, crop, margin, resize_method):
+    """Random counterpart of the eval crop in `preprocessing.prepare_images`."""
+    if crop == "square":
+        image = preprocessing.random_square_crop(image, margin, seed)
+    elif crop == "shorter_side":
+        height, width = int(image_size[0]), int(image_size[1])
+        image = preprocessing.resize_shorter_side(image, max(height, width), resize_method)
+        image = tf.image.stateless_random_crop(image, [height, width, channels], seed=seed)
+    return preprocessing.resize_to(image, image_size, resize_method)
+
+
+def make_file_dataset(paths, labels, *, training: bool, batch_size: int, num_classes: int, image_size,
+                      channels: int, seed: int = 0, resize_method: str = "bilinear", crop: str = "none",
+                      margin: int = 0, augment: dict | None = None, cache: str = "memory",
+                      shuffle_buffer: int | None = None, deterministic: bool = True,
+                      cache_suffix: str = "") -> tf.data.Dataset:
+    """Batches of (float32 images in [0, 255], one-hot labels) from image files of any size.
+
+    Decoding runs in parallel; a file that fails to decode is dropped with a logged warning (files are
+    checked before training, so this only catches files that changed since). Training: decoded images
+    are cached, then shuffled, randomly cropped (seeded, stateless: repeatable whatever the parallelism),
+    resized, batched and augmented. Evaluation: the eval transform, then the cache.
+    """
+    labels = np.asarray(labels, np.int64)
+    dataset = tf.data.Dataset.from_tensor_slices((list(map(str, paths)), labels))
+    dataset = dataset.map(
+        lambda path, label: (preprocessing.decode_image(tf.io.read_file(path), channels=channels), label),
+        num_parallel_calls=AUTOTUNE, deterministic=True)
+    dataset = dataset.ignore_errors(log_warning=True)
+    one_hot = lambda images, y: (images, tf.one_hot(y, num_classes))  # noqa: E731
+    if not training:
+        dataset = dataset.map(
+            lambda image, label: (preprocessing.prepare_images(
+                image, image_size=image_size, resize_method=resize_method, crop=crop, margin=margin), label),
+            num_parallel_calls=AUTOTUNE, deterministic=True)
+        dataset = _cache(dataset, cache, f"eval{cache_suffix}")
+        return dataset.batch(batch_size).map(one_hot, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+
+    dataset = _cache(dataset, cache, f"train{cache_suffix}")
+    dataset = dataset.shuffle(shuffle_buffer or max(len(labels), 1), seed=seed, reshuffle_each_iteration=True)
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+    dataset = tf.data.Dataset.zip(dataset, seeds).map(
+        lambda element, pair: (_train_crop(element[0], pair, image_size=image_size, channels=channels,
+                                           crop=crop, margin=margin, resize_method=resize_method), element[1]),
+        num_parallel_calls=AUTOTUNE, deterministic=True)
+    dataset = _augment(dataset.batch(batch_size), augment, image_size, seed, deterministic)
+    return dataset.map(one_hot, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)

@@ -14,9 +14,10 @@ from keras import layers
 
 
 def convert_channels(images: tf.Tensor, channels: int | None) -> tf.Tensor:
-    """[..., H, W, C] with C in {1, 2, 3, 4} -> [..., H, W, channels]; alpha is dropped."""
+    """[..., H, W, C] with C in {1, 2, 3, 4} known statically -> [..., H, W, channels]; alpha is dropped."""
     if channels is None:
         return images
+    images = tf.convert_to_tensor(images)
     source = images.shape[-1]
     if source in (2, 4):  # grey+alpha or RGBA: drop alpha
         images = images[..., : source - 1]
@@ -33,37 +34,95 @@ def convert_channels(images: tf.Tensor, channels: int | None) -> tf.Tensor:
     raise ValueError(f"cannot convert images with {source} channels to {channels}")
 
 
+def _square_side(height, width, margin):
+    return tf.maximum(tf.minimum(height, width) - 2 * margin, 1)
+
+
+def center_square_crop(images: tf.Tensor, margin: int = 0) -> tf.Tensor:
+    """The centred square of side min(H, W) - 2 * margin. Offsets use the height for the vertical and
+    the width for the horizontal axis (seed 002 used the height for both)."""
+    shape = tf.shape(images)
+    height, width = shape[-3], shape[-2]
+    side = _square_side(height, width, margin)
+    return tf.image.crop_to_bounding_box(images, (height - side) // 2, (width - side) // 2, side, side)
+
+
+def random_square_crop(image: tf.Tensor, margin: int, seed: tf.Tensor) -> tf.Tensor:
+    """A square of side min(H, W) - 2 * margin at a random position; `seed` is a stateless seed [2]."""
+    shape = tf.shape(image)
+    height, width = shape[-3], shape[-2]
+    side = _square_side(height, width, margin)
+    offsets = tf.random.stateless_uniform([2], seed=seed, minval=0, maxval=2**31 - 1, dtype=tf.int32)
+    top = offsets[0] % (height - side + 1)
+    left = offsets[1] % (width - side + 1)
+    return tf.image.crop_to_bounding_box(image, top, left, side, side)
+
+
+def resize_shorter_side(images: tf.Tensor, size: int, method: str = "bilinear") -> tf.Tensor:
+    """Resizes so the shorter side is `size`, keeping the aspect ratio."""
+    shape = tf.shape(images)
+    height, width = tf.cast(shape[-3], tf.float32), tf.cast(shape[-2], tf.float32)
+    scale = tf.cast(size, tf.float32) / tf.minimum(height, width)
+    new_size = tf.cast(tf.math.ceil(tf.stack([height * scale, width * scale]) - 1e-3), tf.int32)
+    return tf.image.resize(images, tf.maximum(new_size, size), method=method)
+
+
 def prepare_images(images: tf.Tensor, *, image_size=None, channels: int | None = None,
-                   resize_method: str = "bilinear") -> tf.Tensor:
-    """The eval transform: channel conversion, resize to `image_size`, float32 in [0, 255].
+                   resize_method: str = "bilinear", crop: str = "none", margin: int = 0) -> tf.Tensor:
+    """The eval transform: channel conversion, deterministic crop, resize, float32 in [0, 255].
 
     Args:
         images: uint8 or float tensor [H, W, C] or [B, H, W, C], values in [0, 255].
         image_size: (height, width) or None to keep the size.
         channels: output channels (1 or 3) or None to keep them.
         resize_method: a `tf.image.resize` method.
+        crop: "none" (resize the whole image), "square" (the centred square of side
+            min(H, W) - 2 * margin, then resize) or "shorter_side" (resize the shorter side to the target,
+            keeping the aspect ratio, then take the centred target-size window).
+        margin: pixels left out on each side of the shorter axis by the "square" crop.
     Returns:
         float32 tensor with the same rank, values in [0, 255].
     """
     images = convert_channels(images, channels)
+    if crop == "square":
+        images = center_square_crop(images, margin)
+    elif crop == "shorter_side":
+        if image_size is None:
+            raise ValueError("crop='shorter_side' needs image_size")
+        images = resize_shorter_side(images, max(int(image_size[0]), int(image_size[1])), resize_method)
+        images = tf.image.resize_with_crop_or_pad(images, int(image_size[0]), int(image_size[1]))
+    elif crop != "none":
+        raise ValueError(f"crop must be none, square or shorter_side. Received: crop={crop!r}")
+    return resize_to(images, image_size, resize_method)
+
+
+def resize_to(images: tf.Tensor, image_size, resize_method: str = "bilinear") -> tf.Tensor:
+    """float32 in [0, 255], resized to `image_size` unless it already has that size."""
     images = tf.cast(images, tf.float32)
     if image_size is not None:
         height, width = int(image_size[0]), int(image_size[1])
-        if tuple(images.shape[-3:-1]) != (height, width):
+        if images.shape[-3:-1] != (height, width):
             images = tf.image.resize(images, (height, width), method=resize_method)
             images = tf.clip_by_value(images, 0.0, 255.0)  # bicubic overshoots
     return images
 
 
-def decode_image(encoded: tf.Tensor, *, channels: int) -> tf.Tensor:
-    """Encoded JPEG/PNG/GIF/BMP bytes -> uint8 [H, W, channels]; first frame of an animated GIF."""
-    image = tf.io.decode_image(encoded, channels=0, expand_animations=False, dtype=tf.uint8)
-    image = tf.ensure_shape(image, [None, None, None])
-    # decode_image(channels=N) cannot turn RGB into grey; decode natively then convert ourselves.
+def convert_channels_dynamic(images: tf.Tensor, channels: int) -> tf.Tensor:
+    """Like `convert_channels` for a channel count known only at run time (1-4: grey, grey+alpha, RGB,
+    RGBA), as in a serving signature that accepts any of them."""
+    rank = images.shape.rank
+    known = [None] * (rank - 1)
     return tf.cond(
-        tf.shape(image)[-1] >= 3,
-        lambda: convert_channels(tf.ensure_shape(image[..., :3], [None, None, 3]), channels),
-        lambda: convert_channels(tf.ensure_shape(image[..., :1], [None, None, 1]), channels))
+        tf.shape(images)[-1] >= 3,
+        lambda: convert_channels(tf.ensure_shape(images[..., :3], known + [3]), channels),
+        lambda: convert_channels(tf.ensure_shape(images[..., :1], known + [1]), channels))
+
+
+def decode_image(encoded: tf.Tensor, *, channels: int) -> tf.Tensor:
+    """Encoded JPEG/PNG/GIF/BMP/WebP bytes -> uint8 [H, W, channels]; first frame of an animated GIF."""
+    image = tf.io.decode_image(encoded, channels=0, expand_animations=False, dtype=tf.uint8)
+    # decode_image(channels=N) cannot turn RGB into grey; decode natively then convert ourselves.
+    return convert_channels_dynamic(tf.ensure_shape(image, [None, None, None]), channels)
 
 
 def normalization_layer(mode: str, *, mean=None, std=None) -> layers.Layer:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import math
+import warnings
 from pathlib import Path
 
 import keras
@@ -25,6 +26,11 @@ from pipeline import callbacks as run_callbacks
 from pipeline import config as config_lib
 from pipeline import datasets, input_pipeline, optim, preprocessing
 from pipeline.config import PROJECT_ROOT, Config
+
+
+# Image-file pipelines drop files that fail to decode (ignore_errors), so tf.data cannot know their
+# length; Keras then learns it at the end of epoch 1 and warns about "running out of data". Expected.
+warnings.filterwarnings("ignore", message="Your input ran out of data")
 
 
 class RunError(RuntimeError):
@@ -40,51 +46,145 @@ def default_run_dir(name: str) -> Path:
 # --------------------------------------------------------------------------------------------------
 
 class Splits:
-    """Train/validation/test arrays of one experiment, with what the model needs to know about them."""
+    """Train/validation/test data of one experiment, with what the model needs to know about it.
 
-    def __init__(self, config: Config):
-        data = datasets.load_dataset(config.dataset.name, data_dir=config.dataset.data_dir,
-                                     mirror_dir=config.dataset.mirror_dir)
+    In-memory datasets (MNIST, CIFAR-10) hold arrays; image-file datasets hold paths, checked once
+    before training (cached): unreadable files are skipped and reported (`skipped`), or with
+    `dataset.strict` the run stops before training with the full list.
+    """
+
+    def __init__(self, config: Config, *, log=print):
+        options = config.dataset
+        data = datasets.load_dataset(options.name, data_dir=options.data_dir, mirror_dir=options.mirror_dir,
+                                     root=options.root, lists=options.lists, classes=options.classes)
         self.class_names = data.class_names
         self.num_classes = len(data.class_names)
-        if config.dataset.validation_split > 0:
-            kept, held_out = datasets.stratified_split(data.train_labels, config.dataset.validation_split,
-                                                       config.seed)
+        self.skipped: list[dict] = []
+        if isinstance(data, datasets.ArrayDataset):
+            self.kind = "arrays"
+            parts = {"train": (data.train_images, data.train_labels), "test": (data.test_images, data.test_labels)}
+            height, width, channels = data.image_shape
         else:
-            kept, held_out = np.arange(len(data.train_labels)), np.arange(0)
-        self.train = (data.train_images[kept], data.train_labels[kept])
-        self.validation = (data.train_images[held_out], data.train_labels[held_out])
-        self.test = (data.test_images, data.test_labels)
-        height, width, channels = data.image_shape
+            self.kind = "files"
+            parts = self._checked_files(data, config, log)
+            if not config.input.image_size:
+                raise config_lib.ConfigError(f"input.image_size: required for dataset {options.name!r}, whose "
+                                             f"images have many sizes; e.g. --set input.image_size=[224,224]")
+            height, width, channels = None, None, 3
+        parts = self._carve(parts, config)
+        self.train, self.validation, self.test = parts["train"], parts["validation"], parts["test"]
         if config.input.image_size:
             height, width = config.input.image_size
         self.input_shape = (int(height), int(width), int(config.input.channels or channels))
 
+    def _checked_files(self, data, config: Config, log) -> dict:
+        from pipeline import image_files
+
+        every = [path for paths, _ in data.splits.values() for path in paths]
+        checks = image_files.scan_images(
+            every, min_size=config.dataset.min_image_size,
+            cache_dir=datasets.resolve_data_dir(config.dataset.data_dir) / ".scan-cache",
+            progress=True, description=f"checking {len(every)} images")
+        bad = {}
+        for check in checks:
+            if not check.ok:
+                bad[check.path] = check.reason
+            elif config.dataset.skip_placeholders and check.warning and "placeholder" in check.warning:
+                bad[check.path] = check.warning
+        if bad and config.dataset.strict:
+            listing = "\n  ".join(f"{path}: {reason}" for path, reason in bad.items())
+            raise datasets.DatasetError(f"{len(bad)} unreadable image(s) and dataset.strict is true:\n  {listing}\n"
+                                        f"Fix or remove them (`python -m pipeline data check ROOT --quarantine DIR` "
+                                        f"moves them aside), or set dataset.strict=false to skip them.")
+        for path, reason in bad.items():
+            log(f"skipping {path}: {reason}")
+        parts = {}
+        for split, (paths, labels) in data.splits.items():
+            keep = np.asarray([path not in bad for path in paths], bool)
+            parts[split] = (np.asarray(paths, object)[keep] if len(paths) else np.asarray([], object),
+                            np.asarray(labels, np.int64)[keep] if len(paths) else np.zeros(0, np.int64))
+        self.skipped = [{"path": path, "reason": reason} for path, reason in bad.items()]
+        return parts
+
+    @staticmethod
+    def _carve(parts: dict, config: Config) -> dict:
+        """Fills in missing splits, stratified by class and seeded. A source with train and validation
+        but no test (e.g. hymenoptera's train/ and val/) uses its validation folder as the test split, and
+        validation is carved from train: the test split must never steer training."""
+        parts = dict(parts)
+        if "test" not in parts:
+            if "validation" in parts:
+                parts["test"] = parts.pop("validation")
+            else:
+                kept, held = datasets.stratified_split(parts["train"][1], config.dataset.test_split, config.seed + 1)
+                parts["test"] = tuple(a[held] for a in parts["train"])
+                parts["train"] = tuple(a[kept] for a in parts["train"])
+        if "validation" not in parts:
+            if config.dataset.validation_split > 0:
+                kept, held = datasets.stratified_split(parts["train"][1], config.dataset.validation_split,
+                                                       config.seed)
+            else:
+                kept, held = np.arange(len(parts["train"][1])), np.arange(0)
+            parts["validation"] = tuple(a[held] for a in parts["train"])
+            parts["train"] = tuple(a[kept] for a in parts["train"])
+        return parts
+
+    def dataset(self, split: str, config: Config, *, training: bool = False, batch_size: int | None = None):
+        """The tf.data pipeline of one split: training (shuffled, augmented) or evaluation."""
+        inputs, labels = getattr(self, split)
+        batch_size = batch_size or config.train.batch_size
+        common = dict(batch_size=batch_size, num_classes=self.num_classes, **input_options(config))
+        if self.kind == "files":
+            common.update(channels=self.input_shape[-1], cache=config.input.cache, cache_suffix=f"-{split}")
+            if training:
+                return input_pipeline.make_file_dataset(
+                    inputs, labels, training=True, seed=config.seed, augment=config_lib.to_dict(config.input.augment),
+                    shuffle_buffer=config.input.shuffle_buffer, deterministic=config.input.deterministic, **common)
+            return input_pipeline.make_file_dataset(inputs, labels, training=False, **common)
+        if training:
+            return input_pipeline.make_train_dataset(
+                inputs, labels, seed=config.seed, augment=config_lib.to_dict(config.input.augment),
+                shuffle_buffer=config.input.shuffle_buffer, deterministic=config.input.deterministic, **common)
+        return input_pipeline.make_eval_dataset(inputs, labels, **common)
+
+    def channel_statistics(self, config: Config) -> tuple[list[float], list[float]]:
+        """Per-channel mean and std of the training split after the eval transform (for `standardize`)."""
+        if self.kind == "arrays":
+            prepared = preprocessing.prepare_images(self.train[0][:1], **input_options(config))
+            if prepared.shape[-1] != self.train[0].shape[-1] or prepared.shape[1:3] != self.train[0].shape[1:3]:
+                raise RunError("input.normalization: standardize on arrays needs the dataset's own size and "
+                               "channels; use normalization: unit with resizing or channel conversion")
+            return preprocessing.channel_statistics(self.train[0])
+        total = np.zeros(self.input_shape[-1])
+        total_sq = np.zeros(self.input_shape[-1])
+        count = 0
+        for images, _ in self.dataset("train", config, batch_size=64).as_numpy_iterator():
+            pixels = images.reshape(-1, images.shape[-1]).astype(np.float64)
+            total += pixels.sum(0)
+            total_sq += np.square(pixels).sum(0)
+            count += len(pixels)
+        mean = total / count
+        return mean.tolist(), np.sqrt(np.maximum(total_sq / count - mean ** 2, 1e-12)).tolist()
+
 
 def input_options(config: Config) -> dict:
-    """Keyword arguments shared by every pipeline and by the export: the eval transform's settings."""
+    """Keyword arguments of the eval transform shared by every pipeline and by the export."""
     return {"image_size": config.input.image_size, "channels": config.input.channels,
-            "resize_method": config.input.resize_method}
-
-
-def eval_dataset(config: Config, images, labels, num_classes: int, batch_size: int | None = None):
-    return input_pipeline.make_eval_dataset(images, labels, batch_size=batch_size or config.train.batch_size,
-                                            num_classes=num_classes, **input_options(config))
+            "resize_method": config.input.resize_method, "crop": config.input.crop.mode,
+            "margin": config.input.crop.margin}
 
 
 # --------------------------------------------------------------------------------------------------
 # Model
 # --------------------------------------------------------------------------------------------------
 
-def build_model(config: Config, *, input_shape, num_classes: int, train_images=None) -> keras.Model:
-    """The registered network behind a normalisation layer, so saved models carry their normalisation."""
-    mean = std = None
-    if config.input.normalization == "standardize":
-        prepared = preprocessing.prepare_images(train_images[:1], **input_options(config))
-        if prepared.shape[-1] != train_images.shape[-1]:
-            raise RunError("input.normalization: standardize needs input.channels to match the dataset's "
-                           "channels; use normalization: unit with a channel conversion")
-        mean, std = preprocessing.channel_statistics(train_images)
+def build_model(config: Config, *, input_shape, num_classes: int, statistics=(None, None)) -> keras.Model:
+    """The registered network behind a normalisation layer, so saved models carry their normalisation.
+
+    Args:
+        statistics: (mean, std) per channel in pixel units, for `input.normalization: standardize`.
+    """
+    mean, std = statistics
     network = models.build_model(config.model.name, input_shape=input_shape, num_classes=num_classes,
                                  **config.model.options)
     inputs = keras.Input(shape=input_shape, name="image")
@@ -200,7 +300,7 @@ def train(config: Config, *, run_dir: Path | None = None, log=print) -> dict:
             f"Use `python -m pipeline evaluate {run_dir}` to re-evaluate, or a new --run-dir to train again.")
         return evaluate.read_metrics(run_dir)
 
-    splits = Splits(config)  # before anything is written: a missing dataset leaves no run directory
+    splits = Splits(config, log=log)  # before anything is written: a missing dataset leaves no run directory
     run_dir.mkdir(parents=True, exist_ok=True)
     if state == "new":
         run_callbacks.atomic_write_text(run_dir / "classes.txt", "\n".join(splits.class_names) + "\n")
@@ -212,21 +312,18 @@ def train(config: Config, *, run_dir: Path | None = None, log=print) -> dict:
     keras.utils.set_random_seed(config.seed)
     keras.mixed_precision.set_dtype_policy(config.train.mixed_precision)
     try:
+        statistics = (splits.channel_statistics(config) if config.input.normalization == "standardize"
+                      else (None, None))
         model = build_model(config, input_shape=splits.input_shape, num_classes=splits.num_classes,
-                            train_images=splits.train[0])
+                            statistics=statistics)
     finally:
         keras.mixed_precision.set_dtype_policy("float32")
     batch_size = config.train.batch_size
     steps_per_epoch = math.ceil(len(splits.train[0]) / batch_size)
     compile_model(model, config, steps_per_epoch)
 
-    augment = config_lib.to_dict(config.input.augment)
-    train_data = input_pipeline.make_train_dataset(
-        *splits.train, batch_size=batch_size, num_classes=splits.num_classes, seed=config.seed,
-        augment=augment, shuffle_buffer=config.input.shuffle_buffer,
-        deterministic=config.input.deterministic, **input_options(config))
-    validation_data = (eval_dataset(config, *splits.validation, splits.num_classes)
-                       if len(splits.validation[0]) else None)
+    train_data = splits.dataset("train", config, training=True)
+    validation_data = splits.dataset("validation", config) if len(splits.validation[1]) else None
     callback_list, stateful = build_callbacks(config, run_dir, len(splits.train[0]))
 
     metadata = run_callbacks.read_backup_metadata(run_dir / "backup")
@@ -259,6 +356,7 @@ def train(config: Config, *, run_dir: Path | None = None, log=print) -> dict:
         "train_images": len(splits.train[0]),
         "validation_images": len(splits.validation[0]),
         "test_images": len(splits.test[0]),
+        "skipped_files": splits.skipped,
     }
     if config.export.enabled:
         metrics["export"] = str(export.export_run(run_dir, config=config))

@@ -1,0 +1,30 @@
+"""A small modern CNN for training from scratch on photo folders of any input size."""
+
+from __future__ import annotations
+
+import keras
+from keras import layers
+
+from models.registry import register_model
+
+
+@register_model()
+def simple_cnn(*, input_shape=(128, 128, 3), num_classes=10, filters=(32, 64, 128, 256), dropout_rate=0.3):
+    """Conv-BN-ReLU blocks (two convolutions each, then max-pooling), global average pooling, dropout.
+
+    Global pooling makes the parameter count independent of the input size (about 1.2M with the
+    default filters), so the same network trains at 64x64 or 224x224.
+    """
+    inputs = keras.Input(shape=tuple(input_shape), name="image")
+    x = inputs
+    for block, width in enumerate(filters, start=1):
+        for index in (1, 2):
+            x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"block{block}_conv{index}")(x)
+            x = layers.BatchNormalization(name=f"block{block}_bn{index}")(x)
+            x = layers.Activation("relu", name=f"block{block}_relu{index}")(x)
+        x = layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    x = layers.Dropout(dropout_rate, name="dropout")(x)
+    logits = layers.Dense(num_classes, name="logits")(x)
+    outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
+    return keras.Model(inputs, outputs, name="simple_cnn")

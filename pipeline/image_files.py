@@ -1,0 +1,260 @@
+"""Finding image files and checking that each one decodes, in parallel, with a cached result.
+
+Images are recognised by content (magic bytes), not by extension. The check decodes with TensorFlow's
+`decode_image`, the decoder training and the exported SavedModel use, so "good" means "the pipeline can
+read it". Decision on decodable files with a misleading name (a GIF named `.jpg`): they are good images
+and are used; `check` lists them as a warning, because the name is wrong, not the content.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import errno
+import hashlib
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from pipeline.fileio import atomic_write_json
+
+DECODABLE = {"jpeg": "JPEG", "png": "PNG", "gif": "GIF", "bmp": "BMP", "webp": "WebP"}
+EXTENSIONS = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png", ".gif": "gif", ".bmp": "bmp", ".webp": "webp"}
+
+
+def sniff_format(head: bytes) -> str | None:
+    """The image format named by a file's first bytes: a DECODABLE key, another format's name, or None."""
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    if head.startswith(b"BM"):
+        return "bmp"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "webp"
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "TIFF"
+    if head[4:12] in (b"ftypheic", b"ftypheix", b"ftypmif1", b"ftypavif"):
+        return "HEIC/AVIF"
+    if head[:4] == b"\x00\x00\x01\x00":
+        return "ICO"
+    if head[:4] == b"8BPS":
+        return "PSD"
+    if head[:4] == b"%PDF":
+        return "PDF"
+    return None
+
+
+def _describe_non_image(head: bytes) -> str:
+    text = head.lstrip().lower()
+    if text.startswith((b"<!doctype html", b"<html", b"<head", b"<body")) or b"<html" in text[:512]:
+        return "not an image (HTML page)"
+    if text.startswith(b"<svg") or b"<svg" in text[:512]:
+        return "unsupported format (SVG)"
+    try:
+        head.decode("utf-8")
+        return "not an image (text)"
+    except UnicodeDecodeError:
+        return "not an image (unknown binary format)"
+
+
+@dataclasses.dataclass
+class ImageCheck:
+    """Result of checking one file. `reason` is None for a good image; `warning` flags a good but odd one."""
+
+    path: str
+    reason: str | None = None
+    format: str | None = None
+    height: int = 0
+    width: int = 0
+    channels: int = 0
+    colours: int = 0
+    warning: str | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.reason is None
+
+
+def _os_reason(error: OSError) -> str:
+    if error.errno == errno.ELOOP:
+        return "unreadable: symbolic link loop"
+    if error.errno == errno.ENOENT:
+        return "unreadable: broken symbolic link or missing file"
+    if error.errno in (errno.EACCES, errno.EPERM):
+        return "unreadable: permission denied"
+    if error.errno == errno.EISDIR:
+        return "unreadable: is a directory"
+    return f"unreadable: {error.strerror or error}"
+
+
+def check_image(path: os.PathLike, *, min_size: int = 8, placeholder_colours: int = 64) -> ImageCheck:
+    """Reads and decodes one file.
+
+    Args:
+        min_size: images whose shorter side is below this are bad ("too small").
+        placeholder_colours: a decodable RGB image with fewer distinct colours than this, at a 64x64
+            thumbnail, gets a warning: real photos have hundreds; "image not found" placeholders a few.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    result = ImageCheck(str(path))
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+    except OSError as error:
+        result.reason = _os_reason(error)
+        return result
+    if not data:
+        result.reason = "empty file (0 bytes)"
+        return result
+    kind = sniff_format(data[:64])
+    if kind is None:
+        result.reason = _describe_non_image(data[:1024])
+        return result
+    if kind not in DECODABLE:
+        result.reason = f"unsupported format ({kind})"
+        return result
+    result.format = kind
+    try:
+        image = tf.io.decode_image(data, channels=0, expand_animations=False).numpy()
+    except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as error:
+        message = str(error).split("\n")[0].split("}}")[-1].strip().split(" [Op:")[0]
+        result.reason = f"truncated or corrupt {DECODABLE[kind]} ({message})"
+        return result
+    result.height, result.width, result.channels = (int(v) for v in image.shape)
+    if min(result.height, result.width) < min_size:
+        result.reason = f"too small ({result.width}x{result.height} pixels; the shorter side must be >= {min_size})"
+        return result
+    extension = EXTENSIONS.get(Path(path).suffix.lower())
+    if extension and extension != kind:
+        result.warning = f"{DECODABLE[kind]} content named {Path(path).suffix} (used as {DECODABLE[kind]})"
+    if result.channels >= 3 and placeholder_colours:
+        thumbnail = tf.image.resize(image[..., :3], (64, 64), method="nearest").numpy().reshape(-1, 3)
+        result.colours = int(len(np.unique(thumbnail, axis=0)))
+        if result.colours < placeholder_colours:
+            note = f"only {result.colours} colours: may be a placeholder, not a photo"
+            result.warning = f"{result.warning}; {note}" if result.warning else note
+    return result
+
+
+def find_files(root: os.PathLike) -> list[Path]:
+    """Every non-hidden file under `root`, recursively, sorted. Symbolic links to directories are not
+    followed (a link loop would never end); links to files are listed and checked like files."""
+    root = Path(root)
+    if root.is_file():
+        return [root]
+    found = []
+    for directory, subdirectories, files in os.walk(root):
+        subdirectories[:] = sorted(d for d in subdirectories if not d.startswith("."))
+        found.extend(Path(directory) / name for name in files if not name.startswith("."))
+    return sorted(found)
+
+
+class Progress:
+    """A one-line progress bar on stderr (a line every ~10% when stderr is not a terminal)."""
+
+    def __init__(self, total: int, description: str, stream=None, enabled: bool = True):
+        self.total, self.description = total, description
+        self.stream = stream or sys.stderr
+        self.enabled = enabled and total > 0
+        self.count = 0
+        self.start = time.perf_counter()
+        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
+        self._last_decile = -1
+
+    def update(self, step: int = 1) -> None:
+        self.count += step
+        if not self.enabled:
+            return
+        fraction = self.count / self.total
+        rate = self.count / max(time.perf_counter() - self.start, 1e-9)
+        if self.tty:
+            bar = "#" * int(30 * fraction)
+            self.stream.write(f"\r{self.description} [{bar:<30}] {self.count}/{self.total} {rate:.0f}/s")
+            if self.count >= self.total:
+                self.stream.write("\n")
+        elif int(fraction * 10) > self._last_decile:
+            self._last_decile = int(fraction * 10)
+            self.stream.write(f"{self.description}: {self.count}/{self.total} ({rate:.0f}/s)\n")
+        self.stream.flush()
+
+
+def _cache_key(path: Path) -> list | None:
+    try:
+        stat = path.stat()
+        return [stat.st_size, stat.st_mtime_ns]
+    except OSError:
+        return None
+
+
+def scan_images(paths, *, min_size: int = 8, placeholder_colours: int = 64, workers: int | None = None,
+                cache_dir: os.PathLike | None = None, progress: bool = False,
+                description: str = "checking images") -> list[ImageCheck]:
+    """Checks many files in parallel (TensorFlow's decoder releases the GIL). Results come back in input
+    order. With `cache_dir`, a file whose size and modification time are unchanged is not decoded again,
+    so re-scanning a clean dataset costs a `stat` per file."""
+    paths = [Path(p) for p in paths]
+    settings = f"{min_size}:{placeholder_colours}"
+    cache_file = None
+    cache: dict = {}
+    if cache_dir is not None:
+        digest = hashlib.sha1(("\n".join(str(p.resolve()) for p in paths) + settings).encode()).hexdigest()
+        cache_file = Path(cache_dir) / f"scan-{digest[:16]}.json"
+        try:
+            cache = json.loads(cache_file.read_text())
+        except (OSError, ValueError):
+            cache = {}
+    results: list[ImageCheck | None] = [None] * len(paths)
+    todo = []
+    for index, path in enumerate(paths):
+        entry = cache.get(str(path))
+        if entry is not None and entry["key"] == _cache_key(path):
+            results[index] = ImageCheck(**entry["result"])
+        else:
+            todo.append(index)
+    bar = Progress(len(todo), description, enabled=progress)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 2) * 2)) as pool:
+        futures = {pool.submit(check_image, paths[i], min_size=min_size,
+                               placeholder_colours=placeholder_colours): i for i in todo}
+        for future in concurrent.futures.as_completed(futures):
+            results[futures[future]] = future.result()
+            bar.update()
+    if cache_file is not None and todo:
+        entries = {str(p): {"key": _cache_key(p), "result": dataclasses.asdict(r)} for p, r in zip(paths, results)}
+        try:
+            atomic_write_json(cache_file, entries)
+        except OSError:
+            pass  # a read-only data dir only costs the next scan its speed
+    return results
+
+
+SPLIT_NAMES = {"train": "train", "val": "validation", "validation": "validation", "test": "test"}
+
+
+def list_class_folders(root: os.PathLike) -> tuple[list[Path], list[int], list[str]]:
+    """Files under `root/<class>/...` (recursive): (files, labels, class_names), deterministic order.
+
+    Class index = position of the class folder's name in sorted order. Files directly in `root` are
+    ignored (they belong to no class).
+    """
+    root = Path(root)
+    class_names = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    files, labels = [], []
+    for index, name in enumerate(class_names):
+        found = find_files(root / name)
+        files.extend(found)
+        labels.extend([index] * len(found))
+    return files, labels, class_names
+
+
+def split_folders(root: os.PathLike) -> dict[str, Path]:
+    """`train/`, `val/` or `validation/`, `test/` sub-folders of `root` (canonical split name -> path)."""
+    root = Path(root)
+    return {SPLIT_NAMES[p.name]: p for p in sorted(root.iterdir())
+            if p.is_dir() and p.name in SPLIT_NAMES} if root.is_dir() else {}
