@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from pathlib import Path
 
 import keras
@@ -116,33 +117,50 @@ class Timer(keras.callbacks.Callback):
 
 
 class CrashSafeBackupAndRestore(keras.callbacks.BackupAndRestore):
-    """`BackupAndRestore` made atomic, and carrying the state of other callbacks.
+    """`BackupAndRestore` made atomic, phase-aware, and carrying the state of other callbacks.
 
     At each epoch end: the weights (model and optimizer: iteration count, moments, so the learning-rate
     schedule continues exactly) go to `epoch-NNNN.weights.h5`, then `training_metadata.json` is replaced;
-    it names that file, the epoch, and the state of `stateful` callbacks (best checkpoint value,
-    early-stopping patience, timers). Put this callback last, so it saves after the others have updated
-    their state and restores after their `on_train_begin` has reset it.
+    it names that file, the epoch, the phase, how many phases are complete, and the state of `stateful`
+    callbacks (best checkpoint value, early-stopping patience, timers). Put this callback last, so it
+    saves after the others have updated their state and restores after their `on_train_begin` reset it.
+
+    Only the first `fit` of a process restores (`begin_phase(..., restore=True)`); later phases continue
+    from the model in memory. A backup written in an earlier phase restores the model weights only: the
+    new phase's optimizer starts fresh, as it would have without the interruption.
     """
 
     METADATA = "training_metadata.json"
 
-    def __init__(self, backup_dir: os.PathLike, *, stateful: dict | None = None):
+    def __init__(self, backup_dir: os.PathLike, *, stateful: dict | None = None, total_phases: int = 1):
         super().__init__(str(backup_dir), save_freq="epoch", delete_checkpoint=False)
         self.directory = Path(backup_dir)
         self.stateful = stateful or {}
+        self.total_phases = total_phases
+        self.phase = 0
+        self._restore = True
+
+    def begin_phase(self, index: int, *, restore: bool) -> None:
+        self.phase = index
+        self._restore = restore
 
     # -- reading --------------------------------------------------------------------------------
     def read_metadata(self) -> dict | None:
         return read_backup_metadata(self.directory)
 
     def on_train_begin(self, logs=None):
-        metadata = self.read_metadata()
+        metadata = self.read_metadata() if self._restore else None
+        self._restore = False
         if metadata is None:
             return
-        if self.model.optimizer is not None and not self.model.optimizer.built:
-            self.model.optimizer.build(self.model.trainable_variables)
-        self.model.load_weights(self.directory / metadata["weights"])
+        if metadata.get("phase", 0) == self.phase:
+            if self.model.optimizer is not None and not self.model.optimizer.built:
+                self.model.optimizer.build(self.model.trainable_variables)
+            self.model.load_weights(self.directory / metadata["weights"])
+        else:
+            with warnings.catch_warnings():  # "Skipping variable loading for optimizer": intended
+                warnings.simplefilter("ignore")
+                self.model.load_weights(self.directory / metadata["weights"])
         self.model._initial_epoch = metadata["epoch"]
         for name, callback in self.stateful.items():
             if name in metadata.get("callbacks", {}):
@@ -150,14 +168,15 @@ class CrashSafeBackupAndRestore(keras.callbacks.BackupAndRestore):
 
     # -- writing --------------------------------------------------------------------------------
     def _save_model(self):
-        self._write(finished=False)
+        self._write(completed_phases=self.phase)
 
-    def _write(self, finished: bool):
+    def _write(self, completed_phases: int):
         epoch = self._current_epoch
         weights = f"epoch-{epoch:04d}.weights.h5"
-        if not (self.directory / weights).exists() or not finished:
+        if not (self.directory / weights).exists() or completed_phases == self.phase:
             atomic_write(self.directory / weights, lambda p: self.model.save_weights(p), suffix=".weights.h5")
-        metadata = {"epoch": epoch, "weights": weights, "finished": finished,
+        metadata = {"epoch": epoch, "weights": weights, "phase": self.phase,
+                    "completed_phases": completed_phases, "finished": completed_phases >= self.total_phases,
                     "callbacks": {name: cb.get_state() for name, cb in self.stateful.items()}}
         atomic_write_json(self.directory / self.METADATA, metadata)
         # Only now is the old weights file unreferenced; leftovers of a killed save go too.
@@ -168,10 +187,10 @@ class CrashSafeBackupAndRestore(keras.callbacks.BackupAndRestore):
             path.unlink(missing_ok=True)
 
     def on_train_end(self, logs=None):
-        # Recorded so that a run killed after training (during evaluation or export) does not train
-        # again on restart, even when early stopping ended it before `epochs`.
+        # The phase is complete (all its epochs, or early stopping ended it). Recorded so that a run
+        # killed later (next phase's start, evaluation, export) neither repeats it nor trains on.
         if self._current_epoch:
-            self._write(finished=True)
+            self._write(completed_phases=self.phase + 1)
 
 
 def read_backup_metadata(directory: os.PathLike) -> dict | None:

@@ -151,6 +151,15 @@ class ScheduleConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class PhaseConfig:
+    epochs: int = _field(1, min=1, help="epochs of this phase")
+    trainable: str = _field("all", help="all | none (freeze the `backbone` layer) | from <layer> (unfreeze "
+                                        "that backbone layer and every one after it)")
+    optimizer: OptimizerConfig = _field(OptimizerConfig(), help="this phase's optimizer (fresh state)")
+    schedule: ScheduleConfig = _field(ScheduleConfig(), help="this phase's learning-rate schedule")
+
+
+@dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
     monitor: str = _field("val_accuracy", help="metric that decides best.keras")
     mode: str = _field("auto", choices=["auto", "min", "max"], help="auto: max for accuracy, min otherwise")
@@ -186,6 +195,9 @@ class TrainConfig:
     batch_size: int = _field(128, min=1, help="images per step")
     optimizer: OptimizerConfig = _field(OptimizerConfig(), help="optimizer")
     schedule: ScheduleConfig = _field(ScheduleConfig(), help="learning-rate schedule")
+    phases: Optional[list[PhaseConfig]] = _field(
+        None, help="successive phases, each recompiled with its own optimizer, schedule and trainable "
+                   "layers (fine-tuning); their epochs must add up to train.epochs")
     label_smoothing: float = _field(0.0, min=0.0, max=1.0, max_exclusive=True, help="label smoothing")
     jit_compile: Union[bool, str] = _field("auto", choices=[True, False, "auto"], help="XLA compilation")
     mixed_precision: str = _field("float32", choices=["float32", "mixed_bfloat16", "mixed_float16"],
@@ -390,6 +402,11 @@ def _check_value(value, hint, rules, dotted):
         raise ConfigError(f"{dotted}: a value is required, received null")
     if len(allowed) == 1 and dataclasses.is_dataclass(allowed[0]):
         return _build(allowed[0], value, dotted)
+    if typing.get_origin(allowed[0]) is list:  # a list of sections
+        (item_type,) = typing.get_args(allowed[0])
+        if not isinstance(value, list) or not value:
+            raise ConfigError(f"{dotted}: expected a non-empty list of sections, received {_describe(value)}")
+        return [_build(item_type, item, f"{dotted}[{index}]") for index, item in enumerate(value)]
     choices = rules.get("choices")
     if choices is not None:
         # Compare with type too: YAML `1` must not match a `True` choice, nor `true` match 1.
@@ -464,26 +481,19 @@ def _check_cross_field_rules(config: Config) -> None:
             raise ConfigError(
                 f"unknown key 'model.options.{key}'{_did_you_mean(key, accepted, 'model.options.')}. Model "
                 f"{config.model.name!r} accepts: {', '.join(accepted) or 'no options'}")
-    schedule = config.train.schedule
-    if schedule.name == "step" and not schedule.boundaries:
-        raise ConfigError("train.schedule.boundaries: the step schedule needs at least one boundary "
-                          "(epochs at which the rate is multiplied by train.schedule.factor), received []")
-    if list(schedule.boundaries) != sorted(schedule.boundaries):
-        raise ConfigError(f"train.schedule.boundaries: must be increasing; received {schedule.boundaries}")
-    if schedule.warmup_epochs and schedule.name != "cosine":
-        raise ConfigError(f"train.schedule.warmup_epochs: warm-up is only available with the cosine "
-                          f"schedule; received schedule {schedule.name!r}. Set train.schedule.name=cosine "
-                          f"or remove warmup_epochs.")
-    if schedule.warmup_epochs >= config.train.epochs:
-        raise ConfigError(f"train.schedule.warmup_epochs: must be < train.epochs "
-                          f"({config.train.epochs}); received {schedule.warmup_epochs}")
-    optimizer = config.train.optimizer
-    if optimizer.nesterov and optimizer.name != "sgd":
-        raise ConfigError(f"train.optimizer.nesterov: only the sgd optimizer has Nesterov momentum; "
-                          f"received optimizer {optimizer.name!r}")
-    if optimizer.momentum and optimizer.name not in ("sgd", "rmsprop"):
-        raise ConfigError(f"train.optimizer.momentum: only sgd and rmsprop take momentum; "
-                          f"received optimizer {optimizer.name!r}")
+    _check_optimization(config.train.optimizer, config.train.schedule, config.train.epochs, "train")
+    if config.train.phases:
+        total = sum(phase.epochs for phase in config.train.phases)
+        if total != config.train.epochs:
+            raise ConfigError(f"train.epochs: must equal the sum of train.phases[*].epochs ({total}) when "
+                              f"phases are given; received {config.train.epochs}. Set train.epochs={total}.")
+        for index, phase in enumerate(config.train.phases):
+            prefix = f"train.phases[{index}]"
+            _check_optimization(phase.optimizer, phase.schedule, phase.epochs, prefix)
+            if not (phase.trainable in ("all", "none") or
+                    (phase.trainable.startswith("from ") and phase.trainable[5:].strip())):
+                raise ConfigError(f"{prefix}.trainable: must be all, none or 'from <layer name>' "
+                                  f"(e.g. 'from block5_conv1'); received {phase.trainable!r}")
     if config.dataset.validation_split == 0:
         for key, monitor in (("checkpoint", config.train.callbacks.checkpoint.monitor),
                              ("early_stopping", config.train.callbacks.early_stopping.monitor)):
@@ -492,3 +502,24 @@ def _check_cross_field_rules(config: Config) -> None:
                 raise ConfigError(f"train.callbacks.{key}.monitor: {monitor!r} needs a validation split, "
                                   f"but dataset.validation_split is 0. Monitor a training metric "
                                   f"(e.g. 'loss') or set a validation split.")
+
+
+def _check_optimization(optimizer: OptimizerConfig, schedule: ScheduleConfig, epochs: int, prefix: str) -> None:
+    if schedule.name == "step" and not schedule.boundaries:
+        raise ConfigError(f"{prefix}.schedule.boundaries: the step schedule needs at least one boundary "
+                          f"(epochs at which the rate is multiplied by {prefix}.schedule.factor), received []")
+    if list(schedule.boundaries) != sorted(schedule.boundaries):
+        raise ConfigError(f"{prefix}.schedule.boundaries: must be increasing; received {schedule.boundaries}")
+    if schedule.warmup_epochs and schedule.name != "cosine":
+        raise ConfigError(f"{prefix}.schedule.warmup_epochs: warm-up is only available with the cosine "
+                          f"schedule; received schedule {schedule.name!r}. Set {prefix}.schedule.name=cosine "
+                          f"or remove warmup_epochs.")
+    if schedule.warmup_epochs >= epochs:
+        raise ConfigError(f"{prefix}.schedule.warmup_epochs: must be < {prefix}.epochs ({epochs}); "
+                          f"received {schedule.warmup_epochs}")
+    if optimizer.nesterov and optimizer.name != "sgd":
+        raise ConfigError(f"{prefix}.optimizer.nesterov: only the sgd optimizer has Nesterov momentum; "
+                          f"received optimizer {optimizer.name!r}")
+    if optimizer.momentum and optimizer.name not in ("sgd", "rmsprop"):
+        raise ConfigError(f"{prefix}.optimizer.momentum: only sgd and rmsprop take momentum; "
+                          f"received optimizer {optimizer.name!r}")

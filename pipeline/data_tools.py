@@ -58,7 +58,21 @@ def _existing_folder(root, what: str = "folder") -> Path:
         raise DataError(f"{root}: no such {what}")
     if not root.is_dir():
         raise DataError(f"{root}: not a {what}")
+    try:
+        with os.scandir(root) as entries:
+            next(entries, None)
+    except OSError as error:
+        raise DataError(f"{root}: cannot read ({error.strerror or error})") from None
     return root
+
+
+def _write_lists(files: dict) -> None:
+    """Writes {path: text} atomically; a failure is a user error naming the path."""
+    for path, text in files.items():
+        try:
+            atomic_write_text(path, text)
+        except OSError as error:
+            raise DataError(f"cannot write {path} ({error.strerror or error}); choose another --out") from None
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -120,8 +134,7 @@ def label(root, out=None) -> tuple[Path, Path, int]:
     lines = _list_lines([f for f, _ in kept], [l for _, l in kept], root,
                         image_files.Progress(len(kept), "labelling"))
     classes_file = out.parent / "classes.txt"
-    atomic_write_text(out, "".join(lines))
-    atomic_write_text(classes_file, "".join(f"{name}\n" for name in class_names))
+    _write_lists({out: "".join(lines), classes_file: "".join(f"{name}\n" for name in class_names)})
     return out, classes_file, len(lines)
 
 
@@ -238,6 +251,9 @@ def check(root, *, quarantine=None, min_size: int = 8, report=None, workers=None
             bad.append({"path": relative, "reason": result.reason})
         elif result.warning:
             warnings.append({"path": relative, "warning": result.warning, "format": result.format})
+    result = CheckReport(str(root), len(paths), len(paths) - len(bad), bad, warnings, str(report),
+                         str(quarantine) if quarantine is not None else None, min_size)
+    _write_report(report, result)  # before moving anything: an unwritable report stops here
     if quarantine is not None and bad:
         bar = image_files.Progress(len(bad), "quarantining")
         for entry in bad:
@@ -246,14 +262,16 @@ def check(root, *, quarantine=None, min_size: int = 8, report=None, workers=None
             except OSError as error:
                 entry["move_error"] = f"not moved: {error.strerror or error}"
             bar.update()
-    result = CheckReport(str(root), len(paths), len(paths) - len(bad), bad, warnings, str(report),
-                         str(quarantine) if quarantine is not None else None, min_size)
+        _write_report(report, result)  # now with where each file went
+    return result
+
+
+def _write_report(report: Path, result: CheckReport) -> None:
     try:
         atomic_write_json(report, result.as_dict())
     except OSError as error:
         raise DataError(f"cannot write the report {report} ({error.strerror or error}); "
                         f"choose another place with --report") from None
-    return result
 
 
 def _check_summary(result: CheckReport) -> str:
@@ -382,7 +400,7 @@ def stats(root, *, image_size=(64, 64), channels: int = 3, out=None, min_size: i
             n_a = count * height * width
             delta = mean_b - mean
             total = n_a + n_b
-            mean = mean + delta * n_b / (total+1)
+            mean = mean + delta * n_b / total
             m2 = m2 + m2_b + np.square(delta) * n_a * n_b / total
             image_sum += image
             count += 1
@@ -493,11 +511,13 @@ def split(root, *, val: float = 0.1, test: float = 0.1, seed: int = 0, out=None)
             name = "test" if position < n_test else "val" if position < n_test + n_val else "train"
             splits[name].append((members[member], label_index))
     bar = image_files.Progress(len(kept), "writing lists")
+    texts = {}
     for name, entries in splits.items():
         entries.sort(key=lambda item: (item[1], str(item[0])))
-        lines = _list_lines([p for p, _ in entries], [l for _, l in entries], root, bar)
-        atomic_write_text(out / f"{name}.txt", "".join(lines))
-    atomic_write_text(out / "classes.txt", "".join(f"{name}\n" for name in class_names))
+        texts[out / f"{name}.txt"] = "".join(_list_lines([p for p, _ in entries], [l for _, l in entries],
+                                                         root, bar))
+    texts[out / "classes.txt"] = "".join(f"{name}\n" for name in class_names)
+    _write_lists(texts)
     splits["class_names"] = class_names
     return splits
 
@@ -693,6 +713,7 @@ def _download(job: Job, out: Path, *, timeout: float, retries: int, backoff: flo
             return Outcome(job, "failed", reason=f"redirected ({final}) to a placeholder image "
                                                  f"({result.warning})")
         destination = folder / f"{stem}{FORMAT_EXTENSIONS[result.format]}"
+        os.chmod(temporary, 0o644)  # mkstemp made it private; images are data, readable like any other
         os.replace(temporary, destination)
         return Outcome(job, "downloaded", destination, warning=result.warning)
     finally:
@@ -762,8 +783,8 @@ def gather(urls_file, out, *, workers: int = 8, timeout: float = 30.0, retries: 
     outcomes.sort(key=lambda outcome: outcome.job.line)
     failures_file = out / "failures.tsv"
     clean = lambda text: re.sub(r"[\t\r\n]+", " ", text)  # noqa: E731
-    atomic_write_text(failures_file, "# url\treason\n" + "".join(
-        f"{clean(o.job.url)}\t{clean(o.reason)}\n" for o in outcomes if o.status == "failed"))
+    _write_lists({failures_file: "# url\treason\n" + "".join(
+        f"{clean(o.job.url)}\t{clean(o.reason)}\n" for o in outcomes if o.status == "failed")})
     return GatherSummary(outcomes, failures_file)
 
 

@@ -125,6 +125,8 @@ def read_idx(path: Path) -> np.ndarray:
     if len(data) < 4 or data[0:2] != b"\x00\x00" or data[2] != 0x08:
         raise DatasetError(f"{path}: not an IDX uint8 file (bad magic number)")
     ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise DatasetError(f"{path}: truncated IDX header ({len(data)} bytes for {ndim} dimensions)")
     dims = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
     expected = int(np.prod(dims))
     payload = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
@@ -374,9 +376,11 @@ def folder(*, data_dir: str = "data", mirror_dir: str | None = None, root: str |
     return read_folder_tree(_root_folder(resolve_root(root, dataset="folder"), data_dir))
 
 
-def _read_lines(path: Path) -> list[str]:
+def _read_lines(path: Path, comments: bool = True) -> list[str]:
+    """Non-empty lines; `#` lines are comments in list files, but may be class names in a classes file."""
     try:
-        return [line.strip() for line in path.read_text().splitlines() if line.strip() and not line.startswith("#")]
+        return [line.strip() for line in path.read_text().splitlines()
+                if line.strip() and not (comments and line.startswith("#"))]
     except OSError as error:
         raise DatasetError(f"{path}: cannot read ({error.strerror})") from None
 
@@ -398,7 +402,7 @@ def file_list(*, data_dir: str = "data", mirror_dir: str | None = None, root: st
         if not (meta / "classes.txt").is_file():
             raise DatasetError(f"dataset 'file_list': give dataset.lists (train/validation/test list files) "
                                f"or a Food-101 style root with meta/classes.txt; {meta / 'classes.txt'} not found")
-        class_names = _read_lines(meta / "classes.txt")
+        class_names = _read_lines(meta / "classes.txt", comments=False)
         splits = {}
         for split, name in (("train", "train.txt"), ("test", "test.txt")):
             if (meta / name).is_file():
@@ -414,7 +418,7 @@ def file_list(*, data_dir: str = "data", mirror_dir: str | None = None, root: st
         raise DatasetError(f"dataset.lists: keys must be train, validation, test; received {', '.join(sorted(unknown))}")
     if not classes:
         raise DatasetError("dataset.classes: the class-names file (one name per line) is required with dataset.lists")
-    class_names = _read_lines(resolve_root(classes, dataset="file_list"))
+    class_names = _read_lines(resolve_root(classes, dataset="file_list"), comments=False)
     splits = {}
     for split, list_path in lists.items():
         list_file = resolve_root(list_path, dataset="file_list")

@@ -27,6 +27,7 @@ def atomic_write(path: os.PathLike, write: Callable[[str], None], suffix: str = 
         write(temporary)
         with open(temporary, "rb+") as handle:
             os.fsync(handle.fileno())
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
         os.replace(temporary, path)
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
@@ -42,3 +43,9 @@ def atomic_write_text(path: os.PathLike, text: str) -> None:
 
 def atomic_write_json(path: os.PathLike, data) -> None:
     atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

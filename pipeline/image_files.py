@@ -14,6 +14,7 @@ import errno
 import hashlib
 import json
 import os
+import stat
 import sys
 import time
 from pathlib import Path
@@ -105,6 +106,9 @@ def check_image(path: os.PathLike, *, min_size: int = 8, placeholder_colours: in
 
     result = ImageCheck(str(path))
     try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or device would block or never end
+            result.reason = "not a regular file"
+            return result
         with open(path, "rb") as handle:
             data = handle.read()
     except OSError as error:
@@ -121,6 +125,10 @@ def check_image(path: os.PathLike, *, min_size: int = 8, placeholder_colours: in
         result.reason = f"unsupported format ({kind})"
         return result
     result.format = kind
+    if kind == "bmp" and len(data) > 30 and int.from_bytes(data[28:30], "little") <= 8 and not _grey_bmp_palette(data):
+        # TensorFlow's BMP decoder ignores the colour table and returns palette indices as grey levels.
+        result.reason = "unsupported format (palette BMP: its colours would be misread; convert it to PNG)"
+        return result
     try:
         image = tf.io.decode_image(data, channels=0, expand_animations=False).numpy()
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as error:
@@ -143,14 +151,28 @@ def check_image(path: os.PathLike, *, min_size: int = 8, placeholder_colours: in
     return result
 
 
-def find_files(root: os.PathLike) -> list[Path]:
+def _grey_bmp_palette(data: bytes) -> bool:
+    """True when a palette BMP's colour table is the identity grey ramp (index == grey level)."""
+    header_size = int.from_bytes(data[14:18], "little")
+    colours = int.from_bytes(data[46:50], "little") or 2 ** int.from_bytes(data[28:30], "little")
+    table = data[14 + header_size: 14 + header_size + 4 * colours]
+    return all(table[4 * i] == table[4 * i + 1] == table[4 * i + 2] == i for i in range(len(table) // 4))
+
+
+def find_files(root: os.PathLike, errors: list | None = None) -> list[Path]:
     """Every non-hidden file under `root`, recursively, sorted. Symbolic links to directories are not
-    followed (a link loop would never end); links to files are listed and checked like files."""
+    followed (a link loop would never end); links to files are listed and checked like files.
+    Folders that cannot be read are appended to `errors` as (path, reason) when a list is given."""
     root = Path(root)
     if root.is_file():
         return [root]
     found = []
-    for directory, subdirectories, files in os.walk(root):
+
+    def unreadable(error: OSError):
+        if errors is not None:
+            errors.append((error.filename, _os_reason(error)))
+
+    for directory, subdirectories, files in os.walk(root, onerror=unreadable):
         subdirectories[:] = sorted(d for d in subdirectories if not d.startswith("."))
         found.extend(Path(directory) / name for name in files if not name.startswith("."))
     return sorted(found)
@@ -186,9 +208,10 @@ class Progress:
 
 
 def _cache_key(path: Path) -> list | None:
+    """Size, modification and status-change times: chmod changes the last, so a permission fix rescans."""
     try:
-        stat = path.stat()
-        return [stat.st_size, stat.st_mtime_ns]
+        info = path.stat()
+        return [info.st_size, info.st_mtime_ns, info.st_ctime_ns, info.st_mode]
     except OSError:
         return None
 
@@ -204,7 +227,8 @@ def scan_images(paths, *, min_size: int = 8, placeholder_colours: int = 64, work
     cache_file = None
     cache: dict = {}
     if cache_dir is not None:
-        digest = hashlib.sha1(("\n".join(str(p.resolve()) for p in paths) + settings).encode()).hexdigest()
+        # abspath, not resolve(): resolving a symbolic-link loop raises.
+        digest = hashlib.sha1(("\n".join(os.path.abspath(p) for p in paths) + settings).encode()).hexdigest()
         cache_file = Path(cache_dir) / f"scan-{digest[:16]}.json"
         try:
             cache = json.loads(cache_file.read_text())

@@ -24,7 +24,7 @@ import numpy as np
 import models
 from pipeline import callbacks as run_callbacks
 from pipeline import config as config_lib
-from pipeline import datasets, input_pipeline, optim, preprocessing
+from pipeline import datasets, input_pipeline, optim, phases, preprocessing
 from pipeline.config import PROJECT_ROOT, Config
 
 
@@ -192,11 +192,12 @@ def build_model(config: Config, *, input_shape, num_classes: int, statistics=(No
     return keras.Model(inputs, network(normalized), name=config.name)
 
 
-def compile_model(model: keras.Model, config: Config, steps_per_epoch: int) -> None:
+def compile_model(model: keras.Model, config: Config, phase: phases.Phase, steps_per_epoch: int) -> None:
+    """Compiles for one phase: its optimizer (fresh state) and its schedule over its own epochs."""
     train = config.train
-    schedule = optim.build_schedule(**vars_of(train.schedule), learning_rate=train.optimizer.learning_rate,
-                                    steps_per_epoch=steps_per_epoch, epochs=train.epochs)
-    optimizer_options = vars_of(train.optimizer)
+    schedule = optim.build_schedule(**vars_of(phase.schedule), learning_rate=phase.optimizer.learning_rate,
+                                    steps_per_epoch=steps_per_epoch, epochs=phase.epochs)
+    optimizer_options = vars_of(phase.optimizer)
     optimizer_options["learning_rate"] = schedule
     model.compile(optimizer=optim.build_optimizer(**optimizer_options),
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=train.label_smoothing),
@@ -252,7 +253,8 @@ def _flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-def build_callbacks(config: Config, run_dir: Path, images_per_epoch: int) -> tuple[list, dict]:
+def build_callbacks(config: Config, run_dir: Path, images_per_epoch: int,
+                    total_phases: int = 1) -> tuple[list, dict]:
     options = config.train.callbacks
     checkpoints = run_callbacks.Checkpoints(run_dir / "checkpoints", monitor=options.checkpoint.monitor,
                                             mode=options.checkpoint.mode)
@@ -276,7 +278,8 @@ def build_callbacks(config: Config, run_dir: Path, images_per_epoch: int) -> tup
             str(run_dir / "tensorboard"), histogram_freq=options.tensorboard.histogram_freq,
             update_freq=update_freq))
     # Last: saves after the others updated their state, restores after their on_train_begin reset it.
-    callback_list.append(run_callbacks.CrashSafeBackupAndRestore(run_dir / "backup", stateful=stateful))
+    callback_list.append(run_callbacks.CrashSafeBackupAndRestore(run_dir / "backup", stateful=stateful,
+                                                                 total_phases=total_phases))
     return callback_list, stateful
 
 
@@ -300,15 +303,9 @@ def train(config: Config, *, run_dir: Path | None = None, log=print) -> dict:
             f"Use `python -m pipeline evaluate {run_dir}` to re-evaluate, or a new --run-dir to train again.")
         return evaluate.read_metrics(run_dir)
 
-    splits = Splits(config, log=log)  # before anything is written: a missing dataset leaves no run directory
-    run_dir.mkdir(parents=True, exist_ok=True)
-    if state == "new":
-        run_callbacks.atomic_write_text(run_dir / "classes.txt", "\n".join(splits.class_names) + "\n")
-        config_lib.save_config(config, run_dir / "config.yaml")  # last: its presence marks a run dir
-        log(f"run directory: {run_dir}")
-    else:
-        log(f"resuming {run_dir}")
-
+    # Data and model first: a missing dataset, an input size the model refuses or a phase naming an
+    # unknown layer stops the run before anything is written.
+    splits = Splits(config, log=log)
     keras.utils.set_random_seed(config.seed)
     keras.mixed_precision.set_dtype_policy(config.train.mixed_precision)
     try:
@@ -316,34 +313,56 @@ def train(config: Config, *, run_dir: Path | None = None, log=print) -> dict:
                       else (None, None))
         model = build_model(config, input_shape=splits.input_shape, num_classes=splits.num_classes,
                             statistics=statistics)
+        for phase in phases.plan(config):
+            phases.set_trainable(model, phase.trainable)
+    except (ValueError, phases.PhaseError) as error:  # builders validate their arguments (Keras style)
+        raise RunError(f"model {config.model.name!r}: {error}") from None
     finally:
         keras.mixed_precision.set_dtype_policy("float32")
-    batch_size = config.train.batch_size
-    steps_per_epoch = math.ceil(len(splits.train[0]) / batch_size)
-    compile_model(model, config, steps_per_epoch)
 
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if state == "new":
+        run_callbacks.atomic_write_text(run_dir / "classes.txt", "\n".join(splits.class_names) + "\n")
+        config_lib.save_config(config, run_dir / "config.yaml")  # last: its presence marks a run dir
+        log(f"run directory: {run_dir}")
+    else:
+        log(f"resuming {run_dir}")
+    batch_size = config.train.batch_size
+    steps_per_epoch = math.ceil(len(splits.train[1]) / batch_size)
     train_data = splits.dataset("train", config, training=True)
     validation_data = splits.dataset("validation", config) if len(splits.validation[1]) else None
-    callback_list, stateful = build_callbacks(config, run_dir, len(splits.train[0]))
+    plan = phases.plan(config)
+    callback_list, stateful = build_callbacks(config, run_dir, len(splits.train[1]), total_phases=len(plan))
+    backup = callback_list[-1]
 
     metadata = run_callbacks.read_backup_metadata(run_dir / "backup")
-    if metadata and metadata.get("finished"):
+    completed = metadata.get("completed_phases", 0) if metadata else 0
+    if completed >= len(plan):
         log(f"training already complete ({metadata['epoch']} epochs); evaluating and exporting")
         for name, callback in stateful.items():
             callback.set_state(metadata["callbacks"].get(name, {}))
-        epochs_completed = metadata["epoch"]
     else:
         if metadata:
             log(f"resuming after epoch {metadata['epoch']} of {config.train.epochs}")
-        history = model.fit(train_data, validation_data=validation_data, epochs=config.train.epochs, shuffle=False,
-                            callbacks=callback_list, verbose=config.train.verbose)
-        losses = history.history.get("loss", [])
-        if losses and not math.isfinite(losses[-1]):
-            raise RunError(f"training diverged: the loss became {losses[-1]} in epoch "
-                           f"{len(losses) + (metadata or {}).get('epoch', 0)}. Lower "
-                           f"train.optimizer.learning_rate (now {config.train.optimizer.learning_rate}) "
-                           f"or add warm-up; checkpoints of the last good epoch are in {run_dir}/checkpoints")
-        epochs_completed = run_callbacks.read_backup_metadata(run_dir / "backup")["epoch"]
+        first = True
+        for phase in plan[completed:]:
+            if len(plan) > 1:
+                log(f"phase {phase.index + 1}/{len(plan)}: epochs {phase.start_epoch + 1}-{phase.end_epoch}, "
+                    f"trainable {phase.trainable}, {phase.optimizer.name} lr {phase.optimizer.learning_rate}")
+            phases.set_trainable(model, phase.trainable)
+            compile_model(model, config, phase, steps_per_epoch)
+            backup.begin_phase(phase.index, restore=first)
+            first = False
+            history = model.fit(train_data, validation_data=validation_data, initial_epoch=phase.start_epoch,
+                                epochs=phase.end_epoch, shuffle=False, callbacks=callback_list,
+                                verbose=config.train.verbose)
+            losses = history.history.get("loss", [])
+            if losses and not math.isfinite(losses[-1]):
+                raise RunError(f"training diverged: the loss became {losses[-1]} in epoch {len(losses) + phase.start_epoch}. "
+                               f"Lower {phase.key}.optimizer.learning_rate (now {phase.optimizer.learning_rate}) "
+                               f"or add warm-up; "
+                               f"checkpoints of the last good epoch are in {run_dir}/checkpoints")
+    epochs_completed = run_callbacks.read_backup_metadata(run_dir / "backup")["epoch"]
 
     timer = stateful["timer"]
     test_metrics = evaluate.evaluate_model(run_dir / "checkpoints" / "best.keras", config, splits)

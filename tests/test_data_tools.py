@@ -432,13 +432,14 @@ class ImageServer(http.server.BaseHTTPRequestHandler):
         "/always500.jpg": (500, "text/plain", b"oops"),
         "/photo_unavailable.png": (200, "image/png", PLACEHOLDER),
         "/img/1234.png": (200, "image/png", PLACEHOLDER),
+        "/static/Removed.jpg": (200, "image/jpeg", JPEG_A),  # a real photo, but at a "removed" URL
         "/html.jpg": (200, "image/jpeg", b"<!DOCTYPE html><html><head><title>Photo</title></head></html>"),
         "/empty.jpg": (200, "image/jpeg", b""),
         "/truncated.jpg": (200, "image/jpeg", JPEG_C[: len(JPEG_C) // 2]),
         "/pixel.gif": (200, "image/gif", PIXEL),
     }
     redirects = {"/moved.jpg": "/photo_unavailable.png", "/moved_quietly.jpg": "/img/1234.png",
-                 "/redirect_ok.jpg": "/good/real.jpg"}
+                 "/gone.jpg": "/static/Removed.jpg", "/redirect_ok.jpg": "/good/real.jpg"}
     counts: dict = {}
     lock = threading.Lock()
 
@@ -502,7 +503,8 @@ GOOD_URLS = {  # path -> (class folder, served bytes, extension)
 }
 BAD_URLS = {  # path -> words the reason must contain
     "/missing.jpg": "HTTP 404", "/always500.jpg": "HTTP 500", "/slow.jpg": "timed out",
-    "/moved.jpg": "placeholder", "/moved_quietly.jpg": "placeholder", "/html.jpg": "HTML",
+    "/moved.jpg": "placeholder", "/moved_quietly.jpg": "placeholder", "/gone.jpg": "photo unavailable",
+    "/html.jpg": "HTML",
     "/empty.jpg": "empty", "/truncated.jpg": "truncated", "/pixel.gif": "too small",
 }
 
@@ -532,6 +534,7 @@ def test_gather_downloads_only_good_images_and_resumes(server, tmp_path, capsys)
     for relative, body in expected.items():
         assert landed[relative].read_bytes() == body
         assert image_files.check_image(landed[relative]).ok
+        assert landed[relative].stat().st_mode & 0o777 == 0o644
     assert {p.name for p in out.iterdir() if p.is_file()} == {"failures.tsv"}
     assert not [p for p in out.rglob(".tmp*")], "temporary files left behind"
 

@@ -183,9 +183,6 @@ def test_read_idx_bad_magic(tmp_path, payload):
     assert "bad magic number" in str(raised.value)
 
 
-@pytest.mark.xfail(reason="BUG: pipeline/datasets.py read_idx (struct.unpack of the dims, line 128 when written) unpacks the dimensions without checking "
-                          "that the header is complete: a file cut inside the header raises struct.error "
-                          "instead of DatasetError", strict=True)
 def test_read_idx_truncated_header(tmp_path):
     path = gz(tmp_path / "header-idx3-ubyte.gz", b"\x00\x00\x08\x03\x00\x00\x00\x02")  # 3 dims, 1 given
     with pytest.raises(DatasetError) as raised:

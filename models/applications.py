@@ -1,0 +1,451 @@
+"""Transfer learning: a `keras.applications` backbone behind its own preprocessing, with a new head.
+
+    image [0, 255], 1 or 3 channels
+      -> grey_to_rgb      (1-channel input only: the grey channel repeated three times)
+      -> upscale          (model.options.upscale_to only: keras.layers.Resizing)
+      -> preprocess       (the backbone's `preprocess_input` as layers: BGR + mean for caffe, [-1, 1] for tf,
+                           ImageNet mean/std for torch, nothing for EfficientNet, which has it built in)
+      -> backbone         (the keras.applications base, include_top=False, ONE nested layer, always in
+                           inference mode)
+      -> pool             (avg | max | flatten)
+      -> fc               (Dense(dense_units, relu); absent when dense_units is 0 or null)
+      -> dropout -> logits -> probabilities (float32 softmax)
+
+The models normalise their own input, so the pipeline must feed them raw [0, 255] pixels: both builders
+carry `includes_preprocessing = True` (see `models.registry.includes_preprocessing`).
+
+Inference mode: in Keras 3 an outer `fit` passes `training=True` down to every nested model and overrides
+a `base(x, training=False)` written into a functional graph (keras-team/keras#20285), so BatchNormalization
+would update its moving statistics and normalise with batch statistics while fine-tuning. The backbone is
+therefore an `InferenceModeModel`, a functional model that always runs its layers with `training=False`;
+its `trainable` flag still decides which weights the optimizer changes. It is registered for
+serialization: `keras.models.load_model` of a saved model needs `models` (or `models.applications`)
+imported first, as every entry point of this pipeline does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from pathlib import Path
+
+import keras
+from keras import layers
+
+from models.registry import register_model
+from pipeline.config import ConfigError
+
+
+class WeightsError(RuntimeError):
+    """Weights cannot be obtained or do not fit the model. The message names the file and the fix."""
+
+
+@keras.saving.register_keras_serializable(package="pipeline")
+class InferenceModeModel(keras.Model):
+    """A functional model that always runs its layers in inference mode (`training=False`).
+
+    Built as `InferenceModeModel(base.input, base.output, name=...)` from an existing functional model, it
+    shares that model's layers and weights. BatchNormalization inside it uses and keeps its moving
+    statistics even while the surrounding model trains and even when it is trainable (its gamma and beta
+    are then still updated by the optimizer), and dropout inside it is off.
+    """
+
+    def call(self, inputs, training=None, mask=None, **kwargs):
+        return super().call(inputs, training=False, mask=mask, **kwargs)
+
+
+@dataclasses.dataclass(frozen=True)
+class Backbone:
+    constructor: str      # attribute of keras.applications
+    family: str           # keras.applications submodule whose preprocess_input the model reproduces
+    preprocessing: str    # caffe | tf | torch | none
+    min_size: int         # smallest height and width keras.applications accepts without the top
+    weights_file: str     # the no-top ImageNet weights file Keras downloads ({rows}: MobileNetV2's size)
+    weights_url: str      # the folder it is downloaded from
+
+
+_GCS = "https://storage.googleapis.com/tensorflow/keras-applications/"
+
+BACKBONES = {
+    "vgg16": Backbone("VGG16", "vgg16", "caffe", 32,
+                      "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5", _GCS + "vgg16/"),
+    "vgg19": Backbone("VGG19", "vgg19", "caffe", 32,
+                      "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5", _GCS + "vgg19/"),
+    "resnet50": Backbone("ResNet50", "resnet50", "caffe", 32,
+                         "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5", _GCS + "resnet/"),
+    "mobilenet_v2": Backbone("MobileNetV2", "mobilenet_v2", "tf", 32,
+                             "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{rows}_no_top.h5",
+                             _GCS + "mobilenet_v2/"),
+    "efficientnet_b0": Backbone("EfficientNetB0", "efficientnet", "none", 32, "efficientnetb0_notop.h5",
+                                "https://storage.googleapis.com/keras-applications/"),
+    "inception_v3": Backbone("InceptionV3", "inception_v3", "tf", 75,
+                             "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5", _GCS + "inception_v3/"),
+    "densenet121": Backbone("DenseNet121", "densenet", "torch", 32,
+                            "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5", _GCS + "densenet/"),
+}
+
+POOLINGS = ("avg", "max", "flatten")
+HEAD_LAYERS = ("fc", "logits")  # the head layers with weights, in order
+
+_CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
+_TORCH_MEAN = (0.485, 0.456, 0.406)
+_TORCH_STD = (0.229, 0.224, 0.225)
+
+
+# --------------------------------------------------------------------------------------------------
+# Builders
+# --------------------------------------------------------------------------------------------------
+
+@register_model()
+def applications(*, input_shape=(224, 224, 3), num_classes=10, backbone="vgg16", weights=None, pooling="avg",
+                 dense_units=256, dropout_rate=0.5, upscale_to=None):
+    """A keras.applications backbone with its preprocessing inside the model and a new head.
+
+    Args:
+        input_shape: (height, width, channels) of [0, 255] pixels, channels 1 or 3.
+        backbone: vgg16, vgg19, resnet50, mobilenet_v2, efficientnet_b0, inception_v3 or densenet121.
+        weights: None (random initialisation); "imagenet" (downloaded once by Keras into
+            ~/.keras/models; offline, place the file named in the error there by hand); or the path of a
+            file written by an earlier run of this pipeline:
+            - `.keras` (e.g. runs/<exp>/<time>/checkpoints/best.keras, the whole model, wrapped or not):
+              the layer named `backbone` is found (also inside train.py's outer model) and its weights
+              copied; the head layers (fc, logits) are copied too where their shapes match (same class
+              count), otherwise the new head is kept. The file's backbone must be the same architecture
+              (any input size; channels and head options may differ).
+            - `.weights.h5` (`model.save_weights` of a model built by this builder, bare or inside
+              train.py's wrapper): Keras loads it by position, so the file must come from the same
+              backbone, channels, upscale_to, pooling and dense_units; only the class count may differ
+              (the logits are then kept new). Use the `.keras` checkpoint for anything else.
+            A file that does not fit raises `WeightsError` naming the file and the reason.
+        pooling: "avg" (GlobalAveragePooling2D), "max" (GlobalMaxPooling2D) or "flatten".
+        dense_units: units of the ReLU layer before the classifier; 0 or None for none.
+        dropout_rate: dropout before the classifier.
+        upscale_to: [height, width] (or one int) the input is resized to inside the model, for inputs
+            below the backbone's minimum (e.g. 28x28 MNIST into VGG16's 32x32).
+
+    Raises:
+        ConfigError (a ValueError): an option is invalid or the input is below the backbone's minimum.
+        WeightsError (a RuntimeError): the weights cannot be downloaded, read or do not fit.
+    """
+    return _build(input_shape=input_shape, num_classes=num_classes, backbone=backbone, weights=weights,
+                  pooling=pooling, dense_units=dense_units, dropout_rate=dropout_rate, upscale_to=upscale_to,
+                  name=f"{backbone}_transfer")
+
+
+applications.includes_preprocessing = True
+
+
+@register_model()
+def vgg16_finetune(*, input_shape=(224, 224, 3), num_classes=10, weights=None, pooling="flatten", dense_units=256,
+                   dropout_rate=0.5, upscale_to=None):
+    """The seed's VGG16 fine-tuning recipe: VGG16 base -> flatten -> dense 256 relu -> dropout 0.5 -> softmax.
+
+    Same options as `applications` (without `backbone`). 14,714,688 parameters in the base.
+    """
+    return _build(input_shape=input_shape, num_classes=num_classes, backbone="vgg16", weights=weights,
+                  pooling=pooling, dense_units=dense_units, dropout_rate=dropout_rate, upscale_to=upscale_to,
+                  name="vgg16_finetune")
+
+
+vgg16_finetune.includes_preprocessing = True
+
+
+def _build(*, input_shape, num_classes, backbone, weights, pooling, dense_units, dropout_rate, upscale_to, name):
+    spec = _backbone_spec(backbone)
+    height, width, channels = _check_input_shape(input_shape)
+    if pooling not in POOLINGS:
+        raise ConfigError(f"model.options.pooling: must be one of {', '.join(POOLINGS)}; received {pooling!r}"
+                          f"{_did_you_mean(pooling, POOLINGS)}")
+    if dense_units is not None and (isinstance(dense_units, bool) or not isinstance(dense_units, int)
+                                    or dense_units < 0):
+        raise ConfigError(f"model.options.dense_units: expected an integer >= 0 or null; received {dense_units!r}")
+    if isinstance(dropout_rate, bool) or not isinstance(dropout_rate, (int, float)) or not 0 <= dropout_rate < 1:
+        raise ConfigError(f"model.options.dropout_rate: expected a number in [0, 1); received {dropout_rate!r}")
+    upscale = _size_pair(upscale_to, "model.options.upscale_to") if upscale_to is not None else None
+    weights = _check_weights_option(weights)
+    size = upscale or (height, width)
+    check_minimum_size(backbone, (height, width), upscale)
+
+    inputs = keras.Input(shape=(height, width, channels), name="image")
+    x = inputs
+    if channels == 1:
+        x = layers.Concatenate(axis=-1, dtype="float32", name="grey_to_rgb")([x, x, x])
+    if upscale:
+        x = layers.Resizing(upscale[0], upscale[1], interpolation="bilinear", dtype="float32", name="upscale")(x)
+    x = preprocessing_model(backbone, (size[0], size[1], 3))(x)
+    base = _backbone_model(backbone, spec, (size[0], size[1], 3), weights)
+    x = base(x, training=False)
+    if pooling == "avg":
+        x = layers.GlobalAveragePooling2D(name="pool")(x)
+    elif pooling == "max":
+        x = layers.GlobalMaxPooling2D(name="pool")(x)
+    else:
+        x = layers.Flatten(name="pool")(x)
+    if dense_units:
+        x = layers.Dense(dense_units, activation="relu", name="fc")(x)
+    x = layers.Dropout(dropout_rate, name="dropout")(x)
+    logits = layers.Dense(num_classes, name="logits")(x)
+    outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
+    model = keras.Model(inputs, outputs, name=name)
+    if weights not in (None, "imagenet"):
+        report = transfer_weights(model, weights)
+        print(describe_transfer(report))
+    return model
+
+
+# --------------------------------------------------------------------------------------------------
+# Pieces
+# --------------------------------------------------------------------------------------------------
+
+def _did_you_mean(word, candidates) -> str:
+    close = difflib.get_close_matches(str(word), list(candidates), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _backbone_spec(backbone: str) -> Backbone:
+    if backbone not in BACKBONES:
+        raise ConfigError(f"model.options.backbone: unknown backbone {backbone!r}{_did_you_mean(backbone, BACKBONES)}. "
+                          f"Known: {', '.join(BACKBONES)}")
+    return BACKBONES[backbone]
+
+
+def _check_input_shape(input_shape) -> tuple:
+    if len(tuple(input_shape)) != 3:
+        raise ConfigError(f"input shape must be (height, width, channels); received {tuple(input_shape)}")
+    height, width, channels = tuple(input_shape)
+    if channels not in (1, 3):
+        raise ConfigError(f"input.channels: the applications models take 1 (grey, repeated to RGB) or 3 "
+                          f"channels; received {channels}")
+    return height, width, channels
+
+
+def _size_pair(value, key: str) -> tuple[int, int]:
+    pair = [value, value] if isinstance(value, int) and not isinstance(value, bool) else value
+    if (not isinstance(pair, (list, tuple)) or len(pair) != 2
+            or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in pair)):
+        raise ConfigError(f"{key}: expected [height, width] (positive integers) or one integer; received {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def check_minimum_size(backbone: str, image_size, upscale_to=None) -> None:
+    """Raises ConfigError when the size reaching the backbone is below its minimum, naming both fixes."""
+    minimum = _backbone_spec(backbone).min_size
+    if upscale_to is not None:
+        if min(upscale_to) < minimum:
+            raise ConfigError(f"model.options.upscale_to {list(upscale_to)} is below {backbone}'s minimum of "
+                              f"{minimum}x{minimum}: set model.options.upscale_to to at least "
+                              f"{[max(int(s), minimum) for s in upscale_to]}")
+        return
+    known = [s for s in image_size if s is not None]
+    if known and min(known) < minimum:
+        fixed = [minimum if s is None else max(int(s), minimum) for s in image_size]
+        raise ConfigError(f"input.image_size {list(image_size)} is below {backbone}'s minimum of "
+                          f"{minimum}x{minimum}: set input.image_size to at least {fixed}, or "
+                          f"model.options.upscale_to: {fixed} to upscale inside the model")
+
+
+def _check_weights_option(weights):
+    if weights is None or weights == "imagenet":
+        return weights
+    if not isinstance(weights, (str, os.PathLike)):
+        raise ConfigError(f"model.options.weights: expected null, 'imagenet' or the path of a .keras or "
+                          f".weights.h5 file; received {weights!r}")
+    path = Path(weights).expanduser()
+    if not (path.name.endswith(".keras") or path.name.endswith(".weights.h5")):
+        raise ConfigError(f"model.options.weights: expected null, 'imagenet' or the path of a .keras or "
+                          f".weights.h5 file from an earlier run; received {str(weights)!r}")
+    if not path.is_file():
+        raise WeightsError(f"model.options.weights: file not found: {path}")
+    return str(path)
+
+
+def preprocessing_model(backbone: str, input_shape) -> keras.Model:
+    """The backbone's `keras.applications.<family>.preprocess_input` as a nested model named `preprocess`.
+
+    Built-in layers only (the caffe channel flip is a `keras.ops.flip` node), so it needs nothing
+    registered to load, and it has no weights, so freezing or unfreezing layers cannot change it.
+    Input: RGB pixels in [0, 255].
+    """
+    mode = _backbone_spec(backbone).preprocessing
+    inputs = keras.Input(shape=tuple(input_shape), name="rgb")
+    if mode == "caffe":  # RGB -> BGR, then subtract the ImageNet mean per channel (no scaling)
+        x = keras.ops.flip(inputs, axis=-1)
+        x = layers.Normalization(mean=_CAFFE_MEAN_BGR, variance=(1.0, 1.0, 1.0), dtype="float32",
+                                 name="subtract_bgr_mean")(x)
+    elif mode == "tf":  # [-1, 1]
+        x = layers.Rescaling(1.0 / 127.5, offset=-1.0, dtype="float32", name="scale_to_unit_range")(inputs)
+    elif mode == "torch":  # [0, 1], then the ImageNet mean and std per channel
+        x = layers.Normalization(mean=[255.0 * m for m in _TORCH_MEAN],
+                                 variance=[(255.0 * s) ** 2 for s in _TORCH_STD], dtype="float32",
+                                 name="imagenet_standardize")(inputs)
+    else:  # EfficientNet rescales and normalises inside the backbone
+        x = layers.Identity(dtype="float32", name="built_into_backbone")(inputs)
+    return keras.Model(inputs, x, name="preprocess")
+
+
+def weights_file_name(backbone: str, size=(224, 224)) -> str:
+    """The no-top ImageNet weights file keras.applications downloads for this backbone and input size."""
+    spec = _backbone_spec(backbone)
+    rows = int(size[0]) if size[0] == size[1] and size[0] in (96, 128, 160, 192, 224) else 224
+    return spec.weights_file.format(rows=rows)
+
+
+def _keras_models_dir() -> str:
+    try:
+        from keras.src.backend import config as backend_config
+        home = backend_config.keras_home()
+    except Exception:  # noqa: BLE001 - private accessor; fall back to Keras' documented default
+        home = os.environ.get("KERAS_HOME", os.path.join("~", ".keras"))
+    return os.path.join(os.path.expanduser(home), "models")
+
+
+def _backbone_model(backbone: str, spec: Backbone, shape, weights) -> InferenceModeModel:
+    constructor = getattr(keras.applications, spec.constructor)
+    try:
+        # Keras' default names are kept while building: EfficientNet derives its weights file from it.
+        base = constructor(include_top=False, weights=weights if weights == "imagenet" else None, input_shape=shape)
+    except Exception as error:
+        if weights != "imagenet":
+            raise
+        file_name = weights_file_name(backbone, shape)
+        models_dir = _keras_models_dir()
+        raise WeightsError(
+            f"model.options.weights: the ImageNet weights of {backbone} could not be downloaded or loaded "
+            f"({type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}). Keras "
+            f"looks for {file_name} in {models_dir}. Without internet, download {spec.weights_url}{file_name} "
+            f"on another machine and place it by hand at ~/.keras/models/{file_name} (or $KERAS_HOME/models/); "
+            f"a partial or corrupt file there must be replaced. Or set model.options.weights: null to start "
+            f"from random weights.") from error
+    return InferenceModeModel(base.input, base.output, name="backbone")
+
+
+# --------------------------------------------------------------------------------------------------
+# Transfer from an earlier run
+# --------------------------------------------------------------------------------------------------
+
+def find_layer(model, name: str):
+    """(layer, the model that directly contains it) for the layer called `name`, searched through nested
+    models (breadth first); None when there is none."""
+    queue = [model]
+    while queue:
+        current = queue.pop(0)
+        for layer in getattr(current, "layers", []):
+            if layer.name == name:
+                return layer, current
+        queue.extend(layer for layer in getattr(current, "layers", []) if isinstance(layer, keras.Model))
+    return None
+
+
+def _parameter_count(layer) -> int:
+    return int(sum(int(_prod(w.shape)) for w in layer.weights))
+
+
+def _prod(shape) -> int:
+    result = 1
+    for dim in shape:
+        result *= int(dim)
+    return result
+
+
+def _weights_mismatch(source, target) -> str | None:
+    """Why `source`'s weights cannot be copied into `target` (None when they can)."""
+    source_weights, target_weights = source.weights, target.weights
+    if len(source_weights) != len(target_weights):
+        return (f"its backbone has {len(source_weights)} weight tensors ({_parameter_count(source):,} parameters), "
+                f"this model's has {len(target_weights)} ({_parameter_count(target):,} parameters): a different "
+                f"architecture")
+    for source_weight, target_weight in zip(source_weights, target_weights):
+        if tuple(source_weight.shape) != tuple(target_weight.shape):
+            return (f"its backbone weight {source_weight.path} has shape {tuple(source_weight.shape)}, this "
+                    f"model's {target_weight.path} has {tuple(target_weight.shape)}: a different architecture")
+    return None
+
+
+def transfer_weights(model: keras.Model, path) -> dict:
+    """Copies weights from an earlier run's `.keras` or `.weights.h5` file into `model` (built by this module).
+
+    Returns:
+        {"file": path, "backbone": True, "head_copied": [layer names], "head_kept": [layer names]}.
+    Raises:
+        WeightsError: the file cannot be read, has no `backbone` layer, or its backbone does not match.
+    """
+    path = str(Path(path).expanduser())
+    if path.endswith(".keras"):
+        return _transfer_from_keras(model, path)
+    if path.endswith(".weights.h5"):
+        return _transfer_from_weights_h5(model, path)
+    raise WeightsError(f"{path}: expected a .keras or .weights.h5 file")
+
+
+def describe_transfer(report: dict) -> str:
+    head = (f"head copied: {', '.join(report['head_copied'])}" if report["head_copied"] else "head copied: none")
+    if report["head_kept"]:
+        head += f"; new head kept: {', '.join(report['head_kept'])}"
+        if report.get("reason"):
+            head += f" ({report['reason']})"
+    return f"weights: backbone copied from {report['file']}; {head}"
+
+
+def _head_layers(model) -> list:
+    return [model.get_layer(name) for name in HEAD_LAYERS if name in {layer.name for layer in model.layers}]
+
+
+def _transfer_from_keras(model: keras.Model, path: str) -> dict:
+    try:
+        source = keras.models.load_model(path, compile=False)
+    except Exception as error:  # noqa: BLE001 - any failure means the file is unusable; say why
+        raise WeightsError(f"{path}: cannot be loaded as a Keras model ({type(error).__name__}: "
+                           f"{str(error).strip().splitlines()[0] if str(error).strip() else ''})") from error
+    found = find_layer(source, "backbone")
+    if found is None:
+        raise WeightsError(f"{path}: has no layer named 'backbone', so it was not built by models.applications "
+                           f"(its model is {source.name!r}); transfer needs a checkpoint of an applications or "
+                           f"vgg16_finetune run")
+    source_backbone, source_network = found
+    target_backbone = model.get_layer("backbone")
+    mismatch = _weights_mismatch(source_backbone, target_backbone)
+    if mismatch:
+        raise WeightsError(f"{path}: does not fit this model's backbone: {mismatch}")
+    target_backbone.set_weights(source_backbone.get_weights())
+    copied, kept, reasons = [], [], []
+    for layer in _head_layers(model):
+        source_layer = next((candidate for candidate in source_network.layers if candidate.name == layer.name), None)
+        if source_layer is None:
+            kept.append(layer.name)
+            reasons.append(f"no {layer.name} layer in the file")
+        elif [tuple(w.shape) for w in source_layer.weights] != [tuple(w.shape) for w in layer.weights]:
+            kept.append(layer.name)
+            reasons.append(f"{layer.name}: {[tuple(w.shape) for w in source_layer.weights][0]} in the file, "
+                           f"{[tuple(w.shape) for w in layer.weights][0]} here")
+        else:
+            layer.set_weights(source_layer.get_weights())
+            copied.append(layer.name)
+    return {"file": path, "backbone": True, "head_copied": copied, "head_kept": kept, "reason": "; ".join(reasons)}
+
+
+def _transfer_from_weights_h5(model: keras.Model, path: str) -> dict:
+    logits = model.get_layer("logits")
+    fresh_logits = logits.get_weights()
+    head = [layer.name for layer in _head_layers(model)]
+    inputs = keras.Input(shape=model.input_shape[1:])
+    wrapped = keras.Model(inputs, model(inputs))  # train.py's layout: the network nested in an outer model
+    errors = []
+    for target in (model, wrapped):
+        try:
+            target.load_weights(path)
+            return {"file": path, "backbone": True, "head_copied": head, "head_kept": [], "reason": ""}
+        except Exception as error:  # noqa: BLE001 - try the next layout, report all if none fits
+            errors.append(error)
+        try:
+            target.load_weights(path, objects_to_skip=[logits])
+            logits.set_weights(fresh_logits)
+            return {"file": path, "backbone": True, "head_copied": [name for name in head if name != "logits"],
+                    "head_kept": ["logits"], "reason": "the class count differs"}
+        except Exception as error:  # noqa: BLE001
+            errors.append(error)
+    first = str(errors[0]).strip().splitlines()
+    raise WeightsError(f"{path}: its weights do not fit this model ({first[0] if first else type(errors[0]).__name__}"
+                       f"). A .weights.h5 file only loads into a model built by models.applications with the same "
+                       f"backbone, channels, upscale_to, pooling and dense_units (the class count may differ); "
+                       f"to transfer between other settings use the run's .keras checkpoint instead")
