@@ -28,3 +28,24 @@ def simple_cnn(*, input_shape=(128, 128, 3), num_classes=10, filters=(32, 64, 12
     logits = layers.Dense(num_classes, name="logits")(x)
     outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
     return keras.Model(inputs, outputs, name="simple_cnn")
+
+
+@register_model()
+def tiny_transfer(*, input_shape=(32, 32, 3), num_classes=10, filters=8):
+    """A pretrained-network stand-in of a few thousand parameters: a nested `backbone` model (called in
+    inference mode, like the keras.applications bases) and a head. Exists so fine-tuning phases are
+    tested in seconds."""
+    image = keras.Input(shape=tuple(input_shape), name="backbone_input")
+    x = layers.Conv2D(filters, 3, strides=2, padding="same", name="conv1")(image)
+    x = layers.BatchNormalization(name="bn1")(x)
+    x = layers.Activation("relu", name="relu1")(x)
+    x = layers.Conv2D(2 * filters, 3, strides=2, padding="same", name="conv2")(x)
+    x = layers.Activation("relu", name="relu2")(x)
+    backbone = keras.Model(image, x, name="backbone")
+
+    inputs = keras.Input(shape=tuple(input_shape), name="image")
+    features = backbone(inputs, training=False)
+    x = layers.GlobalAveragePooling2D(name="pool")(features)
+    logits = layers.Dense(num_classes, name="logits")(x)
+    outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
+    return keras.Model(inputs, outputs, name="tiny_transfer")
