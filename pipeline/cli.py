@@ -1,4 +1,4 @@
-"""Command line: `python -m pipeline {train,evaluate,export,predict} ...`.
+"""Command line: `python -m pipeline {train,evaluate,export,predict,summary,data} ...`.
 
 Thin on purpose: parse arguments, parse the config once, call one function. User errors (bad config,
 missing data, wrong run directory) print one message and exit with code 2, without a traceback.
@@ -46,6 +46,12 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--format", choices=["table", "csv", "json"], default="table")
     predict.add_argument("--batch-size", type=int, default=32)
 
+    summary = commands.add_parser("summary", help="layer table, parameters and FLOPs of an experiment's network")
+    summary.add_argument("experiment", help="experiment name (experiments/<name>.yaml) or path to a YAML file")
+    summary.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                         help="override a config value, e.g. --set input.image_size=[64,64] (repeatable)")
+    summary.add_argument("--num-classes", type=int, help="class count (default: the dataset's)")
+
     from pipeline import data_tools  # stdlib-only at import: parsing stays fast
     data_tools.add_parser(commands)
     return parser
@@ -81,6 +87,9 @@ def main(argv=None) -> int:
             print(f"exported {path}")
         elif args.command == "data":
             return data_tools.main(args)
+        elif args.command == "summary":
+            from pipeline import summary
+            return summary.summary_command(args.experiment, args.overrides, num_classes=args.num_classes)
         elif args.command == "predict":
             return predict.predict_command(args.export_dir, args.paths, top_k=args.top_k,
                                            output_format=args.format, batch_size=args.batch_size)
