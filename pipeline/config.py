@@ -117,6 +117,9 @@ class InputConfig:
                                        "or `none`")
     normalization: str = _field("unit", choices=["unit", "standardize"],
                                 help="unit: scale to [0, 1]; standardize: per-channel mean/std of the training split")
+    statistics: Optional[str] = _field(
+        None, help="standardize with the mean/std of this stats.json (written by `data stats`) instead of "
+                   "computing them from the training split")
     shuffle_buffer: Optional[int] = _field(None, min=1, help="null shuffles the whole training split")
     deterministic: bool = _field(True, help="seeded, repeatable augmentation and element order")
     augment: AugmentConfig = _field(AugmentConfig(), help="training-only augmentation")
@@ -494,6 +497,19 @@ def _check_cross_field_rules(config: Config) -> None:
                     (phase.trainable.startswith("from ") and phase.trainable[5:].strip())):
                 raise ConfigError(f"{prefix}.trainable: must be all, none or 'from <layer name>' "
                                   f"(e.g. 'from block5_conv1'); received {phase.trainable!r}")
+    if config.input.statistics and config.input.normalization != "standardize":
+        raise ConfigError(f"input.statistics: only used with input.normalization: standardize; received "
+                          f"normalization {config.input.normalization!r}")
+    if config.input.statistics and not Path(config.input.statistics).expanduser().is_file() and \
+            not (PROJECT_ROOT / config.input.statistics).is_file():
+        raise ConfigError(f"input.statistics: file not found: {config.input.statistics} (write one with "
+                          f"`python -m pipeline data stats ROOT`)")
+    for key, monitor in (("checkpoint", config.train.callbacks.checkpoint.monitor),
+                         ("early_stopping", config.train.callbacks.early_stopping.monitor)):
+        allowed = ["loss", "accuracy", "val_loss", "val_accuracy"]
+        if monitor not in allowed:
+            raise ConfigError(f"train.callbacks.{key}.monitor: must be one of {', '.join(allowed)}; received "
+                              f"{monitor!r}{_did_you_mean(monitor, allowed)}")
     if config.dataset.validation_split == 0:
         for key, monitor in (("checkpoint", config.train.callbacks.checkpoint.monitor),
                              ("early_stopping", config.train.callbacks.early_stopping.monitor)):

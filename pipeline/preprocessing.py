@@ -141,17 +141,24 @@ def normalization_layer(mode: str, *, mean=None, std=None) -> layers.Layer:
     raise ValueError(f"normalization must be 'unit' or 'standardize'. Received: mode={mode!r}")
 
 
-def channel_statistics(images: np.ndarray, chunk: int = 4096) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of uint8 images [N, H, W, C], in chunks (float64 accumulators)."""
-    channels = images.shape[-1]
-    total = np.zeros(channels)
-    total_sq = np.zeros(channels)
+def channel_statistics(images, chunk: int = 4096) -> tuple[list[float], list[float]]:
+    """Per-channel mean and std (pixel units), streaming with float64 accumulators.
+
+    Args:
+        images: an array [N, H, W, C] (read `chunk` images at a time) or an iterable of such batches.
+    """
+    if isinstance(images, np.ndarray):
+        array = images
+        batches = (array[start:start + chunk] for start in range(0, len(array), chunk))
+    else:
+        batches = images
+    total = total_sq = None
     count = 0
-    for start in range(0, len(images), chunk):
-        block = images[start:start + chunk].astype(np.float64).reshape(-1, channels)
-        total += block.sum(axis=0)
-        total_sq += np.square(block).sum(axis=0)
-        count += len(block)
+    for block in batches:
+        pixels = np.asarray(block, np.float64).reshape(-1, np.shape(block)[-1])
+        total = pixels.sum(axis=0) + (0 if total is None else total)
+        total_sq = np.square(pixels).sum(axis=0) + (0 if total_sq is None else total_sq)
+        count += len(pixels)
     mean = total / count
     std = np.sqrt(np.maximum(total_sq / count - np.square(mean), 1e-12))
     return mean.tolist(), std.tolist()

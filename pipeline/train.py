@@ -148,23 +148,29 @@ class Splits:
         return input_pipeline.make_eval_dataset(inputs, labels, **common)
 
     def channel_statistics(self, config: Config) -> tuple[list[float], list[float]]:
-        """Per-channel mean and std of the training split after the eval transform (for `standardize`)."""
-        if self.kind == "arrays":
-            prepared = preprocessing.prepare_images(self.train[0][:1], **input_options(config))
-            if prepared.shape[-1] != self.train[0].shape[-1] or prepared.shape[1:3] != self.train[0].shape[1:3]:
-                raise RunError("input.normalization: standardize on arrays needs the dataset's own size and "
-                               "channels; use normalization: unit with resizing or channel conversion")
-            return preprocessing.channel_statistics(self.train[0])
-        total = np.zeros(self.input_shape[-1])
-        total_sq = np.zeros(self.input_shape[-1])
-        count = 0
-        for images, _ in self.dataset("train", config, batch_size=64).as_numpy_iterator():
-            pixels = images.reshape(-1, images.shape[-1]).astype(np.float64)
-            total += pixels.sum(0)
-            total_sq += np.square(pixels).sum(0)
-            count += len(pixels)
-        mean = total / count
-        return mean.tolist(), np.sqrt(np.maximum(total_sq / count - mean ** 2, 1e-12)).tolist()
+        """Per-channel mean and std of the training split after the eval transform (for `standardize`),
+        or those of `input.statistics` (a `data stats` JSON file)."""
+        if config.input.statistics:
+            return read_statistics(config.input.statistics, channels=self.input_shape[-1])
+        batches = (images for images, _ in self.dataset("train", config, batch_size=256).as_numpy_iterator())
+        return preprocessing.channel_statistics(batches)
+
+
+def read_statistics(path: str, *, channels: int) -> tuple[list[float], list[float]]:
+    """mean/std (pixel units) from a `python -m pipeline data stats` JSON file."""
+    import json
+
+    file = Path(path).expanduser()
+    file = file if file.is_file() else PROJECT_ROOT / path
+    try:
+        stats = json.loads(file.read_text())
+        mean, std = [float(v) for v in stats["mean"]], [float(v) for v in stats["std"]]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise RunError(f"input.statistics: {path} is not a `data stats` JSON file with mean and std "
+                       f"({error!r})") from None
+    if len(mean) != channels or len(std) != channels:
+        raise RunError(f"input.statistics: {path} has {len(mean)} channels, the model takes {channels}")
+    return mean, std
 
 
 def input_options(config: Config) -> dict:

@@ -287,3 +287,26 @@ def test_early_stopping_marks_training_finished(data_env, tmp_path):
     assert metrics["epochs_completed"] < 30
     metadata = run_callbacks.read_backup_metadata(tmp_path / "run" / "backup")
     assert metadata["finished"] and metadata["epoch"] == metrics["epochs_completed"]
+
+
+def test_standardize_with_a_data_stats_file(data_env, tmp_path, capsys):
+    stats = tmp_path / "stats.json"
+    stats.write_text(json.dumps({"mean": [100.0, 110.0, 120.0], "std": [50.0, 60.0, 70.0]}))
+    overrides = sets(*data_env, "input.normalization=standardize", f"input.statistics={stats}",
+                     "train.epochs=1", "export.enabled=false")
+    assert run_cli("train", "tiny", "--run-dir", tmp_path / "run", *overrides) == 0
+    model = keras.models.load_model(tmp_path / "run" / "checkpoints" / "best.keras")
+    out = model.get_layer("normalize")(np.full((1, 2, 2, 3), [100.0, 170.0, 50.0], np.float32)).numpy()
+    np.testing.assert_allclose(out[0, 0, 0], [0.0, 1.0, -1.0], atol=1e-5)
+    # Computed from the training split when no file is given.
+    assert run_cli("train", "tiny", "--run-dir", tmp_path / "run2",
+                   *sets(*data_env, "input.normalization=standardize", "train.epochs=1",
+                         "export.enabled=false")) == 0
+    assert run_cli("train", "tiny", *sets(*data_env, f"input.statistics={tmp_path / 'missing.json'}",
+                                          "input.normalization=standardize")) == 2
+    assert "input.statistics: file not found" in capsys.readouterr().err
+
+
+def test_unknown_monitor_is_a_config_error(capsys):
+    assert run_cli("train", "tiny", "--set", "train.callbacks.checkpoint.monitor=val_acc") == 2
+    assert "did you mean 'val_accuracy'" in capsys.readouterr().err

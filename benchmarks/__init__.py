@@ -1,0 +1,1 @@
+"""Benchmark scripts (run from the project root: `python -m benchmarks.<name>`, or `make bench`)."""

@@ -1,0 +1,264 @@
+"""Transfer-learning models (models/applications.py): structure, preprocessing inside the model, minimum
+sizes, inference-mode backbone, weight transfer from earlier runs, and the offline ImageNet error.
+
+Random weights (weights=None) and small inputs keep this fast; nothing is downloaded.
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+
+import models
+from models import applications
+from models.applications import BACKBONES, WeightsError
+from pipeline import config as config_lib
+
+VGG16_BASE_PARAMETERS = 14_714_688
+
+
+def build(name="applications", input_shape=(32, 32, 3), num_classes=3, **options):
+    return models.build_model(name, input_shape=input_shape, num_classes=num_classes, **options)
+
+
+def pixels(shape, seed=0):
+    return np.random.default_rng(seed).uniform(0, 255, size=shape).astype("float32")
+
+
+def predict(model, images):
+    return keras.ops.convert_to_numpy(model(images, training=False))
+
+
+# --------------------------------------------------------------------------------------------------
+# Registration and structure
+# --------------------------------------------------------------------------------------------------
+
+def test_registered_with_their_own_preprocessing():
+    assert {"applications", "vgg16_finetune"} <= set(models.MODELS.names())
+    assert models.includes_preprocessing("applications")
+    assert models.includes_preprocessing("vgg16_finetune")
+    assert not models.includes_preprocessing("lenet")
+    assert models.MODELS.options("applications") == ["backbone", "weights", "pooling", "dense_units",
+                                                     "dropout_rate", "upscale_to"]
+    assert "backbone" not in models.MODELS.options("vgg16_finetune")
+    with pytest.raises(KeyError, match="unknown model"):
+        models.includes_preprocessing("nope")
+
+
+def test_config_accepts_the_options():
+    config = config_lib.from_dict({"model": {"name": "applications",
+                                             "options": {"backbone": "mobilenet_v2", "upscale_to": [32, 32]}}})
+    assert config.model.options["backbone"] == "mobilenet_v2"
+    with pytest.raises(config_lib.ConfigError, match="model.options.upscale"):
+        config_lib.from_dict({"model": {"name": "applications", "options": {"upscale": [32, 32]}}})
+
+
+def test_vgg16_finetune_is_the_seed_recipe():
+    model = build("vgg16_finetune", num_classes=10)
+    backbone = model.get_layer("backbone")
+    assert backbone.count_params() == VGG16_BASE_PARAMETERS
+    assert isinstance(backbone, keras.Model)  # the base is ONE nested layer
+    assert [layer.name for layer in model.layers] == ["image", "preprocess", "backbone", "pool", "fc", "dropout",
+                                                      "logits", "probabilities"]
+    assert isinstance(model.get_layer("pool"), keras.layers.Flatten)
+    assert model.get_layer("fc").units == 256
+    assert model.get_layer("dropout").rate == 0.5
+    assert model.get_layer("probabilities").dtype_policy.name == "float32"
+    # flatten of 1x1x512 -> 256 -> 10
+    assert model.count_params() == VGG16_BASE_PARAMETERS + (512 * 256 + 256) + (256 * 10 + 10)
+
+
+def test_head_options():
+    model = build(backbone="vgg16", pooling="max", dense_units=0, dropout_rate=0.2)
+    assert isinstance(model.get_layer("pool"), keras.layers.GlobalMaxPooling2D)
+    assert "fc" not in [layer.name for layer in model.layers]
+    assert model.count_params() == VGG16_BASE_PARAMETERS + 512 * 3 + 3
+    with pytest.raises(ValueError, match="did you mean 'resnet50'"):
+        build(backbone="resnet5")
+    with pytest.raises(ValueError, match="pooling"):
+        build(pooling="mean")
+    with pytest.raises(ValueError, match="channels"):
+        build(input_shape=(32, 32, 4))
+
+
+@pytest.mark.parametrize("backbone", sorted(BACKBONES))
+def test_each_backbone_builds_at_its_minimum_and_preprocesses_like_keras(backbone):
+    size = BACKBONES[backbone].min_size
+    model = build(input_shape=(size, size, 3), backbone=backbone, dense_units=16)
+    images = pixels((2, size, size, 3), seed=1)
+    probabilities = predict(model, images)
+    assert probabilities.shape == (2, 3)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+    # The preprocessing inside the model is keras.applications.<family>.preprocess_input.
+    family = getattr(keras.applications, BACKBONES[backbone].family)
+    expected = family.preprocess_input(images.copy())
+    inside = keras.ops.convert_to_numpy(model.get_layer("preprocess")(images))
+    assert np.abs(inside - expected).max() < 1e-4
+
+
+def test_grey_input_is_repeated_to_rgb():
+    grey = build(input_shape=(32, 32, 1), backbone="vgg16", dense_units=8)
+    rgb = build(input_shape=(32, 32, 3), backbone="vgg16", dense_units=8)
+    rgb.set_weights(grey.get_weights())  # same weights: grey_to_rgb has none
+    images = pixels((2, 32, 32, 1), seed=2)
+    assert grey.get_layer("grey_to_rgb").output.shape == (None, 32, 32, 3)
+    np.testing.assert_allclose(predict(grey, images), predict(rgb, np.repeat(images, 3, axis=-1)), atol=1e-6)
+
+
+def test_below_the_minimum_size_says_how_to_fix_it():
+    with pytest.raises(ValueError) as error:
+        build(input_shape=(28, 28, 1), backbone="vgg16")
+    assert str(error.value) == ("input.image_size [28, 28] is below vgg16's minimum of 32x32: set input.image_size "
+                                "to at least [32, 32], or model.options.upscale_to: [32, 32] to upscale inside "
+                                "the model")
+    with pytest.raises(ValueError, match="inception_v3's minimum of 75x75.*at least \\[75, 80\\]"):
+        build(input_shape=(60, 80, 3), backbone="inception_v3")
+    with pytest.raises(ValueError, match="model.options.upscale_to \\[16, 16\\] is below"):
+        build(input_shape=(28, 28, 1), backbone="vgg16", upscale_to=[16, 16])
+    model = build(input_shape=(28, 28, 1), backbone="vgg16", upscale_to=32, dense_units=8)
+    assert model.get_layer("upscale").output.shape == (None, 32, 32, 3)
+    np.testing.assert_allclose(predict(model, pixels((2, 28, 28, 1))).sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_preprocessing_survives_save_and_load(tmp_path):
+    model = build(backbone="vgg16", dense_units=0)  # caffe: the channel flip and mean are in the file
+    path = tmp_path / "vgg.keras"
+    model.save(path)
+    loaded = keras.models.load_model(path)  # no custom_objects
+    images = pixels((2, 32, 32, 3), seed=3)
+    np.testing.assert_allclose(predict(loaded, images), predict(model, images), atol=1e-6)
+    inside = keras.ops.convert_to_numpy(loaded.get_layer("preprocess")(images))
+    assert np.abs(inside - keras.applications.vgg16.preprocess_input(images.copy())).max() < 1e-4
+    assert isinstance(loaded.get_layer("backbone"), applications.InferenceModeModel)
+
+
+# --------------------------------------------------------------------------------------------------
+# An earlier run: mobilenet_v2 at 32x32, 5 classes, trained one step, saved
+# --------------------------------------------------------------------------------------------------
+
+def _batch_norm_layers(model):
+    return [layer for layer in model.get_layer("backbone").layers
+            if isinstance(layer, keras.layers.BatchNormalization)]
+
+
+@pytest.fixture(scope="module")
+def earlier_run(tmp_path_factory):
+    keras.utils.set_random_seed(0)
+    folder = tmp_path_factory.mktemp("earlier_run")
+    model = build(input_shape=(32, 32, 3), num_classes=5, backbone="mobilenet_v2", dense_units=16)
+    assert model.get_layer("backbone").trainable  # fine-tuning: the backbone trains
+    norms = _batch_norm_layers(model)
+    before = [(keras.ops.convert_to_numpy(bn.moving_mean), keras.ops.convert_to_numpy(bn.moving_variance),
+               keras.ops.convert_to_numpy(bn.gamma)) for bn in norms]
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss="sparse_categorical_crossentropy", run_eagerly=True)
+    model.fit(pixels((8, 32, 32, 3), seed=4), np.arange(8) % 5, batch_size=8, epochs=1, verbose=0)
+    after = [(keras.ops.convert_to_numpy(bn.moving_mean), keras.ops.convert_to_numpy(bn.moving_variance),
+              keras.ops.convert_to_numpy(bn.gamma)) for bn in norms]
+    inputs = keras.Input(shape=(32, 32, 3), name="image")  # train.py's outer model around the network
+    wrapper = keras.Model(inputs, model(keras.layers.Rescaling(1.0, name="normalize")(inputs)), name="run")
+    paths = {"keras": folder / "best.keras", "weights": folder / "model.weights.h5",
+             "wrapper_keras": folder / "wrapper.keras", "wrapper_weights": folder / "wrapper.weights.h5"}
+    model.save(paths["keras"])
+    model.save_weights(paths["weights"])
+    wrapper.save(paths["wrapper_keras"])
+    wrapper.save_weights(paths["wrapper_weights"])
+    return {"model": model, "before": before, "after": after, **paths}
+
+
+def test_backbone_runs_in_inference_mode_during_fit(earlier_run):
+    """Moving statistics stay put although the backbone is trainable (its gamma did change)."""
+    for (mean0, variance0, gamma0), (mean1, variance1, gamma1) in zip(earlier_run["before"], earlier_run["after"]):
+        np.testing.assert_array_equal(mean0, mean1)
+        np.testing.assert_array_equal(variance0, variance1)
+    assert any(not np.array_equal(before[2], after[2]) for before, after in zip(earlier_run["before"],
+                                                                               earlier_run["after"]))
+
+
+def _backbone_outputs(model, seed=5):
+    features = pixels((2, 32, 32, 3), seed=seed) / 127.5 - 1.0
+    return keras.ops.convert_to_numpy(model.get_layer("backbone")(features))
+
+
+def test_transfer_from_keras_with_new_classes_keeps_a_new_head(earlier_run, capsys):
+    source = earlier_run["model"]
+    model = build(num_classes=2, backbone="mobilenet_v2", dense_units=16, weights=str(earlier_run["keras"]))
+    np.testing.assert_array_equal(_backbone_outputs(model), _backbone_outputs(source))
+    assert model.get_layer("logits").kernel.shape == (16, 2)
+    np.testing.assert_array_equal(model.get_layer("fc").kernel.numpy(), source.get_layer("fc").kernel.numpy())
+    assert "head copied: fc; new head kept: logits" in capsys.readouterr().out
+
+
+def test_transfer_from_keras_with_same_classes_copies_the_head(earlier_run, capsys):
+    model = build(num_classes=5, backbone="mobilenet_v2", dense_units=16, weights=str(earlier_run["keras"]))
+    images = pixels((2, 32, 32, 3), seed=6)
+    np.testing.assert_allclose(predict(model, images), predict(earlier_run["model"], images), atol=1e-6)
+    assert "head copied: fc, logits" in capsys.readouterr().out
+
+
+def test_transfer_through_train_py_wrapper(earlier_run):
+    model = build(num_classes=2, backbone="mobilenet_v2", dense_units=16, weights=str(earlier_run["wrapper_keras"]))
+    np.testing.assert_array_equal(_backbone_outputs(model), _backbone_outputs(earlier_run["model"]))
+
+
+def test_weights_h5_files_load(earlier_run):
+    images = pixels((2, 32, 32, 3), seed=7)
+    expected = predict(earlier_run["model"], images)
+    for key in ("weights", "wrapper_weights"):
+        same = build(num_classes=5, backbone="mobilenet_v2", dense_units=16, weights=str(earlier_run[key]))
+        np.testing.assert_allclose(predict(same, images), expected, atol=1e-6)
+    other = build(num_classes=2, backbone="mobilenet_v2", dense_units=16, weights=str(earlier_run["weights"]))
+    np.testing.assert_array_equal(_backbone_outputs(other), _backbone_outputs(earlier_run["model"]))
+    assert other.get_layer("logits").kernel.shape == (16, 2)
+
+
+def test_own_weights_file_reproduces_predictions(tmp_path):
+    fresh = build(backbone="vgg16", dense_units=8)
+    path = tmp_path / "fresh.weights.h5"
+    fresh.save_weights(path)
+    loaded = build(backbone="vgg16", dense_units=8, weights=str(path))
+    images = pixels((2, 32, 32, 3), seed=8)
+    np.testing.assert_allclose(predict(loaded, images), predict(fresh, images), atol=1e-6)
+
+
+def test_files_that_do_not_fit_raise_weights_error(earlier_run, tmp_path):
+    with pytest.raises(WeightsError, match="does not fit this model's backbone") as error:
+        build(backbone="vgg16", weights=str(earlier_run["keras"]))
+    assert str(earlier_run["keras"]) in str(error.value)
+    with pytest.raises(WeightsError, match="do not fit this model") as error:
+        build(backbone="vgg16", weights=str(earlier_run["weights"]))
+    assert str(earlier_run["weights"]) in str(error.value)
+    plain = models.build_model("tiny", input_shape=(32, 32, 3), num_classes=3)
+    plain_path = tmp_path / "tiny.keras"
+    plain.save(plain_path)
+    with pytest.raises(WeightsError, match="no layer named 'backbone'") as error:
+        build(backbone="vgg16", weights=str(plain_path))
+    assert str(plain_path) in str(error.value)
+    with pytest.raises(WeightsError, match="file not found"):
+        build(backbone="vgg16", weights=str(tmp_path / "missing.keras"))
+    with pytest.raises(ValueError, match="imagenet"):
+        build(backbone="vgg16", weights="imagenet21k")
+
+
+# --------------------------------------------------------------------------------------------------
+# ImageNet weights offline
+# --------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backbone", ["vgg16", "mobilenet_v2", "efficientnet_b0"])
+def test_imagenet_offline_names_the_file_to_place_by_hand(backbone, monkeypatch):
+    from keras.src.utils import file_utils  # what keras.applications calls to download
+
+    requested = []
+
+    def failed_download(fname=None, origin=None, *args, **kwargs):
+        requested.append(fname)
+        raise Exception(f"URL fetch failure on {origin}: None -- [Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(file_utils, "get_file", failed_download)
+    with pytest.raises(WeightsError) as error:
+        build(backbone=backbone, weights="imagenet")
+    assert requested, "keras.applications did not ask for a file"
+    message = str(error.value)
+    assert f"~/.keras/models/{requested[0]}" in message
+    assert requested[0] == applications.weights_file_name(backbone, (32, 32))
+    assert "URL fetch failure" in message
