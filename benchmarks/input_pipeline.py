@@ -60,8 +60,8 @@ def measure_source(source: str, options: dict) -> dict:
                   deterministic=config.input.deterministic, **train_lib.input_options(config))
     if source == "files":
         paths, labels = options["paths"], options["labels"]
-        dataset = input_pipeline.make_file_dataset(paths, labels, training=True, channels=config.input.channels or 3,
-                                                   cache=config.input.cache, cache_suffix="-train", **kwargs)
+        kwargs.update(channels=config.input.channels or 3, cache=config.input.cache, cache_suffix="-train")
+        dataset = input_pipeline.make_file_dataset(paths, labels, training=True, **kwargs)
     else:
         data = datasets.load_dataset(config.dataset.name, data_dir=config.dataset.data_dir,
                                      mirror_dir=config.dataset.mirror_dir)

@@ -5,8 +5,8 @@
       -> upscale          (model.options.upscale_to only: keras.layers.Resizing)
       -> preprocess       (the backbone's `preprocess_input` as layers: BGR + mean for caffe, [-1, 1] for tf,
                            ImageNet mean/std for torch, nothing for EfficientNet, which has it built in)
-      -> backbone         (the keras.applications base, include_top=False, ONE nested layer, always in
-                           inference mode)
+      -> backbone         (the keras.applications base, include_top=False, ONE nested layer; in inference
+                           mode when it starts from trained weights, see below)
       -> pool             (avg | max | flatten)
       -> fc               (Dense(dense_units, relu); absent when dense_units is 0 or null)
       -> dropout -> logits -> probabilities (float32 softmax)
@@ -14,13 +14,17 @@
 The models normalise their own input, so the pipeline must feed them raw [0, 255] pixels: both builders
 carry `includes_preprocessing = True` (see `models.registry.includes_preprocessing`).
 
-Inference mode: in Keras 3 an outer `fit` passes `training=True` down to every nested model and overrides
-a `base(x, training=False)` written into a functional graph (keras-team/keras#20285), so BatchNormalization
-would update its moving statistics and normalise with batch statistics while fine-tuning. The backbone is
-therefore an `InferenceModeModel`, a functional model that always runs its layers with `training=False`;
-its `trainable` flag still decides which weights the optimizer changes. It is registered for
-serialization: `keras.models.load_model` of a saved model needs `models` (or `models.applications`)
-imported first, as every entry point of this pipeline does.
+Inference mode: a backbone that starts from trained weights (`imagenet` or a file from an earlier run)
+always runs with `training=False`, so its BatchNormalization keeps the moving statistics it came with and
+normalises with them while the head trains and while the backbone is fine-tuned (its `trainable` flag still
+decides which weights the optimizer changes; gamma and beta are then updated). `base(x, training=False)`
+in a functional graph is not enough in Keras 3: an outer `fit` passes `training=True` down to nested models
+and overrides it (keras-team/keras#20285), so the backbone is a `BackboneModel`, a functional model that
+forces inference mode. With `weights: null` there are no statistics worth keeping: the backbone then
+trains normally (BatchNormalization learns its statistics), otherwise a BatchNormalization backbone with
+moving mean 0 and variance 1 would never normalise and a random MobileNetV2 outputs ~1e-12.
+`BackboneModel` is registered for serialization: `keras.models.load_model` of a saved model needs `models`
+(or `models.applications`) imported first, as every entry point of this pipeline does.
 """
 
 from __future__ import annotations
@@ -42,21 +46,39 @@ class WeightsError(RuntimeError):
 
 
 @keras.saving.register_keras_serializable(package="pipeline")
-class InferenceModeModel(keras.Model):
-    """A functional model that always runs its layers in inference mode (`training=False`).
+class BackboneModel(keras.Model):
+    """A functional model that, with `inference_mode=True`, always runs its layers with `training=False`.
 
-    Built as `InferenceModeModel(base.input, base.output, name=...)` from an existing functional model, it
-    shares that model's layers and weights. BatchNormalization inside it uses and keeps its moving
-    statistics even while the surrounding model trains and even when it is trainable (its gamma and beta
-    are then still updated by the optimizer), and dropout inside it is off.
+    Built as `BackboneModel(base.input, base.output, name=..., inference_mode=...)` from an existing
+    functional model, it shares that model's layers and weights. In inference mode, BatchNormalization
+    inside it uses and keeps its moving statistics even while the surrounding model trains and even when
+    it is trainable (its gamma and beta are still updated by the optimizer then), and dropout inside it
+    is off. With `inference_mode=False` it is a plain functional model.
     """
 
+    def __init__(self, *args, inference_mode: bool = True, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.inference_mode = bool(inference_mode)
+
     def call(self, inputs, training=None, mask=None, **kwargs):
-        return super().call(inputs, training=False, mask=mask, **kwargs)
+        if self.inference_mode:
+            training = False
+        return super().call(inputs, training=training, mask=mask, **kwargs)
+
+    def get_config(self):
+        return {**super().get_config(), "inference_mode": self.inference_mode}
+
+    @classmethod
+    def from_config(cls, config, custom_objects=None):
+        config = dict(config)
+        inference_mode = config.pop("inference_mode", True)
+        model = super().from_config(config, custom_objects=custom_objects)
+        model.inference_mode = bool(inference_mode)
+        return model
 
 
 @dataclasses.dataclass(frozen=True)
-class Backbone:
+class BackboneSpec:
     constructor: str      # attribute of keras.applications
     family: str           # keras.applications submodule whose preprocess_input the model reproduces
     preprocessing: str    # caffe | tf | torch | none
@@ -68,20 +90,20 @@ class Backbone:
 _GCS = "https://storage.googleapis.com/tensorflow/keras-applications/"
 
 BACKBONES = {
-    "vgg16": Backbone("VGG16", "vgg16", "caffe", 32,
+    "vgg16": BackboneSpec("VGG16", "vgg16", "caffe", 32,
                       "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5", _GCS + "vgg16/"),
-    "vgg19": Backbone("VGG19", "vgg19", "caffe", 32,
+    "vgg19": BackboneSpec("VGG19", "vgg19", "caffe", 32,
                       "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5", _GCS + "vgg19/"),
-    "resnet50": Backbone("ResNet50", "resnet50", "caffe", 32,
+    "resnet50": BackboneSpec("ResNet50", "resnet50", "caffe", 32,
                          "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5", _GCS + "resnet/"),
-    "mobilenet_v2": Backbone("MobileNetV2", "mobilenet_v2", "tf", 32,
+    "mobilenet_v2": BackboneSpec("MobileNetV2", "mobilenet_v2", "tf", 32,
                              "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{rows}_no_top.h5",
                              _GCS + "mobilenet_v2/"),
-    "efficientnet_b0": Backbone("EfficientNetB0", "efficientnet", "none", 32, "efficientnetb0_notop.h5",
+    "efficientnet_b0": BackboneSpec("EfficientNetB0", "efficientnet", "none", 32, "efficientnetb0_notop.h5",
                                 "https://storage.googleapis.com/keras-applications/"),
-    "inception_v3": Backbone("InceptionV3", "inception_v3", "tf", 75,
+    "inception_v3": BackboneSpec("InceptionV3", "inception_v3", "tf", 75,
                              "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5", _GCS + "inception_v3/"),
-    "densenet121": Backbone("DenseNet121", "densenet", "torch", 32,
+    "densenet121": BackboneSpec("DenseNet121", "densenet", "torch", 32,
                             "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5", _GCS + "densenet/"),
 }
 
@@ -105,7 +127,8 @@ def applications(*, input_shape=(224, 224, 3), num_classes=10, backbone="vgg16",
     Args:
         input_shape: (height, width, channels) of [0, 255] pixels, channels 1 or 3.
         backbone: vgg16, vgg19, resnet50, mobilenet_v2, efficientnet_b0, inception_v3 or densenet121.
-        weights: None (random initialisation); "imagenet" (downloaded once by Keras into
+        weights: None (random initialisation; the backbone's BatchNormalization then trains normally);
+            "imagenet" (downloaded once by Keras into
             ~/.keras/models; offline, place the file named in the error there by hand); or the path of a
             file written by an earlier run of this pipeline:
             - `.keras` (e.g. runs/<exp>/<time>/checkpoints/best.keras, the whole model, wrapped or not):
@@ -117,7 +140,8 @@ def applications(*, input_shape=(224, 224, 3), num_classes=10, backbone="vgg16",
               train.py's wrapper): Keras loads it by position, so the file must come from the same
               backbone, channels, upscale_to, pooling and dense_units; only the class count may differ
               (the logits are then kept new). Use the `.keras` checkpoint for anything else.
-            A file that does not fit raises `WeightsError` naming the file and the reason.
+            A file that does not fit raises `WeightsError` naming the file and the reason. With trained
+            weights (imagenet or a file) the backbone runs in inference mode (see the module docstring).
         pooling: "avg" (GlobalAveragePooling2D), "max" (GlobalMaxPooling2D) or "flatten".
         dense_units: units of the ReLU layer before the classifier; 0 or None for none.
         dropout_rate: dropout before the classifier.
@@ -203,7 +227,7 @@ def _did_you_mean(word, candidates) -> str:
     return f" (did you mean {close[0]!r}?)" if close else ""
 
 
-def _backbone_spec(backbone: str) -> Backbone:
+def _backbone_spec(backbone: str) -> BackboneSpec:
     if backbone not in BACKBONES:
         raise ConfigError(f"model.options.backbone: unknown backbone {backbone!r}{_did_you_mean(backbone, BACKBONES)}. "
                           f"Known: {', '.join(BACKBONES)}")
@@ -300,7 +324,7 @@ def _keras_models_dir() -> str:
     return os.path.join(os.path.expanduser(home), "models")
 
 
-def _backbone_model(backbone: str, spec: Backbone, shape, weights) -> InferenceModeModel:
+def _backbone_model(backbone: str, spec: BackboneSpec, shape, weights) -> BackboneModel:
     constructor = getattr(keras.applications, spec.constructor)
     try:
         # Keras' default names are kept while building: EfficientNet derives its weights file from it.
@@ -317,7 +341,7 @@ def _backbone_model(backbone: str, spec: Backbone, shape, weights) -> InferenceM
             f"on another machine and place it by hand at ~/.keras/models/{file_name} (or $KERAS_HOME/models/); "
             f"a partial or corrupt file there must be replaced. Or set model.options.weights: null to start "
             f"from random weights.") from error
-    return InferenceModeModel(base.input, base.output, name="backbone")
+    return BackboneModel(base.input, base.output, name="backbone", inference_mode=weights is not None)
 
 
 # --------------------------------------------------------------------------------------------------

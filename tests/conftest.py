@@ -94,3 +94,17 @@ def mirror_dir() -> Path:
             pytest.fail("the dataset mirror (../shared/datasets or $DATA_MIRROR) is required under CI=true")
         pytest.skip("dataset mirror not available")
     return mirror
+
+
+class Interrupt:
+    """A Keras callback that raises KeyboardInterrupt (what Ctrl-C does) at the start of an epoch."""
+
+    def __new__(cls, at_epoch: int):
+        import keras
+
+        class _Interrupt(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                if epoch == at_epoch:
+                    raise KeyboardInterrupt
+
+        return _Interrupt()

@@ -130,7 +130,7 @@ def test_preprocessing_survives_save_and_load(tmp_path):
     np.testing.assert_allclose(predict(loaded, images), predict(model, images), atol=1e-6)
     inside = keras.ops.convert_to_numpy(loaded.get_layer("preprocess")(images))
     assert np.abs(inside - keras.applications.vgg16.preprocess_input(images.copy())).max() < 1e-4
-    assert isinstance(loaded.get_layer("backbone"), applications.InferenceModeModel)
+    assert isinstance(loaded.get_layer("backbone"), applications.BackboneModel)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -142,19 +142,24 @@ def _batch_norm_layers(model):
             if isinstance(layer, keras.layers.BatchNormalization)]
 
 
+def _batch_norm_state(model):
+    return [[np.array(keras.ops.convert_to_numpy(v), copy=True)
+             for v in (bn.moving_mean, bn.moving_variance, bn.gamma, bn.beta)] for bn in _batch_norm_layers(model)]
+
+
+def _fit_one_step(model, seed):
+    model.compile(optimizer=keras.optimizers.SGD(0.5), loss="sparse_categorical_crossentropy", run_eagerly=True)
+    model.fit(pixels((8, 32, 32, 3), seed=seed), np.arange(8) % 5, batch_size=8, epochs=1, verbose=0)
+
+
 @pytest.fixture(scope="module")
 def earlier_run(tmp_path_factory):
     keras.utils.set_random_seed(0)
     folder = tmp_path_factory.mktemp("earlier_run")
     model = build(input_shape=(32, 32, 3), num_classes=5, backbone="mobilenet_v2", dense_units=16)
-    assert model.get_layer("backbone").trainable  # fine-tuning: the backbone trains
-    norms = _batch_norm_layers(model)
-    before = [(keras.ops.convert_to_numpy(bn.moving_mean), keras.ops.convert_to_numpy(bn.moving_variance),
-               keras.ops.convert_to_numpy(bn.gamma)) for bn in norms]
-    model.compile(optimizer=keras.optimizers.SGD(0.5), loss="sparse_categorical_crossentropy", run_eagerly=True)
-    model.fit(pixels((8, 32, 32, 3), seed=4), np.arange(8) % 5, batch_size=8, epochs=1, verbose=0)
-    after = [(keras.ops.convert_to_numpy(bn.moving_mean), keras.ops.convert_to_numpy(bn.moving_variance),
-              keras.ops.convert_to_numpy(bn.gamma)) for bn in norms]
+    before = _batch_norm_state(model)
+    _fit_one_step(model, seed=4)
+    after = _batch_norm_state(model)
     inputs = keras.Input(shape=(32, 32, 3), name="image")  # train.py's outer model around the network
     wrapper = keras.Model(inputs, model(keras.layers.Rescaling(1.0, name="normalize")(inputs)), name="run")
     paths = {"keras": folder / "best.keras", "weights": folder / "model.weights.h5",
@@ -166,13 +171,25 @@ def earlier_run(tmp_path_factory):
     return {"model": model, "before": before, "after": after, **paths}
 
 
-def test_backbone_runs_in_inference_mode_during_fit(earlier_run):
-    """Moving statistics stay put although the backbone is trainable (its gamma did change)."""
-    for (mean0, variance0, gamma0), (mean1, variance1, gamma1) in zip(earlier_run["before"], earlier_run["after"]):
+def test_random_backbone_learns_batch_norm_statistics(earlier_run):
+    """weights=None: nothing to keep, so BatchNormalization trains normally (moving statistics move)."""
+    assert not earlier_run["model"].get_layer("backbone").inference_mode
+    assert any(not np.array_equal(b[0], a[0]) for b, a in zip(earlier_run["before"], earlier_run["after"]))
+
+
+def test_trained_backbone_runs_in_inference_mode_during_fit(earlier_run):
+    """Starting from trained weights, moving statistics stay put during fit although the backbone is
+    trainable (its BatchNormalization gamma/beta do change)."""
+    model = build(num_classes=5, backbone="mobilenet_v2", dense_units=16, weights=str(earlier_run["keras"]))
+    backbone = model.get_layer("backbone")
+    assert backbone.trainable and backbone.inference_mode
+    before = _batch_norm_state(model)
+    _fit_one_step(model, seed=9)
+    after = _batch_norm_state(model)
+    for (mean0, variance0, _, _), (mean1, variance1, _, _) in zip(before, after):
         np.testing.assert_array_equal(mean0, mean1)
         np.testing.assert_array_equal(variance0, variance1)
-    assert any(not np.array_equal(before[2], after[2]) for before, after in zip(earlier_run["before"],
-                                                                               earlier_run["after"]))
+    assert any(not np.array_equal(b[2], a[2]) or not np.array_equal(b[3], a[3]) for b, a in zip(before, after))
 
 
 def _backbone_outputs(model, seed=5):

@@ -8,6 +8,7 @@ import json
 import keras
 import numpy as np
 import pytest
+from conftest import Interrupt
 
 from pipeline import callbacks as run_callbacks
 from pipeline import cli, config as config_lib, phases, train
@@ -82,16 +83,6 @@ def _has(model, name):
         return False
 
 
-class _Interrupt(keras.callbacks.Callback):
-    def __init__(self, at_epoch):
-        super().__init__()
-        self.at_epoch = at_epoch
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == self.at_epoch:
-            raise KeyboardInterrupt
-
-
 @pytest.mark.parametrize("interrupt_at", [2, 3])  # at the phase boundary, and inside phase 2
 def test_resume_in_phase_two_uses_phase_two_optimizer(data_env, tmp_path, monkeypatch, interrupt_at):
     config = two_phase_config(data_env)
@@ -99,7 +90,7 @@ def test_resume_in_phase_two_uses_phase_two_optimizer(data_env, tmp_path, monkey
 
     def with_interrupt(*args, **kwargs):
         callback_list, stateful = original(*args, **kwargs)
-        return [_Interrupt(interrupt_at), *callback_list], stateful
+        return [Interrupt(interrupt_at), *callback_list], stateful
 
     monkeypatch.setattr(train, "build_callbacks", with_interrupt)
     with pytest.raises(KeyboardInterrupt):

@@ -14,6 +14,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
+from conftest import Interrupt
 
 from pipeline import callbacks as run_callbacks
 from pipeline import cli, config as config_lib, train
@@ -128,16 +129,6 @@ def test_same_seed_gives_the_same_metrics(data_env, tmp_path):
     assert strip(history_rows(tmp_path / "a")) == strip(history_rows(tmp_path / "b"))
 
 
-class _Interrupt(keras.callbacks.Callback):
-    def __init__(self, at_epoch):
-        super().__init__()
-        self.at_epoch = at_epoch
-
-    def on_epoch_begin(self, epoch, logs=None):
-        if epoch == self.at_epoch:
-            raise KeyboardInterrupt
-
-
 def test_resume_continues_the_learning_rate_schedule(data_env, tmp_path, monkeypatch):
     overrides = [*data_env, "train.epochs=4", "train.schedule.name=cosine", "train.schedule.warmup_epochs=1",
                  "export.enabled=false", "train.batch_size=64"]
@@ -148,7 +139,7 @@ def test_resume_continues_the_learning_rate_schedule(data_env, tmp_path, monkeyp
 
     def with_interrupt(*args, **kwargs):
         callback_list, stateful = original(*args, **kwargs)
-        return [_Interrupt(2), *callback_list], stateful
+        return [Interrupt(2), *callback_list], stateful
 
     monkeypatch.setattr(train, "build_callbacks", with_interrupt)
     with pytest.raises(KeyboardInterrupt):
@@ -224,7 +215,7 @@ def test_leftover_temporary_files_from_a_killed_save_do_not_break_resume(data_en
 
     original = train.build_callbacks
     try:
-        train.build_callbacks = lambda *a, **k: (lambda cl, st: ([_Interrupt(1), *cl], st))(*original(*a, **k))
+        train.build_callbacks = lambda *a, **k: (lambda cl, st: ([Interrupt(1), *cl], st))(*original(*a, **k))
         with pytest.raises(KeyboardInterrupt):
             train.train(config, run_dir=run_dir, log=lambda *_: None)
     finally:
