@@ -11,7 +11,7 @@ SET ?=
 RUN_DIR ?=
 PORT ?= 6006
 
-.PHONY: setup train test test-slow tensorboard evaluate export clean-venv
+.PHONY: setup train test test-slow tensorboard evaluate export clean-venv bench bench-quick
 
 setup: $(STAMP)
 
@@ -58,3 +58,19 @@ data-label data-check data-stats data-split: $(STAMP)
 data-gather: $(STAMP)
 	@test -n "$(or $(URLS),$(ROOT))" || { echo "usage: make data-gather ROOT=<urls.txt> ARGS=\"--out DIR\"" >&2; exit 2; }
 	$(BIN)/python -m pipeline data gather $(or $(URLS),$(ROOT)) $(ARGS)
+
+# Benchmarks (benchmarks/*.py; results appended to benchmarks/RESULTS.md). `make bench` is long (the last
+# one trains 15 epochs twice); `make bench-quick` is a smoke run on small subsets that records nothing.
+# requirements-bench.txt adds scipy (the Keras book recipe's ImageDataGenerator) to requirements.txt.
+BENCH_STAMP := $(VENV)/.bench-installed-$(shell cat requirements.txt requirements-bench.txt | cksum | cut -d' ' -f1)
+BENCHMARKS := input_pipeline train_throughput compute_efficiency time_to_accuracy
+
+$(BENCH_STAMP): $(STAMP) requirements-bench.txt
+	$(BIN)/python -m pip install --quiet -r requirements-bench.txt
+	rm -f $(VENV)/.bench-installed-* && touch $@
+
+bench: $(BENCH_STAMP)
+	set -e; for name in $(BENCHMARKS); do $(BIN)/python -m benchmarks.$$name; done
+
+bench-quick: $(BENCH_STAMP)
+	set -e; for name in $(BENCHMARKS); do $(BIN)/python -m benchmarks.$$name --quick; done

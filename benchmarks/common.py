@@ -43,8 +43,8 @@ whatever else ran on it: compare sections measured on the same machine, and chec
 """
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
-SYNTHETIC_TRAIN = 1024  # synthetic CIFAR-10 stand-in: train and test images
-SYNTHETIC_TEST = 256
+SYNTHETIC_TRAIN = 512  # synthetic CIFAR-10 stand-in: train and test images
+SYNTHETIC_TEST = 128
 
 
 # --------------------------------------------------------------------------------------------------
@@ -252,7 +252,7 @@ def cifar10_jpeg_files(args, temporary_dir: Path, split: str = "train"):
     from pipeline import datasets
 
     if args.synthetic:
-        archive = write_synthetic_jpeg_archive(temporary_dir / "cifar10-jpg.tar.gz", count=512)
+        archive = write_synthetic_jpeg_archive(temporary_dir / "cifar10-jpg.tar.gz", count=256)
     else:
         mirror = datasets.resolve_mirror(None)
         archive = mirror / "cifar10-jpg.tar.gz" if mirror else None

@@ -32,6 +32,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import os
+import warnings
 from pathlib import Path
 
 import keras
@@ -448,21 +449,35 @@ def _transfer_from_keras(model: keras.Model, path: str) -> dict:
     return {"file": path, "backbone": True, "head_copied": copied, "head_kept": kept, "reason": "; ".join(reasons)}
 
 
+def _load_weights_strictly(target: keras.Model, path: str, **options) -> None:
+    """`target.load_weights` that also fails when Keras only warns that parts were left unloaded."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        target.load_weights(path, **options)
+    for warning in caught:
+        text = str(warning.message)
+        if "freshly-initialized" in text or "could not be loaded" in text:
+            raise ValueError(text.splitlines()[0])
+
+
 def _transfer_from_weights_h5(model: keras.Model, path: str) -> dict:
     logits = model.get_layer("logits")
     fresh_logits = logits.get_weights()
     head = [layer.name for layer in _head_layers(model)]
-    inputs = keras.Input(shape=model.input_shape[1:])
-    wrapped = keras.Model(inputs, model(inputs))  # train.py's layout: the network nested in an outer model
     errors = []
-    for target in (model, wrapped):
+    for layout in ("bare", "wrapped"):
+        if layout == "bare":
+            target = model
+        else:  # train.py's layout: the network nested in an outer model
+            inputs = keras.Input(shape=model.input_shape[1:])
+            target = keras.Model(inputs, model(inputs))
         try:
-            target.load_weights(path)
+            _load_weights_strictly(target, path)
             return {"file": path, "backbone": True, "head_copied": head, "head_kept": [], "reason": ""}
-        except Exception as error:  # noqa: BLE001 - try the next layout, report all if none fits
+        except Exception as error:  # noqa: BLE001 - try the next layout, report the first if none fits
             errors.append(error)
         try:
-            target.load_weights(path, objects_to_skip=[logits])
+            _load_weights_strictly(target, path, objects_to_skip=[logits])
             logits.set_weights(fresh_logits)
             return {"file": path, "backbone": True, "head_copied": [name for name in head if name != "logits"],
                     "head_kept": ["logits"], "reason": "the class count differs"}

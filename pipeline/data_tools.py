@@ -90,9 +90,16 @@ def _inside(path: Path, folder: Path) -> bool:
     return path == folder or folder in path.parents
 
 
+def _split_folders(root: Path) -> dict:
+    try:
+        return image_files.split_folders(root)
+    except ValueError as error:
+        raise DataError(str(error)) from None
+
+
 def _class_tree(root: Path) -> tuple[list[Path], list[int], list[str]]:
     """list_class_folders, refusing an already split tree (train/ val/ test/ are not classes)."""
-    splits = image_files.split_folders(root)
+    splits = _split_folders(root)
     if splits:
         names = ", ".join(p.name + "/" for p in splits.values())
         raise DataError(f"{root}: holds {names}: it is already split into train/val/test; "
@@ -309,7 +316,7 @@ def check_command(args) -> int:
 def _stats_files(root: Path) -> tuple[list[Path], list[str | None], list[str] | None]:
     """(files, class name of each or None, class names or None) from class folders, split folders
     (train/<class>/..., classes merged over the splits) or, without folders, every file."""
-    splits = image_files.split_folders(root)
+    splits = _split_folders(root)
     if splits:
         files, names, classes = [], [], set()
         for directory in splits.values():

@@ -304,8 +304,15 @@ def extract_archive(archive: Path, data_dir: str) -> Path:
         if name.endswith(suffix):
             name = name[: -len(suffix)]
     target = resolve_data_dir(data_dir) / name
+    # The stamp names the archive it came from: another archive of the same name, or a newer copy of this
+    # one, is extracted afresh instead of silently reusing the old tree.
+    info = archive.stat()
+    stamp = f"{archive.resolve()}\n{info.st_size}\n{info.st_mtime_ns}\n"
+    stamp_file = target / ".extracted-from"
     if target.is_dir():
-        return target
+        if stamp_file.is_file() and stamp_file.read_text() == stamp:
+            return target
+        shutil.rmtree(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{name}-"))
     try:
@@ -315,6 +322,7 @@ def extract_archive(archive: Path, data_dir: str) -> Path:
         else:
             with tarfile.open(archive, "r:*") as handle:
                 handle.extractall(temporary, filter="data")
+        (temporary / ".extracted-from").write_text(stamp)
         os.replace(temporary, target)
     except (OSError, tarfile.TarError, zipfile.BadZipFile) as error:
         shutil.rmtree(temporary, ignore_errors=True)
@@ -337,7 +345,10 @@ def read_folder_tree(root: Path) -> FileDataset:
 
     if root.is_file() and root.name.endswith(ARCHIVE_SUFFIXES):
         raise DatasetError(f"{root}: archives are extracted by the dataset loader; this is a bug")
-    split_dirs = image_files.split_folders(root)
+    try:
+        split_dirs = image_files.split_folders(root)
+    except ValueError as error:
+        raise DatasetError(str(error)) from None
     if not split_dirs:
         files, labels, class_names = image_files.list_class_folders(root)
         if not class_names:
@@ -423,7 +434,14 @@ def file_list(*, data_dir: str = "data", mirror_dir: str | None = None, root: st
     for split, list_path in lists.items():
         list_file = resolve_root(list_path, dataset="file_list")
         paths, labels = [], []
-        for number, line in enumerate(_read_lines(list_file), 1):
+        try:
+            lines = list_file.read_text().splitlines()
+        except OSError as error:
+            raise DatasetError(f"{list_file}: cannot read ({error.strerror})") from None
+        for number, line in enumerate(lines, 1):  # numbered as in an editor: blank and # lines count
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
             path, _, label = line.rpartition(" ")
             if not path:
                 raise DatasetError(f"{list_file}:{number}: expected `relative/path label`, received {line!r}")

@@ -278,7 +278,20 @@ def list_class_folders(root: os.PathLike) -> tuple[list[Path], list[int], list[s
 
 
 def split_folders(root: os.PathLike) -> dict[str, Path]:
-    """`train/`, `val/` or `validation/`, `test/` sub-folders of `root` (canonical split name -> path)."""
+    """`train/`, `val/` or `validation/`, `test/` sub-folders of `root` (canonical split name -> path).
+
+    Raises:
+        ValueError: both `val/` and `validation/` exist (one would be silently ignored).
+    """
     root = Path(root)
-    return {SPLIT_NAMES[p.name]: p for p in sorted(root.iterdir())
-            if p.is_dir() and p.name in SPLIT_NAMES} if root.is_dir() else {}
+    if not root.is_dir():
+        return {}
+    found: dict[str, Path] = {}
+    for path in sorted(root.iterdir()):
+        if path.is_dir() and path.name in SPLIT_NAMES:
+            split = SPLIT_NAMES[path.name]
+            if split in found:
+                raise ValueError(f"{root}: both {found[split].name}/ and {path.name}/ hold the {split} split; "
+                                 f"merge them into one folder")
+            found[split] = path
+    return found

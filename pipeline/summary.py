@@ -257,6 +257,15 @@ def _flatten_layers(container) -> list:
     return result
 
 
+def set_trainable(layer, value: bool) -> None:
+    """`layer.trainable = value`, always applied to its sublayers: under the TensorFlow backend the plain
+    assignment is skipped when `layer.trainable` already equals `value` (tf AutoTrackable short-circuits
+    `x.a = x.a`), which would leave sublayers frozen by an earlier phase frozen."""
+    keras.layers.Layer.trainable.fset(layer, bool(value))
+    for sublayer in getattr(layer, "_layers", None) or getattr(layer, "layers", []):
+        set_trainable(sublayer, value)
+
+
 def apply_trainable(model: keras.Model, spec) -> None:
     """Sets the trainable flags of one phase.
 
@@ -273,9 +282,9 @@ def apply_trainable(model: keras.Model, spec) -> None:
 
     found = find_layer(model, "backbone")
     region = found[0] if found else model
-    model.trainable = True
+    set_trainable(model, True)
     if mode == "none":
-        region.trainable = False
+        set_trainable(region, False)
     elif mode == "from":
         ordered = _flatten_layers(region)
         names = [layer.name for layer in ordered]
@@ -286,7 +295,7 @@ def apply_trainable(model: keras.Model, spec) -> None:
             raise SummaryError(f"train.phases[].trainable: 'from {start}': no layer {start!r} in {where}{hint}")
         for layer in ordered[:names.index(start)]:
             if not _is_container(layer):
-                layer.trainable = False
+                set_trainable(layer, False)
 
 
 def _phase_value(phase, key, default=None):
@@ -311,7 +320,7 @@ def phase_parameter_counts(model: keras.Model, phases) -> list[dict]:
                            "trainable_params": trainable, "frozen_params": total - trainable})
     finally:
         for layer, flag in saved:  # containers first: setting one resets its layers, restored next
-            layer.trainable = flag
+            set_trainable(layer, flag)
     return counts
 
 

@@ -1,0 +1,216 @@
+"""Time to accuracy on CIFAR-10: our cifar10_aug recipe against the Keras book recipe.
+
+  ours:  cifar10_aug through the pipeline's own pieces (Splits, build_model, compile_model, the
+         training dataset with its augmentation, validation each epoch): Adam with warm-up + cosine
+         decay, label smoothing, shift 0.1 + flip. `train.epochs` is set to --ours-epochs so the schedule
+         runs its full course within them (warm-up shortened only if it would not fit).
+  book:  the same cifar10_deep net, RMSprop 1e-3, batch 128,
+         `ImageDataGenerator(width_shift_range=0.1, height_shift_range=0.1, horizontal_flip=True)
+         .flow(x_train, y_train, batch_size=128)` into `fit`, validation data as arrays.
+Both: the same 40,000 train / 10,000 validation split (stratified, seed 42), validation each epoch
+(inside the clock, batch 128 for both). After each epoch a callback evaluates the test set (10,000
+images, the eval pipeline, identical for both); its time is excluded from the clock. The clock starts
+just before `fit` (tracing included). Run-directory callbacks (checkpoints, TensorBoard, CSV) are not
+used by either. Prints per epoch (training seconds, test accuracy) and the first time each reaches the
+target accuracy (75%), and book time / our time.
+
+Long: 15 epochs x 2 recipes by default.
+    .venv/bin/python -m benchmarks.time_to_accuracy [--epochs 15] [--ours-epochs N] [--book-epochs N]
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import common  # noqa: E402
+
+MODULE = "benchmarks.time_to_accuracy"
+OURS = "cifar10_aug"
+BOOK_MODEL = "cifar10_deep"
+QUICK_TRAIN = 4000
+QUICK_EVAL = 1000
+HEADERS = ["epoch", "ours s", "ours test acc", "book s", "book test acc"]
+SUMMARY_HEADERS = ["recipe", "epochs", "final test acc", "best test acc", "seconds to target", "epoch reached"]
+
+
+class EpochLog:
+    """Builds the callback that evaluates the test set after each epoch, off the clock."""
+
+    def __init__(self, name: str, test_data, start: float, log=print):
+        import keras
+
+        outer = self
+        self.rows: list[tuple[int, float, float]] = []  # (epoch, training seconds, test accuracy)
+        self.excluded = 0.0
+        self.start = start
+
+        class Callback(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch, logs=None):
+                now = time.perf_counter()
+                elapsed = now - outer.start - outer.excluded
+                result = self.model.evaluate(test_data, verbose=0, return_dict=True)
+                outer.rows.append((epoch + 1, elapsed, float(result["accuracy"])))
+                validation = (logs or {}).get("val_accuracy")
+                log(f"  {name} epoch {epoch + 1}: {elapsed:.1f} s, test accuracy {result['accuracy']:.4f}"
+                    + (f", validation {validation:.4f}" if validation is not None else ""), flush=True)
+                outer.excluded += time.perf_counter() - now
+
+        self.callback = Callback()
+
+    def first_reaching(self, target: float):
+        for epoch, seconds, accuracy in self.rows:
+            if accuracy >= target:
+                return epoch, seconds
+        return None, None
+
+
+def ours_config(args, data_overrides: list[str], epochs: int):
+    """cifar10_aug with train.epochs = epochs (the schedule spans them); warm-up scaled only if needed."""
+    from pipeline import config as config_lib
+
+    overrides = data_overrides + list(args.set) + [f"train.batch_size={args.batch_size}"]
+    base = config_lib.load_config(OURS, overrides)
+    overrides.append(f"train.epochs={epochs}")
+    warmup = base.train.schedule.warmup_epochs
+    if warmup and warmup >= epochs:
+        overrides.append(f"train.schedule.warmup_epochs={warmup * epochs / base.train.epochs:g}")
+    return config_lib.load_config(OURS, overrides)
+
+
+def run_ours(config, splits, test_data, epochs: int, log=print) -> EpochLog:
+    from pipeline import phases
+
+    statistics = (splits.channel_statistics(config) if config.input.normalization == "standardize" else (None, None))
+    steps_per_epoch = -(-len(splits.train[1]) // config.train.batch_size)
+    model = common.build_compiled_model(config, input_shape=splits.input_shape, num_classes=splits.num_classes,
+                                        steps_per_epoch=steps_per_epoch, statistics=statistics)
+    schedule = config.train.schedule
+    optimizer = config.train.optimizer
+    log(f"ours: {OURS}, {epochs} epochs, {optimizer.name} {optimizer.learning_rate:g}, schedule {schedule.name}"
+        f" (warm-up {schedule.warmup_epochs:g} epochs), label smoothing {config.train.label_smoothing:g}",
+        flush=True)
+    train_data = splits.dataset("train", config, training=True)
+    validation_data = splits.dataset("validation", config)
+    recorder = EpochLog("ours", test_data, time.perf_counter(), log)
+    for index, phase in enumerate(phases.plan(config)):
+        if index:  # multi-phase configs: recompile for each phase, as pipeline.train does
+            phases.set_trainable(model, phase.trainable)
+            from pipeline import train as train_lib
+            train_lib.compile_model(model, config, phase, steps_per_epoch)
+        model.fit(train_data, validation_data=validation_data, initial_epoch=phase.start_epoch,
+                  epochs=phase.end_epoch, shuffle=False, callbacks=[recorder.callback], verbose=0)
+    return recorder
+
+
+def run_book(config, splits, test_data, epochs: int, batch_size: int, log=print) -> EpochLog:
+    import numpy as np
+
+    from benchmarks import train_throughput
+
+    steps_per_epoch = -(-len(splits.train[1]) // batch_size)
+    model = common.build_compiled_model(config, input_shape=splits.input_shape, num_classes=splits.num_classes,
+                                        steps_per_epoch=steps_per_epoch)
+    optimizer = config.train.optimizer
+    log(f"book: {BOOK_MODEL}, {epochs} epochs, {optimizer.name} {optimizer.learning_rate:g}, "
+        f"ImageDataGenerator shift 0.1 + flip", flush=True)
+    images, labels = splits.train
+    flow = train_throughput.book_flow(images, labels, batch_size=batch_size, num_classes=splits.num_classes,
+                                      seed=config.seed)
+    x_validation = splits.validation[0].astype("float32")
+    y_validation = np.eye(splits.num_classes, dtype="float32")[splits.validation[1]]
+    recorder = EpochLog("book", test_data, time.perf_counter(), log)
+    model.fit(flow, epochs=epochs, validation_data=(x_validation, y_validation), validation_batch_size=batch_size,
+              callbacks=[recorder.callback], verbose=0)
+    return recorder
+
+
+def main(argv: list[str] | None = None) -> dict:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = common.base_parser(__doc__.split("\n\n")[0])
+    parser.add_argument("--epochs", type=int, default=None, help="epochs of each recipe (default 15, --quick 2)")
+    parser.add_argument("--ours-epochs", type=int, default=None, help="epochs of ours (default --epochs)")
+    parser.add_argument("--book-epochs", type=int, default=None, help="epochs of the book recipe (default --epochs)")
+    parser.add_argument("--target", type=float, default=0.75, help="test accuracy to reach")
+    parser.add_argument("--recipes", default="ours,book", help="comma-separated: ours, book")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="extra override for ours' config (repeatable), e.g. --set train.label_smoothing=0")
+    args = parser.parse_args(argv)
+    epochs = args.epochs or (2 if args.quick else 15)
+    ours_epochs, book_epochs = args.ours_epochs or epochs, args.book_epochs or epochs
+    if min(ours_epochs, book_epochs) < 1:
+        parser.error("epochs must be >= 1")
+    recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
+    if not recipes or set(recipes) - {"ours", "book"}:
+        parser.error("--recipes: ours and/or book")
+    if "book" in recipes:
+        from benchmarks import train_throughput
+        if not train_throughput.have_scipy():
+            raise SystemExit("the book recipe (ImageDataGenerator) needs scipy: "
+                             ".venv/bin/pip install -r requirements-bench.txt, or --recipes ours")
+
+    from pipeline import config as config_lib
+    from pipeline import train as train_lib
+
+    info = common.machine()
+    print(f"machine: {common.machine_line(info)}")
+    recorders = {}
+    with tempfile.TemporaryDirectory(prefix="bench-tta-") as temporary:
+        overrides = common.data_overrides(args, Path(temporary))
+        config = ours_config(args, overrides, ours_epochs)
+        book_config = config_lib.load_config(BOOK_MODEL, overrides + [f"train.batch_size={args.batch_size}"])
+        if book_config.dataset != config.dataset:
+            raise SystemExit(f"{OURS} and {BOOK_MODEL} use different dataset settings; both recipes must train on "
+                             f"the same split")
+        splits = train_lib.Splits(config, log=lambda *_: None)
+        if args.quick:
+            splits.train = common.subset(splits.train, QUICK_TRAIN, config.seed)
+            splits.validation = common.subset(splits.validation, QUICK_EVAL, config.seed)
+            splits.test = common.subset(splits.test, QUICK_EVAL, config.seed)
+        print(f"{len(splits.train[1])} train / {len(splits.validation[1])} validation / {len(splits.test[1])} test "
+              f"images, batch {args.batch_size}", flush=True)
+        test_data = splits.dataset("test", config)
+        if "ours" in recipes:
+            recorders["ours"] = run_ours(config, splits, test_data, ours_epochs)
+        if "book" in recipes:
+            recorders["book"] = run_book(book_config, splits, test_data, book_epochs, args.batch_size)
+
+    longest = max(len(r.rows) for r in recorders.values())
+    rows = []
+    for index in range(longest):
+        row = [index + 1]
+        for name in ("ours", "book"):
+            entry = recorders[name].rows[index] if name in recorders and index < len(recorders[name].rows) else None
+            row += [f"{entry[1]:.1f}", f"{entry[2]:.4f}"] if entry else ["", ""]
+        rows.append(row)
+    summary, reached = [], {}
+    for name, recorder in recorders.items():
+        epoch, seconds = recorder.first_reaching(args.target)
+        reached[name] = seconds
+        accuracies = [accuracy for _, _, accuracy in recorder.rows]
+        summary.append([name, len(recorder.rows), f"{accuracies[-1]:.4f}", f"{max(accuracies):.4f}",
+                        "not reached" if seconds is None else f"{seconds:.1f}",
+                        "" if epoch is None else epoch])
+    ratio = (reached["book"] / reached["ours"] if reached.get("book") and reached.get("ours") else None)
+    table = (common.markdown_table(HEADERS, rows) + "\n\n" + common.markdown_table(SUMMARY_HEADERS, summary)
+             + f"\n\nTime to {args.target:.0%} test accuracy, book / ours: "
+             + (f"{ratio:.2f}" if ratio is not None else "n/a (not reached by both)"))
+    title = (f"Time to {args.target:.0%} test accuracy on CIFAR-10: {OURS} ({ours_epochs} epochs) vs the book recipe "
+             f"({book_epochs} epochs), batch {args.batch_size}")
+    print(f"\n{title}\n\n{table}")
+    notes = (f"Training seconds exclude the per-epoch test evaluation and include validation (same 10,000 images "
+             f"for both, batch {args.batch_size}). Ours: {OURS} with train.epochs={ours_epochs} "
+             f"(schedule warm-up {config.train.schedule.warmup_epochs:g} epochs). Test accuracy on the "
+             f"{len(splits.test[1])}-image test split through the eval pipeline.")
+    common.finish(args, title=title, module=MODULE, argv=argv, table=table, notes=notes, info=info)
+    return {name: {"rows": recorder.rows, "seconds_to_target": reached[name]} for name, recorder in recorders.items()} | {
+        "ratio": ratio}
+
+
+if __name__ == "__main__":
+    main()

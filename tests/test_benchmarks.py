@@ -1,0 +1,126 @@
+"""Smoke tests of the benchmark scripts: each main() with --quick --no-record on synthetic data.
+
+No dataset mirror needed (--synthetic: random uint8 arrays and a few generated JPEGs in a temp dir);
+small batches keep the four runs short. The book recipe (variant C) needs scipy, a benchmark-only
+dependency (requirements-bench.txt): without it those parts are skipped.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+
+import pytest
+
+from benchmarks import common
+
+SMOKE = ["--quick", "--no-record", "--synthetic", "--batch-size", "16"]
+HAVE_SCIPY = importlib.util.find_spec("scipy") is not None
+
+
+def tables(text: str) -> list[list[dict]]:
+    """Markdown tables in printed output: a list of rows (header -> cell) per table."""
+    found, block = [], []
+    for line in text.splitlines() + [""]:
+        if line.startswith("|"):
+            block.append([cell.strip() for cell in line.strip().strip("|").split("|")])
+            continue
+        if len(block) >= 2:
+            header, rows = block[0], block[2:]
+            found.append([dict(zip(header, row)) for row in rows])
+        block = []
+    return found
+
+
+def table_with(text: str, *columns: str) -> list[dict]:
+    for rows in tables(text):
+        if rows and all(column in rows[0] for column in columns):
+            return rows
+    raise AssertionError(f"no table with columns {columns} in:\n{text}")
+
+
+def positive(cell: str) -> bool:
+    value = float(cell)
+    return math.isfinite(value) and value > 0
+
+
+@pytest.fixture
+def results_untouched():
+    """The smoke runs must not write RESULTS.md."""
+    before = common.RESULTS_PATH.read_bytes() if common.RESULTS_PATH.exists() else None
+    yield
+    after = common.RESULTS_PATH.read_bytes() if common.RESULTS_PATH.exists() else None
+    assert after == before
+
+
+def test_input_pipeline_quick(capsys, results_untouched):
+    from benchmarks import input_pipeline
+
+    input_pipeline.main(SMOKE)
+    rows = table_with(capsys.readouterr().out, *input_pipeline.HEADERS)
+    assert [row["source"] for row in rows] == ["files", "arrays"]
+    for row in rows:
+        for column in input_pipeline.HEADERS[1:]:
+            assert positive(row[column]), (column, row)
+
+
+def test_train_throughput_quick(capsys, results_untouched):
+    from benchmarks import train_throughput
+
+    variants = "A,B,C" if HAVE_SCIPY else "A,B"
+    result = train_throughput.main(SMOKE + ["--variants", variants])
+    out = capsys.readouterr().out
+    rows = table_with(out, *train_throughput.HEADERS)
+    assert [row["variant"] for row in rows] == variants.split(",")
+    for row in rows:
+        assert positive(row["images/s (median)"]) and positive(row["min"]) and positive(row["max"]), row
+    ratios = table_with(out, *train_throughput.RATIO_HEADERS)
+    assert [row["ratio"] for row in ratios] == (["B/A", "B/C"] if HAVE_SCIPY else ["B/A"])
+    assert all(positive(row["value"]) and row["met"] in ("yes", "no") for row in ratios)
+    assert set(result["images_per_second"]) == set(variants.split(","))
+
+
+def test_compute_efficiency_quick(capsys, results_untouched):
+    from benchmarks import compute_efficiency
+
+    result = compute_efficiency.main(SMOKE + ["--matmul-size", "256"])
+    out = capsys.readouterr().out
+    rows = table_with(out, *compute_efficiency.HEADERS)
+    assert len(rows) == 2
+    for row in rows:
+        for column in ("training images/s", "training GFLOP/s", "matmul GFLOP/s", "efficiency"):
+            assert positive(row[column]), (column, row)
+    flops = table_with(out, *compute_efficiency.FLOP_HEADERS)
+    assert {row["layer"].rsplit("/", 1)[-1] for row in flops} >= {"conv1", "conv2", "conv3", "conv4", "fc1", "logits"}
+    assert result["forward_flops"] == 41_482_240  # cifar10_deep: 20,741,120 multiply-adds per image
+
+
+@pytest.mark.parametrize("recipes", ["ours,book" if HAVE_SCIPY else "ours"])
+def test_time_to_accuracy_quick(capsys, results_untouched, recipes):
+    from benchmarks import time_to_accuracy
+
+    time_to_accuracy.main(SMOKE + ["--recipes", recipes])
+    out = capsys.readouterr().out
+    rows = table_with(out, *time_to_accuracy.HEADERS)
+    assert [row["epoch"] for row in rows] == ["1", "2"]
+    for row in rows:
+        for name in recipes.split(","):
+            assert positive(row[f"{name} s"]), row
+            assert 0.0 <= float(row[f"{name} test acc"]) <= 1.0, row
+    summary = table_with(out, *time_to_accuracy.SUMMARY_HEADERS)
+    assert [row["recipe"] for row in summary] == recipes.split(",")
+    assert "book / ours" in out
+
+
+def test_record_appends_a_section(tmp_path):
+    info = {"date": "2026-01-01 00:00:00 UTC", "nproc": 2, "cpu": "test CPU", "memory_gib": 4.0, "gpus": [],
+            "python": "3.11", "tensorflow": "2.21.0", "keras": "3.15.1", "load_average": (0.5, 0.5, 0.5)}
+    path = tmp_path / "RESULTS.md"
+    table = common.markdown_table(["a", "b"], [["x", 1.5]])
+    common.record("First", "python -m benchmarks.x", table, info=info, path=path)
+    first = path.read_text()
+    assert first.startswith("# Benchmark results") and "## First" in first and "| x | 1.5 |" in first
+    common.record("Second", "python -m benchmarks.y --quick", table, info=info, path=path)
+    second = path.read_text()
+    assert second.startswith(first) and "## Second" in second and "`python -m benchmarks.y --quick`" in second
+    assert "2 CPUs (nproc), test CPU" in second
