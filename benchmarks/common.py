@@ -135,15 +135,17 @@ def markdown_table(headers: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def ensure_results_file(path: Path = RESULTS_PATH) -> None:
+def ensure_results_file(path: Path | None = None) -> None:
+    path = Path(path or RESULTS_PATH)
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(RESULTS_HEADER)
 
 
 def record(title: str, command: str, table_markdown: str, *, notes: str = "", info: dict | None = None,
-           path: Path = RESULTS_PATH) -> Path:
+           path: Path | None = None) -> Path:
     """Appends one section to RESULTS.md (created with its header if absent); never rewrites it."""
+    path = Path(path or RESULTS_PATH)
     info = info or machine()
     ensure_results_file(path)
     section = [f"\n## {title}\n", f"- Date: {info['date']}", f"- Machine: {machine_line(info)}",
@@ -170,12 +172,15 @@ def command_line(module: str, argv: list[str]) -> str:
 
 def finish(args, *, title: str, module: str, argv: list[str], table: str, notes: str = "",
            info: dict | None = None) -> None:
-    """Prints where the section goes (or why not) and records it unless --quick or --no-record."""
-    if args.quick or args.no_record:
-        print(f"\n(not recorded: {'--quick' if args.quick else '--no-record'})")
+    """Prints where the section goes (or why not) and records it unless --quick, --no-record or
+    --synthetic (figures of random data have no place among the results)."""
+    reason = next((flag for flag, on in (("--quick", args.quick), ("--no-record", args.no_record),
+                                         ("--synthetic", args.synthetic)) if on), None)
+    if reason:
+        print(f"\n(not recorded: {reason})")
         return
     path = record(title, command_line(module, argv), table, notes=notes, info=info)
-    print(f"\nrecorded in {path.relative_to(PROJECT_ROOT)}")
+    print(f"\nrecorded in {path}")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -190,7 +195,7 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     parser.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
     parser.add_argument("--synthetic", action="store_true",
                         help="random uint8 images (and a few generated JPEGs) instead of CIFAR-10: "
-                             "needs no dataset mirror; figures are for testing the script only")
+                             "needs no dataset mirror; for testing the script (never recorded)")
     parser.add_argument("--batch-size", type=int, default=128, help="images per batch")
     return parser
 

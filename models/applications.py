@@ -39,7 +39,7 @@ import keras
 from keras import layers
 
 from models.registry import register_model
-from pipeline.config import ConfigError
+from pipeline.config import PROJECT_ROOT, ConfigError
 
 
 class WeightsError(RuntimeError):
@@ -91,21 +91,22 @@ class BackboneSpec:
 _GCS = "https://storage.googleapis.com/tensorflow/keras-applications/"
 
 BACKBONES = {
-    "vgg16": BackboneSpec("VGG16", "vgg16", "caffe", 32,
-                      "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5", _GCS + "vgg16/"),
-    "vgg19": BackboneSpec("VGG19", "vgg19", "caffe", 32,
-                      "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5", _GCS + "vgg19/"),
+    "vgg16": BackboneSpec("VGG16", "vgg16", "caffe", 32, "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                          _GCS + "vgg16/"),
+    "vgg19": BackboneSpec("VGG19", "vgg19", "caffe", 32, "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                          _GCS + "vgg19/"),
     "resnet50": BackboneSpec("ResNet50", "resnet50", "caffe", 32,
-                         "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5", _GCS + "resnet/"),
+                             "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5", _GCS + "resnet/"),
     "mobilenet_v2": BackboneSpec("MobileNetV2", "mobilenet_v2", "tf", 32,
-                             "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{rows}_no_top.h5",
-                             _GCS + "mobilenet_v2/"),
+                                 "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{rows}_no_top.h5",
+                                 _GCS + "mobilenet_v2/"),
     "efficientnet_b0": BackboneSpec("EfficientNetB0", "efficientnet", "none", 32, "efficientnetb0_notop.h5",
-                                "https://storage.googleapis.com/keras-applications/"),
+                                    "https://storage.googleapis.com/keras-applications/"),
     "inception_v3": BackboneSpec("InceptionV3", "inception_v3", "tf", 75,
-                             "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5", _GCS + "inception_v3/"),
+                                 "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
+                                 _GCS + "inception_v3/"),
     "densenet121": BackboneSpec("DenseNet121", "densenet", "torch", 32,
-                            "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5", _GCS + "densenet/"),
+                                "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5", _GCS + "densenet/"),
 }
 
 POOLINGS = ("avg", "max", "flatten")
@@ -129,9 +130,9 @@ def applications(*, input_shape=(224, 224, 3), num_classes=10, backbone="vgg16",
         input_shape: (height, width, channels) of [0, 255] pixels, channels 1 or 3.
         backbone: vgg16, vgg19, resnet50, mobilenet_v2, efficientnet_b0, inception_v3 or densenet121.
         weights: None (random initialisation; the backbone's BatchNormalization then trains normally);
-            "imagenet" (downloaded once by Keras into
-            ~/.keras/models; offline, place the file named in the error there by hand); or the path of a
-            file written by an earlier run of this pipeline:
+            "imagenet" (downloaded once by Keras into ~/.keras/models; offline, place the file named in the
+            error there by hand); or the path of a file written by an earlier run of this pipeline
+            (relative paths: the working directory, then the project):
             - `.keras` (e.g. runs/<exp>/<time>/checkpoints/best.keras, the whole model, wrapped or not):
               the layer named `backbone` is found (also inside train.py's outer model) and its weights
               copied; the head layers (fc, logits) are copied too where their shapes match (same class
@@ -277,6 +278,8 @@ def _check_weights_option(weights):
         raise ConfigError(f"model.options.weights: expected null, 'imagenet' or the path of a .keras or "
                           f".weights.h5 file; received {weights!r}")
     path = Path(weights).expanduser()
+    if not path.is_file() and not path.is_absolute() and (PROJECT_ROOT / path).is_file():
+        path = PROJECT_ROOT / path  # relative to the project, like the config's other paths
     if not (path.name.endswith(".keras") or path.name.endswith(".weights.h5")):
         raise ConfigError(f"model.options.weights: expected null, 'imagenet' or the path of a .keras or "
                           f".weights.h5 file from an earlier run; received {str(weights)!r}")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from models.applications import BackboneModel
 from models.registry import register_model
 
 
@@ -41,7 +42,9 @@ def tiny_transfer(*, input_shape=(32, 32, 3), num_classes=10, filters=8):
     x = layers.Activation("relu", name="relu1")(x)
     x = layers.Conv2D(2 * filters, 3, strides=2, padding="same", name="conv2")(x)
     x = layers.Activation("relu", name="relu2")(x)
-    backbone = keras.Model(image, x, name="backbone")
+    # Like a pretrained base: always in inference mode (see applications.BackboneModel for why a plain
+    # `backbone(x, training=False)` is not enough in Keras 3).
+    backbone = BackboneModel(image, x, name="backbone", inference_mode=True)
 
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     features = backbone(inputs, training=False)

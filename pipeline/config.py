@@ -497,6 +497,11 @@ def _check_cross_field_rules(config: Config) -> None:
                     (phase.trainable.startswith("from ") and phase.trainable[5:].strip())):
                 raise ConfigError(f"{prefix}.trainable: must be all, none or 'from <layer name>' "
                                   f"(e.g. 'from block5_conv1'); received {phase.trainable!r}")
+    if model_registry.includes_preprocessing(config.model.name) and (
+            config.input.normalization != "unit" or config.input.statistics):
+        raise ConfigError(f"input.normalization: model {config.model.name!r} applies its backbone's own input "
+                          f"preprocessing to [0, 255] pixels, so normalization must stay 'unit' (unused) and "
+                          f"input.statistics unset; received normalization {config.input.normalization!r}")
     if config.input.statistics and config.input.normalization != "standardize":
         raise ConfigError(f"input.statistics: only used with input.normalization: standardize; received "
                           f"normalization {config.input.normalization!r}")

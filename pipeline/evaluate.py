@@ -7,6 +7,7 @@ from pathlib import Path
 
 import keras
 
+import models  # noqa: F401  (registers custom layers that saved models may hold)
 from pipeline import callbacks as run_callbacks
 from pipeline import config as config_lib
 

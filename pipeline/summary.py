@@ -3,12 +3,13 @@
 Prints a table of every layer (nested models such as an applications `backbone` expanded layer by layer):
 name, type, output shape, parameters and FLOPs per image, then total / trainable / non-trainable
 parameters and total GFLOPs; with `train.phases` in the config, the trainable and frozen parameters of
-each phase. FLOPs count multiply-adds x2 in Conv1D/2D/3D, DepthwiseConv, SeparableConv, ConvTranspose and
+each phase (flags set by `pipeline.phases.set_trainable`, as training sets them). FLOPs count multiply-adds x2 in Conv1D/2D/3D, DepthwiseConv, SeparableConv, ConvTranspose and
 Dense layers (biases, activations, normalisation and pooling are not counted).
 
 When the network cannot take the configured input size, the command names the FIRST layer where the
-size arithmetic fails, with the formula and its numbers, e.g.
-    block5_pool (MaxPooling2D): (N + 2P - F) / S + 1 = (1 + 2*0 - 2) / 2 + 1 = 0.5 -> not a whole positive number
+size arithmetic fails, with the formula and its numbers, e.g. for vgg16 at 16x16
+    block5_pool (MaxPooling2D): (N + 2P - F) / S + 1 = (1 + 2*0 - 2) / 2 + 1 = 0.5
+                                -> not a whole positive number           (printed on one line)
 found by simulating the requested size through the layer configs of the same architecture built at a
 size that works, and exits with code 2.
 
@@ -18,8 +19,8 @@ same, and nothing is downloaded or read.
 
 from __future__ import annotations
 
-import difflib
 import math
+import re
 import sys
 
 import keras
@@ -238,15 +239,6 @@ def format_table(rows: list[dict], summary_totals: dict) -> str:
 # Training phases: which weights train
 # --------------------------------------------------------------------------------------------------
 
-def parse_trainable(spec) -> tuple[str, str | None]:
-    """'none' | 'all' | 'from <layer name>' -> (mode, layer name or None)."""
-    if spec in ("none", "all"):
-        return spec, None
-    if isinstance(spec, str) and spec.startswith("from ") and spec[5:].strip():
-        return "from", spec[5:].strip()
-    raise SummaryError(f"train.phases[].trainable: expected none, all or 'from <layer name>'; received {spec!r}")
-
-
 def _flatten_layers(container) -> list:
     """Every layer inside `container`, depth first (a nested model before its own layers)."""
     result = []
@@ -258,44 +250,12 @@ def _flatten_layers(container) -> list:
 
 
 def set_trainable(layer, value: bool) -> None:
-    """`layer.trainable = value`, always applied to its sublayers: under the TensorFlow backend the plain
-    assignment is skipped when `layer.trainable` already equals `value` (tf AutoTrackable short-circuits
-    `x.a = x.a`), which would leave sublayers frozen by an earlier phase frozen."""
+    """`layer.trainable = value`, applied to every sublayer even where the flag already has that value:
+    under the TensorFlow backend a plain assignment is skipped when `layer.trainable == value` (tf's
+    AutoTrackable short-circuits `x.a = x.a`), which would leave sublayers frozen earlier frozen."""
     keras.layers.Layer.trainable.fset(layer, bool(value))
     for sublayer in getattr(layer, "_layers", None) or getattr(layer, "layers", []):
         set_trainable(sublayer, value)
-
-
-def apply_trainable(model: keras.Model, spec) -> None:
-    """Sets the trainable flags of one phase.
-
-    The phase acts on the layer named `backbone` (searched in nested models) or, in a network without
-    one, on the whole network; every layer outside the backbone stays trainable:
-        none               the backbone is frozen (only the head trains)
-        all                everything trains
-        from <layer name>  the backbone's layers from that one on train, the ones before it are frozen
-    BatchNormalization in an applications backbone stays in inference mode either way (see
-    models/applications.py). After changing flags, a model must be compiled again before `fit`.
-    """
-    mode, start = parse_trainable(spec)
-    from models.applications import find_layer
-
-    found = find_layer(model, "backbone")
-    region = found[0] if found else model
-    set_trainable(model, True)
-    if mode == "none":
-        set_trainable(region, False)
-    elif mode == "from":
-        ordered = _flatten_layers(region)
-        names = [layer.name for layer in ordered]
-        if start not in names:
-            close = difflib.get_close_matches(start, names, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            where = "the backbone" if found else f"model {model.name!r}"
-            raise SummaryError(f"train.phases[].trainable: 'from {start}': no layer {start!r} in {where}{hint}")
-        for layer in ordered[:names.index(start)]:
-            if not _is_container(layer):
-                set_trainable(layer, False)
 
 
 def _phase_value(phase, key, default=None):
@@ -305,16 +265,23 @@ def _phase_value(phase, key, default=None):
 
 
 def phase_parameter_counts(model: keras.Model, phases) -> list[dict]:
-    """Trainable and frozen parameters of each phase ({epochs, trainable} dicts or objects); the model's
-    own trainable flags are restored afterwards."""
+    """Trainable and frozen parameters of each phase ({epochs, trainable} dicts, or PhaseConfig objects),
+    with the trainable flags set exactly as training sets them (`pipeline.phases.set_trainable`); the
+    model's own flags are restored afterwards.
+
+    Raises:
+        pipeline.phases.PhaseError: a phase names a layer the backbone lacks, or the model has no backbone.
+    """
+    from pipeline import phases as phase_lib
+
     everything = [model, *_flatten_layers(model)]
     saved = [(layer, layer.trainable) for layer in everything]
     total = model.count_params()
     counts = []
     try:
         for index, phase in enumerate(phases, start=1):
-            spec = _phase_value(phase, "trainable")
-            apply_trainable(model, spec)
+            spec = _phase_value(phase, "trainable", "all")
+            phase_lib.set_trainable(model, spec)
             trainable = _size(model.trainable_weights)
             counts.append({"phase": index, "epochs": _phase_value(phase, "epochs"), "trainable": spec,
                            "trainable_params": trainable, "frozen_params": total - trainable})
@@ -327,7 +294,8 @@ def phase_parameter_counts(model: keras.Model, phases) -> list[dict]:
 def format_phases(counts: list[dict]) -> str:
     lines = ["Training phases (train.phases):"]
     for count in counts:
-        epochs = f"{count['epochs']} epochs, " if count["epochs"] is not None else ""
+        epochs = count["epochs"]
+        epochs = "" if epochs is None else f"{epochs} epoch{'' if epochs == 1 else 's'}, "
         lines.append(f"  phase {count['phase']}: {epochs}trainable {count['trainable']}: "
                      f"{count['trainable_params']:,} trainable, {count['frozen_params']:,} frozen parameters")
     return "\n".join(lines)
@@ -565,9 +533,17 @@ def explain_bad_size(config, input_shape, num_classes: int, error: Exception) ->
         if "/" in failure["path"]:
             lines.append(f"  (in {failure['path'].rsplit('/', 1)[0]})")
         lines.append(f"  sizes before it: {steps}")
-    first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-    lines.append(f"  {first_line}")
+    lines.append(f"  {_error_line(error)}")
     return "\n".join(lines)
+
+
+def _error_line(error: Exception) -> str:
+    """The informative line of an error: Keras wraps its shape errors in "Exception encountered when
+    calling ..." and ANSI bold codes."""
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
+    lines = [line.strip() for line in text.splitlines()
+             if line.strip() and not line.strip().startswith("Exception encountered when calling")]
+    return lines[0] if lines else type(error).__name__
 
 
 # --------------------------------------------------------------------------------------------------
@@ -597,11 +573,13 @@ def summary_command(experiment: str, overrides=(), *, num_classes: int | None = 
     print(f"Experiment {config.name}: model {config.model.name}, input {input_shape[0]}x{input_shape[1]}x"
           f"{input_shape[2]}, {classes} classes", file=out)
     print(format_table(rows, totals(model, rows)), file=out)
-    phases = getattr(config.train, "phases", None)
+    phases = getattr(config.train, "phases", None)  # train.phases: [{epochs, trainable, ...}] or null
     if phases:
+        from pipeline.phases import PhaseError
+
         try:
             counts = phase_parameter_counts(model, phases)
-        except SummaryError as error:
+        except PhaseError as error:
             print(f"error: {error}", file=sys.stderr)
             return USER_ERROR
         print(file=out)

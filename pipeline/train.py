@@ -194,8 +194,12 @@ def build_model(config: Config, *, input_shape, num_classes: int, statistics=(No
     network = models.build_model(config.model.name, input_shape=input_shape, num_classes=num_classes,
                                  **config.model.options)
     inputs = keras.Input(shape=input_shape, name="image")
-    normalized = preprocessing.normalization_layer(config.input.normalization, mean=mean, std=std)(inputs)
-    return keras.Model(inputs, network(normalized), name=config.name)
+    if models.includes_preprocessing(config.model.name):
+        outputs = network(inputs)  # the network turns [0, 255] pixels into its backbone's input itself
+    else:
+        normalized = preprocessing.normalization_layer(config.input.normalization, mean=mean, std=std)(inputs)
+        outputs = network(normalized)
+    return keras.Model(inputs, outputs, name=config.name)
 
 
 def compile_model(model: keras.Model, config: Config, phase: phases.Phase, steps_per_epoch: int) -> None:
@@ -321,7 +325,8 @@ def train(config: Config, *, run_dir: Path | None = None, log=print) -> dict:
                             statistics=statistics)
         for phase in phases.plan(config):
             phases.set_trainable(model, phase.trainable)
-    except (ValueError, phases.PhaseError) as error:  # builders validate their arguments (Keras style)
+    except (ValueError, phases.PhaseError, models.applications.WeightsError) as error:
+        # Builders validate their arguments (Keras style); weights may be missing or offline.
         raise RunError(f"model {config.model.name!r}: {error}") from None
     finally:
         keras.mixed_precision.set_dtype_policy("float32")

@@ -164,7 +164,7 @@ def test_unknown_model_without_close_match_has_no_suggestion():
         models.MODELS.get("resnet152")
     message = raised.value.args[0]
     assert "did you mean" not in message
-    assert "Known: cifar10_deep" in message
+    assert "Known: applications, cifar10_deep" in message
 
 
 def test_registry_options_are_the_builders_extra_keywords():

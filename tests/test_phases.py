@@ -111,6 +111,23 @@ def test_resume_in_phase_two_uses_phase_two_optimizer(data_env, tmp_path, monkey
     assert json.loads((tmp_path / "run" / "backup" / "training_metadata.json").read_text())["finished"]
 
 
+def test_trainable_backbone_keeps_its_batchnorm_statistics(data_env, tmp_path):
+    config = config_lib.load_config("tiny", [*data_env, "model.name=tiny_transfer", "train.epochs=1",
+                                             "export.enabled=false"])
+    import models
+    model = train.build_model(config, input_shape=(16, 16, 3), num_classes=10)
+    bn = phases.find_layer(model, "bn1")
+    before = [w.numpy().copy() for w in bn.non_trainable_weights]
+    gamma_before = bn.gamma.numpy().copy()
+    train.compile_model(model, config, phases.plan(config)[0], steps_per_epoch=2)
+    images = np.random.default_rng(0).uniform(0, 255, (16, 16, 16, 3)).astype(np.float32)
+    model.fit(images, np.eye(10)[np.arange(16) % 10], batch_size=8, epochs=1, verbose=0)
+    assert bn.trainable
+    for old, new in zip(before, bn.non_trainable_weights):  # moving mean and variance
+        np.testing.assert_array_equal(new.numpy(), old)
+    assert not np.array_equal(bn.gamma.numpy(), gamma_before)  # still trained by the optimizer
+
+
 def test_phase_errors_are_user_errors(data_env, tmp_path, capsys):
     bad_layer = PHASES.replace("from conv2", "from conv9")
     code = cli.main(["train", "tiny", "--run-dir", str(tmp_path / "run"), "--set", data_env[0], "--set",
