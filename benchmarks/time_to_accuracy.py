@@ -85,6 +85,7 @@ def ours_config(args, data_overrides: list[str], epochs: int):
 
 def run_ours(config, splits, test_data, epochs: int, log=print) -> EpochLog:
     from pipeline import phases
+    from pipeline import train as train_lib
 
     statistics = (splits.channel_statistics(config) if config.input.normalization == "standardize" else (None, None))
     steps_per_epoch = -(-len(splits.train[1]) // config.train.batch_size)
@@ -101,7 +102,6 @@ def run_ours(config, splits, test_data, epochs: int, log=print) -> EpochLog:
     for index, phase in enumerate(phases.plan(config)):
         if index:  # multi-phase configs: recompile for each phase, as pipeline.train does
             phases.set_trainable(model, phase.trainable)
-            from pipeline import train as train_lib
             train_lib.compile_model(model, config, phase, steps_per_epoch)
         model.fit(train_data, validation_data=validation_data, initial_epoch=phase.start_epoch,
                   epochs=phase.end_epoch, shuffle=False, callbacks=[recorder.callback], verbose=0)

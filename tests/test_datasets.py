@@ -94,7 +94,7 @@ def test_cifar10_from_the_mirror_is_cached_and_the_cache_is_reused(data_env, mon
         assert sorted(saved.files) == ["test_images", "test_labels", "train_images", "train_labels"]
         np.testing.assert_array_equal(saved["train_images"], data.train_images)
         np.testing.assert_array_equal(saved["test_labels"], data.test_labels)
-    assert not [p for p in data_dir.rglob("*") if p.name.startswith(".")], "no temporary files left behind"
+    assert not [p for p in data_dir.rglob("*") if p.name.startswith(".tmp")], "no temporary files left behind"
 
     # second load: no mirror and no network, so only the cache can answer, and identically
     monkeypatch.setenv("DATA_MIRROR", str(tmp_path / "no_mirror_here"))
