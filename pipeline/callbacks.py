@@ -17,7 +17,7 @@ from pathlib import Path
 
 import keras
 
-from pipeline.fileio import atomic_write, atomic_write_json, atomic_write_text  # noqa: F401
+from pipeline.fileio import atomic_write, atomic_write_json
 
 
 def _improved(mode: str, monitor: str):

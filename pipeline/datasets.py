@@ -262,7 +262,7 @@ def cifar10(*, data_dir: str = "data", mirror_dir: str | None = None) -> ArrayDa
                 places = [str(mirror / "cifar10-jpg.tar.gz") if mirror else "(no mirror configured)",
                           str(store / "cifar-10-batches-py")]
                 raise DatasetError(
-                    f"dataset 'cifar10' not found. Looked in:\n  " + "\n  ".join(places) +
+                    "dataset 'cifar10' not found. Looked in:\n  " + "\n  ".join(places) +
                     f"\nand the download of {CIFAR10_URL} failed: {getattr(error, 'reason', error)}\n"
                     f"Place cifar-10-python.tar.gz in {store}/ by hand, or set DATA_MIRROR to a directory "
                     f"holding cifar10-jpg.tar.gz.") from None

@@ -8,7 +8,7 @@ from pathlib import Path
 import keras
 
 import models  # noqa: F401  (registers custom layers that saved models may hold)
-from pipeline import callbacks as run_callbacks
+from pipeline import fileio
 from pipeline import config as config_lib
 
 
@@ -50,7 +50,7 @@ def read_metrics(run_dir: Path) -> dict:
 
 
 def write_metrics(run_dir: Path, metrics: dict) -> None:
-    run_callbacks.atomic_write_json(Path(run_dir) / "metrics.json", metrics)
+    fileio.atomic_write_json(Path(run_dir) / "metrics.json", metrics)
 
 
 def evaluate_run(run_dir: Path, *, log=print) -> dict:

@@ -24,7 +24,7 @@ import numpy as np
 import models
 from pipeline import callbacks as run_callbacks
 from pipeline import config as config_lib
-from pipeline import datasets, input_pipeline, optim, phases, preprocessing
+from pipeline import datasets, fileio, input_pipeline, optim, phases, preprocessing
 from pipeline.config import PROJECT_ROOT, Config
 
 
@@ -333,7 +333,7 @@ def train(config: Config, *, run_dir: Path | None = None, log=print) -> dict:
 
     run_dir.mkdir(parents=True, exist_ok=True)
     if state == "new":
-        run_callbacks.atomic_write_text(run_dir / "classes.txt", "\n".join(splits.class_names) + "\n")
+        fileio.atomic_write_text(run_dir / "classes.txt", "\n".join(splits.class_names) + "\n")
         config_lib.save_config(config, run_dir / "config.yaml")  # last: its presence marks a run dir
         log(f"run directory: {run_dir}")
     else:

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import data_tools, image_files
+from pipeline import gather, data_tools, image_files
 from pipeline.cli import main
 
 
@@ -522,13 +522,13 @@ def url_file(tmp_path: Path, base: str) -> Path:
 def test_gather_downloads_only_good_images_and_resumes(server, tmp_path, capsys):
     urls = url_file(tmp_path, server)
     out = tmp_path / "gathered"
-    summary = data_tools.gather(urls, out, workers=6, timeout=0.5, retries=2, backoff=0.05)
+    summary = gather.gather(urls, out, workers=6, timeout=0.5, retries=2, backoff=0.05)
     assert summary.count("downloaded") == len(GOOD_URLS)
     assert summary.count("failed") == len(BAD_URLS) + 1  # + the ftp line
     assert "downloading" in capsys.readouterr().err
 
     landed = {p.relative_to(out).as_posix(): p for p in out.rglob("*") if p.is_file() and p.parent != out}
-    expected = {f"{folder}/{data_tools.file_stem(server + path)}{ext}": body
+    expected = {f"{folder}/{gather.file_stem(server + path)}{ext}": body
                 for path, (folder, body, ext) in GOOD_URLS.items()}
     assert set(landed) == set(expected)
     for relative, body in expected.items():
@@ -568,11 +568,11 @@ def test_gather_all_good_exits_0(server, tmp_path, capsys):
 
 
 def test_file_stem_is_sanitised_and_unique():
-    a = data_tools.file_stem("http://x/a/My%20Photo (1).JPG?size=large")
-    b = data_tools.file_stem("http://x/b/My%20Photo (1).JPG?size=large")
+    a = gather.file_stem("http://x/a/My%20Photo (1).JPG?size=large")
+    b = gather.file_stem("http://x/b/My%20Photo (1).JPG?size=large")
     assert a.startswith("My_Photo_1-") and a != b
-    assert data_tools.file_stem("http://x/").startswith("image-")
-    assert "/" not in data_tools.file_stem("http://x/..%2F..%2Fetc%2Fpasswd")
+    assert gather.file_stem("http://x/").startswith("image-")
+    assert "/" not in gather.file_stem("http://x/..%2F..%2Fetc%2Fpasswd")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -114,7 +114,6 @@ def test_resume_in_phase_two_uses_phase_two_optimizer(data_env, tmp_path, monkey
 def test_trainable_backbone_keeps_its_batchnorm_statistics(data_env, tmp_path):
     config = config_lib.load_config("tiny", [*data_env, "model.name=tiny_transfer", "train.epochs=1",
                                              "export.enabled=false"])
-    import models
     model = train.build_model(config, input_shape=(16, 16, 3), num_classes=10)
     bn = phases.find_layer(model, "bn1")
     before = [w.numpy().copy() for w in bn.non_trainable_weights]

@@ -17,7 +17,7 @@ import pytest
 from conftest import Interrupt
 
 from pipeline import callbacks as run_callbacks
-from pipeline import cli, config as config_lib, train
+from pipeline import cli, config as config_lib, fileio, train
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -237,7 +237,7 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
         raise OSError("disk full")
 
     with pytest.raises(OSError):
-        run_callbacks.atomic_write(target, broken_write, suffix=".keras")
+        fileio.atomic_write(target, broken_write, suffix=".keras")
     assert target.read_bytes() == b"old"
     assert [p.name for p in tmp_path.iterdir()] == ["best.keras"]
 
