@@ -81,11 +81,12 @@ def test_base_inheritance_cifar10_deep_from_cifar10_net():
     deep = config_lib.load_config("cifar10_deep")
     assert deep.name == "cifar10_deep"  # the child's stem, not the base's
     assert deep.model.name == "cifar10_deep" and net.model.name == "cifar10_net"
-    # everything else comes from cifar10_net
+    # everything else comes from cifar10_net, except the schedule cifar10_deep adds
     assert deep.dataset == net.dataset
     assert deep.input == net.input
-    assert deep.train == net.train
-    assert deep.train.optimizer.name == "rmsprop" and deep.train.epochs == 12
+    assert deep.train.optimizer == net.train.optimizer and deep.train.epochs == net.train.epochs == 12
+    assert deep.train.optimizer.name == "rmsprop"
+    assert deep.train.schedule.name == "cosine" and net.train.schedule.name == "constant"
 
 
 def test_base_inheritance_two_levels_cifar10_aug():
