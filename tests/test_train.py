@@ -301,3 +301,19 @@ def test_standardize_with_a_data_stats_file(data_env, tmp_path, capsys):
 def test_unknown_monitor_is_a_config_error(capsys):
     assert run_cli("train", "tiny", "--set", "train.callbacks.checkpoint.monitor=val_acc") == 2
     assert "did you mean 'val_accuracy'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("policy", ["mixed_bfloat16"])
+def test_mixed_precision_trains_and_serves_float32(data_env, tmp_path, policy):
+    overrides = sets(*data_env, f"train.mixed_precision={policy}", "train.epochs=1")
+    assert run_cli("train", "tiny", "--run-dir", tmp_path / "run", *overrides) == 0
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert np.isfinite(metrics["test"]["loss"]) and metrics["test"]["accuracy"] > 0
+    model = keras.models.load_model(tmp_path / "run" / "checkpoints" / "best.keras")
+    conv = next(layer for layer in model.get_layer("tiny").layers if layer.name == "conv1")
+    assert conv.compute_dtype == "bfloat16" and conv.variable_dtype == "float32"
+    import tensorflow as tf
+    served = tf.saved_model.load(metrics["export"]).signatures["serve_images"]
+    out = served(images=tf.zeros((1, 16, 16, 3), tf.uint8))["probabilities"]
+    assert out.dtype == tf.float32
+    np.testing.assert_allclose(out.numpy().sum(), 1.0, atol=1e-3)
