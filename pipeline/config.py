@@ -205,6 +205,8 @@ class TrainConfig:
     jit_compile: Union[bool, str] = _field("auto", choices=[True, False, "auto"], help="XLA compilation")
     mixed_precision: str = _field("float32", choices=["float32", "mixed_bfloat16", "mixed_float16"],
                                   help="Keras dtype policy")
+    intra_op_threads: int = _field(0, min=0, help="threads inside one op (0: TensorFlow's choice, all cores)")
+    inter_op_threads: int = _field(0, min=0, help="ops run at once (0: TensorFlow's choice)")
     verbose: int = _field(2, choices=[0, 1, 2], help="Keras fit verbosity: 0 silent, 1 bar, 2 a line per epoch")
     callbacks: CallbacksConfig = _field(CallbacksConfig(), help="callbacks")
 

@@ -214,6 +214,23 @@ def compile_model(model: keras.Model, config: Config, phase: phases.Phase, steps
                   metrics=["accuracy"], jit_compile=resolve_jit_compile(train.jit_compile))
 
 
+def configure_threads(*, intra_op: int, inter_op: int, log=print) -> None:
+    """Applies thread settings; TensorFlow accepts them only before its runtime starts (first op)."""
+    import tensorflow as tf
+
+    threading = tf.config.threading
+    for name, wanted, get, set_ in (
+            ("intra_op_threads", intra_op, threading.get_intra_op_parallelism_threads,
+             threading.set_intra_op_parallelism_threads),
+            ("inter_op_threads", inter_op, threading.get_inter_op_parallelism_threads,
+             threading.set_inter_op_parallelism_threads)):
+        if wanted and get() != wanted:
+            try:
+                set_(wanted)
+            except RuntimeError:
+                log(f"train.{name}={wanted} ignored: TensorFlow was already running in this process")
+
+
 def resolve_jit_compile(setting) -> bool:
     """`auto` means XLA on a GPU only: measured 5x slower than plain TF for cifar10_deep on a 2-core CPU
     (198 vs 1,026 images/s), while Keras' own `auto` would turn it on there too."""
@@ -313,6 +330,7 @@ def train(config: Config, *, run_dir: Path | None = None, log=print) -> dict:
             f"Use `python -m pipeline evaluate {run_dir}` to re-evaluate, or a new --run-dir to train again.")
         return evaluate.read_metrics(run_dir)
 
+    configure_threads(intra_op=config.train.intra_op_threads, inter_op=config.train.inter_op_threads, log=log)
     # Data and model first: a missing dataset, an input size the model refuses or a phase naming an
     # unknown layer stops the run before anything is written.
     splits = Splits(config, log=log)

@@ -317,3 +317,16 @@ def test_mixed_precision_trains_and_serves_float32(data_env, tmp_path, policy):
     out = served(images=tf.zeros((1, 16, 16, 3), tf.uint8))["probabilities"]
     assert out.dtype == tf.float32
     np.testing.assert_allclose(out.numpy().sum(), 1.0, atol=1e-3)
+
+
+def test_thread_settings_apply_in_a_fresh_process(synthetic_mirror, tmp_path):
+    experiment = _write_experiment(tmp_path / "threads.yaml", synthetic_mirror, tmp_path / "data", 1)
+    code = ("import sys; from pipeline import cli, config, train; import tensorflow as tf;"
+            "cfg = config.load_config(sys.argv[1], ['train.intra_op_threads=1', 'train.inter_op_threads=2']);"
+            "train.configure_threads(intra_op=1, inter_op=2);"
+            "print(tf.config.threading.get_intra_op_parallelism_threads(),"
+            " tf.config.threading.get_inter_op_parallelism_threads())")
+    completed = subprocess.run([sys.executable, "-c", code, str(experiment)], cwd=PROJECT_ROOT,
+                               capture_output=True, text=True, timeout=120)
+    assert completed.returncode == 0, completed.stderr[-2000:]
+    assert completed.stdout.split()[-2:] == ["1", "2"]
