@@ -323,6 +323,10 @@ def extract_archive(archive: Path, data_dir: str) -> Path:
             with tarfile.open(archive, "r:*") as handle:
                 handle.extractall(temporary, filter="data")
         (temporary / ".extracted-from").write_text(stamp)
+        # Archives often wrap everything in one folder (hymenoptera/): remember it now, so files that
+        # tools later write beside it (reports, statistics) never change what the dataset root is.
+        (temporary / ".dataset-root").write_text(_single_top_folder(temporary).name
+                                                 if _single_top_folder(temporary) != temporary else ".")
         os.replace(temporary, target)
     except (OSError, tarfile.TarError, zipfile.BadZipFile) as error:
         shutil.rmtree(temporary, ignore_errors=True)
@@ -374,7 +378,9 @@ def read_folder_tree(root: Path) -> FileDataset:
 
 def _root_folder(root: Path, data_dir: str) -> Path:
     if root.is_file() and root.name.endswith(ARCHIVE_SUFFIXES):
-        return _single_top_folder(extract_archive(root, data_dir))
+        extracted = extract_archive(root, data_dir)
+        marker = extracted / ".dataset-root"
+        return extracted / marker.read_text().strip() if marker.is_file() else _single_top_folder(extracted)
     return root
 
 

@@ -98,6 +98,14 @@ class Splits:
                                         f"moves them aside), or set dataset.strict=false to skip them.")
         for path, reason in bad.items():
             log(f"skipping {path}: {reason}")
+        train_paths, train_labels = data.splits["train"]
+        usable = {label for path, label in zip(train_paths, train_labels) if path not in bad}
+        empty = [name for index, name in enumerate(data.class_names) if index not in usable]
+        if empty:
+            raise datasets.DatasetError(
+                f"{data.root}: class folder(s) {', '.join(empty)} hold no readable training image; every "
+                f"sub-folder of the dataset root is taken as a class. Remove or move the folder(s), or point "
+                f"dataset.root at the folder that holds only class folders.")
         parts = {}
         for split, (paths, labels) in data.splits.items():
             keep = np.asarray([path not in bad for path in paths], bool)

@@ -895,3 +895,26 @@ def test_real_hymenoptera_prescan_skips_only_the_placeholder(mirror_dir, hymenop
     assert np.bincount(splits.validation[1]).tolist() == [18, 18]
     assert not set(splits.train[0]) & set(splits.validation[0])
     assert splits.input_shape == (*config.input.image_size, 3)
+
+
+def test_files_written_beside_an_extracted_tree_do_not_change_its_classes(tmp_path):
+    # `data stats` / `data check` write ROOT-stats/ and ROOT-check.json beside the folder they read; in an
+    # extracted archive that is inside the extraction folder. The dataset root must not move because of it.
+    archive, _ = _archive(tmp_path, "tar.gz")
+    data_dir = tmp_path / "data"
+    first = datasets.load_dataset("folder", data_dir=str(data_dir), root=str(archive))
+    (data_dir / "shapes" / "shapes-stats").mkdir()
+    (data_dir / "shapes" / "shapes-check.json").write_text("{}")
+    second = datasets.load_dataset("folder", data_dir=str(data_dir), root=str(archive))
+    assert second.class_names == first.class_names == ["circle", "square"]
+    assert list(second.splits["train"][0]) == list(first.splits["train"][0])
+
+
+def test_a_class_folder_without_readable_images_is_an_error(tmp_path):
+    root = tmp_path / "photos"
+    class_tree(root, ["cats"], 4)
+    (root / "reports").mkdir()
+    (root / "reports" / "summary.json").write_text("{}")
+    config = make_config(tmp_path, {"name": "folder", "root": str(root)})
+    with pytest.raises(datasets.DatasetError, match="reports hold no readable training image"):
+        train.Splits(config, log=lambda *_: None)
