@@ -81,8 +81,9 @@ def test_base_inheritance_cifar10_deep_from_cifar10_net():
     deep = config_lib.load_config("cifar10_deep")
     assert deep.name == "cifar10_deep"  # the child's stem, not the base's
     assert deep.model.name == "cifar10_deep" and net.model.name == "cifar10_net"
-    # everything else comes from cifar10_net, except the schedule cifar10_deep adds
-    assert deep.dataset == net.dataset
+    # everything else comes from cifar10_net, except the schedule and split cifar10_deep sets
+    assert deep.dataset.name == net.dataset.name == "cifar10"
+    assert deep.dataset.validation_split == 0.1 and net.dataset.validation_split == 0.2
     assert deep.input == net.input
     assert deep.train.optimizer == net.train.optimizer and deep.train.epochs == net.train.epochs == 12
     assert deep.train.optimizer.name == "rmsprop"
