@@ -10,18 +10,22 @@ from models.registry import register_model
 
 
 @register_model()
-def simple_cnn(*, input_shape=(128, 128, 3), num_classes=10, filters=(32, 64, 128, 256), dropout_rate=0.3):
+def simple_cnn(*, input_shape=(128, 128, 3), num_classes=10, filters=(32, 64, 128, 256), dropout_rate=0.3,
+               bn_momentum=0.9):
     """Conv-BN-ReLU blocks (two convolutions each, then max-pooling), global average pooling, dropout.
 
     Global pooling makes the parameter count independent of the input size (about 1.2M with the
-    default filters), so the same network trains at 64x64 or 224x224.
+    default filters), so the same network trains at 64x64 or 224x224. `bn_momentum` is 0.9, not Keras'
+    0.99: on a few hundred photos a run has only ~200 steps, and with 0.99 the moving statistics lag the
+    weights so far that inference-mode accuracy fell to chance (44.7% vs 87.5% in training mode,
+    measured on hymenoptera_scratch).
     """
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     x = inputs
     for block, width in enumerate(filters, start=1):
         for index in (1, 2):
             x = layers.Conv2D(width, 3, padding="same", use_bias=False, name=f"block{block}_conv{index}")(x)
-            x = layers.BatchNormalization(name=f"block{block}_bn{index}")(x)
+            x = layers.BatchNormalization(momentum=bn_momentum, name=f"block{block}_bn{index}")(x)
             x = layers.Activation("relu", name=f"block{block}_relu{index}")(x)
         x = layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
     x = layers.GlobalAveragePooling2D(name="pool")(x)
