@@ -63,7 +63,7 @@ data-gather: $(STAMP)
 # one trains 15 epochs twice); `make bench-quick` is a smoke run on small subsets that records nothing.
 # requirements-bench.txt adds scipy (the Keras book recipe's ImageDataGenerator) to requirements.txt.
 BENCH_STAMP := $(VENV)/.bench-installed-$(shell cat requirements.txt requirements-bench.txt | cksum | cut -d' ' -f1)
-BENCHMARKS := input_pipeline train_throughput compute_efficiency time_to_accuracy
+BENCHMARKS := input_pipeline train_throughput compute_efficiency feature_cache time_to_accuracy
 
 $(BENCH_STAMP): $(STAMP) requirements-bench.txt
 	$(BIN)/python -m pip install --quiet -r requirements-bench.txt

@@ -34,7 +34,19 @@ class LearningRateLogger(keras.callbacks.Callback):
             logs["learning_rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
 
-class Checkpoints(keras.callbacks.Callback):
+class _SavesFullModel:
+    """For callbacks that write the model: `target` (when set) is written and restored instead of the
+    model being fit. A phase with cached features fits only a head model made of the full model's layers;
+    its checkpoints and resume state must still be the full model's."""
+
+    target = None
+
+    @property
+    def saved_model(self) -> keras.Model:
+        return self.target if self.target is not None else self.model
+
+
+class Checkpoints(_SavesFullModel, keras.callbacks.Callback):
     """Writes `last.keras` every epoch and `best.keras` when `monitor` improves, both atomically.
 
     Full models (architecture, weights, optimizer), so `evaluate`, `export` and transfer can load them
@@ -54,10 +66,10 @@ class Checkpoints(keras.callbacks.Callback):
             raise KeyError(f"train.callbacks.checkpoint.monitor: {self.monitor!r} is not a logged metric; "
                            f"logged: {', '.join(sorted(logs))}")
         value = float(logs[self.monitor])
-        atomic_write(self.directory / "last.keras", self.model.save, suffix=".keras")
+        atomic_write(self.directory / "last.keras", self.saved_model.save, suffix=".keras")
         if self.best is None or self._is_better(value, self.best):
             self.best = value
-            atomic_write(self.directory / "best.keras", self.model.save, suffix=".keras")
+            atomic_write(self.directory / "best.keras", self.saved_model.save, suffix=".keras")
 
     def get_state(self) -> dict:
         return {"best": self.best}
@@ -116,7 +128,7 @@ class Timer(keras.callbacks.Callback):
         self.images = state.get("images", 0)
 
 
-class CrashSafeBackupAndRestore(keras.callbacks.BackupAndRestore):
+class CrashSafeBackupAndRestore(_SavesFullModel, keras.callbacks.BackupAndRestore):
     """`BackupAndRestore` made atomic, phase-aware, and carrying the state of other callbacks.
 
     At each epoch end: the weights (model and optimizer: iteration count, moments, so the learning-rate
@@ -153,15 +165,16 @@ class CrashSafeBackupAndRestore(keras.callbacks.BackupAndRestore):
         self._restore = False
         if metadata is None:
             return
+        model = self.saved_model
         if metadata.get("phase", 0) == self.phase:
-            if self.model.optimizer is not None and not self.model.optimizer.built:
-                self.model.optimizer.build(self.model.trainable_variables)
-            self.model.load_weights(self.directory / metadata["weights"])
+            if model.optimizer is not None and not model.optimizer.built:
+                model.optimizer.build(model.trainable_variables)
+            model.load_weights(self.directory / metadata["weights"])
         else:
             with warnings.catch_warnings():  # "Skipping variable loading for optimizer": intended
                 warnings.simplefilter("ignore")
-                self.model.load_weights(self.directory / metadata["weights"])
-        self.model._initial_epoch = metadata["epoch"]
+                model.load_weights(self.directory / metadata["weights"])
+        self.model._initial_epoch = metadata["epoch"]  # read by the fit in progress
         for name, callback in self.stateful.items():
             if name in metadata.get("callbacks", {}):
                 callback.set_state(metadata["callbacks"][name])
@@ -174,7 +187,7 @@ class CrashSafeBackupAndRestore(keras.callbacks.BackupAndRestore):
         epoch = self._current_epoch
         weights = f"epoch-{epoch:04d}.weights.h5"
         if not (self.directory / weights).exists() or completed_phases == self.phase:
-            atomic_write(self.directory / weights, lambda p: self.model.save_weights(p), suffix=".weights.h5")
+            atomic_write(self.directory / weights, lambda p: self.saved_model.save_weights(p), suffix=".weights.h5")
         metadata = {"epoch": epoch, "weights": weights, "phase": self.phase,
                     "completed_phases": completed_phases, "finished": completed_phases >= self.total_phases,
                     "callbacks": {name: cb.get_state() for name, cb in self.stateful.items()}}

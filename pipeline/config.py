@@ -160,6 +160,10 @@ class PhaseConfig:
                                         "that backbone layer and every one after it)")
     optimizer: OptimizerConfig = _field(OptimizerConfig(), help="this phase's optimizer (fresh state)")
     schedule: ScheduleConfig = _field(ScheduleConfig(), help="this phase's learning-rate schedule")
+    cache_features: bool = _field(
+        False, help="with trainable: none, compute the frozen backbone's features of the un-augmented "
+                    "train/validation images once and train the head on them (input.augment is not applied "
+                    "in this phase; much faster on a CPU)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -499,6 +503,9 @@ def _check_cross_field_rules(config: Config) -> None:
                     (phase.trainable.startswith("from ") and phase.trainable[5:].strip())):
                 raise ConfigError(f"{prefix}.trainable: must be all, none or 'from <layer name>' "
                                   f"(e.g. 'from block5_conv1'); received {phase.trainable!r}")
+            if phase.cache_features and phase.trainable != "none":
+                raise ConfigError(f"{prefix}.cache_features: needs trainable: none (features of a backbone "
+                                  f"that trains change every step); received trainable {phase.trainable!r}")
     if model_registry.includes_preprocessing(config.model.name) and (
             config.input.normalization != "unit" or config.input.statistics):
         raise ConfigError(f"input.normalization: model {config.model.name!r} applies its backbone's own input "

@@ -55,12 +55,21 @@ def make_train_dataset(images: np.ndarray, labels: np.ndarray, *, batch_size: in
 
 
 def _augment(dataset, augment: dict | None, image_size, seed: int, deterministic: bool):
-    """Batch-level augmentation with Keras preprocessing layers (one vectorised call per batch)."""
+    """Batch-level augmentation (one vectorised call per batch).
+
+    Shift/flip/crop augmenters are stateless: each batch gets its own seed from a seeded stream, so they
+    run in parallel and still repeat exactly. Rotation and zoom use Keras layers whose random state is a
+    variable that parallel calls would race for: run in order when `deterministic`.
+    """
     augmenter = preprocessing.build_augmenter(**(augment or {}), image_size=image_size, seed=seed)
     if augmenter is None:
         return dataset
+    if augmenter.stateless:
+        seeds = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True).batch(2)
+        return tf.data.Dataset.zip(dataset, seeds).map(
+            lambda batch, pair: (augmenter(batch[0], pair), batch[1]), num_parallel_calls=AUTOTUNE,
+            deterministic=True)
     if deterministic:
-        # Keras random layers keep their RNG state in a variable: calls in parallel would race for it.
         return dataset.map(lambda x, y: (augmenter(x), y))
     return dataset.map(lambda x, y: (augmenter(x), y), num_parallel_calls=AUTOTUNE, deterministic=False)
 

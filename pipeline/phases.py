@@ -27,6 +27,7 @@ class Phase:
     trainable: str
     optimizer: OptimizerConfig
     schedule: ScheduleConfig
+    cache_features: bool = False
 
     _key: str = "train"
 
@@ -47,7 +48,7 @@ def plan(config: Config) -> list[Phase]:
     phases, start = [], 0
     for index, phase in enumerate(config.train.phases):
         phases.append(Phase(index, start, start + phase.epochs, phase.trainable, phase.optimizer, phase.schedule,
-                            _key=f"train.phases[{index}]"))
+                            phase.cache_features, _key=f"train.phases[{index}]"))
         start += phase.epochs
     return phases
 

@@ -210,16 +210,41 @@ def build_model(config: Config, *, input_shape, num_classes: int, statistics=(No
     return keras.Model(inputs, outputs, name=config.name)
 
 
-def compile_model(model: keras.Model, config: Config, phase: phases.Phase, steps_per_epoch: int) -> None:
-    """Compiles for one phase: its optimizer (fresh state) and its schedule over its own epochs."""
+def compile_model(model: keras.Model, config: Config, phase: phases.Phase, steps_per_epoch: int,
+                  optimizer=None) -> None:
+    """Compiles for one phase: its optimizer (fresh state, unless `optimizer` is given) and its schedule
+    over its own epochs."""
     train = config.train
-    schedule = optim.build_schedule(**vars_of(phase.schedule), learning_rate=phase.optimizer.learning_rate,
-                                    steps_per_epoch=steps_per_epoch, epochs=phase.epochs)
-    optimizer_options = vars_of(phase.optimizer)
-    optimizer_options["learning_rate"] = schedule
-    model.compile(optimizer=optim.build_optimizer(**optimizer_options),
+    if optimizer is None:
+        schedule = optim.build_schedule(**vars_of(phase.schedule), learning_rate=phase.optimizer.learning_rate,
+                                        steps_per_epoch=steps_per_epoch, epochs=phase.epochs)
+        optimizer_options = vars_of(phase.optimizer)
+        optimizer_options["learning_rate"] = schedule
+        optimizer = optim.build_optimizer(**optimizer_options)
+    model.compile(optimizer=optimizer,
                   loss=keras.losses.CategoricalCrossentropy(label_smoothing=train.label_smoothing),
                   metrics=["accuracy"], jit_compile=resolve_jit_compile(train.jit_compile))
+
+
+def cached_features_fit(model: keras.Model, splits: "Splits", config: Config, phase: phases.Phase,
+                        steps_per_epoch: int, validation_data, *, log=print):
+    """What a `cache_features` phase fits instead of `model`: (head model, train data, validation data).
+
+    The head is made of `model`'s layers and compiled with `model`'s optimizer (already compiled for
+    this phase), built on the head's variables, so that the full model's checkpoints and resume state
+    carry the optimizer the head trains with."""
+    from pipeline import features
+
+    split = features.FeatureSplit(model)
+    compile_model(split.head, config, phase, steps_per_epoch, optimizer=model.optimizer)
+    model.optimizer.build(split.head.trainable_variables)
+    if config.input.augment and any(config_lib.to_dict(config.input.augment).values()):
+        log(f"{phase.key}.cache_features: this phase trains on un-augmented images (input.augment applies "
+            f"to the other phases)")
+    train_data, validation_data = features.feature_datasets(
+        split, splits.dataset("train", config), validation_data, batch_size=config.train.batch_size,
+        seed=config.seed + phase.index, log=log)
+    return split.head, train_data, validation_data
 
 
 def configure_threads(*, intra_op: int, inter_op: int, log=print) -> None:
@@ -388,11 +413,17 @@ def train(config: Config, *, run_dir: Path | None = None, log=print) -> dict:
                     f"trainable {phase.trainable}, {phase.optimizer.name} lr {phase.optimizer.learning_rate}")
             phases.set_trainable(model, phase.trainable)
             compile_model(model, config, phase, steps_per_epoch)
+            fitted, phase_train, phase_validation = model, train_data, validation_data
+            if phase.cache_features:
+                fitted, phase_train, phase_validation = cached_features_fit(
+                    model, splits, config, phase, steps_per_epoch, validation_data, log=log)
+            for callback in (stateful["checkpoints"], backup):
+                callback.target = model if fitted is not model else None
             backup.begin_phase(phase.index, restore=first)
             first = False
-            history = model.fit(train_data, validation_data=validation_data, initial_epoch=phase.start_epoch,
-                                epochs=phase.end_epoch, shuffle=False, callbacks=callback_list,
-                                verbose=config.train.verbose)
+            history = fitted.fit(phase_train, validation_data=phase_validation, initial_epoch=phase.start_epoch,
+                                 epochs=phase.end_epoch, shuffle=False, callbacks=callback_list,
+                                 verbose=config.train.verbose)
             losses = history.history.get("loss", [])
             if losses and not math.isfinite(losses[-1]):
                 raise RunError(f"training diverged: the loss became {losses[-1]} in epoch {len(losses) + phase.start_epoch}. "

@@ -95,6 +95,17 @@ def test_compute_efficiency_quick(capsys, results_untouched):
     assert result["forward_flops"] == 41_482_240  # cifar10_deep: 20,741,120 multiply-adds per image
 
 
+def test_feature_cache_quick(capsys, results_untouched):
+    from benchmarks import feature_cache
+
+    result = feature_cache.main(SMOKE + ["--image-size", "32"])
+    rows = table_with(capsys.readouterr().out, *feature_cache.HEADERS)
+    assert [row["variant"] for row in rows] == ["full model each epoch", "cached features"]
+    assert float(rows[0]["features s"]) == 0 and positive(rows[1]["features s"])
+    assert all(positive(row["phase s"]) and 0 <= float(row["test acc"]) <= 1 for row in rows)
+    assert result["speedup"] > 0
+
+
 @pytest.mark.parametrize("recipes", ["ours,book" if HAVE_SCIPY else "ours"])
 def test_time_to_accuracy_quick(capsys, results_untouched, recipes):
     from benchmarks import time_to_accuracy

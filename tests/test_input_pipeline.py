@@ -198,9 +198,46 @@ def test_build_augmenter_nothing_on_is_none():
     assert preprocessing.build_augmenter(image_size=(8, 8), seed=1) is None
 
 
-def test_crop_padding_needs_image_size():
-    with pytest.raises(ValueError, match="crop_padding needs image_size"):
-        preprocessing.build_augmenter(crop_padding=2)
+@pytest.mark.parametrize("fill_mode,numpy_mode", [("nearest", "edge"), ("reflect", "symmetric"),
+                                                  ("wrap", "wrap"), ("constant", "constant")])
+def test_shifts_are_whole_pixel_windows_filled_per_fill_mode(fill_mode, numpy_mode):
+    images, _ = tiny_arrays(count=32)
+    source = images.astype(np.float32)
+    out = preprocessing.shift_and_flip(tf.constant(source), tf.constant([3, 4], tf.int64), max_rows=2,
+                                       max_cols=3, fill_mode=fill_mode).numpy()
+    padded = np.pad(source, [(0, 0), (2, 2), (3, 3), (0, 0)], mode=numpy_mode)
+    offsets = set()
+    for index in range(32):
+        windows = [(r, c) for r in range(5) for c in range(7)
+                   if np.array_equal(out[index], padded[index, r:r + 8, c:c + 8])]
+        assert windows, f"image {index}: not a window of the {numpy_mode}-padded image"
+        offsets.add(windows[0])
+    assert len(offsets) >= 8  # offsets vary across the batch (35 possible)
+
+
+def test_stateless_augmentation_is_a_function_of_the_seed():
+    images = tf.constant(tiny_arrays(count=16)[0], tf.float32)
+    augment = preprocessing.build_augmenter(width_shift=0.25, height_shift=0.25, horizontal_flip=True,
+                                            crop_padding=1, seed=0)
+    assert augment.stateless
+    first = augment(images, tf.constant([1, 2], tf.int64)).numpy()
+    np.testing.assert_array_equal(first, augment(images, tf.constant([1, 2], tf.int64)).numpy())
+    assert not np.array_equal(first, augment(images, tf.constant([1, 3], tf.int64)).numpy())
+    assert not preprocessing.build_augmenter(rotation=0.1, seed=0).stateless
+
+
+def test_shift_and_flip_pipeline_is_parallel_and_repeatable():
+    images, labels = tiny_arrays(count=64)
+    options = dict(batch_size=16, num_classes=3, seed=5, augment={"width_shift": 0.25, "horizontal_flip": True})
+
+    def epoch(dataset):
+        return np.concatenate([x for x, _ in dataset.as_numpy_iterator()])
+
+    first = input_pipeline.make_train_dataset(images, labels, **options)
+    again = input_pipeline.make_train_dataset(images, labels, **options)
+    one, two = epoch(first), epoch(first)
+    np.testing.assert_array_equal(one, epoch(again))  # same seed, same run
+    assert not np.array_equal(one, two)               # a new draw every epoch
 
 
 def test_flip_only_mirrors_columns():
