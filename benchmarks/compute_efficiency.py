@@ -28,6 +28,99 @@ TARGET = 0.75
 HEADERS = ["training input", "training images/s", "training GFLOP/s", "matmul GFLOP/s", "efficiency",
            "target", "met"]
 FLOP_HEADERS = ["layer", "type", "forward MFLOPs/image"]
+PROFILE_HEADERS = ["part of a training step", "ms per batch", "share of the Keras step", "GFLOP/s"]
+
+
+def _chain(model) -> list:
+    """The model's layers in call order, nested models flattened, when the graph is a single chain
+    (cifar10_deep is); None otherwise."""
+    import keras
+
+    flat = []
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        if isinstance(layer, keras.Model):
+            inner = _chain(layer)
+            if inner is None:
+                return None
+            flat.extend(inner)
+        elif len(layer._inbound_nodes) != 1 or len(layer._inbound_nodes[0].input_tensors) != 1:
+            return None
+        else:
+            flat.append(layer)
+    return flat
+
+
+def _milliseconds(function, repeats: int) -> float:
+    """Median wall time of `function()` (a tf.function returning tensors), results fetched each call."""
+    import tensorflow as tf
+
+    tf.nest.map_structure(lambda t: t.numpy(), function())  # trace + warm up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        tf.nest.map_structure(lambda t: t.numpy(), function())
+        times.append(time.perf_counter() - start)
+    return 1000 * common.median(times)
+
+
+def step_profile(model, *, batch_size: int, repeats: int, keras_step_ms: float, layer_flops: dict) -> list[list]:
+    """Where a training step's time goes: each layer's forward + backward on its own (its input and
+    weight gradients), the whole loss + gradients in one function, the optimizer update, against the
+    Keras `fit` step (`keras_step_ms`). Rows for PROFILE_HEADERS."""
+    import keras
+    import tensorflow as tf
+
+    num_classes = int(model.output_shape[-1])
+    x = tf.random.uniform([batch_size, *model.input_shape[1:]], 0, 255, seed=1)
+    y = tf.one_hot(tf.random.uniform([batch_size], 0, num_classes, dtype=tf.int32, seed=2), num_classes)
+    rows = []
+
+    def row(name, ms, flops_per_image=0):
+        rate = flops_per_image * batch_size / (ms / 1000) / 1e9 if flops_per_image else ""
+        rows.append([name, ms, f"{100 * ms / keras_step_ms:.1f}%", rate])
+
+    chain = _chain(model)
+    if chain is not None:
+        activation, total = x, 0.0
+        for layer in chain:
+            def forward_backward(layer=layer, inputs=activation):
+                with tf.GradientTape() as tape:
+                    tape.watch(inputs)
+                    out = layer(inputs, training=True)
+                    loss = tf.reduce_sum(tf.cast(out, tf.float32))
+                return tape.gradient(loss, [inputs, *layer.trainable_variables])
+            ms = _milliseconds(tf.function(forward_backward), repeats)
+            total += ms
+            flops = 3 * layer_flops.get(layer.name, 0)
+            row(f"{layer.name} ({type(layer).__name__}) forward + backward", ms, flops)
+            activation = layer(activation, training=True)
+        row("sum of the layers above", total, 3 * sum(layer_flops.values()))
+
+    loss_fn = keras.losses.CategoricalCrossentropy()
+
+    @tf.function
+    def gradients():
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=True))
+        return tape.gradient(loss, model.trainable_variables)
+
+    gradient_ms = _milliseconds(gradients, repeats)
+    row("whole model: loss + gradients (one tf.function)", gradient_ms, 3 * sum(layer_flops.values()))
+    grads = gradients()
+    optimizer = model.optimizer
+    variables = model.trainable_variables
+
+    @tf.function
+    def update():
+        optimizer.apply(grads, variables)
+        return optimizer.iterations
+
+    parameters = sum(int(tf.size(v)) for v in variables)
+    row(f"optimizer update ({type(optimizer).__name__}, {parameters:,} parameters)", _milliseconds(update, repeats))
+    row("Keras fit step (measured above: batch / images/s)", keras_step_ms, 3 * sum(layer_flops.values()))
+    return rows
 
 
 def matmul_flops_per_second(size: int, repeats: int) -> list[float]:
@@ -86,6 +179,13 @@ def main(argv: list[str] | None = None) -> dict:
         measured = train_throughput.measure(["B", "A"], pipeline_config=pipeline_config, model_config=model_config,
                                             splits=splits, batch_size=args.batch_size, warmup=warmup,
                                             steps=steps, repeats=repeats)
+        print("profiling one training step ...", flush=True)
+        model = common.build_compiled_model(model_config, input_shape=splits.input_shape,
+                                            num_classes=splits.num_classes, steps_per_epoch=1)
+        keras_step_ms = 1000 * args.batch_size / common.median(measured["A"])
+        profile = step_profile(model, batch_size=args.batch_size, repeats=max(5, repeats * 2),
+                               keras_step_ms=keras_step_ms,
+                               layer_flops={name.rsplit("/", 1)[-1]: flops for name, _, flops in layers})
     print(f"matmul {size}x{size} fp32 again, {matmul_repeats} repeats ...", flush=True)
     matmul_rates += matmul_flops_per_second(size, matmul_repeats)
 
@@ -104,14 +204,19 @@ def main(argv: list[str] | None = None) -> dict:
     flop_table = common.markdown_table(FLOP_HEADERS, [[name, kind, f"{flops / 1e6:.3f}"] for name, kind, flops in layers]
                                        + [["total forward", "", f"{forward / 1e6:.3f}"],
                                           ["training (x3)", "", f"{train_flops / 1e6:.3f}"]])
+    profile_table = common.markdown_table(PROFILE_HEADERS, profile)
     title = (f"Compute efficiency: {train_throughput.MODEL_EXPERIMENT} training FLOP/s over {size}x{size} fp32 "
              f"matmul FLOP/s, batch {args.batch_size}")
-    print(f"\n{title}\n\n{table}\n\nFLOPs counted from the model:\n\n{flop_table}")
+    print(f"\n{title}\n\n{table}\n\nFLOPs counted from the model:\n\n{flop_table}\n\nProfile of one "
+          f"training step (in-memory batch):\n\n{profile_table}")
     matmul_low, matmul_high = min(matmul_rates) / 1e9, max(matmul_rates) / 1e9
     notes = (f"Training FLOPs per image: {train_flops / 1e6:.1f} M (3 x {forward / 1e6:.1f} M forward, Conv2D and "
              f"Dense multiply-adds x 2). Matmul: median of {len(matmul_rates)} ({matmul_low:.1f} to "
              f"{matmul_high:.1f} GFLOP/s), half before and half after the training. Training: median of "
-             f"{repeats} repeats of {steps} steps after {warmup} warm-up steps.\n\n{flop_table}")
+             f"{repeats} repeats of {steps} steps after {warmup} warm-up steps.\n\n{flop_table}\n\n"
+             f"Profile of one training step, batch {args.batch_size} (median times; each layer alone on its "
+             f"input, forward + gradients of its input and weights; GFLOP/s = 3 x forward FLOPs / time; the "
+             f"Keras step is variant A's):\n\n{profile_table}")
     common.finish(args, title=title, module=MODULE, argv=argv, table=table, notes=notes, info=info)
     return {"forward_flops": forward, "train_flops": train_flops, "matmul_flops_per_second": matmul,
             "inputs": results}

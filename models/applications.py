@@ -142,6 +142,9 @@ def applications(*, input_shape=(224, 224, 3), num_classes=10, backbone="vgg16",
               train.py's wrapper): Keras loads it by position, so the file must come from the same
               backbone, channels, upscale_to, pooling and dense_units; only the class count may differ
               (the logits are then kept new). Use the `.keras` checkpoint for anything else.
+            - any other `.h5`: a keras.applications weights file for this backbone without its top (e.g.
+              vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5 copied from an online machine), loaded by
+              keras.applications itself, like `imagenet` but from where you put it.
             A file that does not fit raises `WeightsError` naming the file and the reason. With trained
             weights (imagenet or a file) the backbone runs in inference mode (see the module docstring).
         pooling: "avg" (GlobalAveragePooling2D), "max" (GlobalMaxPooling2D) or "flatten".
@@ -227,7 +230,7 @@ def _build(*, input_shape, num_classes, backbone, weights, pooling, dense_units,
     logits = layers.Dense(num_classes, name="logits")(x)
     outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
     model = keras.Model(inputs, outputs, name=name)
-    if weights not in (None, "imagenet"):
+    if weights not in (None, "imagenet") and not _is_applications_file(weights):
         report = transfer_weights(model, weights)
         print(describe_transfer(report))
     return model
@@ -293,9 +296,10 @@ def _check_weights_option(weights):
     path = Path(weights).expanduser()
     if not path.is_file() and not path.is_absolute() and (PROJECT_ROOT / path).is_file():
         path = PROJECT_ROOT / path  # relative to the project, like the config's other paths
-    if not (path.name.endswith(".keras") or path.name.endswith(".weights.h5")):
-        raise ConfigError(f"model.options.weights: expected null, 'imagenet' or the path of a .keras or "
-                          f".weights.h5 file from an earlier run; received {str(weights)!r}")
+    if not path.name.endswith((".keras", ".h5")):
+        raise ConfigError(f"model.options.weights: expected null, 'imagenet', the path of a .keras or "
+                          f".weights.h5 file from an earlier run, or of a keras.applications weights file "
+                          f"(.h5, e.g. the no-top ImageNet file); received {str(weights)!r}")
     if not path.is_file():
         raise WeightsError(f"model.options.weights: file not found: {path}")
     return str(path)
@@ -341,12 +345,25 @@ def _keras_models_dir() -> str:
     return os.path.join(os.path.expanduser(home), "models")
 
 
+def _is_applications_file(weights) -> bool:
+    """A keras.applications weights file (HDF5 `.h5`, by layer order: the no-top ImageNet files), as
+    opposed to our runs' `.keras` / `.weights.h5`."""
+    return isinstance(weights, str) and weights.endswith(".h5") and not weights.endswith(".weights.h5")
+
+
 def _backbone_model(backbone: str, spec: BackboneSpec, shape, weights) -> BackboneModel:
     constructor = getattr(keras.applications, spec.constructor)
+    direct = weights == "imagenet" or _is_applications_file(weights)  # weights keras.applications loads itself
     try:
         # Keras' default names are kept while building: EfficientNet derives its weights file from it.
-        base = constructor(include_top=False, weights=weights if weights == "imagenet" else None, input_shape=shape)
+        base = constructor(include_top=False, weights=weights if direct else None, input_shape=shape)
     except Exception as error:
+        if _is_applications_file(weights):
+            raise WeightsError(
+                f"model.options.weights: {weights} is not a {backbone} no-top weights file "
+                f"({type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}). "
+                f"Keras' file for it is {weights_file_name(backbone, shape)}; a `.keras` checkpoint of an "
+                f"earlier run also works.") from error
         if weights != "imagenet":
             raise
         file_name = weights_file_name(backbone, shape)

@@ -277,3 +277,57 @@ def test_imagenet_offline_names_the_file_to_place_by_hand(backbone, monkeypatch)
     assert f"~/.keras/models/{requested[0]}" in message
     assert requested[0] == applications.weights_file_name(backbone, (32, 32))
     assert "URL fetch failure" in message
+
+
+# --------------------------------------------------------------------------------------------------
+# ImageNet-format weights files, made here (keras.applications' legacy HDF5 layout)
+# --------------------------------------------------------------------------------------------------
+
+def write_applications_file(path, backbone="mobilenet_v2", shape=(32, 32, 3), seed=7):
+    """A no-top weights file as keras.applications ships them: HDF5 by layer, random values."""
+    import h5py
+    from keras.src.legacy.saving import legacy_h5_format
+
+    keras.utils.set_random_seed(seed)
+    base = getattr(keras.applications, BACKBONES[backbone].constructor)(include_top=False, weights=None,
+                                                                         input_shape=shape)
+    with h5py.File(path, "w") as handle:
+        legacy_h5_format.save_weights_to_hdf5_group(handle, base)
+    return [w.numpy() for w in base.weights]
+
+
+def backbone_arrays(model):
+    return [w.numpy() for w in applications.find_layer(model, "backbone")[0].weights]
+
+
+def assert_same_arrays(actual, expected):
+    assert len(actual) == len(expected)
+    for got, want in zip(actual, expected):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_applications_h5_file_by_path_loads_into_the_backbone(tmp_path):
+    path = tmp_path / applications.weights_file_name("mobilenet_v2", (32, 32))
+    expected = write_applications_file(path)
+    model = build(backbone="mobilenet_v2", weights=str(path), dense_units=0)
+    assert_same_arrays(backbone_arrays(model), expected)
+    assert applications.find_layer(model, "backbone")[0].inference_mode  # trained weights: inference mode
+    with pytest.raises(WeightsError, match="not a vgg16 no-top weights file"):
+        build(backbone="vgg16", weights=str(path))
+
+
+def test_imagenet_uses_the_file_keras_finds_in_its_cache(tmp_path, monkeypatch):
+    from keras.src.utils import file_utils
+
+    path = tmp_path / applications.weights_file_name("mobilenet_v2", (32, 32))
+    expected = write_applications_file(path)
+    asked = []
+
+    def cached(fname=None, origin=None, *args, **kwargs):  # what get_file returns on a cache hit
+        asked.append(fname)
+        return str(path)
+
+    monkeypatch.setattr(file_utils, "get_file", cached)
+    model = build(backbone="mobilenet_v2", weights="imagenet", dense_units=0)
+    assert asked == [path.name]
+    assert_same_arrays(backbone_arrays(model), expected)
