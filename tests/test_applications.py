@@ -40,7 +40,7 @@ def test_registered_with_their_own_preprocessing():
     assert models.includes_preprocessing("vgg16_finetune")
     assert not models.includes_preprocessing("lenet")
     assert models.MODELS.options("applications") == ["backbone", "weights", "pooling", "dense_units",
-                                                     "dropout_rate", "upscale_to"]
+                                                     "dropout_rate", "upscale_to", "bn_momentum"]
     assert "backbone" not in models.MODELS.options("vgg16_finetune")
     with pytest.raises(KeyError, match="unknown model"):
         models.includes_preprocessing("nope")
@@ -331,3 +331,15 @@ def test_imagenet_uses_the_file_keras_finds_in_its_cache(tmp_path, monkeypatch):
     model = build(backbone="mobilenet_v2", weights="imagenet", dense_units=0)
     assert asked == [path.name]
     assert_same_arrays(backbone_arrays(model), expected)
+
+
+def test_bn_momentum_replaces_the_backbones_batchnorm_momentum():
+    model = build(backbone="mobilenet_v2", bn_momentum=0.9, dense_units=0)
+    norms = [layer for layer in applications.find_layer(model, "backbone")[0].layers
+             if isinstance(layer, keras.layers.BatchNormalization)]
+    assert norms and all(layer.momentum == 0.9 for layer in norms)
+    default = build(backbone="mobilenet_v2", dense_units=0)
+    assert {layer.momentum for layer in applications.find_layer(default, "backbone")[0].layers
+            if isinstance(layer, keras.layers.BatchNormalization)} == {0.999}  # keras.applications' own
+    with pytest.raises(ValueError, match="bn_momentum"):
+        build(backbone="mobilenet_v2", bn_momentum=1.5)
