@@ -284,7 +284,8 @@ def phase_parameter_counts(model: keras.Model, phases) -> list[dict]:
             phase_lib.set_trainable(model, spec)
             trainable = _size(model.trainable_weights)
             counts.append({"phase": index, "epochs": _phase_value(phase, "epochs"), "trainable": spec,
-                           "trainable_params": trainable, "frozen_params": total - trainable})
+                           "trainable_params": trainable, "frozen_params": total - trainable,
+                           "cache_features": bool(_phase_value(phase, "cache_features", False))})
     finally:
         for layer, flag in saved:  # containers first: setting one resets its layers, restored next
             set_trainable(layer, flag)
@@ -297,7 +298,8 @@ def format_phases(counts: list[dict]) -> str:
         epochs = count["epochs"]
         epochs = "" if epochs is None else f"{epochs} epoch{'' if epochs == 1 else 's'}, "
         lines.append(f"  phase {count['phase']}: {epochs}trainable {count['trainable']}: "
-                     f"{count['trainable_params']:,} trainable, {count['frozen_params']:,} frozen parameters")
+                     f"{count['trainable_params']:,} trainable, {count['frozen_params']:,} frozen parameters"
+                     + ("; head trained on the backbone's cached features" if count.get("cache_features") else ""))
     return "\n".join(lines)
 
 
