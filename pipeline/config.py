@@ -121,7 +121,9 @@ class InputConfig:
         None, help="standardize with the mean/std of this stats.json (written by `data stats`) instead of "
                    "computing them from the training split")
     shuffle_buffer: Optional[int] = _field(None, min=1, help="null shuffles the whole training split")
-    deterministic: bool = _field(True, help="seeded, repeatable augmentation and element order")
+    deterministic: bool = _field(True, help="seeded, repeatable augmentation and element order (false: rotation "
+                                            "and zoom may run on several batches at once, not repeatable; "
+                                            "shifts, flips and crops are parallel and repeatable either way)")
     augment: AugmentConfig = _field(AugmentConfig(), help="training-only augmentation")
 
 
