@@ -11,7 +11,7 @@ SET ?=
 RUN_DIR ?=
 PORT ?= 6006
 
-.PHONY: setup train test test-slow tensorboard evaluate export clean-venv bench bench-quick
+.PHONY: setup train test test-slow tensorboard evaluate export clean-venv bench bench-quick bench-transfer
 
 setup: $(STAMP)
 
@@ -74,3 +74,10 @@ bench: $(BENCH_STAMP)
 
 bench-quick: $(BENCH_STAMP)
 	set -e; for name in $(BENCHMARKS); do $(BIN)/python -m benchmarks.$$name --quick; done
+
+# Transfer demonstration (issue 4): pretrain MobileNetV2 on CIFAR-10 once (~30 min on 2 cores; skipped when
+# a finished pretraining run exists), then fine-tune hymenoptera_transfer from it and from random init.
+PRETRAINED = $(lastword $(sort $(wildcard runs/cifar10_mobilenet_pretrain/*/metrics.json)))
+bench-transfer: $(BENCH_STAMP)
+	@if [ -z "$(PRETRAINED)" ]; then benchmarks/train_experiments.sh cifar10_mobilenet_pretrain; fi
+	$(BIN)/python -m benchmarks.transfer --weights "$$(dirname $$(ls runs/cifar10_mobilenet_pretrain/*/metrics.json | sort | tail -1))/checkpoints/best.keras"

@@ -106,6 +106,27 @@ def test_feature_cache_quick(capsys, results_untouched):
     assert result["speedup"] > 0
 
 
+def test_transfer_quick(capsys, results_untouched, tmp_path):
+    import keras
+
+    import models
+    from benchmarks import transfer
+
+    # A "pretrained" checkpoint of the right architecture (random weights), as a pretraining run saves it.
+    checkpoint = tmp_path / "best.keras"
+    models.build_model("applications", input_shape=(32, 32, 3), num_classes=10, backbone="mobilenet_v2",
+                       weights=None, dense_units=0, bn_momentum=0.9).save(checkpoint)
+    keras.backend.clear_session()
+    archive = common.write_synthetic_jpeg_archive(tmp_path / "photos.tar.gz", count=64)
+    result = transfer.main(SMOKE + ["--weights", str(checkpoint), "--set", "dataset.name=folder",
+                                    "--set", f"dataset.root={archive}", "--set", f"dataset.data_dir={tmp_path / 'data'}",
+                                    "--set", "dataset.skip_placeholders=false", "--set", "input.image_size=[32,32]"])
+    rows = table_with(capsys.readouterr().out, *transfer.HEADERS)
+    assert [row["weights"] for row in rows][:2] == ["pretrained", "random init"]
+    assert all(0 <= float(row["test acc"]) <= 1 for row in rows)
+    assert set(result["means"]) == {"pretrained", "random init"}
+
+
 @pytest.mark.parametrize("recipes", ["ours,book" if HAVE_SCIPY else "ours"])
 def test_time_to_accuracy_quick(capsys, results_untouched, recipes):
     from benchmarks import time_to_accuracy
