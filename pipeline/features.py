@@ -89,6 +89,7 @@ class FeatureSplit:
                 x = part(x)
         self.head = keras.Model(inputs, x, name=f"{model.name}_head")
         self.feature_shape = feature_shape
+        self._compiled = {}
 
     def extract(self, images):
         x = images
@@ -100,7 +101,12 @@ class FeatureSplit:
         """(features, labels) of every batch of a (images, labels) dataset, as float32 / label arrays."""
         import tensorflow as tf
 
-        extract = tf.function(self.extract, reduce_retracing=True)
+        spec = dataset.element_spec[0]
+        # One trace for every batch size (the last batch is smaller), train and validation alike.
+        signature = [tf.TensorSpec([None, *spec.shape[1:]], spec.dtype)]
+        extract = self._compiled.get(str(signature))
+        if extract is None:
+            extract = self._compiled[str(signature)] = tf.function(self.extract, input_signature=signature)
         features, labels = [], []
         for images, batch_labels in dataset:
             features.append(keras.ops.convert_to_numpy(extract(images)).astype(np.float32, copy=False))
