@@ -171,9 +171,10 @@ def command_line(module: str, argv: list[str]) -> str:
 
 
 def finish(args, *, title: str, module: str, argv: list[str], table: str, notes: str = "",
-           info: dict | None = None) -> None:
-    """Prints where the section goes (or why not) and records it unless --quick, --no-record or
-    --synthetic (figures of random data have no place among the results)."""
+           info: dict | None = None, printed_extra: str = "") -> None:
+    """Prints the title, the table (and `printed_extra`), then records the section unless --quick,
+    --no-record or --synthetic (figures of random data have no place among the results)."""
+    print(f"\n{title}\n\n{table}" + (f"\n\n{printed_extra}" if printed_extra else ""))
     reason = next((flag for flag, on in (("--quick", args.quick), ("--no-record", args.no_record),
                                          ("--synthetic", args.synthetic)) if on), None)
     if reason:

@@ -207,8 +207,6 @@ def main(argv: list[str] | None = None) -> dict:
     profile_table = common.markdown_table(PROFILE_HEADERS, profile)
     title = (f"Compute efficiency: {train_throughput.MODEL_EXPERIMENT} training FLOP/s over {size}x{size} fp32 "
              f"matmul FLOP/s, batch {args.batch_size}")
-    print(f"\n{title}\n\n{table}\n\nFLOPs counted from the model:\n\n{flop_table}\n\nProfile of one "
-          f"training step (in-memory batch):\n\n{profile_table}")
     matmul_low, matmul_high = min(matmul_rates) / 1e9, max(matmul_rates) / 1e9
     notes = (f"Training FLOPs per image: {train_flops / 1e6:.1f} M (3 x {forward / 1e6:.1f} M forward, Conv2D and "
              f"Dense multiply-adds x 2). Matmul: median of {len(matmul_rates)} ({matmul_low:.1f} to "
@@ -217,7 +215,9 @@ def main(argv: list[str] | None = None) -> dict:
              f"Profile of one training step, batch {args.batch_size} (median times; each layer alone on its "
              f"input, forward + gradients of its input and weights; GFLOP/s = 3 x forward FLOPs / time; the "
              f"Keras step is variant A's):\n\n{profile_table}")
-    common.finish(args, title=title, module=MODULE, argv=argv, table=table, notes=notes, info=info)
+    common.finish(args, title=title, module=MODULE, argv=argv, table=table, notes=notes, info=info,
+                  printed_extra=f"FLOPs counted from the model:\n\n{flop_table}\n\nProfile of one training step "
+                                f"(in-memory batch):\n\n{profile_table}")
     return {"forward_flops": forward, "train_flops": train_flops, "matmul_flops_per_second": matmul,
             "inputs": results}
 

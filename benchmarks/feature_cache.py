@@ -82,14 +82,14 @@ def main(argv: list[str] | None = None) -> dict:
     speedup = plain["phase"] / cached["phase"] if cached["phase"] else float("inf")
     table = common.markdown_table(HEADERS, rows)
     title = f"Feature caching: phase 1 of {EXPERIMENT} (frozen VGG16 base, {size}x{size}, batch {args.batch_size})"
-    print(f"\n{title}\n\n{table}\n\nphase speed-up: {speedup:.1f}x")
     notes = (f"Phase speed-up (phase s, full / cached): **{speedup:.1f}x** over {epochs} epochs; "
              f"{plain['train_images']} training and {plain['validation_images']} validation images. The cached "
              f"variant pays one forward pass of the base over both splits ('features s'), then each epoch "
              f"trains the head only, so the gap grows with the epoch count. Base with random weights "
              f"(`weights: null`): the ImageNet file cannot be downloaded here, and it changes no cost. "
              f"No augmentation in either variant (caching requires none).")
-    common.finish(args, title=title, module=MODULE, argv=argv, table=table, notes=notes, info=info)
+    common.finish(args, title=title, module=MODULE, argv=argv, table=table, notes=notes, info=info,
+                  printed_extra=f"phase speed-up: {speedup:.1f}x")
     return {"speedup": speedup, "variants": results}
 
 

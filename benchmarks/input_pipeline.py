@@ -118,7 +118,6 @@ def main(argv: list[str] | None = None) -> dict:
 
     table = common.markdown_table(HEADERS, rows)
     title = f"Input pipeline: CIFAR-10 train split to augmented batches ({EXPERIMENT} augmentation, batch {args.batch_size})"
-    print(f"\n{title}\n\n{table}")
     notes = ("files: JPEGs extracted from the mirror archive into a temporary folder just before the run (so "
              "the first epoch reads them from the page cache, not a cold disk), decoded by make_file_dataset "
              "and cached in memory; arrays: make_train_dataset on the uint8 arrays. Each source in a fresh "

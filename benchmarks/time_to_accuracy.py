@@ -214,7 +214,6 @@ def main(argv: list[str] | None = None) -> dict:
     shown = {"ours": f"{OURS} ({ours_epochs} epochs)", "book": f"the book recipe ({book_epochs} epochs)"}
     title = (f"Time to {args.target:.0%} test accuracy on CIFAR-10: {' vs '.join(shown[r] for r in recipes)}, "
              f"batch {args.batch_size}")
-    print(f"\n{title}\n\n{table}")
     notes = (f"Training seconds exclude the per-epoch test evaluation and include validation (same 10,000 images "
              f"for both, batch {args.batch_size}). Ours: {OURS} with train.epochs={ours_epochs} "
              f"(schedule warm-up {config.train.schedule.warmup_epochs:g} epochs). Test accuracy on the "

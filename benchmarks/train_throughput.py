@@ -171,7 +171,6 @@ def main(argv: list[str] | None = None) -> dict:
     if ratio_rows:
         table += "\n\n" + common.markdown_table(RATIO_HEADERS, ratio_rows)
     title = f"Training throughput: {MODEL_EXPERIMENT}, batch {args.batch_size}, input variants A/B/C"
-    print(f"\n{title}\n\n{table}")
     notes = (f"Training split: {len(splits.train[1])} images ({PIPELINE_EXPERIMENT}'s split). Same model and "
              f"compile for every variant (fresh model each, {MODEL_EXPERIMENT}: "
              f"{model_config.train.optimizer.name} {model_config.train.optimizer.learning_rate:g}). Each repeat "

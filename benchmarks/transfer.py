@@ -85,7 +85,6 @@ def main(argv: list[str] | None = None) -> dict:
                      f"{statistics.mean(r['train_last'] for _, r in runs):.4f}", ""])
     table = common.markdown_table(HEADERS, rows)
     title = f"Transfer: {EXPERIMENT} from a cifar10_mobilenet_pretrain checkpoint vs random init"
-    print(f"\n{title}\n\n{table}")
     notes = (f"Weights: `{args.weights}`. Same recipe, seeds {', '.join(map(str, seeds))}; mean test accuracy "
              f"pretrained {means['pretrained']:.4f} vs random init {means['random init']:.4f} "
              f"({100 * (means['pretrained'] - means['random init']):+.1f} points). 208 training / 36 validation "

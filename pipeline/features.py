@@ -89,7 +89,7 @@ class FeatureSplit:
                 x = part(x)
         self.head = keras.Model(inputs, x, name=f"{model.name}_head")
         self.feature_shape = feature_shape
-        self._compiled = {}
+        self._extract = None  # compiled by the first `compute`
 
     def extract(self, images):
         x = images
@@ -101,18 +101,15 @@ class FeatureSplit:
         """(features, labels) of every batch of a (images, labels) dataset, as float32 / label arrays."""
         import tensorflow as tf
 
-        spec = dataset.element_spec[0]
-        # One trace for every batch size (the last batch is smaller), train and validation alike.
-        signature = [tf.TensorSpec([None, *spec.shape[1:]], spec.dtype)]
-        extract = self._compiled.get(str(signature))
-        if extract is None:
-            extract = self._compiled[str(signature)] = tf.function(self.extract, input_signature=signature)
+        if self._extract is None:
+            # One trace for every batch size (the last batch is smaller), train and validation alike.
+            spec = dataset.element_spec[0]
+            self._extract = tf.function(self.extract, input_signature=[tf.TensorSpec([None, *spec.shape[1:]],
+                                                                                     spec.dtype)])
         features, labels = [], []
         for images, batch_labels in dataset:
-            features.append(keras.ops.convert_to_numpy(extract(images)).astype(np.float32, copy=False))
+            features.append(keras.ops.convert_to_numpy(self._extract(images)).astype(np.float32, copy=False))
             labels.append(keras.ops.convert_to_numpy(batch_labels))
-        if not features:
-            return (np.zeros((0, *self.feature_shape), np.float32), np.zeros((0,), np.float32))
         return np.concatenate(features), np.concatenate(labels)
 
 

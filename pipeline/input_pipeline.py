@@ -50,18 +50,18 @@ def make_train_dataset(images: np.ndarray, labels: np.ndarray, *, batch_size: in
                                shuffle=True, seed=seed, shuffle_buffer=shuffle_buffer,
                                image_size=image_size, channels=channels, resize_method=resize_method,
                                crop=crop, margin=margin)
-    dataset = _augment(dataset, augment, image_size or images.shape[1:3], seed, deterministic)
+    dataset = _augment(dataset, augment, seed, deterministic)
     return dataset.prefetch(AUTOTUNE)
 
 
-def _augment(dataset, augment: dict | None, image_size, seed: int, deterministic: bool):
+def _augment(dataset, augment: dict | None, seed: int, deterministic: bool):
     """Batch-level augmentation (one vectorised call per batch).
 
     Shift/flip/crop augmenters are stateless: each batch gets its own seed from a seeded stream, so they
     run in parallel and still repeat exactly. Rotation and zoom use Keras layers whose random state is a
     variable that parallel calls would race for: run in order when `deterministic`.
     """
-    augmenter = preprocessing.build_augmenter(**(augment or {}), image_size=image_size, seed=seed)
+    augmenter = preprocessing.build_augmenter(**(augment or {}), seed=seed)
     if augmenter is None:
         return dataset
     if augmenter.stateless:
@@ -141,5 +141,5 @@ def make_file_dataset(paths, labels, *, training: bool, batch_size: int, num_cla
         lambda element, pair: (_train_crop(element[0], pair, image_size=image_size, channels=channels,
                                            crop=crop, margin=margin, resize_method=resize_method), element[1]),
         num_parallel_calls=AUTOTUNE, deterministic=True)
-    dataset = _augment(dataset.batch(batch_size), augment, image_size, seed, deterministic)
+    dataset = _augment(dataset.batch(batch_size), augment, seed, deterministic)
     return dataset.map(one_hot, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)

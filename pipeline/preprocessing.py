@@ -240,13 +240,13 @@ class Augmenter:
         self.seed = 0 if seed is None else int(seed)
         # Each layer its own seed: with one shared seed the layers draw identical random streams, so
         # rotations would be tied to zooms.
-        layer_seeds = iter(range(self.seed + 1, self.seed + 16)) if seed is not None else iter([None] * 16)
+        layer_seed = lambda offset: None if seed is None else self.seed + offset  # noqa: E731
         self.layers = []
         if rotation:
-            self.layers.append(layers.RandomRotation(rotation, fill_mode=fill_mode, seed=next(layer_seeds),
+            self.layers.append(layers.RandomRotation(rotation, fill_mode=fill_mode, seed=layer_seed(1),
                                                      name="random_rotation"))
         if zoom:
-            self.layers.append(layers.RandomZoom(zoom, fill_mode=fill_mode, seed=next(layer_seeds), name="random_zoom"))
+            self.layers.append(layers.RandomZoom(zoom, fill_mode=fill_mode, seed=layer_seed(2), name="random_zoom"))
         self.stateless = not self.layers
 
     def __call__(self, images, seed=None):
@@ -269,15 +269,14 @@ class Augmenter:
 
 
 def build_augmenter(*, horizontal_flip=False, width_shift=0.0, height_shift=0.0, fill_mode="nearest",
-                    crop_padding=0, rotation=0.0, zoom=0.0, image_size=None, seed=None) -> Augmenter | None:
+                    crop_padding=0, rotation=0.0, zoom=0.0, seed=None) -> Augmenter | None:
     """The `input.augment` settings as an `Augmenter`, or None when nothing is on.
 
     `width_shift` / `height_shift` are fractions of the image size, applied as whole-pixel shifts
     (uniform in +-round(fraction x size), at least 1 pixel); `crop_padding` pads each side by reflection
     and random-crops back to the original size (the classic CIFAR "pad 4, crop 32"); `fill_mode` fills
-    what a shift, rotation or zoom brings in. `image_size` is accepted for the callers' convenience.
+    what a shift, rotation or zoom brings in.
     """
-    del image_size  # sizes are read from the batch
     if not (horizontal_flip or width_shift or height_shift or crop_padding or rotation or zoom):
         return None
     return Augmenter(horizontal_flip=horizontal_flip, width_shift=width_shift, height_shift=height_shift,

@@ -195,7 +195,7 @@ def test_bicubic_upscale_stays_in_range():
 # --------------------------------------------------------------------------------------------------
 
 def test_build_augmenter_nothing_on_is_none():
-    assert preprocessing.build_augmenter(image_size=(8, 8), seed=1) is None
+    assert preprocessing.build_augmenter(seed=1) is None
 
 
 @pytest.mark.parametrize("fill_mode,numpy_mode", [("nearest", "edge"), ("reflect", "symmetric"),
@@ -242,7 +242,7 @@ def test_shift_and_flip_pipeline_is_parallel_and_repeatable():
 
 def test_flip_only_mirrors_columns():
     images, _ = tiny_arrays(count=32)
-    augment = preprocessing.build_augmenter(horizontal_flip=True, image_size=(8, 8), seed=4)
+    augment = preprocessing.build_augmenter(horizontal_flip=True, seed=4)
     out = augment(tf.constant(images, tf.float32)).numpy()
     source = images.astype(np.float32)
     flipped = [np.array_equal(o, s[:, ::-1]) for o, s in zip(out, source)]
@@ -253,7 +253,7 @@ def test_flip_only_mirrors_columns():
 
 def test_crop_padding_is_a_shifted_window_of_the_reflected_image():
     images, _ = tiny_arrays(count=8)
-    augment = preprocessing.build_augmenter(crop_padding=2, image_size=(8, 8), seed=2)
+    augment = preprocessing.build_augmenter(crop_padding=2, seed=2)
     out = augment(tf.constant(images, tf.float32)).numpy()
     padded = np.pad(images.astype(np.float32), [(0, 0), (2, 2), (2, 2), (0, 0)], mode="reflect")
     moved = 0
@@ -271,7 +271,7 @@ def test_random_augmentations_are_independent():
     images[..., 0] = np.arange(9)[None, None, :] * 10 + 1  # increasing columns: detects a flip
     images[:, 4, :, 0] += 1000                             # a marker row: detects the vertical shift
     augment = preprocessing.build_augmenter(height_shift=0.3, horizontal_flip=True, fill_mode="constant",
-                                            image_size=(9, 9), seed=1)
+                                            seed=1)
     out = augment(tf.constant(images)).numpy()
     marker_row = np.argmax(out[:, :, 4, 0], axis=1)
     # Read the flip on the marker row: other rows may be zero-filled by the shift.
