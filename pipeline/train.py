@@ -376,6 +376,9 @@ def train(config: Config, *, run_dir: Path | None = None, log=print) -> dict:
                             statistics=statistics)
         for phase in phases.plan(config):
             phases.set_trainable(model, phase.trainable)
+            if phase.cache_features:
+                from pipeline import features
+                features.FeatureSplit(model)  # a model it cannot cut stops the run here, before any file
     except (ValueError, phases.PhaseError, models.applications.WeightsError) as error:
         # Builders validate their arguments (Keras style); weights may be missing or offline.
         raise RunError(f"model {config.model.name!r}: {error}") from None

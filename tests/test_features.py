@@ -134,3 +134,14 @@ def test_cache_features_needs_a_frozen_backbone(tmp_path, capsys):
                      CACHED.replace("trainable: none", "trainable: all")])
     assert code == 2
     assert "train.phases[0].cache_features" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
+def test_a_model_caching_cannot_cut_stops_before_the_run_dir(data_env, tmp_path, monkeypatch, capsys):
+    def refuse(model):
+        raise phases.PhaseError("cache_features: layer 'backbone' is called 2 times in 'tiny'")
+
+    monkeypatch.setattr(features, "FeatureSplit", refuse)
+    code = cli.main(["train", "tiny", "--run-dir", str(tmp_path / "run"), "--set", data_env[0], "--set",
+                     "train.epochs=3", "--set", CACHED, "--set", "model.name=tiny_transfer"])
+    assert code == 2
+    assert "called 2 times" in capsys.readouterr().err and not (tmp_path / "run").exists()
