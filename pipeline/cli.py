@@ -52,8 +52,8 @@ def _parser() -> argparse.ArgumentParser:
                          help="override a config value, e.g. --set input.image_size=[64,64] (repeatable)")
     summary.add_argument("--num-classes", type=int, help="class count (default: the dataset's)")
 
-    from pipeline import data_tools  # stdlib-only at import: parsing stays fast
-    data_tools.add_parser(commands)
+    from pipeline import tools  # stdlib-only at import: parsing stays fast
+    tools.add_parser(commands)
     return parser
 
 
@@ -61,10 +61,10 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of the way
     from pipeline import config as config_lib
-    from pipeline import data_tools, datasets, evaluate, export, predict, train
+    from pipeline import datasets, evaluate, export, predict, tools, train
 
     user_errors = (config_lib.ConfigError, datasets.DatasetError, train.RunError, evaluate.RunDirError,
-                   export.ExportError, predict.PredictError, data_tools.DataError)
+                   export.ExportError, predict.PredictError, tools.DataError)
     try:
         if args.command == "train":
             config = config_lib.load_config(args.experiment, args.overrides)
@@ -86,7 +86,7 @@ def main(argv=None) -> int:
                                          top_k=args.top_k, checkpoint=args.checkpoint)
             print(f"exported {path}")
         elif args.command == "data":
-            return data_tools.main(args)
+            return tools.main(args)
         elif args.command == "summary":
             from pipeline import summary
             return summary.summary_command(args.experiment, args.overrides, num_classes=args.num_classes)

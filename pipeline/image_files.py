@@ -16,7 +16,6 @@ import json
 import os
 import stat
 import sys
-import time
 from pathlib import Path
 
 from pipeline.fileio import atomic_write_json
@@ -178,33 +177,38 @@ def find_files(root: os.PathLike, errors: list | None = None) -> list[Path]:
     return sorted(found)
 
 
-class Progress:
-    """A one-line progress bar on stderr (a line every ~10% when stderr is not a terminal)."""
+# Seconds between two redraws of a progress bar when stderr is not a terminal (a log file, a CI job,
+# a pipe). tqdm redraws every 0.1 s by default, which is right for a terminal (the line is overwritten
+# in place) but would append hundreds of `\r`-separated states per minute to a log. We keep tqdm's
+# default on a terminal and, elsewhere, draw the first state, one every 30 s (`mininterval`; the same
+# `maxinterval` stops tqdm's monitor thread from forcing more) and the last. We do not use
+# `disable=None` (no bar at all off a terminal): a long `data check` in a CI log would then show no
+# sign of life for minutes.
+LOG_REFRESH_S = 30.0
 
-    def __init__(self, total: int, description: str, stream=None, enabled: bool = True):
-        self.total, self.description = total, description
-        self.stream = stream or sys.stderr
-        self.enabled = enabled and total > 0
-        self.count = 0
-        self.start = time.perf_counter()
-        self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
-        self._last_decile = -1
 
-    def update(self, step: int = 1) -> None:
-        self.count += step
-        if not self.enabled:
-            return
-        fraction = self.count / self.total
-        rate = self.count / max(time.perf_counter() - self.start, 1e-9)
-        if self.tty:
-            bar = "#" * int(30 * fraction)
-            self.stream.write(f"\r{self.description} [{bar:<30}] {self.count}/{self.total} {rate:.0f}/s")
-            if self.count >= self.total:
-                self.stream.write("\n")
-        elif int(fraction * 10) > self._last_decile:
-            self._last_decile = int(fraction * 10)
-            self.stream.write(f"{self.description}: {self.count}/{self.total} ({rate:.0f}/s)\n")
-        self.stream.flush()
+def progress_bar(total: int, description: str, *, unit: str = "file", enabled: bool = True,
+                 stream=None):
+    """A tqdm progress bar on stderr: count, rate and time left. Use it as a context manager (or call
+    `close()`) so that the final state and the newline are written.
+
+    Args:
+        total: number of steps (files); a bar for 0 steps is never drawn.
+        description: the text before the bar, e.g. "checking images".
+        unit: what one step is, for the rate ("file/s").
+        enabled: False gives a silent bar (same methods, draws nothing).
+        stream: where to draw (default sys.stderr, looked up at call time so tests can capture it).
+    """
+    from tqdm import tqdm  # a plain library, but only the commands that draw a bar need it
+
+    stream = stream if stream is not None else sys.stderr
+    terminal = hasattr(stream, "isatty") and stream.isatty()
+    if terminal:
+        options = {"dynamic_ncols": True}  # follows a resized window
+    else:
+        options = {"mininterval": LOG_REFRESH_S, "maxinterval": LOG_REFRESH_S}
+    return tqdm(total=total, desc=description, file=stream, disable=not (enabled and total > 0),
+                unit=unit, **options)
 
 
 def _cache_key(path: Path) -> list | None:
@@ -221,7 +225,8 @@ def scan_images(paths, *, min_size: int = 8, placeholder_colours: int = 64, work
                 description: str = "checking images") -> list[ImageCheck]:
     """Checks many files in parallel (TensorFlow's decoder releases the GIL). Results come back in input
     order. With `cache_dir`, a file whose size and modification time are unchanged is not decoded again,
-    so re-scanning a clean dataset costs a `stat` per file."""
+    so re-scanning a clean dataset costs a `stat` per file. `progress` draws a `progress_bar` on stderr
+    (files actually decoded, with rate and time left) headed `description`."""
     paths = [Path(p) for p in paths]
     settings = f"{min_size}:{placeholder_colours}"
     cache_file = None
@@ -242,8 +247,9 @@ def scan_images(paths, *, min_size: int = 8, placeholder_colours: int = 64, work
             results[index] = ImageCheck(**entry["result"])
         else:
             todo.append(index)
-    bar = Progress(len(todo), description, enabled=progress)
-    with concurrent.futures.ThreadPoolExecutor(max_workers=workers or min(8, (os.cpu_count() or 2) * 2)) as pool:
+    workers = workers or min(8, (os.cpu_count() or 2) * 2)
+    with progress_bar(len(todo), description, enabled=progress) as bar, \
+            concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
         futures = {pool.submit(check_image, paths[i], min_size=min_size,
                                placeholder_colours=placeholder_colours): i for i in todo}
         for future in concurrent.futures.as_completed(futures):

@@ -20,7 +20,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import gather, data_tools, image_files
+from pipeline import image_files
+from pipeline.tools import check, common, gather, split, stats
 from pipeline.cli import main
 
 
@@ -234,7 +235,7 @@ def test_permission_error_maps_to_a_reason(tmp_path, monkeypatch):
     path = write(tmp_path / "secret.jpg", encode(noise(20, 20), "JPEG"))
     deny_reading(path, monkeypatch)
     assert image_files.check_image(path).reason == "unreadable: permission denied"
-    assert data_tools.check(tmp_path, report=tmp_path.parent / "r.json").bad == [
+    assert check.check(tmp_path, report=tmp_path.parent / "r.json").bad == [
         {"path": "secret.jpg", "reason": "unreadable: permission denied"}]
 
 
@@ -335,7 +336,7 @@ def test_stats_default_output_beside_root(tmp_path):
     root = tmp_path / "flat"
     for index in range(3):
         write(root / f"{index}.png", encode(noise(10, 10, seed=index), "PNG"))
-    result = data_tools.stats(root, image_size=(8, 8))
+    result = stats.stats(root, image_size=(8, 8))
     assert result["class_counts"] is None and result["images"] == 3
     assert {p.name for p in (tmp_path / "flat-stats").iterdir()} == {"stats.json", "mean.png", "mean.npy"}
 
@@ -376,9 +377,9 @@ def test_split_stratified_disjoint_covering_deterministic(tmp_path, capsys):
     assert per_class["wasps"] == {"train": 1, "val": 1, "test": 1}  # every class in every split
     assert per_class["yetis"] == {"train": 1, "val": 0, "test": 0}  # too few to spread
     # Same seed, same lists; another seed, other lists.
-    again = data_tools.split(root, val=0.1, test=0.2, seed=7, out=tmp_path / "again")
+    again = split.split(root, val=0.1, test=0.2, seed=7, out=tmp_path / "again")
     assert sorted((p.relative_to(root).as_posix(), l) for p, l in again["test"]) == sorted(lists["test"])
-    other = data_tools.split(root, val=0.1, test=0.2, seed=8, out=tmp_path / "other")
+    other = split.split(root, val=0.1, test=0.2, seed=8, out=tmp_path / "other")
     assert sorted((p.relative_to(root).as_posix(), l) for p, l in other["test"]) != sorted(lists["test"])
 
 
@@ -386,7 +387,7 @@ def test_split_lists_load_as_file_list_dataset(tmp_path):
     from pipeline import datasets
 
     root = split_tree(tmp_path / "insects", {"ants": 10, "bees": 10})
-    data_tools.split(root, val=0.2, test=0.2, seed=0)
+    split.split(root, val=0.2, test=0.2, seed=0)
     loaded = datasets.file_list(root=str(root), classes=str(root / "classes.txt"),
                                 lists={"train": str(root / "train.txt"), "validation": str(root / "val.txt"),
                                        "test": str(root / "test.txt")})
@@ -398,8 +399,8 @@ def test_split_lists_load_as_file_list_dataset(tmp_path):
 @pytest.mark.parametrize("val, test", [(0.5, 0.5), (-0.1, 0.1), (0.1, 1.0)])
 def test_split_rejects_bad_fractions(tmp_path, val, test):
     root = split_tree(tmp_path / "insects", {"ants": 4})
-    with pytest.raises(data_tools.DataError):
-        data_tools.split(root, val=val, test=test)
+    with pytest.raises(common.DataError):
+        split.split(root, val=val, test=test)
 
 
 # --------------------------------------------------------------------------------------------------

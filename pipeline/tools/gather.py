@@ -23,20 +23,31 @@ import urllib.request
 from pathlib import Path
 
 from pipeline import image_files
-from pipeline.data_tools import DataError, FORMAT_EXTENSIONS, _write_lists
+from pipeline.tools import common
+from pipeline.tools.common import DataError
 
-
-# --------------------------------------------------------------------------------------------------
-# gather
-# --------------------------------------------------------------------------------------------------
-
+HELP = "download image URLs into class folders"
 PLACEHOLDER_WORDS = ("unavailable", "placeholder", "not_found", "notfound", "removed", "missing", "default")
 MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
 USER_AGENT = "pipeline-data-gather/1.0 (+urllib)"
 
 
+def add_arguments(parser) -> None:
+    """Adds URLS.txt, --out, --workers, --timeout and --retries to the `data gather` sub-parser."""
+    parser.add_argument("urls", type=Path, metavar="URLS.txt",
+                        help="lines `url` or `url<TAB>class`; blank lines and # comments ignored")
+    parser.add_argument("--out", type=Path, required=True, metavar="DIR")
+    parser.add_argument("--workers", type=int, default=8)
+    parser.add_argument("--timeout", type=float, default=30.0, metavar="S",
+                        help="seconds to wait for the connection and for each read (default 30)")
+    parser.add_argument("--retries", type=int, default=2, metavar="N",
+                        help="extra attempts after a timeout, HTTP 5xx or connection error (default 2)")
+
+
 @dataclasses.dataclass
 class Job:
+    """One usable line of the URL list."""
+
     url: str
     label: str  # class folder name, or "unlabelled"
     line: int
@@ -44,6 +55,8 @@ class Job:
 
 @dataclasses.dataclass
 class Outcome:
+    """What became of one job: its file (downloaded or already there) or why it failed."""
+
     job: Job
     status: str  # "downloaded", "existing", "failed"
     path: Path | None = None
@@ -64,7 +77,11 @@ def _clean_class(name: str) -> str:
 
 def read_url_list(path) -> tuple[list[Job], list[Outcome]]:
     """Lines `url` or `url<TAB>class` (or `url class`); blank lines and # comments ignored. Returns the
-    jobs (duplicates dropped) and failures for lines that cannot be used (bad scheme, bad class name)."""
+    jobs (duplicates dropped) and failures for lines that cannot be used (bad scheme, bad class name).
+
+    Raises:
+        DataError: the file is missing, not a file, or cannot be read as UTF-8.
+    """
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
@@ -106,7 +123,7 @@ def file_stem(url: str) -> str:
 
 
 def _existing(folder: Path, stem: str) -> Path | None:
-    for extension in FORMAT_EXTENSIONS.values():
+    for extension in common.FORMAT_EXTENSIONS.values():
         if (folder / f"{stem}{extension}").is_file():
             return folder / f"{stem}{extension}"
     return None
@@ -202,7 +219,7 @@ def _download(job: Job, out: Path, *, timeout: float, retries: int, backoff: flo
         if redirected and result.warning and "placeholder" in result.warning:
             return Outcome(job, "failed", reason=f"redirected ({final}) to a placeholder image "
                                                  f"({result.warning})")
-        destination = folder / f"{stem}{FORMAT_EXTENSIONS[result.format]}"
+        destination = folder / f"{stem}{common.FORMAT_EXTENSIONS[result.format]}"
         os.chmod(temporary, 0o644)  # mkstemp made it private; images are data, readable like any other
         os.replace(temporary, destination)
         return Outcome(job, "downloaded", destination, warning=result.warning)
@@ -223,6 +240,8 @@ def _remove_stale_temporaries(out: Path, age_s: float = 3600.0) -> None:
 
 @dataclasses.dataclass
 class GatherSummary:
+    """Every outcome, in URL-list order, and the failures file written."""
+
     outcomes: list[Outcome]
     failures_file: Path
 
@@ -239,6 +258,9 @@ def gather(urls_file, out, *, workers: int = 8, timeout: float = 30.0, retries: 
     (`backoff`, 2x, 4x ... seconds); HTTP 4xx and bad content never are. Each body goes to a hidden
     temporary file in the class folder, must decode (`check_image`), and only then is renamed to its
     final name, `<name>-<url hash>.<sniffed extension>`. Failures are written to out/failures.tsv.
+
+    Raises:
+        DataError: unusable URL file, --out not a folder or not writable, or bad workers/retries/timeout.
     """
     jobs, failures = read_url_list(urls_file)
     out = Path(out)
@@ -254,14 +276,14 @@ def gather(urls_file, out, *, workers: int = 8, timeout: float = 30.0, retries: 
     _remove_stale_temporaries(out)
     opener = opener or urllib.request.build_opener()
     outcomes = list(failures)
-    bar = image_files.Progress(len(jobs), "downloading")
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers)
     try:
-        futures = [pool.submit(_download, job, out, timeout=timeout, retries=retries, backoff=backoff,
-                               min_size=min_size, opener=opener) for job in jobs]
-        for future in concurrent.futures.as_completed(futures):
-            future.result()
-            bar.update()
+        with image_files.progress_bar(len(jobs), "downloading", unit="URL") as bar:
+            futures = [pool.submit(_download, job, out, timeout=timeout, retries=retries, backoff=backoff,
+                                   min_size=min_size, opener=opener) for job in jobs]
+            for future in concurrent.futures.as_completed(futures):
+                future.result()
+                bar.update()
         outcomes += [future.result() for future in futures]
     except OSError as error:  # local: disk full, permissions
         pool.shutdown(wait=True, cancel_futures=True)
@@ -273,12 +295,13 @@ def gather(urls_file, out, *, workers: int = 8, timeout: float = 30.0, retries: 
     outcomes.sort(key=lambda outcome: outcome.job.line)
     failures_file = out / "failures.tsv"
     clean = lambda text: re.sub(r"[\t\r\n]+", " ", text)  # noqa: E731
-    _write_lists({failures_file: "# url\treason\n" + "".join(
+    common.write_lists({failures_file: "# url\treason\n" + "".join(
         f"{clean(o.job.url)}\t{clean(o.reason)}\n" for o in outcomes if o.status == "failed")})
     return GatherSummary(outcomes, failures_file)
 
 
-def gather_command(args) -> int:
+def run(args) -> int:
+    """`data gather`: prints failures, warnings and a summary; exit code 1 if any URL failed."""
     summary = gather(args.urls, args.out, workers=args.workers, timeout=args.timeout, retries=args.retries)
     for outcome in summary.outcomes:
         if outcome.status == "failed":

@@ -1,0 +1,197 @@
+"""`python -m pipeline data stats ROOT [--image-size H W]`: class counts, per-channel mean/std, mean image.
+
+Streaming: memory does not grow with the dataset. Outputs are written atomically.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import os
+from pathlib import Path
+
+from pipeline import image_files
+from pipeline.fileio import atomic_write, atomic_write_json
+from pipeline.tools import common
+
+HELP = "class counts, per-channel mean/std and the mean image"
+
+
+def add_arguments(parser) -> None:
+    """Adds ROOT, --image-size, --channels, --min-size and --out to the `data stats` sub-parser."""
+    parser.add_argument("root", type=Path, metavar="ROOT")
+    parser.add_argument("--image-size", type=int, nargs=2, default=[64, 64], metavar=("H", "W"))
+    parser.add_argument("--channels", type=int, choices=[1, 3], default=3)
+    parser.add_argument("--min-size", type=int, default=8, metavar="N",
+                        help="skip images with a side shorter than N pixels (as `check` does)")
+    parser.add_argument("--out", type=Path, metavar="DIR", help="default ROOT/../<rootname>-stats/")
+
+
+def _stats_files(root: Path) -> tuple[list[Path], list[str | None], list[str] | None]:
+    """(files, class name of each or None, class names or None) from class folders, split folders
+    (train/<class>/..., classes merged over the splits) or, without folders, every file."""
+    splits = common.split_folders(root)
+    if splits:
+        files, names, classes = [], [], set()
+        for directory in splits.values():
+            found, labels, class_names = image_files.list_class_folders(directory)
+            files += found
+            names += [class_names[l] for l in labels]
+            classes.update(class_names)
+        return files, names, sorted(classes)
+    files, labels, class_names = image_files.list_class_folders(root)
+    if class_names:
+        return files, [class_names[l] for l in labels], class_names
+    files = [p for p in image_files.find_files(root)
+             if not (p.parent == root and p.name in common.LIST_FILES)]
+    return files, [None] * len(files), None
+
+
+def _load_resized(path: Path, image_size, channels: int, min_size: int):
+    """float32 [H, W, C] in 0..255, or None when the file is not a good image."""
+    import tensorflow as tf
+    from pipeline.preprocessing import convert_channels
+
+    if common.special_file(path):
+        return None
+    try:
+        with open(path, "rb") as handle:
+            data = handle.read()
+        image = tf.io.decode_image(data, channels=0, expand_animations=False)
+    except (OSError, tf.errors.InvalidArgumentError, tf.errors.UnknownError):
+        return None
+    if min(int(image.shape[0]), int(image.shape[1])) < min_size:
+        return None
+    image = convert_channels(image, channels)
+    return tf.image.resize(image, image_size).numpy()
+
+
+def stats(root, *, image_size=(64, 64), channels: int = 3, out=None, min_size: int = 8,
+          workers: int | None = None) -> dict:
+    """Class counts, per-channel mean/std and the mean image of ROOT's images, at `image_size`.
+
+    Streaming: images are decoded (TensorFlow), converted to `channels` and resized a few at a time in
+    threads and folded into float64 running sums (Chan et al.'s parallel mean/variance update, "Updating
+    Formulae and a Pairwise Algorithm for Computing Sample Variances", 1979), so memory does not grow
+    with the dataset. Bad files are skipped and listed. Writes stats.json, mean.png ([H, W, C] uint8)
+    and mean.npy ([H, W, C] float32, 0..255) to `out` (default ROOT/../<rootname>-stats/).
+
+    Returns:
+        The stats.json content (mean/std per channel in 0..255 and in 0..1, class counts, skipped files).
+    Raises:
+        DataError: bad arguments, no decodable image, or an output that cannot be written.
+    """
+    import numpy as np
+
+    root = common.existing_folder(root)
+    height, width = (int(v) for v in image_size)
+    if height < 1 or width < 1:
+        raise common.DataError(f"--image-size must be positive; received {height} {width}")
+    if channels not in (1, 3):
+        raise common.DataError(f"--channels must be 1 or 3; received {channels}")
+    out = Path(out) if out is not None else common.sibling(root, "-stats")
+    files, names, class_names = _stats_files(root)
+    count = 0
+    mean = np.zeros(channels)
+    m2 = np.zeros(channels)
+    image_sum = np.zeros((height, width, channels))
+    per_class = collections.Counter()
+    skipped = []
+    workers = workers or min(4, os.cpu_count() or 1)
+    with image_files.progress_bar(len(files), "computing statistics") as bar, \
+            concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        pending = collections.deque()
+        queue = iter(range(len(files)))
+
+        def submit(limit):
+            for index in queue:
+                pending.append((index, pool.submit(_load_resized, files[index], (height, width), channels,
+                                                   min_size)))
+                if len(pending) >= limit:
+                    return
+
+        submit(2 * workers)
+        while pending:
+            index, future = pending.popleft()
+            image = future.result()
+            submit(2 * workers)
+            bar.update()
+            if image is None:
+                reason = (common.special_file(files[index])
+                          or image_files.check_image(files[index], min_size=min_size).reason
+                          or "cannot be decoded")
+                skipped.append({"path": common.relative(files[index], root), "reason": reason})
+                continue
+            pixels = image.astype(np.float64).reshape(-1, channels)
+            n_b = len(pixels)
+            mean_b = pixels.mean(axis=0)
+            m2_b = np.square(pixels - mean_b).sum(axis=0)
+            n_a = count * height * width
+            delta = mean_b - mean
+            total = n_a + n_b
+            mean = mean + delta * n_b / total
+            m2 = m2 + m2_b + np.square(delta) * n_a * n_b / total
+            image_sum += image
+            count += 1
+            if names[index] is not None:
+                per_class[names[index]] += 1
+    if count == 0:
+        raise common.DataError(f"{root}: no decodable images among {len(files)} files")
+    std = np.sqrt(m2 / (count * height * width))
+    mean_image = image_sum / count
+    result = {
+        "root": str(root),
+        "images": count,
+        "files": len(files),
+        "image_size": [height, width],
+        "channels": channels,
+        "class_counts": {name: per_class[name] for name in class_names} if class_names is not None else None,
+        "mean": mean.tolist(),
+        "std": std.tolist(),
+        "mean_unit": (mean / 255.0).tolist(),
+        "std_unit": (std / 255.0).tolist(),
+        "skipped": skipped,
+        "note": "mean/std: per channel over every pixel of the resized images; 'mean'/'std' in 0..255, "
+                "'*_unit' in 0..1 (for input.normalization: standardize, use the 0..255 values)",
+    }
+    _write_outputs(out, mean_image, result)
+    return result
+
+
+def _write_outputs(out: Path, mean_image, result: dict) -> None:
+    """mean.npy, mean.png and stats.json into `out`, each atomically."""
+    import numpy as np
+    import tensorflow as tf
+
+    png = tf.io.encode_png(np.clip(np.round(mean_image), 0, 255).astype(np.uint8)).numpy()
+
+    def write_png(temporary):
+        with open(temporary, "wb") as handle:
+            handle.write(png)
+
+    try:
+        atomic_write(out / "mean.npy", lambda temporary: np.save(temporary, mean_image.astype(np.float32)),
+                     suffix=".npy")
+        atomic_write(out / "mean.png", write_png, suffix=".png")
+        atomic_write_json(out / "stats.json", result)
+    except OSError as error:
+        raise common.DataError(f"cannot write to {out} ({error.strerror or error}); "
+                               f"choose another --out") from None
+
+
+def run(args) -> int:
+    """`data stats`: prints skipped files, class counts and mean/std; exit code 0."""
+    result = stats(args.root, image_size=args.image_size, channels=args.channels, out=args.out,
+                   min_size=args.min_size)
+    out = Path(args.out) if args.out is not None else common.sibling(Path(args.root), "-stats")
+    for entry in result["skipped"]:
+        print(f"skipped {entry['path']}: {entry['reason']}")
+    if result["class_counts"] is not None:
+        for name, number in result["class_counts"].items():
+            print(f"{name}: {number}")
+    rounded = lambda values, digits: "[" + ", ".join(f"{v:.{digits}f}" for v in values) + "]"  # noqa: E731
+    print(f"mean {rounded(result['mean'], 2)} std {rounded(result['std'], 2)} (0..255); "
+          f"mean {rounded(result['mean_unit'], 4)} std {rounded(result['std_unit'], 4)} (0..1)")
+    print(f"{result['images']} images, {len(result['skipped'])} skipped; wrote {out}/stats.json, mean.png, "
+          f"mean.npy")
+    return 0
