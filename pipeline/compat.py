@@ -66,19 +66,12 @@ def _first_local_value(value):
     return value
 
 
-def patch_keras_for_multi_worker() -> None:
-    """Makes `model.fit`/`evaluate` work under MultiWorkerMirroredStrategy with Keras 3.15.1 (idempotent).
-
-    Replaces `TensorFlowTrainer._maybe_symbolic_build` and the module function `reduce_per_replica` in
-    keras.src.backend.tensorflow.trainer (see the comment above for the two bugs). Outside multi-worker
-    mode both delegate to the upstream code unchanged, so single-device and `mirrored` runs are untouched.
-    Apply it before `model.fit`; `pipeline.distribute.resolve_strategy("multi_worker")` does.
-    """
+def _patch_symbolic_build() -> None:
+    """Workaround 1: the symbolic build reads one local replica instead of a cross-worker reduce."""
     trainer = _keras_tf_trainer()
-    if getattr(trainer.reduce_per_replica, "_pipeline_multi_worker_patch", False):
-        return
     original_build = trainer.TensorFlowTrainer._maybe_symbolic_build
-    original_reduce = trainer.reduce_per_replica
+    if getattr(original_build, "_pipeline_multi_worker_patch", False):
+        return
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
         if iterator is None or self._distribute_strategy is None or not in_multi_worker_mode(
@@ -91,6 +84,18 @@ def patch_keras_for_multi_worker() -> None:
             break
         return original_build(self, iterator=None, data_batch=data_batch)
 
+    _maybe_symbolic_build._pipeline_multi_worker_patch = True
+    _maybe_symbolic_build.__wrapped__ = original_build
+    trainer.TensorFlowTrainer._maybe_symbolic_build = _maybe_symbolic_build
+
+
+def _patch_reduce_per_replica() -> None:
+    """Workaround 2: multi-worker step outputs that are scalars are reduced with axis=None."""
+    trainer = _keras_tf_trainer()
+    original_reduce = trainer.reduce_per_replica
+    if getattr(original_reduce, "_pipeline_multi_worker_patch", False):
+        return
+
     def reduce_per_replica(values, strategy, reduction):
         if reduction not in ("auto", "mean") or not in_multi_worker_mode(strategy):
             return original_reduce(values, strategy, reduction)
@@ -102,9 +107,21 @@ def patch_keras_for_multi_worker() -> None:
 
         return keras.tree.map_structure(_reduce, values)
 
-    _maybe_symbolic_build._pipeline_multi_worker_patch = True
     reduce_per_replica._pipeline_multi_worker_patch = True
-    _maybe_symbolic_build.__wrapped__ = original_build
     reduce_per_replica.__wrapped__ = original_reduce
-    trainer.TensorFlowTrainer._maybe_symbolic_build = _maybe_symbolic_build
+    # The step functions look `reduce_per_replica` up in the module's globals at call time
+    # (TensorFlowTrainer._make_function), so replacing the module attribute reaches them.
     trainer.reduce_per_replica = reduce_per_replica
+
+
+def patch_keras_for_multi_worker() -> None:
+    """Makes `model.fit`/`evaluate` work under MultiWorkerMirroredStrategy with Keras 3.15.1 (idempotent).
+
+    Replaces `TensorFlowTrainer._maybe_symbolic_build` and the module function `reduce_per_replica` in
+    keras.src.backend.tensorflow.trainer (see the comment above for the two bugs). Outside multi-worker
+    mode both delegate to the upstream code unchanged, so single-device and `mirrored` runs are untouched.
+    The upstream functions stay reachable as `__wrapped__`. Apply it before `model.fit`;
+    `pipeline.distribute.resolve_strategy("multi_worker")` does.
+    """
+    _patch_symbolic_build()
+    _patch_reduce_per_replica()
