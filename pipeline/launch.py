@@ -92,7 +92,7 @@ def _stop(processes: list[subprocess.Popen], grace: float) -> None:
 
 
 def launch(workers: int, argv: list[str], *, command: list[str] | None = None, out=None, err=None,
-           stop_grace: float = STOP_GRACE_SECONDS) -> int:
+           stop_grace: float = STOP_GRACE_SECONDS, timeout: float | None = None) -> int:
     """Runs `workers` local processes as one tf.distribute cluster and waits for them.
 
     Args:
@@ -103,10 +103,13 @@ def launch(workers: int, argv: list[str], *, command: list[str] | None = None, o
         out, err: text streams for the prefixed worker output and launch's own messages
             (default sys.stdout, sys.stderr).
         stop_grace: seconds a stopped worker gets between SIGTERM and SIGKILL.
+        timeout: seconds after which every worker is stopped and 124 returned (None: no limit); a
+            worker stuck in a collective op waiting for a dead peer would otherwise wait forever.
 
     Returns:
         0 when every worker exits with 0; otherwise the status of the first worker that failed
-        (128 + N for signal N), after stopping the others; 130 when launch itself is interrupted.
+        (128 + N for signal N), after stopping the others; 124 after `timeout`; 130 when launch itself
+        is interrupted.
 
     Raises:
         ValueError: workers < 1.
@@ -133,18 +136,26 @@ def launch(workers: int, argv: list[str], *, command: list[str] | None = None, o
         processes.append(process)
         threads.append(thread)
 
-    status = 0
+    status, message = 0, ""
+    deadline = None if timeout is None else time.monotonic() + timeout
+
+    def first_failure():
+        # Polled in index order every POLL_SECONDS: the first failure seen is the one that started it
+        # (a dead peer makes the others fail too, a moment later).
+        return next(((index, process.returncode) for index, process in enumerate(processes)
+                     if process.poll() not in (None, 0)), None)
+
     try:
-        while any(process.poll() is None for process in processes):
-            failed = [(index, process.returncode) for index, process in enumerate(processes)
-                      if process.returncode not in (None, 0)]
-            if failed:
+        failure = first_failure()
+        while failure is None and any(process.poll() is None for process in processes):
+            if deadline is not None and time.monotonic() > deadline:
+                _stop(processes, stop_grace)
+                status, message = 124, f"launch: timed out after {timeout:g} s; stopped all workers"
                 break
             time.sleep(POLL_SECONDS)
-        failed = [(index, process.returncode) for index, process in enumerate(processes)
-                  if process.returncode not in (None, 0)]
-        if failed:
-            index, returncode = failed[0]
+            failure = first_failure()
+        if failure is not None and not status:
+            index, returncode = failure
             running = [i for i, process in enumerate(processes) if process.poll() is None]
             _stop(processes, stop_grace)
             status = _exit_status(returncode)
