@@ -288,18 +288,18 @@ def build_compiled_model(config, *, input_shape, num_classes: int, steps_per_epo
     import keras
 
     from pipeline import phases
-    from pipeline import train as train_lib
+    from pipeline import experiment, modeling, splits as splits_lib  # noqa: F401
 
     keras.utils.set_random_seed(config.seed)
     keras.mixed_precision.set_dtype_policy(config.train.mixed_precision)
     try:
-        model = train_lib.build_model(config, input_shape=input_shape, num_classes=num_classes,
+        model = modeling.build_model(config, input_shape=input_shape, num_classes=num_classes,
                                       statistics=statistics)
     finally:
         keras.mixed_precision.set_dtype_policy("float32")
     phase = phases.plan(config)[0]
     phases.set_trainable(model, phase.trainable)
-    train_lib.compile_model(model, config, phase, steps_per_epoch)
+    modeling.compile_model(model, config, phase, steps_per_epoch)
     return model
 
 

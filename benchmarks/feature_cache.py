@@ -29,12 +29,11 @@ HEADERS = ["variant", "epochs", "features s", "fit s", "phase s", "s/epoch (fit)
 
 
 def run_variant(*, cache: bool, epochs: int, overrides: list[str], run_dir: Path) -> dict:
-    from pipeline import config as config_lib
-    from pipeline import train
+    from pipeline import experiment, train  # noqa: F401
 
     phase = (f"train.phases=[{{epochs: {epochs}, trainable: none, cache_features: {str(cache).lower()}, "
              f"optimizer: {{name: rmsprop, learning_rate: 1e-4}}}}]")
-    config = config_lib.load_config(EXPERIMENT, [*overrides, f"train.epochs={epochs}", phase])
+    config = experiment.load_experiment(EXPERIMENT, [*overrides, f"train.epochs={epochs}", phase])
     messages = []
     start = time.perf_counter()
     metrics = train.train(config, run_dir=run_dir, log=messages.append)

@@ -51,16 +51,20 @@ def measure_source(source: str, options: dict) -> dict:
 
     from pipeline import config as config_lib
     from pipeline import datasets, input_pipeline
-    from pipeline import train as train_lib
+    from pipeline import experiment
+    from pipeline.transform import EvalTransform
 
     baseline = common.peak_rss_mib()
-    config = config_lib.load_config(EXPERIMENT, options["overrides"])
+    config = experiment.load_experiment(EXPERIMENT, options["overrides"])
     kwargs = dict(batch_size=options["batch_size"], num_classes=10, seed=config.seed,
                   augment=config_lib.to_dict(config.input.augment), shuffle_buffer=config.input.shuffle_buffer,
-                  deterministic=config.input.deterministic, **train_lib.input_options(config))
+                  deterministic=config.input.deterministic,
+                  transform=EvalTransform.from_input_section(config.input))
     if source == "files":
         paths, labels = options["paths"], options["labels"]
-        kwargs.update(channels=config.input.channels or 3, cache=config.input.cache, cache_suffix="-train")
+        kwargs.update(transform=kwargs["transform"].sized(image_size=config.input.image_size,
+                                                            channels=config.input.channels or 3),
+                      cache=config.input.cache, cache_suffix="-train")
         dataset = input_pipeline.make_file_dataset(paths, labels, training=True, **kwargs)
     else:
         data = datasets.load_dataset(config.dataset.name, data_dir=config.dataset.data_dir,

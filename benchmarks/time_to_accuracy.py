@@ -72,20 +72,20 @@ class EpochLog:
 
 def ours_config(args, data_overrides: list[str], epochs: int):
     """cifar10_aug with train.epochs = epochs (the schedule spans them); warm-up scaled only if needed."""
-    from pipeline import config as config_lib
+    from pipeline import experiment
 
     overrides = data_overrides + list(args.set) + [f"train.batch_size={args.batch_size}"]
-    base = config_lib.load_config(OURS, overrides)
+    base = experiment.load_experiment(OURS, overrides)
     overrides.append(f"train.epochs={epochs}")
     warmup = base.train.schedule.warmup_epochs
     if warmup and warmup >= epochs:
         overrides.append(f"train.schedule.warmup_epochs={warmup * epochs / base.train.epochs:g}")
-    return config_lib.load_config(OURS, overrides)
+    return experiment.load_experiment(OURS, overrides)
 
 
 def run_ours(config, splits, test_data, epochs: int, log=print) -> EpochLog:
     from pipeline import phases
-    from pipeline import train as train_lib
+    from pipeline import experiment, modeling, splits as splits_lib  # noqa: F401
 
     statistics = (splits.channel_statistics(config) if config.input.normalization == "standardize" else (None, None))
     steps_per_epoch = -(-len(splits.train[1]) // config.train.batch_size)
@@ -102,7 +102,7 @@ def run_ours(config, splits, test_data, epochs: int, log=print) -> EpochLog:
     for index, phase in enumerate(phases.plan(config)):
         if index:  # multi-phase configs: recompile for each phase, as pipeline.train does
             phases.set_trainable(model, phase.trainable)
-            train_lib.compile_model(model, config, phase, steps_per_epoch)
+            modeling.compile_model(model, config, phase, steps_per_epoch)
         model.fit(train_data, validation_data=validation_data, initial_epoch=phase.start_epoch,
                   epochs=phase.end_epoch, shuffle=False, callbacks=[recorder.callback], verbose=0)
     return recorder
@@ -154,8 +154,7 @@ def main(argv: list[str] | None = None) -> dict:
             raise SystemExit("the book recipe (ImageDataGenerator) needs scipy: "
                              ".venv/bin/pip install -r requirements-bench.txt, or --recipes ours")
 
-    from pipeline import config as config_lib
-    from pipeline import train as train_lib
+    from pipeline import experiment, modeling, splits as splits_lib  # noqa: F401
 
     info = common.machine()
     print(f"machine: {common.machine_line(info)}")
@@ -165,12 +164,12 @@ def main(argv: list[str] | None = None) -> dict:
         config = ours_config(args, overrides, ours_epochs)
         # The book's recipe exactly: constant RMSprop 1e-3 on 40,000 / 10,000 (the shipped cifar10_deep
         # decays the rate and trains on 45,000).
-        book_config = config_lib.load_config(BOOK_MODEL, overrides + [
+        book_config = experiment.load_experiment(BOOK_MODEL, overrides + [
             f"train.batch_size={args.batch_size}", "train.schedule.name=constant", "dataset.validation_split=0.2"])
         if book_config.dataset != config.dataset:
             raise SystemExit(f"{OURS} and {BOOK_MODEL} use different dataset settings; both recipes must train on "
                              f"the same split")
-        splits = train_lib.Splits(config, log=lambda *_: None)
+        splits = splits_lib.Splits(config, log=lambda *_: None)
         if args.quick:
             splits.train = common.subset(splits.train, QUICK_TRAIN, config.seed)
             splits.validation = common.subset(splits.validation, QUICK_EVAL, config.seed)

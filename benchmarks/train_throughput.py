@@ -53,13 +53,12 @@ def have_scipy() -> bool:
 
 def load_training_data(args, temporary: Path, *, limit: int | None):
     """(pipeline config, model config, splits): cifar10_aug's train split (or synthetic stand-in)."""
-    from pipeline import config as config_lib
-    from pipeline import train as train_lib
+    from pipeline import experiment, modeling, splits as splits_lib  # noqa: F401
 
     overrides = common.data_overrides(args, temporary) + [f"train.batch_size={args.batch_size}"]
-    pipeline_config = config_lib.load_config(PIPELINE_EXPERIMENT, overrides)
-    model_config = config_lib.load_config(MODEL_EXPERIMENT, overrides)
-    splits = train_lib.Splits(pipeline_config, log=lambda *_: None)
+    pipeline_config = experiment.load_experiment(PIPELINE_EXPERIMENT, overrides)
+    model_config = experiment.load_experiment(MODEL_EXPERIMENT, overrides)
+    splits = splits_lib.Splits(pipeline_config, log=lambda *_: None)
     splits.train = common.subset(splits.train, limit, pipeline_config.seed)
     return pipeline_config, model_config, splits
 
@@ -69,12 +68,11 @@ def in_memory_dataset(images, labels, *, config, batch_size: int, num_classes: i
     import numpy as np
     import tensorflow as tf
 
-    from pipeline import preprocessing
-    from pipeline import train as train_lib
+    from pipeline.transform import EvalTransform
 
     batches = len(images) // batch_size
     images = images[: batches * batch_size]
-    prepared = preprocessing.prepare_images(tf.constant(images), **train_lib.input_options(config)).numpy()
+    prepared = EvalTransform.from_input_section(config.input)(tf.constant(images)).numpy()
     one_hot = np.eye(num_classes, dtype=np.float32)[np.asarray(labels[: batches * batch_size])]
     dataset = tf.data.Dataset.from_tensor_slices((prepared.reshape(batches, batch_size, *prepared.shape[1:]),
                                                   one_hot.reshape(batches, batch_size, num_classes)))

@@ -33,10 +33,9 @@ HEADERS = ["weights", "seed", "test acc", "best val acc", "phase-1 val acc (head
 def run(weights: str | None, seed: int, run_dir: Path, overrides: list[str]) -> dict:
     import csv
 
-    from pipeline import config as config_lib
-    from pipeline import train
+    from pipeline import experiment, train  # noqa: F401
 
-    config = config_lib.load_config(EXPERIMENT, [*overrides, f"seed={seed}", "train.verbose=0", "export.enabled=false",
+    config = experiment.load_experiment(EXPERIMENT, [*overrides, f"seed={seed}", "train.verbose=0", "export.enabled=false",
                                                  f"model.options.weights={weights or 'null'}"])
     start = time.perf_counter()
     metrics = train.train(config, run_dir=run_dir, log=lambda *_: None)

@@ -1,4 +1,9 @@
-"""Keras model builders, registered by name. Importing this package registers all of them."""
+"""Keras model builders, registered by name. Importing this package does not import Keras: builder modules
+are imported when a model is first built (see models/registry.py)."""
 
-from models import applications, seed_nets, simple_cnn  # noqa: F401  (importing registers the models)
 from models.registry import MODELS, build_model, includes_preprocessing, register_model  # noqa: F401
+
+
+def load_all() -> None:
+    """Imports every builder module (registers their custom layers for loading saved models)."""
+    MODELS.load()

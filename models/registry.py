@@ -1,19 +1,28 @@
 """The model registry. Every builder has the signature
 `build(*, input_shape, num_classes, **options) -> keras.Model` and ends in a softmax named `probabilities`.
+
+The registry is lazy: names and options are read from the builder modules' source, and the modules
+(with Keras and TensorFlow) are imported only when a model is built. A new builder module must be
+listed in `MODULES`.
 """
 
 from __future__ import annotations
 
-import keras
-
 from pipeline.registry import Registry
 
-MODELS = Registry("model")
+MODULES = ("models.seed_nets", "models.simple_cnn", "models.applications")  # + "models.fast_resnet" once it lands
+
+MODELS = Registry("model", modules=MODULES, decorator="register_model")
 register_model = MODELS.register
 
 
-def build_model(name: str, *, input_shape, num_classes: int, **options) -> keras.Model:
-    """Builds a registered model. Raises KeyError for an unknown name (the message lists known ones)."""
+def build_model(name: str, *, input_shape, num_classes: int, **options):
+    """Builds a registered model -> keras.Model.
+
+    Raises:
+        KeyError: unknown name (the message lists the known ones).
+        ValueError: the builder refuses an option or the input shape (Keras-style message).
+    """
     return MODELS.get(name)(input_shape=tuple(input_shape), num_classes=num_classes, **options)
 
 
@@ -21,5 +30,5 @@ def includes_preprocessing(name: str) -> bool:
     """True when the registered model normalises its own [0, 255] pixel input (the keras.applications
     models: their backbone's preprocessing is a layer inside them), so it must be fed raw pixels and not be
     put behind the pipeline's normalisation layer. A builder says so with `builder.includes_preprocessing =
-    True`. Raises KeyError for an unknown name."""
-    return bool(getattr(MODELS.get(name), "includes_preprocessing", False))
+    True` right after its definition. Raises KeyError for an unknown name."""
+    return bool(MODELS.flag(name, "includes_preprocessing", False))

@@ -220,3 +220,38 @@ def read_backup_metadata(directory: os.PathLike) -> dict | None:
         raise RuntimeError(f"{path}: resume state is unreadable ({error!r}); it was not written by this "
                            f"pipeline or was edited by hand. Move the run directory aside and start a new "
                            f"run.") from None
+
+
+def build_callbacks(options, run_dir: Path, images_per_epoch: int, total_phases: int = 1) -> tuple[list, dict]:
+    """The run's callbacks, and the ones whose state the resume backup carries (by name).
+
+    Args:
+        options: the `train.callbacks` section (checkpoint, early_stopping, terminate_on_nan, csv_log,
+            tensorboard).
+        images_per_epoch: training images per epoch (for the images/s timer).
+    """
+    checkpoints = Checkpoints(run_dir / "checkpoints", monitor=options.checkpoint.monitor,
+                                            mode=options.checkpoint.mode)
+    timer = Timer(images_per_epoch)
+    stateful = {"checkpoints": checkpoints, "timer": timer}
+    callback_list = [LearningRateLogger(), timer]
+    if options.terminate_on_nan:
+        callback_list.append(keras.callbacks.TerminateOnNaN())
+    callback_list.append(checkpoints)
+    if options.early_stopping.enabled:
+        stopper = ResumableEarlyStopping(monitor=options.early_stopping.monitor,
+                                                       patience=options.early_stopping.patience,
+                                                       min_delta=options.early_stopping.min_delta)
+        stateful["early_stopping"] = stopper
+        callback_list.append(stopper)
+    if options.csv_log:
+        callback_list.append(keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True))
+    if options.tensorboard.enabled:
+        update_freq = options.tensorboard.update_freq
+        callback_list.append(keras.callbacks.TensorBoard(
+            str(run_dir / "tensorboard"), histogram_freq=options.tensorboard.histogram_freq,
+            update_freq=update_freq))
+    # Last: saves after the others updated their state, restores after their on_train_begin reset it.
+    callback_list.append(CrashSafeBackupAndRestore(run_dir / "backup", stateful=stateful,
+                                                                 total_phases=total_phases))
+    return callback_list, stateful

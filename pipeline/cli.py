@@ -1,7 +1,9 @@
-"""Command line: `python -m pipeline {train,evaluate,export,predict,summary,data} ...`.
+"""Command line: `python -m pipeline {train,evaluate,export,predict,summary,report,launch,data} ...`.
 
-Thin on purpose: parse arguments, parse the config once, call one function. User errors (bad config,
-missing data, wrong run directory) print one message and exit with code 2, without a traceback.
+Thin on purpose: parse arguments, parse the config once, import the one command's module, call one
+function. Argument parsing and config validation import no TensorFlow, so `--help`, `--print-config` and
+every config error answer at once. User errors (`pipeline.errors.UserError`: bad config, missing data, wrong
+run directory) print one message and exit with code 2, without a traceback.
 """
 
 from __future__ import annotations
@@ -11,17 +13,18 @@ import os
 import sys
 from pathlib import Path
 
-USER_ERROR = 2
+from pipeline import errors
 
 
 def _parser() -> argparse.ArgumentParser:
+    from pipeline import tools  # stdlib-only at import: parsing stays fast
+
     parser = argparse.ArgumentParser(prog="python -m pipeline", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     train = commands.add_parser("train", help="train an experiment (resumes when --run-dir holds a run)")
     train.add_argument("experiment", help="experiment name (experiments/<name>.yaml) or path to a YAML file")
-    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                       help="override a config value, e.g. --set train.epochs=3 (repeatable)")
+    _add_overrides(train, "e.g. --set train.epochs=3")
     train.add_argument("--run-dir", type=Path, help="run directory (default runs/<experiment>/<time>)")
     train.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
@@ -48,56 +51,91 @@ def _parser() -> argparse.ArgumentParser:
 
     summary = commands.add_parser("summary", help="layer table, parameters and FLOPs of an experiment's network")
     summary.add_argument("experiment", help="experiment name (experiments/<name>.yaml) or path to a YAML file")
-    summary.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                         help="override a config value, e.g. --set input.image_size=[64,64] (repeatable)")
+    _add_overrides(summary, "e.g. --set input.image_size=[64,64]")
     summary.add_argument("--num-classes", type=int, help="class count (default: the dataset's)")
 
-    from pipeline import tools  # stdlib-only at import: parsing stays fast
+    for name, module in OPTIONAL_COMMANDS.items():
+        try:
+            command_module = __import__(module, fromlist=["add_arguments"])
+        except ImportError:
+            continue
+        help_text = getattr(command_module, "HELP", None) or (command_module.__doc__ or name).splitlines()[0]
+        command_module.add_arguments(commands.add_parser(name, help=help_text))
+
     tools.add_parser(commands)
     return parser
 
 
+# Commands whose module owns its arguments (`HELP`, `add_arguments(parser)`, `run(args) -> int`).
+OPTIONAL_COMMANDS = {"report": "pipeline.compare_runs", "launch": "pipeline.launch"}
+
+
+def _add_overrides(parser: argparse.ArgumentParser, example: str) -> None:
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help=f"override a config value, {example} (repeatable)")
+
+
+def quiet_tensorflow() -> None:
+    """Keeps TensorFlow's C++ start-up log (oneDNN notices, CUDA probing on a machine without a GPU) out of
+    every command's output, unless the user set TF_CPP_MIN_LOG_LEVEL. It must be set before TensorFlow is
+    imported: the C++ logger reads it once. Level 2 keeps errors; level 3 would hide real ones."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # absl prints "All log messages before absl::InitializeLog() ..." when XLA/CUDA code logs before
+    # absl is set up; TensorFlow's own knob for that is the same variable plus GLOG's.
+    os.environ.setdefault("GLOG_minloglevel", os.environ["TF_CPP_MIN_LOG_LEVEL"])
+
+
+def run_command(args) -> int:
+    """Runs one parsed command; imports only that command's module."""
+    if args.command == "train":
+        from pipeline import config as config_lib
+        from pipeline import experiment
+
+        config = experiment.load_experiment(args.experiment, args.overrides)
+        if args.print_config:
+            print(config_lib.dump_yaml(config), end="")
+            return 0
+        from pipeline import train
+        train.train(config, run_dir=args.run_dir)
+    elif args.command == "evaluate":
+        from pipeline import evaluate
+        evaluate.evaluate_run(args.run_dir)
+    elif args.command == "export":
+        from pipeline import export
+        if args.format == "tflite":
+            if args.top_k is not None:
+                raise export.ExportError("--top-k applies to --format saved_model only; the TFLite "
+                                         "model outputs all probabilities")
+            path = export.export_run_tflite(args.run_dir, out_dir=args.out, version=args.version,
+                                            checkpoint=args.checkpoint)
+        else:
+            path = export.export_run(args.run_dir, out_dir=args.out, version=args.version,
+                                     top_k=args.top_k, checkpoint=args.checkpoint)
+        print(f"exported {path}")
+    elif args.command == "data":
+        from pipeline import tools
+        return tools.main(args)
+    elif args.command == "summary":
+        from pipeline import summary
+        return summary.summary_command(args.experiment, args.overrides, num_classes=args.num_classes)
+    elif args.command == "predict":
+        from pipeline import predict
+        return predict.predict_command(args.export_dir, args.paths, top_k=args.top_k,
+                                       output_format=args.format, batch_size=args.batch_size)
+    elif args.command in OPTIONAL_COMMANDS:
+        return __import__(OPTIONAL_COMMANDS[args.command], fromlist=["run"]).run(args)
+    return 0
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter out of the way
-    from pipeline import config as config_lib
-    from pipeline import datasets, evaluate, export, predict, tools, train
-
-    user_errors = (config_lib.ConfigError, datasets.DatasetError, train.RunError, evaluate.RunDirError,
-                   export.ExportError, predict.PredictError, tools.DataError)
+    quiet_tensorflow()
     try:
-        if args.command == "train":
-            config = config_lib.load_config(args.experiment, args.overrides)
-            if args.print_config:
-                print(config_lib.dump_yaml(config), end="")
-                return 0
-            train.train(config, run_dir=args.run_dir)
-        elif args.command == "evaluate":
-            evaluate.evaluate_run(args.run_dir)
-        elif args.command == "export":
-            if args.format == "tflite":
-                if args.top_k is not None:
-                    raise export.ExportError("--top-k applies to --format saved_model only; the TFLite "
-                                             "model outputs all probabilities")
-                path = export.export_run_tflite(args.run_dir, out_dir=args.out, version=args.version,
-                                                checkpoint=args.checkpoint)
-            else:
-                path = export.export_run(args.run_dir, out_dir=args.out, version=args.version,
-                                         top_k=args.top_k, checkpoint=args.checkpoint)
-            print(f"exported {path}")
-        elif args.command == "data":
-            return tools.main(args)
-        elif args.command == "summary":
-            from pipeline import summary
-            return summary.summary_command(args.experiment, args.overrides, num_classes=args.num_classes)
-        elif args.command == "predict":
-            return predict.predict_command(args.export_dir, args.paths, top_k=args.top_k,
-                                           output_format=args.format, batch_size=args.batch_size)
-    except user_errors as error:
+        return run_command(args)
+    except errors.UserError as error:
         print(f"error: {error}", file=sys.stderr)
-        return USER_ERROR
+        return errors.USER_ERROR_EXIT_CODE
     except KeyboardInterrupt:
         print("\ninterrupted; run the same command again to resume from the last completed epoch",
               file=sys.stderr)
         return 130
-    return 0

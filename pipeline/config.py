@@ -11,22 +11,50 @@ received and, for near-misses, "did you mean ...". The CLI turns it into exit co
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import os
 import re
 import types
 import typing
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any, Union
 
 import yaml
+
+from pipeline import errors
+from pipeline.schema import *  # noqa: F401,F403  (the schema, re-exported for its users)
+from pipeline.schema import Config, OptimizerConfig, ScheduleConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 EXPERIMENTS_DIR = PROJECT_ROOT / "experiments"
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that also reads `1e-3` as a float (YAML 1.1 needs `1.0e-3`; people write `1e-3`)."""
+    """SafeLoader that reads `1e-3` as a float (YAML 1.1 needs `1.0e-3`; people write `1e-3`) and refuses
+    duplicate keys, which PyYAML otherwise resolves silently by keeping the last (yaml/pyyaml#165): a
+    second `train:` section would drop the first one's keys without a word."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            try:
+                hash(key)
+            except TypeError:
+                continue  # SafeLoader reports unhashable keys itself
+            if key in seen:
+                raise DuplicateKeyError(key, first=seen[key], second=key_node.start_mark)
+            seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+
+class DuplicateKeyError(yaml.YAMLError):
+    """A mapping names the same key twice (the message gives both lines)."""
+
+    def __init__(self, key, *, first, second):
+        super().__init__(f"duplicate key {key!r} (first at line {first.line + 1}, again at line "
+                         f"{second.line + 1}); YAML keeps only the last one, so merge the two into one section")
+        self.problem_mark = second
+        self.problem = str(self)
 
 
 _Loader.add_implicit_resolver(
@@ -40,198 +68,16 @@ _Loader.add_implicit_resolver(
 
 
 def yaml_load(text: str):
-    """Parses YAML text the way experiment files are read."""
+    """Parses YAML text the way experiment files are read.
+
+    Raises:
+        yaml.YAMLError: invalid YAML, or a mapping with a duplicate key (`DuplicateKeyError`).
+    """
     return yaml.load(text, Loader=_Loader)
 
 
-class ConfigError(ValueError):
+class ConfigError(errors.UserError, ValueError):
     """A user error in an experiment file or an override. The message is meant for the user as is."""
-
-
-def _field(default, *, help: str, choices=None, min=None, max=None, min_exclusive=False,
-           max_exclusive=False, length=None):
-    """A dataclass field carrying its validation rules and a one-line description."""
-    rules = {"help": help, "choices": choices, "min": min, "max": max,
-             "min_exclusive": min_exclusive, "max_exclusive": max_exclusive, "length": length}
-    if isinstance(default, (list, dict)):
-        return dataclasses.field(default_factory=lambda: type(default)(default), metadata=rules)
-    if dataclasses.is_dataclass(default):
-        return dataclasses.field(default_factory=type(default), metadata=rules)
-    return dataclasses.field(default=default, metadata=rules)
-
-
-# --------------------------------------------------------------------------------------------------
-# Schema. Defaults are working values: an experiment file only states what differs.
-# --------------------------------------------------------------------------------------------------
-
-@dataclasses.dataclass(frozen=True)
-class DatasetConfig:
-    name: str = _field("cifar10", help="registered dataset name (see pipeline/datasets.py)")
-    validation_split: float = _field(
-        0.1, min=0.0, max=1.0, max_exclusive=True,
-        help="fraction of the training split held out for validation, stratified, chosen with `seed`")
-    test_split: float = _field(
-        0.1, min=0.0, max=1.0, max_exclusive=True,
-        help="fraction carved out as the test split when the source has none (stratified, with `seed`)")
-    root: Optional[str] = _field(None, help="folder / file_list: the image folder or archive (.tar.gz, .zip)")
-    lists: Optional[dict] = _field(None, help="file_list: {train, validation, test} list files of `path label` lines")
-    classes: Optional[str] = _field(None, help="file_list: file of class names, one per line")
-    strict: bool = _field(False, help="fail before training if any image is unreadable (default: skip and report)")
-    min_image_size: int = _field(8, min=1, help="images whose shorter side is smaller are skipped as bad")
-    skip_placeholders: bool = _field(
-        False, help="also skip decodable images with very few colours (\"image not found\" placeholders)")
-    data_dir: str = _field("data", help="where datasets are stored and cached (relative to the project)")
-    mirror_dir: Optional[str] = _field(
-        None, help="local mirror looked at first; default: $DATA_MIRROR, else ../shared/datasets if present")
-
-
-@dataclasses.dataclass(frozen=True)
-class AugmentConfig:
-    horizontal_flip: bool = _field(False, help="random left-right flip")
-    width_shift: float = _field(0.0, min=0.0, max=1.0, help="random horizontal shift, fraction of width")
-    height_shift: float = _field(0.0, min=0.0, max=1.0, help="random vertical shift, fraction of height")
-    fill_mode: str = _field("nearest", choices=["nearest", "reflect", "constant", "wrap"],
-                            help="how shifted-in pixels are filled (ImageDataGenerator's default: nearest)")
-    crop_padding: int = _field(0, min=0, help="pad each side by this many pixels, then random-crop back")
-    rotation: float = _field(0.0, min=0.0, max=1.0, help="random rotation, fraction of a full turn")
-    zoom: float = _field(0.0, min=0.0, max=1.0, help="random zoom in or out by up to this fraction")
-
-
-@dataclasses.dataclass(frozen=True)
-class CropConfig:
-    mode: str = _field("none", choices=["none", "square", "shorter_side"],
-                       help="none: resize whole image; square: square of side min(H,W)-2*margin (random in "
-                            "training, centred in evaluation); shorter_side: keep aspect, crop the target size")
-    margin: int = _field(0, min=0, help="square: pixels left out on each side of the shorter axis")
-
-
-@dataclasses.dataclass(frozen=True)
-class InputConfig:
-    image_size: Optional[list] = _field(
-        None, length=2, min=1, help="[height, width] fed to the model; null keeps the dataset's size")
-    channels: Optional[int] = _field(None, choices=[1, 3], help="1 (grey) or 3 (RGB); null keeps the dataset's")
-    resize_method: str = _field("bilinear", choices=["bilinear", "area", "nearest", "bicubic"],
-                                help="interpolation used when image_size differs from the data")
-    crop: CropConfig = _field(CropConfig(), help="cropping of images (image files of any size)")
-    cache: str = _field("memory", help="image files: cache decoded images in `memory`, in a file at a path, "
-                                       "or `none`")
-    normalization: str = _field("unit", choices=["unit", "standardize"],
-                                help="unit: scale to [0, 1]; standardize: per-channel mean/std of the training split")
-    statistics: Optional[str] = _field(
-        None, help="standardize with the mean/std of this stats.json (written by `data stats`) instead of "
-                   "computing them from the training split")
-    shuffle_buffer: Optional[int] = _field(None, min=1, help="null shuffles the whole training split")
-    deterministic: bool = _field(True, help="seeded, repeatable augmentation and element order (false: rotation "
-                                            "and zoom may run on several batches at once, not repeatable; "
-                                            "shifts, flips and crops are parallel and repeatable either way)")
-    augment: AugmentConfig = _field(AugmentConfig(), help="training-only augmentation")
-
-
-@dataclasses.dataclass(frozen=True)
-class ModelConfig:
-    name: str = _field("cifar10_deep", help="registered model name (see models/)")
-    options: dict = _field({}, help="extra keyword arguments for the model builder")
-
-
-@dataclasses.dataclass(frozen=True)
-class OptimizerConfig:
-    name: str = _field("adam", choices=["sgd", "adam", "adamw", "rmsprop"], help="optimizer")
-    learning_rate: float = _field(1e-3, min=0.0, min_exclusive=True, help="peak learning rate")
-    momentum: float = _field(0.0, min=0.0, max=1.0, max_exclusive=True, help="sgd and rmsprop momentum")
-    nesterov: bool = _field(False, help="Nesterov momentum (sgd)")
-    weight_decay: Optional[float] = _field(None, min=0.0, help="decoupled weight decay (adamw default 0.004)")
-    clipnorm: Optional[float] = _field(None, min=0.0, min_exclusive=True, help="clip each gradient's norm")
-
-
-@dataclasses.dataclass(frozen=True)
-class ScheduleConfig:
-    name: str = _field("constant", choices=["constant", "step", "polynomial", "cosine"],
-                       help="learning-rate schedule, stepped every batch")
-    warmup_epochs: float = _field(0.0, min=0.0, help="linear warm-up from 0 (cosine only)")
-    boundaries: list = _field([], min=0.0, help="step: epochs at which the rate is multiplied by `factor`")
-    factor: float = _field(0.1, min=0.0, min_exclusive=True, help="step: multiplier at each boundary")
-    end_learning_rate: float = _field(0.0, min=0.0, help="polynomial: final rate")
-    power: float = _field(1.0, min=0.0, min_exclusive=True, help="polynomial: exponent (1 = linear)")
-    alpha: float = _field(0.0, min=0.0, max=1.0, help="cosine: final rate as a fraction of the peak")
-
-
-@dataclasses.dataclass(frozen=True)
-class PhaseConfig:
-    epochs: int = _field(1, min=1, help="epochs of this phase")
-    trainable: str = _field("all", help="all | none (freeze the `backbone` layer) | from <layer> (unfreeze "
-                                        "that backbone layer and every one after it)")
-    optimizer: OptimizerConfig = _field(OptimizerConfig(), help="this phase's optimizer (fresh state)")
-    schedule: ScheduleConfig = _field(ScheduleConfig(), help="this phase's learning-rate schedule")
-    cache_features: bool = _field(
-        False, help="with trainable: none, compute the frozen backbone's features of the un-augmented "
-                    "train/validation images once and train the head on them (input.augment is not applied "
-                    "in this phase; much faster on a CPU)")
-
-
-@dataclasses.dataclass(frozen=True)
-class CheckpointConfig:
-    monitor: str = _field("val_accuracy", help="metric that decides best.keras")
-    mode: str = _field("auto", choices=["auto", "min", "max"], help="auto: max for accuracy, min otherwise")
-
-
-@dataclasses.dataclass(frozen=True)
-class EarlyStoppingConfig:
-    enabled: bool = _field(False, help="stop when `monitor` stops improving")
-    monitor: str = _field("val_loss", help="metric watched")
-    patience: int = _field(5, min=1, help="epochs without improvement before stopping")
-    min_delta: float = _field(0.0, min=0.0, help="smallest change that counts as an improvement")
-
-
-@dataclasses.dataclass(frozen=True)
-class TensorBoardConfig:
-    enabled: bool = _field(True, help="write TensorBoard logs to <run>/tensorboard")
-    histogram_freq: int = _field(0, min=0, help="weight histograms every N epochs (0: off)")
-    update_freq: str = _field("epoch", choices=["epoch", "batch"], help="how often scalars are written")
-
-
-@dataclasses.dataclass(frozen=True)
-class CallbacksConfig:
-    checkpoint: CheckpointConfig = _field(CheckpointConfig(), help="best/last checkpoints")
-    early_stopping: EarlyStoppingConfig = _field(EarlyStoppingConfig(), help="early stopping")
-    terminate_on_nan: bool = _field(True, help="stop the run when the loss becomes NaN")
-    tensorboard: TensorBoardConfig = _field(TensorBoardConfig(), help="TensorBoard logging")
-    csv_log: bool = _field(True, help="write <run>/history.csv")
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    epochs: int = _field(10, min=1, help="number of epochs")
-    batch_size: int = _field(128, min=1, help="images per step")
-    optimizer: OptimizerConfig = _field(OptimizerConfig(), help="optimizer")
-    schedule: ScheduleConfig = _field(ScheduleConfig(), help="learning-rate schedule")
-    phases: Optional[list[PhaseConfig]] = _field(
-        None, help="successive phases, each recompiled with its own optimizer, schedule and trainable "
-                   "layers (fine-tuning); their epochs must add up to train.epochs")
-    label_smoothing: float = _field(0.0, min=0.0, max=1.0, max_exclusive=True, help="label smoothing")
-    jit_compile: Union[bool, str] = _field("auto", choices=[True, False, "auto"], help="XLA compilation")
-    mixed_precision: str = _field("float32", choices=["float32", "mixed_bfloat16", "mixed_float16"],
-                                  help="Keras dtype policy")
-    intra_op_threads: int = _field(0, min=0, help="threads inside one op (0: TensorFlow's choice, all cores)")
-    inter_op_threads: int = _field(0, min=0, help="ops run at once (0: TensorFlow's choice)")
-    verbose: int = _field(2, choices=[0, 1, 2], help="Keras fit verbosity: 0 silent, 1 bar, 2 a line per epoch")
-    callbacks: CallbacksConfig = _field(CallbacksConfig(), help="callbacks")
-
-
-@dataclasses.dataclass(frozen=True)
-class ExportConfig:
-    enabled: bool = _field(True, help="write a SavedModel at the end of training")
-    top_k: int = _field(5, min=1, help="classes returned by the serving signature")
-
-
-@dataclasses.dataclass(frozen=True)
-class Config:
-    name: str = _field("experiment", help="experiment name (default: the YAML file's stem)")
-    seed: int = _field(42, min=0, help="seeds data split, shuffling, augmentation and weights")
-    dataset: DatasetConfig = _field(DatasetConfig(), help="dataset")
-    input: InputConfig = _field(InputConfig(), help="input pipeline")
-    model: ModelConfig = _field(ModelConfig(), help="model")
-    train: TrainConfig = _field(TrainConfig(), help="training")
-    export: ExportConfig = _field(ExportConfig(), help="export")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -366,9 +212,7 @@ def save_config(config: Config, path: os.PathLike) -> None:
 # Validation
 # --------------------------------------------------------------------------------------------------
 
-def _did_you_mean(word: str, candidates, prefix: str = "") -> str:
-    close = difflib.get_close_matches(str(word), [str(c) for c in candidates], n=1, cutoff=0.6)
-    return f" (did you mean {prefix + close[0]!r}?)" if close else ""
+_did_you_mean = errors.did_you_mean
 
 
 def _describe(value) -> str:
@@ -474,24 +318,8 @@ def _check_range(value, rules, dotted):
 
 
 def _check_cross_field_rules(config: Config) -> None:
-    """Rules that involve several keys or the registries; each message says how to fix it."""
-    import models as model_registry  # local import: keeps config importable alone
-    from pipeline import datasets
-
-    if config.dataset.name not in datasets.DATASETS:
-        known = datasets.DATASETS.names()
-        raise ConfigError(f"dataset.name: unknown dataset {config.dataset.name!r}"
-                          f"{_did_you_mean(config.dataset.name, known)}. Known datasets: {', '.join(known)}")
-    if config.model.name not in model_registry.MODELS:
-        known = model_registry.MODELS.names()
-        raise ConfigError(f"model.name: unknown model {config.model.name!r}"
-                          f"{_did_you_mean(config.model.name, known)}. Known models: {', '.join(known)}")
-    accepted = model_registry.MODELS.options(config.model.name)
-    for key in config.model.options:
-        if key not in accepted:
-            raise ConfigError(
-                f"unknown key 'model.options.{key}'{_did_you_mean(key, accepted, 'model.options.')}. Model "
-                f"{config.model.name!r} accepts: {', '.join(accepted) or 'no options'}")
+    """Rules that involve several keys; each message says how to fix it. (Rules that need the model and
+    dataset registries are in pipeline/experiment.py.)"""
     _check_optimization(config.train.optimizer, config.train.schedule, config.train.epochs, "train")
     if config.train.phases:
         total = sum(phase.epochs for phase in config.train.phases)
@@ -508,11 +336,6 @@ def _check_cross_field_rules(config: Config) -> None:
             if phase.cache_features and phase.trainable != "none":
                 raise ConfigError(f"{prefix}.cache_features: needs trainable: none (features of a backbone "
                                   f"that trains change every step); received trainable {phase.trainable!r}")
-    if model_registry.includes_preprocessing(config.model.name) and (
-            config.input.normalization != "unit" or config.input.statistics):
-        raise ConfigError(f"input.normalization: model {config.model.name!r} applies its backbone's own input "
-                          f"preprocessing to [0, 255] pixels, so normalization must stay 'unit' (unused) and "
-                          f"input.statistics unset; received normalization {config.input.normalization!r}")
     if config.input.statistics and config.input.normalization != "standardize":
         raise ConfigError(f"input.statistics: only used with input.normalization: standardize; received "
                           f"normalization {config.input.normalization!r}")

@@ -14,23 +14,20 @@ import pickle
 import shutil
 import struct
 import tarfile
-import tempfile
 import urllib.request
-import zipfile
 from pathlib import Path
 
 import numpy as np
 
+from pipeline import folders
 from pipeline.config import PROJECT_ROOT
+from pipeline.folders import (DatasetError, FileDataset, read_folder_tree, resolve_data_dir,  # noqa: F401
+                              resolve_root, root_folder, single_top_folder)
 from pipeline.fileio import atomic_write
 from pipeline.registry import Registry
 
 DATASETS = Registry("dataset")
 register_dataset = DATASETS.register
-
-
-class DatasetError(RuntimeError):
-    """A dataset is missing, unreadable or corrupt. The message names the file and what to do."""
 
 
 @dataclasses.dataclass
@@ -48,19 +45,6 @@ class ArrayDataset:
         return tuple(self.train_images.shape[1:])
 
 
-@dataclasses.dataclass
-class FileDataset:
-    """Image files of any size and format, with integer labels, per split.
-
-    `splits` maps "train" and optionally "validation" and "test" to (paths, labels). Missing splits are
-    carved from train by the caller (stratified, seeded).
-    """
-
-    splits: dict[str, tuple[list[str], np.ndarray]]
-    class_names: list[str]
-    root: Path
-
-
 # --------------------------------------------------------------------------------------------------
 # Locations
 # --------------------------------------------------------------------------------------------------
@@ -73,11 +57,6 @@ def resolve_mirror(mirror_dir: str | None = None) -> Path | None:
         return Path(os.environ["DATA_MIRROR"]).expanduser()
     default = PROJECT_ROOT.parent / "shared" / "datasets"
     return default if default.is_dir() else None
-
-
-def resolve_data_dir(data_dir: str) -> Path:
-    path = Path(data_dir).expanduser()
-    return path if path.is_absolute() else PROJECT_ROOT / path
 
 
 def download(url: str, destination: Path, timeout: float = 60.0) -> Path:
@@ -248,7 +227,7 @@ def cifar10(*, data_dir: str = "data", mirror_dir: str | None = None) -> ArrayDa
     mirror = resolve_mirror(mirror_dir)
     splits = None
     if mirror and (mirror / "cifar10-jpg.tar.gz").is_file():
-        splits = _cifar_from_folders(read_folder_tree(_root_folder(mirror / "cifar10-jpg.tar.gz", data_dir)))
+        splits = _cifar_from_folders(read_folder_tree(root_folder(mirror / "cifar10-jpg.tar.gz", data_dir)))
     elif mirror and (mirror / "cifar10" / "train").is_dir():
         splits = _cifar_from_folders(read_folder_tree(mirror / "cifar10"))
     elif (store / "cifar-10-batches-py").is_dir():
@@ -275,195 +254,20 @@ def cifar10(*, data_dir: str = "data", mirror_dir: str | None = None) -> ArrayDa
     return ArrayDataset(*splits["train"], *splits["test"], list(CIFAR10_CLASSES))
 
 
-# --------------------------------------------------------------------------------------------------
-# Image folders and file lists (any size, any format TensorFlow decodes)
-# --------------------------------------------------------------------------------------------------
-
-ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
-
-
-def resolve_root(root: str | os.PathLike | None, *, dataset: str) -> Path:
-    if not root:
-        raise DatasetError(f"dataset {dataset!r} needs dataset.root: the folder (or archive) holding the images")
-    path = Path(root).expanduser()
-    if not path.is_absolute() and not path.exists():
-        path = PROJECT_ROOT / path
-    if not path.exists():
-        raise DatasetError(f"dataset.root: {root} does not exist (looked at {path})")
-    return path
-
-
-def extract_archive(archive: Path, data_dir: str) -> Path:
-    """Extracts a .tar(.gz)/.zip once into data/<name>/ and returns that folder.
-
-    Extraction goes to a temporary folder that is renamed when complete, so an interrupted extraction
-    is never mistaken for a dataset.
-    """
-    name = archive.name
-    for suffix in ARCHIVE_SUFFIXES:
-        if name.endswith(suffix):
-            name = name[: -len(suffix)]
-    target = resolve_data_dir(data_dir) / name
-    # The stamp names the archive it came from: another archive of the same name, or a newer copy of this
-    # one, is extracted afresh instead of silently reusing the old tree.
-    info = archive.stat()
-    stamp = f"{archive.resolve()}\n{info.st_size}\n{info.st_mtime_ns}\n"
-    stamp_file = target / ".extracted-from"
-    if target.is_dir():
-        if stamp_file.is_file() and stamp_file.read_text() == stamp:
-            return target
-        shutil.rmtree(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{name}-"))
-    try:
-        if archive.name.endswith(".zip"):
-            with zipfile.ZipFile(archive) as handle:
-                handle.extractall(temporary)
-        else:
-            with tarfile.open(archive, "r:*") as handle:
-                handle.extractall(temporary, filter="data")
-        (temporary / ".extracted-from").write_text(stamp)
-        # Archives often wrap everything in one folder (hymenoptera/): remember it now, so files that
-        # tools later write beside it (reports, statistics) never change what the dataset root is.
-        (temporary / ".dataset-root").write_text(_single_top_folder(temporary).name
-                                                 if _single_top_folder(temporary) != temporary else ".")
-        os.replace(temporary, target)
-    except (OSError, tarfile.TarError, zipfile.BadZipFile) as error:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise DatasetError(f"{archive}: cannot extract ({error})") from None
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
-    return target
-
-
-def _single_top_folder(root: Path) -> Path:
-    """Archives often wrap everything in one folder (hymenoptera/, hymenoptera_data/): step into it."""
-    entries = [p for p in root.iterdir() if not p.name.startswith((".", "__MACOSX"))]
-    return entries[0] if len(entries) == 1 and entries[0].is_dir() else root
-
-
-def read_folder_tree(root: Path) -> FileDataset:
-    """`root/<class>/...` or `root/{train,val|validation,test}/<class>/...`; classes = sorted folder names."""
-    from pipeline import image_files
-
-    if root.is_file() and root.name.endswith(ARCHIVE_SUFFIXES):
-        raise DatasetError(f"{root}: archives are extracted by the dataset loader; this is a bug")
-    try:
-        split_dirs = image_files.split_folders(root)
-    except ValueError as error:
-        raise DatasetError(str(error)) from None
-    if not split_dirs:
-        files, labels, class_names = image_files.list_class_folders(root)
-        if not class_names:
-            raise DatasetError(f"{root}: no class folders found; expected {root}/<class>/<images> or "
-                               f"{root}/train/<class>/<images>")
-        return FileDataset({"train": ([str(f) for f in files], np.asarray(labels, np.int64))},
-                           class_names, root)
-    if "train" not in split_dirs:
-        raise DatasetError(f"{root}: has {', '.join(p.name for p in split_dirs.values())}/ but no train/ folder")
-    _, _, class_names = image_files.list_class_folders(split_dirs["train"])
-    splits = {}
-    for split, directory in split_dirs.items():
-        files, labels, names = image_files.list_class_folders(directory)
-        unknown = sorted(set(names) - set(class_names))
-        if unknown:
-            raise DatasetError(f"{directory}: class folders {', '.join(unknown)} are not in "
-                               f"{split_dirs['train']} (classes: {', '.join(class_names)})")
-        remap = np.asarray([class_names.index(n) for n in names], np.int64)
-        splits[split] = ([str(f) for f in files], remap[np.asarray(labels, np.int64)] if labels else
-                         np.zeros(0, np.int64))
-    return FileDataset(splits, class_names, root)
-
-
-def _root_folder(root: Path, data_dir: str) -> Path:
-    if root.is_file() and root.name.endswith(ARCHIVE_SUFFIXES):
-        extracted = extract_archive(root, data_dir)
-        marker = extracted / ".dataset-root"
-        return extracted / marker.read_text().strip() if marker.is_file() else _single_top_folder(extracted)
-    return root
-
-
 @register_dataset()
 def folder(*, data_dir: str = "data", mirror_dir: str | None = None, root: str | None = None) -> FileDataset:
     """Images in class folders: `root/<class>/` or `root/{train,val,test}/<class>/`, found recursively.
 
     `root` may also be a .tar.gz/.zip archive of such a tree; it is extracted once into `data_dir`.
     """
-    return read_folder_tree(_root_folder(resolve_root(root, dataset="folder"), data_dir))
-
-
-def _read_lines(path: Path, comments: bool = True) -> list[str]:
-    """Non-empty lines; `#` lines are comments in list files, but may be class names in a classes file."""
-    try:
-        return [line.strip() for line in path.read_text().splitlines()
-                if line.strip() and not (comments and line.startswith("#"))]
-    except OSError as error:
-        raise DatasetError(f"{path}: cannot read ({error.strerror})") from None
+    return read_folder_tree(root_folder(resolve_root(root, dataset="folder"), data_dir))
 
 
 @register_dataset()
 def file_list(*, data_dir: str = "data", mirror_dir: str | None = None, root: str | None = None,
               lists: dict | None = None, classes: str | None = None) -> FileDataset:
-    """Images named by list files.
-
-    Either `lists: {train: a.txt, validation: b.txt, test: c.txt}` (any subset with train) holding
-    `relative/path label` lines (label: an index or a class name) plus `classes` (one name per line),
-    paths relative to `root`; or, with no `lists`, the Food-101 layout: `root/meta/classes.txt`,
-    `root/meta/{train,test}.txt` with `class/id` lines and images at `root/images/class/id.jpg`.
-    """
-    root_path = _root_folder(resolve_root(root, dataset="file_list"), data_dir)
-    root_path = root_path if (root_path / "meta").is_dir() or lists else _single_top_folder(root_path)
-    if not lists:
-        meta = root_path / "meta"
-        if not (meta / "classes.txt").is_file():
-            raise DatasetError(f"dataset 'file_list': give dataset.lists (train/validation/test list files) "
-                               f"or a Food-101 style root with meta/classes.txt; {meta / 'classes.txt'} not found")
-        class_names = _read_lines(meta / "classes.txt", comments=False)
-        splits = {}
-        for split, name in (("train", "train.txt"), ("test", "test.txt")):
-            if (meta / name).is_file():
-                entries = _read_lines(meta / name)
-                paths = [str(root_path / "images" / f"{entry}.jpg") for entry in entries]
-                labels = [_label_of(entry.split("/")[0], class_names, meta / name) for entry in entries]
-                splits[split] = (paths, np.asarray(labels, np.int64))
-        return FileDataset(splits, class_names, root_path)
-    if "train" not in lists:
-        raise DatasetError(f"dataset.lists: a train list is required; received {', '.join(lists)}")
-    unknown = set(lists) - {"train", "validation", "test"}
-    if unknown:
-        raise DatasetError(f"dataset.lists: keys must be train, validation, test; received {', '.join(sorted(unknown))}")
-    if not classes:
-        raise DatasetError("dataset.classes: the class-names file (one name per line) is required with dataset.lists")
-    class_names = _read_lines(resolve_root(classes, dataset="file_list"), comments=False)
-    splits = {}
-    for split, list_path in lists.items():
-        list_file = resolve_root(list_path, dataset="file_list")
-        paths, labels = [], []
-        try:
-            lines = list_file.read_text().splitlines()
-        except OSError as error:
-            raise DatasetError(f"{list_file}: cannot read ({error.strerror})") from None
-        for number, line in enumerate(lines, 1):  # numbered as in an editor: blank and # lines count
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            path, _, label = line.rpartition(" ")
-            if not path:
-                raise DatasetError(f"{list_file}:{number}: expected `relative/path label`, received {line!r}")
-            paths.append(str(root_path / path.strip()))
-            labels.append(_label_of(label, class_names, f"{list_file}:{number}"))
-        splits[split] = (paths, np.asarray(labels, np.int64))
-    return FileDataset(splits, class_names, root_path)
-
-
-def _label_of(label: str, class_names: list[str], where) -> int:
-    if label in class_names:
-        return class_names.index(label)
-    if label.isdigit() and int(label) < len(class_names):
-        return int(label)
-    raise DatasetError(f"{where}: label {label!r} is neither a class name nor an index below "
-                       f"{len(class_names)}")
+    """Images named by list files; see `pipeline.folders.read_file_lists`."""
+    return folders.read_file_lists(data_dir=data_dir, root=root, lists=lists, classes=classes)
 
 
 HYMENOPTERA_URL = "https://download.pytorch.org/tutorial/hymenoptera_data.zip"
@@ -478,10 +282,10 @@ def hymenoptera(*, data_dir: str = "data", mirror_dir: str | None = None) -> Fil
     mirror = resolve_mirror(mirror_dir)
     store = resolve_data_dir(data_dir)
     if mirror and (mirror / "hymenoptera.tar.gz").is_file():
-        return read_folder_tree(_root_folder(mirror / "hymenoptera.tar.gz", data_dir))
+        return read_folder_tree(root_folder(mirror / "hymenoptera.tar.gz", data_dir))
     for name in ("hymenoptera", "hymenoptera_data"):
         if (store / name).is_dir():
-            return read_folder_tree(_single_top_folder(store / name))
+            return read_folder_tree(single_top_folder(store / name))
     archive = store / "hymenoptera_data.zip"
     if not archive.is_file():
         try:
@@ -492,28 +296,7 @@ def hymenoptera(*, data_dir: str = "data", mirror_dir: str | None = None) -> Fil
                 f"{mirror / 'hymenoptera.tar.gz' if mirror else '(no mirror configured)'}, {store}/hymenoptera/; "
                 f"the download of {HYMENOPTERA_URL} failed: {getattr(error, 'reason', error)}. "
                 f"Place hymenoptera_data.zip in {store}/ or set DATA_MIRROR.") from None
-    return read_folder_tree(_root_folder(archive, data_dir))
-
-
-# --------------------------------------------------------------------------------------------------
-# Splitting
-# --------------------------------------------------------------------------------------------------
-
-def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices (kept, held_out): `fraction` of each class held out, chosen with `seed`.
-
-    Per class, so sorted sources (CIFAR-10 folders are sorted by class) still give a validation split
-    with every class in its true proportion. Both index arrays are shuffled.
-    """
-    rng = np.random.default_rng(seed)
-    kept, held_out = [], []
-    for label in np.unique(labels):
-        indices = rng.permutation(np.flatnonzero(labels == label))
-        count = int(round(len(indices) * fraction))
-        held_out.append(indices[:count])
-        kept.append(indices[count:])
-    kept, held_out = np.concatenate(kept), np.concatenate(held_out)
-    return rng.permutation(kept), rng.permutation(held_out)
+    return read_folder_tree(root_folder(archive, data_dir))
 
 
 def load_dataset(name: str, *, data_dir: str = "data", mirror_dir: str | None = None,

@@ -1,6 +1,7 @@
 """SavedModel export in TF Serving's layout: `<out>/<model_name>/<version>/`.
 
-Signatures (both run the eval transform from `pipeline.preprocessing`, the one evaluation uses):
+Signatures (both run the run's `EvalTransform` (pipeline/transform.py), the one evaluation uses; it is also
+written to `assets/transform.json`, so an export states its own input contract):
     serving_default  image_bytes: tf.string [batch]  encoded JPEG/PNG/GIF/BMP, any size
     serve_images     images: tf.uint8 [batch, H, W, C] any H, W; C = 1, 2, 3 or 4 (converted)
 Outputs: probabilities [batch, num_classes] float32, classes [batch, k] class-name strings,
@@ -20,32 +21,26 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from pipeline import preprocessing
+from pipeline import errors, evaluate, preprocessing, rundir
 from pipeline.config import Config
+from pipeline.rundir import read_class_names  # noqa: F401  (re-exported)
+from pipeline.transform import EvalTransform
 
 
-class ExportError(RuntimeError):
+class ExportError(errors.UserError):
     """The export cannot be written; the message says why."""
 
 
-def read_class_names(run_dir: Path) -> list[str]:
-    path = Path(run_dir) / "classes.txt"
-    if not path.is_file():
-        raise ExportError(f"{path}: missing; the run directory is incomplete")
-    return [line for line in path.read_text().splitlines() if line]
-
-
-def serving_functions(model: keras.Model, *, class_names: list[str], transform: dict, top_k: int = 5):
+def serving_functions(model: keras.Model, *, class_names: list[str], transform: EvalTransform, top_k: int = 5):
     """The two serving functions of an export, as plain callables (also used in-process by tests).
 
     Args:
-        transform: keyword arguments of `preprocessing.prepare_images` (image_size, channels,
-            resize_method, crop, margin): the run's eval transform, see `eval_transform`.
+        transform: the run's eval transform with image_size and channels set, see `eval_transform`.
     """
     names = tf.constant(class_names)
     k = min(int(top_k), len(class_names))
-    height, width = (int(v) for v in transform["image_size"])
-    channels = int(transform["channels"])
+    height, width = transform.image_size
+    channels = transform.channels
 
     def outputs(images):
         probabilities = tf.cast(model(images, training=False), tf.float32)
@@ -55,24 +50,21 @@ def serving_functions(model: keras.Model, *, class_names: list[str], transform: 
     def serve_bytes(image_bytes):
         def decode_one(encoded):
             decoded = preprocessing.decode_image(encoded, channels=channels)
-            return preprocessing.prepare_images(decoded, **transform)
+            return transform(decoded)
         images = tf.map_fn(decode_one, image_bytes,
                            fn_output_signature=tf.TensorSpec([height, width, channels], tf.float32))
         return outputs(images)
 
     def serve_images(images):
-        return outputs(preprocessing.prepare_images(preprocessing.convert_channels_dynamic(images, channels),
-                                                    **transform))
+        return outputs(transform(preprocessing.convert_channels_dynamic(images, channels)))
 
     return serve_bytes, serve_images
 
 
-def eval_transform(model: keras.Model, config: Config) -> dict:
-    """The eval transform of a run (`prepare_images` keyword arguments), sized by the model's input."""
+def eval_transform(model: keras.Model, config: Config) -> EvalTransform:
+    """The eval transform of a run, sized by the model's input."""
     height, width, channels = model.input_shape[1:]
-    return {"image_size": (int(height), int(width)), "channels": int(channels),
-            "resize_method": config.input.resize_method, "crop": config.input.crop.mode,
-            "margin": config.input.crop.margin}
+    return EvalTransform.from_input_section(config.input).sized(image_size=(height, width), channels=channels)
 
 
 def next_version(model_dir: Path) -> int:
@@ -101,7 +93,7 @@ def _write_version(out_dir: Path, model_name: str, version: int | None, write) -
 
 
 def export_model(model: keras.Model, *, out_dir: Path, model_name: str, class_names: list[str],
-                 transform: dict, top_k: int = 5, version: int | None = None) -> Path:
+                 transform: EvalTransform, top_k: int = 5, version: int | None = None) -> Path:
     """Writes the SavedModel `<out_dir>/<model_name>/<version>/` and returns it."""
     serve_bytes, serve_images = serving_functions(model, class_names=class_names, transform=transform,
                                                   top_k=top_k)
@@ -117,15 +109,14 @@ def export_model(model: keras.Model, *, out_dir: Path, model_name: str, class_na
         (folder / "assets").mkdir(exist_ok=True)
         # TF Serving ignores extra files in assets/; people and `predict` read the class names here.
         (folder / "assets" / "classes.txt").write_text("\n".join(class_names) + "\n")
+        (folder / "assets" / "transform.json").write_text(transform.to_json())
 
     return _write_version(out_dir, model_name, version, write)
 
 
 def _load_run(run_dir: Path, config: Config | None, checkpoint: str):
-    from pipeline import evaluate
-
-    config = config or evaluate.load_run_config(run_dir)
-    model = evaluate.load_checkpoint(Path(run_dir) / "checkpoints" / f"{checkpoint}.keras")
+    config = config or rundir.load_run_config(run_dir)
+    model = evaluate.load_checkpoint(rundir.checkpoint_path(run_dir, checkpoint))
     return config, model, read_class_names(run_dir)
 
 
@@ -138,23 +129,23 @@ def export_run(run_dir: Path, *, config: Config | None = None, out_dir: Path | N
                         top_k=top_k or config.export.top_k, version=version)
 
 
-def tflite_function(model: keras.Model, *, transform: dict):
+def tflite_function(model: keras.Model, *, transform: EvalTransform):
     """uint8 [1, H, W, C] at the training size -> {"probabilities": float32 [1, num_classes]}.
 
     The eval transform is inside (channel conversion, crop, resize, cast), so a TFLite client feeds raw
     pixels.
     """
-    height, width = (int(v) for v in transform["image_size"])
+    height, width = transform.image_size
 
     def predict(images):
-        prepared = preprocessing.prepare_images(images, **transform)
+        prepared = transform(images)
         return {"probabilities": tf.cast(model(prepared, training=False), tf.float32)}
 
-    return predict, tf.TensorSpec([1, height, width, int(transform["channels"])], tf.uint8, name="images")
+    return predict, tf.TensorSpec([1, height, width, transform.channels], tf.uint8, name="images")
 
 
 def export_tflite(model: keras.Model, *, out_dir: Path, model_name: str, class_names: list[str],
-                  transform: dict, version: int | None = None) -> Path:
+                  transform: EvalTransform, version: int | None = None) -> Path:
     """Writes `<out_dir>/<model_name>/<version>/model.tflite` and `classes.txt` beside it; returns the
     version directory. Signature `serving_default`: images uint8 [1, H, W, C] -> probabilities."""
     predict, spec = tflite_function(model, transform=transform)

@@ -11,13 +11,14 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline import preprocessing
+from pipeline.transform import EvalTransform
 
 AUTOTUNE = tf.data.AUTOTUNE
 
 
 def _indexed_batches(images: np.ndarray, labels: np.ndarray, *, batch_size: int, num_classes: int,
                      shuffle: bool, seed: int | None, shuffle_buffer: int | None,
-                     image_size, channels, resize_method, crop="none", margin=0) -> tf.data.Dataset:
+                     transform: EvalTransform) -> tf.data.Dataset:
     images_tensor = tf.constant(images)
     labels_tensor = tf.constant(np.asarray(labels, np.int64))
     dataset = tf.data.Dataset.range(len(images))
@@ -26,30 +27,27 @@ def _indexed_batches(images: np.ndarray, labels: np.ndarray, *, batch_size: int,
     dataset = dataset.batch(batch_size)
 
     def load(indices):
-        batch = preprocessing.prepare_images(tf.gather(images_tensor, indices), image_size=image_size,
-                                             channels=channels, resize_method=resize_method, crop=crop,
-                                             margin=margin)
+        batch = transform(tf.gather(images_tensor, indices))
         return batch, tf.one_hot(tf.gather(labels_tensor, indices), num_classes)
 
     return dataset.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
 
 
 def make_train_dataset(images: np.ndarray, labels: np.ndarray, *, batch_size: int, num_classes: int,
-                       seed: int, image_size=None, channels=None, resize_method="bilinear", crop="none",
-                       margin=0, augment: dict | None = None, shuffle_buffer: int | None = None,
+                       seed: int, transform: EvalTransform = EvalTransform(),
+                       augment: dict | None = None, shuffle_buffer: int | None = None,
                        deterministic: bool = True) -> tf.data.Dataset:
     """Shuffled, augmented batches of (float32 images in [0, 255], one-hot labels).
 
     Args:
         images: uint8 [N, H, W, C]; labels: int [N].
+        transform: the eval transform (applied to whole arrays; there is no random crop for arrays).
         augment: keyword arguments for `preprocessing.build_augmenter` (None: no augmentation).
         deterministic: run augmentation in order so a seed reproduces a run exactly; False lets
             tf.data run several augmentation calls at once (faster, not repeatable).
     """
     dataset = _indexed_batches(images, labels, batch_size=batch_size, num_classes=num_classes,
-                               shuffle=True, seed=seed, shuffle_buffer=shuffle_buffer,
-                               image_size=image_size, channels=channels, resize_method=resize_method,
-                               crop=crop, margin=margin)
+                               shuffle=True, seed=seed, shuffle_buffer=shuffle_buffer, transform=transform)
     dataset = _augment(dataset, augment, seed, deterministic)
     return dataset.prefetch(AUTOTUNE)
 
@@ -75,13 +73,10 @@ def _augment(dataset, augment: dict | None, seed: int, deterministic: bool):
 
 
 def make_eval_dataset(images: np.ndarray, labels: np.ndarray, *, batch_size: int, num_classes: int,
-                      image_size=None, channels=None, resize_method="bilinear", crop="none",
-                      margin=0) -> tf.data.Dataset:
+                      transform: EvalTransform = EvalTransform()) -> tf.data.Dataset:
     """Batches in order, eval transform only (no randomness)."""
     return _indexed_batches(images, labels, batch_size=batch_size, num_classes=num_classes,
-                            shuffle=False, seed=None, shuffle_buffer=None, image_size=image_size,
-                            channels=channels, resize_method=resize_method, crop=crop,
-                            margin=margin).prefetch(AUTOTUNE)
+                            shuffle=False, seed=None, shuffle_buffer=None, transform=transform).prefetch(AUTOTUNE)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -96,20 +91,8 @@ def _cache(dataset: tf.data.Dataset, cache: str, suffix: str) -> tf.data.Dataset
     return dataset.cache(f"{cache}-{suffix}")  # a disk cache; TF adds its own .index/.data files
 
 
-def _train_crop(image, seed, *, image_size, channels, crop, margin, resize_method):
-    """Random counterpart of the eval crop in `preprocessing.prepare_images`."""
-    if crop == "square":
-        image = preprocessing.random_square_crop(image, margin, seed)
-    elif crop == "shorter_side":
-        height, width = int(image_size[0]), int(image_size[1])
-        image = preprocessing.resize_shorter_side(image, max(height, width), resize_method)
-        image = tf.image.stateless_random_crop(image, [height, width, channels], seed=seed)
-    return preprocessing.resize_to(image, image_size, resize_method)
-
-
-def make_file_dataset(paths, labels, *, training: bool, batch_size: int, num_classes: int, image_size,
-                      channels: int, seed: int = 0, resize_method: str = "bilinear", crop: str = "none",
-                      margin: int = 0, augment: dict | None = None, cache: str = "memory",
+def make_file_dataset(paths, labels, *, training: bool, batch_size: int, num_classes: int,
+                      transform: EvalTransform, seed: int = 0, augment: dict | None = None, cache: str = "memory",
                       shuffle_buffer: int | None = None, deterministic: bool = True,
                       cache_suffix: str = "") -> tf.data.Dataset:
     """Batches of (float32 images in [0, 255], one-hot labels) from image files of any size.
@@ -118,7 +101,12 @@ def make_file_dataset(paths, labels, *, training: bool, batch_size: int, num_cla
     checked before training, so this only catches files that changed since). Training: decoded images
     are cached, then shuffled, randomly cropped (seeded, stateless: repeatable whatever the parallelism),
     resized, batched and augmented. Evaluation: the eval transform, then the cache.
+
+    Args:
+        paths: [N] file paths; labels: int [N].
+        transform: the eval transform, with image_size and channels set (files come in many sizes).
     """
+    channels = transform.channels
     labels = np.asarray(labels, np.int64)
     dataset = tf.data.Dataset.from_tensor_slices((list(map(str, paths)), labels))
     dataset = dataset.map(
@@ -128,8 +116,7 @@ def make_file_dataset(paths, labels, *, training: bool, batch_size: int, num_cla
     one_hot = lambda images, y: (images, tf.one_hot(y, num_classes))  # noqa: E731
     if not training:
         dataset = dataset.map(
-            lambda image, label: (preprocessing.prepare_images(
-                image, image_size=image_size, resize_method=resize_method, crop=crop, margin=margin), label),
+            lambda image, label: (transform(image), label),
             num_parallel_calls=AUTOTUNE, deterministic=True)
         dataset = _cache(dataset, cache, f"eval{cache_suffix}")
         return dataset.batch(batch_size).map(one_hot, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
@@ -138,8 +125,7 @@ def make_file_dataset(paths, labels, *, training: bool, batch_size: int, num_cla
     dataset = dataset.shuffle(shuffle_buffer or max(len(labels), 1), seed=seed, reshuffle_each_iteration=True)
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
     dataset = tf.data.Dataset.zip(dataset, seeds).map(
-        lambda element, pair: (_train_crop(element[0], pair, image_size=image_size, channels=channels,
-                                           crop=crop, margin=margin, resize_method=resize_method), element[1]),
+        lambda element, pair: (transform.train_crop(element[0], pair), element[1]),
         num_parallel_calls=AUTOTUNE, deterministic=True)
     dataset = _augment(dataset.batch(batch_size), augment, seed, deterministic)
     return dataset.map(one_hot, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)

@@ -108,3 +108,16 @@ class Interrupt:
                     raise KeyboardInterrupt
 
         return _Interrupt()
+
+
+def with_transform(options: dict) -> dict:
+    """Keyword arguments of the old loose eval-transform form (image_size, channels, resize_method, crop,
+    margin) folded into the one `transform=EvalTransform(...)` argument the input pipelines take."""
+    from pipeline.transform import EvalTransform
+
+    options = dict(options)
+    keys = ("image_size", "channels", "resize_method", "crop", "margin")
+    values = {key: options.pop(key) for key in keys if key in options}
+    if values:
+        options["transform"] = EvalTransform(**values)
+    return options

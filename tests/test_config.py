@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from pipeline import experiment as experiment_lib
 from pipeline import cli
 from pipeline import config as config_lib
 from pipeline.config import ConfigError
@@ -50,7 +51,7 @@ def test_all_shipped_experiments_are_listed():
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_every_experiment_loads_and_validates(name):
-    config = config_lib.load_config(name)
+    config = experiment_lib.load_experiment(name)
     assert isinstance(config, config_lib.Config)
     assert config.name == name  # defaults to the file's stem
     import models
@@ -62,23 +63,23 @@ def test_every_experiment_loads_and_validates(name):
 
 
 def test_experiment_values_as_written():
-    lenet = config_lib.load_config("mnist_lenet")
+    lenet = experiment_lib.load_experiment("mnist_lenet")
     assert (lenet.dataset.name, lenet.dataset.validation_split) == ("mnist", 0.2)
     assert (lenet.input.image_size, lenet.input.channels) == ([28, 28], 1)
     assert (lenet.model.name, lenet.train.epochs, lenet.train.batch_size) == ("lenet", 12, 128)
     assert (lenet.train.optimizer.name, lenet.train.optimizer.learning_rate) == ("adam", 0.001)
-    fashion = config_lib.load_config("fashion_mnist_cnn")
+    fashion = experiment_lib.load_experiment("fashion_mnist_cnn")
     assert (fashion.model.name, fashion.train.batch_size, fashion.dataset.validation_split) == \
         ("fashion_cnn", 32, 0.1)
-    tiny = config_lib.load_config("tiny")
+    tiny = experiment_lib.load_experiment("tiny")
     assert (tiny.model.name, tiny.input.image_size, tiny.train.epochs) == ("tiny", [16, 16], 2)
     # keys not written keep the dataclass defaults
     assert tiny.seed == 42 and tiny.train.schedule.name == "constant" and tiny.train.jit_compile == "auto"
 
 
 def test_base_inheritance_cifar10_deep_from_cifar10_net():
-    net = config_lib.load_config("cifar10_net")
-    deep = config_lib.load_config("cifar10_deep")
+    net = experiment_lib.load_experiment("cifar10_net")
+    deep = experiment_lib.load_experiment("cifar10_deep")
     assert deep.name == "cifar10_deep"  # the child's stem, not the base's
     assert deep.model.name == "cifar10_deep" and net.model.name == "cifar10_net"
     # everything else comes from cifar10_net, except the schedule and split cifar10_deep sets
@@ -91,8 +92,8 @@ def test_base_inheritance_cifar10_deep_from_cifar10_net():
 
 
 def test_base_inheritance_two_levels_cifar10_aug():
-    deep = config_lib.load_config("cifar10_deep")
-    aug = config_lib.load_config("cifar10_aug")
+    deep = experiment_lib.load_experiment("cifar10_deep")
+    aug = experiment_lib.load_experiment("cifar10_aug")
     assert aug.model.name == "cifar10_deep"          # from cifar10_deep
     assert aug.dataset.validation_split == 0.2       # from cifar10_net, two levels up
     # dicts merge key by key: `input:` in cifar10_aug only sets augment, image_size/channels survive
@@ -113,7 +114,7 @@ def test_base_lists_are_replaced_and_dicts_merged(tmp_path):
                   "base: parent\n"  # no suffix: .yaml is added
                   "input: {image_size: [16, 16]}\n"
                   "train:\n  schedule: {boundaries: [3]}\n")
-    config = config_lib.load_config(str(child))
+    config = experiment_lib.load_experiment(str(child))
     assert config.name == "child"
     assert config.train.schedule.boundaries == [3.0]  # replaced, not [3, 4, 6]
     assert config.train.schedule.name == "step" and config.train.schedule.factor == 0.5  # merged
@@ -149,7 +150,7 @@ def test_parse_override_types_values(text, keys, value):
 
 
 def test_overrides_are_typed_in_the_config():
-    config = config_lib.load_config(
+    config = experiment_lib.load_experiment(
         "tiny", ["train.epochs=3", "train.jit_compile=false", "input.image_size=[16,16]",
                  "train.optimizer.learning_rate=0.01", "model.options.filters=4"])
     assert config.train.epochs == 3 and type(config.train.epochs) is int
@@ -158,11 +159,11 @@ def test_overrides_are_typed_in_the_config():
     assert config.train.optimizer.learning_rate == 0.01
     assert config.model.options == {"filters": 4}
     # an override does not leak into a later load
-    assert config_lib.load_config("tiny").train.epochs == 2
+    assert experiment_lib.load_experiment("tiny").train.epochs == 2
 
 
 def test_later_override_wins_and_int_becomes_float_for_float_fields():
-    config = config_lib.load_config("tiny", ["train.epochs=3", "train.epochs=5", "train.label_smoothing=0"])
+    config = experiment_lib.load_experiment("tiny", ["train.epochs=3", "train.epochs=5", "train.label_smoothing=0"])
     assert config.train.epochs == 5
     assert config.train.label_smoothing == 0.0 and type(config.train.label_smoothing) is float
 
@@ -171,19 +172,19 @@ def test_later_override_wins_and_int_becomes_float_for_float_fields():
                                          ("1.0e-3", 1e-3)])
 def test_scientific_notation_is_a_float(text, value, tmp_path):
     # YAML 1.1 (PyYAML's default) reads `1e-3` as a string; the config's loader reads it as a float.
-    config = config_lib.load_config("tiny", [f"train.schedule.end_learning_rate={text.lstrip('-')}"])
+    config = experiment_lib.load_experiment("tiny", [f"train.schedule.end_learning_rate={text.lstrip('-')}"])
     assert config.train.schedule.end_learning_rate == pytest.approx(abs(value))
     assert config_lib.parse_override(f"x={text}")[1] == pytest.approx(value)
     assert type(config_lib.parse_override(f"x={text}")[1]) is float
     experiment = write(tmp_path / "sci.yaml", f"train:\n  optimizer: {{learning_rate: {text.lstrip('-')}}}\n")
-    assert config_lib.load_config(str(experiment)).train.optimizer.learning_rate == pytest.approx(abs(value))
+    assert experiment_lib.load_experiment(str(experiment)).train.optimizer.learning_rate == pytest.approx(abs(value))
 
 
 def test_integers_stay_integers_next_to_the_float_resolver():
     assert config_lib.parse_override("train.epochs=12")[1] == 12
     assert type(config_lib.parse_override("train.epochs=12")[1]) is int
     with pytest.raises(ConfigError, match="train.epochs: expected an integer, received 1000.0"):
-        config_lib.load_config("tiny", ["train.epochs=1e3"])
+        experiment_lib.load_experiment("tiny", ["train.epochs=1e3"])
 
 
 @pytest.mark.parametrize("text, message", [
@@ -198,7 +199,7 @@ def test_malformed_override(text, message):
 
 def test_override_through_a_non_section():
     with pytest.raises(ConfigError, match=r"train\.epochs is not a section"):
-        config_lib.load_config("tiny", ["train.epochs.value=3"])
+        experiment_lib.load_experiment("tiny", ["train.epochs.value=3"])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -262,7 +263,7 @@ def test_cli_rejects_broken_override(capsys, tmp_path, overrides, fragments):
     assert err.count("\n") == 1, "one line"
     # the same error without the CLI: a ConfigError carrying the same message
     with pytest.raises(ConfigError) as raised:
-        config_lib.load_config("cifar10_net", overrides)
+        experiment_lib.load_experiment("cifar10_net", overrides)
     assert err == f"error: {raised.value}\n"
 
 
@@ -358,7 +359,7 @@ def test_cli_print_config_valid(capsys, tmp_path):
     assert printed["name"] == "cifar10_aug"
     assert printed["train"]["epochs"] == 3
     assert printed["model"]["name"] == "cifar10_deep"
-    assert config_lib.from_dict(printed) == config_lib.load_config("cifar10_aug", ["train.epochs=3"])
+    assert config_lib.from_dict(printed) == experiment_lib.load_experiment("cifar10_aug", ["train.epochs=3"])
     assert not run_dir.exists(), "--print-config only prints"
 
 
@@ -368,12 +369,12 @@ def test_cli_print_config_valid(capsys, tmp_path):
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_dump_yaml_round_trip(name):
-    config = config_lib.load_config(name)
+    config = experiment_lib.load_experiment(name)
     assert config_lib.from_dict(yaml.safe_load(config_lib.dump_yaml(config))) == config
 
 
 def test_round_trip_with_non_default_values(tmp_path):
-    config = config_lib.load_config("cifar10_net", [
+    config = experiment_lib.load_experiment("cifar10_net", [
         "train.jit_compile=false", "input.image_size=[24,20]", "input.channels=1", "train.optimizer.name=sgd",
         "train.optimizer.momentum=0.9", "train.optimizer.nesterov=true", "train.optimizer.weight_decay=0.0005",
         "train.optimizer.learning_rate=0.00001", "train.schedule.name=step", "train.schedule.boundaries=[4,8.5]",
@@ -383,7 +384,7 @@ def test_round_trip_with_non_default_values(tmp_path):
     assert config_lib.from_dict(yaml.safe_load(text)) == config
     # and through a saved file, as a run directory stores it
     config_lib.save_config(config, tmp_path / "config.yaml")
-    assert config_lib.load_config(str(tmp_path / "config.yaml")) == config
+    assert experiment_lib.load_experiment(str(tmp_path / "config.yaml")) == config
 
 
 def test_from_dict_of_defaults():

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import synthetic_images, write_idx
+from pipeline import splits as splits_lib
 from pipeline import datasets
 from pipeline.datasets import DatasetError
 
@@ -277,7 +278,7 @@ def grouped_labels(seed=0):
 
 def test_stratified_split_proportions_disjoint_and_complete():
     labels = grouped_labels()
-    kept, held_out = datasets.stratified_split(labels, 0.2, seed=3)
+    kept, held_out = splits_lib.stratified_split(labels, 0.2, seed=3)
     assert len(np.intersect1d(kept, held_out)) == 0
     assert sorted(np.concatenate([kept, held_out])) == list(range(len(labels)))
     assert len(np.unique(kept)) == len(kept) and len(np.unique(held_out)) == len(held_out)
@@ -288,7 +289,7 @@ def test_stratified_split_proportions_disjoint_and_complete():
 
 def test_stratified_split_of_sorted_labels_is_shuffled():
     labels = np.repeat(np.arange(5), 20)  # sorted by class, like CIFAR-10 folders
-    kept, held_out = datasets.stratified_split(labels, 0.25, seed=0)
+    kept, held_out = splits_lib.stratified_split(labels, 0.25, seed=0)
     assert np.bincount(labels[held_out]).tolist() == [5] * 5
     assert not np.array_equal(labels[held_out], np.sort(labels[held_out]))  # classes interleaved
     assert not np.array_equal(labels[kept], np.sort(labels[kept]))
@@ -296,9 +297,9 @@ def test_stratified_split_of_sorted_labels_is_shuffled():
 
 def test_stratified_split_is_seed_deterministic():
     labels = grouped_labels()
-    first = datasets.stratified_split(labels, 0.2, seed=11)
-    second = datasets.stratified_split(labels, 0.2, seed=11)
-    other = datasets.stratified_split(labels, 0.2, seed=12)
+    first = splits_lib.stratified_split(labels, 0.2, seed=11)
+    second = splits_lib.stratified_split(labels, 0.2, seed=11)
+    other = splits_lib.stratified_split(labels, 0.2, seed=12)
     np.testing.assert_array_equal(first[0], second[0])
     np.testing.assert_array_equal(first[1], second[1])
     assert not np.array_equal(np.sort(first[1]), np.sort(other[1]))  # a different validation set
@@ -307,7 +308,7 @@ def test_stratified_split_is_seed_deterministic():
 
 def test_stratified_split_of_nothing():
     labels = grouped_labels()
-    kept, held_out = datasets.stratified_split(labels, 0.0, seed=0)
+    kept, held_out = splits_lib.stratified_split(labels, 0.0, seed=0)
     assert len(held_out) == 0 and sorted(kept) == list(range(len(labels)))
 
 

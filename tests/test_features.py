@@ -9,15 +9,18 @@ import numpy as np
 import pytest
 from conftest import Interrupt
 
+from pipeline import splits as splits_lib
+from pipeline import modeling
+from pipeline import experiment as experiment_lib
 from pipeline import callbacks as run_callbacks
-from pipeline import cli, config as config_lib, features, phases, train
+from pipeline import cli, features, phases, train
 
 CACHED = ("train.phases=[{epochs: 2, trainable: none, cache_features: true, optimizer: {name: adam, "
           "learning_rate: 0.01}}, {epochs: 1, trainable: all, optimizer: {name: sgd, learning_rate: 0.005}}]")
 
 
 def cached_config(data_env, *extra, phases_override=CACHED, epochs=3):
-    return config_lib.load_config("tiny", [*data_env, "model.name=tiny_transfer", f"train.epochs={epochs}",
+    return experiment_lib.load_experiment("tiny", [*data_env, "model.name=tiny_transfer", f"train.epochs={epochs}",
                                            phases_override, "export.enabled=false", *extra])
 
 
@@ -30,8 +33,8 @@ def images(count=6, size=16, seed=0):
     ("applications", "{backbone: mobilenet_v2, weights: null, dense_units: 8}", 32),  # preprocessing inside
 ])
 def test_head_of_features_equals_the_model(name, options, size):
-    config = config_lib.load_config("tiny", [f"model.name={name}", f"model.options={options}"])
-    model = train.build_model(config, input_shape=(size, size, 3), num_classes=3)
+    config = experiment_lib.load_experiment("tiny", [f"model.name={name}", f"model.options={options}"])
+    model = modeling.build_model(config, input_shape=(size, size, 3), num_classes=3)
     phases.set_trainable(model, "none")
     split = features.FeatureSplit(model)
     batch = images(size=size)
@@ -43,12 +46,12 @@ def test_head_of_features_equals_the_model(name, options, size):
 
 
 def test_feature_split_refuses_a_trainable_backbone():
-    config = config_lib.load_config("tiny", ["model.name=tiny_transfer"])
-    model = train.build_model(config, input_shape=(16, 16, 3), num_classes=3)
+    config = experiment_lib.load_experiment("tiny", ["model.name=tiny_transfer"])
+    model = modeling.build_model(config, input_shape=(16, 16, 3), num_classes=3)
     phases.set_trainable(model, "from conv2")
     with pytest.raises(phases.PhaseError, match="trainable: none"):
         features.FeatureSplit(model)
-    plain = train.build_model(config_lib.load_config("tiny", []), input_shape=(16, 16, 3), num_classes=3)
+    plain = modeling.build_model(experiment_lib.load_experiment("tiny", []), input_shape=(16, 16, 3), num_classes=3)
     with pytest.raises(phases.PhaseError, match="backbone"):
         features.FeatureSplit(plain)
 
@@ -63,7 +66,7 @@ def test_cached_phase_trains_the_head_and_saves_the_full_model(data_env, tmp_pat
         return original_fit(self, *args, **kwargs)
 
     model_holder = []
-    original_build = train.build_model
+    original_build = modeling.build_model
 
     def keep_model(*args, **kwargs):
         model_holder.append(original_build(*args, **kwargs))
@@ -92,7 +95,7 @@ def test_cached_phase_trains_the_head_and_saves_the_full_model(data_env, tmp_pat
     rows = list(csv.DictReader(open(tmp_path / "run" / "history.csv")))
     assert [int(r["epoch"]) for r in rows] == [0, 1]
     # The validation accuracy logged from the features is the full model's accuracy on the images.
-    splits = train.Splits(config, log=lambda *_: None)
+    splits = splits_lib.Splits(config, log=lambda *_: None)
     result = last.evaluate(splits.dataset("validation", config), verbose=0, return_dict=True)
     assert result["accuracy"] == pytest.approx(float(rows[-1]["val_accuracy"]), abs=1e-6)
 

@@ -10,6 +10,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from conftest import with_transform
 from pipeline import input_pipeline, optim, preprocessing
 
 NUM_CLASSES = 4
@@ -39,12 +40,12 @@ def identity_of(batch_images):
 
 def train(images, labels, seed=1, augment=None, batch_size=4, **kwargs):
     return input_pipeline.make_train_dataset(images, labels, batch_size=batch_size, num_classes=NUM_CLASSES,
-                                             seed=seed, augment=augment, **kwargs)
+                                             seed=seed, augment=augment, **with_transform(kwargs))
 
 
 def evaluation(images, labels, batch_size=4, **kwargs):
     return input_pipeline.make_eval_dataset(images, labels, batch_size=batch_size, num_classes=NUM_CLASSES,
-                                            **kwargs)
+                                            **with_transform(kwargs))
 
 
 def same_batches(first, second):

@@ -7,7 +7,10 @@ import csv
 import numpy as np
 import pytest
 
-from pipeline import config as config_lib, input_pipeline, train
+from conftest import with_transform
+from pipeline import modeling
+from pipeline import experiment as experiment_lib
+from pipeline import input_pipeline, train
 
 
 def test_xla_trains_to_the_same_result(data_env, tmp_path):
@@ -15,7 +18,7 @@ def test_xla_trains_to_the_same_result(data_env, tmp_path):
     floating-point reordering."""
     losses = {}
     for jit in ("false", "true"):
-        config = config_lib.load_config("tiny", [*data_env, f"train.jit_compile={jit}", "export.enabled=false"])
+        config = experiment_lib.load_experiment("tiny", [*data_env, f"train.jit_compile={jit}", "export.enabled=false"])
         metrics = train.train(config, run_dir=tmp_path / jit, log=lambda *_: None)
         with open(tmp_path / jit / "history.csv") as handle:
             losses[jit] = [float(row["loss"]) for row in csv.DictReader(handle)] + [metrics["test"]["loss"]]
@@ -25,8 +28,8 @@ def test_xla_trains_to_the_same_result(data_env, tmp_path):
 def test_auto_jit_is_off_without_a_gpu():
     import tensorflow as tf
 
-    assert train.resolve_jit_compile("auto") is bool(tf.config.list_physical_devices("GPU"))
-    assert train.resolve_jit_compile(True) is True and train.resolve_jit_compile(False) is False
+    assert modeling.resolve_jit_compile("auto") is bool(tf.config.list_physical_devices("GPU"))
+    assert modeling.resolve_jit_compile(True) is True and modeling.resolve_jit_compile(False) is False
 
 
 @pytest.fixture
@@ -54,7 +57,7 @@ def test_cache_modes_give_identical_batches(photo_files, tmp_path, training):
     epochs = {}
     for cache in ("memory", str(tmp_path / "cache" / "images"), "none"):
         (tmp_path / "cache").mkdir(exist_ok=True)
-        dataset = input_pipeline.make_file_dataset(paths, labels, cache=cache, **options)
+        dataset = input_pipeline.make_file_dataset(paths, labels, cache=cache, **with_transform(options))
         epochs[cache] = [np.concatenate([x for x, _ in dataset.as_numpy_iterator()]) for _ in range(2)]
     reference = epochs.pop("none")
     for cache, batches in epochs.items():

@@ -10,15 +10,17 @@ import numpy as np
 import pytest
 from conftest import Interrupt
 
+from pipeline import modeling
+from pipeline import experiment as experiment_lib
 from pipeline import callbacks as run_callbacks
-from pipeline import cli, config as config_lib, phases, train
+from pipeline import cli, phases, train
 
 PHASES = ("train.phases=[{epochs: 2, trainable: none, optimizer: {name: rmsprop, learning_rate: 0.01}},"
           " {epochs: 2, trainable: from conv2, optimizer: {name: sgd, learning_rate: 0.005, momentum: 0.9}}]")
 
 
 def two_phase_config(data_env, *extra):
-    return config_lib.load_config("tiny", [*data_env, "model.name=tiny_transfer", "train.epochs=4", PHASES,
+    return experiment_lib.load_experiment("tiny", [*data_env, "model.name=tiny_transfer", "train.epochs=4", PHASES,
                                            "export.enabled=false", *extra])
 
 
@@ -106,13 +108,13 @@ def test_resume_in_phase_two_uses_phase_two_optimizer(data_env, tmp_path, monkey
 
 
 def test_trainable_backbone_keeps_its_batchnorm_statistics(data_env, tmp_path):
-    config = config_lib.load_config("tiny", [*data_env, "model.name=tiny_transfer", "train.epochs=1",
+    config = experiment_lib.load_experiment("tiny", [*data_env, "model.name=tiny_transfer", "train.epochs=1",
                                              "export.enabled=false"])
-    model = train.build_model(config, input_shape=(16, 16, 3), num_classes=10)
+    model = modeling.build_model(config, input_shape=(16, 16, 3), num_classes=10)
     bn = phases.find_layer(model, "bn1")
     before = [w.numpy().copy() for w in bn.non_trainable_weights]
     gamma_before = bn.gamma.numpy().copy()
-    train.compile_model(model, config, phases.plan(config)[0], steps_per_epoch=2)
+    modeling.compile_model(model, config, phases.plan(config)[0], steps_per_epoch=2)
     images = np.random.default_rng(0).uniform(0, 255, (16, 16, 16, 3)).astype(np.float32)
     model.fit(images, np.eye(10)[np.arange(16) % 10], batch_size=8, epochs=1, verbose=0)
     assert bn.trainable

@@ -16,6 +16,7 @@ import numpy as np
 import pytest
 from conftest import Interrupt
 
+from pipeline import experiment as experiment_lib
 from pipeline import callbacks as run_callbacks
 from pipeline import cli, config as config_lib, fileio, train
 
@@ -54,7 +55,7 @@ def test_tiny_run_writes_every_run_directory_file(tiny_run, data_env):
     assert metrics["train_seconds"] > 0 and metrics["images_per_second"] > 0
     # The resolved config is complete and reloads to the same config.
     saved = config_lib.from_dict(config_lib.yaml.safe_load((tiny_run / "config.yaml").read_text()))
-    assert saved == config_lib.load_config("tiny", data_env)
+    assert saved == experiment_lib.load_experiment("tiny", data_env)
     assert (tiny_run / "classes.txt").read_text().split("\n")[:2] == ["airplane", "automobile"]
     rows = history_rows(tiny_run)
     assert [int(r["epoch"]) for r in rows] == [0, 1]
@@ -132,7 +133,7 @@ def test_same_seed_gives_the_same_metrics(data_env, tmp_path):
 def test_resume_continues_the_learning_rate_schedule(data_env, tmp_path, monkeypatch):
     overrides = [*data_env, "train.epochs=4", "train.schedule.name=cosine", "train.schedule.warmup_epochs=1",
                  "export.enabled=false", "train.batch_size=64"]
-    config = config_lib.load_config("tiny", overrides)
+    config = experiment_lib.load_experiment("tiny", overrides)
     train.train(config, run_dir=tmp_path / "straight", log=lambda *_: None)
 
     original = train.build_callbacks
@@ -210,7 +211,7 @@ def test_sigkill_mid_run_resumes_to_the_full_epoch_count(synthetic_mirror, tmp_p
 
 def test_leftover_temporary_files_from_a_killed_save_do_not_break_resume(data_env, tmp_path):
     overrides = [*data_env, "train.epochs=3", "export.enabled=false"]
-    config = config_lib.load_config("tiny", overrides)
+    config = experiment_lib.load_experiment("tiny", overrides)
     run_dir = tmp_path / "run"
 
     original = train.build_callbacks
@@ -273,7 +274,7 @@ def test_early_stopping_marks_training_finished(data_env, tmp_path):
     overrides = [*data_env, "train.epochs=30", "export.enabled=false",
                  "train.callbacks.early_stopping.enabled=true", "train.callbacks.early_stopping.patience=1",
                  "train.callbacks.early_stopping.min_delta=10.0"]  # nothing improves by 10: stops at once
-    config = config_lib.load_config("tiny", overrides)
+    config = experiment_lib.load_experiment("tiny", overrides)
     metrics = train.train(config, run_dir=tmp_path / "run", log=lambda *_: None)
     assert metrics["epochs_completed"] < 30
     metadata = run_callbacks.read_backup_metadata(tmp_path / "run" / "backup")
@@ -323,7 +324,7 @@ def test_thread_settings_apply_in_a_fresh_process(synthetic_mirror, tmp_path):
     experiment = _write_experiment(tmp_path / "threads.yaml", synthetic_mirror, tmp_path / "data", 1)
     code = ("import sys; from pipeline import cli, config, train; import tensorflow as tf;"
             "cfg = config.load_config(sys.argv[1], ['train.intra_op_threads=1', 'train.inter_op_threads=2']);"
-            "train.configure_threads(intra_op=1, inter_op=2);"
+            "modeling.configure_threads(intra_op=1, inter_op=2);"
             "print(tf.config.threading.get_intra_op_parallelism_threads(),"
             " tf.config.threading.get_inter_op_parallelism_threads())")
     completed = subprocess.run([sys.executable, "-c", code, str(experiment)], cwd=PROJECT_ROOT,

@@ -1,0 +1,172 @@
+"""Train / validation / test splits of an experiment, and the tf.data pipeline of each split.
+
+Where the validation split is carved: `Splits._carve` (stratified by class, seeded). Image files are
+checked once before training (cached per file): unreadable ones are skipped and reported, or with
+`dataset.strict` the run stops with the full list.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from pipeline import config as config_lib
+from pipeline import datasets, image_files, input_pipeline, preprocessing
+from pipeline.config import PROJECT_ROOT, Config
+from pipeline.transform import EvalTransform
+
+
+class Splits:
+    """Train/validation/test data of one experiment, with what the model needs to know about it.
+
+    In-memory datasets (MNIST, CIFAR-10) hold arrays; image-file datasets hold paths, checked once
+    before training (cached): unreadable files are skipped and reported (`skipped`), or with
+    `dataset.strict` the run stops before training with the full list.
+    """
+
+    def __init__(self, config: Config, *, log=print):
+        options = config.dataset
+        data = datasets.load_dataset(options.name, data_dir=options.data_dir, mirror_dir=options.mirror_dir,
+                                     root=options.root, lists=options.lists, classes=options.classes)
+        self.class_names = data.class_names
+        self.num_classes = len(data.class_names)
+        self.skipped: list[dict] = []
+        if isinstance(data, datasets.ArrayDataset):
+            self.kind = "arrays"
+            parts = {"train": (data.train_images, data.train_labels), "test": (data.test_images, data.test_labels)}
+            height, width, channels = data.image_shape
+        else:
+            self.kind = "files"
+            parts = self._checked_files(data, config, log)
+            if not config.input.image_size:
+                raise config_lib.ConfigError(f"input.image_size: required for dataset {options.name!r}, whose "
+                                             f"images have many sizes; e.g. --set input.image_size=[224,224]")
+            height, width, channels = None, None, 3
+        parts = self._carve(parts, config)
+        self.train, self.validation, self.test = parts["train"], parts["validation"], parts["test"]
+        if config.input.image_size:
+            height, width = config.input.image_size
+        self.input_shape = (int(height), int(width), int(config.input.channels or channels))
+
+    def _checked_files(self, data, config: Config, log) -> dict:
+        every = [path for paths, _ in data.splits.values() for path in paths]
+        checks = image_files.scan_images(
+            every, min_size=config.dataset.min_image_size,
+            cache_dir=datasets.resolve_data_dir(config.dataset.data_dir) / ".scan-cache",
+            progress=True, description=f"checking {len(every)} images")
+        bad = {}
+        for check in checks:
+            if not check.ok:
+                bad[check.path] = check.reason
+            elif config.dataset.skip_placeholders and check.warning and "placeholder" in check.warning:
+                bad[check.path] = check.warning
+        if bad and config.dataset.strict:
+            listing = "\n  ".join(f"{path}: {reason}" for path, reason in bad.items())
+            raise datasets.DatasetError(f"{len(bad)} unreadable image(s) and dataset.strict is true:\n  {listing}\n"
+                                        f"Fix or remove them (`python -m pipeline data check ROOT --quarantine DIR` "
+                                        f"moves them aside), or set dataset.strict=false to skip them.")
+        for path, reason in bad.items():
+            log(f"skipping {path}: {reason}")
+        train_paths, train_labels = data.splits["train"]
+        usable = {label for path, label in zip(train_paths, train_labels) if path not in bad}
+        empty = [name for index, name in enumerate(data.class_names) if index not in usable]
+        if empty:
+            raise datasets.DatasetError(
+                f"{data.root}: class folder(s) {', '.join(empty)} hold no readable training image; every "
+                f"sub-folder of the dataset root is taken as a class. Remove or move the folder(s), or point "
+                f"dataset.root at the folder that holds only class folders.")
+        parts = {}
+        for split, (paths, labels) in data.splits.items():
+            keep = np.asarray([path not in bad for path in paths], bool)
+            parts[split] = (np.asarray(paths, object)[keep] if len(paths) else np.asarray([], object),
+                            np.asarray(labels, np.int64)[keep] if len(paths) else np.zeros(0, np.int64))
+        self.skipped = [{"path": path, "reason": reason} for path, reason in bad.items()]
+        return parts
+
+    @staticmethod
+    def _carve(parts: dict, config: Config) -> dict:
+        """Fills in missing splits, stratified by class and seeded. A source with train and validation
+        but no test (e.g. hymenoptera's train/ and val/) uses its validation folder as the test split, and
+        validation is carved from train: the test split must never steer training."""
+        parts = dict(parts)
+        if "test" not in parts:
+            if "validation" in parts:
+                parts["test"] = parts.pop("validation")
+            else:
+                kept, held = stratified_split(parts["train"][1], config.dataset.test_split, config.seed + 1)
+                parts["test"] = tuple(a[held] for a in parts["train"])
+                parts["train"] = tuple(a[kept] for a in parts["train"])
+        if "validation" not in parts:
+            if config.dataset.validation_split > 0:
+                kept, held = stratified_split(parts["train"][1], config.dataset.validation_split,
+                                                       config.seed)
+            else:
+                kept, held = np.arange(len(parts["train"][1])), np.arange(0)
+            parts["validation"] = tuple(a[held] for a in parts["train"])
+            parts["train"] = tuple(a[kept] for a in parts["train"])
+        return parts
+
+    def dataset(self, split: str, config: Config, *, training: bool = False, batch_size: int | None = None):
+        """The tf.data pipeline of one split: training (shuffled, augmented) or evaluation."""
+        inputs, labels = getattr(self, split)
+        batch_size = batch_size or config.train.batch_size
+        common = dict(batch_size=batch_size, num_classes=self.num_classes, transform=self.transform(config))
+        if self.kind == "files":
+            common.update(cache=config.input.cache, cache_suffix=f"-{split}")
+            if training:
+                return input_pipeline.make_file_dataset(
+                    inputs, labels, training=True, seed=config.seed, augment=config_lib.to_dict(config.input.augment),
+                    shuffle_buffer=config.input.shuffle_buffer, deterministic=config.input.deterministic, **common)
+            return input_pipeline.make_file_dataset(inputs, labels, training=False, **common)
+        if training:
+            return input_pipeline.make_train_dataset(
+                inputs, labels, seed=config.seed, augment=config_lib.to_dict(config.input.augment),
+                shuffle_buffer=config.input.shuffle_buffer, deterministic=config.input.deterministic, **common)
+        return input_pipeline.make_eval_dataset(inputs, labels, **common)
+
+    def transform(self, config: Config) -> EvalTransform:
+        """The eval transform of this data: the config's, with the model's input size and channels."""
+        return EvalTransform.from_input_section(config.input).sized(image_size=self.input_shape[:2],
+                                                                      channels=self.input_shape[-1])
+
+    def channel_statistics(self, config: Config) -> tuple[list[float], list[float]]:
+        """Per-channel mean and std of the training split after the eval transform (for `standardize`),
+        or those of `input.statistics` (a `data stats` JSON file)."""
+        if config.input.statistics:
+            return read_statistics(config.input.statistics, channels=self.input_shape[-1])
+        batches = (images for images, _ in self.dataset("train", config, batch_size=256).as_numpy_iterator())
+        return preprocessing.channel_statistics(batches)
+
+
+def read_statistics(path: str, *, channels: int) -> tuple[list[float], list[float]]:
+    """mean/std (pixel units) from a `python -m pipeline data stats` JSON file."""
+    file = Path(path).expanduser()
+    file = file if file.is_file() else PROJECT_ROOT / path
+    try:
+        stats = json.loads(file.read_text())
+        mean, std = [float(v) for v in stats["mean"]], [float(v) for v in stats["std"]]
+    except (OSError, ValueError, KeyError, TypeError) as error:
+        raise datasets.DatasetError(f"input.statistics: {path} is not a `data stats` JSON file with mean and std "
+                       f"({error!r})") from None
+    if len(mean) != channels or len(std) != channels:
+        raise datasets.DatasetError(f"input.statistics: {path} has {len(mean)} channels, the model takes {channels}")
+    return mean, std
+
+
+def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Indices (kept, held_out): `fraction` of each class held out, chosen with `seed`.
+
+    Per class, so sorted sources (CIFAR-10 folders are sorted by class) still give a validation split
+    with every class in its true proportion. Both index arrays are shuffled.
+    """
+    rng = np.random.default_rng(seed)
+    kept, held_out = [], []
+    for label in np.unique(labels):
+        indices = rng.permutation(np.flatnonzero(labels == label))
+        count = int(round(len(indices) * fraction))
+        held_out.append(indices[:count])
+        kept.append(indices[count:])
+    kept, held_out = np.concatenate(kept), np.concatenate(held_out)
+    return rng.permutation(kept), rng.permutation(held_out)
