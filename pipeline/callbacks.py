@@ -17,6 +17,7 @@ from pathlib import Path
 
 import keras
 
+from pipeline import compat
 from pipeline.fileio import atomic_write, atomic_write_json
 
 
@@ -128,7 +129,7 @@ class Timer(keras.callbacks.Callback):
         self.images = state.get("images", 0)
 
 
-class CrashSafeBackupAndRestore(_SavesFullModel, keras.callbacks.BackupAndRestore):
+class CrashSafeBackupAndRestore(_SavesFullModel, compat.BackupAndRestoreHooks):
     """`BackupAndRestore` made atomic, phase-aware, and carrying the state of other callbacks.
 
     At each epoch end: the weights (model and optimizer: iteration count, moments, so the learning-rate
@@ -174,17 +175,17 @@ class CrashSafeBackupAndRestore(_SavesFullModel, keras.callbacks.BackupAndRestor
             with warnings.catch_warnings():  # "Skipping variable loading for optimizer": intended
                 warnings.simplefilter("ignore")
                 model.load_weights(self.directory / metadata["weights"])
-        self.model._initial_epoch = metadata["epoch"]  # read by the fit in progress
+        self.skip_to_epoch(metadata["epoch"])
         for name, callback in self.stateful.items():
             if name in metadata.get("callbacks", {}):
                 callback.set_state(metadata["callbacks"][name])
 
     # -- writing --------------------------------------------------------------------------------
-    def _save_model(self):
+    def save_backup(self):
         self._write(completed_phases=self.phase)
 
     def _write(self, completed_phases: int):
-        epoch = self._current_epoch
+        epoch = self.current_epoch
         weights = f"epoch-{epoch:04d}.weights.h5"
         if not (self.directory / weights).exists() or completed_phases == self.phase:
             atomic_write(self.directory / weights, lambda p: self.saved_model.save_weights(p), suffix=".weights.h5")
@@ -202,7 +203,7 @@ class CrashSafeBackupAndRestore(_SavesFullModel, keras.callbacks.BackupAndRestor
     def on_train_end(self, logs=None):
         # The phase is complete (all its epochs, or early stopping ended it). Recorded so that a run
         # killed later (next phase's start, evaluation, export) neither repeats it nor trains on.
-        if self._current_epoch:
+        if self.current_epoch:
             self._write(completed_phases=self.phase + 1)
 
 

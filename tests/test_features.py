@@ -13,7 +13,7 @@ from pipeline import splits as splits_lib
 from pipeline import modeling
 from pipeline import experiment as experiment_lib
 from pipeline import callbacks as run_callbacks
-from pipeline import cli, features, phases, train
+from pipeline import cli, compat, features, phases, train
 
 CACHED = ("train.phases=[{epochs: 2, trainable: none, cache_features: true, optimizer: {name: adam, "
           "learning_rate: 0.01}}, {epochs: 1, trainable: all, optimizer: {name: sgd, learning_rate: 0.005}}]")
@@ -72,15 +72,15 @@ def test_cached_phase_trains_the_head_and_saves_the_full_model(data_env, tmp_pat
         model_holder.append(original_build(*args, **kwargs))
         return model_holder[0]
 
-    original_callbacks = train.build_callbacks
+    original_callbacks = run_callbacks.build_callbacks
 
     def interrupt_after_phase_one(*args, **kwargs):
         callback_list, stateful = original_callbacks(*args, **kwargs)
         return [Interrupt(2), *callback_list], stateful
 
     monkeypatch.setattr(keras.Model, "fit", recording_fit)
-    monkeypatch.setattr(train, "build_model", keep_model)
-    monkeypatch.setattr(train, "build_callbacks", interrupt_after_phase_one)
+    monkeypatch.setattr(modeling, "build_model", keep_model)
+    monkeypatch.setattr(run_callbacks, "build_callbacks", interrupt_after_phase_one)
     messages = []
     with pytest.raises(KeyboardInterrupt):
         train.train(config, run_dir=tmp_path / "run", log=messages.append)
@@ -99,30 +99,30 @@ def test_cached_phase_trains_the_head_and_saves_the_full_model(data_env, tmp_pat
     result = last.evaluate(splits.dataset("validation", config), verbose=0, return_dict=True)
     assert result["accuracy"] == pytest.approx(float(rows[-1]["val_accuracy"]), abs=1e-6)
 
-    monkeypatch.setattr(train, "build_callbacks", original_callbacks)
+    monkeypatch.setattr(run_callbacks, "build_callbacks", original_callbacks)
     metrics = train.train(config, run_dir=tmp_path / "run", log=lambda *_: None)
     assert metrics["epochs_completed"] == 3 and 0 <= metrics["test"]["accuracy"] <= 1
 
 
 def backbone_snapshot(model):
-    return {w.path: w.numpy().copy() for w in phases.find_layer(model, "backbone").weights}
+    return {w.path: w.numpy().copy() for w in compat.find_layer(model, "backbone").weights}
 
 
 def test_resume_inside_a_cached_phase_restores_the_optimizer(data_env, tmp_path, monkeypatch):
     one_phase = ("train.phases=[{epochs: 3, trainable: none, cache_features: true, "
                  "optimizer: {name: adam, learning_rate: 0.01}}]")
     config = cached_config(data_env, phases_override=one_phase)
-    original_callbacks = train.build_callbacks
+    original_callbacks = run_callbacks.build_callbacks
 
     def interrupt(*args, **kwargs):
         callback_list, stateful = original_callbacks(*args, **kwargs)
         return [Interrupt(2), *callback_list], stateful
 
-    monkeypatch.setattr(train, "build_callbacks", interrupt)
+    monkeypatch.setattr(run_callbacks, "build_callbacks", interrupt)
     with pytest.raises(KeyboardInterrupt):
         train.train(config, run_dir=tmp_path / "run", log=lambda *_: None)
     assert run_callbacks.read_backup_metadata(tmp_path / "run" / "backup")["epoch"] == 2
-    monkeypatch.setattr(train, "build_callbacks", original_callbacks)
+    monkeypatch.setattr(run_callbacks, "build_callbacks", original_callbacks)
     metrics = train.train(config, run_dir=tmp_path / "run", log=lambda *_: None)
     assert metrics["epochs_completed"] == 3
     last = keras.models.load_model(tmp_path / "run" / "checkpoints" / "last.keras")

@@ -13,7 +13,7 @@ from conftest import Interrupt
 from pipeline import modeling
 from pipeline import experiment as experiment_lib
 from pipeline import callbacks as run_callbacks
-from pipeline import cli, phases, train
+from pipeline import cli, compat, phases, train
 
 PHASES = ("train.phases=[{epochs: 2, trainable: none, optimizer: {name: rmsprop, learning_rate: 0.01}},"
           " {epochs: 2, trainable: from conv2, optimizer: {name: sgd, learning_rate: 0.005, momentum: 0.9}}]")
@@ -25,7 +25,7 @@ def two_phase_config(data_env, *extra):
 
 
 def backbone_weights(model):
-    backbone = phases.find_layer(model, "backbone")
+    backbone = compat.find_layer(model, "backbone")
     return {w.path: w.numpy().copy() for w in backbone.weights}
 
 
@@ -36,7 +36,7 @@ def test_plan_and_set_trainable():
     import models
     model = models.build_model("tiny_transfer", input_shape=(16, 16, 3), num_classes=3)
     phases.set_trainable(model, "none")
-    assert all(not w.trainable for w in phases.find_layer(model, "backbone").weights)
+    assert all(not w.trainable for w in compat.find_layer(model, "backbone").weights)
     assert {w.path.split("/")[0] for w in model.trainable_weights} == {"logits"}
     phases.set_trainable(model, "from conv2")
     trainable = {w.path for w in model.trainable_weights}
@@ -53,7 +53,7 @@ def test_phase_one_moves_only_the_head_and_phase_two_only_the_unfrozen_layers(da
     original_fit = keras.Model.fit
 
     def head(model):
-        return phases.find_layer(model, "logits").get_weights()[0].copy()
+        return compat.find_layer(model, "logits").get_weights()[0].copy()
 
     def recording_fit(self, *args, **kwargs):
         snapshots.setdefault("before", []).append((backbone_weights(self), head(self)))
@@ -82,18 +82,18 @@ def test_phase_one_moves_only_the_head_and_phase_two_only_the_unfrozen_layers(da
 @pytest.mark.parametrize("interrupt_at", [2, 3])  # at the phase boundary, and inside phase 2
 def test_resume_in_phase_two_uses_phase_two_optimizer(data_env, tmp_path, monkeypatch, interrupt_at):
     config = two_phase_config(data_env)
-    original = train.build_callbacks
+    original = run_callbacks.build_callbacks
 
     def with_interrupt(*args, **kwargs):
         callback_list, stateful = original(*args, **kwargs)
         return [Interrupt(interrupt_at), *callback_list], stateful
 
-    monkeypatch.setattr(train, "build_callbacks", with_interrupt)
+    monkeypatch.setattr(run_callbacks, "build_callbacks", with_interrupt)
     with pytest.raises(KeyboardInterrupt):
         train.train(config, run_dir=tmp_path / "run", log=lambda *_: None)
     metadata = run_callbacks.read_backup_metadata(tmp_path / "run" / "backup")
     assert metadata["epoch"] == interrupt_at and metadata["completed_phases"] == (1 if interrupt_at >= 2 else 0)
-    monkeypatch.setattr(train, "build_callbacks", original)
+    monkeypatch.setattr(run_callbacks, "build_callbacks", original)
     messages = []
     metrics = train.train(config, run_dir=tmp_path / "run", log=messages.append)
     assert metrics["epochs_completed"] == 4
@@ -111,7 +111,7 @@ def test_trainable_backbone_keeps_its_batchnorm_statistics(data_env, tmp_path):
     config = experiment_lib.load_experiment("tiny", [*data_env, "model.name=tiny_transfer", "train.epochs=1",
                                              "export.enabled=false"])
     model = modeling.build_model(config, input_shape=(16, 16, 3), num_classes=10)
-    bn = phases.find_layer(model, "bn1")
+    bn = compat.find_layer(model, "bn1")
     before = [w.numpy().copy() for w in bn.non_trainable_weights]
     gamma_before = bn.gamma.numpy().copy()
     modeling.compile_model(model, config, phases.plan(config)[0], steps_per_epoch=2)

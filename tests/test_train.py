@@ -136,19 +136,19 @@ def test_resume_continues_the_learning_rate_schedule(data_env, tmp_path, monkeyp
     config = experiment_lib.load_experiment("tiny", overrides)
     train.train(config, run_dir=tmp_path / "straight", log=lambda *_: None)
 
-    original = train.build_callbacks
+    original = run_callbacks.build_callbacks
 
     def with_interrupt(*args, **kwargs):
         callback_list, stateful = original(*args, **kwargs)
         return [Interrupt(2), *callback_list], stateful
 
-    monkeypatch.setattr(train, "build_callbacks", with_interrupt)
+    monkeypatch.setattr(run_callbacks, "build_callbacks", with_interrupt)
     with pytest.raises(KeyboardInterrupt):
         train.train(config, run_dir=tmp_path / "resumed", log=lambda *_: None)
     assert not (tmp_path / "resumed" / "metrics.json").exists()
     metadata = run_callbacks.read_backup_metadata(tmp_path / "resumed" / "backup")
     assert metadata["epoch"] == 2 and not metadata["finished"]
-    monkeypatch.setattr(train, "build_callbacks", original)
+    monkeypatch.setattr(run_callbacks, "build_callbacks", original)
     metrics = train.train(config, run_dir=tmp_path / "resumed", log=lambda *_: None)
     assert metrics["epochs_completed"] == 4
 
@@ -214,13 +214,13 @@ def test_leftover_temporary_files_from_a_killed_save_do_not_break_resume(data_en
     config = experiment_lib.load_experiment("tiny", overrides)
     run_dir = tmp_path / "run"
 
-    original = train.build_callbacks
+    original = run_callbacks.build_callbacks
     try:
-        train.build_callbacks = lambda *a, **k: (lambda cl, st: ([Interrupt(1), *cl], st))(*original(*a, **k))
+        run_callbacks.build_callbacks = lambda *a, **k: (lambda cl, st: ([Interrupt(1), *cl], st))(*original(*a, **k))
         with pytest.raises(KeyboardInterrupt):
             train.train(config, run_dir=run_dir, log=lambda *_: None)
     finally:
-        train.build_callbacks = original
+        run_callbacks.build_callbacks = original
     # What a kill -9 in the middle of writing leaves behind: half-written temporary files.
     (run_dir / "backup" / ".tmp-epoch-0002-abc.weights.h5").write_bytes(b"\x89HDF\r\n half")
     (run_dir / "checkpoints" / ".tmp-best-xyz.keras").write_bytes(b"PK\x03\x04 half")
