@@ -42,6 +42,8 @@ def sniff_format(head: bytes) -> str | None:
         return "HEIC/AVIF"
     if head[:4] == b"\x00\x00\x01\x00":
         return "ICO"
+    if head.startswith((b"\xff\x0a", b"\x00\x00\x00\x0cJXL \r\n\x87\n")):  # codestream, container
+        return "JPEG XL"
     if head[:4] == b"8BPS":
         return "PSD"
     if head[:4] == b"%PDF":

@@ -2,22 +2,27 @@
 
 Self-contained on purpose: it uses only the SavedModel (`tf.saved_model.load`, signature
 `serving_default` fed the raw file bytes) and its assets/classes.txt, never the project's preprocessing,
-so a successful run shows the export carries its whole eval transform. Nothing from `pipeline` is
-imported here.
+so a successful run shows the export carries its whole eval transform. Its project imports are the
+user-error base and `image_files.sniff_format` (reads a file's first bytes, no TensorFlow), so that
+`predict` and `data check` name a file's format the same way.
 
 EXPORT is a run directory (its newest SavedModel under export/<name>/), a model directory
 (export/<name>, newest version) or a version directory (export/<name>/<version>). PATHs are files or
-folders; folders are searched recursively, in sorted order, for images recognised by extension or
-content. A file that cannot be read or decoded is reported with its reason and the others are still
-predicted. Exit code: 0 all predicted, 1 some files failed, 2 user error (handled by the CLI).
+folders, searched recursively in sorted order. Every file is answered or reported with its reason
+(unsupported format such as TIFF or HEIC, unreadable, empty, not an image, corrupt), and the others are
+still predicted; only hidden entries and, in folders, files neither named nor encoded as images
+(notes.txt) are skipped, the latter counted in a note. Exit code: 0 all predicted, 1 some files failed,
+2 user error (handled by the CLI).
 """
 
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import os
+import stat
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,13 +30,16 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from pipeline import image_files  # TF-free; only its format sniffer, shared with `data check`
+from pipeline.errors import UserError
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 SIGNATURE = "serving_default"
 FORMATS = ("table", "csv", "json")
 
 
-class PredictError(RuntimeError):
-    """The export or the arguments cannot be used; the message says why."""
+class PredictError(UserError):
+    """The export or the arguments cannot be used; the message says why (the CLI exits with code 2)."""
 
 
 @dataclass
@@ -107,74 +115,100 @@ def resolve_export(path: Path) -> Path:
 # Finding and reading the images
 # --------------------------------------------------------------------------------------------------
 
-def sniff_format(data: bytes) -> str | None:
-    """The image format from the first bytes, for the formats `tf.io.decode_image` reads; else None."""
-    if data.startswith(b"\xff\xd8\xff"):
-        return "JPEG"
-    if data.startswith(b"\x89PNG\r\n\x1a\n"):
-        return "PNG"
-    if data.startswith((b"GIF87a", b"GIF89a")):
-        return "GIF"
-    if data.startswith(b"BM"):
-        return "BMP"
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "WebP"
-    if data.startswith((b"\xff\x0a", b"\x00\x00\x00\x0cJXL \r\n\x87\n")):
-        return "JPEG XL"
-    return None
+# Names that say "image" although the model cannot read the format: in a folder, such a file is reported
+# (with its reason) instead of being skipped as a sidecar, whatever its content turns out to be.
+OTHER_IMAGE_EXTENSIONS = (".tif", ".tiff", ".heic", ".heif", ".avif", ".jxl", ".jp2", ".j2k", ".ico",
+                          ".psd", ".svg", ".tga", ".ppm", ".pgm", ".pbm", ".exr", ".hdr", ".dng", ".raw",
+                          ".cr2", ".cr3", ".nef", ".arw", ".orf", ".rw2", ".raf")
+SKIPPED = object()  # _screen's answer for a folder's non-image sidecar (notes.txt, labels.csv)
 
 
-def _looks_like_image(path: Path) -> bool:
-    if path.suffix.lower() in IMAGE_EXTENSIONS:
-        return True
+def _os_reason(error: OSError) -> str:
+    reasons = {errno.EACCES: "permission denied", errno.EPERM: "permission denied",
+               errno.ENOENT: "no such file (or a broken symbolic link)", errno.ELOOP: "symbolic link loop",
+               errno.EISDIR: "is a directory"}
+    return reasons.get(error.errno) or f"cannot read ({error.strerror or error})"
+
+
+def _screen(path: Path, *, in_folder: bool):
+    """Looks at a file before the model does: None (predict it), a Failure (why it cannot be), or
+    SKIPPED for a file found in a folder that is neither named nor encoded as an image.
+
+    Content decides, not the name: `image_files.sniff_format` (the sniffer `data check` uses) on the
+    first bytes. Formats the model cannot decode (TIFF, HEIC, ...) fail here with what to do about it;
+    unrecognised content named like an image goes to the model, whose decoder has the last word.
+    """
     try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):  # opening a FIFO would block for ever
+            kind = {stat.S_IFIFO: "named pipe", stat.S_IFSOCK: "socket"}.get(stat.S_IFMT(info.st_mode))
+            return Failure(str(path), f"not a regular file ({kind or 'device'})")
         with open(path, "rb") as handle:
-            return sniff_format(handle.read(16)) is not None
-    except OSError:
-        return False
+            head = handle.read(64)
+    except OSError as error:
+        return Failure(str(path), _os_reason(error))
+    kind = image_files.sniff_format(head)
+    if kind is not None and kind not in image_files.DECODABLE:
+        reads = ", ".join(image_files.DECODABLE.values())  # what tf.io.decode_image reads
+        return Failure(str(path), f"{kind} is not supported (the model reads {reads}); "
+                                  f"convert it to PNG or JPEG")
+    named_image = path.suffix.lower() in IMAGE_EXTENSIONS + OTHER_IMAGE_EXTENSIONS
+    if in_folder and kind is None and not named_image:
+        return SKIPPED
+    return Failure(str(path), "empty file") if not head else None
 
 
-def collect_files(paths) -> tuple[list[Path], list[Failure]]:
-    """Files named directly (always tried) and images found in folders (recursive, sorted, hidden
-    entries skipped), in argument order without duplicates; plus paths that do not exist."""
-    files, missing, seen = [], [], set()
+def collect_files(paths) -> tuple[list, int]:
+    """What to do with every file the user pointed at, in argument order without duplicates.
 
-    def add(file: Path):
-        key = os.path.normpath(str(file))
+    Files named directly are always tried. Folders are searched recursively in sorted order; hidden
+    entries (`.name`) are skipped, and so are files that are neither named nor encoded as images
+    (sidecars such as notes.txt), which are only counted. Everything else is answered or reported:
+    links to folders (not followed: a loop would never end) and unreadable folders included.
+
+    Returns:
+        ([Path to predict or Failure, ...], number of sidecars skipped).
+    """
+    entries, seen, skipped = [], set(), 0
+
+    def add(entry):
+        key = os.path.normpath(entry.path if isinstance(entry, Failure) else str(entry))
         if key not in seen:
             seen.add(key)
-            files.append(file)
+            entries.append(entry)
+
+    def unreadable_folder(error: OSError):
+        add(Failure(str(error.filename), f"cannot read the folder ({_os_reason(error)})"))
 
     for path in map(Path, paths):
         if path.is_dir():
             found = []
-            for root, dirs, names in os.walk(path):
+            for root, dirs, names in os.walk(path, onerror=unreadable_folder):
                 dirs[:] = [name for name in dirs if not name.startswith(".")]
-                found.extend(Path(root) / name for name in names if not name.startswith("."))
+                linked = [name for name in dirs if os.path.islink(os.path.join(root, name))]
+                found.extend(Path(root) / name for name in names + linked if not name.startswith("."))
             for file in sorted(found, key=lambda file: file.relative_to(path).parts):
-                if file.is_file() and _looks_like_image(file):
-                    add(file)
-        elif path.exists():
-            add(path)
+                if file.is_symlink() and file.is_dir():
+                    add(Failure(str(file), "symbolic link to a folder: not followed; pass the folder itself"))
+                    continue
+                screened = _screen(file, in_folder=True)
+                skipped += screened is SKIPPED
+                if screened is not SKIPPED:
+                    add(screened or file)
+        elif os.path.lexists(path):
+            add(_screen(path, in_folder=False) or path)
         else:
-            missing.append(Failure(str(path), "no such file or directory"))
-    return files, missing
+            add(Failure(str(path), "no such file or directory"))
+    return entries, skipped
 
 
 def read_bytes(path: Path) -> bytes | Failure:
+    """The whole file, or a Failure naming why it cannot be read (or that it is empty)."""
     try:
         data = path.read_bytes()
-    except PermissionError:
-        return Failure(str(path), "permission denied")
-    except FileNotFoundError:
-        return Failure(str(path), "no such file or directory")
-    except IsADirectoryError:
-        return Failure(str(path), "is a directory")
     except OSError as error:
-        return Failure(str(path), f"cannot read ({error.strerror or error})")
-    if not data:
-        return Failure(str(path), "empty file")
-    return data
+        return Failure(str(path), _os_reason(error))
+    return data if data else Failure(str(path), "empty file")
 
 
 def _error_detail(error: Exception) -> str:
@@ -187,7 +221,8 @@ def _error_detail(error: Exception) -> str:
 
 
 def failure_reason(data: bytes, error: Exception) -> str:
-    image_format = sniff_format(data[:16])
+    """Why the model could not answer for these file bytes, from the error it raised."""
+    image_format = image_files.DECODABLE.get(image_files.sniff_format(data[:64]))
     if isinstance(error, tf.errors.InvalidArgumentError):
         if image_format is None:
             return "not an image (cannot decode)"
@@ -283,7 +318,7 @@ def predict_files(predictor: Predictor, files, *, top_k: int, batch_size: int) -
 
     for file in files:
         results.append(None)
-        data = read_bytes(file)
+        data = file if isinstance(file, Failure) else read_bytes(file)
         if isinstance(data, Failure):
             results[-1] = data
             continue
@@ -319,7 +354,7 @@ def format_csv(predictions: list[Prediction]) -> str:
     return buffer.getvalue()
 
 
-def format_json(predictions: list[Prediction], failures: list[Failure], export: Path) -> str:
+def format_json(predictions: list[Prediction], failures: list[Failure], export: Path, skipped: int = 0) -> str:
     document = {
         "export": str(export),
         "results": [{"path": p.path,
@@ -327,6 +362,7 @@ def format_json(predictions: list[Prediction], failures: list[Failure], export: 
                                      for name, score in zip(p.classes, p.scores)]}
                     for p in predictions],
         "errors": [{"path": f.path, "reason": f.reason} for f in failures],
+        "skipped_non_images": skipped,
     }
     return json.dumps(document, indent=2) + "\n"
 
@@ -344,23 +380,27 @@ def predict_command(export_dir: Path, paths, *, top_k: int | None = None, output
     if top_k is not None and top_k < 1:
         raise PredictError(f"--top-k must be at least 1, not {top_k}")
     version_dir = resolve_export(export_dir)
-    files, missing = collect_files(paths)
-    if not files and not missing:
+    entries, skipped = collect_files(paths)
+    if not entries:
         raise PredictError(f"no image files found in {', '.join(map(str, paths))} (looked for "
-                           f"{', '.join(IMAGE_EXTENSIONS)} and image content)")
+                           f"{', '.join(IMAGE_EXTENSIONS)}, other image names such as .tif and image "
+                           f"content; {skipped} other files and hidden entries skipped)")
     predictor = Predictor(version_dir)
     k = min(top_k or predictor.default_top_k, predictor.max_top_k())
-    results = missing + predict_files(predictor, files, top_k=k, batch_size=batch_size)
+    results = predict_files(predictor, entries, top_k=k, batch_size=batch_size)
     predictions = [r for r in results if isinstance(r, Prediction)]
     failures = [r for r in results if isinstance(r, Failure)]
 
     if output_format == "json":
-        out.write(format_json(predictions, failures, version_dir))
+        out.write(format_json(predictions, failures, version_dir, skipped=skipped))
     elif output_format == "csv":
         out.write(format_csv(predictions))
     else:
         out.write(format_table(predictions))
     out.flush()
+    if skipped:
+        print(f"note: {skipped} file{'s' * (skipped != 1)} in the folders skipped: neither named nor "
+              f"encoded as images (e.g. notes, label lists); pass a file by name to have it tried", file=err)
     if failures:
         print(f"{len(failures)} of {len(results)} files could not be predicted:", file=err)
         for failure in failures:

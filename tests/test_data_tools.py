@@ -250,6 +250,11 @@ def test_real_unreadable_file(tmp_path):
 # label
 # --------------------------------------------------------------------------------------------------
 
+def entries(list_file: Path) -> str:
+    """A list file's entry lines (`# ...` header lines left out)."""
+    return "".join(line for line in list_file.read_text().splitlines(keepends=True) if not line.startswith("#"))
+
+
 def small_tree(root: Path) -> Path:
     for relative, seed in (("dogs/z.png", 1), ("cats/b.jpg", 2), ("cats/a.jpg", 3),
                            ("cats/sub/c.png", 4), ("birds/x y.png", 5)):
@@ -265,13 +270,13 @@ def test_label_exact_and_deterministic(tmp_path, capsys):
     assert main(["data", "label", str(root)]) == 0
     assert "labelling" in capsys.readouterr().err
     expected = "birds/x y.png 0\ncats/a.jpg 1\ncats/b.jpg 1\ncats/sub/c.png 1\ndogs/z.png 2\n"
-    assert (root / "labels.txt").read_text() == expected
+    assert entries(root / "labels.txt") == expected
     assert (root / "classes.txt").read_text() == "birds\ncats\ndogs\n"
     assert main(["data", "label", str(root)]) == 0  # its own outputs are not listed on a rerun
-    assert (root / "labels.txt").read_text() == expected
+    assert entries(root / "labels.txt") == expected
     out = tmp_path / "lists" / "all.txt"
     assert main(["data", "label", str(root), "--out", str(out)]) == 0
-    assert out.read_text() == expected and (out.parent / "classes.txt").read_text() == "birds\ncats\ndogs\n"
+    assert entries(out) == expected and (out.parent / "classes.txt").read_text() == "birds\ncats\ndogs\n"
 
 
 def test_label_without_class_folders_is_a_user_error(tmp_path, capsys):
@@ -354,7 +359,7 @@ def split_tree(root: Path, sizes: dict) -> Path:
 
 
 def read_list(path: Path) -> list[tuple[str, int]]:
-    return [(line.rpartition(" ")[0], int(line.rpartition(" ")[2])) for line in path.read_text().splitlines()]
+    return [(line.rpartition(" ")[0], int(line.rpartition(" ")[2])) for line in entries(path).splitlines()]
 
 
 def test_split_stratified_disjoint_covering_deterministic(tmp_path, capsys):
