@@ -25,6 +25,7 @@ import io
 import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import textwrap
@@ -131,9 +132,8 @@ def throughput(experiment: str, workers: int, batch: int, steps: int, warmup: in
         path = Path(scratch) / "worker.py"
         path.write_text(script)
         for _ in range(repeats):
-            for count in runs:
+            for count, values in runs.items():
                 if count == 1:  # one plain process, no TF_CONFIG: the default strategy
-                    import subprocess
                     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
                     done = subprocess.run([sys.executable, str(path)], capture_output=True, text=True,
                                           env=env, check=True)
@@ -146,8 +146,8 @@ def throughput(experiment: str, workers: int, batch: int, steps: int, warmup: in
                         sys.exit(f"{count} workers failed:\n{out.getvalue()[-3000:]}")
                     lines = out.getvalue().splitlines()
                 results = [json.loads(line.partition("RESULT ")[2]) for line in lines if "RESULT " in line]
-                runs[count].append(min(result["images_per_s"] for result in results))
-                print(f"{count} worker(s): {runs[count][-1]:.0f} images/s", file=sys.stderr, flush=True)
+                values.append(min(result["images_per_s"] for result in results))  # workers run in lockstep
+                print(f"{count} worker(s): {values[-1]:.0f} images/s", file=sys.stderr, flush=True)
     single = statistics.median(runs[1])
     rows = []
     for count, values in runs.items():
