@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pipeline.registry import Registry
 
-MODULES = ("models.seed_nets", "models.simple_cnn", "models.applications")  # + "models.fast_resnet" once it lands
+MODULES = ("models.seed_nets", "models.simple_cnn", "models.applications", "models.fast_resnet")
 
 MODELS = Registry("model", modules=MODULES, decorator="register_model")
 register_model = MODELS.register

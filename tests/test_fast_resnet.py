@@ -1,0 +1,70 @@
+"""models/fast_resnet.py: the cifar10_fast network's size and head, its options, one training step, a
+save/load round trip, and the whitening stem."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from benchmarks import common
+from models import MODELS, build_model
+from models import fast_resnet
+
+
+def test_registered_with_its_options_and_the_documented_size():
+    assert "cifar10_fast" in MODELS.names()
+    assert set(MODELS.options("cifar10_fast")) == {"width", "multipliers", "residual", "activation",
+                                                     "batchnorm_momentum", "logit_scale"}
+    model = build_model("cifar10_fast", input_shape=(32, 32, 3), num_classes=10)
+    assert model.count_params() == 1_973_944
+    assert sum(int(np.prod(v.shape)) for v in model.trainable_variables) == 1_971_640
+    flops, _ = common.count_flops(model)
+    assert flops == 236_294_720  # 0.236 GFLOPs per 32x32 image, forward
+    assert model.layers[-1].name == "probabilities" and model.output.dtype == "float32"
+    assert model.get_layer("group2_bn").momentum == 0.9 and model.get_layer("group2_bn").scale is False
+
+
+def test_options_change_the_network_and_bad_ones_are_refused():
+    plain = build_model("cifar10_fast", input_shape=(16, 16, 1), num_classes=3, width=8, residual=False,
+                        activation="relu", multipliers=(1, 2, 2))
+    assert not any(isinstance(layer, keras.layers.Add) for layer in plain.layers)
+    assert plain.get_layer("group3_conv").filters == 16 and plain.output_shape == (None, 3)
+    assert plain.get_layer("whiten").kernel.shape == (2, 2, 1, 8)
+    with pytest.raises(ValueError, match=r"multipliers must have 3 values \(one per group\). Received: multipliers=\(1, 2\)"):
+        build_model("cifar10_fast", input_shape=(32, 32, 3), num_classes=10, multipliers=(1, 2))
+    with pytest.raises(ValueError, match=r"at least 16x16. Received: input_shape=\(8, 8, 3\)"):
+        build_model("cifar10_fast", input_shape=(8, 8, 3), num_classes=10)
+
+
+def test_one_training_step_and_a_keras_file_round_trip(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = build_model("cifar10_fast", input_shape=(32, 32, 3), num_classes=10, width=8)
+    model.compile(keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True),
+                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.2))
+    images = np.random.default_rng(0).normal(size=(8, 32, 32, 3)).astype(np.float32)
+    labels = np.eye(10, dtype=np.float32)[np.arange(8)]
+    before = model.get_layer("fc").kernel.numpy().copy()
+    loss = model.train_on_batch(images, labels)
+    assert np.isfinite(loss) and not np.array_equal(before, model.get_layer("fc").kernel.numpy())
+    model.save(tmp_path / "fast.keras")
+    loaded = keras.saving.load_model(tmp_path / "fast.keras", compile=False)  # built-in layers only
+    np.testing.assert_allclose(loaded.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-6)
+
+
+def test_whitening_stem_decorrelates_the_patches():
+    rng = np.random.default_rng(0)
+    # Correlated pixels: a smooth random field plus a little noise.
+    base = rng.normal(size=(64, 9, 9, 3))
+    images = tf.image.resize(base, (24, 24)).numpy() + 0.05 * rng.normal(size=(64, 24, 24, 3))
+    network = build_model("cifar10_fast", input_shape=(24, 24, 3), num_classes=10, width=8)
+    fast_resnet.init_whitening(network, images, epsilon=1e-6)
+    stem = network.get_layer("whiten")
+    assert not stem.trainable and np.all(stem.bias.numpy() == 0)
+    responses = tf.nn.conv2d(images.astype(np.float32), stem.kernel, 1, "VALID").numpy().reshape(-1, 24)
+    covariance = responses[:, :12].T @ responses[:, :12] / len(responses)
+    np.testing.assert_allclose(covariance, np.eye(12), atol=2e-3)  # unit variance, uncorrelated
+    np.testing.assert_allclose(responses[:, 12:], -responses[:, :12], atol=1e-4)  # then the negatives
+    with pytest.raises(ValueError, match="needs a cifar10_fast network"):
+        fast_resnet.init_whitening(build_model("tiny", input_shape=(24, 24, 3), num_classes=10), images)
