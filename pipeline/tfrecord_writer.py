@@ -78,7 +78,10 @@ def _encode_record(item, *, max_side, quality) -> bytes:
     try:
         with open(path, "rb") as handle:
             data = handle.read()
-        if int(orientation(data)) >= 5:  # EXIF orientations 5-8 display the stored width as the height
+        # EXIF orientations 5-8 display the stored width as the height. Without the markers decode.py looks
+        # for (a JPEG APP1 "Exif\0\0" header, a PNG eXIf chunk) there is no orientation: skip the graph call.
+        tagged = b"Exif\x00\x00" in data if image_format == "jpeg" else image_format == "png" and b"eXIf" in data
+        if tagged and int(orientation(data)) >= 5:
             height, width = width, height
         if max_side and max(height, width) > max_side:
             scale = max_side / max(height, width)

@@ -178,11 +178,15 @@ def test_max_side_shrinks_large_images_only(tmp_path):
     write(root / "a/wide.png", encode(smooth(50, 400), "PNG"))
     write(root / "b/small.png", encode(noise(30, 40, seed=1), "PNG"))
     write(root / "b/rotated.jpg", exif_rotated(smooth(100, 160), 6))  # displayed 160 high, 100 wide
+    write(root / "b/rotated_small.jpg", exif_rotated(smooth(20, 30), 6))  # kept: 30 high as displayed
     out = tmp_path / "shards"
     result = tfrecord_writer.write_shards(folders.read_folder_tree(root).splits, ["a", "b"], out_dir=out,
                                     source_root=root, max_side=64, progress=False)
     assert result.manifest["max_side"] == 64
     records = {r["image/filename"].decode(): r for r in read_all(tfrecords.shard_files(out, "train"))}
+    small = records.pop("b/rotated_small.jpg")
+    assert small["image/encoded"] == (root / "b/rotated_small.jpg").read_bytes()  # EXIF kept with the bytes
+    assert (small["image/height"], small["image/width"]) == (30, 20)  # the size as training decodes it
     shapes = {}
     for name, record in records.items():
         pixels = tf.io.decode_image(record["image/encoded"], expand_animations=False).numpy()
