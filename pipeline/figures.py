@@ -29,6 +29,12 @@ def _new_figure(width: float, height: float):
     return Figure(figsize=(width, height), dpi=DPI, layout="constrained")
 
 
+def _integer_ticks():
+    from matplotlib import ticker
+
+    return ticker.MaxNLocator(integer=True)
+
+
 def png_bytes(figure) -> bytes:
     """The figure as PNG file contents (for `tf.summary.image` after `tf.io.decode_png`)."""
     buffer = io.BytesIO()
@@ -206,6 +212,7 @@ def curves_figure(history: dict[str, np.ndarray], *, title: str | None = None):
         if name == "learning rate" and np.all(history[columns[0]][np.isfinite(history[columns[0]])] > 0):
             axes.set_yscale("log")
         axes.set_xlabel("epoch")
+        axes.xaxis.set_major_locator(_integer_ticks())
         axes.set_title(name)
         axes.grid(alpha=0.3)
         if name != "learning rate":
@@ -222,6 +229,7 @@ def runs_figure(series: dict[str, dict[str, np.ndarray]], *, metrics=("val_accur
             if metric in history:
                 axes.plot(history["epoch"] + 1, history[metric], marker="o", markersize=3, label=label)
         axes.set_xlabel("epoch")
+        axes.xaxis.set_major_locator(_integer_ticks())
         axes.set_title(metric.replace("val_", "validation "))
         axes.grid(alpha=0.3)
         axes.legend(fontsize=7)
