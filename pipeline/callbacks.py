@@ -10,12 +10,14 @@ names the weights file it belongs to.
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 import warnings
 from pathlib import Path
 
 import keras
+import numpy as np
 
 from pipeline import compat
 from pipeline.fileio import atomic_write, atomic_write_json
@@ -46,6 +48,19 @@ class _SavesFullModel:
     def saved_model(self) -> keras.Model:
         return self.target if self.target is not None else self.model
 
+    def healthy(self, logs: dict | None) -> bool:
+        """False when this epoch's loss or any weight of the saved model is NaN or infinite: such a model
+        must never become a checkpoint, a resume point, an export or a metric."""
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            return False
+        return all_finite(self.saved_model)
+
+
+def all_finite(model: keras.Model) -> bool:
+    """True when every weight (trainable or not: BatchNorm statistics too) is finite."""
+    return all(np.isfinite(keras.ops.convert_to_numpy(weight)).all() for weight in model.weights)
+
 
 class Checkpoints(_SavesFullModel, keras.callbacks.Callback):
     """Writes `last.keras` every epoch and `best.keras` when `monitor` improves, both atomically.
@@ -60,6 +75,7 @@ class Checkpoints(_SavesFullModel, keras.callbacks.Callback):
         self.monitor = monitor
         self._is_better = _improved(mode, monitor)
         self.best = None
+        self.last_good_epoch = None
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -67,16 +83,20 @@ class Checkpoints(_SavesFullModel, keras.callbacks.Callback):
             raise KeyError(f"train.callbacks.checkpoint.monitor: {self.monitor!r} is not a logged metric; "
                            f"logged: {', '.join(sorted(logs))}")
         value = float(logs[self.monitor])
+        if not self.healthy(logs):
+            return  # the previous checkpoints stay the last good ones
         atomic_write(self.directory / "last.keras", self.saved_model.save, suffix=".keras")
+        self.last_good_epoch = epoch + 1
         if self.best is None or self._is_better(value, self.best):
             self.best = value
             atomic_write(self.directory / "best.keras", self.saved_model.save, suffix=".keras")
 
     def get_state(self) -> dict:
-        return {"best": self.best}
+        return {"best": self.best, "last_good_epoch": self.last_good_epoch}
 
     def set_state(self, state: dict) -> None:
         self.best = state.get("best")
+        self.last_good_epoch = state.get("last_good_epoch")
 
 
 class ResumableEarlyStopping(keras.callbacks.EarlyStopping):
@@ -152,6 +172,7 @@ class CrashSafeBackupAndRestore(_SavesFullModel, compat.BackupAndRestoreHooks):
         self.total_phases = total_phases
         self.phase = 0
         self._restore = True
+        self.diverged = False
 
     def begin_phase(self, index: int, *, restore: bool) -> None:
         self.phase = index
@@ -181,8 +202,13 @@ class CrashSafeBackupAndRestore(_SavesFullModel, compat.BackupAndRestoreHooks):
                 callback.set_state(metadata["callbacks"][name])
 
     # -- writing --------------------------------------------------------------------------------
+    def on_epoch_end(self, epoch, logs=None):
+        self.diverged = self.diverged or not self.healthy(logs)
+        super().on_epoch_end(epoch, logs)
+
     def save_backup(self):
-        self._write(completed_phases=self.phase)
+        if not self.diverged:  # a diverged model is never a resume point: resume from the last good one
+            self._write(completed_phases=self.phase)
 
     def _write(self, completed_phases: int):
         epoch = self.current_epoch
@@ -203,7 +229,8 @@ class CrashSafeBackupAndRestore(_SavesFullModel, compat.BackupAndRestoreHooks):
     def on_train_end(self, logs=None):
         # The phase is complete (all its epochs, or early stopping ended it). Recorded so that a run
         # killed later (next phase's start, evaluation, export) neither repeats it nor trains on.
-        if self.current_epoch:
+        self.diverged = self.diverged or not all_finite(self.saved_model)
+        if self.current_epoch and not self.diverged:
             self._write(completed_phases=self.phase + 1)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import tempfile
 from pathlib import Path
 
 from pipeline import errors
@@ -66,6 +67,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+# Commands that import TensorFlow at once (`train` and `summary` do after their config is validated;
+# `report` and `launch` never do in this process).
+TENSORFLOW_COMMANDS = ("evaluate", "export", "predict", "data")
+
 # Commands whose module owns its arguments (`HELP`, `add_arguments(parser)`, `run(args) -> int`).
 OPTIONAL_COMMANDS = {"report": "pipeline.compare_runs", "launch": "pipeline.launch"}
 
@@ -76,13 +81,46 @@ def _add_overrides(parser: argparse.ArgumentParser, example: str) -> None:
 
 
 def quiet_tensorflow() -> None:
-    """Keeps TensorFlow's C++ start-up log (oneDNN notices, CUDA probing on a machine without a GPU) out of
-    every command's output, unless the user set TF_CPP_MIN_LOG_LEVEL. It must be set before TensorFlow is
-    imported: the C++ logger reads it once. Level 2 keeps errors; level 3 would hide real ones."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    # absl prints "All log messages before absl::InitializeLog() ..." when XLA/CUDA code logs before
-    # absl is set up; TensorFlow's own knob for that is the same variable plus GLOG's.
-    os.environ.setdefault("GLOG_minloglevel", os.environ["TF_CPP_MIN_LOG_LEVEL"])
+    """Keeps TensorFlow's C++ start-up log out of every command's output, unless the user set
+    TF_CPP_MIN_LOG_LEVEL (then TensorFlow logs as the user asked).
+
+    Where the lines come from: TensorFlow's shared libraries log through Abseil, and everything logged
+    before `absl::InitializeLog()` goes to stderr whatever its severity, with a "WARNING: All log messages
+    before absl::InitializeLog() is called are written to STDERR" preamble (abseil/abseil-cpp#1718, #1957;
+    tensorflow/tensorflow#102212). TF_CPP_MIN_LOG_LEVEL, which TensorFlow's own logger honours afterwards,
+    cannot reach them: at import they print "oneDNN custom operations are on" and, on a machine without
+    a GPU, "Could not find cuda drivers" (each twice: two libraries), then "failed call to cuInit" at the
+    first device query. So the import and that first query run with the process's stderr (fd 2) captured,
+    and the captured text is written back without those INFO lines and the no-GPU cuInit error. Anything
+    else (a real error, a Python warning) still reaches the user.
+    """
+    if "TF_CPP_MIN_LOG_LEVEL" in os.environ or "tensorflow" in sys.modules:
+        return
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"  # TensorFlow's logger, after start-up: warnings and errors only
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            import tensorflow as tf
+
+            tf.config.list_physical_devices("GPU")  # the cuInit probe, inside the capture
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            kept = [line for line in capture.read().decode(errors="replace").splitlines(keepends=True)
+                    if not _startup_noise(line)]
+            sys.stderr.write("".join(kept))
+
+
+def _startup_noise(line: str) -> bool:
+    """INFO lines (`I0000 ...`) and Abseil's preamble logged before InitializeLog, and the cuInit error a
+    machine without a usable GPU reports (CUDA error 303 / no CUDA-capable device)."""
+    return (line.startswith("WARNING: All log messages before absl::InitializeLog()")
+            or (len(line) > 5 and line[0] == "I" and line[1:5].isdigit())
+            or ("failed call to cuInit" in line and ("(303)" in line or "NO_DEVICE" in line)))
 
 
 def run_command(args) -> int:
@@ -95,6 +133,7 @@ def run_command(args) -> int:
         if args.print_config:
             print(config_lib.dump_yaml(config), end="")
             return 0
+        quiet_tensorflow()
         from pipeline import train
         train.train(config, run_dir=args.run_dir)
     elif args.command == "evaluate":
@@ -116,6 +155,9 @@ def run_command(args) -> int:
         from pipeline import tools
         return tools.main(args)
     elif args.command == "summary":
+        from pipeline import experiment
+        experiment.load_experiment(args.experiment, args.overrides)  # config errors before TensorFlow
+        quiet_tensorflow()
         from pipeline import summary
         return summary.summary_command(args.experiment, args.overrides, num_classes=args.num_classes)
     elif args.command == "predict":
@@ -129,11 +171,20 @@ def run_command(args) -> int:
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    quiet_tensorflow()
+    if args.command in TENSORFLOW_COMMANDS:
+        quiet_tensorflow()
     try:
         return run_command(args)
     except errors.UserError as error:
         print(f"error: {error}", file=sys.stderr)
+        return errors.USER_ERROR_EXIT_CODE
+    except Exception as error:  # a full disk met outside our atomic writes (CSV log, TensorBoard, HDF5)
+        from pipeline import fileio
+        reason = fileio.storage_error(error)
+        if reason is None:
+            raise
+        path = getattr(error, "filename", None) or "a file of the run"
+        print(f"error: {fileio.StorageFullError(path, reason)}", file=sys.stderr)
         return errors.USER_ERROR_EXIT_CODE
     except KeyboardInterrupt:
         print("\ninterrupted; run the same command again to resume from the last completed epoch",

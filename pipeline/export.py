@@ -21,6 +21,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
+from pipeline import decode
 from pipeline import errors, evaluate, preprocessing, rundir
 from pipeline.config import Config
 from pipeline.rundir import read_class_names  # noqa: F401  (re-exported)
@@ -49,7 +50,7 @@ def serving_functions(model: keras.Model, *, class_names: list[str], transform: 
 
     def serve_bytes(image_bytes):
         def decode_one(encoded):
-            decoded = preprocessing.decode_image(encoded, channels=channels)
+            decoded = decode.decode_image(encoded, channels=channels)
             return transform(decoded)
         images = tf.map_fn(decode_one, image_bytes,
                            fn_output_signature=tf.TensorSpec([height, width, channels], tf.float32))

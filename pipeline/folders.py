@@ -191,15 +191,19 @@ def read_file_lists(*, data_dir: str = "data", root: str | None = None, lists: d
             lines = list_file.read_text().splitlines()
         except OSError as error:
             raise DatasetError(f"{list_file}: cannot read ({error.strerror})") from None
+        mode = None
         for number, line in enumerate(lines, 1):  # numbered as in an editor: blank and # lines count
             line = line.strip()
-            if not line or line.startswith("#"):
+            if line.startswith("#"):
+                mode = labels_mode(line) or mode
+                continue
+            if not line:
                 continue
             path, _, label = line.rpartition(" ")
             if not path:
                 raise DatasetError(f"{list_file}:{number}: expected `relative/path label`, received {line!r}")
             paths.append(str(root_path / path.strip()))
-            labels.append(_label_of(label, class_names, f"{list_file}:{number}"))
+            labels.append(_label_of(label, class_names, f"{list_file}:{number}", mode))
         splits[split] = (paths, np.asarray(labels, np.int64))
     return FileDataset(splits, class_names, root_path)
 
@@ -214,12 +218,40 @@ def _read_lines(path: Path, comments: bool = True) -> list[str]:
         raise DatasetError(f"{path}: cannot read ({error.strerror})") from None
 
 
-def _label_of(label: str, class_names: list[str], where) -> int:
-    if label in class_names:
-        return class_names.index(label)
-    if label.isdigit() and int(label) < len(class_names):
-        return int(label)
+def _label_of(label: str, class_names: list[str], where, mode: str | None = None) -> int:
+    """A list file's label -> class index.
+
+    `mode` comes from a `# labels: names` or `# labels: indices` first line (what `data label` and
+    `data split` write). Without it a label may be a class name or an index, and one that is both, with
+    different meanings (class folders named 0..11 sort as 0, 1, 10, 11, 2, ...: label "2" is the name of
+    class index 4 and the index of class "10"), is refused rather than guessed.
+    """
+    by_name = class_names.index(label) if label in class_names else None
+    by_index = int(label) if label.isdigit() and int(label) < len(class_names) else None
+    if mode == "names":
+        by_index = None
+    elif mode == "indices":
+        by_name = None
+    if by_name is not None and by_index is not None and by_name != by_index:
+        raise DatasetError(f"{where}: label {label!r} is ambiguous: the class named {label!r} (index {by_name}) "
+                           f"or the class at index {by_index} ({class_names[by_index]!r}); add a first line "
+                           f"`# labels: names` or `# labels: indices` to the list file to say which")
+    if by_name is not None:
+        return by_name
+    if by_index is not None:
+        return by_index
     raise DatasetError(f"{where}: label {label!r} is neither a class name nor an index below "
                        f"{len(class_names)}")
+
+
+def labels_mode(line: str) -> str | None:
+    """'names' or 'indices' for a `# labels: ...` directive line, else None."""
+    text = line.strip().lower()
+    if text.startswith("#") and text.lstrip("# ").startswith("labels:"):
+        value = text.lstrip("# ")[len("labels:"):].strip()
+        for mode in ("names", "indices"):
+            if value.startswith(mode):
+                return mode
+    return None
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from pipeline import decode
 from pipeline import preprocessing
 from pipeline.transform import EvalTransform
 
@@ -110,7 +111,7 @@ def make_file_dataset(paths, labels, *, training: bool, batch_size: int, num_cla
     labels = np.asarray(labels, np.int64)
     dataset = tf.data.Dataset.from_tensor_slices((list(map(str, paths)), labels))
     dataset = dataset.map(
-        lambda path, label: (preprocessing.decode_image(tf.io.read_file(path), channels=channels), label),
+        lambda path, label: (decode.decode_image(tf.io.read_file(path), channels=channels), label),
         num_parallel_calls=AUTOTUNE, deterministic=True)
     dataset = dataset.ignore_errors(log_warning=True)
     one_hot = lambda images, y: (images, tf.one_hot(y, num_classes))  # noqa: E731

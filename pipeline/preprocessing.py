@@ -118,13 +118,6 @@ def convert_channels_dynamic(images: tf.Tensor, channels: int) -> tf.Tensor:
         lambda: convert_channels(tf.ensure_shape(images[..., :1], known + [1]), channels))
 
 
-def decode_image(encoded: tf.Tensor, *, channels: int) -> tf.Tensor:
-    """Encoded JPEG/PNG/GIF/BMP/WebP bytes -> uint8 [H, W, channels]; first frame of an animated GIF."""
-    image = tf.io.decode_image(encoded, channels=0, expand_animations=False, dtype=tf.uint8)
-    # decode_image(channels=N) cannot turn RGB into grey; decode natively then convert ourselves.
-    return convert_channels_dynamic(tf.ensure_shape(image, [None, None, None]), channels)
-
-
 def normalization_layer(mode: str, *, mean=None, std=None) -> layers.Layer:
     """The model's first layer: [0, 255] pixels -> the range the network trains on.
 

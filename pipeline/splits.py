@@ -44,7 +44,9 @@ class Splits:
                 raise config_lib.ConfigError(f"input.image_size: required for dataset {options.name!r}, whose "
                                              f"images have many sizes; e.g. --set input.image_size=[224,224]")
             height, width, channels = None, None, 3
+        check_class_count(self.class_names, getattr(data, "root", options.name))
         parts = self._carve(parts, config)
+        check_split_sizes(parts, self.class_names, validation_split=options.validation_split, log=log)
         self.train, self.validation, self.test = parts["train"], parts["validation"], parts["test"]
         if config.input.image_size:
             height, width = config.input.image_size
@@ -101,7 +103,7 @@ class Splits:
         if "validation" not in parts:
             if config.dataset.validation_split > 0:
                 kept, held = stratified_split(parts["train"][1], config.dataset.validation_split,
-                                                       config.seed)
+                                              config.seed)
             else:
                 kept, held = np.arange(len(parts["train"][1])), np.arange(0)
             parts["validation"] = tuple(a[held] for a in parts["train"])
@@ -155,17 +157,61 @@ def read_statistics(path: str, *, channels: int) -> tuple[list[float], list[floa
     return mean, std
 
 
+def check_class_count(class_names: list[str], source) -> None:
+    """Raises DatasetError for fewer than two classes: a one-class softmax is always right, so it would
+    train, report accuracy 1.0 and export a model that answers that class for any picture."""
+    if len(class_names) < 2:
+        found = f"only the class {class_names[0]!r}" if class_names else "no class"
+        raise datasets.DatasetError(
+            f"{source}: found {found}; a classifier needs at least two classes (one sub-folder per class, "
+            f"e.g. ROOT/cats/ and ROOT/dogs/). Add the other classes' folders, or point dataset.root at the "
+            f"folder that holds the class folders.")
+
+
+def check_split_sizes(parts: dict, class_names: list[str], *, validation_split: float, log=print) -> None:
+    """Refuses, before anything is written, splits that cannot give a meaningful run: an empty training
+    or test split, or an empty validation split when one was asked for. Classes absent from the
+    validation or test split are named in the log (their metrics would silently be missing).
+
+    Raises:
+        DatasetError: naming the split, its size and what to change.
+    """
+    sizes = {split: len(labels) for split, (_, labels) in parts.items()}
+    advice = ("add images, or lower dataset.validation_split / dataset.test_split "
+              f"(now: train {sizes['train']}, validation {sizes['validation']}, test {sizes['test']} images)")
+    if not sizes["train"]:
+        raise datasets.DatasetError(f"the training split is empty: {advice}")
+    if not sizes["test"]:
+        raise datasets.DatasetError(f"the test split is empty: too few images to hold any out; {advice}")
+    if validation_split > 0 and not sizes["validation"]:
+        raise datasets.DatasetError(f"the validation split is empty: too few images to hold any out; {advice}, "
+                                    f"or set dataset.validation_split=0 and monitor a training metric")
+    for split in ("validation", "test"):
+        if not sizes[split]:
+            continue
+        present = set(np.asarray(parts[split][1]).tolist())
+        missing = [name for index, name in enumerate(class_names) if index not in present]
+        if missing:
+            log(f"warning: the {split} split has no image of class(es) {', '.join(missing)}: their {split} "
+                f"metrics are not measured. Add images of them.")
+
+
 def stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Indices (kept, held_out): `fraction` of each class held out, chosen with `seed`.
 
     Per class, so sorted sources (CIFAR-10 folders are sorted by class) still give a validation split
-    with every class in its true proportion. Both index arrays are shuffled.
+    with every class in its true proportion. Every class with at least two images keeps at least one
+    image on each side, so a small class is not silently left out of validation or test (rounding would
+    give it 0); a class with a single image stays in training (`check_split_sizes` names it). Both index
+    arrays are shuffled.
     """
     rng = np.random.default_rng(seed)
     kept, held_out = [], []
     for label in np.unique(labels):
         indices = rng.permutation(np.flatnonzero(labels == label))
         count = int(round(len(indices) * fraction))
+        if fraction > 0 and len(indices) >= 2:
+            count = min(max(count, 1), len(indices) - 1)
         held_out.append(indices[:count])
         kept.append(indices[count:])
     kept, held_out = np.concatenate(kept), np.concatenate(held_out)

@@ -30,6 +30,11 @@ def train(config: Config, *, run_dir: Path | None = None, log=print) -> dict:
         datasets.DatasetError: the dataset cannot be found or read.
     """
     run_dir = Path(run_dir) if run_dir else rundir.default_run_dir(config.name)
+    with rundir.exclusive(run_dir):  # one writer per run directory
+        return _train(config, run_dir, log)
+
+
+def _train(config: Config, run_dir: Path, log) -> dict:
     state = rundir.check_run_dir(run_dir, config)
     if state == "finished":
         log(f"{run_dir} is a finished run (metrics.json exists); nothing to do. "
@@ -80,7 +85,8 @@ def train(config: Config, *, run_dir: Path | None = None, log=print) -> dict:
         history = fitted.fit(phase_train, validation_data=phase_validation, initial_epoch=phase.start_epoch,
                              epochs=phase.end_epoch, shuffle=False, callbacks=callback_list,
                              verbose=modeling.fit_verbosity(config.train.verbose))
-        check_finite(history.history.get("loss", []), phase, run_dir)
+        check_finite(history.history.get("loss", []), phase, run_dir, diverged=backup.diverged,
+                     last_good_epoch=stateful["checkpoints"].last_good_epoch)
     epochs_completed = callbacks.read_backup_metadata(run_dir / "backup")["epoch"]
 
     timer = stateful["timer"]
@@ -132,9 +138,15 @@ def build_checked_model(config: Config, splits: Splits) -> keras.Model:
     return model
 
 
-def check_finite(losses: list, phase: phases.Phase, run_dir: Path) -> None:
-    """Raises RunError when the last epoch's loss is not finite (the run diverged)."""
-    if losses and not math.isfinite(losses[-1]):
-        raise RunError(f"training diverged: the loss became {losses[-1]} in epoch {len(losses) + phase.start_epoch}. "
-                       f"Lower {phase.key}.optimizer.learning_rate (now {phase.optimizer.learning_rate}) "
-                       f"or add warm-up; checkpoints of the last good epoch are in {run_dir}/checkpoints")
+def check_finite(losses: list, phase: phases.Phase, run_dir: Path, *, diverged: bool = False,
+                 last_good_epoch: int | None = None) -> None:
+    """Raises RunError when the phase diverged (a non-finite loss or weights). Nothing non-finite was
+    saved: the checkpoints and the resume state are those of the last good epoch, if there is one, and
+    the run is not marked finished (a second `train` resumes from that epoch, it does not evaluate)."""
+    if not diverged and not (losses and not math.isfinite(losses[-1])):
+        return
+    where = (f"the last good checkpoint is {rundir.checkpoint_path(run_dir, 'last')} (epoch {last_good_epoch})"
+             if last_good_epoch else "no epoch finished with finite weights, so there is no good checkpoint")
+    raise RunError(f"training diverged: the loss became {losses[-1] if losses else 'NaN'} in epoch "
+                   f"{len(losses) + phase.start_epoch}; {where}. Lower {phase.key}.optimizer.learning_rate "
+                   f"(now {phase.optimizer.learning_rate}), add warm-up or clipnorm, and start a new --run-dir.")

@@ -19,6 +19,7 @@ import tensorflow as tf
 from PIL import Image
 
 from conftest import with_transform
+from pipeline import decode
 from pipeline import splits as splits_lib
 from pipeline import experiment as experiment_lib
 from pipeline import cli, config as config_lib, datasets, image_files, input_pipeline, preprocessing
@@ -776,7 +777,7 @@ def test_file_dataset_eval_path_is_deterministic_and_matches_prepare_images(tmp_
     np.testing.assert_array_equal(np.argmax(first[1], 1), labels)  # in input order
     assert first[0].shape == (len(paths), *IMAGE_SIZE, 3)
     for image, path in zip(first[0], paths):
-        decoded = preprocessing.decode_image(tf.io.read_file(path), channels=3)
+        decoded = decode.decode_image(tf.io.read_file(path), channels=3)
         expected = preprocessing.prepare_images(decoded[None], image_size=IMAGE_SIZE, channels=3, crop=crop,
                                                 margin=2).numpy()[0]
         np.testing.assert_allclose(image, expected, atol=1e-4)

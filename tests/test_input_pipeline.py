@@ -11,6 +11,7 @@ import tensorflow as tf
 from PIL import Image
 
 from conftest import with_transform
+from pipeline import decode
 from pipeline import input_pipeline, optim, preprocessing
 
 NUM_CLASSES = 4
@@ -351,7 +352,7 @@ DECODE_CASES += [("JPEG", "grey"), ("JPEG", "rgb")]  # JPEG has no alpha and no 
 @pytest.mark.parametrize("image_format, mode", DECODE_CASES)
 def test_decode_image_returns_requested_channels(image_format, mode, channels):
     encoded = _encode(mode, image_format)
-    decoded = preprocessing.decode_image(tf.constant(encoded), channels=channels)
+    decoded = decode.decode_image(tf.constant(encoded), channels=channels)
     assert decoded.dtype == tf.uint8
     assert tuple(decoded.shape) == (6, 5, channels)
     if (image_format, mode) == ("BMP", "palette"):
@@ -370,7 +371,7 @@ def test_decode_image_returns_requested_channels(image_format, mode, channels):
                           "files instead, see test_palette_bmp_is_rejected_by_the_image_check", strict=True)
 def test_decode_palette_bmp_pixels():
     encoded = _encode("palette", "BMP")
-    decoded = preprocessing.decode_image(tf.constant(encoded), channels=3).numpy().astype(int)
+    decoded = decode.decode_image(tf.constant(encoded), channels=3).numpy().astype(int)
     reference = np.asarray(Image.open(io.BytesIO(encoded)).convert("RGB")).astype(int)
     np.testing.assert_allclose(decoded, reference, atol=1)
 
@@ -390,14 +391,14 @@ def test_decode_image_first_frame_of_an_animated_gif():
     frames = [Image.fromarray(np.full((4, 4, 3), value, np.uint8)) for value in (30, 200)]
     buffer = io.BytesIO()
     frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])
-    decoded = preprocessing.decode_image(tf.constant(buffer.getvalue()), channels=3).numpy()
+    decoded = decode.decode_image(tf.constant(buffer.getvalue()), channels=3).numpy()
     assert decoded.shape == (4, 4, 3)
     np.testing.assert_allclose(decoded, 30, atol=2)
 
 
 def test_decode_image_inside_a_graph():
     encoded = _encode("rgb", "PNG")
-    decode = tf.function(lambda blob: preprocessing.decode_image(blob, channels=1),
+    decode = tf.function(lambda blob: decode.decode_image(blob, channels=1),
                          input_signature=[tf.TensorSpec([], tf.string)])
     assert tuple(decode(tf.constant(encoded)).shape) == (6, 5, 1)
 

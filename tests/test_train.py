@@ -322,7 +322,7 @@ def test_mixed_precision_trains_and_serves_float32(data_env, tmp_path, policy):
 
 def test_thread_settings_apply_in_a_fresh_process(synthetic_mirror, tmp_path):
     experiment = _write_experiment(tmp_path / "threads.yaml", synthetic_mirror, tmp_path / "data", 1)
-    code = ("import sys; from pipeline import cli, config, train; import tensorflow as tf;"
+    code = ("import sys; from pipeline import cli, config, modeling, train; import tensorflow as tf;"
             "cfg = config.load_config(sys.argv[1], ['train.intra_op_threads=1', 'train.inter_op_threads=2']);"
             "modeling.configure_threads(intra_op=1, inter_op=2);"
             "print(tf.config.threading.get_intra_op_parallelism_threads(),"

@@ -100,10 +100,15 @@ def class_tree(root: Path) -> tuple[list[Path], list[int], list[str]]:
     return files, labels, class_names
 
 
+# First line of every list file we write: says how to read the labels, so that class folders named
+# 0..11 (sorted as 0, 1, 10, 11, 2, ...) read back as written (see pipeline/folders.py, read_file_lists).
+LABELS_HEADER = "# labels: indices (0-based lines of classes.txt)\n"
+
+
 def list_lines(files, labels, root: Path, bar) -> list[str]:
-    """`relative/path label\\n` lines; a name with a line break cannot be listed and is skipped with a
-    warning on stderr. `bar` (a progress bar) advances once per file."""
-    lines = []
+    """The header line, then `relative/path label_index\\n` lines; a name with a line break cannot be
+    listed and is skipped with a warning on stderr. `bar` (a progress bar) advances once per file."""
+    lines = [LABELS_HEADER]
     for path, label in zip(files, labels):
         name = relative(path, root)
         if "\n" in name or "\r" in name:

@@ -42,7 +42,7 @@ def label(root, out=None) -> tuple[Path, Path, int]:
         lines = common.list_lines([f for f, _ in kept], [l for _, l in kept], root, bar)
     classes_file = out.parent / "classes.txt"
     common.write_lists({out: "".join(lines), classes_file: "".join(f"{name}\n" for name in class_names)})
-    return out, classes_file, len(lines)
+    return out, classes_file, len(lines) - 1  # the header line is not an image
 
 
 def run(args) -> int:
