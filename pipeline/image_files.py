@@ -105,6 +105,8 @@ def check_image(path: os.PathLike, *, min_size: int = 8, placeholder_colours: in
     import numpy as np
     import tensorflow as tf
 
+    from pipeline import decode
+
     result = ImageCheck(str(path))
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or device would block or never end
@@ -131,12 +133,17 @@ def check_image(path: os.PathLike, *, min_size: int = 8, placeholder_colours: in
         result.reason = "unsupported format (palette BMP: its colours would be misread; convert it to PNG)"
         return result
     try:
+        # The decoder of `decode.decode_image` (every decode path), before its channel conversion, so
+        # the native channel count is reported.
         image = tf.io.decode_image(data, channels=0, expand_animations=False).numpy()
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as error:
         message = str(error).split("\n")[0].split("}}")[-1].strip().split(" [Op:")[0]
         result.reason = f"truncated or corrupt {DECODABLE[kind]} ({message})"
         return result
     result.height, result.width, result.channels = (int(v) for v in image.shape)
+    if decode.exif_orientation_of(data) >= 5:
+        # The size as displayed (EXIF orientation 5-8); the pixels need not be turned for this check.
+        result.height, result.width = result.width, result.height
     if min(result.height, result.width) < min_size:
         result.reason = f"too small ({result.width}x{result.height} pixels; the shorter side must be >= {min_size})"
         return result
