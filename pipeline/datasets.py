@@ -168,9 +168,11 @@ def decode_files(paths: list[str], *, source: str) -> np.ndarray:
 
     import tensorflow as tf
 
+    from pipeline import decode as decoding
+
     def decode(path):
         try:
-            return tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False).numpy()
+            return decoding.decode_image(tf.io.read_file(path), channels=3).numpy()
         except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as error:
             raise DatasetError(f"{source}: {path} is not a readable image ({error.message.splitlines()[0]})") from None
 

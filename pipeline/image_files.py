@@ -237,7 +237,7 @@ def scan_images(paths, *, min_size: int = 8, placeholder_colours: int = 64, work
     so re-scanning a clean dataset costs a `stat` per file. `progress` draws a `progress_bar` on stderr
     (files actually decoded, with rate and time left) headed `description`."""
     paths = [Path(p) for p in paths]
-    settings = f"{min_size}:{placeholder_colours}"
+    settings = f"{min_size}:{placeholder_colours}:oriented"  # a new suffix when what a check reports changes
     cache_file = None
     cache: dict = {}
     if cache_dir is not None:
