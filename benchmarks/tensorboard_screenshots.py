@@ -119,7 +119,7 @@ def _demo_images(count: int, seed: int):
     return images, labels
 
 
-def make_demo_runs(root: Path, *, epochs: int = 3) -> list[Path]:
+def make_demo_runs(root: Path, *, epochs: int = 5) -> list[Path]:
     """Two tiny runs (learning rates 0.003 and 0.0003) with every summary of `pipeline.tensorboard_logging`."""
     import keras
     import numpy as np
@@ -156,8 +156,8 @@ def make_demo_runs(root: Path, *, epochs: int = 3) -> list[Path]:
         tb_logging.write_config_text(log_dir, "\n".join(f"{key}: {value}" for key, value in hparams.items()))
         tb_logging.write_op_graph(log_dir, model)
         callbacks = [
-            keras.callbacks.TensorBoard(str(log_dir), write_graph=False,
-                                        profile_batch=tb_logging.profile_batch_range([3, 5])),
+            keras.callbacks.TensorBoard(str(log_dir), write_graph=False),
+            tb_logging.ProfileSteps(log_dir, steps=[3, 5]),
             tb_logging.InputSamples(log_dir, class_names=DEMO_CLASSES,
                                     train_data=pipeline(train_x, train_y, training=True),
                                     eval_data=pipeline(test_x, test_y, training=False)),

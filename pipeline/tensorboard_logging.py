@@ -5,7 +5,7 @@ writes into `train/` and `validation/`:
 
     ./            hparams session (HParams tab), resolved config (Text tab)
     train/        input_samples/train_augmented (Images), op graph of the forward pass (Graphs),
-                  profiler traces under plugins/profile/ (Profile, when asked for)
+                  profiler traces under plugins/profile/ (Profile, `ProfileSteps`, when asked for)
     validation/   input_samples/evaluation, confusion_matrix every epoch (Images),
                   class_precision/NN_name and class_recall/NN_name (Scalars, <= 20 classes)
     test/         epoch_accuracy, epoch_loss, evaluation/* scalars at the last epoch's step,
@@ -312,8 +312,9 @@ def write_op_graph(log_dir: os.PathLike, model: keras.Model, *, run: str = "trai
 
 
 def profile_batch_range(steps) -> tuple[int, int] | int:
-    """Keras TensorBoard's `profile_batch` from a [start, stop] pair of training steps (1-based,
-    inclusive, counted from the start of each `fit` call), or 0 (no profiling) for None or [].
+    """(start, stop) from a [start, stop] pair of training steps (1-based, inclusive, counted from the
+    start of each `fit` call), or 0 (no profiling) for None or []. The same form as Keras TensorBoard's
+    `profile_batch`.
 
     Raises:
         ValueError: not two integers with 1 <= start <= stop.
@@ -326,6 +327,55 @@ def profile_batch_range(steps) -> tuple[int, int] | int:
         raise ValueError(f"profile steps must be [start, stop] with 1 <= start <= stop (training steps of a fit, "
                          f"the first is 1). Received: {steps!r}")
     return int(steps[0]), int(steps[1])
+
+
+class ProfileSteps(keras.callbacks.Callback):
+    """Profiles training steps `start`..`stop` of each `fit` call into `log_dir/train/plugins/profile/`.
+
+    What Keras' `TensorBoard(profile_batch=...)` does, without its side effect: that one also turns on
+    graph tracing after the train function is already traced and exports an empty `batch_N` graph,
+    which the Graphs tab then offers and fails on ("The graph is empty"). Each profiled step is
+    marked with `tf.profiler.experimental.Trace(step_num=...)` so the Profile tab can split step time.
+
+    Args:
+        log_dir: the run's TensorBoard directory.
+        steps: [start, stop], see `profile_batch_range`; None or [] profiles nothing.
+    """
+
+    def __init__(self, log_dir: os.PathLike, *, steps):
+        super().__init__()
+        self.log_dir = Path(log_dir)
+        self.range = profile_batch_range(steps)
+        self._step, self._profiling, self._step_trace = 0, False, None
+
+    def on_train_begin(self, logs=None):
+        self._step = 0
+
+    def on_train_batch_begin(self, batch, logs=None):
+        self._step += 1
+        if not self.range:
+            return
+        if self._step == self.range[0] and not self._profiling:
+            tf.profiler.experimental.start(str(self.log_dir / "train"))
+            self._profiling = True
+        if self._profiling:
+            self._step_trace = tf.profiler.experimental.Trace("train", step_num=self._step, _r=1)
+            self._step_trace.__enter__()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self._step_trace is not None:
+            self._step_trace.__exit__(None, None, None)
+            self._step_trace = None
+        if self._profiling and self._step >= self.range[1]:
+            self._stop()
+
+    def on_train_end(self, logs=None):
+        self._stop()
+
+    def _stop(self):
+        if self._profiling:
+            tf.profiler.experimental.stop()
+            self._profiling = False
 
 
 def profile_traces(log_dir: os.PathLike) -> list[Path]:

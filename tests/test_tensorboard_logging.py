@@ -56,8 +56,8 @@ def dataset(count=32, num_classes=len(CLASSES), seed=0):
 
 
 def fit(model, log_dir, *, initial_epoch=0, epochs=2, profile=None):
-    callbacks = [keras.callbacks.TensorBoard(str(log_dir), write_graph=False,
-                                             profile_batch=tb_logging.profile_batch_range(profile)),
+    callbacks = [keras.callbacks.TensorBoard(str(log_dir), write_graph=False),
+                 tb_logging.ProfileSteps(log_dir, steps=profile),
                  tb_logging.InputSamples(log_dir, class_names=CLASSES, train_data=dataset(), eval_data=dataset(seed=1),
                                          max_images=6),
                  tb_logging.ValidationConfusion(log_dir, validation_data=dataset(seed=1), class_names=CLASSES)]
@@ -81,6 +81,7 @@ def test_fit_writes_samples_once_confusion_every_epoch_and_a_profile(tmp_path):
             assert all(0.0 <= scalar(value) <= 1.0 for _, _, value in validation[f"class_{kind}/{tag}"])
     traces = tb_logging.profile_traces(log_dir)
     assert len(traces) == 1 and traces[0].stat().st_size > 0 and traces[0].parent.parent.name == "profile"
+    assert "__graph__" not in train and not [tag for tag in train if tag.startswith("batch_")]  # no empty graph
 
     # Resumed: epoch 1 runs again; no second set of input samples, one more confusion matrix.
     fit(model, log_dir, initial_epoch=1)
