@@ -45,23 +45,23 @@ def _relative(path: str, root: Path) -> str:
 
 
 @functools.cache
-def _graph_functions(quality: int):
-    """(orientation(bytes), shrink(bytes, height, width)) as tf.functions, traced once per process."""
+def _shrink_function(quality: int):
+    """shrink(encoded bytes, height, width) -> JPEG bytes, as a tf.function traced once per process."""
     import tensorflow as tf
 
     from pipeline import decode
 
-    spec = tf.TensorSpec([], tf.string)
-    orientation = tf.function(decode.exif_orientation, input_signature=[spec])
-
-    @tf.function(input_signature=[spec, tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int32)])
+    # autograph=False: decode.py builds its control flow with tf.cond itself; autograph would re-read its
+    # source from disk (and trace slower).
+    @tf.function(input_signature=[tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int32),
+                                  tf.TensorSpec([], tf.int32)], autograph=False)
     def shrink(encoded, height, width):
         # Oriented as training decodes it, since re-encoding drops the EXIF orientation tag; DCT-scaled
         # decoding where a JPEG allows it, then area averaging down to the exact size.
         image = decode.decode_image_at_least(encoded, min_height=height, min_width=width, channels=None)
         return tf.io.encode_jpeg(decode.resize_down(image, height, width), quality=quality)
 
-    return orientation, shrink
+    return shrink
 
 
 def _encode_record(item, *, max_side, quality) -> bytes:
@@ -73,20 +73,14 @@ def _encode_record(item, *, max_side, quality) -> bytes:
     import tensorflow as tf
 
     key, path, check, label, class_name, filename = item
-    orientation, shrink = _graph_functions(quality)
-    height, width, image_format = check.height, check.width, check.format
+    height, width, image_format = check.height, check.width, check.format  # as displayed (EXIF applied)
     try:
         with open(path, "rb") as handle:
             data = handle.read()
-        # EXIF orientations 5-8 display the stored width as the height. Without the markers decode.py looks
-        # for (a JPEG APP1 "Exif\0\0" header, a PNG eXIf chunk) there is no orientation: skip the graph call.
-        tagged = b"Exif\x00\x00" in data if image_format == "jpeg" else image_format == "png" and b"eXIf" in data
-        if tagged and int(orientation(data)) >= 5:
-            height, width = width, height
         if max_side and max(height, width) > max_side:
             scale = max_side / max(height, width)
             height, width = max(1, round(height * scale)), max(1, round(width * scale))
-            data, image_format = shrink(data, height, width).numpy(), "jpeg"
+            data, image_format = _shrink_function(quality)(data, height, width).numpy(), "jpeg"
     except (OSError, tf.errors.OpError) as error:
         message = getattr(error, "message", None) or getattr(error, "strerror", None) or str(error)
         raise TFRecordError(f"{path}: {message.splitlines()[0]}; it changed since it was checked: run the "
