@@ -359,7 +359,7 @@ class ProfileSteps(keras.callbacks.Callback):
             tf.profiler.experimental.start(str(self.log_dir / "train"))
             self._profiling = True
         if self._profiling:
-            self._step_trace = tf.profiler.experimental.Trace("train", step_num=self._step, _r=1)
+            self._step_trace = tf.profiler.experimental.Trace("train", step_num=self._step)
             self._step_trace.__enter__()
 
     def on_train_batch_end(self, batch, logs=None):

@@ -161,3 +161,15 @@ def test_profile_batch_range_refuses(steps_value):
 def test_tag_names_sort_by_label_and_are_valid():
     assert tb_logging.tag_name(3, "a b/c", 12) == "03_a_b_c"
     assert tb_logging.tag_name(0, "cat", 3) == "0_cat"
+
+
+def test_confusion_every_freq_epochs_and_the_last(tmp_path):
+    callback = tb_logging.ValidationConfusion(tmp_path, validation_data=None, class_names=CLASSES, freq=3)
+    logged = []
+    callback.log_epoch = logged.append
+    callback.set_params({"epochs": 5})
+    for epoch in range(5):
+        callback.on_epoch_end(epoch)
+    assert logged == [0, 3, 4]
+    with pytest.raises(ValueError, match="freq=0"):
+        tb_logging.ValidationConfusion(tmp_path, validation_data=None, class_names=CLASSES, freq=0)
