@@ -132,3 +132,14 @@ def test_run_validates_the_config_once_and_shares_one_run_dir(monkeypatch):
 def test_launch_imports_no_tensorflow():
     code = "import sys; import pipeline.launch; assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=launch.PROJECT_ROOT)
+
+
+def test_run_refuses_a_strategy_that_would_train_each_worker_alone(monkeypatch):
+    import types
+
+    config = types.SimpleNamespace(name="tiny", distribute=types.SimpleNamespace(strategy="mirrored"))
+    monkeypatch.setattr(config_lib, "load_config", lambda experiment, overrides: config)
+    monkeypatch.setattr(launch, "launch", lambda workers, argv: pytest.fail("no worker may start"))
+    with pytest.raises(config_lib.ConfigError, match=r"needs distribute.strategy auto or multi_worker .* "
+                       r"Received: distribute.strategy='mirrored'"):
+        launch.run(parse(["--workers", "2", "tiny"]))
