@@ -245,7 +245,8 @@ def worker_scratch_dir(run_dir, *, chief: bool | None = None, copy_from_run_dir=
     Yields:
         Path: run_dir for the chief, the scratch directory otherwise.
     """
-    if is_chief() if chief is None else chief:
+    chief = is_chief() if chief is None else chief
+    if chief:
         yield Path(run_dir)
         return
     scratch = Path(tempfile.mkdtemp(prefix=f"pipeline-worker{worker_index()}-"))
