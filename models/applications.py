@@ -2,13 +2,13 @@
 
     image [0, 255], 1 or 3 channels
       -> grey_to_rgb      (1-channel input only: the grey channel repeated three times)
-      -> upscale          (model.options.upscale_to only: keras.layers.Resizing)
+      -> upscale          (upscale_to only: keras.layers.Resizing)
       -> preprocess       (the backbone's `preprocess_input` as layers: BGR + mean for caffe, [-1, 1] for tf,
                            ImageNet mean/std for torch, nothing for EfficientNet, which has it built in)
       -> backbone         (the keras.applications base, include_top=False, ONE nested layer; in inference
                            mode when it starts from trained weights, see below)
       -> pool             (avg | max | flatten)
-      -> fc               (Dense(dense_units, relu); absent when dense_units is 0 or null)
+      -> fc               (Dense(dense_units, relu); absent when dense_units is 0 or None)
       -> dropout -> logits -> probabilities (float32 softmax)
 
 The models normalise their own input, so the pipeline must feed them raw [0, 255] pixels: both builders
@@ -20,30 +20,28 @@ normalises with them while the head trains and while the backbone is fine-tuned 
 decides which weights the optimizer changes; gamma and beta are then updated). `base(x, training=False)`
 in a functional graph is not enough in Keras 3: an outer `fit` passes `training=True` down to nested models
 and overrides it (keras-team/keras#20285), so the backbone is a `BackboneModel`, a functional model that
-forces inference mode. With `weights: null` there are no statistics worth keeping: the backbone then
+forces inference mode. With `weights=None` there are no statistics worth keeping: the backbone then
 trains normally (BatchNormalization learns its statistics), otherwise a BatchNormalization backbone with
 moving mean 0 and variance 1 would never normalise and a random MobileNetV2 outputs ~1e-12.
 `BackboneModel` is registered for serialization: `keras.models.load_model` of a saved model needs `models`
 (or `models.applications`) imported first, as every entry point of this pipeline does.
+
+Invalid arguments raise `ValueError` in Keras' style (what is wrong, what is allowed, `Received:
+name=value`); weights that cannot be obtained or do not fit raise `models.weights.WeightsError`.
+Transfer from an earlier run's files lives in models/weights.py.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import os
-import warnings
-from pathlib import Path
 
 import keras
 from keras import layers
 
+from models import weights as weights_lib
 from models.registry import register_model
-from pipeline.config import PROJECT_ROOT, ConfigError
-
-
-class WeightsError(RuntimeError):
-    """Weights cannot be obtained or do not fit the model. The message names the file and the fix."""
+from models.weights import WeightsError  # raised here too; callers catch it as applications.WeightsError
+from pipeline.errors import did_you_mean
 
 
 @keras.saving.register_keras_serializable(package="pipeline")
@@ -110,7 +108,6 @@ BACKBONES = {
 }
 
 POOLINGS = ("avg", "max", "flatten")
-HEAD_LAYERS = ("fc", "logits")  # the head layers with weights, in order
 
 _CAFFE_MEAN_BGR = (103.939, 116.779, 123.68)
 _TORCH_MEAN = (0.485, 0.456, 0.406)
@@ -132,7 +129,7 @@ def applications(*, input_shape=(224, 224, 3), num_classes=10, backbone="vgg16",
         weights: None (random initialisation; the backbone's BatchNormalization then trains normally);
             "imagenet" (downloaded once by Keras into ~/.keras/models; offline, place the file named in the
             error there by hand); or the path of a file written by an earlier run of this pipeline
-            (relative paths: the working directory, then the project):
+            (a relative path is taken from the working directory):
             - `.keras` (e.g. runs/<exp>/<time>/checkpoints/best.keras, the whole model, wrapped or not):
               the layer named `backbone` is found (also inside train.py's outer model) and its weights
               copied; the head layers (fc, logits) are copied too where their shapes match (same class
@@ -152,15 +149,16 @@ def applications(*, input_shape=(224, 224, 3), num_classes=10, backbone="vgg16",
         dropout_rate: dropout before the classifier.
         upscale_to: [height, width] (or one int) the input is resized to inside the model, for inputs
             below the backbone's minimum (e.g. 28x28 MNIST into VGG16's 32x32).
-        bn_momentum: momentum of the backbone's BatchNormalization layers when they train (weights: null);
+        bn_momentum: momentum of the backbone's BatchNormalization layers when they train (weights=None);
             None keeps keras.applications' value (0.999 for MobileNetV2 and EfficientNet, 0.99 otherwise),
             made for ImageNet-length runs: over a few hundred or thousand steps the moving statistics lag
             the weights and inference-mode accuracy collapses (measured: chance level after one CIFAR-10
             epoch of MobileNetV2 at 0.999). 0.9 suits short runs from scratch.
 
     Raises:
-        ConfigError (a ValueError): an option is invalid or the input is below the backbone's minimum.
-        WeightsError (a RuntimeError): the weights cannot be downloaded, read or do not fit.
+        ValueError: an argument is invalid or the input is below the backbone's minimum.
+        WeightsError (a RuntimeError): the weights file is missing, cannot be downloaded or read, or does
+            not fit.
     """
     return _build(input_shape=input_shape, num_classes=num_classes, backbone=backbone, weights=weights,
                   pooling=pooling, dense_units=dense_units, dropout_rate=dropout_rate, upscale_to=upscale_to,
@@ -190,18 +188,21 @@ def _build(*, input_shape, num_classes, backbone, weights, pooling, dense_units,
     spec = _backbone_spec(backbone)
     height, width, channels = _check_input_shape(input_shape)
     if pooling not in POOLINGS:
-        raise ConfigError(f"model.options.pooling: must be one of {', '.join(POOLINGS)}; received {pooling!r}"
-                          f"{_did_you_mean(pooling, POOLINGS)}")
+        raise ValueError(f"The `pooling` argument should be one of {', '.join(map(repr, POOLINGS))}"
+                         f"{did_you_mean(pooling, POOLINGS)}. Received: pooling={pooling!r}")
     if dense_units is not None and (isinstance(dense_units, bool) or not isinstance(dense_units, int)
                                     or dense_units < 0):
-        raise ConfigError(f"model.options.dense_units: expected an integer >= 0 or null; received {dense_units!r}")
+        raise ValueError(f"The `dense_units` argument should be an integer >= 0 or None. "
+                         f"Received: dense_units={dense_units!r}")
     if isinstance(dropout_rate, bool) or not isinstance(dropout_rate, (int, float)) or not 0 <= dropout_rate < 1:
-        raise ConfigError(f"model.options.dropout_rate: expected a number in [0, 1); received {dropout_rate!r}")
+        raise ValueError(f"The `dropout_rate` argument should be a number in [0, 1). "
+                         f"Received: dropout_rate={dropout_rate!r}")
     if bn_momentum is not None and (isinstance(bn_momentum, bool) or not isinstance(bn_momentum, (int, float))
                                     or not 0 <= bn_momentum < 1):
-        raise ConfigError(f"model.options.bn_momentum: expected a number in [0, 1) or null; received {bn_momentum!r}")
-    upscale = _size_pair(upscale_to, "model.options.upscale_to") if upscale_to is not None else None
-    weights = _check_weights_option(weights)
+        raise ValueError(f"The `bn_momentum` argument should be a number in [0, 1) or None. "
+                         f"Received: bn_momentum={bn_momentum!r}")
+    upscale = _size_pair(upscale_to, "upscale_to") if upscale_to is not None else None
+    weights = weights_lib.check_weights_argument(weights)
     size = upscale or (height, width)
     check_minimum_size(backbone, (height, width), upscale)
 
@@ -230,9 +231,9 @@ def _build(*, input_shape, num_classes, backbone, weights, pooling, dense_units,
     logits = layers.Dense(num_classes, name="logits")(x)
     outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
     model = keras.Model(inputs, outputs, name=name)
-    if weights not in (None, "imagenet") and not _is_applications_file(weights):
-        report = transfer_weights(model, weights)
-        print(describe_transfer(report))
+    if weights not in (None, "imagenet") and not weights_lib.is_applications_file(weights):
+        report = weights_lib.transfer_weights(model, weights)
+        print(weights_lib.describe_transfer(report))
     return model
 
 
@@ -240,69 +241,54 @@ def _build(*, input_shape, num_classes, backbone, weights, pooling, dense_units,
 # Pieces
 # --------------------------------------------------------------------------------------------------
 
-def _did_you_mean(word, candidates) -> str:
-    close = difflib.get_close_matches(str(word), list(candidates), n=1)
-    return f" (did you mean {close[0]!r}?)" if close else ""
-
-
 def _backbone_spec(backbone: str) -> BackboneSpec:
     if backbone not in BACKBONES:
-        raise ConfigError(f"model.options.backbone: unknown backbone {backbone!r}{_did_you_mean(backbone, BACKBONES)}. "
-                          f"Known: {', '.join(BACKBONES)}")
+        raise ValueError(f"Unknown backbone{did_you_mean(backbone, BACKBONES)}. The `backbone` argument should "
+                         f"be one of {', '.join(BACKBONES)}. Received: backbone={backbone!r}")
     return BACKBONES[backbone]
 
 
 def _check_input_shape(input_shape) -> tuple:
     if len(tuple(input_shape)) != 3:
-        raise ConfigError(f"input shape must be (height, width, channels); received {tuple(input_shape)}")
+        raise ValueError(f"The `input_shape` argument should be (height, width, channels). "
+                         f"Received: input_shape={tuple(input_shape)}")
     height, width, channels = tuple(input_shape)
     if channels not in (1, 3):
-        raise ConfigError(f"input.channels: the applications models take 1 (grey, repeated to RGB) or 3 "
-                          f"channels; received {channels}")
+        raise ValueError(f"The applications models take 1 (grey, repeated to RGB) or 3 input channels. "
+                         f"Received: input_shape={tuple(input_shape)}")
     return height, width, channels
 
 
-def _size_pair(value, key: str) -> tuple[int, int]:
+def _size_pair(value, argument: str) -> tuple[int, int]:
     pair = [value, value] if isinstance(value, int) and not isinstance(value, bool) else value
     if (not isinstance(pair, (list, tuple)) or len(pair) != 2
             or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in pair)):
-        raise ConfigError(f"{key}: expected [height, width] (positive integers) or one integer; received {value!r}")
+        raise ValueError(f"The `{argument}` argument should be [height, width] (positive integers) or one "
+                         f"positive integer. Received: {argument}={value!r}")
     return int(pair[0]), int(pair[1])
 
 
 def check_minimum_size(backbone: str, image_size, upscale_to=None) -> None:
-    """Raises ConfigError when the size reaching the backbone is below its minimum, naming both fixes."""
+    """Raises ValueError when the size reaching the backbone is below its minimum, naming both fixes.
+
+    Args:
+        backbone: a key of BACKBONES.
+        image_size: (height, width) of the model's input; None for an unknown side.
+        upscale_to: (height, width) the input is resized to inside the model, or None.
+    """
     minimum = _backbone_spec(backbone).min_size
     if upscale_to is not None:
         if min(upscale_to) < minimum:
-            raise ConfigError(f"model.options.upscale_to {list(upscale_to)} is below {backbone}'s minimum of "
-                              f"{minimum}x{minimum}: set model.options.upscale_to to at least "
-                              f"{[max(int(s), minimum) for s in upscale_to]}")
+            raise ValueError(f"The `upscale_to` size is below {backbone}'s minimum of {minimum}x{minimum}: "
+                             f"upscale to at least {[max(int(s), minimum) for s in upscale_to]}. "
+                             f"Received: upscale_to={list(upscale_to)}")
         return
     known = [s for s in image_size if s is not None]
     if known and min(known) < minimum:
         fixed = [minimum if s is None else max(int(s), minimum) for s in image_size]
-        raise ConfigError(f"input.image_size {list(image_size)} is below {backbone}'s minimum of "
-                          f"{minimum}x{minimum}: set input.image_size to at least {fixed}, or "
-                          f"model.options.upscale_to: {fixed} to upscale inside the model")
-
-
-def _check_weights_option(weights):
-    if weights is None or weights == "imagenet":
-        return weights
-    if not isinstance(weights, (str, os.PathLike)):
-        raise ConfigError(f"model.options.weights: expected null, 'imagenet' or the path of a .keras or "
-                          f".weights.h5 file; received {weights!r}")
-    path = Path(weights).expanduser()
-    if not path.is_file() and not path.is_absolute() and (PROJECT_ROOT / path).is_file():
-        path = PROJECT_ROOT / path  # relative to the project, like the config's other paths
-    if not path.name.endswith((".keras", ".h5")):
-        raise ConfigError(f"model.options.weights: expected null, 'imagenet', the path of a .keras or "
-                          f".weights.h5 file from an earlier run, or of a keras.applications weights file "
-                          f"(.h5, e.g. the no-top ImageNet file); received {str(weights)!r}")
-    if not path.is_file():
-        raise WeightsError(f"model.options.weights: file not found: {path}")
-    return str(path)
+        raise ValueError(f"The input size {list(image_size)} is below {backbone}'s minimum of {minimum}x{minimum}: "
+                         f"use images of at least {fixed}, or `upscale_to={fixed}` to upscale inside the model. "
+                         f"Received: image_size={list(image_size)}")
 
 
 def preprocessing_model(backbone: str, input_shape) -> keras.Model:
@@ -336,188 +322,26 @@ def weights_file_name(backbone: str, size=(224, 224)) -> str:
     return spec.weights_file.format(rows=rows)
 
 
-def _keras_models_dir() -> str:
-    try:
-        from keras.src.backend import config as backend_config
-        home = backend_config.keras_home()
-    except Exception:  # noqa: BLE001 - private accessor; fall back to Keras' documented default
-        home = os.environ.get("KERAS_HOME", os.path.join("~", ".keras"))
-    return os.path.join(os.path.expanduser(home), "models")
-
-
-def _is_applications_file(weights) -> bool:
-    """A keras.applications weights file (HDF5 `.h5`, by layer order: the no-top ImageNet files), as
-    opposed to our runs' `.keras` / `.weights.h5`."""
-    return isinstance(weights, str) and weights.endswith(".h5") and not weights.endswith(".weights.h5")
-
-
 def _backbone_model(backbone: str, spec: BackboneSpec, shape, weights) -> BackboneModel:
     constructor = getattr(keras.applications, spec.constructor)
-    direct = weights == "imagenet" or _is_applications_file(weights)  # weights keras.applications loads itself
+    # Weights keras.applications loads itself; the pipeline's own files are copied in after the build.
+    direct = weights == "imagenet" or weights_lib.is_applications_file(weights)
     try:
         # Keras' default names are kept while building: EfficientNet derives its weights file from it.
         base = constructor(include_top=False, weights=weights if direct else None, input_shape=shape)
     except Exception as error:
-        if _is_applications_file(weights):
+        if weights_lib.is_applications_file(weights):
             raise WeightsError(
-                f"model.options.weights: {weights} is not a {backbone} no-top weights file "
-                f"({type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}). "
-                f"Keras' file for it is {weights_file_name(backbone, shape)}; a `.keras` checkpoint of an "
-                f"earlier run also works.") from error
+                f"{weights} is not a {backbone} no-top weights file ({weights_lib.first_line(error)}). Keras' "
+                f"file for it is {weights_file_name(backbone, shape)}; a `.keras` checkpoint of an earlier run "
+                f"also works. Received: weights={weights!r}") from error
         if weights != "imagenet":
             raise
         file_name = weights_file_name(backbone, shape)
-        models_dir = _keras_models_dir()
         raise WeightsError(
-            f"model.options.weights: the ImageNet weights of {backbone} could not be downloaded or loaded "
-            f"({type(error).__name__}: {str(error).strip().splitlines()[0] if str(error).strip() else ''}). Keras "
-            f"looks for {file_name} in {models_dir}. Without internet, download {spec.weights_url}{file_name} "
-            f"on another machine and place it by hand at ~/.keras/models/{file_name} (or $KERAS_HOME/models/); "
-            f"a partial or corrupt file there must be replaced. Or set model.options.weights: null to start "
-            f"from random weights.") from error
+            f"The ImageNet weights of {backbone} could not be downloaded or loaded "
+            f"({weights_lib.first_line(error)}). Keras looks for {file_name} in {weights_lib.keras_models_dir()}. "
+            f"Without internet, download {spec.weights_url}{file_name} on another machine and place it by hand "
+            f"at ~/.keras/models/{file_name} (or $KERAS_HOME/models/); a partial or corrupt file there must be "
+            f"replaced. Or start from random weights with weights=None. Received: weights='imagenet'") from error
     return BackboneModel(base.input, base.output, name="backbone", inference_mode=weights is not None)
-
-
-# --------------------------------------------------------------------------------------------------
-# Transfer from an earlier run
-# --------------------------------------------------------------------------------------------------
-
-def find_layer(model, name: str):
-    """(layer, the model that directly contains it) for the layer called `name`, searched through nested
-    models (breadth first); None when there is none."""
-    queue = [model]
-    while queue:
-        current = queue.pop(0)
-        for layer in getattr(current, "layers", []):
-            if layer.name == name:
-                return layer, current
-        queue.extend(layer for layer in getattr(current, "layers", []) if isinstance(layer, keras.Model))
-    return None
-
-
-def _parameter_count(layer) -> int:
-    return int(sum(int(_prod(w.shape)) for w in layer.weights))
-
-
-def _prod(shape) -> int:
-    result = 1
-    for dim in shape:
-        result *= int(dim)
-    return result
-
-
-def _weights_mismatch(source, target) -> str | None:
-    """Why `source`'s weights cannot be copied into `target` (None when they can)."""
-    source_weights, target_weights = source.weights, target.weights
-    if len(source_weights) != len(target_weights):
-        return (f"its backbone has {len(source_weights)} weight tensors ({_parameter_count(source):,} parameters), "
-                f"this model's has {len(target_weights)} ({_parameter_count(target):,} parameters): a different "
-                f"architecture")
-    for source_weight, target_weight in zip(source_weights, target_weights):
-        if tuple(source_weight.shape) != tuple(target_weight.shape):
-            return (f"its backbone weight {source_weight.path} has shape {tuple(source_weight.shape)}, this "
-                    f"model's {target_weight.path} has {tuple(target_weight.shape)}: a different architecture")
-    return None
-
-
-def transfer_weights(model: keras.Model, path) -> dict:
-    """Copies weights from an earlier run's `.keras` or `.weights.h5` file into `model` (built by this module).
-
-    Returns:
-        {"file": path, "backbone": True, "head_copied": [layer names], "head_kept": [layer names]}.
-    Raises:
-        WeightsError: the file cannot be read, has no `backbone` layer, or its backbone does not match.
-    """
-    path = str(Path(path).expanduser())
-    if path.endswith(".keras"):
-        return _transfer_from_keras(model, path)
-    if path.endswith(".weights.h5"):
-        return _transfer_from_weights_h5(model, path)
-    raise WeightsError(f"{path}: expected a .keras or .weights.h5 file")
-
-
-def describe_transfer(report: dict) -> str:
-    head = (f"head copied: {', '.join(report['head_copied'])}" if report["head_copied"] else "head copied: none")
-    if report["head_kept"]:
-        head += f"; new head kept: {', '.join(report['head_kept'])}"
-        if report.get("reason"):
-            head += f" ({report['reason']})"
-    return f"weights: backbone copied from {report['file']}; {head}"
-
-
-def _head_layers(model) -> list:
-    return [model.get_layer(name) for name in HEAD_LAYERS if name in {layer.name for layer in model.layers}]
-
-
-def _transfer_from_keras(model: keras.Model, path: str) -> dict:
-    try:
-        source = keras.models.load_model(path, compile=False)
-    except Exception as error:  # noqa: BLE001 - any failure means the file is unusable; say why
-        raise WeightsError(f"{path}: cannot be loaded as a Keras model ({type(error).__name__}: "
-                           f"{str(error).strip().splitlines()[0] if str(error).strip() else ''})") from error
-    found = find_layer(source, "backbone")
-    if found is None:
-        raise WeightsError(f"{path}: has no layer named 'backbone', so it was not built by models.applications "
-                           f"(its model is {source.name!r}); transfer needs a checkpoint of an applications or "
-                           f"vgg16_finetune run")
-    source_backbone, source_network = found
-    target_backbone = model.get_layer("backbone")
-    mismatch = _weights_mismatch(source_backbone, target_backbone)
-    if mismatch:
-        raise WeightsError(f"{path}: does not fit this model's backbone: {mismatch}")
-    target_backbone.set_weights(source_backbone.get_weights())
-    copied, kept, reasons = [], [], []
-    for layer in _head_layers(model):
-        source_layer = next((candidate for candidate in source_network.layers if candidate.name == layer.name), None)
-        if source_layer is None:
-            kept.append(layer.name)
-            reasons.append(f"no {layer.name} layer in the file")
-        elif [tuple(w.shape) for w in source_layer.weights] != [tuple(w.shape) for w in layer.weights]:
-            kept.append(layer.name)
-            reasons.append(f"{layer.name}: {[tuple(w.shape) for w in source_layer.weights][0]} in the file, "
-                           f"{[tuple(w.shape) for w in layer.weights][0]} here")
-        else:
-            layer.set_weights(source_layer.get_weights())
-            copied.append(layer.name)
-    return {"file": path, "backbone": True, "head_copied": copied, "head_kept": kept, "reason": "; ".join(reasons)}
-
-
-def _load_weights_strictly(target: keras.Model, path: str, **options) -> None:
-    """`target.load_weights` that also fails when Keras only warns that parts were left unloaded."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        target.load_weights(path, **options)
-    for warning in caught:
-        text = str(warning.message)
-        if "freshly-initialized" in text or "could not be loaded" in text:
-            raise ValueError(text.splitlines()[0])
-
-
-def _transfer_from_weights_h5(model: keras.Model, path: str) -> dict:
-    logits = model.get_layer("logits")
-    fresh_logits = logits.get_weights()
-    head = [layer.name for layer in _head_layers(model)]
-    errors = []
-    for layout in ("bare", "wrapped"):
-        if layout == "bare":
-            target = model
-        else:  # train.py's layout: the network nested in an outer model
-            inputs = keras.Input(shape=model.input_shape[1:])
-            target = keras.Model(inputs, model(inputs))
-        try:
-            _load_weights_strictly(target, path)
-            return {"file": path, "backbone": True, "head_copied": head, "head_kept": [], "reason": ""}
-        except Exception as error:  # noqa: BLE001 - try the next layout, report the first if none fits
-            errors.append(error)
-        try:
-            _load_weights_strictly(target, path, objects_to_skip=[logits])
-            logits.set_weights(fresh_logits)
-            return {"file": path, "backbone": True, "head_copied": [name for name in head if name != "logits"],
-                    "head_kept": ["logits"], "reason": "the class count differs"}
-        except Exception as error:  # noqa: BLE001
-            errors.append(error)
-    first = str(errors[0]).strip().splitlines()
-    raise WeightsError(f"{path}: its weights do not fit this model ({first[0] if first else type(errors[0]).__name__}"
-                       f"). A .weights.h5 file only loads into a model built by models.applications with the same "
-                       f"backbone, channels, upscale_to, pooling and dense_units (the class count may differ); "
-                       f"to transfer between other settings use the run's .keras checkpoint instead")

@@ -15,26 +15,13 @@ import time
 import keras
 import numpy as np
 
+from pipeline import compat
 from pipeline.phases import PhaseError
-
-
-def _path_to(model: keras.Model, name: str) -> list[keras.Model] | None:
-    """[model, nested model, ..., layer `name`]: the chain of nested models that leads to the layer."""
-    for layer in model.layers:
-        if layer.name == name:
-            return [model, layer]
-        if isinstance(layer, keras.Model):
-            rest = _path_to(layer, name)
-            if rest:
-                return [model, *rest]
-    return None
 
 
 def _node_in(parent: keras.Model, child) -> object:
     """The node of `child`'s (single) call inside `parent`'s graph."""
-    # Keras keys a functional model's nodes as "<id of the layer>_ib-<index in its _inbound_nodes>".
-    nodes = [node for index, node in enumerate(child._inbound_nodes)
-             if f"{id(child)}_ib-{index}" in parent._nodes]
+    nodes = compat.nodes_in(parent, child)
     if len(nodes) != 1:
         raise PhaseError(f"cache_features: layer {child.name!r} is called {len(nodes)} times in "
                          f"{parent.name!r}; caching needs a model that calls it once")
@@ -61,7 +48,7 @@ class FeatureSplit:
     """
 
     def __init__(self, model: keras.Model):
-        chain = _path_to(model, "backbone")
+        chain = compat.find_layer_path(model, "backbone")
         if chain is None:
             raise PhaseError("cache_features needs a model with a layer named 'backbone' (the "
                              "`applications` models have one)")

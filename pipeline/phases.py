@@ -8,11 +8,12 @@ so checkpoints, history, TensorBoard and resume span the whole run.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 
 import keras
 
+from pipeline import compat
 from pipeline.config import Config, OptimizerConfig, ScheduleConfig
+from pipeline.errors import did_you_mean
 
 
 class PhaseError(ValueError):
@@ -53,18 +54,6 @@ def plan(config: Config) -> list[Phase]:
     return phases
 
 
-def find_layer(model: keras.Model, name: str):
-    """The layer called `name` anywhere in `model`, nested models included, or None."""
-    for layer in model.layers:
-        if layer.name == name:
-            return layer
-        if isinstance(layer, keras.Model):
-            found = find_layer(layer, name)
-            if found is not None:
-                return found
-    return None
-
-
 def set_trainable(model: keras.Model, spec: str) -> None:
     """Applies a phase's `trainable`: "all", "none" (freeze the layer named `backbone`) or
     "from <layer>" (the backbone's layers before <layer> frozen, <layer> and later ones trainable).
@@ -72,11 +61,11 @@ def set_trainable(model: keras.Model, spec: str) -> None:
     The backbone keeps running in inference mode whatever its trainability (the model calls it with
     training=False), so BatchNormalization statistics never drift while fine-tuning.
     """
-    for layer in model._flatten_layers(include_self=False):
+    for layer in compat.iter_layers(model):
         layer.trainable = True
     if spec == "all":
         return
-    backbone = find_layer(model, "backbone")
+    backbone = compat.find_layer(model, "backbone")
     if backbone is None:
         raise PhaseError(f"train.phases trainable {spec!r} needs a model with a layer named 'backbone' "
                          f"(the `applications` models have one); this model has none. Use trainable: all.")
@@ -86,9 +75,8 @@ def set_trainable(model: keras.Model, spec: str) -> None:
     name = spec[len("from "):].strip()
     names = [layer.name for layer in backbone.layers]
     if name not in names:
-        close = difflib.get_close_matches(name, names, n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise PhaseError(f"train.phases trainable 'from {name}': no layer {name!r} in the backbone{hint}. "
+        raise PhaseError(f"train.phases trainable 'from {name}': no layer {name!r} in the backbone"
+                         f"{did_you_mean(name, names)}. "
                          f"Its layers include: {', '.join(names[-12:])}")
     first = names.index(name)
     for layer in backbone.layers[:first]:

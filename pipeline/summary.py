@@ -3,15 +3,15 @@
 Prints a table of every layer (nested models such as an applications `backbone` expanded layer by layer):
 name, type, output shape, parameters and FLOPs per image, then total / trainable / non-trainable
 parameters and total GFLOPs; with `train.phases` in the config, the trainable and frozen parameters of
-each phase (flags set by `pipeline.phases.set_trainable`, as training sets them). FLOPs count multiply-adds x2 in Conv1D/2D/3D, DepthwiseConv, SeparableConv, ConvTranspose and
-Dense layers (biases, activations, normalisation and pooling are not counted).
+each phase (flags set by `pipeline.phases.set_trainable`, as training sets them). The figures come from
+`pipeline.model_stats` (FLOPs: multiply-adds x2 in convolution and dense layers, see there).
 
 When the network cannot take the configured input size, the command names the FIRST layer where the
 size arithmetic fails, with the formula and its numbers, e.g. for vgg16 at 16x16
     block5_pool (MaxPooling2D): (N + 2P - F) / S + 1 = (1 + 2*0 - 2) / 2 + 1 = 0.5
                                 -> not a whole positive number           (printed on one line)
 found by simulating the requested size through the layer configs of the same architecture built at a
-size that works, and exits with code 2.
+size that works (`pipeline.layer_sizes`), and exits with code 2.
 
 The network is built with `weights` set to null when the model has that option: the architecture is the
 same, and nothing is downloaded or read.
@@ -19,11 +19,10 @@ same, and nothing is downloaded or read.
 
 from __future__ import annotations
 
-import math
 import re
 import sys
 
-import keras
+from pipeline import layer_sizes  # pure Python; Keras and TensorFlow are imported once the config is read
 
 # Native image shape of datasets whose images all have one size (used when input.image_size / channels
 # are null, as train.py does with the arrays it loads).
@@ -82,8 +81,9 @@ def _options_without_weights(name: str, options: dict) -> dict:
     return options
 
 
-def build_network(config, input_shape, num_classes: int) -> keras.Model:
-    """The registered network of the experiment (no weights loaded, no normalisation wrapper)."""
+def build_network(config, input_shape, num_classes: int):
+    """The registered network of the experiment, a keras.Model (no weights loaded, no normalisation
+    wrapper)."""
     import models
 
     return models.build_model(config.model.name, input_shape=input_shape, num_classes=num_classes,
@@ -91,116 +91,8 @@ def build_network(config, input_shape, num_classes: int) -> keras.Model:
 
 
 # --------------------------------------------------------------------------------------------------
-# Layer table
+# Layer table (rows and totals from pipeline.model_stats)
 # --------------------------------------------------------------------------------------------------
-
-def _prod(values) -> int:
-    result = 1
-    for value in values:
-        result *= int(value)
-    return result
-
-
-def _size(weights) -> int:
-    return sum(_prod(w.shape) for w in weights)
-
-
-def _node_tensor(operation, attribute: str):
-    """`operation.output` / `.input`, or the first call's tensors for an operation called several times."""
-    try:
-        return getattr(operation, attribute)
-    except Exception:  # noqa: BLE001 - e.g. "has multiple inbound nodes"
-        nodes = getattr(operation, "_inbound_nodes", [])
-        if not nodes:
-            return None
-        tensors = nodes[0].output_tensors if attribute == "output" else nodes[0].input_tensors
-        return tensors[0] if len(tensors) == 1 else tensors
-
-
-def _shape(tensor):
-    if tensor is None:
-        return None
-    if isinstance(tensor, (list, tuple)):
-        return [tuple(t.shape) for t in tensor]
-    return tuple(tensor.shape)
-
-
-def _spatial(shape) -> int | None:
-    """Positions per image in a channels-last shape (None, *spatial, channels); None when unknown."""
-    if shape is None or isinstance(shape, list) or any(dim is None for dim in shape[1:]):
-        return None
-    return _prod(shape[1:-1])
-
-
-def layer_flops(layer) -> int | None:
-    """FLOPs per image (2 x multiply-adds) of one layer; 0 for layers that are not counted."""
-    L = keras.layers
-    if isinstance(layer, (L.SeparableConv1D, L.SeparableConv2D)):
-        positions = _spatial(_shape(_node_tensor(layer, "output")))
-        return None if positions is None else 2 * positions * (
-            _prod(layer.depthwise_kernel.shape) + _prod(layer.pointwise_kernel.shape))
-    if isinstance(layer, (L.DepthwiseConv1D, L.DepthwiseConv2D, L.Conv1D, L.Conv2D, L.Conv3D)):
-        positions = _spatial(_shape(_node_tensor(layer, "output")))
-        return None if positions is None else 2 * positions * _prod(layer.kernel.shape)
-    if isinstance(layer, (L.Conv1DTranspose, L.Conv2DTranspose, L.Conv3DTranspose)):
-        positions = _spatial(_shape(_node_tensor(layer, "input")))
-        return None if positions is None else 2 * positions * _prod(layer.kernel.shape)
-    if isinstance(layer, L.Dense):
-        positions = _spatial(_shape(_node_tensor(layer, "output")))
-        return None if positions is None else 2 * positions * _prod(layer.kernel.shape)
-    return 0
-
-
-def _is_container(operation) -> bool:
-    return isinstance(operation, keras.Model) and hasattr(operation, "layers")
-
-
-def _children(container) -> list:
-    """A nested model's layers and operations (e.g. a `keras.ops.flip` node) in graph order."""
-    operations = getattr(container, "operations", None)
-    return list(operations) if operations is not None else list(container.layers)
-
-
-def summarize(model: keras.Model) -> list[dict]:
-    """One row per layer, nested models expanded after their own row (inner input layers left out).
-
-    Row keys: name, path (nested/names), depth, type, output_shape, params, trainable_params, flops
-    (a nested model's row sums its layers), nested (True for a nested model's own row).
-    """
-    rows: list[dict] = []
-
-    def walk(container, prefix: str, depth: int) -> None:
-        for operation in _children(container):
-            if depth and isinstance(operation, keras.layers.InputLayer):
-                continue
-            nested = _is_container(operation)
-            is_layer = isinstance(operation, keras.layers.Layer)
-            row = {"name": operation.name, "path": prefix + operation.name, "depth": depth,
-                   "type": type(operation).__name__, "output_shape": _shape(_node_tensor(operation, "output")),
-                   "params": operation.count_params() if is_layer and operation.built else 0,
-                   "trainable_params": _size(operation.trainable_weights) if is_layer else 0,
-                   "flops": 0, "nested": nested}
-            rows.append(row)
-            if nested:
-                start = len(rows)
-                walk(operation, row["path"] + "/", depth + 1)
-                inner = [r["flops"] for r in rows[start:] if not r["nested"]]
-                row["flops"] = None if any(f is None for f in inner) else sum(inner)
-            elif is_layer:
-                row["flops"] = layer_flops(operation)
-
-    walk(model, "", 0)
-    return rows
-
-
-def totals(model: keras.Model, rows: list[dict]) -> dict:
-    leaf_flops = [row["flops"] for row in rows if not row["nested"]]
-    flops = None if any(f is None for f in leaf_flops) else sum(leaf_flops)
-    total = model.count_params()
-    trainable = _size(model.trainable_weights)
-    return {"params": total, "trainable_params": trainable, "non_trainable_params": total - trainable,
-            "flops": flops}
-
 
 def _number(value) -> str:
     return "?" if value is None else f"{value:,}"
@@ -215,6 +107,8 @@ def _shape_text(shape) -> str:
 
 
 def format_table(rows: list[dict], summary_totals: dict) -> str:
+    """The layer table of `model_stats.summarize` rows (nested layers indented) and the totals of
+    `model_stats.totals`, as lines of text."""
     header = ("Layer", "Type", "Output shape", "Params", "FLOPs")
     body = [("  " * row["depth"] + row["name"], row["type"], _shape_text(row["output_shape"]),
              _number(row["params"]), _number(row["flops"])) for row in rows]
@@ -239,32 +133,13 @@ def format_table(rows: list[dict], summary_totals: dict) -> str:
 # Training phases: which weights train
 # --------------------------------------------------------------------------------------------------
 
-def _flatten_layers(container) -> list:
-    """Every layer inside `container`, depth first (a nested model before its own layers)."""
-    result = []
-    for layer in container.layers:
-        result.append(layer)
-        if _is_container(layer):
-            result.extend(_flatten_layers(layer))
-    return result
-
-
-def set_trainable(layer, value: bool) -> None:
-    """`layer.trainable = value`, applied to every sublayer even where the flag already has that value:
-    under the TensorFlow backend a plain assignment is skipped when `layer.trainable == value` (tf's
-    AutoTrackable short-circuits `x.a = x.a`), which would leave sublayers frozen earlier frozen."""
-    keras.layers.Layer.trainable.fset(layer, bool(value))
-    for sublayer in getattr(layer, "_layers", None) or getattr(layer, "layers", []):
-        set_trainable(sublayer, value)
-
-
 def _phase_value(phase, key, default=None):
     if isinstance(phase, dict):
         return phase.get(key, default)
     return getattr(phase, key, default)
 
 
-def phase_parameter_counts(model: keras.Model, phases) -> list[dict]:
+def phase_parameter_counts(model, phases) -> list[dict]:
     """Trainable and frozen parameters of each phase ({epochs, trainable} dicts, or PhaseConfig objects),
     with the trainable flags set exactly as training sets them (`pipeline.phases.set_trainable`); the
     model's own flags are restored afterwards.
@@ -272,27 +147,28 @@ def phase_parameter_counts(model: keras.Model, phases) -> list[dict]:
     Raises:
         pipeline.phases.PhaseError: a phase names a layer the backbone lacks, or the model has no backbone.
     """
+    from pipeline import compat, model_stats
     from pipeline import phases as phase_lib
 
-    everything = [model, *_flatten_layers(model)]
-    saved = [(layer, layer.trainable) for layer in everything]
+    saved = [(layer, layer.trainable) for layer in compat.iter_layers(model, include_self=True)]
     total = model.count_params()
     counts = []
     try:
         for index, phase in enumerate(phases, start=1):
             spec = _phase_value(phase, "trainable", "all")
             phase_lib.set_trainable(model, spec)
-            trainable = _size(model.trainable_weights)
+            trainable = model_stats.weight_count(model.trainable_weights)
             counts.append({"phase": index, "epochs": _phase_value(phase, "epochs"), "trainable": spec,
                            "trainable_params": trainable, "frozen_params": total - trainable,
                            "cache_features": bool(_phase_value(phase, "cache_features", False))})
     finally:
         for layer, flag in saved:  # containers first: setting one resets its layers, restored next
-            set_trainable(layer, flag)
+            compat.force_trainable(layer, flag)
     return counts
 
 
 def format_phases(counts: list[dict]) -> str:
+    """'Training phases (train.phases):' and one line per `phase_parameter_counts` entry."""
     lines = ["Training phases (train.phases):"]
     for count in counts:
         epochs = count["epochs"]
@@ -304,213 +180,14 @@ def format_phases(counts: list[dict]) -> str:
 
 
 # --------------------------------------------------------------------------------------------------
-# Input-size arithmetic
+# A network that cannot take the input size
 # --------------------------------------------------------------------------------------------------
-
-_WINDOWED = {"Conv2D", "Convolution2D", "DepthwiseConv2D", "SeparableConv2D", "SeparableConvolution2D",
-             "MaxPooling2D", "MaxPool2D", "AveragePooling2D", "AvgPool2D"}
-_GLOBAL_POOLS = {"GlobalAveragePooling2D", "GlobalAvgPool2D", "GlobalMaxPooling2D", "GlobalMaxPool2D"}
-_MERGES = {"Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate"}
-_AXES = ("height", "width")
-
-
-class _Failure(Exception):
-    def __init__(self, info: dict):
-        super().__init__(info["message"])
-        self.info = info
-
-
-def _pair(value, default=None) -> tuple:
-    if value is None:
-        value = default
-    if isinstance(value, (list, tuple)):
-        return tuple(value) if len(value) == 2 else (value[0], value[0])
-    return value, value
-
-
-def _refs(value) -> list:
-    """Functional config `input_layers`/`output_layers`: one [name, node, tensor] or a list of them."""
-    if not value:
-        return []
-    if isinstance(value[0], str):
-        return [tuple(value)]
-    return [tuple(v) for v in value]
-
-
-def _histories(node) -> list:
-    found = []
-
-    def visit(item):
-        if isinstance(item, dict):
-            if item.get("class_name") == "__keras_tensor__":
-                found.append(item["config"]["keras_history"])
-            else:
-                for value in item.values():
-                    visit(value)
-        elif isinstance(item, (list, tuple)):
-            for value in item:
-                visit(value)
-
-    visit(node.get("args", []) if isinstance(node, dict) else node)
-    return found
-
-
-def _fail(name, path, class_name, axis, formula, numbers, value, trace, reason=None) -> _Failure:
-    shown = f"{value:g}" if isinstance(value, float) else str(value)
-    where = f", {axis}" if axis else ""
-    message = (f"{name} ({class_name}{where}): {formula} = {numbers} = {shown} -> "
-               f"{reason or 'not a whole positive number'}")
-    return _Failure({"layer": name, "path": path, "class_name": class_name, "axis": axis, "formula": formula,
-                     "numbers": numbers, "result": value, "message": message, "trace": list(trace)})
-
-
-def _windowed(layer, size, path, trace, square):
-    cfg, class_name, name = layer["config"], layer["class_name"], layer["config"].get("name", layer.get("name"))
-    pooling = "Pool" in class_name
-    kernel = _pair(cfg.get("pool_size") if pooling else cfg.get("kernel_size"))
-    strides = _pair(cfg.get("strides"), default=kernel if pooling else 1)
-    dilation = _pair(cfg.get("dilation_rate", 1) or 1)
-    padding = str(cfg.get("padding", "valid")).lower()
-    out = []
-    for axis, n, k, s, d in zip(_AXES, size, kernel, strides, dilation):
-        f = d * (k - 1) + 1
-        if padding == "same":
-            out.append(math.ceil(n / s))
-            continue
-        value = (n + 2 * 0 - f) / s + 1
-        if value < 1:
-            numbers = f"({n} + 2*0 - {f}) / {s} + 1"
-            if d > 1:
-                numbers += f" (F = {d}*({k}-1)+1 with dilation {d})"
-            raise _fail(name, path, class_name, None if square else axis, "(N + 2P - F) / S + 1", numbers,
-                        value, trace)
-        out.append(math.floor(value))
-    return tuple(out)
-
-
-def _layer_output(layer, inbound, path, trace, square):
-    class_name, cfg = layer["class_name"], layer.get("config", {})
-    name = cfg.get("name", layer.get("name"))
-    if isinstance(cfg, dict) and "layers" in cfg and "input_layers" in cfg:  # a nested functional model
-        return _simulate(cfg, inbound, path + "/", trace, square)[0]
-    if class_name == "Sequential":
-        size = inbound[0] if inbound else None
-        for inner in cfg.get("layers", []):
-            inner_name = inner.get("config", {}).get("name", "?")
-            size = _layer_output(inner, [size], f"{path}/{inner_name}", trace, square)
-        return size
-    known = [s for s in inbound if s is not None]
-    size = known[0] if known else None
-    if size is None:
-        if class_name == "Reshape":
-            target = cfg.get("target_shape") or ()
-            return tuple(target[:2]) if len(target) == 3 and all(isinstance(t, int) and t > 0 for t in target[:2]) \
-                else None
-        return None
-    if class_name in _WINDOWED:
-        result = _windowed(layer, size, path, trace, square)
-    elif class_name == "Conv2DTranspose":
-        kernel, strides = _pair(cfg.get("kernel_size")), _pair(cfg.get("strides"), 1)
-        same = str(cfg.get("padding", "valid")).lower() == "same"
-        result = tuple(n * s if same else (n - 1) * s + k for n, k, s in zip(size, kernel, strides))
-    elif class_name == "ZeroPadding2D":
-        padding = cfg.get("padding", 1)
-        pads = [_pair(p) for p in padding] if isinstance(padding, (list, tuple)) and \
-            isinstance(padding[0], (list, tuple)) else [(p, p) for p in _pair(padding)]
-        result = tuple(n + a + b for n, (a, b) in zip(size, pads))
-    elif class_name == "Cropping2D":
-        cropping = cfg.get("cropping", 0)
-        crops = [_pair(c) for c in cropping] if isinstance(cropping, (list, tuple)) and \
-            isinstance(cropping[0], (list, tuple)) else [(c, c) for c in _pair(cropping)]
-        result = []
-        for axis, n, (a, b) in zip(_AXES, size, crops):
-            if n - a - b < 1:
-                raise _fail(name, path, class_name, None if square else axis, "N - top - bottom",
-                            f"{n} - {a} - {b}", n - a - b, trace)
-            result.append(n - a - b)
-        result = tuple(result)
-    elif class_name == "UpSampling2D":
-        result = tuple(n * s for n, s in zip(size, _pair(cfg.get("size", 2))))
-    elif class_name in ("Resizing", "CenterCrop", "RandomCrop"):
-        result = (int(cfg["height"]), int(cfg["width"]))
-    elif class_name in _GLOBAL_POOLS:
-        result = (1, 1) if cfg.get("keepdims") else None
-    elif class_name == "Flatten":
-        result = None
-    elif class_name == "Reshape":
-        target = cfg.get("target_shape") or ()
-        result = tuple(target[:2]) if len(target) == 3 and all(isinstance(t, int) and t > 0 for t in target[:2]) \
-            else None
-    elif class_name in _MERGES:
-        distinct = sorted({s for s in known if s != (1, 1)}) or [known[0]]
-        if len(distinct) > 1:
-            sizes = " and ".join(f"{h}x{w}" for h, w in distinct)
-            raise _Failure({"layer": name, "path": path, "class_name": class_name, "axis": None, "formula": None,
-                            "numbers": None, "result": None, "trace": list(trace),
-                            "message": f"{name} ({class_name}): its inputs are {sizes}, which cannot be merged"})
-        result = distinct[0]
-    else:
-        result = size
-    if result != size:
-        trace.append((path, class_name, result))
-    return result
-
-
-def _simulate(config: dict, input_sizes: list, prefix: str, trace: list, square: bool) -> list:
-    layers_list = config.get("layers", [])
-    sizes: dict = {}
-    inputs = _refs(config.get("input_layers"))
-    if not inputs:
-        inputs = [(layer.get("name") or layer["config"]["name"], 0, 0) for layer in layers_list
-                  if layer.get("class_name") == "InputLayer"][:1]
-    for ref, size in zip(inputs, input_sizes):
-        sizes[(ref[0], 0)] = size
-    previous = input_sizes[0] if input_sizes else None
-    for layer in layers_list:
-        name = layer.get("name") or layer.get("config", {}).get("name")
-        nodes = layer.get("inbound_nodes")
-        if layer.get("class_name") == "InputLayer":
-            sizes.setdefault((name, 0), previous)
-            previous = sizes[(name, 0)]
-            continue
-        if not nodes:  # a plain list of layer configs: a chain
-            previous = sizes[(name, 0)] = _layer_output(layer, [previous], prefix + name, trace, square)
-            continue
-        for index, node in enumerate(nodes):
-            inbound = [sizes.get((history[0], history[1])) for history in _histories(node)]
-            previous = sizes[(name, index)] = _layer_output(layer, inbound, prefix + name, trace, square)
-    outputs = _refs(config.get("output_layers"))
-    return [sizes.get((ref[0], ref[1])) for ref in outputs] or [previous]
-
-
-def conv_arithmetic(layers_config, input_size) -> dict | None:
-    """Follows the spatial size of `input_size` (height, width) through a network's layer configs and
-    returns the first layer whose output would be smaller than 1, or None when every layer works.
-
-    Args:
-        layers_config: `model.get_config()` of a functional model (nested models included; the graph's
-            connections are followed), or a plain list of layer configs applied one after the other.
-        input_size: (height, width) at the network's input.
-    Returns:
-        {"layer", "path", "class_name", "axis", "formula", "numbers", "result", "message", "trace"}: e.g.
-        message "block5_pool (MaxPooling2D): (N + 2P - F) / S + 1 = (1 + 2*0 - 2) / 2 + 1 = 0.5 -> not a
-        whole positive number"; trace lists (path, type, size) of each layer that changed the size before.
-        Valid padding: (N + 2P - F) / S + 1 with P = 0, rounded down when >= 1 (TensorFlow's rule); same
-        padding: ceil(N / S); F is the dilated kernel.
-    """
-    config = layers_config if isinstance(layers_config, dict) else {"layers": list(layers_config)}
-    size = tuple(int(v) for v in input_size)
-    trace: list = []
-    try:
-        _simulate(config, [size], "", trace, size[0] == size[1])
-    except _Failure as failure:
-        return failure.info
-    return None
-
 
 def explain_bad_size(config, input_shape, num_classes: int, error: Exception) -> str:
     """The message for a network that cannot be built at `input_shape`: the first failing layer with its
-    arithmetic (from the same architecture built at a size that works), then the builder's own message."""
+    arithmetic (from the same architecture built at a size that works), then the builder's own message.
+    When the network cannot be built at any size, its options are at fault: 'error: model.options: ' and
+    the builder's message."""
     height, width, channels = input_shape
     options = _options_without_weights(config.model.name, config.model.options)
     start = (height, width)
@@ -520,14 +197,16 @@ def explain_bad_size(config, input_shape, num_classes: int, error: Exception) ->
     reference_side = max(REFERENCE_SIZE, height, width)
     import models
 
-    lines = [f"error: {config.model.name} cannot take a {height}x{width}x{channels} input"
-             + (f" (upscaled to {start[0]}x{start[1]})" if upscale is not None else "")]
     try:
         reference = models.build_model(config.model.name, input_shape=(reference_side, reference_side, channels),
                                        num_classes=num_classes, **options)
     except Exception:  # noqa: BLE001 - the options themselves are wrong: the builder's message says it all
         reference = None
-    failure = conv_arithmetic(reference.get_config(), start) if reference is not None else None
+    if reference is None or len(start) != 2 or not all(isinstance(side, int) for side in start):
+        return f"error: model.options: {_error_line(error)}"
+    lines = [f"error: {config.model.name} cannot take a {height}x{width}x{channels} input"
+             + (f" (upscaled to {start[0]}x{start[1]})" if upscale is not None else "")]
+    failure = layer_sizes.conv_arithmetic(reference.get_config(), start)
     if failure:
         steps = " -> ".join([f"input {start[0]}x{start[1]}"] + [
             f"{path.rsplit('/', 1)[-1]} {size[0]}x{size[1]}" for path, _, size in failure["trace"] if size])
@@ -554,11 +233,16 @@ def _error_line(error: Exception) -> str:
 
 def summary_command(experiment: str, overrides=(), *, num_classes: int | None = None, out=None) -> int:
     """Prints the summary of an experiment's network; returns the exit code (2: the input size does not fit
-    the network, or the summary cannot be made). ConfigError from the config propagates (the CLI reports it)."""
-    from pipeline import config as config_lib
+    the network, or the summary cannot be made). ConfigError from the config propagates (the CLI reports it)
+    before Keras and TensorFlow are imported."""
+    from pipeline import experiment as experiment_lib
 
     out = out or sys.stdout
-    config = config_lib.load_config(experiment, list(overrides))
+    config = experiment_lib.load_experiment(experiment, list(overrides))
+    import keras
+
+    from pipeline import model_stats
+
     try:
         input_shape = input_shape_for(config)
         classes = num_classes or num_classes_for(config)
@@ -568,13 +252,13 @@ def summary_command(experiment: str, overrides=(), *, num_classes: int | None = 
     keras.mixed_precision.set_dtype_policy("float32")
     try:
         model = build_network(config, input_shape, classes)
-    except ValueError as error:  # Keras' shape errors and the builders' ConfigError are ValueErrors
+    except ValueError as error:  # Keras' shape errors and the builders' argument errors
         print(explain_bad_size(config, input_shape, classes, error), file=sys.stderr)
         return USER_ERROR
-    rows = summarize(model)
+    rows = model_stats.summarize(model)
     print(f"Experiment {config.name}: model {config.model.name}, input {input_shape[0]}x{input_shape[1]}x"
           f"{input_shape[2]}, {classes} classes", file=out)
-    print(format_table(rows, totals(model, rows)), file=out)
+    print(format_table(rows, model_stats.totals(model, rows)), file=out)
     phases = getattr(config.train, "phases", None)  # train.phases: [{epochs, trainable, ...}] or null
     if phases:
         from pipeline.phases import PhaseError

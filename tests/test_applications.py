@@ -1,5 +1,6 @@
-"""Transfer-learning models (models/applications.py): structure, preprocessing inside the model, minimum
-sizes, inference-mode backbone, weight transfer from earlier runs, and the offline ImageNet error.
+"""Transfer-learning models (models/applications.py, models/weights.py): structure, preprocessing inside the
+model, Keras-style argument errors, minimum sizes, inference-mode backbone, weight transfer from earlier
+runs, and the offline ImageNet error.
 
 Random weights (weights=None) and small inputs keep this fast; nothing is downloaded.
 """
@@ -13,7 +14,9 @@ import pytest
 import models
 from models import applications
 from models.applications import BACKBONES, WeightsError
+from pipeline import compat
 from pipeline import config as config_lib
+from pipeline import experiment as experiment_lib
 
 VGG16_BASE_PARAMETERS = 14_714_688
 
@@ -49,9 +52,11 @@ def test_registered_with_their_own_preprocessing():
 def test_config_accepts_the_options():
     config = config_lib.from_dict({"model": {"name": "applications",
                                              "options": {"backbone": "mobilenet_v2", "upscale_to": [32, 32]}}})
+    experiment_lib.check_registries(config)
     assert config.model.options["backbone"] == "mobilenet_v2"
-    with pytest.raises(config_lib.ConfigError, match="model.options.upscale"):
-        config_lib.from_dict({"model": {"name": "applications", "options": {"upscale": [32, 32]}}})
+    with pytest.raises(config_lib.ConfigError, match="did you mean 'model.options.upscale_to'"):
+        experiment_lib.check_registries(
+            config_lib.from_dict({"model": {"name": "applications", "options": {"upscale": [32, 32]}}}))
 
 
 def test_vgg16_finetune_is_the_seed_recipe():
@@ -74,12 +79,26 @@ def test_head_options():
     assert isinstance(model.get_layer("pool"), keras.layers.GlobalMaxPooling2D)
     assert "fc" not in [layer.name for layer in model.layers]
     assert model.count_params() == VGG16_BASE_PARAMETERS + 512 * 3 + 3
-    with pytest.raises(ValueError, match="did you mean 'resnet50'"):
+    with pytest.raises(ValueError) as error:
         build(backbone="resnet5")
-    with pytest.raises(ValueError, match="pooling"):
+    assert str(error.value) == ("Unknown backbone (did you mean 'resnet50'?). The `backbone` argument should be one "
+                                f"of {', '.join(BACKBONES)}. Received: backbone='resnet5'")
+    with pytest.raises(ValueError) as error:
         build(pooling="mean")
-    with pytest.raises(ValueError, match="channels"):
+    assert str(error.value) == ("The `pooling` argument should be one of 'avg', 'max', 'flatten'. "
+                                "Received: pooling='mean'")
+    with pytest.raises(ValueError, match="1 \\(grey, repeated to RGB\\) or 3 input channels. "
+                                         "Received: input_shape=\\(32, 32, 4\\)"):
         build(input_shape=(32, 32, 4))
+    with pytest.raises(ValueError, match="`dense_units` argument should be an integer >= 0 or None. "
+                                         "Received: dense_units=-1"):
+        build(dense_units=-1)
+    with pytest.raises(ValueError, match="`dropout_rate` argument should be a number in \\[0, 1\\). "
+                                         "Received: dropout_rate=1"):
+        build(dropout_rate=1)
+    with pytest.raises(ValueError, match="`upscale_to` argument should be \\[height, width\\].*"
+                                         "Received: upscale_to=\\[32\\]"):
+        build(upscale_to=[32])
 
 
 @pytest.mark.parametrize("backbone", sorted(BACKBONES))
@@ -109,13 +128,15 @@ def test_grey_input_is_repeated_to_rgb():
 def test_below_the_minimum_size_says_how_to_fix_it():
     with pytest.raises(ValueError) as error:
         build(input_shape=(28, 28, 1), backbone="vgg16")
-    assert str(error.value) == ("input.image_size [28, 28] is below vgg16's minimum of 32x32: set input.image_size "
-                                "to at least [32, 32], or model.options.upscale_to: [32, 32] to upscale inside "
-                                "the model")
+    assert str(error.value) == ("The input size [28, 28] is below vgg16's minimum of 32x32: use images of at least "
+                                "[32, 32], or `upscale_to=[32, 32]` to upscale inside the model. "
+                                "Received: image_size=[28, 28]")
     with pytest.raises(ValueError, match="inception_v3's minimum of 75x75.*at least \\[75, 80\\]"):
         build(input_shape=(60, 80, 3), backbone="inception_v3")
-    with pytest.raises(ValueError, match="model.options.upscale_to \\[16, 16\\] is below"):
+    with pytest.raises(ValueError) as error:
         build(input_shape=(28, 28, 1), backbone="vgg16", upscale_to=[16, 16])
+    assert str(error.value) == ("The `upscale_to` size is below vgg16's minimum of 32x32: upscale to at least "
+                                "[32, 32]. Received: upscale_to=[16, 16]")
     model = build(input_shape=(28, 28, 1), backbone="vgg16", upscale_to=32, dense_units=8)
     assert model.get_layer("upscale").output.shape == (None, 32, 32, 3)
     np.testing.assert_allclose(predict(model, pixels((2, 28, 28, 1))).sum(axis=1), 1.0, atol=1e-5)
@@ -249,10 +270,23 @@ def test_files_that_do_not_fit_raise_weights_error(earlier_run, tmp_path):
     with pytest.raises(WeightsError, match="no layer named 'backbone'") as error:
         build(backbone="vgg16", weights=str(plain_path))
     assert str(plain_path) in str(error.value)
-    with pytest.raises(WeightsError, match="file not found"):
+    with pytest.raises(WeightsError) as error:
         build(backbone="vgg16", weights=str(tmp_path / "missing.keras"))
-    with pytest.raises(ValueError, match="imagenet"):
+    assert str(error.value) == (f"Weights file not found: {tmp_path / 'missing.keras'}. "
+                                f"Received: weights={str(tmp_path / 'missing.keras')!r}")
+    with pytest.raises(ValueError, match="should be None, 'imagenet', the path of a .keras or .weights.h5 file.*"
+                                         "Received: weights='imagenet21k'"):
         build(backbone="vgg16", weights="imagenet21k")
+
+
+def test_relative_weights_paths_are_taken_from_the_working_directory(earlier_run, tmp_path, monkeypatch):
+    """Models do not know the project: a config-relative path is resolved by the layer above."""
+    monkeypatch.chdir(earlier_run["keras"].parent)
+    model = build(num_classes=5, backbone="vgg16", dense_units=16, weights=earlier_run["keras"].name)
+    np.testing.assert_array_equal(_backbone_outputs(model), _backbone_outputs(earlier_run["model"]))
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(WeightsError, match="Weights file not found: best.keras"):
+        build(num_classes=5, backbone="vgg16", dense_units=16, weights="best.keras")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -277,6 +311,7 @@ def test_imagenet_offline_names_the_file_to_place_by_hand(backbone, monkeypatch)
     assert f"~/.keras/models/{requested[0]}" in message
     assert requested[0] == applications.weights_file_name(backbone, (32, 32))
     assert "URL fetch failure" in message
+    assert message.endswith("Or start from random weights with weights=None. Received: weights='imagenet'")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -297,7 +332,7 @@ def write_applications_file(path, backbone="mobilenet_v2", shape=(32, 32, 3), se
 
 
 def backbone_arrays(model):
-    return [w.numpy() for w in applications.find_layer(model, "backbone")[0].weights]
+    return [w.numpy() for w in compat.find_layer(model, "backbone").weights]
 
 
 def assert_same_arrays(actual, expected):
@@ -311,7 +346,7 @@ def test_applications_h5_file_by_path_loads_into_the_backbone(tmp_path):
     expected = write_applications_file(path)
     model = build(backbone="mobilenet_v2", weights=str(path), dense_units=0)
     assert_same_arrays(backbone_arrays(model), expected)
-    assert applications.find_layer(model, "backbone")[0].inference_mode  # trained weights: inference mode
+    assert compat.find_layer(model, "backbone").inference_mode  # trained weights: inference mode
     with pytest.raises(WeightsError, match="not a vgg16 no-top weights file"):
         build(backbone="vgg16", weights=str(path))
 
@@ -335,11 +370,11 @@ def test_imagenet_uses_the_file_keras_finds_in_its_cache(tmp_path, monkeypatch):
 
 def test_bn_momentum_replaces_the_backbones_batchnorm_momentum():
     model = build(backbone="mobilenet_v2", bn_momentum=0.9, dense_units=0)
-    norms = [layer for layer in applications.find_layer(model, "backbone")[0].layers
+    norms = [layer for layer in compat.find_layer(model, "backbone").layers
              if isinstance(layer, keras.layers.BatchNormalization)]
     assert norms and all(layer.momentum == 0.9 for layer in norms)
     default = build(backbone="mobilenet_v2", dense_units=0)
-    assert {layer.momentum for layer in applications.find_layer(default, "backbone")[0].layers
+    assert {layer.momentum for layer in compat.find_layer(default, "backbone").layers
             if isinstance(layer, keras.layers.BatchNormalization)} == {0.999}  # keras.applications' own
     with pytest.raises(ValueError, match="bn_momentum"):
         build(backbone="mobilenet_v2", bn_momentum=1.5)

@@ -1,13 +1,17 @@
-"""`python -m pipeline summary`: layer table, parameters, FLOPs, per-phase counts, bad-size arithmetic."""
+"""`python -m pipeline summary` (pipeline/summary.py) and the figures it prints: layer table, parameters and FLOPs
+(pipeline/model_stats.py), per-phase counts, bad-size arithmetic (pipeline/layer_sizes.py)."""
 
 from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
 
 import keras
 import pytest
 
 import models
-from pipeline import cli
-from pipeline import summary
+from pipeline import cli, layer_sizes, model_stats, summary
 
 
 def _rows_by_path(rows):
@@ -16,7 +20,7 @@ def _rows_by_path(rows):
 
 def test_lenet_table():
     model = models.build_model("lenet", input_shape=(28, 28, 1), num_classes=10)
-    rows = summary.summarize(model)
+    rows = model_stats.summarize(model)
     by_path = _rows_by_path(rows)
     assert [row["name"] for row in rows] == ["image", "conv1", "pool1", "conv2", "pool2", "flatten", "fc1",
                                              "logits", "probabilities"]
@@ -28,7 +32,7 @@ def test_lenet_table():
     assert by_path["fc1"]["flops"] == 2 * 2450 * 500
     assert by_path["pool1"]["flops"] == 0
     assert by_path["fc1"]["params"] == 2450 * 500 + 500
-    totals = summary.totals(model, rows)
+    totals = model_stats.totals(model, rows)
     assert totals["params"] == totals["trainable_params"] == 1_256_080
     assert totals["non_trainable_params"] == 0
     assert totals["flops"] == sum(row["flops"] for row in rows)
@@ -38,7 +42,7 @@ def test_lenet_table():
 
 def test_vgg16_finetune_expands_the_backbone():
     model = models.build_model("vgg16_finetune", input_shape=(32, 32, 3), num_classes=10)
-    rows = summary.summarize(model)
+    rows = model_stats.summarize(model)
     by_path = _rows_by_path(rows)
     backbone = by_path["backbone"]
     assert backbone["nested"] and backbone["params"] == 14_714_688
@@ -48,7 +52,7 @@ def test_vgg16_finetune_expands_the_backbone():
     assert backbone["flops"] == sum(row["flops"] for path, row in by_path.items() if path.startswith("backbone/"))
     assert not any(row["type"] == "InputLayer" for row in rows if row["depth"])  # inner inputs left out
     assert [row["type"] for row in rows if row["path"].startswith("preprocess/")] == ["Flip", "Normalization"]
-    totals = summary.totals(model, rows)
+    totals = model_stats.totals(model, rows)
     assert totals["params"] == 14_714_688 + 512 * 256 + 256 + 256 * 10 + 10
     assert 0.6e9 < totals["flops"] < 0.7e9  # VGG16 at 32x32: ~0.63 GFLOPs
 
@@ -75,7 +79,7 @@ def test_bad_input_size_names_the_first_failing_layer(capsys):
     assert ("block5_pool (MaxPooling2D): (N + 2P - F) / S + 1 = (1 + 2*0 - 2) / 2 + 1 = 0.5 -> not a whole "
             "positive number") in err
     assert "block4_pool 1x1" in err  # the sizes that led there
-    assert "model.options.upscale_to" in err  # and the builder's fix
+    assert "`upscale_to=[32, 32]` to upscale inside the model" in err  # and the builder's fix
 
 
 def test_conv_arithmetic_on_layer_configs():
@@ -84,16 +88,16 @@ def test_conv_arithmetic_on_layer_configs():
                                                    "strides": [strides, strides], "padding": padding}}
 
     chain = [conv("c1", 3), conv("c2", 3, strides=2), conv("c3", 3, padding="same")]
-    assert summary.conv_arithmetic(chain, (7, 7)) is None  # 7 -> 5 -> 2 -> 2
-    failure = summary.conv_arithmetic(chain, (4, 4))  # 4 -> 2 -> (2 - 3) / 2 + 1 = 0.5
+    assert layer_sizes.conv_arithmetic(chain, (7, 7)) is None  # 7 -> 5 -> 2 -> 2
+    failure = layer_sizes.conv_arithmetic(chain, (4, 4))  # 4 -> 2 -> (2 - 3) / 2 + 1 = 0.5
     assert failure["layer"] == "c2"
     assert failure["message"] == ("c2 (Conv2D): (N + 2P - F) / S + 1 = (2 + 2*0 - 3) / 2 + 1 = 0.5 -> "
                                   "not a whole positive number")
-    assert summary.conv_arithmetic(chain, (9, 4))["axis"] == "width"
+    assert layer_sizes.conv_arithmetic(chain, (9, 4))["axis"] == "width"
     padded = [{"class_name": "ZeroPadding2D", "config": {"name": "pad", "padding": [[1, 1], [1, 1]]}}, *chain]
-    assert summary.conv_arithmetic(padded, (4, 4)) is None  # 6 -> 4 -> floor(1.5) = 1 -> 1
-    assert summary.conv_arithmetic(padded, (2, 2))["layer"] == "c2"  # 4 -> 2 -> 0.5
-    assert summary.conv_arithmetic(chain[:1], (2, 2))["message"].endswith("= 0 -> not a whole positive number")
+    assert layer_sizes.conv_arithmetic(padded, (4, 4)) is None  # 6 -> 4 -> floor(1.5) = 1 -> 1
+    assert layer_sizes.conv_arithmetic(padded, (2, 2))["layer"] == "c2"  # 4 -> 2 -> 0.5
+    assert layer_sizes.conv_arithmetic(chain[:1], (2, 2))["message"].endswith("= 0 -> not a whole positive number")
 
 
 def test_conv_arithmetic_follows_the_graph():
@@ -105,8 +109,8 @@ def test_conv_arithmetic_follows_the_graph():
     merged = keras.layers.Add(name="add")([left, right])
     last = keras.layers.Conv2D(4, 4, name="last")(merged)
     model = keras.Model(inputs, last)
-    assert summary.conv_arithmetic(model.get_config(), (8, 8)) is None  # 8 -> 4 -> (4 - 4) / 1 + 1 = 1
-    failure = summary.conv_arithmetic(model.get_config(), (6, 6))  # 6 -> 3 -> (3 - 4) / 1 + 1 = 0
+    assert layer_sizes.conv_arithmetic(model.get_config(), (8, 8)) is None  # 8 -> 4 -> (4 - 4) / 1 + 1 = 1
+    failure = layer_sizes.conv_arithmetic(model.get_config(), (6, 6))  # 6 -> 3 -> (3 - 4) / 1 + 1 = 0
     assert failure["layer"] == "last"
     assert "(3 + 2*0 - 4) / 1 + 1 = 0 ->" in failure["message"]
 
@@ -145,3 +149,21 @@ def test_phases_from_the_config_are_printed(capsys):
                      "--set", "train.phases=[{epochs: 1, trainable: none}]"])
     assert code == 2
     assert "backbone" in capsys.readouterr().err
+
+
+def test_options_the_builder_refuses_are_reported_as_model_options(capsys):
+    code = cli.main(["summary", "tiny", "--set", "model.name=applications", "--set", "model.options.pooling=mean",
+                     "--set", "input.image_size=[32,32]"])
+    assert code == 2
+    assert capsys.readouterr().err.strip() == ("error: model.options: The `pooling` argument should be one of 'avg', "
+                                               "'max', 'flatten'. Received: pooling='mean'")
+
+
+def test_a_config_error_is_reported_before_tensorflow_is_imported():
+    script = ("import sys; from pipeline import cli; "
+              "code = cli.main(['summary', 'tiny', '--set', 'train.epoch=3']); "
+              "print(code, 'tensorflow' in sys.modules, 'keras' in sys.modules)")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.stdout.split() == ["2", "False", "False"], done.stderr
+    assert "did you mean 'train.epochs'" in done.stderr
