@@ -92,41 +92,60 @@ def _cache(dataset: tf.data.Dataset, cache: str, suffix: str) -> tf.data.Dataset
     return dataset.cache(f"{cache}-{suffix}")  # a disk cache; TF adds its own .index/.data files
 
 
-def make_file_dataset(paths, labels, *, training: bool, batch_size: int, num_classes: int,
-                      transform: EvalTransform, seed: int = 0, augment: dict | None = None, cache: str = "memory",
-                      shuffle_buffer: int | None = None, deterministic: bool = True,
-                      cache_suffix: str = "") -> tf.data.Dataset:
-    """Batches of (float32 images in [0, 255], one-hot labels) from image files of any size.
+def make_file_dataset(paths, labels, **options) -> tf.data.Dataset:
+    """`make_image_dataset` over image files: paths [N] (str) and labels int [N]."""
+    labels = np.asarray(labels, np.int64)
+    source = tf.data.Dataset.from_tensor_slices((list(map(str, paths)), labels))
+    return make_image_dataset(source, count=len(labels), read=tf.io.read_file, **options)
+
+
+def make_image_dataset(source: tf.data.Dataset, *, count: int, training: bool, batch_size: int, num_classes: int,
+                       transform: EvalTransform, read=None, seed: int = 0, augment: dict | None = None,
+                       cache: str = "memory", shuffle_buffer: int | None = None, deterministic: bool = True,
+                       cache_suffix: str = "") -> tf.data.Dataset:
+    """Batches of (float32 images in [0, 255], one-hot labels) from encoded images of any size.
+
+    Memory follows the training resolution, not the files: training decodes each image at reduced scale
+    where JPEG allows it and brings it down to its working size (`decode.decode_working_image`: the
+    smallest size the random crop still needs) before anything is cached or shuffled. With
+    `cache="none"` nothing decoded is kept: the (small) file names or records are shuffled, then decoded
+    every epoch. Both give the same batches for the same seed. Evaluation keeps the exact eval transform
+    (full decode, then `transform`), cached after it at the model's input size.
 
     Decoding runs in parallel; a file that fails to decode is dropped with a logged warning (files are
-    checked before training, so this only catches files that changed since). Training: decoded images
-    are cached, then shuffled, randomly cropped (seeded, stateless: repeatable whatever the parallelism),
-    resized, batched and augmented. Evaluation: the eval transform, then the cache.
+    checked before training, so this only catches files that changed since). Random crops use stateless
+    seeds, so the result does not depend on the parallelism.
 
     Args:
-        paths: [N] file paths; labels: int [N].
+        source: (item, label int64) elements: file paths (with `read=tf.io.read_file`) or encoded bytes.
+        count: number of elements (the default shuffle buffer holds them all: names or small images).
         transform: the eval transform, with image_size and channels set (files come in many sizes).
+        cache: "memory", a file path prefix (disk cache) or "none" (stream).
     """
-    channels = transform.channels
-    labels = np.asarray(labels, np.int64)
-    dataset = tf.data.Dataset.from_tensor_slices((list(map(str, paths)), labels))
-    dataset = dataset.map(
-        lambda path, label: (decode.decode_image(tf.io.read_file(path), channels=channels), label),
-        num_parallel_calls=AUTOTUNE, deterministic=True)
-    dataset = dataset.ignore_errors(log_warning=True)
+    read = read or (lambda item: item)
     one_hot = lambda images, y: (images, tf.one_hot(y, num_classes))  # noqa: E731
     if not training:
-        dataset = dataset.map(
-            lambda image, label: (transform(image), label),
-            num_parallel_calls=AUTOTUNE, deterministic=True)
-        dataset = _cache(dataset, cache, f"eval{cache_suffix}")
+        dataset = source.map(lambda item, label: (transform(decode.decode_image(read(item), channels=transform.channels)),
+                                                  label), num_parallel_calls=AUTOTUNE, deterministic=True)
+        dataset = _cache(dataset.ignore_errors(log_warning=True), cache, f"eval{cache_suffix}")
         return dataset.batch(batch_size).map(one_hot, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
 
-    dataset = _cache(dataset, cache, f"train{cache_suffix}")
-    dataset = dataset.shuffle(shuffle_buffer or max(len(labels), 1), seed=seed, reshuffle_each_iteration=True)
+    def working(item, label):
+        image, margin = decode.decode_working_image(read(item), image_size=transform.image_size, crop=transform.crop,
+                                                    margin=transform.margin, channels=transform.channels)
+        return image, margin, label
+
+    buffer = shuffle_buffer or max(count, 1)
+    if cache == "none":  # stream: shuffle the names/records, decode every epoch
+        dataset = source.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
+        dataset = dataset.map(working, num_parallel_calls=AUTOTUNE, deterministic=True).ignore_errors(log_warning=True)
+    else:  # decode once at the working size, keep, shuffle the small images
+        dataset = source.map(working, num_parallel_calls=AUTOTUNE, deterministic=True).ignore_errors(log_warning=True)
+        dataset = _cache(dataset, cache, f"train{cache_suffix}")
+        dataset = dataset.shuffle(buffer, seed=seed, reshuffle_each_iteration=True)
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
     dataset = tf.data.Dataset.zip(dataset, seeds).map(
-        lambda element, pair: (transform.train_crop(element[0], pair), element[1]),
+        lambda element, pair: (transform.train_crop(element[0], pair, margin=element[1]), element[2]),
         num_parallel_calls=AUTOTUNE, deterministic=True)
     dataset = _augment(dataset.batch(batch_size), augment, seed, deterministic)
     return dataset.map(one_hot, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)

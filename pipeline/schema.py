@@ -76,8 +76,11 @@ class InputConfig:
     resize_method: str = _field("bilinear", choices=["bilinear", "area", "nearest", "bicubic"],
                                 help="interpolation used when image_size differs from the data")
     crop: CropConfig = _field(CropConfig(), help="cropping of images (image files of any size)")
-    cache: str = _field("memory", help="image files: cache decoded images in `memory`, in a file at a path, "
-                                       "or `none`")
+    cache: str = _field("auto", help="image files: `auto` (memory when the decoded images at the training "
+                                     "resolution fit input.cache_budget_mb, else stream), `memory`, a file path "
+                                     "prefix (disk cache) or `none` (stream: decode every epoch)")
+    cache_budget_mb: Optional[int] = _field(None, min=1, help="memory `auto` may use for decoded images "
+                                                            "(MiB); null: a quarter of the machine's memory")
     normalization: str = _field("unit", choices=["unit", "standardize"],
                                 help="unit: scale to [0, 1]; standardize: per-channel mean/std of the training split")
     statistics: Optional[str] = _field(

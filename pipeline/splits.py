@@ -8,6 +8,7 @@ checked once before training (cached per file): unreadable ones are skipped and 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +34,9 @@ class Splits:
         self.class_names = data.class_names
         self.num_classes = len(data.class_names)
         self.skipped: list[dict] = []
+        self.image_sizes: dict[str, tuple[int, int]] = {}  # path -> (height, width) as displayed
+        self._log = log
+        self._cache_mode: str | None = None
         if isinstance(data, datasets.ArrayDataset):
             self.kind = "arrays"
             parts = {"train": (data.train_images, data.train_labels), "test": (data.test_images, data.test_labels)}
@@ -59,6 +63,7 @@ class Splits:
             cache_dir=datasets.resolve_data_dir(config.dataset.data_dir) / ".scan-cache",
             progress=True, description=f"checking {len(every)} images")
         bad = {}
+        self.image_sizes = {check.path: (check.height, check.width) for check in checks if check.ok}
         for check in checks:
             if not check.ok:
                 bad[check.path] = check.reason
@@ -116,7 +121,7 @@ class Splits:
         batch_size = batch_size or config.train.batch_size
         common = dict(batch_size=batch_size, num_classes=self.num_classes, transform=self.transform(config))
         if self.kind == "files":
-            common.update(cache=config.input.cache, cache_suffix=f"-{split}")
+            common.update(cache=self.cache_mode(config), cache_suffix=f"-{split}")
             if training:
                 return input_pipeline.make_file_dataset(
                     inputs, labels, training=True, seed=config.seed, augment=config_lib.to_dict(config.input.augment),
@@ -127,6 +132,24 @@ class Splits:
                 inputs, labels, seed=config.seed, augment=config_lib.to_dict(config.input.augment),
                 shuffle_buffer=config.input.shuffle_buffer, deterministic=config.input.deterministic, **common)
         return input_pipeline.make_eval_dataset(inputs, labels, **common)
+
+    def cache_mode(self, config: Config) -> str:
+        """`input.cache`, with `auto` resolved (once, logged): `memory` when the training split at its
+        working size plus the evaluation splits at the model's input size fit the budget, else `none`
+        (stream from the files: decode every epoch, keep nothing)."""
+        if self._cache_mode is None:
+            self._cache_mode = config.input.cache
+            if self._cache_mode == "auto":
+                transform = self.transform(config)
+                needed = (estimate_working_bytes([self.image_sizes.get(str(p), (0, 0)) for p in self.train[0]],
+                                                 transform)
+                          + 4 * int(np.prod(self.input_shape)) * (len(self.validation[1]) + len(self.test[1])))
+                budget = cache_budget_bytes(config.input.cache_budget_mb)
+                self._cache_mode = "memory" if needed <= budget else "none"
+                self._log(f"input.cache auto: {self._cache_mode} (decoded images need ~{needed / 2**20:,.0f} MiB "
+                          f"at the training resolution; budget {budget / 2**20:,.0f} MiB"
+                          f"{'' if config.input.cache_budget_mb else ', a quarter of this machine memory'})")
+        return self._cache_mode
 
     def transform(self, config: Config) -> EvalTransform:
         """The eval transform of this data: the config's, with the model's input size and channels."""
@@ -155,6 +178,32 @@ def read_statistics(path: str, *, channels: int) -> tuple[list[float], list[floa
     if len(mean) != channels or len(std) != channels:
         raise datasets.DatasetError(f"input.statistics: {path} has {len(mean)} channels, the model takes {channels}")
     return mean, std
+
+
+def cache_budget_bytes(budget_mb: int | None) -> int:
+    """`input.cache_budget_mb` in bytes; None: a quarter of the machine's physical memory."""
+    if budget_mb:
+        return int(budget_mb) * 2**20
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // 4
+
+
+def estimate_working_bytes(sizes, transform: EvalTransform) -> int:
+    """Bytes of uint8 images [h, w, channels] at their working size (`decode.working_size`'s rule: never
+    enlarged; `none` keeps both sides >= the target, the crop modes bring the cropped side to the
+    target's longer side), for images of (height, width) `sizes` (0 when unknown: counted at the target)."""
+    target_h, target_w = transform.image_size
+    total = 0
+    for height, width in sizes:
+        if not height or not width:
+            height, width = target_h, target_w
+        if transform.crop == "none":
+            scale = max(target_h / height, target_w / width)
+        else:
+            margin = transform.margin if transform.crop == "square" else 0
+            scale = max(target_h, target_w) / max(min(height, width) - 2 * margin, 1)
+        scale = min(scale, 1.0)
+        total += int(np.ceil(height * scale) * np.ceil(width * scale)) * transform.channels
+    return total
 
 
 def check_class_count(class_names: list[str], source) -> None:

@@ -49,15 +49,18 @@ class EvalTransform:
         return preprocessing.prepare_images(images, image_size=self.image_size, channels=self.channels,
                                             resize_method=self.resize_method, crop=self.crop, margin=self.margin)
 
-    def train_crop(self, image, seed):
+    def train_crop(self, image, seed, margin=None):
         """The random counterpart used in training: one decoded image [H, W, channels] (already converted
-        to `channels`) and a stateless seed [2] int32 -> float32 [height, width, channels]."""
+        to `channels`) and a stateless seed [2] int32 -> float32 [height, width, channels].
+
+        `margin` (pixels, may be a tensor) replaces `self.margin` for an image brought down to its working
+        size, whose margin shrank with it (`decode.decode_working_image`)."""
         import tensorflow as tf
 
         from pipeline import preprocessing
 
         if self.crop == "square":
-            image = preprocessing.random_square_crop(image, self.margin, seed)
+            image = preprocessing.random_square_crop(image, self.margin if margin is None else margin, seed)
         elif self.crop == "shorter_side":
             height, width = self.image_size
             image = preprocessing.resize_shorter_side(image, max(height, width), self.resize_method)

@@ -19,7 +19,7 @@ import tensorflow as tf
 from PIL import Image
 
 from conftest import with_transform
-from pipeline import decode
+from pipeline import decode, folders
 from pipeline import splits as splits_lib
 from pipeline import experiment as experiment_lib
 from pipeline import cli, config as config_lib, datasets, image_files, input_pipeline, preprocessing
@@ -306,8 +306,8 @@ def test_archive_root_is_extracted_once(tmp_path, kind, monkeypatch):
     def no_extraction(*args, **kwargs):
         raise AssertionError("the archive was opened again")
 
-    monkeypatch.setattr(datasets.tarfile, "open", no_extraction)
-    monkeypatch.setattr(datasets.zipfile, "ZipFile", no_extraction)
+    monkeypatch.setattr(folders.tarfile, "open", no_extraction)
+    monkeypatch.setattr(folders.zipfile, "ZipFile", no_extraction)
     second = datasets.load_dataset("folder", data_dir=str(data_dir), root=str(archive))
     assert list(second.splits["train"][0]) == list(paths)
     assert {p: p.stat().st_mtime_ns for p in (data_dir / "shapes").rglob("*")} == stamps
