@@ -85,6 +85,7 @@ def random_resized_crop(image: tf.Tensor, *, size, scale=(0.08, 1.0), ratio=(3 /
         min_object_covered=0.0,  # the area is constrained by area_range alone, as torchvision does
         aspect_ratio_range=ratio, area_range=scale, max_attempts=10, use_image_if_no_bounding_boxes=True)
     crop = tf.slice(image, begin, extent)
+    crop.set_shape([None, None, image.shape[-1]])  # tf.slice forgets the channels; colour layers need them
     resized = tf.image.resize(tf.cast(crop, tf.float32), (height, width), method=method)
     return tf.clip_by_value(resized, 0.0, 255.0)  # bicubic overshoots
 

@@ -45,6 +45,9 @@ def test_random_resized_crop_takes_the_requested_area_and_repeats_with_its_seed(
         # A quarter of the area at ratio 1 is a 32 x 32 window: rows and columns span ~31 source pixels.
         assert 28 <= np.ptp(crop[..., 0]) <= 32 and 28 <= np.ptp(crop[..., 1]) <= 32
     assert len({(c[0, 0, 0], c[0, 0, 1]) for c in crops}) > 1  # different seeds, different places
+    traced = tf.function(lambda x, s: augment.random_resized_crop(x, size=16, seed=s)).get_concrete_function(
+        tf.TensorSpec([None, None, 3], tf.uint8), tf.TensorSpec([2], tf.int64))
+    assert traced.output_shapes.as_list() == [16, 16, 3]  # static shape kept in a graph (tf.data)
     again = augment.random_resized_crop(image, size=16, scale=(0.25, 0.25), ratio=(1.0, 1.0),
                                         seed=tf.constant([3, 0])).numpy()
     np.testing.assert_array_equal(again, crops[0])
