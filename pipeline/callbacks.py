@@ -276,9 +276,11 @@ def build_callbacks(options, run_dir: Path, images_per_epoch: int, total_phases:
         callback_list.append(keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True))
     if options.tensorboard.enabled:
         update_freq = options.tensorboard.update_freq
+        # write_graph=False: Keras 3.15 writes only its "conceptual graph" there, which TensorBoard's Graphs
+        # tab cannot show ("Malformed GraphDef"); the op graph comes from tensorboard_logging.write_op_graph.
         callback_list.append(keras.callbacks.TensorBoard(
             str(run_dir / "tensorboard"), histogram_freq=options.tensorboard.histogram_freq,
-            update_freq=update_freq))
+            update_freq=update_freq, write_graph=False))
     # Last: saves after the others updated their state, restores after their on_train_begin reset it.
     callback_list.append(CrashSafeBackupAndRestore(run_dir / "backup", stateful=stateful,
                                                                  total_phases=total_phases))

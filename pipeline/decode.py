@@ -366,7 +366,8 @@ def resize_down(image: tf.Tensor, height, width) -> tf.Tensor:
     same = tf.equal(shape[0], height) & tf.equal(shape[1], width)
 
     def shrink():
-        resized = tf.image.resize(image, tf.stack([height, width]), method="area")
+        # float input: oneDNN logs an error line for uint8 resizes on CPUs without AVX-512
+        resized = tf.image.resize(tf.cast(image, tf.float32), tf.stack([height, width]), method="area")
         return tf.cast(tf.round(tf.clip_by_value(resized, 0.0, 255.0)), image.dtype)
 
     return tf.ensure_shape(tf.cond(same, lambda: image, shrink), [None, None, image.shape[-1]])

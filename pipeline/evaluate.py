@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import keras
+import numpy as np
 
 import models
 from pipeline import config as config_lib
@@ -23,12 +24,55 @@ def load_checkpoint(path: Path) -> keras.Model:
     return keras.models.load_model(path)
 
 
-def evaluate_model(checkpoint: Path, config: config_lib.Config, splits) -> dict:
-    """Test loss and accuracy of a saved model, through the eval input pipeline."""
-    model = load_checkpoint(checkpoint)
+def evaluate_model(checkpoint: Path, config: config_lib.Config, splits, *, run_dir: Path | None = None,
+                   log=print) -> dict:
+    """Test metrics of a saved model through the eval input pipeline, and the evaluation report.
+
+    One prediction pass over the test split gives everything: accuracy (exactly correct / N, also what
+    metrics.json records), top-k, loss (the run's loss, label smoothing included), balanced accuracy and
+    calibration. With `run_dir`, RUN/evaluation/ gets report.json, per_class.csv and the figures
+    (confusion matrix, the most confident mistakes, reliability diagram). `evaluation.tta: flip`
+    averages each image's and its mirror's probabilities.
+
+    Returns:
+        {"accuracy", "loss", "top_k", "top_k_accuracy", "balanced_accuracy", "tta"} (floats, ints, str).
+    """
+    from pipeline import evaluation_report, tensorboard_logging, tta
+
+    model = tta.with_tta(load_checkpoint(checkpoint), config.evaluation.tta)
     data = splits.dataset("test", config)
-    results = model.evaluate(data, verbose=0, return_dict=True)
-    return {"accuracy": float(results["accuracy"]), "loss": float(results["loss"])}
+    labels, probabilities = tensorboard_logging.predict_labelled(model, data)
+    report = evaluation_report.build_report(labels=labels, probabilities=probabilities,
+                                            class_names=splits.class_names, top_k=config.evaluation.top_k)
+    one_hot = np.eye(splits.num_classes, dtype=np.float32)[labels]
+    loss = keras.losses.CategoricalCrossentropy(label_smoothing=config.train.label_smoothing)(one_hot, probabilities)
+    test = {"accuracy": report["accuracy"], "loss": float(loss), "top_k": report["top_k"],
+            "top_k_accuracy": report["top_k_accuracy"], "balanced_accuracy": report["balanced_accuracy"],
+            "tta": config.evaluation.tta}
+    if run_dir is not None and config.evaluation.report:
+        worst = evaluation_report.most_confident_mistakes(labels, probabilities)
+        images = _images_at(data, worst) if len(worst) else np.zeros((0, 1, 1, 3), np.float32)
+        paths = evaluation_report.write_report(report, Path(run_dir) / "evaluation", labels=labels,
+                                               probabilities=probabilities, class_names=splits.class_names,
+                                               images=images, image_indices=worst)
+        log(f"evaluation report: {paths['report'].parent}")
+        test["report"] = report
+    return test
+
+
+def _images_at(dataset, indices) -> np.ndarray:
+    """The images [k, H, W, C] at positions `indices` of a batched (images, labels) dataset, in that order."""
+    wanted = {int(index): order for order, index in enumerate(indices)}
+    found, position = {}, 0
+    for images, _ in dataset:
+        images = np.asarray(images)
+        for offset in range(len(images)):
+            if position + offset in wanted:
+                found[wanted[position + offset]] = images[offset]
+        position += len(images)
+        if len(found) == len(wanted):
+            break
+    return np.stack([found[order] for order in range(len(found))])
 
 
 def evaluate_run(run_dir: Path, *, log=print) -> dict:
@@ -36,7 +80,8 @@ def evaluate_run(run_dir: Path, *, log=print) -> dict:
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
     splits = Splits(config)
-    test = evaluate_model(rundir.checkpoint_path(run_dir), config, splits)
+    test = evaluate_model(rundir.checkpoint_path(run_dir), config, splits, run_dir=run_dir, log=log)
+    test.pop("report", None)
     summary = (f"test accuracy {test['accuracy']:.4f}, loss {test['loss']:.4f} "
                f"({len(splits.test[0])} images)")
     metrics = read_metrics(run_dir)

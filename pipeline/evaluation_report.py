@@ -160,33 +160,49 @@ def per_class_csv(report: dict) -> str:
     return buffer.getvalue()
 
 
-def mistakes_figure(*, labels, probabilities, class_names, images, max_images: int = MAX_MISTAKES):
+def most_confident_mistakes(labels, probabilities, max_images: int = MAX_MISTAKES) -> np.ndarray:
+    """Indices of the wrong predictions, highest predicted-class probability first, at most `max_images`."""
+    labels, probabilities = np.asarray(labels), np.asarray(probabilities)
+    predictions = np.argmax(probabilities, axis=1)
+    wrong = np.flatnonzero(predictions != labels)
+    scores = probabilities[wrong, predictions[wrong]]
+    return wrong[np.argsort(-scores, kind="stable")[:max_images]]
+
+
+def mistakes_figure(*, labels, probabilities, class_names, images, max_images: int = MAX_MISTAKES,
+                    image_indices=None):
     """The most confident wrong predictions as an image grid, or a "no mistakes" message figure.
 
     Args:
-        labels: [N] int true labels; probabilities: [N, C] float; images: [N, H, W, channels] any range.
+        labels: [N] int true labels; probabilities: [N, C] float.
+        images: [N, H, W, channels] any range; or, with `image_indices`, only the images of those examples
+            (enough when they include `most_confident_mistakes`: a test split need not be held in memory).
         max_images: at most this many images, highest wrong-class probability first.
     """
     labels, probabilities = _check(labels, probabilities, class_names)
     images = np.asarray(images)
-    if images.ndim != 4 or len(images) != len(labels):
-        raise ValueError(f"`images` must have shape [N, H, W, channels] with N = {len(labels)}. "
+    indices = np.arange(len(labels)) if image_indices is None else np.asarray(image_indices)
+    if images.ndim != 4 or len(images) != len(indices):
+        raise ValueError(f"`images` must have shape [N, H, W, channels] with N = {len(indices)}. "
                          f"Received: shape={images.shape}")
     predictions = np.argmax(probabilities, axis=1)
     wrong = np.flatnonzero(predictions != labels)
     if not len(wrong):
         return figures.message_figure(f"No mistakes: all {len(labels)} test images are classified correctly.",
                                       title="Most confident mistakes")
-    scores = probabilities[wrong, predictions[wrong]]
-    chosen = wrong[np.argsort(-scores, kind="stable")[:max_images]]
+    chosen = most_confident_mistakes(labels, probabilities, max_images)
+    position = {int(index): order for order, index in enumerate(indices)}
+    missing = [int(i) for i in chosen if int(i) not in position]
+    if missing:
+        raise ValueError(f"`image_indices` must include the most confident mistakes. Missing: {missing[:5]}")
     titles = [f"true: {class_names[labels[i]]}\npred: {class_names[predictions[i]]} ({probabilities[i, predictions[i]]:.2f})"
               for i in chosen]
-    return figures.image_grid_figure(images[chosen], titles, title=f"Most confident mistakes "
-                                     f"({len(chosen)} of {len(wrong)} wrong out of {len(labels)})")
+    return figures.image_grid_figure(images[[position[int(i)] for i in chosen]], titles, title=f"Most confident "
+                                     f"mistakes ({len(chosen)} of {len(wrong)} wrong out of {len(labels)})")
 
 
 def write_report(report: dict, out_dir: os.PathLike, *, labels, probabilities, class_names,
-                 images=None) -> dict[str, Path]:
+                 images=None, image_indices=None) -> dict[str, Path]:
     """Writes the report and its figures into `out_dir` (created), each file atomically.
 
     Args:
@@ -195,6 +211,7 @@ def write_report(report: dict, out_dir: os.PathLike, *, labels, probabilities, c
         labels, probabilities, class_names: as given to `build_report`.
         images: optional [N, H, W, channels] test images (uint8, or floats in [0, 1] / [0, 255]) for
             `mistakes.png`; without them no mistakes figure is written.
+        image_indices: the examples `images` belong to, when not all (see `mistakes_figure`).
 
     Returns:
         {"report": .../report.json, "per_class": .../per_class.csv, "confusion_matrix": ...png,
@@ -216,7 +233,8 @@ def write_report(report: dict, out_dir: os.PathLike, *, labels, probabilities, c
         out_dir / "calibration.png")
     if images is not None:
         paths["mistakes"] = figures.save_png(
-            mistakes_figure(labels=labels, probabilities=probabilities, class_names=class_names, images=images),
+            mistakes_figure(labels=labels, probabilities=probabilities, class_names=class_names, images=images,
+                            image_indices=image_indices),
             out_dir / "mistakes.png")
     return paths
 

@@ -153,6 +153,13 @@ class TensorBoardConfig:
     enabled: bool = _field(True, help="write TensorBoard logs to <run>/tensorboard")
     histogram_freq: int = _field(0, min=0, help="weight histograms every N epochs (0: off)")
     update_freq: str = _field("epoch", choices=["epoch", "batch"], help="how often scalars are written")
+    images: bool = _field(True, help="grids of augmented training and of evaluation images, once per run")
+    confusion_matrix_freq: int = _field(1, min=0, help="validation confusion matrix (and per-class precision/"
+                                                      "recall up to 20 classes) every N epochs; 0: off")
+    hparams: bool = _field(True, help="the run's main keys and metrics in the HParams dashboard")
+    graph: bool = _field(True, help="the model's op graph in the Graphs tab")
+    profile_steps: Optional[list] = _field(None, length=2, min=1, help="[first, last] training step of each fit "
+                                                                     "to profile (Profile tab); null: off")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -186,6 +193,14 @@ class TrainConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class EvaluationConfig:
+    top_k: int = _field(5, min=1, help="top-k accuracy's k (capped at the class count)")
+    tta: str = _field("none", choices=["none", "flip"], help="test-time augmentation in evaluation: flip "
+                                                            "averages each image's and its mirror's probabilities")
+    report: bool = _field(True, help="write RUN/evaluation/ (report.json, per_class.csv, figures)")
+
+
+@dataclasses.dataclass(frozen=True)
 class ExportConfig:
     enabled: bool = _field(True, help="write a SavedModel at the end of training")
     top_k: int = _field(5, min=1, help="classes returned by the serving signature")
@@ -199,4 +214,5 @@ class Config:
     input: InputConfig = _field(InputConfig(), help="input pipeline")
     model: ModelConfig = _field(ModelConfig(), help="model")
     train: TrainConfig = _field(TrainConfig(), help="training")
+    evaluation: EvaluationConfig = _field(EvaluationConfig(), help="evaluation of the best checkpoint on the test split")
     export: ExportConfig = _field(ExportConfig(), help="export")

@@ -381,3 +381,43 @@ class ProfileSteps(keras.callbacks.Callback):
 def profile_traces(log_dir: os.PathLike) -> list[Path]:
     """Profiler trace files (`*.xplane.pb`) under the log directory, oldest first."""
     return sorted(Path(log_dir).glob("**/plugins/profile/*/*.xplane.pb"), key=lambda path: path.stat().st_mtime)
+
+
+# The resolved config's keys shown as hparams; the same for every run, because TensorBoard takes the
+# HParams table's columns from the first run it reads.
+HPARAM_KEYS = ("dataset.name", "model.name", "seed", "input.image_size", "input.crop.mode", "train.epochs",
+               "train.batch_size", "train.optimizer.name", "train.optimizer.learning_rate", "train.schedule.name",
+               "train.label_smoothing", "train.mixed_precision", "evaluation.tta")
+
+
+def run_callbacks(log_dir: os.PathLike, *, class_names, sample_data, validation_data, images: bool = True,
+                  confusion_matrix_freq: int = 1, profile_steps=None) -> list:
+    """The callbacks a run adds beside Keras' TensorBoard (the chief's only, when distributed).
+
+    Args:
+        sample_data: a training pipeline instance that `fit` does not use (for the augmented samples).
+        validation_data: the validation pipeline, or None.
+        confusion_matrix_freq: every N epochs; 0 writes none.
+        profile_steps: [first, last] training step to profile, or None.
+    """
+    callbacks = []
+    if images:
+        callbacks.append(InputSamples(log_dir, class_names=class_names, train_data=sample_data,
+                                      eval_data=validation_data))
+    if confusion_matrix_freq and validation_data is not None:
+        callbacks.append(ValidationConfusion(log_dir, validation_data=validation_data, class_names=class_names,
+                                             freq=confusion_matrix_freq))
+    if profile_steps:
+        callbacks.append(ProfileSteps(log_dir, steps=list(profile_steps)))
+    return callbacks
+
+
+def write_run_start(log_dir: os.PathLike, *, flat_config: dict, config_yaml: str, model: keras.Model | None,
+                    trial_id: str, hparams: bool = True) -> None:
+    """Once, when a run starts: its hparams session (`HPARAM_KEYS` of `flat_config`, a {dotted key: value}
+    dict), its resolved config as text and, given a model, its op graph."""
+    if hparams:
+        write_hparams(log_dir, {key: flat_config.get(key) for key in HPARAM_KEYS}, trial_id=trial_id)
+    write_config_text(log_dir, config_yaml)
+    if model is not None:
+        write_op_graph(log_dir, model)
