@@ -272,6 +272,24 @@ def file_list(*, data_dir: str = "data", mirror_dir: str | None = None, root: st
     return folders.read_file_lists(data_dir=data_dir, root=root, lists=lists, classes=classes)
 
 
+@dataclasses.dataclass
+class RecordDataset(FileDataset):
+    """TFRecord shards written by `python -m pipeline data shard`: `splits` maps each split to
+    (record ids int64 [N], labels int64 [N]) in the source folder's order, where a folder has paths, so
+    the same seed carves the same validation split; `index` reads records by id or streams the shards."""
+
+    index: object = None
+
+
+@register_dataset()
+def tfrecord(*, data_dir: str = "data", mirror_dir: str | None = None, root: str | None = None) -> RecordDataset:
+    """Shards of `python -m pipeline data shard ROOT --out DIR` (dataset.root: DIR)."""
+    from pipeline import tfrecords
+
+    index = tfrecords.load_tfrecord_split_index(resolve_root(root, dataset="tfrecord"))
+    return RecordDataset(dict(index.splits), index.class_names, index.root, index=index)
+
+
 HYMENOPTERA_URL = "https://download.pytorch.org/tutorial/hymenoptera_data.zip"
 
 

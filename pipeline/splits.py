@@ -37,16 +37,22 @@ class Splits:
         self.image_sizes: dict[str, tuple[int, int]] = {}  # path -> (height, width) as displayed
         self._log = log
         self._cache_mode: str | None = None
-        if isinstance(data, datasets.ArrayDataset):
+        if isinstance(data, datasets.RecordDataset):
+            # Checked when written (`data shard` reports and leaves out bad files): no scan here.
+            self.kind, self.records = "records", data.index
+            parts = {split: (np.asarray(ids, np.int64), np.asarray(labels, np.int64))
+                     for split, (ids, labels) in data.splits.items()}
+            self.skipped = list(data.index.manifest.get("skipped", []))
+            self._require_image_size(config)
+            height, width, channels = None, None, 3
+        elif isinstance(data, datasets.ArrayDataset):
             self.kind = "arrays"
             parts = {"train": (data.train_images, data.train_labels), "test": (data.test_images, data.test_labels)}
             height, width, channels = data.image_shape
         else:
             self.kind = "files"
             parts = self._checked_files(data, config, log)
-            if not config.input.image_size:
-                raise config_lib.ConfigError(f"input.image_size: required for dataset {options.name!r}, whose "
-                                             f"images have many sizes; e.g. --set input.image_size=[224,224]")
+            self._require_image_size(config)
             height, width, channels = None, None, 3
         check_class_count(self.class_names, getattr(data, "root", options.name))
         parts = self._carve(parts, config)
@@ -55,6 +61,12 @@ class Splits:
         if config.input.image_size:
             height, width = config.input.image_size
         self.input_shape = (int(height), int(width), int(config.input.channels or channels))
+
+    @staticmethod
+    def _require_image_size(config: Config) -> None:
+        if not config.input.image_size:
+            raise config_lib.ConfigError(f"input.image_size: required for dataset {config.dataset.name!r}, whose "
+                                         f"images have many sizes; e.g. --set input.image_size=[224,224]")
 
     def _checked_files(self, data, config: Config, log) -> dict:
         every = [path for paths, _ in data.splits.values() for path in paths]
@@ -120,6 +132,8 @@ class Splits:
         inputs, labels = getattr(self, split)
         batch_size = batch_size or config.train.batch_size
         common = dict(batch_size=batch_size, num_classes=self.num_classes, transform=self.transform(config))
+        if self.kind == "records":
+            return self._record_dataset(split, inputs, labels, config, training=training, **common)
         if self.kind == "files":
             common.update(cache=self.cache_mode(config), cache_suffix=f"-{split}")
             if training:
@@ -133,6 +147,34 @@ class Splits:
                 shuffle_buffer=config.input.shuffle_buffer, deterministic=config.input.deterministic, **common)
         return input_pipeline.make_eval_dataset(inputs, labels, **common)
 
+    def _record_dataset(self, split, ids, labels, config: Config, *, training: bool, **common):
+        """TFRecord shards. Read by id (a positioned read per record), the pipeline is the folder's with
+        ids for paths: the same seed gives the same batches. With a bounded `input.shuffle_buffer` in
+        training, the split's shards are streamed instead: interleaved parallel sequential reads, records
+        of other splits (validation carved from train) filtered out, a shuffle buffer of that size."""
+        import tensorflow as tf
+
+        from pipeline import tfrecords
+
+        options = dict(seed=config.seed, augment=config_lib.to_dict(config.input.augment),
+                       shuffle_buffer=config.input.shuffle_buffer, deterministic=config.input.deterministic,
+                       cache_suffix=f"-{split}") if training else dict(cache_suffix=f"-{split}")
+        if training and config.input.shuffle_buffer:
+            member = np.zeros(len(self.records.arrays["label"]), bool)
+            member[ids] = True
+            source_split = "train" if split in ("train", "validation") else split
+            stream = tfrecords.tfrecord_dataset(tfrecords.shard_files(self.records.root, source_split),
+                                                with_keys=True)
+            keep = tf.constant(member)
+            source = stream.filter(lambda key, encoded, label: tf.gather(keep, key)).map(
+                lambda key, encoded, label: (encoded, label))
+            return input_pipeline.make_image_dataset(source, count=len(ids), training=True, cache="none",
+                                                     **options, **common)
+        source = tf.data.Dataset.from_tensor_slices((np.asarray(ids, np.int64), np.asarray(labels, np.int64)))
+        return input_pipeline.make_image_dataset(source, count=len(ids), training=training,
+                                                 read=tfrecords.record_reader(self.records.root, index=self.records),
+                                                 cache=self.cache_mode(config), **options, **common)
+
     def cache_mode(self, config: Config) -> str:
         """`input.cache`, with `auto` resolved (once, logged): `memory` when the training split at its
         working size plus the evaluation splits at the model's input size fit the budget, else `none`
@@ -141,8 +183,10 @@ class Splits:
             self._cache_mode = config.input.cache
             if self._cache_mode == "auto":
                 transform = self.transform(config)
-                needed = (estimate_working_bytes([self.image_sizes.get(str(p), (0, 0)) for p in self.train[0]],
-                                                 transform)
+                sizes = ([self.image_sizes.get(str(p), (0, 0)) for p in self.train[0]] if self.kind == "files" else
+                         [tuple(int(v) for v in pair) for pair in zip(self.records.arrays.get("height", []),
+                                                                       self.records.arrays.get("width", []))])
+                needed = (estimate_working_bytes(sizes or [(0, 0)] * len(self.train[0]), transform)
                           + 4 * int(np.prod(self.input_shape)) * (len(self.validation[1]) + len(self.test[1])))
                 budget = cache_budget_bytes(config.input.cache_budget_mb)
                 self._cache_mode = "memory" if needed <= budget else "none"
