@@ -54,7 +54,7 @@ def check_run_dir(run_dir: Path, config: Config) -> str:
             (the message lists every differing key).
     """
     config_path = run_dir / "config.yaml"
-    if not run_dir.exists() or (run_dir.is_dir() and not any(p.name != LOCK for p in run_dir.iterdir())):
+    if not run_dir.exists() or (run_dir.is_dir() and not any(run_dir.iterdir())):
         return "new"
     if not config_path.is_file():
         raise RunError(f"--run-dir {run_dir}: the directory exists and is not a run directory "
@@ -72,42 +72,34 @@ def check_run_dir(run_dir: Path, config: Config) -> str:
     return "finished" if (run_dir / "metrics.json").is_file() else "resume"
 
 
-LOCK = ".lock"
-
-
 @contextlib.contextmanager
 def exclusive(run_dir: Path):
     """Holds the run directory's lock while a `train` runs in it: a second process is refused at once.
 
-    An advisory `flock` on RUN/.lock: the kernel releases it when the holder exits, so a killed process
-    never leaves it stuck. If the run never started (no config.yaml was written, e.g. the data was
-    refused), the lock file and a directory this call created are removed again.
+    An advisory `flock` on the directory itself (no lock file: a finished run's files stay untouched);
+    the kernel releases it when the holder exits, so a killed process never leaves it stuck. If the
+    run never started (no config.yaml was written, e.g. the data was refused), a directory this call
+    created is removed again.
 
     Raises:
-        RunError: another process holds the lock (its pid is named).
+        RunError: another process holds the lock.
     """
     run_dir = Path(run_dir)
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
-    lock_path = run_dir / LOCK
-    handle = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+    handle = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY)
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
-        holder = os.pread(handle, 64, 0).decode(errors="replace").strip() or "unknown"
         os.close(handle)
-        raise RunError(f"--run-dir {run_dir} is in use by another `train` process (pid {holder}); wait for it "
-                       f"to finish, stop it, or choose another --run-dir") from None
+        raise RunError(f"--run-dir {run_dir} is in use by another `train` process; wait for it to finish, "
+                       f"stop it, or choose another --run-dir") from None
     try:
-        os.ftruncate(handle, 0)
-        os.pwrite(handle, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
-        if not (run_dir / "config.yaml").exists():
-            lock_path.unlink(missing_ok=True)
-            if created:
-                with contextlib.suppress(OSError):
-                    run_dir.rmdir()  # only if empty
+        if created and not (run_dir / "config.yaml").exists():
+            with contextlib.suppress(OSError):
+                run_dir.rmdir()  # only if empty
         fcntl.flock(handle, fcntl.LOCK_UN)
         os.close(handle)
 
