@@ -207,6 +207,16 @@ class ExportConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class DistributeConfig:
+    strategy: str = _field("auto", choices=["auto", "default", "mirrored", "multi_worker"],
+                           help="tf.distribute strategy: auto (multi_worker when TF_CONFIG names several workers, "
+                                "mirrored with several GPUs, else default)")
+    scale_learning_rate: bool = _field(False, help="linear scaling rule (Goyal et al. 2017): learning rates x "
+                                                   "train.batch_size / distribute.base_batch_size")
+    base_batch_size: int = _field(256, min=1, help="the global batch the configured learning rates are for")
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     name: str = _field("experiment", help="experiment name (default: the YAML file's stem)")
     seed: int = _field(42, min=0, help="seeds data split, shuffling, augmentation and weights")
@@ -215,4 +225,5 @@ class Config:
     model: ModelConfig = _field(ModelConfig(), help="model")
     train: TrainConfig = _field(TrainConfig(), help="training")
     evaluation: EvaluationConfig = _field(EvaluationConfig(), help="evaluation of the best checkpoint on the test split")
+    distribute: DistributeConfig = _field(DistributeConfig(), help="several GPUs or machines (tf.distribute)")
     export: ExportConfig = _field(ExportConfig(), help="export")
