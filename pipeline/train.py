@@ -12,8 +12,7 @@ from pathlib import Path
 
 import keras
 
-from pipeline import callbacks, evaluate, export, modeling, phases, rundir
-from pipeline import config as config_lib
+from pipeline import callbacks, evaluate, export, modeling, monitoring, phases, rundir
 from pipeline.config import Config
 from pipeline.rundir import RunError
 from pipeline.splits import Splits
@@ -60,7 +59,7 @@ def _train(config: Config, run_dir: Path, log) -> dict:
     validation_data = splits.dataset("validation", config) if len(splits.validation[1]) else None
     callback_list, stateful = callbacks.build_callbacks(config.train.callbacks, run_dir, len(splits.train[1]),
                                                         total_phases=len(plan))
-    callback_list[-1:-1] = monitoring(config, run_dir, splits, model, validation_data, new=state == "new")
+    callback_list[-1:-1] = monitoring.start(config, run_dir, splits, model, validation_data, new=state == "new")
     backup = callback_list[-1]
 
     metadata = callbacks.read_backup_metadata(run_dir / "backup")
@@ -108,42 +107,11 @@ def _train(config: Config, run_dir: Path, log) -> dict:
     }
     if config.export.enabled:
         metrics["export"] = str(export.export_run(run_dir, config=config))
-    finish_monitoring(config, run_dir, report, test_metrics, epochs_completed)
+    monitoring.finish(config, run_dir, report, test_metrics, epochs_completed)
     rundir.write_metrics(run_dir, metrics)  # last: marks the run finished
     log(f"test accuracy {test_metrics['accuracy']:.4f}, loss {test_metrics['loss']:.4f} after "
         f"{epochs_completed} epochs; {metrics['images_per_second']:.0f} images/s; metrics in {run_dir}/metrics.json")
     return metrics
-
-
-def monitoring(config: Config, run_dir: Path, splits: Splits, model: keras.Model, validation_data, *,
-               new: bool) -> list:
-    """What TensorBoard shows beyond Keras' scalars: written once for a new run (hparams, config, op
-    graph), and the callbacks (input samples, validation confusion matrix, profiler)."""
-    from pipeline import tensorboard_logging
-
-    options = config.train.callbacks.tensorboard
-    if not options.enabled:
-        return []
-    log_dir = run_dir / "tensorboard"
-    if new:
-        tensorboard_logging.write_run_start(
-            log_dir, flat_config=rundir.flatten(config_lib.to_dict(config)), config_yaml=config_lib.dump_yaml(config),
-            model=model if options.graph else None, trial_id=f"{config.name}/{run_dir.name}", hparams=options.hparams)
-    return tensorboard_logging.run_callbacks(
-        log_dir, class_names=splits.class_names, validation_data=validation_data, images=options.images,
-        sample_data=splits.dataset("train", config, training=True) if options.images else None,
-        confusion_matrix_freq=options.confusion_matrix_freq, profile_steps=options.profile_steps)
-
-
-def finish_monitoring(config: Config, run_dir: Path, report: dict | None, test: dict, epochs: int) -> None:
-    """RUN/curves.png from history.csv, and the test evaluation in TensorBoard's test/ run."""
-    from pipeline import evaluation_report, tensorboard_logging
-
-    if config.train.callbacks.csv_log and (run_dir / "history.csv").is_file():
-        evaluation_report.plot_curves(run_dir / "history.csv", run_dir / "curves.png", title=config.name)
-    if report is not None and config.train.callbacks.tensorboard.enabled:
-        tensorboard_logging.write_evaluation_summary(run_dir / "tensorboard", report, step=max(epochs - 1, 0),
-                                                     loss=test["loss"])
 
 
 def build_checked_model(config: Config, splits: Splits) -> keras.Model:
