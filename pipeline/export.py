@@ -124,7 +124,10 @@ def _load_run(run_dir: Path, config: Config | None, checkpoint: str):
 def export_run(run_dir: Path, *, config: Config | None = None, out_dir: Path | None = None,
                version: int | None = None, top_k: int | None = None, checkpoint: str = "best") -> Path:
     """`python -m pipeline export RUN_DIR`: exports the run's best checkpoint (default) to RUN_DIR/export."""
+    from pipeline import tta
+
     config, model, class_names = _load_run(run_dir, config, checkpoint)
+    model = tta.with_tta(model, config.export.tta)
     return export_model(model, out_dir=out_dir or Path(run_dir) / "export", model_name=config.name,
                         class_names=class_names, transform=eval_transform(model, config),
                         top_k=top_k or config.export.top_k, version=version)

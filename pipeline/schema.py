@@ -204,6 +204,8 @@ class EvaluationConfig:
 class ExportConfig:
     enabled: bool = _field(True, help="write a SavedModel at the end of training")
     top_k: int = _field(5, min=1, help="classes returned by the serving signature")
+    tta: str = _field("none", choices=["none", "flip"], help="test-time augmentation inside the SavedModel: flip "
+                                                            "averages each image's and its mirror's probabilities")
 
 
 @dataclasses.dataclass(frozen=True)
