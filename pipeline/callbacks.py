@@ -250,19 +250,28 @@ def read_backup_metadata(directory: os.PathLike) -> dict | None:
                            f"run.") from None
 
 
-def build_callbacks(options, run_dir: Path, images_per_epoch: int, total_phases: int = 1) -> tuple[list, dict]:
+def build_callbacks(options, run_dir: Path, images_per_epoch: int, total_phases: int = 1, *, ema: bool = False,
+                    extra=()) -> tuple[list, dict]:
     """The run's callbacks, and the ones whose state the resume backup carries (by name).
+
+    Order: EMA weights in (validation, checkpoints and `extra` see the averages), the others, `extra`
+    (e.g. monitoring), the raw weights back, the resume backup last.
 
     Args:
         options: the `train.callbacks` section (checkpoint, early_stopping, terminate_on_nan, csv_log,
             tensorboard).
         images_per_epoch: training images per epoch (for the images/s timer).
+        ema: the optimizers keep a weight EMA (`train.optimizer.ema`).
+        extra: callbacks to run after the others, before the backup.
     """
+    from pipeline import ema as ema_lib
+
+    averages = ema_lib.EMAWeights() if ema else None
     checkpoints = Checkpoints(run_dir / "checkpoints", monitor=options.checkpoint.monitor,
                                             mode=options.checkpoint.mode)
     timer = Timer(images_per_epoch)
     stateful = {"checkpoints": checkpoints, "timer": timer}
-    callback_list = [LearningRateLogger(), timer]
+    callback_list = [LearningRateLogger(), timer] + ([averages] if averages else [])
     if options.terminate_on_nan:
         callback_list.append(keras.callbacks.TerminateOnNaN())
     callback_list.append(checkpoints)
@@ -281,6 +290,9 @@ def build_callbacks(options, run_dir: Path, images_per_epoch: int, total_phases:
         callback_list.append(keras.callbacks.TensorBoard(
             str(run_dir / "tensorboard"), histogram_freq=options.tensorboard.histogram_freq,
             update_freq=update_freq, write_graph=False))
+    callback_list.extend(extra)
+    if averages:
+        callback_list.append(averages.restore_callback())
     # Last: saves after the others updated their state, restores after their on_train_begin reset it.
     callback_list.append(CrashSafeBackupAndRestore(run_dir / "backup", stateful=stateful,
                                                                  total_phases=total_phases))

@@ -263,6 +263,15 @@ def _check_value(value, hint, rules, dotted):
             raise ConfigError(f"{dotted}: expected a non-empty list of sections, received {_describe(value)}")
         return [_build(item_type, item, f"{dotted}[{index}]") for index, item in enumerate(value)]
     choices = rules.get("choices")
+    if choices is None and len(allowed) > 1:  # e.g. str or a mapping: the first kind that fits
+        for kind in allowed:
+            try:
+                return _check_value(value, kind, rules, dotted)
+            except ConfigError:
+                continue
+        names = " or ".join({str: "a string", dict: "a mapping", int: "an integer", float: "a number",
+                             bool: "true or false", list: "a list"}.get(kind, kind.__name__) for kind in allowed)
+        raise ConfigError(f"{dotted}: expected {names}, received {_describe(value)}")
     if choices is not None:
         # Compare with type too: YAML `1` must not match a `True` choice, nor `true` match 1.
         if not any(value == c and type(value) is type(c) for c in choices):
@@ -365,10 +374,10 @@ def _check_optimization(optimizer: OptimizerConfig, schedule: ScheduleConfig, ep
                           f"(epochs at which the rate is multiplied by {prefix}.schedule.factor), received []")
     if list(schedule.boundaries) != sorted(schedule.boundaries):
         raise ConfigError(f"{prefix}.schedule.boundaries: must be increasing; received {schedule.boundaries}")
-    if schedule.warmup_epochs and schedule.name != "cosine":
-        raise ConfigError(f"{prefix}.schedule.warmup_epochs: warm-up is only available with the cosine "
-                          f"schedule; received schedule {schedule.name!r}. Set {prefix}.schedule.name=cosine "
-                          f"or remove warmup_epochs.")
+    if schedule.warmup_epochs and schedule.name not in ("cosine", "polynomial"):
+        raise ConfigError(f"{prefix}.schedule.warmup_epochs: warm-up is only available with the cosine and "
+                          f"polynomial schedules; received schedule {schedule.name!r}. Set "
+                          f"{prefix}.schedule.name=cosine (or polynomial) or remove warmup_epochs.")
     if schedule.warmup_epochs >= epochs:
         raise ConfigError(f"{prefix}.schedule.warmup_epochs: must be < {prefix}.epochs ({epochs}); "
                           f"received {schedule.warmup_epochs}")

@@ -8,8 +8,8 @@ from source), so every config mistake is reported in a fraction of a second.
 from __future__ import annotations
 
 import models
+from pipeline import class_balance, datasets
 from pipeline import config as config_lib
-from pipeline import datasets
 from pipeline.config import Config, ConfigError
 from pipeline.errors import did_you_mean
 
@@ -41,6 +41,13 @@ def check_registries(config: Config) -> None:
             raise ConfigError(
                 f"unknown key 'model.options.{key}'{did_you_mean(key, accepted, 'model.options.')}. Model "
                 f"{config.model.name!r} accepts: {', '.join(accepted) or 'no options'}")
+    if config.train.phases and len({bool(phase.optimizer.ema) for phase in config.train.phases}) > 1:
+        raise ConfigError("train.phases[*].optimizer.ema: set a weight EMA in every phase or in none (the "
+                          "averaged weights must carry from one phase to the next)")
+    try:
+        class_balance.check_mode(config.train.class_weight)
+    except class_balance.ClassWeightError as error:
+        raise ConfigError(str(error)) from None
     if models.includes_preprocessing(config.model.name) and (
             config.input.normalization != "unit" or config.input.statistics):
         raise ConfigError(f"input.normalization: model {config.model.name!r} applies its backbone's own input "

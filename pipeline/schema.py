@@ -107,13 +107,16 @@ class OptimizerConfig:
     nesterov: bool = _field(False, help="Nesterov momentum (sgd)")
     weight_decay: Optional[float] = _field(None, min=0.0, help="decoupled weight decay (adamw default 0.004)")
     clipnorm: Optional[float] = _field(None, min=0.0, min_exclusive=True, help="clip each gradient's norm")
+    ema: Optional[float] = _field(None, min=0.0, max=1.0, max_exclusive=True,
+                                  help="weight EMA momentum (e.g. 0.999; null or 0: off); validation, checkpoints, "
+                                       "evaluation and export use the averaged weights")
 
 
 @dataclasses.dataclass(frozen=True)
 class ScheduleConfig:
     name: str = _field("constant", choices=["constant", "step", "polynomial", "cosine"],
                        help="learning-rate schedule, stepped every batch")
-    warmup_epochs: float = _field(0.0, min=0.0, help="linear warm-up from 0 (cosine only)")
+    warmup_epochs: float = _field(0.0, min=0.0, help="linear warm-up from 0 (cosine and polynomial)")
     boundaries: list = _field([], min=0.0, help="step: epochs at which the rate is multiplied by `factor`")
     factor: float = _field(0.1, min=0.0, min_exclusive=True, help="step: multiplier at each boundary")
     end_learning_rate: float = _field(0.0, min=0.0, help="polynomial: final rate")
@@ -181,6 +184,8 @@ class TrainConfig:
         None, help="successive phases, each recompiled with its own optimizer, schedule and trainable "
                    "layers (fine-tuning); their epochs must add up to train.epochs")
     label_smoothing: float = _field(0.0, min=0.0, max=1.0, max_exclusive=True, help="label smoothing")
+    class_weight: Union[str, dict] = _field("none", help="none | balanced (n / (classes * count) on the training "
+                                                        "split) | {class name: weight}: loss weights per class")
     jit_compile: Union[bool, str] = _field("auto", choices=[True, False, "auto"], help="XLA compilation")
     mixed_precision: str = _field("float32", choices=["float32", "mixed_bfloat16", "mixed_float16"],
                                   help="Keras dtype policy")

@@ -128,7 +128,27 @@ class Splits:
         return parts
 
     def dataset(self, split: str, config: Config, *, training: bool = False, batch_size: int | None = None):
-        """The tf.data pipeline of one split: training (shuffled, augmented) or evaluation."""
+        """The tf.data pipeline of one split: training (shuffled, augmented; with `train.class_weight`,
+        (images, labels, sample weights)) or evaluation (images, one-hot labels)."""
+        dataset = self._dataset(split, config, training=training, batch_size=batch_size)
+        weights = self.class_weights(config) if training else None
+        if weights is None:
+            return dataset
+        import tensorflow as tf
+
+        # Weights from the (possibly MixUp/CutMix-mixed, not yet smoothed) label: sum_c y_c * weight_c.
+        table = tf.constant(weights, tf.float32)
+        return dataset.map(lambda images, labels: (images, labels, tf.linalg.matvec(labels, table)),
+                           num_parallel_calls=tf.data.AUTOTUNE)
+
+    def class_weights(self, config: Config):
+        """`train.class_weight` as per-class weights float [classes] computed on the training split, or None."""
+        from pipeline import class_balance
+
+        return class_balance.class_weights(self.train[1], self.num_classes, config.train.class_weight,
+                                           class_names=self.class_names)
+
+    def _dataset(self, split: str, config: Config, *, training: bool, batch_size: int | None):
         inputs, labels = getattr(self, split)
         batch_size = batch_size or config.train.batch_size
         common = dict(batch_size=batch_size, num_classes=self.num_classes, transform=self.transform(config))

@@ -57,9 +57,10 @@ def _train(config: Config, run_dir: Path, log) -> dict:
     steps_per_epoch = math.ceil(len(splits.train[1]) / config.train.batch_size)
     train_data = splits.dataset("train", config, training=True)
     validation_data = splits.dataset("validation", config) if len(splits.validation[1]) else None
-    callback_list, stateful = callbacks.build_callbacks(config.train.callbacks, run_dir, len(splits.train[1]),
-                                                        total_phases=len(plan))
-    callback_list[-1:-1] = monitoring.start(config, run_dir, splits, model, validation_data, new=state == "new")
+    callback_list, stateful = callbacks.build_callbacks(
+        config.train.callbacks, run_dir, len(splits.train[1]), total_phases=len(plan),
+        ema=all(phase.optimizer.ema for phase in plan),
+        extra=monitoring.start(config, run_dir, splits, model, validation_data, new=state == "new"))
     backup = callback_list[-1]
 
     metadata = callbacks.read_backup_metadata(run_dir / "backup")
