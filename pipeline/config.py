@@ -330,6 +330,7 @@ def _check_cross_field_rules(config: Config) -> None:
     """Rules that involve several keys; each message says how to fix it. (Rules that need the model and
     dataset registries are in pipeline/experiment.py.)"""
     _check_optimization(config.train.optimizer, config.train.schedule, config.train.epochs, "train")
+    _check_batch_layers(config.input.augment)
     if config.train.phases:
         total = sum(phase.epochs for phase in config.train.phases)
         if total != config.train.epochs:
@@ -366,6 +367,30 @@ def _check_cross_field_rules(config: Config) -> None:
                 raise ConfigError(f"train.callbacks.{key}.monitor: {monitor!r} needs a validation split, "
                                   f"but dataset.validation_split is 0. Monitor a training metric "
                                   f"(e.g. 'loss') or set a validation split.")
+
+
+BATCH_LAYER_KEYS = {"rand_augment": {"num_ops": (1, None, int), "factor": (0.0, 1.0, float)},
+                    "color_jitter": {name: (0.0, 1.0, float) for name in ("brightness", "contrast", "saturation", "hue")}}
+
+
+def _check_batch_layers(augment) -> None:
+    """input.augment.rand_augment / color_jitter: known keys, numbers in range."""
+    for section, allowed in BATCH_LAYER_KEYS.items():
+        values = getattr(augment, section)
+        for key, value in (values or {}).items():
+            dotted = f"input.augment.{section}.{key}"
+            if key not in allowed:
+                raise ConfigError(f"unknown key {dotted!r}{_did_you_mean(key, allowed, f'input.augment.{section}.')}. "
+                                  f"Allowed keys in input.augment.{section}: {', '.join(allowed)}")
+            low, high, kind = allowed[key]
+            if value is None and section == "color_jitter":
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
+                raise ConfigError(f"{dotted}: expected {'an integer' if kind is int else 'a number'}, "
+                                  f"received {_describe(value)}")
+            if value < low or (high is not None and value > high):
+                raise ConfigError(f"{dotted}: must be in [{low}, {high if high is not None else 'inf'}]; "
+                                  f"received {value!r}")
 
 
 def _check_optimization(optimizer: OptimizerConfig, schedule: ScheduleConfig, epochs: int, prefix: str) -> None:

@@ -50,7 +50,7 @@ def make_train_dataset(images: np.ndarray, labels: np.ndarray, *, batch_size: in
     dataset = _indexed_batches(images, labels, batch_size=batch_size, num_classes=num_classes,
                                shuffle=True, seed=seed, shuffle_buffer=shuffle_buffer, transform=transform)
     dataset = _augment(dataset, augment, seed, deterministic)
-    return dataset.prefetch(AUTOTUNE)
+    return _batch_augment(dataset, augment, seed, deterministic).prefetch(AUTOTUNE)
 
 
 def _augment(dataset, augment: dict | None, seed: int, deterministic: bool):
@@ -60,7 +60,8 @@ def _augment(dataset, augment: dict | None, seed: int, deterministic: bool):
     run in parallel and still repeat exactly. Rotation and zoom use Keras layers whose random state is a
     variable that parallel calls would race for: run in order when `deterministic`.
     """
-    augmenter = preprocessing.build_augmenter(**(augment or {}), seed=seed)
+    classic = {key: value for key, value in (augment or {}).items() if key not in BATCH_LAYERS}
+    augmenter = preprocessing.build_augmenter(**classic, seed=seed)
     if augmenter is None:
         return dataset
     if augmenter.stateless:
@@ -71,6 +72,19 @@ def _augment(dataset, augment: dict | None, seed: int, deterministic: bool):
     if deterministic:
         return dataset.map(lambda x, y: (augmenter(x), y))
     return dataset.map(lambda x, y: (augmenter(x), y), num_parallel_calls=AUTOTUNE, deterministic=False)
+
+
+BATCH_LAYERS = ("rand_augment", "color_jitter", "random_erasing", "mix_up", "cut_mix")
+
+
+def _batch_augment(dataset, augment: dict | None, seed: int, deterministic: bool):
+    """Keras' batch layers (RandAugment, RandomColorJitter, RandomErasing, MixUp, CutMix) on batches of
+    (float32 images, one-hot labels), after the classic augmentation; see `pipeline.augment`."""
+    from pipeline import augment as augment_lib
+
+    layers = {key: value for key, value in (augment or {}).items() if key in BATCH_LAYERS}
+    batch_augment = augment_lib.build_batch_augment(**layers) if any(layers.values()) else None
+    return augment_lib.map_batch_augment(dataset, batch_augment, seed=seed + 2, deterministic=deterministic)
 
 
 def make_eval_dataset(images: np.ndarray, labels: np.ndarray, *, batch_size: int, num_classes: int,
@@ -130,9 +144,11 @@ def make_image_dataset(source: tf.data.Dataset, *, count: int, training: bool, b
         dataset = _cache(dataset.ignore_errors(log_warning=True), cache, f"eval{cache_suffix}")
         return dataset.batch(batch_size).map(one_hot, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
 
+    crop, factor = transform.working_crop()
+
     def working(item, label):
-        image, margin = decode.decode_working_image(read(item), image_size=transform.image_size, crop=transform.crop,
-                                                    margin=transform.margin, channels=transform.channels)
+        image, margin = decode.decode_working_image(read(item), image_size=transform.image_size, crop=crop,
+                                                    margin=transform.margin, channels=transform.channels, factor=factor)
         return image, margin, label
 
     buffer = shuffle_buffer or max(count, 1)
@@ -148,4 +164,5 @@ def make_image_dataset(source: tf.data.Dataset, *, count: int, training: bool, b
         lambda element, pair: (transform.train_crop(element[0], pair, margin=element[1]), element[2]),
         num_parallel_calls=AUTOTUNE, deterministic=True)
     dataset = _augment(dataset.batch(batch_size), augment, seed, deterministic)
-    return dataset.map(one_hot, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+    dataset = _batch_augment(dataset.map(one_hot, num_parallel_calls=AUTOTUNE), augment, seed, deterministic)
+    return dataset.prefetch(AUTOTUNE)

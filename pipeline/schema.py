@@ -58,14 +58,28 @@ class AugmentConfig:
     crop_padding: int = _field(0, min=0, help="pad each side by this many pixels, then random-crop back")
     rotation: float = _field(0.0, min=0.0, max=1.0, help="random rotation, fraction of a full turn")
     zoom: float = _field(0.0, min=0.0, max=1.0, help="random zoom in or out by up to this fraction")
+    rand_augment: Optional[dict] = _field(None, help="keras.layers.RandAugment {num_ops, factor} (ops drawn per "
+                                                     "image); null: off")
+    color_jitter: Optional[dict] = _field(None, help="keras.layers.RandomColorJitter {brightness, contrast, "
+                                                     "saturation, hue} factors in [0, 1]; null: off")
+    random_erasing: float = _field(0.0, min=0.0, max=1.0, help="probability per image of erasing a random "
+                                                              "rectangle (keras.layers.RandomErasing); 0: off")
+    mix_up: float = _field(0.0, min=0.0, help="MixUp alpha (keras.layers.MixUp; mixed one-hot labels); 0: off")
+    cut_mix: float = _field(0.0, min=0.0, max=1.0, help="CutMix alpha (keras.layers.CutMix); 0: off")
 
 
 @dataclasses.dataclass(frozen=True)
 class CropConfig:
-    mode: str = _field("none", choices=["none", "square", "shorter_side"],
+    mode: str = _field("none", choices=["none", "square", "shorter_side", "random_resized"],
                        help="none: resize whole image; square: square of side min(H,W)-2*margin (random in "
-                            "training, centred in evaluation); shorter_side: keep aspect, crop the target size")
+                            "training, centred in evaluation); shorter_side: keep aspect, crop the target size; "
+                            "random_resized: Inception-style random area/aspect crop in training, the 0.875 "
+                            "centre crop in evaluation and serving")
     margin: int = _field(0, min=0, help="square: pixels left out on each side of the shorter axis")
+    scale: list = _field([0.08, 1.0], length=2, min=0.0, max=1.0,
+                         help="random_resized: [min, max] fraction of the image area")
+    ratio: list = _field([0.75, 1.3333], length=2, min=0.0, min_exclusive=True,
+                         help="random_resized: [min, max] aspect ratio (width / height)")
 
 
 @dataclasses.dataclass(frozen=True)
