@@ -208,3 +208,53 @@ def test_a_second_writer_is_refused_at_once_and_a_killed_one_leaves_no_lock(tmp_
     holder.wait()
     with rundir.exclusive(run_dir):  # the kernel released the killed holder's lock
         pass
+
+
+# -- 01: EXIF orientation honoured on every decode path ----------------------------------------------
+
+def _upright_and_tagged(tmp_path: Path) -> tuple[Path, Path]:
+    """The same picture twice: stored upright, and stored rotated with EXIF Orientation 6 (as phones do)."""
+    upright = np.zeros((48, 32, 3), np.uint8)
+    upright[:12] = 255  # a bright band at the top, as displayed
+    plain, tagged = tmp_path / "upright.jpg", tmp_path / "phone.jpg"
+    Image.fromarray(upright).save(plain, quality=95)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # displayed = stored rotated 90 degrees clockwise
+    Image.fromarray(np.rot90(upright, 1).copy()).save(tagged, quality=95, exif=exif.tobytes())
+    return plain, tagged
+
+
+def test_training_and_evaluation_pipelines_see_the_picture_as_displayed(tmp_path):
+    from pipeline import input_pipeline
+    from pipeline.transform import EvalTransform
+
+    paths = _upright_and_tagged(tmp_path)
+    transform = EvalTransform(image_size=(24, 16), channels=3)
+    for training in (False, True):
+        batch = next(iter(input_pipeline.make_file_dataset(
+            [str(p) for p in paths], [0, 1], training=training, batch_size=2, num_classes=2, transform=transform,
+            seed=1)))[0].numpy()
+        top, bottom = batch[:, :6].mean(axis=(1, 2, 3)), batch[:, -6:].mean(axis=(1, 2, 3))
+        assert (top > 150).all() and (bottom < 60).all(), (training, top, bottom)
+
+
+def test_the_serving_signature_and_the_scan_honour_the_orientation(tmp_path):
+    import keras
+    import tensorflow as tf
+
+    from pipeline import export, image_files
+    from pipeline.transform import EvalTransform
+
+    plain, tagged = _upright_and_tagged(tmp_path)
+    inputs = keras.Input((24, 16, 3))
+    top = keras.layers.Lambda(lambda x: keras.ops.mean(x[:, :6], axis=(1, 2, 3), keepdims=False))(inputs)
+    bottom = keras.layers.Lambda(lambda x: keras.ops.mean(x[:, -6:], axis=(1, 2, 3), keepdims=False))(inputs)
+    logits = keras.layers.Concatenate()([keras.layers.Reshape((1,))(top), keras.layers.Reshape((1,))(bottom)])
+    model = keras.Model(inputs, keras.layers.Softmax()(logits / 50.0))
+    serve_bytes, _ = export.serving_functions(model, class_names=["top", "bottom"], top_k=1,
+                                              transform=EvalTransform(image_size=(24, 16), channels=3))
+    answers = serve_bytes(tf.constant([plain.read_bytes(), tagged.read_bytes()]))
+    assert [c[0].decode() for c in answers["classes"].numpy()] == ["top", "top"]
+    np.testing.assert_allclose(answers["probabilities"][0], answers["probabilities"][1], atol=0.02)
+    checks = image_files.scan_images([str(plain), str(tagged)])
+    assert [(c.height, c.width) for c in checks] == [(48, 32), (48, 32)]
