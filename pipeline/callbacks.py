@@ -87,7 +87,7 @@ class Checkpoints(_SavesFullModel, keras.callbacks.Callback):
             return  # the previous checkpoints stay the last good ones
         atomic_write(self.directory / "last.keras", self.saved_model.save, suffix=".keras")
         self.last_good_epoch = epoch + 1
-        if self.best is None or self._is_better(value, self.best):
+        if math.isfinite(value) and (self.best is None or self._is_better(value, self.best)):
             self.best = value
             atomic_write(self.directory / "best.keras", self.saved_model.save, suffix=".keras")
 

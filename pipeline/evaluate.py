@@ -21,7 +21,13 @@ def load_checkpoint(path: Path) -> keras.Model:
     if not Path(path).is_file():
         raise RunDirError(f"{path}: checkpoint not found; the run has not finished an epoch yet. "
                           f"Resume it with `python -m pipeline train <experiment> --run-dir {Path(path).parent.parent}`")
-    return keras.models.load_model(path)
+    model = keras.models.load_model(path)
+    from pipeline import callbacks
+
+    if not callbacks.all_finite(model):
+        raise RunDirError(f"{path}: holds NaN or infinite weights (a diverged run); it cannot be evaluated or "
+                          f"exported. Train again with a lower learning rate or from another checkpoint.")
+    return model
 
 
 def evaluate_model(checkpoint: Path, config: config_lib.Config, splits, *, run_dir: Path | None = None,
@@ -79,6 +85,11 @@ def evaluate_run(run_dir: Path, *, log=print) -> dict:
     """`python -m pipeline evaluate RUN_DIR`: re-evaluates best.keras and rewrites metrics.json's test entry."""
     run_dir = Path(run_dir)
     config = load_run_config(run_dir)
+    with rundir.exclusive(run_dir):  # not while a `train` writes it
+        return _evaluate_run(run_dir, config, log)
+
+
+def _evaluate_run(run_dir: Path, config, log) -> dict:
     splits = Splits(config)
     test = evaluate_model(rundir.checkpoint_path(run_dir), config, splits, run_dir=run_dir, log=log)
     test.pop("report", None)

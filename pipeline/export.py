@@ -126,11 +126,12 @@ def export_run(run_dir: Path, *, config: Config | None = None, out_dir: Path | N
     """`python -m pipeline export RUN_DIR`: exports the run's best checkpoint (default) to RUN_DIR/export."""
     from pipeline import tta
 
-    config, model, class_names = _load_run(run_dir, config, checkpoint)
-    model = tta.with_tta(model, config.export.tta)
-    return export_model(model, out_dir=out_dir or Path(run_dir) / "export", model_name=config.name,
-                        class_names=class_names, transform=eval_transform(model, config),
-                        top_k=top_k or config.export.top_k, version=version)
+    with rundir.exclusive(run_dir):  # not while a `train` writes the run directory
+        config, model, class_names = _load_run(run_dir, config, checkpoint)
+        model = tta.with_tta(model, config.export.tta)
+        return export_model(model, out_dir=out_dir or Path(run_dir) / "export", model_name=config.name,
+                            class_names=class_names, transform=eval_transform(model, config),
+                            top_k=top_k or config.export.top_k, version=version)
 
 
 def tflite_function(model: keras.Model, *, transform: EvalTransform):
@@ -178,6 +179,7 @@ def export_run_tflite(run_dir: Path, *, config: Config | None = None, out_dir: P
                       version: int | None = None, checkpoint: str = "best") -> Path:
     """`python -m pipeline export RUN_DIR --format tflite`: the run's checkpoint as TFLite, by default in
     RUN_DIR/export_tflite (kept apart from RUN_DIR/export, whose versions TF Serving loads as SavedModels)."""
-    config, model, class_names = _load_run(run_dir, config, checkpoint)
-    return export_tflite(model, out_dir=out_dir or Path(run_dir) / "export_tflite", model_name=config.name,
-                         class_names=class_names, transform=eval_transform(model, config), version=version)
+    with rundir.exclusive(run_dir):
+        config, model, class_names = _load_run(run_dir, config, checkpoint)
+        return export_tflite(model, out_dir=out_dir or Path(run_dir) / "export_tflite", model_name=config.name,
+                             class_names=class_names, transform=eval_transform(model, config), version=version)

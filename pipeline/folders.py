@@ -94,7 +94,14 @@ def extract_archive(archive: Path, data_dir: str) -> Path:
         # tools later write beside it (reports, statistics) never change what the dataset root is.
         (temporary / ".dataset-root").write_text(single_top_folder(temporary).name
                                                  if single_top_folder(temporary) != temporary else ".")
-        os.replace(temporary, target)
+        try:
+            os.replace(temporary, target)
+        except OSError:
+            # Another process extracted the same archive meanwhile (renaming onto its non-empty folder
+            # fails): use that one if it is of this archive.
+            if not (stamp_file.is_file() and stamp_file.read_text() == stamp):
+                raise
+            shutil.rmtree(temporary, ignore_errors=True)
     except (OSError, tarfile.TarError, zipfile.BadZipFile) as error:
         shutil.rmtree(temporary, ignore_errors=True)
         raise DatasetError(f"{archive}: cannot extract ({error})") from None

@@ -72,6 +72,9 @@ def check_run_dir(run_dir: Path, config: Config) -> str:
     return "finished" if (run_dir / "metrics.json").is_file() else "resume"
 
 
+_HELD: set[str] = set()  # run directories this process has locked
+
+
 @contextlib.contextmanager
 def exclusive(run_dir: Path):
     """Holds the run directory's lock while a `train` runs in it: a second process is refused at once.
@@ -79,12 +82,16 @@ def exclusive(run_dir: Path):
     An advisory `flock` on the directory itself (no lock file: a finished run's files stay untouched);
     the kernel releases it when the holder exits, so a killed process never leaves it stuck. If the
     run never started (no config.yaml was written, e.g. the data was refused), a directory this call
-    created is removed again.
+    created is removed again. Re-entrant within a process (a run's own evaluation and export).
 
     Raises:
         RunError: another process holds the lock.
     """
     run_dir = Path(run_dir)
+    key = os.path.realpath(run_dir)
+    if key in _HELD:  # this process holds it already (train's own evaluation and export)
+        yield
+        return
     created = not run_dir.exists()
     run_dir.mkdir(parents=True, exist_ok=True)
     handle = os.open(run_dir, os.O_RDONLY | os.O_DIRECTORY)
@@ -94,9 +101,11 @@ def exclusive(run_dir: Path):
         os.close(handle)
         raise RunError(f"--run-dir {run_dir} is in use by another `train` process; wait for it to finish, "
                        f"stop it, or choose another --run-dir") from None
+    _HELD.add(key)
     try:
         yield
     finally:
+        _HELD.discard(key)
         if created and not (run_dir / "config.yaml").exists():
             with contextlib.suppress(OSError):
                 run_dir.rmdir()  # only if empty

@@ -258,3 +258,47 @@ def test_the_serving_signature_and_the_scan_honour_the_orientation(tmp_path):
     np.testing.assert_allclose(answers["probabilities"][0], answers["probabilities"][1], atol=0.02)
     checks = image_files.scan_images([str(plain), str(tagged)])
     assert [(c.height, c.width) for c in checks] == [(48, 32), (48, 32)]
+
+
+# -- more of the same kinds --------------------------------------------------------------------------
+
+def test_a_key_set_twice_on_the_command_line_is_refused():
+    with pytest.raises(config_lib.ConfigError, match="--set train.epochs is given twice"):
+        experiment_lib.load_experiment("tiny", ["train.epochs=3", "train.epochs=5"])
+
+
+def test_class_folders_starting_with_a_hash_survive_our_list_files(tmp_path):
+    root = stripes(tmp_path / "ds", {"#tag": 3, "plain": 3}, size=12)
+    assert cli.main(["data", "label", str(root), "--out", str(tmp_path / "lists" / "labels.txt")]) == 0
+    data = datasets.load_dataset("file_list", data_dir=str(tmp_path / "data"), root=str(root),
+                                 classes=str(tmp_path / "lists" / "classes.txt"),
+                                 lists={"train": str(tmp_path / "lists" / "labels.txt")})
+    paths, labels = data.splits["train"]
+    assert len(paths) == 6
+    assert all(Path(p).parent.name == data.class_names[label] for p, label in zip(paths, labels))
+
+
+def test_a_non_finite_validation_value_never_becomes_the_best(tmp_path):
+    import keras
+
+    from pipeline import callbacks
+
+    checkpoints = callbacks.Checkpoints(tmp_path, monitor="val_accuracy")
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    checkpoints.set_model(model)
+    checkpoints.on_epoch_end(0, {"loss": 1.0, "val_accuracy": float("nan")})
+    assert checkpoints.best is None and not (tmp_path / "best.keras").exists()
+    checkpoints.on_epoch_end(1, {"loss": 1.0, "val_accuracy": 0.5})
+    assert checkpoints.best == 0.5 and (tmp_path / "best.keras").exists()
+
+
+def test_a_checkpoint_with_nan_weights_is_never_evaluated_or_exported(tmp_path):
+    import keras
+
+    from pipeline import evaluate
+
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.layers[0].kernel.assign(np.full((2, 1), np.nan, np.float32))
+    model.save(tmp_path / "best.keras")
+    with pytest.raises(rundir.RunDirError, match="NaN or infinite weights"):
+        evaluate.load_checkpoint(tmp_path / "best.keras")

@@ -115,7 +115,8 @@ def list_lines(files, labels, root: Path, bar) -> list[str]:
             print(f"warning: skipped {name!r}: a file name with a line break cannot be listed",
                   file=sys.stderr)
         else:
-            lines.append(f"{name} {label}\n")
+            # A leading "#" would read back as a comment line: "./" keeps the path and its meaning.
+            lines.append(f"{'./' + name if name.startswith('#') else name} {label}\n")
         bar.update()
     return lines
 
