@@ -147,6 +147,39 @@ def _positive(name: str, value, *, maximum: float | None = None) -> float:
     return value
 
 
+COLOR_JITTER_LIMITS = {"brightness": 1.0, "contrast": 1.0, "saturation": 1.0, "hue": 0.5}
+
+
+def color_jitter_factors(*, brightness=None, contrast=None, saturation=None, hue=None) -> dict:
+    """`input.augment.color_jitter` amplitudes -> keras.layers.RandomColorJitter's factor arguments.
+
+    Our keys follow torchvision's ColorJitter amplitudes, per image:
+      brightness b: adds U(-b, b) x 255 (Keras' RandomBrightness is additive; torchvision multiplies);
+      contrast c:   (x - mean) x U(1 - c, 1 + c);
+      saturation s: HSV saturation x U(1 - s, 1 + s);
+      hue h:        rotates the hue by U(-h, h) of the colour circle (h <= 0.5).
+    Keras' single-float factors mean something else for three of them (Keras 3.15.1, measured):
+    RandomContrast(0.2) draws only from [1, 1.2] (its docstring says [0.8, 1.2]); RandomSaturation(0.2)
+    draws a multiplier f / (1 - f) with f in [-0.2, 0.2], i.e. from [-0.17, 0.25], greying every image;
+    RandomHue(f) rotates by up to f / 2. So every factor is passed as an explicit (low, high) pair:
+    saturation multiplier m is f / (1 - f), hence f = m / (1 + m).
+
+    Returns:
+        keyword arguments brightness_factor, contrast_factor, saturation_factor, hue_factor (None = off).
+    """
+    out = {}
+    if brightness:
+        out["brightness_factor"] = (-float(brightness), float(brightness))
+    if contrast:
+        out["contrast_factor"] = (float(contrast), float(contrast))  # Keras: [1 - low, 1 + high]
+    if saturation:
+        low, high = 1.0 - float(saturation), 1.0 + float(saturation)
+        out["saturation_factor"] = (low / (1.0 + low), high / (1.0 + high))
+    if hue:
+        out["hue_factor"] = (0.0, 2.0 * float(hue))  # Keras: +-U(low, high) / 2 of the circle
+    return out
+
+
 class BatchAugment:
     """`augment(images, labels, seed) -> (images, labels)`: the configured Keras layers applied in order
     RandAugment -> color jitter -> random erasing -> MixUp or CutMix. Build it with `build_batch_augment`.
@@ -172,9 +205,7 @@ class BatchAugment:
                 self.image_layers.append(compat.per_image_rand_augment(layer, self.stream))
             if color_jitter:
                 self.image_layers.append(keras.layers.RandomColorJitter(
-                    value_range=(0, 255), brightness_factor=color_jitter.get("brightness"),
-                    contrast_factor=color_jitter.get("contrast"), saturation_factor=color_jitter.get("saturation"),
-                    hue_factor=color_jitter.get("hue"), name="color_jitter"))
+                    value_range=(0, 255), name="color_jitter", **color_jitter_factors(**color_jitter)))
             if random_erasing:
                 # factor (p, p): every image is erased with probability p. A single float p would draw
                 # each image's probability from U(0, p), erasing p / 2 of them on average.
@@ -217,8 +248,9 @@ def build_batch_augment(*, rand_augment: dict | None = None, color_jitter: dict 
 
     Args:
         rand_augment: {num_ops: int >= 1, factor: float in [0, 1]} for keras.layers.RandAugment, or None.
-        color_jitter: {brightness, contrast, saturation, hue} factors for keras.layers.RandomColorJitter
-            (each a float in [0, 1], or absent/None to leave that property alone), or None.
+        color_jitter: {brightness, contrast, saturation, hue} amplitudes for keras.layers.RandomColorJitter
+            (floats in [0, 1], hue in [0, 0.5]; absent/None/0 leaves that property alone; meaning in
+            `color_jitter_factors`), or None.
         random_erasing: probability per image of erasing a random rectangle (keras.layers.RandomErasing:
             2% to 33% of the area, filled with clipped noise); 0 = off.
         mix_up: MixUp's alpha (mixing weight ~ Beta(alpha, alpha) per example); 0 = off.
@@ -245,7 +277,9 @@ def build_batch_augment(*, rand_augment: dict | None = None, color_jitter: dict 
                              f"Received: {sorted(unknown)}")
         for key, value in color_jitter.items():
             if value is not None:
-                _positive(f"color_jitter.{key}", value, maximum=1.0)
+                _positive(f"color_jitter.{key}", value, maximum=COLOR_JITTER_LIMITS[key])
+    if color_jitter and not any(color_jitter.values()):
+        color_jitter = None  # every property off
     if not (rand_augment or color_jitter or random_erasing or mix_up or cut_mix):
         return None
     return BatchAugment(rand_augment=rand_augment, color_jitter=color_jitter, random_erasing=random_erasing,

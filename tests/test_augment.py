@@ -123,6 +123,38 @@ def test_rand_augment_picks_new_operations_every_batch_and_per_image():
     assert not np.array_equal(outputs[0][0], outputs[1][0])
 
 
+def _jitter(color_jitter, images):
+    (out, _), = _run(augment.build_batch_augment(color_jitter=color_jitter), images[None],
+                     np.zeros((1, len(images), NUM_CLASSES), np.float32), seed=3)
+    return out
+
+
+def test_color_jitter_amplitudes_go_both_ways_as_documented():
+    """Keras' single-float factors would give contrast only in [1, 1.2] and a saturation multiplier in
+    [-0.17, 0.25]; ours are torchvision's two-sided amplitudes."""
+    rng = np.random.default_rng(0)
+    base = np.array([150.0, 100.0, 80.0], np.float32)
+    images = np.broadcast_to(base + rng.uniform(-20, 20, size=(16, 16, 1)).astype(np.float32), (128, 16, 16, 3))
+    hsv = tf.image.rgb_to_hsv(images / 255.0).numpy()
+
+    def spread(x):  # deviation from each channel's mean, which contrast scales
+        return (x - x.mean(axis=(1, 2), keepdims=True)).std(axis=(1, 2, 3))
+
+    contrast = spread(_jitter({"contrast": 0.2}, images)) / spread(images)
+    assert 0.79 < contrast.min() < 0.9 and 1.1 < contrast.max() < 1.21, (contrast.min(), contrast.max())
+    saturation = tf.image.rgb_to_hsv(_jitter({"saturation": 0.2}, images) / 255.0).numpy()[..., 1].mean(axis=(1, 2))
+    saturation /= hsv[..., 1].mean(axis=(1, 2))
+    assert 0.79 < saturation.min() < 0.9 and 1.1 < saturation.max() < 1.21, (saturation.min(), saturation.max())
+    hue = tf.image.rgb_to_hsv(_jitter({"hue": 0.05}, images) / 255.0).numpy()[..., 0]
+    shift = (((hue - hsv[..., 0]) + 0.5) % 1.0 - 0.5).mean(axis=(1, 2))  # around the colour circle
+    assert -0.051 < shift.min() < -0.03 and 0.03 < shift.max() < 0.051, (shift.min(), shift.max())
+    brightness = _jitter({"brightness": 0.2}, images).mean(axis=(1, 2, 3)) - images.mean(axis=(1, 2, 3))
+    assert -51.1 < brightness.min() < -35 and 35 < brightness.max() < 51.1, (brightness.min(), brightness.max())
+    assert augment.build_batch_augment(color_jitter={"hue": 0, "saturation": None}) is None
+    with pytest.raises(ValueError, match=r"color_jitter.hue must be 0 \(off\) to 0.5. Received: color_jitter.hue=0.6"):
+        augment.build_batch_augment(color_jitter={"hue": 0.6})
+
+
 def test_mix_up_labels_weigh_classes_as_the_pixels_do():
     images, labels = _class_batches()
     for batch_images, batch_labels in _run(augment.build_batch_augment(mix_up=0.4), images, labels, seed=2):
