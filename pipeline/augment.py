@@ -250,8 +250,8 @@ def build_batch_augment(*, rand_augment: dict | None = None, color_jitter: dict 
         rand_augment: {num_ops: int >= 1, factor: float in [0, 1]} for keras.layers.RandAugment, or None.
             Keras' magnitudes are one-sided and large (Keras 3.15.1, measured at factor 0.5): rotation
             U(0, 180) degrees counter-clockwise, translation U(0, 0.5) of the size in one direction,
-            brightness +U(0, 127), contrast x U(1, 1.5). The paper's CIFAR setting (M = 9 of 30: rotate
-            +-27 degrees) is closer to factor 0.1-0.15.
+            brightness +U(0, 127), contrast x U(1, 1.5). The paper's reference code rotates by
+            +-30 x M / 10 degrees (ImageNet's M = 9: +-27 degrees), a rotation factor near 0.075.
         color_jitter: {brightness, contrast, saturation, hue} amplitudes for keras.layers.RandomColorJitter
             (floats in [0, 1], hue in [0, 0.5]; absent/None/0 leaves that property alone; meaning in
             `color_jitter_factors`), or None.
