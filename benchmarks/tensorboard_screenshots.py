@@ -34,7 +34,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Screenshot name -> URL fragment. "profile" is left out by default: XProf's page loads Google Charts
 # from www.gstatic.com before it draws anything, so it stays blank offline; `check_profile` asks the
 # plugin's data API instead.
-DASHBOARDS = {"scalars": "scalars&tagFilter=epoch_", "class_scalars": "scalars&tagFilter=class_",
+DASHBOARDS = {"scalars": "scalars&tagFilter=epoch_", "class_scalars": "scalars&tagFilter=per_class_",
               "images": "images&tagFilter=confusion", "samples": "images&tagFilter=input_samples", "hparams": "hparams", "graphs": "graphs", "text": "text", "profile": "profile"}
 DEFAULT_DASHBOARDS = ["scalars", "class_scalars", "images", "samples", "hparams", "graphs", "text"]
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -7,7 +7,7 @@ writes into `train/` and `validation/`:
     train/        input_samples/train_augmented (Images), op graph of the forward pass (Graphs),
                   profiler traces under plugins/profile/ (Profile, `ProfileSteps`, when asked for)
     validation/   input_samples/evaluation, confusion_matrix every epoch (Images),
-                  class_precision/NN_name and class_recall/NN_name (Scalars, <= 20 classes)
+                  per_class_precision/NN_name, per_class_recall/NN_name (Scalars, <= 20 classes)
     test/         epoch_accuracy, epoch_loss, evaluation/* scalars at the last epoch's step,
                   confusion_matrix, evaluation text
 
@@ -192,8 +192,8 @@ class ValidationConfusion(keras.callbacks.Callback):
                     labels, predictions, labels=list(range(num_classes)), zero_division=0)
                 for index, name in enumerate(self.class_names):
                     tag = tag_name(index, name, num_classes)
-                    tf.summary.scalar(f"class_precision/{tag}", float(precision[index]), step=epoch)
-                    tf.summary.scalar(f"class_recall/{tag}", float(recall[index]), step=epoch)
+                    tf.summary.scalar(f"per_class_precision/{tag}", float(precision[index]), step=epoch)
+                    tf.summary.scalar(f"per_class_recall/{tag}", float(recall[index]), step=epoch)
         self._writer.flush()
         return matrix
 
@@ -223,16 +223,16 @@ def write_hparams(log_dir: os.PathLike, hparams: dict, *, trial_id: str | None =
         trial_id: the name shown for the session (e.g. the run directory's name).
         metrics: (tag, sub-run, display name) triples, e.g. ("epoch_accuracy", "validation", ...).
 
-    The experiment config (which hparams and metrics the table has) is written too. TensorBoard uses
-    the first one it finds under its log directory, so every run should pass the same keys.
+    No experiment config is written: TensorBoard then infers the table from the sessions it finds, marks
+    the hparams whose values differ between runs and shows those first (with a written config it shows the
+    first five by name, e.g. dataset.name but not the learning rate that two runs differ in), and takes the
+    metrics from the runs' scalars (`metrics` is kept for callers that write a config themselves).
     """
     from tensorboard.plugins.hparams import api as hp
 
     values = {str(key): hparam_value(value) for key, value in hparams.items()}
     writer = _writer(log_dir)
     with writer.as_default():
-        hp.hparams_config(hparams=[hp.HParam(key) for key in values],
-                          metrics=[hp.Metric(tag, group=group, display_name=name) for tag, group, name in metrics])
         hp.hparams(values, trial_id=trial_id)
     writer.close()
 
