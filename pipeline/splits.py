@@ -203,9 +203,13 @@ class Splits:
             self._cache_mode = config.input.cache
             if self._cache_mode == "auto":
                 transform = self.transform(config)
-                sizes = ([self.image_sizes.get(str(p), (0, 0)) for p in self.train[0]] if self.kind == "files" else
-                         [tuple(int(v) for v in pair) for pair in zip(self.records.arrays.get("height", []),
-                                                                       self.records.arrays.get("width", []))])
+                if self.kind == "files":
+                    sizes = [self.image_sizes.get(str(p), (0, 0)) for p in self.train[0]]
+                elif "height" in self.records.arrays:  # by training id (older shards lack sizes)
+                    arrays = self.records.arrays
+                    sizes = list(zip(arrays["height"][self.train[0]].tolist(), arrays["width"][self.train[0]].tolist()))
+                else:
+                    sizes = []
                 needed = (estimate_working_bytes(sizes or [(0, 0)] * len(self.train[0]), transform)
                           + 4 * int(np.prod(self.input_shape)) * (len(self.validation[1]) + len(self.test[1])))
                 budget = cache_budget_bytes(config.input.cache_budget_mb)
@@ -252,18 +256,20 @@ def cache_budget_bytes(budget_mb: int | None) -> int:
 
 
 def estimate_working_bytes(sizes, transform: EvalTransform) -> int:
-    """Bytes of uint8 images [h, w, channels] at their working size (`decode.working_size`'s rule: never
-    enlarged; `none` keeps both sides >= the target, the crop modes bring the cropped side to the
-    target's longer side), for images of (height, width) `sizes` (0 when unknown: counted at the target)."""
-    target_h, target_w = transform.image_size
+    """Bytes of uint8 images [h, w, channels] at their working size (`decode.working_size`'s rule for
+    `transform.working_crop()`: never enlarged; `none` keeps both sides >= the target, the crop modes
+    bring the cropped side to the target's longer side, times the crop's factor: random_resized keeps
+    1 / sqrt(scale[0]) of it), for images of (height, width) `sizes` (0 when unknown: counted at the target)."""
+    crop, factor = transform.working_crop()
+    target_h, target_w = (float(np.ceil(side * factor)) for side in transform.image_size)
     total = 0
     for height, width in sizes:
         if not height or not width:
             height, width = target_h, target_w
-        if transform.crop == "none":
+        if crop == "none":
             scale = max(target_h / height, target_w / width)
         else:
-            margin = transform.margin if transform.crop == "square" else 0
+            margin = transform.margin if crop == "square" else 0
             scale = max(target_h, target_w) / max(min(height, width) - 2 * margin, 1)
         scale = min(scale, 1.0)
         total += int(np.ceil(height * scale) * np.ceil(width * scale)) * transform.channels

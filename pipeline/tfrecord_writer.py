@@ -64,6 +64,15 @@ def _shrink_function(quality: int):
     return shrink
 
 
+def _stored_size(check, max_side) -> tuple[int, int]:
+    """(height, width) of an image as stored: its displayed size, shrunk to `max_side` when larger."""
+    height, width = check.height, check.width
+    if max_side and max(height, width) > max_side:
+        scale = max_side / max(height, width)
+        height, width = max(1, round(height * scale)), max(1, round(width * scale))
+    return height, width
+
+
 def _encode_record(item, *, max_side, quality) -> bytes:
     """One serialized tf.train.Example from (record id, path, ImageCheck, label, class name, file name).
 
@@ -78,8 +87,7 @@ def _encode_record(item, *, max_side, quality) -> bytes:
         with open(path, "rb") as handle:
             data = handle.read()
         if max_side and max(height, width) > max_side:
-            scale = max_side / max(height, width)
-            height, width = max(1, round(height * scale)), max(1, round(width * scale))
+            height, width = _stored_size(check, max_side)
             data, image_format = _shrink_function(quality)(data, height, width).numpy(), "jpeg"
     except (OSError, tf.errors.OpError) as error:
         message = getattr(error, "message", None) or getattr(error, "strerror", None) or str(error)
@@ -229,6 +237,7 @@ def _write_all(plan, class_names, directory: Path, *, source_root, num_shards, m
                 "max_side": max_side, "jpeg_quality": quality, "shard_seed": seed, "splits": {}}
     labels = np.zeros(total, np.int64)
     shard_of, offsets, lengths = np.zeros(total, np.int32), np.zeros(total, np.int64), np.zeros(total, np.int64)
+    heights, widths = np.zeros(total, np.int32), np.zeros(total, np.int32)  # as stored: `input.cache: auto` sizes
     filenames: list[bytes] = [b""] * total
     shard_files: list[str] = []
     first_id = 0
@@ -253,6 +262,7 @@ def _write_all(plan, class_names, directory: Path, *, source_root, num_shards, m
                         writer.write(record)
                         labels[key], shard_of[key] = good[local][1], len(shard_files)
                         offsets[key], lengths[key] = position + tfrecords.HEADER_BYTES, len(record)
+                        heights[key], widths[key] = _stored_size(good[local][2], max_side)
                         filenames[key] = _relative(good[local][0], source_root).encode()
                         position += tfrecords.HEADER_BYTES + len(record) + tfrecords.FOOTER_BYTES
                         bar.update()
@@ -267,8 +277,8 @@ def _write_all(plan, class_names, directory: Path, *, source_root, num_shards, m
             first_id += len(good)
     blob = np.frombuffer(b"".join(filenames), np.uint8)
     ends = np.cumsum([len(f) for f in filenames], dtype=np.int64)
-    np.savez(directory / INDEX, label=labels, shard=shard_of, offset=offsets, length=lengths,
-             shard_files=np.asarray(shard_files, dtype=str), filename_bytes=blob, filename_ends=ends)
+    np.savez(directory / INDEX, label=labels, shard=shard_of, offset=offsets, length=lengths, height=heights,
+             width=widths, shard_files=np.asarray(shard_files, dtype=str), filename_bytes=blob, filename_ends=ends)
     manifest["index"] = {"file": INDEX, "records": total,
                          "sha256": tfrecords.file_sha256(directory / INDEX, fsync=True)}
     return manifest

@@ -4,7 +4,8 @@ A shard directory (written by `python -m pipeline data shard`, `pipeline/tfrecor
     manifest.json                            classes, counts per split and class, shard files with
                                              sha256 and record counts, the source, the settings used
     index.npz                                one row per record, by record id: label, shard, byte offset
-                                             and length of the record in its shard, file name
+                                             and length of the record in its shard, height and width as
+                                             stored (older shards lack them), file name
     <split>-00000-of-000NN.tfrecord          `tf.train.Example`s with the FEATURES below
 
 Record ids ("keys"): int64, unique across splits, given split by split (manifest order) in the source's
@@ -125,7 +126,8 @@ def shard_files(root, split: str, *, manifest: dict | None = None) -> list[str]:
 class ShardIndex:
     """A shard directory as the split code sees a folder source (`folders.FileDataset`): `splits` maps
     each split present to (record ids int64 [N], labels int64 [N]) in the source's order, ids standing
-    where a folder source has paths. `arrays` holds index.npz (label, shard, offset, length by id)."""
+    where a folder source has paths. `arrays` holds index.npz (label, shard, offset, length, height,
+    width by id)."""
 
     splits: dict
     class_names: list[str]
