@@ -270,4 +270,30 @@ def summary_command(experiment: str, overrides=(), *, num_classes: int | None = 
             return USER_ERROR
         print(file=out)
         print(format_phases(counts), file=out)
+    print(file=out)
+    print(format_recipe(config), file=out)
     return 0
+
+
+def format_recipe(config) -> str:
+    """The training recipe in a few lines: input transform, augmentation, optimisation, evaluation."""
+    from pipeline import config as config_lib
+
+    augment = {key: value for key, value in config_lib.to_dict(config.input.augment).items()
+               if value and key != "fill_mode"}
+    crop = config.input.crop
+    crop_text = {"square": f"square (margin {crop.margin})", "random_resized":
+                 f"random_resized (scale {crop.scale}, ratio {crop.ratio}; eval: 0.875 centre crop)"}.get(crop.mode, crop.mode)
+    optimizer, schedule, train = config.train.optimizer, config.train.schedule, config.train
+    optimizer_text = ", ".join(f"{key} {value}" for key, value in config_lib.to_dict(optimizer).items()
+                               if value not in (None, False, 0.0) and key != "name")
+    lines = [f"Input:        crop {crop_text}, resize {config.input.resize_method}, normalization "
+             f"{config.input.normalization}, cache {config.input.cache}",
+             f"Augmentation: {', '.join(f'{k}={v}' for k, v in augment.items()) or 'none'}",
+             f"Optimizer:    {optimizer.name} ({optimizer_text}); schedule {schedule.name}"
+             f"{f' with {schedule.warmup_epochs:g} warm-up epochs' if schedule.warmup_epochs else ''}; "
+             f"{train.epochs} epochs, global batch {train.batch_size}",
+             f"Loss:         label smoothing {train.label_smoothing}, class weights {train.class_weight}",
+             f"Evaluation:   top-{config.evaluation.top_k}, TTA {config.evaluation.tta}; export TTA "
+             f"{config.export.tta}; distribute {config.distribute.strategy}"]
+    return "\n".join(lines)
