@@ -36,6 +36,8 @@ def _chain(model) -> list:
     (cifar10_deep is); None otherwise."""
     import keras
 
+    from pipeline import compat
+
     flat = []
     for layer in model.layers:
         if isinstance(layer, keras.layers.InputLayer):
@@ -45,7 +47,7 @@ def _chain(model) -> list:
             if inner is None:
                 return None
             flat.extend(inner)
-        elif len(layer._inbound_nodes) != 1 or len(layer._inbound_nodes[0].input_tensors) != 1:
+        elif len(compat.inbound_nodes(layer)) != 1 or len(compat.inbound_nodes(layer)[0].input_tensors) != 1:
             return None
         else:
             flat.append(layer)

@@ -82,9 +82,9 @@ def in_memory_dataset(images, labels, *, config, batch_size: int, num_classes: i
 def book_flow(images, labels, *, batch_size: int, num_classes: int, seed: int | None = None):
     """Variant C: the Keras book's augmentation, exactly as the book writes it (plus a seed)."""
     import numpy as np
-    from keras.src.legacy.preprocessing.image import ImageDataGenerator
+    from pipeline import compat
 
-    generator = ImageDataGenerator(width_shift_range=0.1, height_shift_range=0.1, horizontal_flip=True)
+    generator = compat.legacy_image_data_generator()(width_shift_range=0.1, height_shift_range=0.1, horizontal_flip=True)
     one_hot = np.eye(num_classes, dtype=np.float32)[np.asarray(labels)]
     return generator.flow(images, one_hot, batch_size=batch_size, seed=seed)
 

@@ -361,7 +361,7 @@ class StatelessSeedStream(keras.random.SeedGenerator):
 def route_seeds(layer: keras.layers.Layer, stream: StatelessSeedStream) -> keras.layers.Layer:
     """Makes `layer` and every layer nested in it draw from `stream` instead of their own generators
     (see the comment above). Returns `layer`."""
-    for inner in layer._flatten_layers(include_self=True, recursive=True):
+    for inner in iter_layers(layer, include_self=True):
         object.__setattr__(inner, "_get_seed_generator", lambda backend=None: stream)
     return layer
 
@@ -425,3 +425,15 @@ def ema_variable_pairs(optimizer) -> list:
     if len(averages) != len(variables):
         raise RuntimeError(f"Keras {KERAS_VERSION}: {len(variables)} variables but {len(averages)} EMA slots")
     return [(variable, average) for variable, average in zip(variables, averages) if average is not None]
+
+
+# --------------------------------------------------------------------------------------------------
+# Benchmarks' baseline
+# --------------------------------------------------------------------------------------------------
+
+def legacy_image_data_generator():
+    """`ImageDataGenerator`, the Keras book's augmentation, which Keras 3 keeps only in its private
+    `keras.src.legacy` package (no public alias in 3.15); the baseline of benchmarks/train_throughput.py."""
+    from keras.src.legacy.preprocessing.image import ImageDataGenerator
+
+    return ImageDataGenerator

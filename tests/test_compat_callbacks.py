@@ -47,3 +47,8 @@ def test_hooks_save_each_epoch_and_skip_finished_epochs(tmp_path):
     assert saved == [1, 2], f"{VERSION}: save hook called for epochs {saved}"
     model.fit(x, y, epochs=4, verbose=0, callbacks=[recorder, Skipper()])
     assert epochs_run == [2, 3], f"{VERSION}: skip_to_epoch did not skip (ran {epochs_run})"
+
+
+def test_the_book_baseline_generator_is_still_where_compat_finds_it():
+    generator = compat.legacy_image_data_generator()
+    assert hasattr(generator, "flow"), f"{VERSION}: keras.src.legacy ImageDataGenerator moved or changed"
