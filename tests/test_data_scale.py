@@ -240,3 +240,24 @@ def test_cache_none_and_memory_give_identical_training_batches(photos, source):
     options = {"source": source, "crop": "shorter_side", "evaluation": False}
     assert_same_passes(all_batches(photos, cache="none", **options)["train"],
                        all_batches(photos, cache="memory", **options)["train"])
+
+
+# --------------------------------------------------------------------------------------------------
+# The image scan
+# --------------------------------------------------------------------------------------------------
+
+def test_scan_counts_distinct_colours_exactly(tmp_path):
+    """The placeholder check counts distinct RGB triples of a 64x64 thumbnail (packed into integers
+    for speed): the same count as unique rows."""
+    from pipeline import image_files
+
+    flat = np.zeros((64, 64, 3), np.uint8)
+    for index, colour in enumerate([(0, 0, 0), (255, 0, 0), (0, 255, 0), (0, 0, 255), (1, 2, 3)]):
+        flat[index * 12:(index + 1) * 12] = colour
+    noisy = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    noisy[:, :32] = noisy[:, 32:]  # repeated colours too
+    for name, pixels in (("flat", flat), ("noisy", noisy)):
+        Image.fromarray(pixels).save(tmp_path / f"{name}.png")
+    flat_check, noisy_check = image_files.scan_images([tmp_path / "flat.png", tmp_path / "noisy.png"])
+    assert flat_check.colours == 5 and "placeholder" in flat_check.warning
+    assert noisy_check.colours == len(np.unique(noisy.reshape(-1, 3), axis=0)) and noisy_check.warning is None
