@@ -9,6 +9,8 @@ names the weights file it belongs to.
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import math
 import os
@@ -20,7 +22,7 @@ import keras
 import numpy as np
 
 from pipeline import compat
-from pipeline.fileio import atomic_write, atomic_write_json
+from pipeline.fileio import atomic_write, atomic_write_json, atomic_write_text
 
 
 def _improved(mode: str, monitor: str):
@@ -60,6 +62,30 @@ class _SavesFullModel:
 def all_finite(model: keras.Model) -> bool:
     """True when every weight (trainable or not: BatchNorm statistics too) is finite."""
     return all(np.isfinite(keras.ops.convert_to_numpy(weight)).all() for weight in model.weights)
+
+
+def trim_history(path: os.PathLike, *, epochs: int) -> None:
+    """Drops the rows of epochs >= `epochs` from a CSVLogger file (`epoch` column, 0-based), atomically.
+
+    For a resume from the backup of `epochs` completed epochs: the CSV row of an epoch is written before
+    its backup, so a run killed in between logged an epoch that the resumed run trains and logs again.
+    A missing file, or one without later rows, is left untouched.
+    """
+    path = Path(path)
+    if not path.is_file():
+        return
+    with open(path, newline="") as handle:
+        rows = list(csv.reader(handle))
+    if not rows or "epoch" not in rows[0]:
+        return
+    column = rows[0].index("epoch")
+    kept = [rows[0]] + [row for row in rows[1:]
+                        if not (len(row) > column and row[column].isdigit() and int(row[column]) >= epochs)]
+    if len(kept) == len(rows):
+        return
+    out = io.StringIO(newline="")
+    csv.writer(out).writerows(kept)  # csv.excel, the dialect CSVLogger writes
+    atomic_write_text(path, out.getvalue())
 
 
 class Checkpoints(_SavesFullModel, keras.callbacks.Callback):

@@ -228,13 +228,44 @@ def scale_learning_rate(learning_rate: float, *, global_batch: int, base_batch: 
     return learning_rate * global_batch / base_batch
 
 
+SCRATCH_PREFIX = "pipeline-worker"
+
+
+def remove_stale_scratch_dirs(directory=None) -> list[Path]:
+    """Deletes the scratch directories of worker processes that no longer exist; returns them.
+
+    A worker killed with SIGKILL, or with SIGTERM while blocked in a collective op (how `launch` stops
+    the others when one dies), never reaches the cleanup of `worker_scratch_dir`. Its directory names
+    its process id; the next worker started on this host removes it once that process is gone.
+
+    Args:
+        directory: where the scratch directories are (default: tempfile.gettempdir(), i.e. $TMPDIR).
+    """
+    removed = []
+    for path in Path(directory or tempfile.gettempdir()).glob(f"{SCRATCH_PREFIX}*-pid*-*"):
+        pid = path.name.partition("-pid")[2].partition("-")[0]
+        if not pid.isdigit() or not path.is_dir():
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # that process still runs (or belongs to another user): not ours to remove
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        shutil.rmtree(path, ignore_errors=True)
+        removed.append(path)
+    return removed
+
+
 @contextlib.contextmanager
 def worker_scratch_dir(run_dir, *, chief: bool | None = None, copy_from_run_dir=()):
     """Where this worker writes: `run_dir` on the chief, a private temporary directory elsewhere.
 
     Under MultiWorkerMirroredStrategy every worker must run the same saves (reading some variables is a
     collective op), but only the chief's files should reach the user. Non-chief workers write into a
-    temporary directory that is deleted when the block ends, even on error.
+    temporary directory that is deleted when the block ends, even on error (or, for a process killed
+    before it could, by the next worker started on the host: `remove_stale_scratch_dirs`).
 
     Args:
         run_dir: the run directory (str or Path).
@@ -249,7 +280,8 @@ def worker_scratch_dir(run_dir, *, chief: bool | None = None, copy_from_run_dir=
     if chief:
         yield Path(run_dir)
         return
-    scratch = Path(tempfile.mkdtemp(prefix=f"pipeline-worker{worker_index()}-"))
+    remove_stale_scratch_dirs()
+    scratch = Path(tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{worker_index()}-pid{os.getpid()}-"))
     try:
         for relative in copy_from_run_dir:
             source = Path(run_dir) / relative
@@ -294,6 +326,14 @@ def shard_options(kind: str):
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = policies[kind]
     return options
+
+
+def worker_share(items, shard: tuple[int, int]):
+    """Worker `index`'s share of a sequence (numpy array or list) for `shard` = (workers, index): items
+    index, index + workers, index + 2 * workers, ... The same split `shard_by_worker` makes of a
+    dataset, taken before the dataset is built; `items` itself when workers is 1."""
+    workers, index = shard
+    return items if workers <= 1 else items[index::workers]
 
 
 def shard_by_worker(dataset, *, tf_config: dict | None = None):

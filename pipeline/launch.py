@@ -54,11 +54,16 @@ def tf_config(ports: list[int], index: int, host: str = "localhost") -> str:
 
 
 def _forward(stream, prefix: str, lock: threading.Lock, out) -> None:
-    """Copies each line of a worker's output to `out` with `prefix` in front (bytes in, text out)."""
+    """Copies each line of a worker's output to `out` with `prefix` in front (bytes in, text out).
+
+    A carriage return (a progress bar redrawing itself) also ends a line: behind a prefix it would
+    move the cursor back over the prefix on a terminal, and hide the text before it in a log.
+    """
     for raw in iter(stream.readline, b""):
-        line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+        parts = [part for part in raw.decode("utf-8", errors="replace").rstrip("\r\n").split("\r") if part]
         with lock:
-            out.write(f"{prefix}{line}\n")
+            for part in parts or [""]:
+                out.write(f"{prefix}{part}\n")
             out.flush()
     stream.close()
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import config as config_lib
-from pipeline import datasets, image_files, input_pipeline, preprocessing
+from pipeline import datasets, distribute, image_files, input_pipeline, preprocessing
 from pipeline.config import PROJECT_ROOT, Config
 from pipeline.transform import EvalTransform
 
@@ -127,10 +127,18 @@ class Splits:
             parts["train"] = tuple(a[kept] for a in parts["train"])
         return parts
 
-    def dataset(self, split: str, config: Config, *, training: bool = False, batch_size: int | None = None):
+    def dataset(self, split: str, config: Config, *, training: bool = False, batch_size: int | None = None,
+                shard: tuple[int, int] = (1, 0)):
         """The tf.data pipeline of one split: training (shuffled, augmented; with `train.class_weight`,
-        (images, labels, sample weights)) or evaluation (images, one-hot labels)."""
-        dataset = self._dataset(split, config, training=training, batch_size=batch_size)
+        (images, labels, sample weights)) or evaluation (images, one-hot labels).
+
+        `shard` = (workers, this worker's index) for `fit` under multi_worker (pipeline/distribute.py):
+        image files and records by id are cut to this worker's share before anything is read, streamed
+        TFRecords to its share of the shard files; arrays stay whole and tf.distribute keeps this
+        worker's part of every batch. Evaluation after training reads whole splits (the default)."""
+        dataset = self._dataset(split, config, training=training, batch_size=batch_size, shard=shard)
+        if shard[0] > 1:  # what each worker reads is already its share: tf.distribute must not cut it again
+            dataset = dataset.with_options(distribute.shard_options("array" if self.kind == "arrays" else "files"))
         weights = self.class_weights(config) if training else None
         if weights is None:
             return dataset
@@ -148,14 +156,16 @@ class Splits:
         return class_balance.class_weights(self.train[1], self.num_classes, config.train.class_weight,
                                            class_names=self.class_names)
 
-    def _dataset(self, split: str, config: Config, *, training: bool, batch_size: int | None):
+    def _dataset(self, split: str, config: Config, *, training: bool, batch_size: int | None,
+                 shard: tuple[int, int] = (1, 0)):
         inputs, labels = getattr(self, split)
         batch_size = batch_size or config.train.batch_size
         common = dict(batch_size=batch_size, num_classes=self.num_classes, transform=self.transform(config))
         if self.kind == "records":
-            return self._record_dataset(split, inputs, labels, config, training=training, **common)
+            return self._record_dataset(split, inputs, labels, config, training=training, shard=shard, **common)
         if self.kind == "files":
-            common.update(cache=self.cache_mode(config), cache_suffix=f"-{split}")
+            inputs, labels = distribute.worker_share(inputs, shard), distribute.worker_share(labels, shard)
+            common.update(cache=self.cache_mode(config), cache_suffix=f"-{split}{_worker_suffix(shard)}")
             if training:
                 return input_pipeline.make_file_dataset(
                     inputs, labels, training=True, seed=config.seed, augment=config_lib.to_dict(config.input.augment),
@@ -167,7 +177,7 @@ class Splits:
                 shuffle_buffer=config.input.shuffle_buffer, deterministic=config.input.deterministic, **common)
         return input_pipeline.make_eval_dataset(inputs, labels, **common)
 
-    def _record_dataset(self, split, ids, labels, config: Config, *, training: bool, **common):
+    def _record_dataset(self, split, ids, labels, config: Config, *, training: bool, shard=(1, 0), **common):
         """TFRecord shards. Read by id (a positioned read per record), the pipeline is the folder's with
         ids for paths: the same seed gives the same batches. With a bounded `input.shuffle_buffer` in
         training, the split's shards are streamed instead: interleaved parallel sequential reads, records
@@ -176,20 +186,27 @@ class Splits:
 
         from pipeline import tfrecords
 
+        suffix = f"-{split}{_worker_suffix(shard)}"
         options = dict(seed=config.seed, augment=config_lib.to_dict(config.input.augment),
                        shuffle_buffer=config.input.shuffle_buffer, deterministic=config.input.deterministic,
-                       cache_suffix=f"-{split}") if training else dict(cache_suffix=f"-{split}")
+                       cache_suffix=suffix) if training else dict(cache_suffix=suffix)
         if training and config.input.shuffle_buffer:
             member = np.zeros(len(self.records.arrays["label"]), bool)
             member[ids] = True
             source_split = "train" if split in ("train", "validation") else split
-            stream = tfrecords.tfrecord_dataset(tfrecords.shard_files(self.records.root, source_split),
-                                                with_keys=True)
+            files = tfrecords.shard_files(self.records.root, source_split)
+            if len(files) < shard[0]:
+                raise distribute.DistributeError(
+                    f"{self.records.root}: {len(files)} {source_split} shard file(s) for {shard[0]} workers, and "
+                    f"each worker streams whole files; write at least {shard[0]} (`python -m pipeline data shard "
+                    f"--shards N`), or set input.shuffle_buffer=null to read records by id")
+            stream = tfrecords.tfrecord_dataset(distribute.worker_share(files, shard), with_keys=True)
             keep = tf.constant(member)
             source = stream.filter(lambda key, encoded, label: tf.gather(keep, key)).map(
                 lambda key, encoded, label: (encoded, label))
             return input_pipeline.make_image_dataset(source, count=len(ids), training=True, cache="none",
                                                      **options, **common)
+        ids, labels = distribute.worker_share(ids, shard), distribute.worker_share(labels, shard)
         source = tf.data.Dataset.from_tensor_slices((np.asarray(ids, np.int64), np.asarray(labels, np.int64)))
         return input_pipeline.make_image_dataset(source, count=len(ids), training=training,
                                                  read=tfrecords.record_reader(self.records.root, index=self.records),
@@ -231,6 +248,11 @@ class Splits:
             return read_statistics(config.input.statistics, channels=self.input_shape[-1])
         batches = (images for images, _ in self.dataset("train", config, batch_size=256).as_numpy_iterator())
         return preprocessing.channel_statistics(batches)
+
+
+def _worker_suffix(shard: tuple[int, int]) -> str:
+    """Disk-cache name part of one worker's share ("" on one worker): workers never share a cache file."""
+    return f"-worker{shard[1]}" if shard[0] > 1 else ""
 
 
 def read_statistics(path: str, *, channels: int) -> tuple[list[float], list[float]]:

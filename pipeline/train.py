@@ -12,7 +12,7 @@ from pathlib import Path
 
 import keras
 
-from pipeline import callbacks, evaluate, export, modeling, monitoring, phases, rundir
+from pipeline import callbacks, evaluate, export, modeling, monitoring, phases, rundir, workers
 from pipeline.config import Config
 from pipeline.rundir import RunError
 from pipeline.splits import Splits
@@ -30,8 +30,10 @@ def train(config: Config, *, run_dir: Path | None = None, log=print) -> dict:
         datasets.DatasetError: the dataset cannot be found or read.
     """
     run_dir = Path(run_dir) if run_dir else rundir.default_run_dir(config.name)
-    with rundir.exclusive(run_dir):  # one writer per run directory
-        return _train(config, run_dir, log)
+    # One writer per run directory: in a distributed run the chief locks and writes it, the other workers
+    # write into a scratch copy removed at the end (pipeline/workers.py).
+    with workers.writer_dir(run_dir, strategy=config.distribute.strategy) as out_dir:
+        return _train(config, out_dir, log)
 
 
 def _train(config: Config, run_dir: Path, log) -> dict:
@@ -45,9 +47,15 @@ def _train(config: Config, run_dir: Path, log) -> dict:
     # unknown layer stops the run before anything is written.
     modeling.configure_threads(intra_op=config.train.intra_op_threads, inter_op=config.train.inter_op_threads,
                                log=log)
-    splits = Splits(config, log=log)
-    model = build_checked_model(config, splits)
-    plan = phases.plan(config)
+    # Before any other TensorFlow op: a multi-worker strategy sets up collective ops when it starts.
+    strategy = workers.start(config.distribute.strategy, global_batch=config.train.batch_size, log=log)
+    with workers.chief_first(strategy):  # one archive extraction and image scan; the others read the cache
+        splits = Splits(config, log=log)
+    with workers.scope(strategy):  # the model's variables live on every replica
+        model = build_checked_model(config, splits)
+    plan = workers.prepare_phases(phases.plan(config), strategy, global_batch=config.train.batch_size,
+                                  scale_learning_rate=config.distribute.scale_learning_rate,
+                                  base_batch=config.distribute.base_batch_size, log=log)
 
     if state == "new":
         rundir.start(run_dir, config, splits.class_names)
@@ -55,16 +63,23 @@ def _train(config: Config, run_dir: Path, log) -> dict:
     else:
         log(f"resuming {run_dir}")
     steps_per_epoch = math.ceil(len(splits.train[1]) / config.train.batch_size)
-    train_data = splits.dataset("train", config, training=True)
-    validation_data = splits.dataset("validation", config) if len(splits.validation[1]) else None
+    shard = workers.shard(strategy)  # each worker reads its share of the files (arrays: of each batch)
+    train_data = splits.dataset("train", config, training=True, shard=shard)
+    validation_data = splits.dataset("validation", config, shard=shard) if len(splits.validation[1]) else None
+    train_data, validation_data = workers.without_short_batches(strategy, train_data, validation_data)
     callback_list, stateful = callbacks.build_callbacks(
         config.train.callbacks, run_dir, len(splits.train[1]), total_phases=len(plan),
         ema=all(phase.optimizer.ema for phase in plan),
-        extra=monitoring.start(config, run_dir, splits, model, validation_data, new=state == "new"))
+        extra=workers.fit_callbacks(monitoring.start(config, run_dir, splits, model, validation_data,
+                                                     new=state == "new"), strategy, log=log))
     backup = callback_list[-1]
 
     metadata = callbacks.read_backup_metadata(run_dir / "backup")
     completed = metadata.get("completed_phases", 0) if metadata else 0
+    workers.check_workers_agree(strategy, splits=(splits.train, splits.validation, splits.test),
+                                resume_epoch=metadata["epoch"] if metadata else 0, completed_phases=completed)
+    if metadata:  # rows of epochs after the resume point (a kill between the CSV row and the backup)
+        callbacks.trim_history(run_dir / "history.csv", epochs=metadata["epoch"])
     if completed >= len(plan):
         log(f"training already complete ({metadata['epoch']} epochs); evaluating and exporting")
         for name, callback in stateful.items():
@@ -76,11 +91,12 @@ def _train(config: Config, run_dir: Path, log) -> dict:
             log(f"phase {phase.index + 1}/{len(plan)}: epochs {phase.start_epoch + 1}-{phase.end_epoch}, "
                 f"trainable {phase.trainable}, {phase.optimizer.name} lr {phase.optimizer.learning_rate}")
         phases.set_trainable(model, phase.trainable)
-        modeling.compile_model(model, config, phase, steps_per_epoch)
-        fitted, phase_train, phase_validation = model, train_data, validation_data
-        if phase.cache_features:
-            fitted, phase_train, phase_validation = modeling.cached_features_fit(
-                model, splits, config, phase, steps_per_epoch, validation_data, log=log)
+        with workers.scope(strategy):  # the phase's optimizer (and a cached-features head) replicated too
+            modeling.compile_model(model, config, phase, steps_per_epoch)
+            fitted, phase_train, phase_validation = model, train_data, validation_data
+            if phase.cache_features:
+                fitted, phase_train, phase_validation = modeling.cached_features_fit(
+                    model, splits, config, phase, steps_per_epoch, validation_data, log=log)
         for callback in callback_list:  # those that save or evaluate the full model, not the head fitted
             if hasattr(callback, "target"):
                 callback.target = model if fitted is not model else None
@@ -91,6 +107,9 @@ def _train(config: Config, run_dir: Path, log) -> dict:
         check_finite(history.history.get("loss", []), phase, run_dir, diverged=backup.diverged,
                      last_good_epoch=stateful["checkpoints"].last_good_epoch)
     epochs_completed = callbacks.read_backup_metadata(run_dir / "backup")["epoch"]
+    if not workers.is_chief(strategy):  # evaluation, export and metrics.json are the chief's
+        workers.end_together(strategy)
+        return {"epochs_completed": epochs_completed, "distribution": workers.summary(strategy)}
 
     timer = stateful["timer"]
     test_metrics = evaluate.evaluate_model(rundir.checkpoint_path(run_dir), config, splits, run_dir=run_dir, log=log)
@@ -105,11 +124,13 @@ def _train(config: Config, run_dir: Path, log) -> dict:
         "validation_images": len(splits.validation[0]),
         "test_images": len(splits.test[0]),
         "skipped_files": splits.skipped,
+        "distribution": workers.summary(strategy),
     }
     if config.export.enabled:
         metrics["export"] = str(export.export_run(run_dir, config=config))
     monitoring.finish(config, run_dir, report, test_metrics, epochs_completed)
     rundir.write_metrics(run_dir, metrics)  # last: marks the run finished
+    workers.end_together(strategy)  # the other workers wait here for the chief
     log(f"test accuracy {test_metrics['accuracy']:.4f}, loss {test_metrics['loss']:.4f} after "
         f"{epochs_completed} epochs; {metrics['images_per_second']:.0f} images/s; metrics in {run_dir}/metrics.json")
     return metrics

@@ -143,3 +143,9 @@ def test_run_refuses_a_strategy_that_would_train_each_worker_alone(monkeypatch):
     with pytest.raises(config_lib.ConfigError, match=r"needs distribute.strategy auto or multi_worker .* "
                        r"Received: distribute.strategy='mirrored'"):
         launch.run(parse(["--workers", "2", "tiny"]))
+
+
+def test_a_progress_bar_redrawn_with_carriage_returns_becomes_prefixed_lines():
+    program = "import sys; sys.stderr.write('\\rscan 0%\\rscan 100%\\n'); print('done')"
+    status, lines, _ = run_launch(1, program)
+    assert status == 0 and lines == ["[worker 0] scan 0%", "[worker 0] scan 100%", "[worker 0] done"]
