@@ -64,7 +64,8 @@ def measure_source(source: str, options: dict) -> dict:
         paths, labels = options["paths"], options["labels"]
         kwargs.update(transform=kwargs["transform"].sized(image_size=config.input.image_size,
                                                             channels=config.input.channels or 3),
-                      cache=config.input.cache, cache_suffix="-train")
+                      cache="memory" if config.input.cache == "auto" else config.input.cache,  # cached epochs
+                      cache_suffix="-train")
         dataset = input_pipeline.make_file_dataset(paths, labels, training=True, **kwargs)
     else:
         data = datasets.load_dataset(config.dataset.name, data_dir=config.dataset.data_dir,

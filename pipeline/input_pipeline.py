@@ -99,6 +99,8 @@ def make_eval_dataset(images: np.ndarray, labels: np.ndarray, *, batch_size: int
 # --------------------------------------------------------------------------------------------------
 
 def _cache(dataset: tf.data.Dataset, cache: str, suffix: str) -> tf.data.Dataset:
+    if cache == "auto":  # resolved by the caller (Splits.cache_mode); never a file named "auto"
+        raise ValueError("cache='auto' must be resolved to 'memory' or 'none' first. Received: cache='auto'")
     if cache == "none":
         return dataset
     if cache == "memory":
