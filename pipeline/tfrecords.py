@@ -233,8 +233,9 @@ def record_reader(root, *, index: ShardIndex | None = None):
         tf.errors.InvalidArgumentError/UnknownError: an id out of range, or a shard that changed since
         index.npz was written (the message names it).
     """
-    import numpy as np
     import tensorflow as tf
+
+    from pipeline import compat
 
     index = index or load_tfrecord_split_index(root)
     arrays, root = index.arrays, Path(root)
@@ -254,12 +255,11 @@ def record_reader(root, *, index: ShardIndex | None = None):
         if len(data) != size + HEADER_BYTES or int.from_bytes(data[:8], "little") != size:
             raise ValueError(f"{paths[shard[key]]}: record {key} is not where {root / INDEX} says; the shard "
                              f"changed since it was written")
-        # An object array: np.bytes_ would drop trailing NUL bytes, which a serialized Example can end with.
-        return np.array(data[HEADER_BYTES:], dtype=object)
+        return data[HEADER_BYTES:]
 
     def read(key):
-        serialized = tf.numpy_function(read_record, [key], tf.string, stateful=False)
-        serialized = tf.ensure_shape(serialized, [])
+        # Not a bare tf.numpy_function: returning these bytes as a 0-d array leaks every record read.
+        serialized = compat.numpy_function_bytes(read_record, [key])
         return tf.io.parse_single_example(
             serialized, {"image/encoded": tf.io.FixedLenFeature([], tf.string)})["image/encoded"]
 
