@@ -164,16 +164,11 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
-    """Applies `--set` overrides in order. Raises ConfigError for a malformed one, or for a key set twice
-    (which one was meant is ambiguous, like a duplicate YAML key)."""
+    """Applies `--set` overrides in order (a later one wins, as on most command lines). Raises ConfigError
+    for a malformed one."""
     data = dict(data)
-    seen = {}
     for text in overrides:
         keys, value = parse_override(text)
-        dotted = ".".join(keys)
-        if dotted in seen:
-            raise ConfigError(f"--set {dotted} is given twice ({seen[dotted]!r} and {text!r}); keep one")
-        seen[dotted] = text
         node = data
         for depth, key in enumerate(keys[:-1]):
             child = node.get(key)

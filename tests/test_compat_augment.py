@@ -1,4 +1,4 @@
-"""The Keras internals pipeline/compat.py's augmentation and EMA section relies on. Each test fails naming
+"""The Keras internals pipeline/compat/'s augmentation and EMA section relies on. Each test fails naming
 the installed Keras version when an upgrade changes one of them."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from pipeline import compat
 
 def _require(condition, what: str) -> None:
     if not condition:
-        pytest.fail(f"Keras {compat.KERAS_VERSION}: {what}; update pipeline/compat.py's augmentation/EMA section")
+        pytest.fail(f"Keras {compat.KERAS_VERSION}: {what}; update pipeline/compat/'s augmentation/EMA section")
 
 
 def _seed(a, b):

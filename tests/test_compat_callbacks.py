@@ -1,4 +1,4 @@
-"""The Keras internals pipeline/compat.py's callbacks section relies on. Each test fails naming the Keras
+"""The Keras internals pipeline/compat/'s callbacks section relies on. Each test fails naming the Keras
 version when an upgrade changes the internal, so the fix lands in compat.py and nowhere else."""
 
 import inspect

@@ -20,7 +20,7 @@ from pipeline import compat, launch
 
 trainer = compat._keras_tf_trainer()
 UPGRADE = (f"Keras {keras.__version__} (the workarounds were written for 3.15.1): see the tf.distribute section "
-           f"of pipeline/compat.py and {', '.join(compat.MULTI_WORKER_ISSUES)}")
+           f"of pipeline/compat/ and {', '.join(compat.MULTI_WORKER_ISSUES)}")
 
 
 def upstream(function):

@@ -1,4 +1,4 @@
-"""pipeline/compat.py, "Layer graphs": one test per Keras internal it reads (`Layer._layers`,
+"""pipeline/compat/, "Layer graphs": one test per Keras internal it reads (`Layer._layers`,
 `Operation._inbound_nodes`, `Functional._nodes` and its key format, the TensorFlow backend's
 `self.x = self.x` short-circuit). Each failure names the installed Keras version, so an upgrade that
 changes an internal says where to look. Tiny models, nothing trained."""
@@ -12,7 +12,7 @@ from pipeline import compat
 
 
 def keras_changed(what: str) -> str:
-    return (f"Keras {keras.__version__}: {what}. The 'Layer graphs' section of pipeline/compat.py relies on it "
+    return (f"Keras {keras.__version__}: {what}. The 'Layer graphs' section of pipeline/compat/ relies on it "
             f"(written against Keras 3.15.1); adapt it there.")
 
 

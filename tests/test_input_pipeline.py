@@ -398,9 +398,9 @@ def test_decode_image_first_frame_of_an_animated_gif():
 
 def test_decode_image_inside_a_graph():
     encoded = _encode("rgb", "PNG")
-    decode = tf.function(lambda blob: decode.decode_image(blob, channels=1),
-                         input_signature=[tf.TensorSpec([], tf.string)])
-    assert tuple(decode(tf.constant(encoded)).shape) == (6, 5, 1)
+    decode_grey = tf.function(lambda blob: decode.decode_image(blob, channels=1),
+                              input_signature=[tf.TensorSpec([], tf.string)])
+    assert tuple(decode_grey(tf.constant(encoded)).shape) == (6, 5, 1)
 
 
 def test_prepare_images_is_float32_in_pixel_units():
