@@ -14,6 +14,9 @@ import pytest
 
 from benchmarks import common
 
+# Smoke runs of the benchmark scripts (2-110 s each on 2 cores): `make test-slow`.
+pytestmark = pytest.mark.slow
+
 SMOKE = ["--quick", "--no-record", "--synthetic", "--batch-size", "16"]
 HAVE_SCIPY = importlib.util.find_spec("scipy") is not None
 

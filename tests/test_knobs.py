@@ -13,6 +13,7 @@ from pipeline import experiment as experiment_lib
 from pipeline import input_pipeline, train
 
 
+@pytest.mark.slow  # XLA compiles for ~30 s on 2 cores
 def test_xla_trains_to_the_same_result(data_env, tmp_path):
     """train.jit_compile=true compiles the train step with XLA: same data, same seed, same numbers up to
     floating-point reordering."""
