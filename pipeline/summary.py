@@ -42,8 +42,16 @@ class SummaryError(ValueError):
 # --------------------------------------------------------------------------------------------------
 
 def input_shape_for(config) -> tuple[int, int, int]:
-    """(height, width, channels) the experiment's network is built for: input.image_size and
-    input.channels, or the dataset's native shape where they are null."""
+    """(height, width, channels) the experiment's network is built for: its eval transform's output."""
+    transform = eval_transform_for(config)
+    return (*transform.image_size, transform.channels)
+
+
+def eval_transform_for(config):
+    """The experiment's `EvalTransform` (the one training, evaluation and the export use), sized with
+    input.image_size and input.channels, or the dataset's native shape where they are null."""
+    from pipeline.transform import EvalTransform
+
     native = NATIVE_SHAPES.get(config.dataset.name)
     image_size, channels = config.input.image_size, config.input.channels
     if image_size:
@@ -53,7 +61,8 @@ def input_shape_for(config) -> tuple[int, int, int]:
     else:
         raise SummaryError(f"input.image_size: dataset {config.dataset.name!r} has no single native image size; "
                            f"set one, e.g. --set input.image_size=[224,224]")
-    return height, width, int(channels or (native[2] if native else 3))
+    return EvalTransform.from_input_section(config.input).sized(
+        image_size=(height, width), channels=int(channels or (native[2] if native else 3)))
 
 
 def num_classes_for(config) -> int:
@@ -281,13 +290,15 @@ def format_recipe(config) -> str:
 
     augment = {key: value for key, value in config_lib.to_dict(config.input.augment).items()
                if value and key != "fill_mode"}
-    crop = config.input.crop
-    crop_text = {"square": f"square (margin {crop.margin})", "random_resized":
-                 f"random_resized (scale {crop.scale}, ratio {crop.ratio}; eval: 0.875 centre crop)"}.get(crop.mode, crop.mode)
+    transform = eval_transform_for(config)
+    crop_text = {"square": f"square (margin {transform.margin})", "random_resized":
+                 f"random_resized (scale {list(transform.scale)}, ratio {list(transform.ratio)}; eval: 0.875 centre "
+                 f"crop)"}.get(transform.crop, transform.crop)
     optimizer, schedule, train = config.train.optimizer, config.train.schedule, config.train
     optimizer_text = ", ".join(f"{key} {value}" for key, value in config_lib.to_dict(optimizer).items()
                                if value not in (None, False, 0.0) and key != "name")
-    lines = [f"Input:        crop {crop_text}, resize {config.input.resize_method}, normalization "
+    lines = [f"Input:        {transform.image_size[0]}x{transform.image_size[1]}x{transform.channels}, crop {crop_text}, "
+             f"resize {transform.resize_method}, normalization "
              f"{config.input.normalization}, cache {config.input.cache}",
              f"Augmentation: {', '.join(f'{k}={v}' for k, v in augment.items()) or 'none'}",
              f"Optimizer:    {optimizer.name} ({optimizer_text}); schedule {schedule.name}"
