@@ -75,6 +75,12 @@ bench: $(BENCH_STAMP)
 bench-quick: $(BENCH_STAMP)
 	set -e; for name in $(BENCHMARKS); do $(BIN)/python -m benchmarks.$$name --quick; done
 
+# Data at any size (issue 13): phone photos it generates; peak RSS of `train tiny`, images/s against Keras'
+# image_dataset_from_directory at 1x/2x/4x the files, scan files/s (~10 min on 2 cores; --quick: a smoke run).
+.PHONY: bench-data
+bench-data: $(STAMP)
+	$(BIN)/python -m benchmarks.data_scale
+
 # Transfer demonstration (issue 4): pretrain MobileNetV2 on CIFAR-10 once (~30 min on 2 cores; skipped when
 # a finished pretraining run exists), then fine-tune hymenoptera_transfer from it and from random init.
 PRETRAINED = $(lastword $(sort $(wildcard runs/cifar10_mobilenet_pretrain/*/metrics.json)))
