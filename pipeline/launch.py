@@ -13,7 +13,6 @@ host's TF_CONFIG (deploy/README.md). Standard library only: the launcher never i
 
 from __future__ import annotations
 
-import datetime
 import json
 import os
 import signal
@@ -178,15 +177,6 @@ def launch(workers: int, argv: list[str], *, command: list[str] | None = None, o
     return status
 
 
-def default_run_dir(name: str) -> Path:
-    """runs/<experiment>/<YYYYmmdd-HHMMSS>, chosen once here so that every worker shares it.
-
-    The same layout as pipeline.train.default_run_dir, which imports TensorFlow and so cannot be used
-    by the launcher.
-    """
-    return PROJECT_ROOT / "runs" / name / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-
-
 def add_arguments(parser) -> None:
     """Adds launch's arguments to an argparse (sub)parser."""
     parser.add_argument("--workers", type=int, required=True, metavar="N",
@@ -216,7 +206,9 @@ def run(args) -> int:
         raise config_lib.ConfigError(
             f"launch --workers {args.workers} needs distribute.strategy auto or multi_worker (otherwise each "
             f"worker would train alone into the same run directory). Received: distribute.strategy={strategy!r}")
-    run_dir = Path(args.run_dir) if args.run_dir else default_run_dir(config.name)
+    from pipeline import rundir  # TF-free
+
+    run_dir = Path(args.run_dir) if args.run_dir else rundir.default_run_dir(config.name)
     print(f"launch: {args.workers} worker(s), run directory {run_dir} (rerun with --run-dir {run_dir} "
           f"to resume)", file=sys.stderr, flush=True)
     argv = [args.experiment, *[item for override in args.overrides for item in ("--set", override)],
