@@ -29,8 +29,9 @@ train: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest
 
+# The slow tests start several TensorFlow processes each (workers, benchmarks): one at a time.
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -m slow
+	$(BIN)/python -m pytest -m slow -n 0
 
 tensorboard: $(STAMP)
 	$(BIN)/tensorboard --logdir runs --port $(PORT)

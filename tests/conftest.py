@@ -21,6 +21,13 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
+# `--set` overrides for end-to-end runs whose subject is not monitoring or export: no SavedModel (~5 s),
+# no evaluation figures, no TensorBoard image grids, confusion matrices or op graph (~1 s per Matplotlib figure on
+# 2 cores). The scalars stay on. tests/test_tensorboard_logging.py, test_evaluation_report.py, test_export.py
+# and test_train.py's tiny_run cover what this leaves out.
+LEAN_RUN = ("export.enabled=false", "evaluation.report=false", "train.callbacks.tensorboard.images=false",
+            "train.callbacks.tensorboard.confusion_matrix_freq=0", "train.callbacks.tensorboard.graph=false")
+
 
 def write_idx(path: Path, array: np.ndarray) -> None:
     """Writes a gzipped IDX uint8 file, the official MNIST format."""

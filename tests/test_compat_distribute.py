@@ -14,6 +14,7 @@ import sys
 import textwrap
 
 import keras
+import pytest
 import tensorflow as tf
 
 from pipeline import compat, launch
@@ -114,6 +115,7 @@ STAGES = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # two TensorFlow processes, ~20 s; test_upstream_still_has_both_bugs checks the same in source
 def test_two_workers_need_both_workarounds(tmp_path):
     script = tmp_path / "stages.py"
     script.write_text(STAGES)

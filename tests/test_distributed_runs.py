@@ -259,6 +259,7 @@ COORDINATION = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # two TensorFlow processes; the launch end-to-end test below covers the agreeing case
 def test_the_chief_prepares_first_and_workers_that_disagree_all_stop(tmp_path):
     script = tmp_path / "coordination.py"
     script.write_text(COORDINATION)

@@ -49,7 +49,8 @@ def run_dir(synthetic_mirror, tmp_path_factory) -> Path:
     try:
         code = cli.main(["train", "tiny", "--run-dir", str(root / "run"),
                          "--set", f"dataset.data_dir={root / 'data'}", "--set", "train.epochs=1",
-                         "--set", "train.verbose=0"])
+                         "--set", "train.verbose=0", "--set", "evaluation.report=false",
+                         "--set", "train.callbacks.tensorboard.images=false"])
     finally:
         if previous is None:
             os.environ.pop("DATA_MIRROR", None)

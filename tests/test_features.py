@@ -7,7 +7,7 @@ import csv
 import keras
 import numpy as np
 import pytest
-from conftest import Interrupt
+from conftest import LEAN_RUN, Interrupt
 
 from pipeline import splits as splits_lib
 from pipeline import modeling
@@ -21,7 +21,7 @@ CACHED = ("train.phases=[{epochs: 2, trainable: none, cache_features: true, opti
 
 def cached_config(data_env, *extra, phases_override=CACHED, epochs=3):
     return experiment_lib.load_experiment("tiny", [*data_env, "model.name=tiny_transfer", f"train.epochs={epochs}",
-                                           phases_override, "export.enabled=false", *extra])
+                                           phases_override, *LEAN_RUN, *extra])
 
 
 def images(count=6, size=16, seed=0):

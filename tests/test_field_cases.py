@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import LEAN_RUN
 from PIL import Image
 
 from pipeline import cli, config as config_lib, datasets, errors, fileio, rundir
@@ -47,7 +48,7 @@ def stripes(root: Path, counts: dict, size: int = 16) -> Path:
 def folder_config(tmp_path: Path, root: Path, *extra: str) -> config_lib.Config:
     return experiment_lib.load_experiment("tiny", [
         "dataset.name=folder", f"dataset.root={root}", f"dataset.data_dir={tmp_path / 'data'}",
-        "input.image_size=[16,16]", "train.epochs=1", "train.verbose=0", "export.enabled=false", *extra])
+        "input.image_size=[16,16]", "train.epochs=1", "train.verbose=0", *LEAN_RUN, *extra])
 
 
 # -- 05: valid but ambiguous YAML ------------------------------------------------------------------

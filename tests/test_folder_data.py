@@ -611,7 +611,8 @@ def write_experiment(path: Path, root: Path) -> Path:
         "train:\n"
         "  epochs: 1\n"
         "  batch_size: 8\n"
-        "  callbacks: {tensorboard: {enabled: false}}\n")
+        "  callbacks: {tensorboard: {enabled: false}}\n"
+        "evaluation: {report: false}\n")
     return path
 
 

@@ -8,7 +8,7 @@ import json
 import keras
 import numpy as np
 import pytest
-from conftest import Interrupt
+from conftest import LEAN_RUN, Interrupt
 
 from pipeline import modeling
 from pipeline import experiment as experiment_lib
@@ -21,7 +21,7 @@ PHASES = ("train.phases=[{epochs: 2, trainable: none, optimizer: {name: rmsprop,
 
 def two_phase_config(data_env, *extra):
     return experiment_lib.load_experiment("tiny", [*data_env, "model.name=tiny_transfer", "train.epochs=4", PHASES,
-                                           "export.enabled=false", *extra])
+                                           *LEAN_RUN, *extra])
 
 
 def backbone_weights(model):
@@ -79,7 +79,8 @@ def test_phase_one_moves_only_the_head_and_phase_two_only_the_unfrozen_layers(da
     assert rates[:2] == pytest.approx([0.01, 0.01]) and rates[2:] == pytest.approx([0.005, 0.005])
 
 
-@pytest.mark.parametrize("interrupt_at", [2, 3])  # at the phase boundary, and inside phase 2
+# At the phase boundary, and (slow: the same code path one epoch later) inside phase 2.
+@pytest.mark.parametrize("interrupt_at", [2, pytest.param(3, marks=pytest.mark.slow)])
 def test_resume_in_phase_two_uses_phase_two_optimizer(data_env, tmp_path, monkeypatch, interrupt_at):
     config = two_phase_config(data_env)
     original = run_callbacks.build_callbacks
@@ -109,7 +110,7 @@ def test_resume_in_phase_two_uses_phase_two_optimizer(data_env, tmp_path, monkey
 
 def test_trainable_backbone_keeps_its_batchnorm_statistics(data_env, tmp_path):
     config = experiment_lib.load_experiment("tiny", [*data_env, "model.name=tiny_transfer", "train.epochs=1",
-                                             "export.enabled=false"])
+                                             *LEAN_RUN])
     model = modeling.build_model(config, input_shape=(16, 16, 3), num_classes=10)
     bn = compat.find_layer(model, "bn1")
     before = [w.numpy().copy() for w in bn.non_trainable_weights]

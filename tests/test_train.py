@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import Interrupt
+from conftest import LEAN_RUN, Interrupt
 
 from pipeline import experiment as experiment_lib
 from pipeline import callbacks as run_callbacks
@@ -36,15 +37,36 @@ def history_rows(run_dir: Path) -> list[dict]:
         return list(csv.DictReader(handle))
 
 
+@pytest.fixture(scope="module")
+def finished_tiny(synthetic_mirror, tmp_path_factory):
+    """A finished 2-epoch tiny run on the synthetic CIFAR-10, with everything on (report, TensorBoard,
+    export), trained once for the module: (run directory, the --set overrides it was trained with).
+    Tests that write into a run take `tiny_run_copy`."""
+    root = tmp_path_factory.mktemp("tiny")
+    overrides = [f"dataset.data_dir={root / 'data'}"]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("DATA_MIRROR", str(synthetic_mirror))
+        assert run_cli("train", "tiny", "--run-dir", root / "run", *sets(*overrides)) == 0
+    return root / "run", overrides
+
+
 @pytest.fixture
-def tiny_run(data_env, tmp_path):
-    """A finished 2-epoch tiny run on the synthetic CIFAR-10."""
-    run_dir = tmp_path / "run"
-    assert run_cli("train", "tiny", "--run-dir", run_dir, *sets(*data_env)) == 0
-    return run_dir
+def tiny_run(finished_tiny, monkeypatch, synthetic_mirror):
+    monkeypatch.setenv("DATA_MIRROR", str(synthetic_mirror))
+    return finished_tiny[0]
 
 
-def test_tiny_run_writes_every_run_directory_file(tiny_run, data_env):
+@pytest.fixture
+def tiny_overrides(finished_tiny):
+    return finished_tiny[1]
+
+
+@pytest.fixture
+def tiny_run_copy(tiny_run, tmp_path):
+    return Path(shutil.copytree(tiny_run, tmp_path / "run"))
+
+
+def test_tiny_run_writes_every_run_directory_file(tiny_run, tiny_overrides):
     for relative in ("config.yaml", "classes.txt", "checkpoints/best.keras", "checkpoints/last.keras",
                      "backup/training_metadata.json", "history.csv", "metrics.json"):
         assert (tiny_run / relative).is_file(), relative
@@ -55,7 +77,7 @@ def test_tiny_run_writes_every_run_directory_file(tiny_run, data_env):
     assert metrics["train_seconds"] > 0 and metrics["images_per_second"] > 0
     # The resolved config is complete and reloads to the same config.
     saved = config_lib.from_dict(config_lib.yaml.safe_load((tiny_run / "config.yaml").read_text()))
-    assert saved == experiment_lib.load_experiment("tiny", data_env)
+    assert saved == experiment_lib.load_experiment("tiny", tiny_overrides)
     assert (tiny_run / "classes.txt").read_text().split("\n")[:2] == ["airplane", "automobile"]
     rows = history_rows(tiny_run)
     assert [int(r["epoch"]) for r in rows] == [0, 1]
@@ -81,16 +103,16 @@ def test_tiny_run_writes_every_run_directory_file(tiny_run, data_env):
     np.testing.assert_allclose(got, expected, atol=1e-5)
 
 
-def test_rerunning_a_finished_run_does_nothing(tiny_run, data_env, capsys):
+def test_rerunning_a_finished_run_does_nothing(tiny_run, tiny_overrides, capsys):
     before = {p: p.stat().st_mtime_ns for p in tiny_run.rglob("*") if p.is_file()}
-    assert run_cli("train", "tiny", "--run-dir", tiny_run, *sets(*data_env)) == 0
+    assert run_cli("train", "tiny", "--run-dir", tiny_run, *sets(*tiny_overrides)) == 0
     assert "finished run" in capsys.readouterr().out
     after = {p: p.stat().st_mtime_ns for p in tiny_run.rglob("*") if p.is_file()}
     assert before == after
 
 
-def test_run_dir_with_another_config_is_refused(tiny_run, data_env, capsys):
-    code = run_cli("train", "tiny", "--run-dir", tiny_run, *sets(*data_env, "train.epochs=3"))
+def test_run_dir_with_another_config_is_refused(tiny_run, tiny_overrides, capsys):
+    code = run_cli("train", "tiny", "--run-dir", tiny_run, *sets(*tiny_overrides, "train.epochs=3"))
     assert code == 2
     error = capsys.readouterr().err
     assert "different config" in error and "train.epochs: 2 -> 3" in error
@@ -121,7 +143,7 @@ def _refuse_download(url, destination, timeout=60.0):
 
 def test_same_seed_gives_the_same_metrics(data_env, tmp_path):
     overrides = sets(*data_env, "input.augment.width_shift=0.1", "input.augment.horizontal_flip=true",
-                     "export.enabled=false")
+                     *LEAN_RUN)
     for name in ("a", "b"):
         assert run_cli("train", "tiny", "--run-dir", tmp_path / name, *overrides) == 0
     first, second = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("a", "b"))
@@ -132,7 +154,7 @@ def test_same_seed_gives_the_same_metrics(data_env, tmp_path):
 
 def test_resume_continues_the_learning_rate_schedule(data_env, tmp_path, monkeypatch):
     overrides = [*data_env, "train.epochs=4", "train.schedule.name=cosine", "train.schedule.warmup_epochs=1",
-                 "export.enabled=false", "train.batch_size=64"]
+                 *LEAN_RUN, "train.batch_size=64"]
     config = experiment_lib.load_experiment("tiny", overrides)
     train.train(config, run_dir=tmp_path / "straight", log=lambda *_: None)
 
@@ -161,12 +183,12 @@ def test_resume_continues_the_learning_rate_schedule(data_env, tmp_path, monkeyp
     assert int(last.optimizer.iterations.numpy()) == 4 * steps
 
 
-def _write_experiment(path: Path, mirror_dir: Path, data_dir: Path, epochs: int) -> Path:
+def _write_experiment(path: Path, mirror_dir: Path, data_dir: Path, epochs: int, batch_size: int = 16) -> Path:
     path.write_text(
         "dataset: {name: mnist, validation_split: 0.1, data_dir: %s, mirror_dir: %s}\n"
         "model: {name: tiny}\n"
-        "train: {epochs: %d, batch_size: 4}\n"
-        "export: {enabled: false}\n" % (data_dir, mirror_dir, epochs))
+        "train: {epochs: %d, batch_size: %d, callbacks: {tensorboard: {enabled: false}}}\n"
+        "evaluation: {report: false}\nexport: {enabled: false}\n" % (data_dir, mirror_dir, epochs, batch_size))
     return path
 
 
@@ -175,13 +197,14 @@ def _train_command(experiment: Path, run_dir: Path) -> list[str]:
 
 
 def test_sigkill_mid_run_resumes_to_the_full_epoch_count(synthetic_mirror, tmp_path):
-    epochs = 12
+    epochs = 4
     experiment = _write_experiment(tmp_path / "kill.yaml", synthetic_mirror, tmp_path / "data", epochs)
     run_dir = tmp_path / "run"
     metadata_path = run_dir / "backup" / "training_metadata.json"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
-    # Kill twice at different points: right after the first backup, then a few epochs later.
-    for kill_after_epoch in (1, 5):
+    # Killed right after a backup (each start costs a TensorFlow import: one kill keeps the test short;
+    # tests/test_distributed_runs.py kills workers at other points, under `slow`).
+    for kill_after_epoch in (2,):
         process = subprocess.Popen(_train_command(experiment, run_dir), cwd=PROJECT_ROOT, env=env,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         deadline = time.time() + 120
@@ -210,7 +233,7 @@ def test_sigkill_mid_run_resumes_to_the_full_epoch_count(synthetic_mirror, tmp_p
 
 
 def test_leftover_temporary_files_from_a_killed_save_do_not_break_resume(data_env, tmp_path):
-    overrides = [*data_env, "train.epochs=3", "export.enabled=false"]
+    overrides = [*data_env, "train.epochs=3", *LEAN_RUN]
     config = experiment_lib.load_experiment("tiny", overrides)
     run_dir = tmp_path / "run"
 
@@ -251,13 +274,14 @@ def test_unreadable_resume_state_is_reported(tmp_path):
 
 def test_diverging_run_stops_with_a_clear_message(data_env, tmp_path, capsys):
     overrides = sets(*data_env, "train.optimizer.name=sgd", "train.optimizer.learning_rate=1e12",
-                     "export.enabled=false")
+                     *LEAN_RUN)
     assert run_cli("train", "tiny", "--run-dir", tmp_path / "run", *overrides) == 2
     error = capsys.readouterr().err
     assert "diverged" in error and "train.optimizer.learning_rate" in error
 
 
-def test_evaluate_and_export_commands(tiny_run, data_env, capsys):
+def test_evaluate_and_export_commands(tiny_run_copy, capsys):
+    tiny_run = tiny_run_copy
     metrics_before = json.loads((tiny_run / "metrics.json").read_text())
     assert run_cli("evaluate", tiny_run) == 0
     assert "test accuracy" in capsys.readouterr().out
@@ -271,7 +295,7 @@ def test_evaluate_and_export_commands(tiny_run, data_env, capsys):
 
 
 def test_early_stopping_marks_training_finished(data_env, tmp_path):
-    overrides = [*data_env, "train.epochs=30", "export.enabled=false",
+    overrides = [*data_env, "train.epochs=30", *LEAN_RUN,
                  "train.callbacks.early_stopping.enabled=true", "train.callbacks.early_stopping.patience=1",
                  "train.callbacks.early_stopping.min_delta=10.0"]  # nothing improves by 10: stops at once
     config = experiment_lib.load_experiment("tiny", overrides)
@@ -285,7 +309,7 @@ def test_standardize_with_a_data_stats_file(data_env, tmp_path, capsys):
     stats = tmp_path / "stats.json"
     stats.write_text(json.dumps({"mean": [100.0, 110.0, 120.0], "std": [50.0, 60.0, 70.0]}))
     overrides = sets(*data_env, "input.normalization=standardize", f"input.statistics={stats}",
-                     "train.epochs=1", "export.enabled=false")
+                     "train.epochs=1", *LEAN_RUN)
     assert run_cli("train", "tiny", "--run-dir", tmp_path / "run", *overrides) == 0
     model = keras.models.load_model(tmp_path / "run" / "checkpoints" / "best.keras")
     out = model.get_layer("normalize")(np.full((1, 2, 2, 3), [100.0, 170.0, 50.0], np.float32)).numpy()
@@ -293,7 +317,7 @@ def test_standardize_with_a_data_stats_file(data_env, tmp_path, capsys):
     # Computed from the training split when no file is given.
     assert run_cli("train", "tiny", "--run-dir", tmp_path / "run2",
                    *sets(*data_env, "input.normalization=standardize", "train.epochs=1",
-                         "export.enabled=false")) == 0
+                         *LEAN_RUN)) == 0
     assert run_cli("train", "tiny", *sets(*data_env, f"input.statistics={tmp_path / 'missing.json'}",
                                           "input.normalization=standardize")) == 2
     assert "input.statistics: file not found" in capsys.readouterr().err
@@ -306,7 +330,8 @@ def test_unknown_monitor_is_a_config_error(capsys):
 
 @pytest.mark.parametrize("policy", ["mixed_bfloat16"])
 def test_mixed_precision_trains_and_serves_float32(data_env, tmp_path, policy):
-    overrides = sets(*data_env, f"train.mixed_precision={policy}", "train.epochs=1")
+    overrides = sets(*data_env, f"train.mixed_precision={policy}", "train.epochs=1",
+                     *(o for o in LEAN_RUN if not o.startswith("export.")))
     assert run_cli("train", "tiny", "--run-dir", tmp_path / "run", *overrides) == 0
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert np.isfinite(metrics["test"]["loss"]) and metrics["test"]["accuracy"] > 0
