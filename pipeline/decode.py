@@ -198,21 +198,25 @@ def apply_orientation(image: tf.Tensor, orientation) -> tf.Tensor:
 
 
 def convert_channels(image: tf.Tensor, channels: int | None) -> tf.Tensor:
-    """[H, W, C] with C in 1..4 known at run time -> [H, W, channels]: grey <-> RGB, alpha dropped.
+    """[..., H, W, C] with C in 1..4 known only at run time -> [..., H, W, channels]: grey <-> RGB, alpha
+    dropped (decoded files, and serving signatures that accept any channel count). The static-C version
+    is `preprocessing.convert_channels`.
 
     channels None keeps grey or RGB (dropping alpha). RGB -> grey uses `tf.image.rgb_to_grayscale`'s
-    weights (ITU-R BT.601), rounded. Same results as `preprocessing.convert_channels_dynamic`.
+    weights (ITU-R BT.601), rounded for integer dtypes.
 
     Raises:
-        ValueError: channels is not None, 1 or 3.
+        ValueError: channels is not None, 1 or 3, or the image's rank is unknown.
     """
     if channels not in (None, 1, 3):
         raise ValueError(f"channels must be None, 1 or 3. Received: channels={channels!r}")
-    image = tf.ensure_shape(image, [None, None, None])
+    if image.shape.rank is None:
+        image = tf.ensure_shape(image, [None, None, None])
+    known = [None] * (image.shape.rank - 1)
     has_colour = tf.shape(image)[-1] >= 3
     # Slices inside the branches: in eager mode both sides of a cond are not built, only the taken one.
-    colour = lambda: tf.ensure_shape(image[..., :3], [None, None, 3])
-    grey = lambda: tf.ensure_shape(image[..., :1], [None, None, 1])
+    colour = lambda: tf.ensure_shape(image[..., :3], known + [3])
+    grey = lambda: tf.ensure_shape(image[..., :1], known + [1])
     if channels == 1:
         dtype = image.dtype
 

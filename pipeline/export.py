@@ -21,8 +21,7 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from pipeline import decode
-from pipeline import errors, evaluate, preprocessing, rundir
+from pipeline import decode, errors, evaluate, rundir
 from pipeline.config import Config
 from pipeline.rundir import read_class_names  # noqa: F401  (re-exported)
 from pipeline.transform import EvalTransform
@@ -57,7 +56,7 @@ def serving_functions(model: keras.Model, *, class_names: list[str], transform: 
         return outputs(images)
 
     def serve_images(images):
-        return outputs(transform(preprocessing.convert_channels_dynamic(images, channels)))
+        return outputs(transform(decode.convert_channels(images, channels)))
 
     return serve_bytes, serve_images
 

@@ -107,17 +107,6 @@ def resize_to(images: tf.Tensor, image_size, resize_method: str = "bilinear") ->
     return images
 
 
-def convert_channels_dynamic(images: tf.Tensor, channels: int) -> tf.Tensor:
-    """Like `convert_channels` for a channel count known only at run time (1-4: grey, grey+alpha, RGB,
-    RGBA), as in a serving signature that accepts any of them."""
-    rank = images.shape.rank
-    known = [None] * (rank - 1)
-    return tf.cond(
-        tf.shape(images)[-1] >= 3,
-        lambda: convert_channels(tf.ensure_shape(images[..., :3], known + [3]), channels),
-        lambda: convert_channels(tf.ensure_shape(images[..., :1], known + [1]), channels))
-
-
 def normalization_layer(mode: str, *, mean=None, std=None) -> layers.Layer:
     """The model's first layer: [0, 255] pixels -> the range the network trains on.
 

@@ -10,7 +10,7 @@ applies them to a run:
     chief_first        the chief prepares the data (archive extraction, image scan) while the other
                        workers wait; they then read its extraction and scan cache
     check_workers_agree  every worker has the same splits and resumes from the same epoch, or all stop
-    without_short_batches  no replica gets an empty batch (each worker the same number of steps)
+    without_short_batches  no replica gets an empty batch (a TensorFlow 2.21 workaround: pipeline.compat)
     fit_callbacks      callbacks that cannot run under multi_worker are left out (with a log line)
     prepare_phases     the linear learning-rate scaling rule applied to every phase; what
                        multi_worker cannot run refused before anything is written
@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import distribute, rundir
+from pipeline.compat import without_short_batches  # noqa: F401  (re-exported: the spine calls workers.*)
 
 # What a non-chief worker copies from the run directory into its scratch directory: the files that
 # decide new / resume / finished (config.yaml, metrics.json) and the resume state itself (backup/), so
@@ -222,36 +223,6 @@ def check_workers_agree(strategy, *, splits, resume_epoch: int, completed_phases
             "the workers of this run disagree on " + "; ".join(differing) + ". Every worker must read the same "
             "data (dataset.root / dataset.data_dir identical on every host) and the same run directory "
             "(--run-dir on storage every host mounts); fix that and start every worker again.")
-
-
-def without_short_batches(strategy, *datasets):
-    """The datasets `fit` gets, without batches of fewer examples than replicas in sync (None stays None).
-
-    tf.distribute splits a batch among the replicas, and the last batch of an epoch (or of a worker's
-    share) can hold fewer examples than there are replicas; some replica then gets an empty batch, and
-    under multi_worker a worker whose share is one example longer runs one step more while its peers get
-    empty batches. Empty batches are valid tf.distribute input, but on an x86 CPU TensorFlow 2.21's
-    oneDNN Conv2D returns an empty input unchanged ([0, H, W, C_in], not [0, H', W', C_out]), so the
-    step fails with "input depth must be evenly divisible by filter depth" (found here, no upstream
-    issue; tests/test_distributed_runs.py fails when a TensorFlow upgrade fixes it). Dropping the
-    batches shorter than the replica count leaves every replica a non-empty batch in every step; at
-    most replicas - 1 examples per worker and epoch are left out (other ones each epoch in training,
-    whose order is reshuffled; the same ones in validation). One replica: the datasets as they are.
-
-    Args:
-        strategy: the run's tf.distribute.Strategy.
-        datasets: batched datasets whose elements are tuples (images first), or None.
-
-    Returns:
-        A tuple of the datasets, in order.
-    """
-    replicas = int(strategy.num_replicas_in_sync)
-    if replicas == 1:
-        return datasets
-    import tensorflow as tf
-
-    return tuple(None if dataset is None else dataset.filter(lambda *batch: tf.shape(batch[0])[0] >= replicas)
-                 for dataset in datasets)
 
 
 def fit_callbacks(callbacks: list, strategy, *, log=print) -> list:

@@ -178,7 +178,7 @@ def test_onednn_convolutions_still_return_an_empty_batch_unchanged():
         output = tf.nn.conv2d(tf.zeros((0, 12, 12, 3)), tf.zeros((3, 3, 3, 8)), strides=2, padding="SAME")
     assert tuple(output.shape) == (0, 12, 12, 3), (
         f"TensorFlow {tf.__version__}: a oneDNN Conv2D on an empty batch now gives {tuple(output.shape)}; the "
-        f"bug documented in pipeline/workers.py without_short_batches is fixed")
+        f"bug documented in pipeline/compat/distribute.py without_short_batches is fixed")
 
 
 def test_the_confusion_callback_left_out_is_the_real_one():

@@ -6,7 +6,7 @@ One package of small modules, by subject; callers use `pipeline.compat.<name>` o
 
     layers      walking nested models, functional graphs' nodes, the trainable short-circuit
     fit         BackupAndRestore's private hooks and the fit's initial epoch
-    distribute  Keras' TensorFlow trainer under MultiWorkerMirroredStrategy
+    distribute  Keras' TensorFlow trainer under MultiWorkerMirroredStrategy; empty per-replica batches
     augment     the augmentation layers' randomness, RandAugment per image, CutMix labels, EMA slots
     data        bytes from Python inside tf.data without TensorFlow 2.21's leak
     baselines   the Keras book's ImageDataGenerator (benchmarks)
@@ -21,7 +21,8 @@ from pipeline.compat.augment import (StatelessSeedStream, ema_variable_pairs, ex
 from pipeline.compat.baselines import legacy_image_data_generator  # noqa: F401
 from pipeline.compat.data import numpy_function_bytes  # noqa: F401
 from pipeline.compat.distribute import (MULTI_WORKER_ISSUES, _first_local_value, _keras_tf_trainer, _patch_reduce_per_replica,  # noqa: F401
-                                        _patch_symbolic_build, in_multi_worker_mode, patch_keras_for_multi_worker)
+                                        _patch_symbolic_build, in_multi_worker_mode, patch_keras_for_multi_worker,
+                                        without_short_batches)
 from pipeline.compat.fit import BackupAndRestoreHooks  # noqa: F401
 from pipeline.compat.layers import (find_layer, find_layer_path, force_trainable, inbound_nodes,  # noqa: F401
                                     iter_layers, node_tensor, nodes_in, sublayers, walk_layers)

@@ -112,3 +112,38 @@ def patch_keras_for_multi_worker() -> None:
     """
     _patch_symbolic_build()
     _patch_reduce_per_replica()
+
+
+# --------------------------------------------------------------------------------------------------
+# TensorFlow 2.21's oneDNN Conv2D on an empty per-replica batch
+# --------------------------------------------------------------------------------------------------
+
+def without_short_batches(strategy, *datasets):
+    """The datasets `fit` gets, without batches of fewer examples than replicas in sync (None stays None).
+
+    tf.distribute splits a batch among the replicas, and the last batch of an epoch (or of a worker's
+    share) can hold fewer examples than there are replicas; some replica then gets an empty batch, and
+    under multi_worker a worker whose share is one example longer runs one step more while its peers get
+    empty batches. Empty batches are valid tf.distribute input, but on an x86 CPU TensorFlow 2.21's
+    oneDNN Conv2D returns an empty input unchanged ([0, H, W, C_in], not [0, H', W', C_out]), so the
+    step fails with "input depth must be evenly divisible by filter depth" (found here, no upstream
+    issue; tests/test_distributed_runs.py::test_onednn_convolutions_still_return_an_empty_batch_unchanged
+    fails when a TensorFlow upgrade fixes it). Dropping the
+    batches shorter than the replica count leaves every replica a non-empty batch in every step; at
+    most replicas - 1 examples per worker and epoch are left out (other ones each epoch in training,
+    whose order is reshuffled; the same ones in validation). One replica: the datasets as they are.
+
+    Args:
+        strategy: the run's tf.distribute.Strategy.
+        datasets: batched datasets whose elements are tuples (images first), or None.
+
+    Returns:
+        A tuple of the datasets, in order.
+    """
+    replicas = int(strategy.num_replicas_in_sync)
+    if replicas == 1:
+        return datasets
+    import tensorflow as tf
+
+    return tuple(None if dataset is None else dataset.filter(lambda *batch: tf.shape(batch[0])[0] >= replicas)
+                 for dataset in datasets)
