@@ -48,7 +48,7 @@ def _group(x, filters, *, name, momentum, activation, residual):
 
 @register_model()
 def cifar10_fast(*, input_shape=(32, 32, 3), num_classes=10, width=64, multipliers=(1, 4, 4),
-                 residual=True, activation="gelu", batchnorm_momentum=0.9, logit_scale=1 / 9):
+                 residual=True, activation="gelu", batchnorm_momentum=0.9, logit_scale=1 / 9, whiten=False):
     """The fast CIFAR-10 residual net (see the module docstring).
 
     Args:
@@ -60,6 +60,9 @@ def cifar10_fast(*, input_shape=(32, 32, 3), num_classes=10, width=64, multiplie
         activation: a Keras activation name ("gelu" as airbench; "relu" is cheaper on CPUs).
         batchnorm_momentum: Keras BatchNormalization momentum (moving = m * moving + (1 - m) * batch).
         logit_scale: factor on the logits before the softmax.
+        whiten: the stem becomes frozen PCA whitening of the training images' 2x2 patches (airbench94);
+            the pipeline applies it after building (`data_init`, with normalised training images); the
+            builder alone leaves the random stem.
     Returns:
         a Functional keras.Model: float inputs [batch, H, W, C] as normalised by the pipeline, float32
         probabilities [batch, num_classes].
@@ -83,6 +86,21 @@ def cifar10_fast(*, input_shape=(32, 32, 3), num_classes=10, width=64, multiplie
     logits = layers.Rescaling(logit_scale, name="logits")(x)
     outputs = layers.Activation("softmax", dtype="float32", name="probabilities")(logits)
     return keras.Model(inputs, outputs, name="cifar10_fast")
+
+
+WHITENING_IMAGES = 5000  # airbench94 whitens with 5,000 training images
+
+
+def _data_init(network: keras.Model, images, *, whiten=False, **_options) -> None:
+    """`cifar10_fast`'s data-dependent initialisation: the frozen whitening stem when `whiten` is set.
+    `images()` returns float [N, H, W, C] training images as the network receives them."""
+    if whiten:
+        init_whitening(network, images()[:WHITENING_IMAGES])
+
+
+# A builder's `data_init(network, images, **options)` runs once after building a new model, with float
+# [N, H, W, C] training images as the network receives them (pipeline/modeling.py).
+cifar10_fast.data_init = _data_init
 
 
 def whitening_kernel(images, *, kernel_size: int = 2, epsilon: float = 5e-4, chunk: int = 512) -> np.ndarray:
@@ -139,3 +157,5 @@ def init_whitening(network: keras.Model, images, *, epsilon: float = 5e-4, train
     layer.kernel.assign(kernel)
     layer.bias.assign(np.zeros(layer.bias.shape, np.float32))
     layer.trainable = trainable
+    # Kept frozen when a training phase sets the model's layers trainable (pipeline/phases.set_trainable).
+    layer.keep_frozen = not trainable

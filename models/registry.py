@@ -32,3 +32,11 @@ def includes_preprocessing(name: str) -> bool:
     put behind the pipeline's normalisation layer. A builder says so with `builder.includes_preprocessing =
     True` right after its definition. Raises KeyError for an unknown name."""
     return bool(MODELS.flag(name, "includes_preprocessing", False))
+
+
+def data_init(name: str):
+    """The registered builder's data-dependent initialisation, or None: `builder.data_init(network,
+    images, **options)`, set right after the builder's definition; `images()` returns float [N, H, W, C]
+    training images as the network receives them (after the pipeline's normalisation). Imports the
+    builder's module. Raises KeyError for an unknown name."""
+    return getattr(MODELS.get(name), "data_init", None)

@@ -28,21 +28,30 @@ def resolve_option_paths(options: dict) -> dict:
     return resolved
 
 
-def build_model(config: Config, *, input_shape, num_classes: int, statistics=(None, None)) -> keras.Model:
+def build_model(config: Config, *, input_shape, num_classes: int, statistics=(None, None),
+                sample_images=None) -> keras.Model:
     """The registered network behind a normalisation layer, so saved models carry their normalisation.
 
     Args:
         statistics: (mean, std) per channel in pixel units, for `input.normalization: standardize`.
+        sample_images: a function returning training images, float32 [N, H, W, C] in pixel units (eval
+            transform), for builders with a data-dependent initialisation (`builder.data_init`, e.g.
+            cifar10_fast's `whiten`); called only when the builder has one.
     """
     mean, std = statistics
-    network = models.build_model(config.model.name, input_shape=input_shape, num_classes=num_classes,
-                                 **resolve_option_paths(config.model.options))
+    options = resolve_option_paths(config.model.options)
+    network = models.build_model(config.model.name, input_shape=input_shape, num_classes=num_classes, **options)
     inputs = keras.Input(shape=input_shape, name="image")
     if models.includes_preprocessing(config.model.name):
+        normalize = None
         outputs = network(inputs)  # the network turns [0, 255] pixels into its backbone's input itself
     else:
-        normalized = preprocessing.normalization_layer(config.input.normalization, mean=mean, std=std)(inputs)
-        outputs = network(normalized)
+        normalize = preprocessing.normalization_layer(config.input.normalization, mean=mean, std=std)
+        outputs = network(normalize(inputs))
+    data_init = models.data_init(config.model.name)
+    if data_init is not None and sample_images is not None:
+        # The network sees normalised images: the same layer the model applies turns the sample into them.
+        data_init(network, lambda: (normalize or (lambda x: x))(sample_images()), **options)
     return keras.Model(inputs, outputs, name=config.name)
 
 

@@ -59,10 +59,11 @@ def set_trainable(model: keras.Model, spec: str) -> None:
     "from <layer>" (the backbone's layers before <layer> frozen, <layer> and later ones trainable).
 
     The backbone keeps running in inference mode whatever its trainability (the model calls it with
-    training=False), so BatchNormalization statistics never drift while fine-tuning.
+    training=False), so BatchNormalization statistics never drift while fine-tuning. Layers a builder
+    froze by design (`layer.keep_frozen = True`, e.g. cifar10_fast's whitening stem) stay frozen.
     """
     for layer in compat.iter_layers(model):
-        layer.trainable = True
+        layer.trainable = not getattr(layer, "keep_frozen", False)
     if spec == "all":
         return
     backbone = compat.find_layer(model, "backbone")

@@ -249,6 +249,24 @@ class Splits:
         batches = (images for images, _ in self.dataset("train", config, batch_size=256).as_numpy_iterator())
         return preprocessing.channel_statistics(batches)
 
+    def sample_images(self, config: Config, count: int = 5000):
+        """The first `count` training images (in split order) through the eval transform: float32
+        [<= count, H, W, C] in pixel units, for a model's data-dependent initialisation."""
+        return _first_images(self.dataset("train", config, batch_size=256).as_numpy_iterator(), count)
+
+
+def _first_images(batches, count: int):
+    """float32 [<= count, H, W, C]: the images of the first batches of (images, labels) numpy batches."""
+    import numpy as np
+
+    kept, total = [], 0
+    for images, _ in batches:
+        kept.append(np.asarray(images, np.float32))
+        total += len(images)
+        if total >= count:
+            break
+    return np.concatenate(kept)[:count]
+
 
 def _worker_suffix(shard: tuple[int, int]) -> str:
     """Disk-cache name part of one worker's share ("" on one worker): workers never share a cache file."""

@@ -152,7 +152,7 @@ def build_checked_model(config: Config, splits: Splits) -> keras.Model:
         statistics = (splits.channel_statistics(config) if config.input.normalization == "standardize"
                       else (None, None))
         model = modeling.build_model(config, input_shape=splits.input_shape, num_classes=splits.num_classes,
-                                     statistics=statistics)
+                                     statistics=statistics, sample_images=lambda: splits.sample_images(config))
         for phase in phases.plan(config):
             phases.set_trainable(model, phase.trainable)
             if phase.cache_features:

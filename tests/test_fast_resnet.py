@@ -16,7 +16,7 @@ from models import fast_resnet
 def test_registered_with_its_options_and_the_documented_size():
     assert "cifar10_fast" in MODELS.names()
     assert set(MODELS.options("cifar10_fast")) == {"width", "multipliers", "residual", "activation",
-                                                     "batchnorm_momentum", "logit_scale"}
+                                                     "batchnorm_momentum", "logit_scale", "whiten"}
     model = build_model("cifar10_fast", input_shape=(32, 32, 3), num_classes=10)
     assert model.count_params() == 1_973_944
     assert sum(int(np.prod(v.shape)) for v in model.trainable_variables) == 1_971_640
@@ -68,3 +68,30 @@ def test_whitening_stem_decorrelates_the_patches():
     np.testing.assert_allclose(responses[:, 12:], -responses[:, :12], atol=1e-4)  # then the negatives
     with pytest.raises(ValueError, match="needs a cifar10_fast network"):
         fast_resnet.init_whitening(build_model("tiny", input_shape=(24, 24, 3), num_classes=10), images)
+
+
+def test_whiten_option_sets_a_frozen_stem_from_normalised_training_images(data_env, tmp_path):
+    from pipeline import experiment as experiment_lib
+    from pipeline import phases, train
+    from pipeline.splits import Splits
+
+    config = experiment_lib.load_experiment("tiny", [
+        *data_env, "model.name=cifar10_fast", "input.image_size=[16,16]", "input.normalization=standardize",
+        "model.options={width: 8, whiten: true}"])
+    splits = Splits(config, log=lambda *_: None)
+    model = train.build_checked_model(config, splits)  # also applies the phase's trainable: all
+    stem = model.get_layer("cifar10_fast").get_layer("whiten")
+    assert not stem.trainable
+    # The kernel whitens the images the network receives: the training split behind the model's own
+    # normalisation layer.
+    normalised = model.get_layer("normalize")(splits.sample_images(config)).numpy()
+    np.testing.assert_allclose(stem.kernel.numpy(), fast_resnet.whitening_kernel(normalised), rtol=1e-4, atol=1e-4)
+    before = stem.kernel.numpy().copy()
+    phases.set_trainable(model, "all")
+    model.compile(keras.optimizers.SGD(0.1), loss="categorical_crossentropy")
+    model.train_on_batch(np.full((4, 16, 16, 3), 100.0, np.float32), np.eye(10, dtype=np.float32)[:4])
+    np.testing.assert_array_equal(stem.kernel.numpy(), before)
+    # Without the option the stem is an ordinary trainable layer.
+    plain = train.build_checked_model(experiment_lib.load_experiment("tiny", [
+        *data_env, "model.name=cifar10_fast", "input.image_size=[16,16]", "model.options={width: 8}"]), splits)
+    assert plain.get_layer("cifar10_fast").get_layer("whiten").trainable
