@@ -283,8 +283,10 @@ def subset(arrays: tuple, count: int | None, seed: int = 0) -> tuple:
 # Models and timing
 # --------------------------------------------------------------------------------------------------
 
-def build_compiled_model(config, *, input_shape, num_classes: int, steps_per_epoch: int, statistics=(None, None)):
-    """The run's model exactly as pipeline.train builds and compiles it (first phase), seeded."""
+def build_compiled_model(config, *, input_shape, num_classes: int, steps_per_epoch: int, statistics=(None, None),
+                         sample_images=None):
+    """The run's model exactly as pipeline.train builds and compiles it (first phase), seeded;
+    `sample_images` as for `pipeline.modeling.build_model` (a model's data-dependent init)."""
     import keras
 
     from pipeline import phases
@@ -294,7 +296,7 @@ def build_compiled_model(config, *, input_shape, num_classes: int, steps_per_epo
     keras.mixed_precision.set_dtype_policy(config.train.mixed_precision)
     try:
         model = modeling.build_model(config, input_shape=input_shape, num_classes=num_classes,
-                                      statistics=statistics)
+                                      statistics=statistics, sample_images=sample_images)
     finally:
         keras.mixed_precision.set_dtype_policy("float32")
     phase = phases.plan(config)[0]

@@ -147,6 +147,20 @@ def test_time_to_accuracy_quick(capsys, results_untouched, recipes):
     assert "book / ours" in out
 
 
+def test_time_to_accuracy_of_another_experiment_at_several_targets(capsys, results_untouched):
+    from benchmarks import time_to_accuracy
+
+    result = time_to_accuracy.main(SMOKE + ["--recipes", "ours", "--experiment", "cifar10_fast",
+                                            "--set", "model.options={width: 8, whiten: true}",
+                                            "--target", "0.05", "0.99"])
+    out = capsys.readouterr().out
+    assert "ours: cifar10_fast, 2 epochs, batch 512" in out and "test TTA flip" in out
+    summary = table_with(out, *time_to_accuracy.SUMMARY_HEADERS)
+    assert [(row["recipe"], row["target"]) for row in summary] == [("ours", "5%"), ("ours", "99%")]
+    assert positive(summary[0]["seconds to target"]) and summary[1]["seconds to target"] == "not reached"
+    assert set(result["ours"]["seconds_to"]) == {0.05, 0.99} and "book / ours" not in out
+
+
 def test_record_appends_a_section(tmp_path):
     info = {"date": "2026-01-01 00:00:00 UTC", "nproc": 2, "cpu": "test CPU", "memory_gib": 4.0, "gpus": [],
             "python": "3.11", "tensorflow": "2.21.0", "keras": "3.15.1", "load_average": (0.5, 0.5, 0.5)}
