@@ -296,7 +296,8 @@ def build_compiled_model(config, *, input_shape, num_classes: int, steps_per_epo
     keras.mixed_precision.set_dtype_policy(config.train.mixed_precision)
     try:
         model = modeling.build_model(config, input_shape=input_shape, num_classes=num_classes,
-                                      statistics=statistics, sample_images=sample_images)
+                                      statistics=statistics, sample_images=sample_images,
+                                      log=lambda *_: None)
     finally:
         keras.mixed_precision.set_dtype_policy("float32")
     phase = phases.plan(config)[0]

@@ -91,15 +91,20 @@ def cifar10_fast(*, input_shape=(32, 32, 3), num_classes=10, width=64, multiplie
 WHITENING_IMAGES = 5000  # airbench94 whitens with 5,000 training images
 
 
-def _data_init(network: keras.Model, images, *, whiten=False, **_options) -> None:
+def _data_init(network: keras.Model, images, *, whiten=False, **_options) -> str | None:
     """`cifar10_fast`'s data-dependent initialisation: the frozen whitening stem when `whiten` is set.
-    `images()` returns float [N, H, W, C] training images as the network receives them."""
-    if whiten:
-        init_whitening(network, images()[:WHITENING_IMAGES])
+    `images()` returns float [N, H, W, C] training images as the network receives them. Returns what it
+    did (for the run's log), or None."""
+    if not whiten:
+        return None
+    sample = images()[:WHITENING_IMAGES]
+    init_whitening(network, sample)
+    return f"stem {STEM_NAME!r} set to the PCA whitening of {len(sample):,} training images' 2x2 patches (frozen)"
 
 
 # A builder's `data_init(network, images, **options)` runs once after building a new model, with float
-# [N, H, W, C] training images as the network receives them (pipeline/modeling.py).
+# [N, H, W, C] training images as the network receives them (pipeline/modeling.py); it returns a line for
+# the run's log, or None.
 cifar10_fast.data_init = _data_init
 
 

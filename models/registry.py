@@ -36,7 +36,7 @@ def includes_preprocessing(name: str) -> bool:
 
 def data_init(name: str):
     """The registered builder's data-dependent initialisation, or None: `builder.data_init(network,
-    images, **options)`, set right after the builder's definition; `images()` returns float [N, H, W, C]
-    training images as the network receives them (after the pipeline's normalisation). Imports the
-    builder's module. Raises KeyError for an unknown name."""
+    images, **options) -> str | None` (what it did, for the log), set right after the builder's
+    definition; `images()` returns float [N, H, W, C] training images as the network receives them
+    (after the pipeline's normalisation). Imports the builder's module. Raises KeyError for an unknown name."""
     return getattr(MODELS.get(name), "data_init", None)

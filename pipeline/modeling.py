@@ -29,7 +29,7 @@ def resolve_option_paths(options: dict) -> dict:
 
 
 def build_model(config: Config, *, input_shape, num_classes: int, statistics=(None, None),
-                sample_images=None) -> keras.Model:
+                sample_images=None, log=print) -> keras.Model:
     """The registered network behind a normalisation layer, so saved models carry their normalisation.
 
     Args:
@@ -51,7 +51,9 @@ def build_model(config: Config, *, input_shape, num_classes: int, statistics=(No
     data_init = models.data_init(config.model.name)
     if data_init is not None and sample_images is not None:
         # The network sees normalised images: the same layer the model applies turns the sample into them.
-        data_init(network, lambda: (normalize or (lambda x: x))(sample_images()), **options)
+        done = data_init(network, lambda: (normalize or (lambda x: x))(sample_images()), **options)
+        if done:
+            log(f"model {config.model.name}: {done}")
     return keras.Model(inputs, outputs, name=config.name)
 
 

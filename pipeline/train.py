@@ -52,7 +52,7 @@ def _train(config: Config, run_dir: Path, log) -> dict:
     with workers.chief_first(strategy):  # one archive extraction and image scan; the others read the cache
         splits = Splits(config, log=log)
     with workers.scope(strategy):  # the model's variables live on every replica
-        model = build_checked_model(config, splits)
+        model = build_checked_model(config, splits, log=log)
     plan = workers.prepare_phases(phases.plan(config), strategy, global_batch=config.train.batch_size,
                                   scale_learning_rate=config.distribute.scale_learning_rate,
                                   base_batch=config.distribute.base_batch_size, log=log)
@@ -136,7 +136,7 @@ def _train(config: Config, run_dir: Path, log) -> dict:
     return metrics
 
 
-def build_checked_model(config: Config, splits: Splits) -> keras.Model:
+def build_checked_model(config: Config, splits: Splits, *, log=print) -> keras.Model:
     """The run's model, with every phase's trainable setting tried on it, so that a model the config
     cannot build stops the run before anything is written.
 
@@ -152,7 +152,8 @@ def build_checked_model(config: Config, splits: Splits) -> keras.Model:
         statistics = (splits.channel_statistics(config) if config.input.normalization == "standardize"
                       else (None, None))
         model = modeling.build_model(config, input_shape=splits.input_shape, num_classes=splits.num_classes,
-                                     statistics=statistics, sample_images=lambda: splits.sample_images(config))
+                                     statistics=statistics, sample_images=lambda: splits.sample_images(config),
+                                     log=log)
         for phase in phases.plan(config):
             phases.set_trainable(model, phase.trainable)
             if phase.cache_features:

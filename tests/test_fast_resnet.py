@@ -79,7 +79,10 @@ def test_whiten_option_sets_a_frozen_stem_from_normalised_training_images(data_e
         *data_env, "model.name=cifar10_fast", "input.image_size=[16,16]", "input.normalization=standardize",
         "model.options={width: 8, whiten: true}"])
     splits = Splits(config, log=lambda *_: None)
-    model = train.build_checked_model(config, splits)  # also applies the phase's trainable: all
+    messages = []
+    model = train.build_checked_model(config, splits, log=messages.append)  # + the phase's trainable: all
+    assert messages == [f"model cifar10_fast: stem 'whiten' set to the PCA whitening of {len(splits.train[1])} "
+                        "training images' 2x2 patches (frozen)"]
     stem = model.get_layer("cifar10_fast").get_layer("whiten")
     assert not stem.trainable
     # The kernel whitens the images the network receives: the training split behind the model's own
