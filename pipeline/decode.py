@@ -206,7 +206,7 @@ def convert_channels(image: tf.Tensor, channels: int | None) -> tf.Tensor:
     weights (ITU-R BT.601), rounded for integer dtypes.
 
     Raises:
-        ValueError: channels is not None, 1 or 3, or the image's rank is unknown.
+        ValueError: channels is not None, 1 or 3 (an image of unknown rank is taken as [H, W, C]).
     """
     if channels not in (None, 1, 3):
         raise ValueError(f"channels must be None, 1 or 3. Received: channels={channels!r}")

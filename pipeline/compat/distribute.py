@@ -128,10 +128,10 @@ def without_short_batches(strategy, *datasets):
     oneDNN Conv2D returns an empty input unchanged ([0, H, W, C_in], not [0, H', W', C_out]), so the
     step fails with "input depth must be evenly divisible by filter depth" (found here, no upstream
     issue; tests/test_distributed_runs.py::test_onednn_convolutions_still_return_an_empty_batch_unchanged
-    fails when a TensorFlow upgrade fixes it). Dropping the
-    batches shorter than the replica count leaves every replica a non-empty batch in every step; at
-    most replicas - 1 examples per worker and epoch are left out (other ones each epoch in training,
-    whose order is reshuffled; the same ones in validation). One replica: the datasets as they are.
+    fails when a TensorFlow upgrade fixes it). Dropping the batches shorter than the replica count leaves
+    every replica a non-empty batch in every step; at most replicas - 1 examples per worker and epoch are
+    left out (other ones each epoch in training, whose order is reshuffled; the same ones in validation).
+    One replica: the datasets as they are.
 
     Args:
         strategy: the run's tf.distribute.Strategy.
