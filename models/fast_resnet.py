@@ -60,9 +60,9 @@ def cifar10_fast(*, input_shape=(32, 32, 3), num_classes=10, width=64, multiplie
         activation: a Keras activation name ("gelu" as airbench; "relu" is cheaper on CPUs).
         batchnorm_momentum: Keras BatchNormalization momentum (moving = m * moving + (1 - m) * batch).
         logit_scale: factor on the logits before the softmax.
-        whiten: the stem becomes frozen PCA whitening of the training images' 2x2 patches (airbench94);
-            the pipeline applies it after building (`data_init`, with normalised training images); the
-            builder alone leaves the random stem.
+        whiten: the stem is frozen, to be set to the PCA whitening of the training images' 2x2 patches
+            (airbench94): the pipeline does that after building (`data_init`, with normalised training
+            images); without the pipeline, call `init_whitening`.
     Returns:
         a Functional keras.Model: float inputs [batch, H, W, C] as normalised by the pipeline, float32
         probabilities [batch, num_classes].
@@ -76,7 +76,9 @@ def cifar10_fast(*, input_shape=(32, 32, 3), num_classes=10, width=64, multiplie
     channels = input_shape[-1]
     inputs = keras.Input(shape=tuple(input_shape), name="image")
     # 2x2 valid: 2 x (2 * 2 * C) filters, room for the whitening basis and its negative (see init_whitening).
-    x = layers.Conv2D(2 * 4 * channels, 2, padding="valid", use_bias=True, name=STEM_NAME)(inputs)
+    stem = layers.Conv2D(2 * 4 * channels, 2, padding="valid", use_bias=True, name=STEM_NAME, trainable=not whiten)
+    stem.keep_frozen = bool(whiten)  # frozen from the start, so summaries count it right (see init_whitening)
+    x = stem(inputs)
     x = layers.Activation(activation, name=f"{STEM_NAME}_act")(x)
     for index, multiple in enumerate(multipliers, start=1):
         x = _group(x, int(width * multiple), name=f"group{index}", momentum=batchnorm_momentum,

@@ -94,6 +94,9 @@ def test_whiten_option_sets_a_frozen_stem_from_normalised_training_images(data_e
     model.compile(keras.optimizers.SGD(0.1), loss="categorical_crossentropy")
     model.train_on_batch(np.full((4, 16, 16, 3), 100.0, np.float32), np.eye(10, dtype=np.float32)[:4])
     np.testing.assert_array_equal(stem.kernel.numpy(), before)
+    # The builder freezes the stem itself, so sizes and summaries count it as frozen.
+    assert not build_model("cifar10_fast", input_shape=(16, 16, 3), num_classes=10, width=8,
+                           whiten=True).get_layer("whiten").trainable
     # Without the option the stem is an ordinary trainable layer.
     plain = train.build_checked_model(experiment_lib.load_experiment("tiny", [
         *data_env, "model.name=cifar10_fast", "input.image_size=[16,16]", "model.options={width: 8}"]), splits)
