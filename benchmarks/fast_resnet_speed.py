@@ -7,7 +7,9 @@ reference row is issue 15's yardstick: the Keras book's cifar10 deep net (`cifar
 in-memory arrays at batch 128.
 
     .venv/bin/python -m benchmarks.fast_resnet_speed [--widths 64 48 32] [--activations gelu relu]
-        [--batch-size 512] [--steps 6] [--warmup 2] [--repeats 2]
+        [--precisions float32 mixed_bfloat16] [--batch-size 512] [--steps 6] [--warmup 2] [--repeats 2]
+
+The reference row is always float32 (the budget is defined by it).
 """
 
 from __future__ import annotations
@@ -46,6 +48,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.set_defaults(batch_size=512)
     parser.add_argument("--widths", type=int, nargs="+", default=[64, 48, 32])
     parser.add_argument("--activations", nargs="+", default=["gelu", "relu"])
+    parser.add_argument("--precisions", nargs="+", default=["float32"],
+                        choices=["float32", "mixed_bfloat16", "mixed_float16"],
+                        help="Keras dtype policies for the cifar10_fast rows")
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
@@ -57,15 +62,21 @@ def main(argv: list[str] | None = None) -> None:
     from models import build_model
 
     rows = []
-    for activation in args.activations:
-        for width in args.widths:
-            model = build_model("cifar10_fast", input_shape=(32, 32, 3), num_classes=10, width=width,
-                                activation=activation)
-            flops, _ = common.count_flops(model)
-            speed = _speed(model, batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
-                           repeats=args.repeats)
-            rows.append([f"cifar10_fast width {width} {activation}", args.batch_size, model.count_params(),
-                         flops / 1e9, speed, EPOCH_IMAGES / speed])
+    import keras
+
+    for precision in args.precisions:
+        keras.mixed_precision.set_global_policy(precision)
+        for activation in args.activations:
+            for width in args.widths:
+                model = build_model("cifar10_fast", input_shape=(32, 32, 3), num_classes=10, width=width,
+                                    activation=activation)
+                flops, _ = common.count_flops(model)
+                speed = _speed(model, batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
+                               repeats=args.repeats)
+                suffix = "" if precision == "float32" else f" {precision}"
+                rows.append([f"cifar10_fast width {width} {activation}{suffix}", args.batch_size,
+                             model.count_params(), flops / 1e9, speed, EPOCH_IMAGES / speed])
+    keras.mixed_precision.set_global_policy("float32")
     reference = build_model("cifar10_deep", input_shape=(32, 32, 3), num_classes=10)
     flops, _ = common.count_flops(reference)
     speed = _speed(reference, batch_size=128, steps=args.reference_steps, warmup=5, repeats=args.repeats)

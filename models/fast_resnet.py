@@ -1,12 +1,14 @@
 """`cifar10_fast`: a small residual network for fast CIFAR-10 training, after the public descriptions of
 David Page's ResNet-9 ("How to train your ResNet", myrtle.ai, 2018: 94% in 24 epochs) and Keller Jordan's
 airbench94 ("94% on CIFAR-10 in 3.29 seconds on a single GPU", 2024: 94% in about 10 epochs). Our own
-Keras code; the shape is airbench94's, with ResNet-9's identity shortcuts.
+Keras code; the shape is airbench94's, with ResNet-9's identity shortcuts by default, or airbench94's plain
+stack with identity-initialised convolutions (`residual=False, identity_init=True`, its "implicit
+residual"; the experiment cifar10_fast uses that).
 
     image 32x32x3
     stem     2x2 conv, 24 filters, valid (31x31), bias, GELU     -- `init_whitening` can set it to PCA whitening
     group 1  3x3 conv width -> max-pool 2 -> BN -> GELU          (15x15)
-             + shortcut around [3x3 conv -> BN -> GELU]
+             + shortcut around [3x3 conv -> BN -> GELU]          (residual=False: no shortcut)
     group 2  the same at 4 x width                              (7x7)
     group 3  the same at 4 x width                              (3x3)
     head     global max-pool -> dense (no bias) -> x logit_scale -> softmax `probabilities` (float32)
@@ -32,23 +34,51 @@ from models.registry import register_model
 STEM_NAME = "whiten"
 
 
+@keras.saving.register_keras_serializable(package="models")
+class PartialIdentity(keras.initializers.Initializer):
+    """A conv kernel [kh, kw, in, out] whose first min(in, out) filters are identities (filter i passes
+    input channel i through at the centre tap, every other entry 0) and whose other filters come from
+    `base`: airbench94's "implicit residual via identity initialization" (PyTorch's `dirac_` on the
+    first `in` filters), which lets a plain conv stack start close to a residual one."""
+
+    def __init__(self, base="glorot_uniform"):
+        self.base = base
+
+    def __call__(self, shape, dtype=None):
+        kernel = keras.initializers.get(self.base)(shape, dtype=dtype)
+        height, width, channels_in, channels_out = shape
+        count = min(channels_in, channels_out)
+        identity = np.zeros(shape, np.float32)
+        identity[height // 2, width // 2, np.arange(count), np.arange(count)] = 1.0
+        replaced = np.zeros(shape, bool)
+        replaced[..., :count] = True
+        return keras.ops.where(replaced, keras.ops.cast(identity, kernel.dtype), kernel)
+
+    def get_config(self):
+        return {"base": self.base}
+
+
 def _norm_act(x, *, name, momentum, activation):
     x = layers.BatchNormalization(momentum=momentum, epsilon=1e-5, scale=False, name=f"{name}_bn")(x)
     return layers.Activation(activation, name=f"{name}_act")(x)
 
 
-def _group(x, filters, *, name, momentum, activation, residual):
-    x = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
+def _group(x, filters, *, name, momentum, activation, residual, identity_init):
+    initializer = PartialIdentity() if identity_init else "glorot_uniform"
+    x = layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer=initializer,
+                      name=f"{name}_conv")(x)
     x = layers.MaxPooling2D(2, name=f"{name}_pool")(x)
     x = _norm_act(x, name=name, momentum=momentum, activation=activation)
-    branch = layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_res_conv")(x)
+    branch = layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer=initializer,
+                           name=f"{name}_res_conv")(x)
     branch = _norm_act(branch, name=f"{name}_res", momentum=momentum, activation=activation)
     return layers.Add(name=f"{name}_add")([x, branch]) if residual else branch
 
 
 @register_model()
 def cifar10_fast(*, input_shape=(32, 32, 3), num_classes=10, width=64, multipliers=(1, 4, 4),
-                 residual=True, activation="gelu", batchnorm_momentum=0.9, logit_scale=1 / 9, whiten=False):
+                 residual=True, activation="gelu", batchnorm_momentum=0.9, logit_scale=1 / 9, whiten=False,
+                 identity_init=False):
     """The fast CIFAR-10 residual net (see the module docstring).
 
     Args:
@@ -63,6 +93,8 @@ def cifar10_fast(*, input_shape=(32, 32, 3), num_classes=10, width=64, multiplie
         whiten: the stem is frozen, to be set to the PCA whitening of the training images' 2x2 patches
             (airbench94): the pipeline does that after building (`data_init`, with normalised training
             images); without the pipeline, call `init_whitening`.
+        identity_init: each group's convolutions start with their first min(in, out) filters as
+            identities (`PartialIdentity`, airbench94's implicit residual); else Glorot-uniform.
     Returns:
         a Functional keras.Model: float inputs [batch, H, W, C] as normalised by the pipeline, float32
         probabilities [batch, num_classes].
@@ -82,7 +114,7 @@ def cifar10_fast(*, input_shape=(32, 32, 3), num_classes=10, width=64, multiplie
     x = layers.Activation(activation, name=f"{STEM_NAME}_act")(x)
     for index, multiple in enumerate(multipliers, start=1):
         x = _group(x, int(width * multiple), name=f"group{index}", momentum=batchnorm_momentum,
-                   activation=activation, residual=residual)
+                   activation=activation, residual=residual, identity_init=identity_init)
     x = layers.GlobalMaxPooling2D(name="pool")(x)
     x = layers.Dense(num_classes, use_bias=False, name="fc")(x)
     logits = layers.Rescaling(logit_scale, name="logits")(x)

@@ -11,7 +11,7 @@ import keras
 
 
 def build_schedule(*, name: str, learning_rate: float, steps_per_epoch: int, epochs: int,
-                   warmup_epochs: float = 0.0, boundaries=(), factor: float = 0.1,
+                   warmup_epochs: float = 0.0, warmup_start: float = 0.0, boundaries=(), factor: float = 0.1,
                    end_learning_rate: float = 0.0, power: float = 1.0, alpha: float = 0.0):
     """Returns a float (constant) or a `keras.optimizers.schedules.LearningRateSchedule`.
 
@@ -19,7 +19,8 @@ def build_schedule(*, name: str, learning_rate: float, steps_per_epoch: int, epo
         name: constant | step | polynomial | cosine.
         learning_rate: the peak rate.
         boundaries: step: epochs at which the rate is multiplied by `factor`.
-        warmup_epochs: cosine: linear warm-up from 0 to `learning_rate`.
+        warmup_epochs: cosine, polynomial: linear warm-up to `learning_rate`...
+        warmup_start: ... from this fraction of it (0: from 0; airbench94 starts at 0.2).
         alpha: cosine: the final rate as a fraction of the peak.
     """
     total_steps = max(1, steps_per_epoch * epochs)
@@ -33,13 +34,13 @@ def build_schedule(*, name: str, learning_rate: float, steps_per_epoch: int, epo
         warmup_steps = int(round(warmup_epochs * steps_per_epoch))
         decay = keras.optimizers.schedules.PolynomialDecay(learning_rate, max(1, total_steps - warmup_steps),
                                                            end_learning_rate=end_learning_rate, power=power)
-        return WarmUp(learning_rate, warmup_steps, decay) if warmup_steps else decay
+        return WarmUp(learning_rate, warmup_steps, decay, start=warmup_start) if warmup_steps else decay
     if name == "cosine":
         warmup_steps = int(round(warmup_epochs * steps_per_epoch))
         if warmup_steps:
             # Keras' warm-up climbs from `initial_learning_rate` to `warmup_target`.
             return keras.optimizers.schedules.CosineDecay(
-                0.0, total_steps - warmup_steps, alpha=alpha, warmup_target=learning_rate,
+                warmup_start * learning_rate, total_steps - warmup_steps, alpha=alpha, warmup_target=learning_rate,
                 warmup_steps=warmup_steps)
         return keras.optimizers.schedules.CosineDecay(learning_rate, total_steps, alpha=alpha)
     raise ValueError(f"schedule must be constant, step, polynomial or cosine. Received: name={name!r}")
@@ -47,39 +48,45 @@ def build_schedule(*, name: str, learning_rate: float, steps_per_epoch: int, epo
 
 @keras.saving.register_keras_serializable(package="pipeline")
 class WarmUp(keras.optimizers.schedules.LearningRateSchedule):
-    """Linear warm-up from 0 to `peak` over `warmup_steps`, then `after` (counted from the warm-up's end):
+    """Linear warm-up from `start` x `peak` to `peak` over `warmup_steps`, then `after` (counted from the
+    warm-up's end):
     e.g. warm-up then linear decay (polynomial, power 1), the fast CIFAR-10 recipes' schedule (Page's
     ResNet-9; airbench). Serializable, so checkpoints and resume keep it."""
 
-    def __init__(self, peak: float, warmup_steps: int, after):
-        self.peak, self.warmup_steps = float(peak), int(warmup_steps)
+    def __init__(self, peak: float, warmup_steps: int, after, start: float = 0.0):
+        self.peak, self.warmup_steps, self.start = float(peak), int(warmup_steps), float(start)
         self.after = (keras.optimizers.schedules.deserialize(after) if isinstance(after, dict) else after)
 
     def __call__(self, step):
         step = keras.ops.cast(step, "float32")
-        warm = self.peak * step / max(self.warmup_steps, 1)
+        warm = self.peak * (self.start + (1.0 - self.start) * step / max(self.warmup_steps, 1))
         return keras.ops.where(step < self.warmup_steps, warm, self.after(step - self.warmup_steps))
 
     def get_config(self):
-        return {"peak": self.peak, "warmup_steps": self.warmup_steps,
+        return {"peak": self.peak, "warmup_steps": self.warmup_steps, "start": self.start,
                 "after": keras.optimizers.schedules.serialize(self.after)}
 
 
 def build_optimizer(*, name: str, learning_rate, momentum: float = 0.0, nesterov: bool = False,
-                    weight_decay: float | None = None, clipnorm: float | None = None, ema: float | None = None):
+                    weight_decay: float | None = None, clipnorm: float | None = None, ema: float | None = None,
+                    norm_bias_lr_factor: float = 1.0):
     """Builds a Keras optimizer. `learning_rate` may be a float or a schedule; `ema` (e.g. 0.999) keeps an
-    exponential moving average of the weights (`pipeline.ema`)."""
+    exponential moving average of the weights (`pipeline.ema`); `norm_bias_lr_factor` multiplies the
+    learning rate of normalization layers' biases (BatchNorm `beta`; airbench94 uses 64 with BatchNorm
+    scales fixed at 1), not their weight decay. Raises ValueError for an unknown name."""
+    from pipeline import compat
     from pipeline import ema as ema_lib
 
-    common = {"learning_rate": learning_rate, "clipnorm": clipnorm, **ema_lib.ema_optimizer_options(ema)}
+    classes = {"sgd": keras.optimizers.SGD, "adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW,
+               "rmsprop": keras.optimizers.RMSprop}
+    if name not in classes:
+        raise ValueError(f"optimizer must be sgd, adam, adamw or rmsprop. Received: name={name!r}")
+    optimizer_class, options = compat.with_norm_bias_lr_factor(classes[name], norm_bias_lr_factor)
+    options.update(learning_rate=learning_rate, clipnorm=clipnorm, **ema_lib.ema_optimizer_options(ema))
     if weight_decay is not None:
-        common["weight_decay"] = weight_decay
+        options["weight_decay"] = weight_decay
     if name == "sgd":
-        return keras.optimizers.SGD(momentum=momentum, nesterov=nesterov, **common)
-    if name == "adam":
-        return keras.optimizers.Adam(**common)
-    if name == "adamw":
-        return keras.optimizers.AdamW(**common)
+        options.update(momentum=momentum, nesterov=nesterov)
     if name == "rmsprop":
-        return keras.optimizers.RMSprop(momentum=momentum, **common)
-    raise ValueError(f"optimizer must be sgd, adam, adamw or rmsprop. Received: name={name!r}")
+        options["momentum"] = momentum
+    return optimizer_class(**options)

@@ -124,13 +124,18 @@ class OptimizerConfig:
     ema: Optional[float] = _field(None, min=0.0, max=1.0, max_exclusive=True,
                                   help="weight EMA momentum (e.g. 0.999; null or 0: off); validation, checkpoints, "
                                        "evaluation and export use the averaged weights")
+    norm_bias_lr_factor: float = _field(1.0, min=0.0, min_exclusive=True,
+                                        help="learning-rate multiple for normalization layers' biases (BatchNorm "
+                                             "beta), not for their weight decay; airbench94 uses 64")
 
 
 @dataclasses.dataclass(frozen=True)
 class ScheduleConfig:
     name: str = _field("constant", choices=["constant", "step", "polynomial", "cosine"],
                        help="learning-rate schedule, stepped every batch")
-    warmup_epochs: float = _field(0.0, min=0.0, help="linear warm-up from 0 (cosine and polynomial)")
+    warmup_epochs: float = _field(0.0, min=0.0, help="linear warm-up (cosine and polynomial)")
+    warmup_start: float = _field(0.0, min=0.0, max=1.0, max_exclusive=True,
+                                 help="the warm-up's first rate as a fraction of the peak (airbench94: 0.2)")
     boundaries: list = _field([], min=0.0, help="step: epochs at which the rate is multiplied by `factor`")
     factor: float = _field(0.1, min=0.0, min_exclusive=True, help="step: multiplier at each boundary")
     end_learning_rate: float = _field(0.0, min=0.0, help="polynomial: final rate")
@@ -214,8 +219,9 @@ class TrainConfig:
 @dataclasses.dataclass(frozen=True)
 class EvaluationConfig:
     top_k: int = _field(5, min=1, help="top-k accuracy's k (capped at the class count)")
-    tta: str = _field("none", choices=["none", "flip"], help="test-time augmentation in evaluation: flip "
-                                                            "averages each image's and its mirror's probabilities")
+    tta: str = _field("none", choices=["none", "flip", "flip_translate"],
+                      help="test-time augmentation in evaluation: flip averages each image's and its mirror's "
+                           "probabilities; flip_translate adds both shifted 1 pixel (6 views, airbench94)")
     report: bool = _field(True, help="write RUN/evaluation/ (report.json, per_class.csv, figures)")
 
 
@@ -223,8 +229,9 @@ class EvaluationConfig:
 class ExportConfig:
     enabled: bool = _field(True, help="write a SavedModel at the end of training")
     top_k: int = _field(5, min=1, help="classes returned by the serving signature")
-    tta: str = _field("none", choices=["none", "flip"], help="test-time augmentation inside the SavedModel: flip "
-                                                            "averages each image's and its mirror's probabilities")
+    tta: str = _field("none", choices=["none", "flip", "flip_translate"],
+                      help="test-time augmentation inside the SavedModel: flip averages each image's and its "
+                           "mirror's probabilities; flip_translate adds both shifted 1 pixel (6 views)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -296,14 +296,18 @@ def format_recipe(config) -> str:
                  f"crop)"}.get(transform.crop, transform.crop)
     optimizer, schedule, train = config.train.optimizer, config.train.schedule, config.train
     optimizer_text = ", ".join(f"{key} {value}" for key, value in config_lib.to_dict(optimizer).items()
-                               if value not in (None, False, 0.0) and key != "name")
+                               if value not in (None, False, 0.0) and key != "name"
+                               and not (key == "norm_bias_lr_factor" and value == 1.0))
     lines = [f"Input:        {transform.image_size[0]}x{transform.image_size[1]}x{transform.channels}, crop {crop_text}, "
              f"resize {transform.resize_method}, normalization "
              f"{config.input.normalization}, cache {config.input.cache}",
              f"Augmentation: {', '.join(f'{k}={v}' for k, v in augment.items()) or 'none'}",
              f"Optimizer:    {optimizer.name} ({optimizer_text}); schedule {schedule.name}"
-             f"{f' with {schedule.warmup_epochs:g} warm-up epochs' if schedule.warmup_epochs else ''}; "
-             f"{train.epochs} epochs, global batch {train.batch_size}",
+             f"{f' with {schedule.warmup_epochs:g} warm-up epochs' if schedule.warmup_epochs else ''}"
+             f"{f' from {schedule.warmup_start:g}x the peak' if schedule.warmup_epochs and schedule.warmup_start else ''}"
+             f"{f' to {schedule.end_learning_rate:g}' if schedule.name == 'polynomial' and schedule.end_learning_rate else ''}; "
+             f"{train.epochs} epochs, global batch {train.batch_size}"
+             f"{'' if train.mixed_precision == 'float32' else f', {train.mixed_precision}'}",
              f"Loss:         label smoothing {train.label_smoothing}, class weights {train.class_weight}",
              f"Evaluation:   top-{config.evaluation.top_k}, TTA {config.evaluation.tta}; export TTA "
              f"{config.export.tta}; distribute {config.distribute.strategy}"]

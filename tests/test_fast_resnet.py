@@ -16,7 +16,7 @@ from models import fast_resnet
 def test_registered_with_its_options_and_the_documented_size():
     assert "cifar10_fast" in MODELS.names()
     assert set(MODELS.options("cifar10_fast")) == {"width", "multipliers", "residual", "activation",
-                                                     "batchnorm_momentum", "logit_scale", "whiten"}
+                                                     "batchnorm_momentum", "logit_scale", "whiten", "identity_init"}
     model = build_model("cifar10_fast", input_shape=(32, 32, 3), num_classes=10)
     assert model.count_params() == 1_973_944
     assert sum(int(np.prod(v.shape)) for v in model.trainable_variables) == 1_971_640
@@ -51,6 +51,26 @@ def test_one_training_step_and_a_keras_file_round_trip(tmp_path):
     model.save(tmp_path / "fast.keras")
     loaded = keras.saving.load_model(tmp_path / "fast.keras", compile=False)  # built-in layers only
     np.testing.assert_allclose(loaded.predict(images, verbose=0), model.predict(images, verbose=0), atol=1e-6)
+
+
+def test_identity_init_passes_channels_through_and_round_trips(tmp_path):
+    keras.utils.set_random_seed(0)
+    model = build_model("cifar10_fast", input_shape=(32, 32, 3), num_classes=10, width=8, identity_init=True,
+                        residual=False)
+    kernel = model.get_layer("group1_conv").kernel.numpy()  # [3, 3, 24, 8]: 8 identity filters
+    expected = np.zeros((3, 3, 24, 8), np.float32)
+    expected[1, 1, np.arange(8), np.arange(8)] = 1
+    np.testing.assert_array_equal(kernel, expected)
+    kernel = model.get_layer("group2_conv").kernel.numpy()  # [3, 3, 8, 32]: 8 identities, 24 random filters
+    np.testing.assert_array_equal(kernel[..., :8], expected[:, :, :8, :8])
+    assert np.count_nonzero(kernel[..., 8:]) > 0.99 * kernel[..., 8:].size
+    # A conv of the identity filters reproduces its input's channels (padding "same").
+    x = np.random.default_rng(0).normal(size=(2, 5, 5, 32)).astype(np.float32)  # group 3: 32 -> 32, all identities
+    out = keras.ops.conv(x, model.get_layer("group3_res_conv").kernel, padding="same").numpy()
+    np.testing.assert_allclose(out, x, atol=1e-6)
+    model.save(tmp_path / "identity.keras")
+    loaded = keras.saving.load_model(tmp_path / "identity.keras", compile=False)
+    assert isinstance(loaded.get_layer("group1_conv").kernel_initializer, fast_resnet.PartialIdentity)
 
 
 def test_whitening_stem_decorrelates_the_patches():

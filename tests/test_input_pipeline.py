@@ -493,6 +493,19 @@ def test_cosine_schedule_with_warmup():
     assert all(a >= b for a, b in zip(steps, steps[1:]))  # monotone decay after warm-up
 
 
+def test_warmup_start_fraction_airbench_triangle():
+    # airbench94's triangle: 0.2 x peak -> peak at 23% of training -> 0.07 x peak at the end.
+    schedule = optim.build_schedule(name="polynomial", learning_rate=1.0, steps_per_epoch=10, epochs=10,
+                                    warmup_epochs=2.3, warmup_start=0.2, end_learning_rate=0.07)
+    np.testing.assert_allclose(rates(schedule, [0, 23, 100]), [0.2, 1.0, 0.07], rtol=1e-5)
+    assert rates(schedule, [10])[0] == pytest.approx(0.2 + 0.8 * 10 / 23, rel=1e-5)
+    restored = keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(schedule))
+    np.testing.assert_allclose(rates(restored, [0, 10, 60]), rates(schedule, [0, 10, 60]), rtol=1e-6)
+    cosine = optim.build_schedule(name="cosine", learning_rate=1.0, steps_per_epoch=10, epochs=5,
+                                  warmup_epochs=1, warmup_start=0.5)
+    assert rates(cosine, [0])[0] == pytest.approx(0.5)
+
+
 def test_cosine_schedule_without_warmup():
     schedule = optim.build_schedule(name="cosine", learning_rate=0.1, steps_per_epoch=10, epochs=5, alpha=0.0)
     np.testing.assert_allclose(rates(schedule, [0, 25, 50]), [0.1, 0.05, 0.0], rtol=1e-5, atol=1e-8)

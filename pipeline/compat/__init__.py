@@ -10,6 +10,7 @@ One package of small modules, by subject; callers use `pipeline.compat.<name>` o
     augment     the augmentation layers' randomness, RandAugment per image, CutMix labels, EMA slots
     data        bytes from Python inside tf.data without TensorFlow 2.21's leak
     baselines   the Keras book's ImageDataGenerator (benchmarks)
+    optimizers  per-variable learning-rate factors (normalization biases)
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pipeline.compat.distribute import (MULTI_WORKER_ISSUES, _first_local_value,
                                         _patch_symbolic_build, in_multi_worker_mode, patch_keras_for_multi_worker,
                                         without_short_batches)
 from pipeline.compat.fit import BackupAndRestoreHooks  # noqa: F401
+from pipeline.compat.optimizers import NORM_BIAS_SCALED, is_norm_bias, with_norm_bias_lr_factor  # noqa: F401
 from pipeline.compat.layers import (find_layer, find_layer_path, force_trainable, inbound_nodes,  # noqa: F401
                                     iter_layers, node_tensor, nodes_in, sublayers, walk_layers)
 
