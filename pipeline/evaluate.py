@@ -18,7 +18,8 @@ def load_checkpoint(path: Path) -> keras.Model:
     """A saved .keras model of a run (every model module imported first: saved models may hold their
     custom layers). Raises RunDirError when the file is missing."""
     models.load_all()
-    from pipeline import compat  # noqa: F401  (registers the optimizers a checkpoint may name)
+    # A checkpoint's optimizer may name our classes: compat's optimizers, optim's schedules (WarmUp).
+    from pipeline import compat, optim  # noqa: F401
 
     if not Path(path).is_file():
         raise RunDirError(f"{path}: checkpoint not found; the run has not finished an epoch yet. "

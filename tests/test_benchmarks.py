@@ -152,13 +152,15 @@ def test_time_to_accuracy_of_another_experiment_at_several_targets(capsys, resul
 
     result = time_to_accuracy.main(SMOKE + ["--recipes", "ours", "--experiment", "cifar10_fast",
                                             "--set", "model.options={width: 8, whiten: true}",
-                                            "--target", "0.05", "0.99"])
+                                            "--target", "0.05", "0.99", "--evaluate-from", "2"])
     out = capsys.readouterr().out
-    assert "ours: cifar10_fast, 2 epochs, batch 512" in out and "test TTA flip" in out
+    assert "ours: cifar10_fast, 2 epochs, batch 512" in out and "test TTA flip_translate" in out
     summary = table_with(out, *time_to_accuracy.SUMMARY_HEADERS)
     assert [(row["recipe"], row["target"]) for row in summary] == [("ours", "5%"), ("ours", "99%")]
     assert positive(summary[0]["seconds to target"]) and summary[1]["seconds to target"] == "not reached"
     assert set(result["ours"]["seconds_to"]) == {0.05, 0.99} and "book / ours" not in out
+    assert "ours epoch 1: " in out and "test accuracy not evaluated" in out  # --evaluate-from 2
+    assert [accuracy is None for _, _, accuracy in result["ours"]["rows"]] == [True, False]
 
 
 def test_record_appends_a_section(tmp_path):

@@ -79,3 +79,26 @@ def test_keras_file_round_trip_keeps_the_optimizer(tmp_path):
     assert type(loaded.optimizer).__name__ == "SGDNormBiasLR"
     assert loaded.optimizer.norm_bias_lr_factor == 64.0 and loaded.optimizer.momentum == pytest.approx(0.85)
     assert int(loaded.optimizer.iterations) == 1
+
+
+def test_a_fresh_process_loads_a_checkpoint_with_our_optimizer_and_schedule(tmp_path):
+    # pipeline.evaluate.load_checkpoint imports what a checkpoint's optimizer names (found when
+    # `evaluate` of a cifar10_fast run ran in a process that had not imported pipeline.optim).
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    model = _net()
+    schedule = optim.build_schedule(name="polynomial", learning_rate=0.2, steps_per_epoch=2, epochs=2,
+                                    warmup_epochs=1, warmup_start=0.2)
+    model.compile(optimizer=optim.build_optimizer(name="sgd", learning_rate=schedule, momentum=0.85,
+                                                  norm_bias_lr_factor=64),
+                  loss="sparse_categorical_crossentropy")
+    model.fit(np.zeros((4, 3), np.float32), np.zeros(4), epochs=1, verbose=0)
+    model.save(tmp_path / "best.keras")
+    code = ("import sys; from pipeline import evaluate; m = evaluate.load_checkpoint(sys.argv[1]); "
+            "print(type(m.optimizer).__name__, m.optimizer.norm_bias_lr_factor, type(m.optimizer._learning_rate).__name__)")
+    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "best.keras")], capture_output=True,
+                            text=True, cwd=Path(__file__).resolve().parent.parent, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split()[-3:] == ["SGDNormBiasLR", "64.0", "WarmUp"]
