@@ -193,7 +193,7 @@ class BatchAugment:
     """
 
     def __init__(self, *, rand_augment: dict | None, color_jitter: dict | None, random_erasing: float,
-                 mix_up: float, cut_mix: float):
+                 mix_up: float, cut_mix: float, random_erasing_fill=None):
         self.stream = compat.StatelessSeedStream()
         self.image_layers = []
         self.mixers = []
@@ -210,7 +210,8 @@ class BatchAugment:
                 # factor (p, p): every image is erased with probability p. A single float p would draw
                 # each image's probability from U(0, p), erasing p / 2 of them on average.
                 self.image_layers.append(keras.layers.RandomErasing(
-                    factor=(random_erasing, random_erasing), value_range=(0, 255), name="random_erasing"))
+                    factor=(random_erasing, random_erasing), value_range=(0, 255), fill_value=random_erasing_fill,
+                    name="random_erasing"))
             if mix_up:
                 self.mixers.append(keras.layers.MixUp(alpha=mix_up, name="mix_up"))
             if cut_mix:
@@ -243,7 +244,8 @@ class BatchAugment:
 
 
 def build_batch_augment(*, rand_augment: dict | None = None, color_jitter: dict | None = None,
-                        random_erasing: float = 0.0, mix_up: float = 0.0, cut_mix: float = 0.0) -> BatchAugment | None:
+                        random_erasing: float = 0.0, mix_up: float = 0.0, cut_mix: float = 0.0,
+                        random_erasing_fill=None) -> BatchAugment | None:
     """The `input.augment` batch layers as one function, or None when all are off.
 
     Args:
@@ -256,7 +258,13 @@ def build_batch_augment(*, rand_augment: dict | None = None, color_jitter: dict 
             (floats in [0, 1], hue in [0, 0.5]; absent/None/0 leaves that property alone; meaning in
             `color_jitter_factors`), or None.
         random_erasing: probability per image of erasing a random rectangle (keras.layers.RandomErasing:
-            2% to 33% of the area, filled with clipped noise); 0 = off.
+            2% to 33% of the area); 0 = off.
+        random_erasing_fill: the erased pixels' value: None for Keras' noise (N(0, 1) x 255, clipped to
+            [0, 255]), a number or [R, G, B] in [0, 255] (Cutout fills with the mean: DeVries & Taylor,
+            2017). Noise has power at every spatial frequency; a whitening first layer scales the high
+            ones up by up to 1 / sqrt(smallest eigenvalue) (~40x on CIFAR-10), so noise-filled training
+            batches give BatchNorm statistics that clean images never match (measured: cifar10_fast with
+            0.5 noise erasing fell to 17-23% validation accuracy at 30-60% train accuracy).
         mix_up: MixUp's alpha (mixing weight ~ Beta(alpha, alpha) per example); 0 = off.
         cut_mix: CutMix's alpha, in (0, 1] (Keras' CutMix refuses more); 0 = off.
     Returns:
@@ -265,6 +273,7 @@ def build_batch_augment(*, rand_augment: dict | None = None, color_jitter: dict 
         ValueError: for a value out of range or an unknown key (the message names it).
     """
     random_erasing = _positive("random_erasing", random_erasing, maximum=1.0)
+    random_erasing_fill = _erasing_fill(random_erasing_fill)
     mix_up = _positive("mix_up", mix_up)
     cut_mix = _positive("cut_mix", cut_mix, maximum=1.0)
     if rand_augment:
@@ -287,7 +296,19 @@ def build_batch_augment(*, rand_augment: dict | None = None, color_jitter: dict 
     if not (rand_augment or color_jitter or random_erasing or mix_up or cut_mix):
         return None
     return BatchAugment(rand_augment=rand_augment, color_jitter=color_jitter, random_erasing=random_erasing,
-                        mix_up=mix_up, cut_mix=cut_mix)
+                        mix_up=mix_up, cut_mix=cut_mix, random_erasing_fill=random_erasing_fill)
+
+
+def _erasing_fill(fill):
+    """None, a float, or a 3-tuple of floats in [0, 255] (what keras.layers.RandomErasing takes)."""
+    if fill is None:
+        return None
+    values = list(fill) if isinstance(fill, (list, tuple)) else [fill]
+    if len(values) not in (1, 3) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 255
+                                            for v in values):
+        raise ValueError(f"random_erasing_fill must be a pixel value in [0, 255] or [R, G, B] of them. "
+                         f"Received: {fill!r}")
+    return float(values[0]) if len(values) == 1 else tuple(float(v) for v in values)
 
 
 def map_batch_augment(dataset: tf.data.Dataset, augment, *, seed: int, deterministic: bool = True) -> tf.data.Dataset:

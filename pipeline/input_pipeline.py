@@ -60,7 +60,7 @@ def _augment(dataset, augment: dict | None, seed: int, deterministic: bool):
     run in parallel and still repeat exactly. Rotation and zoom use Keras layers whose random state is a
     variable that parallel calls would race for: run in order when `deterministic`.
     """
-    classic = {key: value for key, value in (augment or {}).items() if key not in BATCH_LAYERS}
+    classic = {key: value for key, value in (augment or {}).items() if key not in BATCH_LAYERS + BATCH_OPTIONS}
     augmenter = preprocessing.build_augmenter(**classic, seed=seed)
     if augmenter is None:
         return dataset
@@ -75,6 +75,7 @@ def _augment(dataset, augment: dict | None, seed: int, deterministic: bool):
 
 
 BATCH_LAYERS = ("rand_augment", "color_jitter", "random_erasing", "mix_up", "cut_mix")
+BATCH_OPTIONS = ("random_erasing_fill",)  # settings of a batch layer, not layers of their own
 
 
 def _batch_augment(dataset, augment: dict | None, seed: int, deterministic: bool):
@@ -83,7 +84,8 @@ def _batch_augment(dataset, augment: dict | None, seed: int, deterministic: bool
     from pipeline import augment as augment_lib
 
     layers = {key: value for key, value in (augment or {}).items() if key in BATCH_LAYERS}
-    batch_augment = augment_lib.build_batch_augment(**layers) if any(layers.values()) else None
+    options = {key: value for key, value in (augment or {}).items() if key in BATCH_OPTIONS}
+    batch_augment = augment_lib.build_batch_augment(**layers, **options) if any(layers.values()) else None
     return augment_lib.map_batch_augment(dataset, batch_augment, seed=seed + 2, deterministic=deterministic)
 
 

@@ -64,6 +64,11 @@ class AugmentConfig:
                                                      "saturation, hue} factors in [0, 1]; null: off")
     random_erasing: float = _field(0.0, min=0.0, max=1.0, help="probability per image of erasing a random "
                                                               "rectangle (keras.layers.RandomErasing); 0: off")
+    random_erasing_fill: Optional[list] = _field(
+        None, min=0.0, max=255.0,
+        help="the erased rectangle's pixel value, [v] or [R, G, B] in 0-255 (e.g. the training mean, as Cutout "
+             "fills); null: Keras' noise, which a whitening stem (cifar10_fast) amplifies into BatchNorm "
+             "statistics that clean images do not have")
     mix_up: float = _field(0.0, min=0.0, help="MixUp alpha (keras.layers.MixUp; mixed one-hot labels); 0: off")
     cut_mix: float = _field(0.0, min=0.0, max=1.0, help="CutMix alpha (keras.layers.CutMix); 0: off")
 

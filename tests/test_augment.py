@@ -193,6 +193,34 @@ def test_random_erasing_probability_is_per_image():
     assert 5 <= erased <= 30, erased  # 16 expected of 64
 
 
+def test_random_erasing_fill_value_cutout_style():
+    images = np.full((1, 32, 16, 16, 3), 128.0, np.float32)
+    labels = np.zeros((1, 32, NUM_CLASSES), np.float32)
+    augmenter = augment.build_batch_augment(random_erasing=1.0, random_erasing_fill=[10, 20, 30])
+    (erased, _), = _run(augmenter, images, labels, seed=0)
+    changed = np.abs(erased - 128).max(axis=-1) > 0  # [batch, H, W]
+    assert changed.any(axis=(1, 2)).all()  # every image has its rectangle
+    np.testing.assert_array_equal(erased[changed], np.broadcast_to([10.0, 20.0, 30.0], (int(changed.sum()), 3)))
+    (grey, _), = _run(augment.build_batch_augment(random_erasing=1.0, random_erasing_fill=[0]), images, labels, seed=0)
+    assert set(np.unique(grey)) == {0.0, 128.0}
+    for bad in ([300], [1, 2], ["mean"], [True]):
+        with pytest.raises(ValueError, match=r"random_erasing_fill must be a pixel value in \[0, 255\] or \[R, G, B\]"):
+            augment.build_batch_augment(random_erasing=0.5, random_erasing_fill=bad)
+
+
+def test_random_erasing_fill_reaches_the_layer_through_the_input_pipeline():
+    from pipeline import input_pipeline
+
+    images = np.full((2, 8, 16, 16, 3), 128.0, np.float32)
+    labels = np.zeros((2, 8, NUM_CLASSES), np.float32)
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels))
+    augment_config = {"horizontal_flip": True, "random_erasing": 1.0, "random_erasing_fill": [7, 7, 7]}
+    dataset = input_pipeline._augment(dataset, augment_config, seed=0, deterministic=True)
+    dataset = input_pipeline._batch_augment(dataset, augment_config, seed=0, deterministic=True)
+    values = np.unique(np.concatenate([x.numpy().ravel() for x, _ in dataset]))
+    assert values.tolist() == [7.0, 128.0]
+
+
 def test_layers_compute_in_float32_under_a_mixed_precision_policy():
     previous = keras.config.dtype_policy()
     keras.mixed_precision.set_global_policy("mixed_float16")
