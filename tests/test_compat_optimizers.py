@@ -11,6 +11,16 @@ import pytest
 from pipeline import compat, optim
 
 
+def test_the_optimizer_internals_it_reads_are_there():
+    optimizer = keras.optimizers.SGD(0.1)
+    kernel = _net().get_layer("dense").kernel
+    optimizer.build([kernel])
+    where = f"Keras {keras.__version__}: %s; update pipeline/compat/optimizers.py"
+    assert hasattr(optimizer, "_get_variable_index"), where % "Optimizer._get_variable_index is gone"
+    assert optimizer._trainable_variables[optimizer._get_variable_index(kernel.value)] is kernel, \
+        where % "the index of a backend variable no longer finds its Keras variable in _trainable_variables"
+
+
 def _net():
     keras.utils.set_random_seed(0)
     inputs = keras.Input((3,))
