@@ -54,6 +54,13 @@ def build_model(config: Config, *, input_shape, num_classes: int, statistics=(No
         done = data_init(network, lambda: (normalize or (lambda x: x))(sample_images()), **options)
         if done:
             log(f"model {config.model.name}: {done}")
+            augment = config.input.augment
+            if augment.random_erasing and augment.random_erasing_fill is None:
+                # A data-fitted first layer (whitening) amplifies the noise fill's high frequencies into
+                # BatchNorm statistics that clean images never match (RESULTS.md, cifar10_fast run 7).
+                log(f"warning: input.augment.random_erasing fills with noise, which {config.model.name}'s "
+                    f"data-fitted first layer amplifies (validation accuracy collapsed in a measured run); "
+                    f"set input.augment.random_erasing_fill, e.g. the training mean [125, 123, 114] for CIFAR-10")
     return keras.Model(inputs, outputs, name=config.name)
 
 

@@ -121,3 +121,22 @@ def test_whiten_option_sets_a_frozen_stem_from_normalised_training_images(data_e
     plain = train.build_checked_model(experiment_lib.load_experiment("tiny", [
         *data_env, "model.name=cifar10_fast", "input.image_size=[16,16]", "model.options={width: 8}"]), splits)
     assert plain.get_layer("cifar10_fast").get_layer("whiten").trainable
+
+
+def test_noise_filled_erasing_with_a_whitening_stem_is_warned_about(data_env):
+    from pipeline import experiment as experiment_lib
+    from pipeline import train
+    from pipeline.splits import Splits
+
+    base = [*data_env, "model.name=cifar10_fast", "input.image_size=[16,16]", "input.normalization=standardize",
+            "model.options={width: 8, whiten: true}", "input.augment.random_erasing=0.5"]
+    config = experiment_lib.load_experiment("tiny", base)
+    splits = Splits(config, log=lambda *_: None)
+    messages = []
+    train.build_checked_model(config, splits, log=messages.append)
+    assert any(m.startswith("warning: input.augment.random_erasing fills with noise") and
+               "input.augment.random_erasing_fill" in m for m in messages), messages
+    messages.clear()
+    filled = experiment_lib.load_experiment("tiny", base + ["input.augment.random_erasing_fill=[125, 123, 114]"])
+    train.build_checked_model(filled, splits, log=messages.append)
+    assert not any("warning" in m for m in messages), messages
