@@ -232,3 +232,15 @@ def test_layers_compute_in_float32_under_a_mixed_precision_policy():
     (out, mixed), = _run(augmenter, images, labels, seed=0)
     assert out.dtype == np.float32 and mixed.dtype == np.float32
     assert all(layer.compute_dtype == "float32" for layer in augmenter.image_layers + augmenter.mixers)
+
+
+def test_random_erasing_fill_of_the_wrong_length_stops_at_the_config(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    result = subprocess.run([sys.executable, "-m", "pipeline", "train", "tiny", "--print-config", "--set",
+                             "input.augment.random_erasing_fill=[1, 2]"], capture_output=True, text=True,
+                            cwd=Path(__file__).resolve().parent.parent, timeout=120)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "input.augment.random_erasing_fill: expected [v] or [R, G, B]" in result.stdout + result.stderr
