@@ -376,8 +376,7 @@ BATCH_LAYER_KEYS = {"rand_augment": {"num_ops": (1, None, int), "factor": (0.0, 
 
 
 def _check_batch_layers(augment) -> None:
-    """input.augment.rand_augment / color_jitter: known keys, numbers in range; random_erasing_fill: 1 or 3
-    values (numbers and their range are checked by the schema)."""
+    """input.augment.rand_augment / color_jitter: known keys, numbers in range; random_erasing_fill: 1 or 3."""
     fill = augment.random_erasing_fill
     if fill is not None and len(fill) not in (1, 3):
         raise ConfigError(f"input.augment.random_erasing_fill: expected [v] or [R, G, B] (pixel values 0-255), "
