@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import math
 
+import numpy as np
 import pytest
 
 from benchmarks import common
@@ -175,3 +176,30 @@ def test_record_appends_a_section(tmp_path):
     second = path.read_text()
     assert second.startswith(first) and "## Second" in second and "`python -m benchmarks.y --quick`" in second
     assert "2 CPUs (nproc), test CPU" in second
+
+
+def test_jpeg_generation_tree(tmp_path, capsys):
+    """A second JPEG pass: same layout (as PNG), same shape, a measurable but bounded change; shift 0 at
+    the same settings changes a JPEG far less than a shifted grid does."""
+    from PIL import Image
+
+    from benchmarks import jpeg_generation
+
+    rng = np.random.default_rng(0)
+    smooth = np.clip(np.cumsum(rng.normal(0, 8, (32, 32, 3)), axis=1) + 128, 0, 255).astype(np.uint8)
+    for split, name in [("train", "cat"), ("test", "dog")]:
+        (tmp_path / "src" / split / name).mkdir(parents=True)
+        Image.fromarray(smooth).save(tmp_path / "src" / split / name / "0001.jpg", quality=75, subsampling=2)
+    assert jpeg_generation.main(["--source", str(tmp_path / "src"), "--out", str(tmp_path / "out")]) == 0
+    assert "2 images" in capsys.readouterr().out
+    again = np.asarray(Image.open(tmp_path / "out" / "train" / "cat" / "0001.png"))
+    assert again.shape == (32, 32, 3) and again.dtype == np.uint8
+    first = np.asarray(Image.open(tmp_path / "src" / "train" / "cat" / "0001.jpg").convert("RGB"))
+    shifted = jpeg_generation.recompress(first, shift=4)
+    aligned = jpeg_generation.recompress(first, shift=0)
+    assert 0 < np.abs(shifted.astype(int) - first).mean() < 20
+    assert np.abs(aligned.astype(int) - first).mean() < np.abs(shifted.astype(int) - first).mean()
+    with pytest.raises(ValueError, match="shift"):
+        jpeg_generation.recompress(first, shift=32)
+    with pytest.raises(FileNotFoundError):
+        jpeg_generation.recompress_tree(tmp_path / "empty", tmp_path / "x")
