@@ -13,6 +13,7 @@ import os
 import pickle
 import shutil
 import struct
+import sys
 import tarfile
 import urllib.request
 from pathlib import Path
@@ -159,6 +160,9 @@ def fashion_mnist(*, data_dir: str = "data", mirror_dir: str | None = None) -> A
 
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
+# Stored in data/cifar10/cifar10.npz; a cache without it (or another) is rebuilt when a source is at hand.
+# "2": JPEGs decoded with the accurate IDCT (decode.JPEG_DCT_METHOD); before, TensorFlow's fast default.
+CIFAR10_CACHE_VERSION = "2"
 
 
 def decode_files(paths: list[str], *, source: str) -> np.ndarray:
@@ -219,15 +223,36 @@ def cifar10(*, data_dir: str = "data", mirror_dir: str | None = None) -> ArrayDa
     """
     store = resolve_data_dir(data_dir) / "cifar10"
     cache = store / "cifar10.npz"
+    stale = None
     if cache.is_file():
         try:
             with np.load(cache) as saved:
-                return ArrayDataset(saved["train_images"], saved["train_labels"], saved["test_images"],
-                                    saved["test_labels"], list(CIFAR10_CLASSES))
+                cached = ArrayDataset(saved["train_images"], saved["train_labels"], saved["test_images"],
+                                      saved["test_labels"], list(CIFAR10_CLASSES))
+                version = str(saved["cache_version"]) if "cache_version" in saved.files else None
         except (OSError, ValueError, KeyError) as error:
             raise DatasetError(f"{cache}: corrupt cache ({error}); delete it to rebuild it") from None
+        if version == CIFAR10_CACHE_VERSION:
+            return cached
+        stale = cached
+    try:
+        splits = _cifar_splits(store, mirror_dir, data_dir)
+    except DatasetError as error:
+        if stale is None:
+            raise
+        print(f"{cache}: decoded by an older version (another JPEG IDCT) and not rebuilt ({error}); "
+              f"using it as it is", file=sys.stderr)
+        return stale
+    arrays = dict(train_images=splits["train"][0], train_labels=splits["train"][1],
+                  test_images=splits["test"][0], test_labels=splits["test"][1])
+    atomic_write(cache, lambda p: np.savez(p, cache_version=np.array(CIFAR10_CACHE_VERSION), **arrays),
+                 suffix=".npz")
+    return ArrayDataset(*splits["train"], *splits["test"], list(CIFAR10_CLASSES))
+
+
+def _cifar_splits(store: Path, mirror_dir: str | None, data_dir: str) -> dict:
+    """{"train": (images, labels), "test": ...} from the first source `cifar10` finds (see there)."""
     mirror = resolve_mirror(mirror_dir)
-    splits = None
     if mirror and (mirror / "cifar10-jpg.tar.gz").is_file():
         splits = _cifar_from_folders(read_folder_tree(root_folder(mirror / "cifar10-jpg.tar.gz", data_dir)))
     elif mirror and (mirror / "cifar10" / "train").is_dir():
@@ -250,10 +275,7 @@ def cifar10(*, data_dir: str = "data", mirror_dir: str | None = None) -> ArrayDa
         with tarfile.open(archive, "r:gz") as tar:
             tar.extractall(store, filter="data")
         splits = _cifar_from_pickles(store / "cifar-10-batches-py")
-    arrays = dict(train_images=splits["train"][0], train_labels=splits["train"][1],
-                  test_images=splits["test"][0], test_labels=splits["test"][1])
-    atomic_write(cache, lambda p: np.savez(p, **arrays), suffix=".npz")
-    return ArrayDataset(*splits["train"], *splits["test"], list(CIFAR10_CLASSES))
+    return splits
 
 
 @register_dataset()

@@ -14,6 +14,8 @@ leave out:
 - Reduced-scale decoding for large photos (`decode_image_at_least`, `decode_working_image`): a JPEG is
   decoded with DCT scaling (1/2, 1/4, 1/8) when that still leaves enough pixels, then brought down to
   the working size of `working_size`, so memory follows the training resolution, not the file.
+- The accurate JPEG IDCT (`JPEG_DCT_METHOD`, libjpeg's JDCT_ISLOW, Pillow's and OpenCV's): TensorFlow's
+  default fast one is 0.98 levels per value off on the mirror's CIFAR-10 (Pillow is matched exactly).
 
 Sources: JPEG markers, ITU T.81 annex B; Exif 2.32 (CIPA DC-008) 4.5 (APP1, TIFF header, IFD0, tag
 0x0112) and 4.6.4 table 4 (orientation values); PNG 3rd edition 11.3.3.6 (eXIf).
@@ -28,6 +30,7 @@ _MAX_JPEG_MARKERS = 32  # segments scanned before giving up (phones write 2-6 be
 _MAX_PNG_CHUNKS = 32
 _MAX_IFD_ENTRIES = 64   # IFD0 entries read (cameras write ~10-20; tags are sorted, 0x0112 comes early)
 _JPEG_RATIOS = (1, 2, 4, 8)
+JPEG_DCT_METHOD = "INTEGER_ACCURATE"  # decoded-array caches record it (datasets.cifar10) and rebuild on change
 
 
 def _bytes_at(data: tf.Tensor, size: tf.Tensor, position: tf.Tensor, count: int) -> tf.Tensor:
@@ -243,9 +246,23 @@ def decode_image(encoded: tf.Tensor, *, channels: int | None, orient: bool = Tru
     Raises:
         tf.errors.InvalidArgumentError (when run): the bytes are not a decodable image.
     """
-    image = tf.io.decode_image(encoded, channels=0, expand_animations=False, dtype=tf.uint8)
+    encoded = tf.convert_to_tensor(encoded, tf.string)
+    image = tf.cond(_is_jpeg(encoded), lambda: _decode_jpeg(encoded), lambda: _decode_other(encoded))
     image = convert_channels(image, channels)
     return apply_orientation(image, exif_orientation(encoded)) if orient else image
+
+
+def _is_jpeg(encoded: tf.Tensor) -> tf.Tensor:
+    return tf.equal(tf.strings.substr(encoded, 0, 3), b"\xff\xd8\xff")
+
+
+def _decode_jpeg(encoded: tf.Tensor, ratio: int = 1) -> tf.Tensor:
+    image = tf.io.decode_jpeg(encoded, channels=0, ratio=ratio, dct_method=JPEG_DCT_METHOD)
+    return tf.ensure_shape(image, [None, None, None])
+
+
+def _decode_other(encoded: tf.Tensor) -> tf.Tensor:
+    return tf.ensure_shape(tf.io.decode_image(encoded, channels=0, expand_animations=False), [None, None, None])
 
 
 def _ceil_div(value, divisor):
@@ -255,7 +272,6 @@ def _ceil_div(value, divisor):
 def _decode_scaled(encoded, min_height, min_width, orientation):
     """(stored pixels, DCT ratio): JPEGs at the largest ratio keeping >= the minimum size once oriented."""
     encoded = tf.convert_to_tensor(encoded, tf.string)
-    is_jpeg = tf.equal(tf.strings.substr(encoded, 0, 3), b"\xff\xd8\xff")
 
     def jpeg():
         shape = tf.io.extract_jpeg_shape(encoded)
@@ -267,15 +283,13 @@ def _decode_scaled(encoded, min_height, min_width, orientation):
         for position, ratio in enumerate(_JPEG_RATIOS[1:], start=1):
             fits = (_ceil_div(shape[0], ratio) >= need_height) & (_ceil_div(shape[1], ratio) >= need_width)
             index = tf.where(fits, position, index)
-        branches = [lambda ratio=ratio: tf.ensure_shape(tf.io.decode_jpeg(encoded, channels=0, ratio=ratio),
-                                                        [None, None, None]) for ratio in _JPEG_RATIOS]
+        branches = [lambda ratio=ratio: _decode_jpeg(encoded, ratio) for ratio in _JPEG_RATIOS]
         return tf.switch_case(index, branches), tf.gather(tf.constant(_JPEG_RATIOS), index)
 
     def other():
-        image = tf.io.decode_image(encoded, channels=0, expand_animations=False, dtype=tf.uint8)
-        return tf.ensure_shape(image, [None, None, None]), tf.constant(1)
+        return _decode_other(encoded), tf.constant(1)
 
-    return tf.cond(is_jpeg, jpeg, other)
+    return tf.cond(_is_jpeg(encoded), jpeg, other)
 
 
 def decode_image_at_least(encoded: tf.Tensor, *, min_height, min_width, channels: int | None,
@@ -287,10 +301,8 @@ def decode_image_at_least(encoded: tf.Tensor, *, min_height, min_width, channels
     about a quarter of the time (`benchmarks/jpeg_scaled_decode.py`: 183 ms vs 746 ms on a loaded 2-core
     machine; peak RSS +8 MiB vs +148 MiB).
 
-    Args:
-        encoded: tf.string scalar.
-        min_height, min_width: int (or int32 scalar tensors), the size needed as displayed.
-        channels, orient: as in `decode_image`.
+    Args: encoded, a tf.string scalar; min_height, min_width: ints (or int32 scalar tensors), the size
+        needed as displayed; channels, orient: as in `decode_image`.
     Returns:
         uint8 [H, W, channels] with H >= min(min_height, full height), W likewise.
     """
@@ -383,10 +395,8 @@ def decode_working_image(encoded: tf.Tensor, *, image_size, crop: str = "none", 
 
     What the training pipeline caches and shuffles: memory per image follows image_size, not the file.
 
-    Args:
-        encoded: tf.string scalar.
-        image_size, crop, margin, factor: as in `working_size`; margin is in the file's pixels.
-        channels, orient: as in `decode_image`.
+    Args: encoded, a tf.string scalar; image_size, crop, margin, factor: as in `working_size` (margin in
+        the file's pixels); channels, orient: as in `decode_image`.
     Returns:
         (image, margin): uint8 [h, w, channels] at the working size, and the int32 scalar margin to give
         the square crop on that image (the file's margin scaled with the image).

@@ -92,7 +92,8 @@ def test_cifar10_from_the_mirror_is_cached_and_the_cache_is_reused(data_env, mon
     cache = data_dir / "cifar10" / "cifar10.npz"
     assert cache.is_file()
     with np.load(cache) as saved:
-        assert sorted(saved.files) == ["test_images", "test_labels", "train_images", "train_labels"]
+        assert sorted(saved.files) == ["cache_version", "test_images", "test_labels", "train_images", "train_labels"]
+        assert str(saved["cache_version"]) == datasets.CIFAR10_CACHE_VERSION
         np.testing.assert_array_equal(saved["train_images"], data.train_images)
         np.testing.assert_array_equal(saved["test_labels"], data.test_labels)
     assert not [p for p in data_dir.rglob("*") if p.name.startswith(".tmp")], "no temporary files left behind"
@@ -109,6 +110,28 @@ def test_cifar10_from_the_mirror_is_cached_and_the_cache_is_reused(data_env, mon
     # while a data dir without the cache, in the same situation, is an error: the cache is what answered
     with pytest.raises(DatasetError):
         datasets.load_dataset("cifar10", data_dir=str(tmp_path / "fresh_data"))
+
+
+def test_cifar10_cache_of_an_older_decoder_is_rebuilt_or_kept(data_env, monkeypatch, tmp_path, capsys):
+    """A cache written before JPEGs were decoded with the accurate IDCT (no cache_version) is rebuilt from
+    the mirror; with no source left it is used as it is, with a message naming it."""
+    data_dir = data_dir_of(data_env)
+    fresh = datasets.load_dataset("cifar10", data_dir=str(data_dir))
+    cache = data_dir / "cifar10" / "cifar10.npz"
+    old = {name: getattr(fresh, name) for name in ("train_images", "train_labels", "test_images", "test_labels")}
+    old["train_images"] = old["train_images"] // 2  # stands for other pixels
+    np.savez(cache, **old)
+    rebuilt = datasets.load_dataset("cifar10", data_dir=str(data_dir))
+    np.testing.assert_array_equal(rebuilt.train_images, fresh.train_images)
+    with np.load(cache) as saved:
+        assert str(saved["cache_version"]) == datasets.CIFAR10_CACHE_VERSION
+
+    np.savez(cache, **old)
+    monkeypatch.setenv("DATA_MIRROR", str(tmp_path / "no_mirror_here"))
+    monkeypatch.setattr(datasets, "download", _no_download)
+    kept = datasets.load_dataset("cifar10", data_dir=str(data_dir))
+    np.testing.assert_array_equal(kept.train_images, old["train_images"])
+    assert str(cache) in capsys.readouterr().err
 
 
 def test_corrupt_cifar10_cache_is_a_dataset_error(tmp_path):

@@ -80,8 +80,12 @@ def test_apply_orientation_covers_the_eight_exif_transforms():
 
 
 def _decode_before_exif(data: bytes, channels) -> np.ndarray:
-    """What the pipeline decoded before orientation: TensorFlow's decoder, alpha dropped, grey <-> RGB."""
-    native = tf.io.decode_image(data, channels=0, expand_animations=False)
+    """What the pipeline decoded before orientation: TensorFlow's decoder (JPEG with the accurate IDCT),
+    alpha dropped, grey <-> RGB."""
+    if data[:3] == b"\xff\xd8\xff":
+        native = tf.io.decode_jpeg(data, channels=0, dct_method=decode.JPEG_DCT_METHOD)
+    else:
+        native = tf.io.decode_image(data, channels=0, expand_animations=False)
     return preprocessing.convert_channels(native[..., :3] if native.shape[-1] >= 3 else native[..., :1],
                                           channels).numpy()
 
@@ -301,3 +305,20 @@ def test_image_scan_reports_the_displayed_size(tmp_path):
     paths[-1].write_bytes(bytes(garbled))
     results = image_files.scan_images(paths, placeholder_colours=0, workers=2)
     assert [(r.ok, r.height, r.width) for r in results] == [(True, 24, 40)] * 4 + [(True, 40, 24)]
+
+
+@pytest.mark.parametrize("subsampling", [0, 2])
+def test_jpeg_pixels_match_pillow_exactly(subsampling):
+    """The accurate IDCT (decode.JPEG_DCT_METHOD): every decode path gives Pillow's (libjpeg's default)
+    pixels; TensorFlow's default fast IDCT differs by about a level per value on such images."""
+    rng = np.random.default_rng(3)
+    image = np.clip(rng.normal(128, 60, (40, 48, 3)), 0, 255).astype(np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(image).save(buffer, "JPEG", quality=75, subsampling=subsampling)
+    data = buffer.getvalue()
+    pillow = np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    np.testing.assert_array_equal(decode.decode_image(tf.constant(data), channels=3).numpy(), pillow)
+    scaled = decode.decode_image_at_least(tf.constant(data), min_height=40, min_width=48, channels=3)
+    np.testing.assert_array_equal(scaled.numpy(), pillow)
+    fast = tf.io.decode_image(data, channels=3).numpy()
+    assert np.abs(fast.astype(int) - pillow).mean() > 0.1

@@ -116,8 +116,8 @@ IMAGE_SPECS = {
 def images(tmp_path_factory) -> dict:
     """name -> {path, bytes, decoded (uint8 [H, W, C] as the file holds it), rgb (uint8 [H, W, 3])}.
 
-    PNG/BMP are decoded with PIL (lossless, so independent of TensorFlow); JPEG with TensorFlow's decoder,
-    the one the serving graph uses (decoders may differ by a level or two)."""
+    Decoded with PIL, independently of TensorFlow: PNG/BMP are lossless, and the serving graph decodes
+    JPEG with the accurate IDCT (decode.JPEG_DCT_METHOD), which gives PIL's pixels exactly."""
     folder = tmp_path_factory.mktemp("images")
     result = {}
     for name, (filename, make, image_format) in IMAGE_SPECS.items():
@@ -125,11 +125,8 @@ def images(tmp_path_factory) -> dict:
         data = _encode(array, image_format, **({"quality": 90} if image_format == "JPEG" else {}))
         path = folder / filename
         path.write_bytes(data)
-        if image_format == "JPEG":
-            decoded = tf.io.decode_jpeg(data).numpy()
-        else:
-            decoded = np.asarray(Image.open(io.BytesIO(data)))
-            decoded = decoded[..., None] if decoded.ndim == 2 else decoded
+        decoded = np.asarray(Image.open(io.BytesIO(data)))
+        decoded = decoded[..., None] if decoded.ndim == 2 else decoded
         rgb = decoded[..., :3] if decoded.shape[-1] == 4 else decoded
         rgb = np.repeat(rgb, 3, axis=-1) if rgb.shape[-1] == 1 else rgb
         result[name] = {"path": path, "bytes": data, "decoded": decoded, "rgb": np.ascontiguousarray(rgb)}
