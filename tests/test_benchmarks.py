@@ -203,3 +203,11 @@ def test_jpeg_generation_tree(tmp_path, capsys):
         jpeg_generation.recompress(first, shift=32)
     with pytest.raises(FileNotFoundError):
         jpeg_generation.recompress_tree(tmp_path / "empty", tmp_path / "x")
+
+
+def test_jpeg_idct_quick(capsys):
+    from benchmarks import jpeg_idct
+
+    assert jpeg_idct.main(["--repeats", "1", "--size", "64x48"]) == 0
+    rows = table_with(capsys.readouterr().out, "IDCT", "DCT scale")
+    assert len(rows) == 4 and all(positive(row[next(k for k in row if k.startswith("median"))]) for row in rows)
