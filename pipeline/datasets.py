@@ -236,7 +236,7 @@ def cifar10(*, data_dir: str = "data", mirror_dir: str | None = None) -> ArrayDa
             return cached
         stale = cached
     try:
-        splits = _cifar_splits(store, mirror_dir, data_dir)
+        splits = _cifar_splits(store, mirror_dir, data_dir, download_allowed=stale is None)
     except DatasetError as error:
         if stale is None:
             raise
@@ -250,8 +250,9 @@ def cifar10(*, data_dir: str = "data", mirror_dir: str | None = None) -> ArrayDa
     return ArrayDataset(*splits["train"], *splits["test"], list(CIFAR10_CLASSES))
 
 
-def _cifar_splits(store: Path, mirror_dir: str | None, data_dir: str) -> dict:
-    """{"train": (images, labels), "test": ...} from the first source `cifar10` finds (see there)."""
+def _cifar_splits(store: Path, mirror_dir: str | None, data_dir: str, *, download_allowed: bool = True) -> dict:
+    """{"train": (images, labels), "test": ...} from the first source `cifar10` finds (see there); with
+    `download_allowed` False, only local sources (an old cache is better than waiting on the network)."""
     mirror = resolve_mirror(mirror_dir)
     if mirror and (mirror / "cifar10-jpg.tar.gz").is_file():
         splits = _cifar_from_folders(read_folder_tree(root_folder(mirror / "cifar10-jpg.tar.gz", data_dir)))
@@ -261,6 +262,8 @@ def _cifar_splits(store: Path, mirror_dir: str | None, data_dir: str) -> dict:
         splits = _cifar_from_pickles(store / "cifar-10-batches-py")
     else:
         archive = store / "cifar-10-python.tar.gz"
+        if not archive.is_file() and not download_allowed:
+            raise DatasetError("no local source to rebuild it from")
         if not archive.is_file():
             try:
                 download(CIFAR10_URL, archive, timeout=120)

@@ -128,7 +128,11 @@ def test_cifar10_cache_of_an_older_decoder_is_rebuilt_or_kept(data_env, monkeypa
 
     np.savez(cache, **old)
     monkeypatch.setenv("DATA_MIRROR", str(tmp_path / "no_mirror_here"))
-    monkeypatch.setattr(datasets, "download", _no_download)
+
+    def no_network_wait(url, destination, timeout=60.0):
+        raise AssertionError("an old cache is used without trying the network")
+
+    monkeypatch.setattr(datasets, "download", no_network_wait)
     kept = datasets.load_dataset("cifar10", data_dir=str(data_dir))
     np.testing.assert_array_equal(kept.train_images, old["train_images"])
     assert str(cache) in capsys.readouterr().err
