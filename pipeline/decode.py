@@ -246,10 +246,15 @@ def decode_image(encoded: tf.Tensor, *, channels: int | None, orient: bool = Tru
     Raises:
         tf.errors.InvalidArgumentError (when run): the bytes are not a decodable image.
     """
-    encoded = tf.convert_to_tensor(encoded, tf.string)
-    image = tf.cond(_is_jpeg(encoded), lambda: _decode_jpeg(encoded), lambda: _decode_other(encoded))
-    image = convert_channels(image, channels)
+    image = convert_channels(decode_native(encoded), channels)
     return apply_orientation(image, exif_orientation(encoded)) if orient else image
+
+
+def decode_native(encoded) -> tf.Tensor:
+    """Encoded bytes -> uint8 [H, W, C] as stored (the file's channels, not oriented): the one decoder
+    behind every path (JPEG with `JPEG_DCT_METHOD`). Raises as `decode_image`."""
+    encoded = tf.convert_to_tensor(encoded, tf.string)
+    return tf.cond(_is_jpeg(encoded), lambda: _decode_jpeg(encoded), lambda: _decode_other(encoded))
 
 
 def _is_jpeg(encoded: tf.Tensor) -> tf.Tensor:
@@ -257,16 +262,11 @@ def _is_jpeg(encoded: tf.Tensor) -> tf.Tensor:
 
 
 def _decode_jpeg(encoded: tf.Tensor, ratio: int = 1) -> tf.Tensor:
-    image = tf.io.decode_jpeg(encoded, channels=0, ratio=ratio, dct_method=JPEG_DCT_METHOD)
-    return tf.ensure_shape(image, [None, None, None])
+    return tf.ensure_shape(tf.io.decode_jpeg(encoded, ratio=ratio, dct_method=JPEG_DCT_METHOD), [None, None, None])
 
 
 def _decode_other(encoded: tf.Tensor) -> tf.Tensor:
     return tf.ensure_shape(tf.io.decode_image(encoded, channels=0, expand_animations=False), [None, None, None])
-
-
-def _ceil_div(value, divisor):
-    return (value + divisor - 1) // divisor
 
 
 def _decode_scaled(encoded, min_height, min_width, orientation):
@@ -281,7 +281,7 @@ def _decode_scaled(encoded, min_height, min_width, orientation):
         # libjpeg's scaled output is ceil(size / ratio) on each side (jdiv_round_up in jdmaster.c).
         index = tf.constant(0)
         for position, ratio in enumerate(_JPEG_RATIOS[1:], start=1):
-            fits = (_ceil_div(shape[0], ratio) >= need_height) & (_ceil_div(shape[1], ratio) >= need_width)
+            fits = ((shape[0] + ratio - 1) // ratio >= need_height) & ((shape[1] + ratio - 1) // ratio >= need_width)
             index = tf.where(fits, position, index)
         branches = [lambda ratio=ratio: _decode_jpeg(encoded, ratio) for ratio in _JPEG_RATIOS]
         return tf.switch_case(index, branches), tf.gather(tf.constant(_JPEG_RATIOS), index)

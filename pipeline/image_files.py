@@ -1,7 +1,7 @@
 """Finding image files and checking that each one decodes, in parallel, with a cached result.
 
-Images are recognised by content (magic bytes), not by extension. The check decodes with TensorFlow's
-`decode_image`, the decoder training and the exported SavedModel use, so "good" means "the pipeline can
+Images are recognised by content (magic bytes), not by extension. The check decodes with
+`decode.decode_native`, the decoder training and the exported SavedModel use, so "good" means "the pipeline can
 read it". Decision on decodable files with a misleading name (a GIF named `.jpg`): they are good images
 and are used; `check` lists them as a warning, because the name is wrong, not the content.
 """
@@ -133,9 +133,8 @@ def check_image(path: os.PathLike, *, min_size: int = 8, placeholder_colours: in
         result.reason = "unsupported format (palette BMP: its colours would be misread; convert it to PNG)"
         return result
     try:
-        # The decoder of `decode.decode_image` (every decode path), before its channel conversion, so
-        # the native channel count is reported.
-        image = tf.io.decode_image(data, channels=0, expand_animations=False).numpy()
+        # The decoder of every decode path, before its channel conversion: the native channel count.
+        image = decode.decode_native(data).numpy()
     except (tf.errors.InvalidArgumentError, tf.errors.UnknownError) as error:
         message = str(error).split("\n")[0].split("}}")[-1].strip().split(" [Op:")[0]
         result.reason = f"truncated or corrupt {DECODABLE[kind]} ({message})"
