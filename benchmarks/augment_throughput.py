@@ -65,7 +65,8 @@ def build_pipeline(images, labels, *, crop: bool, shift_flip: bool, layers: dict
     """The benchmark's train pipeline for one variant (see the module docstring); repeats forever."""
     import tensorflow as tf
 
-    from pipeline import augment, preprocessing
+    from pipeline.data import batch_augment as augment
+    from pipeline.data import image_ops as preprocessing
 
     num_classes = int(labels.max()) + 1
     dataset = tf.data.Dataset.from_tensor_slices((images, labels)).shuffle(10_000, seed=seed).repeat()

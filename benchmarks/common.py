@@ -255,7 +255,7 @@ def cifar10_jpeg_files(args, temporary_dir: Path, split: str = "train"):
     """(paths, labels) of the CIFAR-10 JPEG class folders: the mirror's cifar10-jpg.tar.gz (or synthetic
     JPEGs) extracted with the `folder` dataset's own code into a temporary data dir (nothing is left in
     the project's data/), read with its folder reader."""
-    from pipeline import datasets
+    from pipeline.data import datasets
 
     if args.synthetic:
         archive = write_synthetic_jpeg_archive(temporary_dir / "cifar10-jpg.tar.gz", count=256)
@@ -285,12 +285,14 @@ def subset(arrays: tuple, count: int | None, seed: int = 0) -> tuple:
 
 def build_compiled_model(config, *, input_shape, num_classes: int, steps_per_epoch: int, statistics=(None, None),
                          sample_images=None):
-    """The run's model exactly as pipeline.train builds and compiles it (first phase), seeded;
-    `sample_images` as for `pipeline.modeling.build_model` (a model's data-dependent init)."""
+    """The run's model exactly as pipeline.run builds and compiles it (first phase), seeded;
+    `sample_images` as for `pipeline.training.model_setup.build_model` (a model's data-dependent init)."""
     import keras
 
-    from pipeline import phases
-    from pipeline import experiment, modeling, splits as splits_lib  # noqa: F401
+    from pipeline.training import phases
+    from pipeline import experiment  # noqa: F401
+    from pipeline.training import model_setup as modeling
+    from pipeline.data import splits as splits_lib
 
     keras.utils.set_random_seed(config.seed)
     keras.mixed_precision.set_dtype_policy(config.train.mixed_precision)

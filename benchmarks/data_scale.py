@@ -12,7 +12,7 @@ grid upscaled), two classes; `--quick` uses 1600x1200 and few files and records 
      A    our folder path, `Splits.dataset("train")`, input.cache auto;
      B    our TFRecord path (`data shard` output, records read by id), input.cache auto;
      C    `keras.utils.image_dataset_from_directory(image_size=the working size our crop keeps: shorter
-          side 224 / sqrt(0.08) = 792)` + the same `pipeline.augment.random_resized_crop` and a flip;
+          side 224 / sqrt(0.08) = 792)` + the same `pipeline.data.batch_augment.random_resized_crop` and a flip;
    at 1x, 2x, 4x the files (default 40, 80, 160: the scaling rows). At 2x also:
      A0   A with input.cache none (decode every epoch, nothing kept);
      B0   TFRecords streamed (interleaved shard reads, input.shuffle_buffer 64, nothing cached);
@@ -170,7 +170,8 @@ def _keras_dataset(spec: dict):
     import keras
     import tensorflow as tf
 
-    from pipeline import augment, decode
+    from pipeline.data import batch_augment as augment
+    from pipeline.data import decode
 
     factor = 1.0 if spec["variant"] == "Cs" else CROP_SCALE[0] ** -0.5
     height, width = (int(v) for v in decode.working_size(spec["file_height"], spec["file_width"],
@@ -205,13 +206,13 @@ def run_child(spec: dict) -> dict:
 
     tf.io.decode_jpeg(tf.io.encode_jpeg(tf.zeros([8, 8, 3], tf.uint8)))
     if spec["kind"] == "scan":
-        from pipeline import image_files
+        from pipeline.data import image_files
 
         paths = image_files.find_files(spec["root"])
         started = time.perf_counter()
         checks = image_files.scan_images(paths, cache_dir=spec["cache_dir"])
         return {"files": len(paths), "seconds": time.perf_counter() - started, "bad": sum(not c.ok for c in checks)}
-    from pipeline import splits as splits_lib
+    from pipeline.data import splits as splits_lib
 
     started = time.perf_counter()
     if spec["variant"].startswith("C"):
@@ -235,7 +236,7 @@ def prepare(spec: dict) -> dict:
     """The pre-training check of a scale's photos, uncached, in this process (TensorFlow is already up):
     times it, fills the scan cache the variants' processes then read, and returns the split sizes and the
     working-size bytes `input.cache: auto` weighs (random resized and square crops)."""
-    from pipeline import splits as splits_lib
+    from pipeline.data import splits as splits_lib
 
     started = time.perf_counter()
     config = _config(spec)
@@ -255,8 +256,8 @@ def prepare(spec: dict) -> dict:
 
 def issue_case(args, work: Path, photos: Path) -> tuple[str, str]:
     """`python -m pipeline train tiny` at 64x64 on N and 2N photos, and N small ones: peak RSS."""
-    from pipeline import splits as splits_lib
-    from pipeline.transform import EvalTransform
+    from pipeline.data import splits as splits_lib
+    from pipeline.data.transform import EvalTransform
 
     small = write_photos(work / "small", args.photos, size=(300, 400), seed=1)
     cases = [(f"{args.photos} photos {args.photo_size[1]}x{args.photo_size[0]}",

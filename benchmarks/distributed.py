@@ -7,7 +7,7 @@ vs one process (images/s) on this machine.
               mixed_float16 the variables and so the gradients stay float32). A ring all-reduce moves
               2 (N - 1) / N times that through each worker's link.
   throughput  A small model on synthetic in-memory images at one global batch: one process under the
-              default strategy, then `--workers` local processes (pipeline.launch, TF_CONFIG,
+              default strategy, then `--workers` local processes (pipeline.distribute.launch, TF_CONFIG,
               MultiWorkerMirroredStrategy with pipeline.compat's workarounds, DATA sharding), alternated
               `--repeats` times. Each run trains `--warmup` steps, then times `--steps` steps.
 
@@ -50,7 +50,7 @@ def model_inputs(config) -> tuple[tuple[int, int, int], int]:
 def allreduce(workers: int) -> None:
     import models
     from pipeline import config as config_lib
-    from pipeline import phases
+    from pipeline.training import phases
 
     rows = []
     for path in sorted((PROJECT_ROOT / "experiments").glob("*.yaml")):
@@ -85,7 +85,8 @@ WORKER = textwrap.dedent("""
     import json, os, sys, time
     os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
     sys.path.insert(0, {root!r})
-    from pipeline import distribute
+    from pipeline.distribute import strategy as distribute
+    from pipeline.data import sharding
     strategy = distribute.resolve_strategy("auto")
     import numpy as np
     import tensorflow as tf
@@ -97,7 +98,7 @@ WORKER = textwrap.dedent("""
     x = rng.integers(0, 256, size=(batch * 4, *shape)).astype("float32")
     y = keras.utils.to_categorical(rng.integers(0, classes, batch * 4), classes)
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(batch, drop_remainder=True)
-    dataset = dataset.with_options(distribute.shard_options("array")).prefetch(2)
+    dataset = dataset.with_options(sharding.shard_options("array")).prefetch(2)
     with strategy.scope():
         model = models.build_model({model!r}, input_shape=shape, num_classes=classes, **{options!r})
         model.compile(optimizer="adam", loss="categorical_crossentropy", metrics=["accuracy"])
@@ -121,7 +122,7 @@ WORKER = textwrap.dedent("""
 
 def throughput(experiment: str, workers: int, batch: int, steps: int, warmup: int, repeats: int) -> None:
     from pipeline import config as config_lib
-    from pipeline import launch
+    from pipeline.distribute import launch
 
     config = config_lib.load_config(experiment, [])
     shape, classes = model_inputs(config)

@@ -2,7 +2,7 @@
 
 Both variants train the same thing: VGG16 base frozen, the new head on the hymenoptera photos at 224x224,
 no augmentation (caching needs none), RMSprop 1e-4, --epochs epochs, batch 16, validation every epoch,
-through `pipeline.train` (checkpoints, resume state and TensorBoard included). The base has random weights
+through `pipeline.run` (checkpoints, resume state and TensorBoard included). The base has random weights
 (`weights: null`): ImageNet weights cannot be downloaded here, and they do not change the work done.
 Reported per variant: the phase's seconds (feature computation + fit), seconds per epoch, the whole run's
 wall time (data check, model build, test evaluation included) and test accuracy; and the speed-up.
@@ -29,7 +29,8 @@ HEADERS = ["variant", "epochs", "features s", "fit s", "phase s", "s/epoch (fit)
 
 
 def run_variant(*, cache: bool, epochs: int, overrides: list[str], run_dir: Path) -> dict:
-    from pipeline import experiment, train  # noqa: F401
+    from pipeline import experiment  # noqa: F401
+    from pipeline import run as train
 
     phase = (f"train.phases=[{{epochs: {epochs}, trainable: none, cache_features: {str(cache).lower()}, "
              f"optimizer: {{name: rmsprop, learning_rate: 1e-4}}}}]")

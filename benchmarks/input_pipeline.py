@@ -50,9 +50,10 @@ def measure_source(source: str, options: dict) -> dict:
     import tensorflow as tf  # noqa: F401  (imported before the baseline RSS is taken)
 
     from pipeline import config as config_lib
-    from pipeline import datasets, input_pipeline
+    from pipeline.data import datasets
+    from pipeline.data import input_pipeline
     from pipeline import experiment
-    from pipeline.transform import EvalTransform
+    from pipeline.data.transform import EvalTransform
 
     baseline = common.peak_rss_mib()
     config = experiment.load_experiment(EXPERIMENT, options["overrides"])

@@ -41,7 +41,7 @@ def _measure(path: str, mode: str, repeats: int) -> dict:
     sys.path.insert(0, str(PROJECT_ROOT))
     import tensorflow as tf
 
-    from pipeline import decode
+    from pipeline.data import decode
 
     data = tf.constant(Path(path).read_bytes())
     calls = {

@@ -5,7 +5,7 @@ by Debian's `chromium` (`apt-get install -y chromium`) with a virtual-time budge
 JavaScript finishes loading, and the PNGs are written to --out. TensorBoard is stopped at the end.
 
 `--demo DIR` first writes two tiny runs into DIR (synthetic images, two learning rates) with everything
-`pipeline.tensorboard_logging` offers (input samples, validation confusion matrices, per-class scalars,
+`pipeline.evaluation.tensorboard_logging` offers (input samples, validation confusion matrices, per-class scalars,
 hparams, config text, op graph, a profiler trace, the test evaluation), then serves DIR.
 
     .venv/bin/python benchmarks/tensorboard_screenshots.py LOGDIR [--out DIR] [--dashboards scalars images ...]
@@ -120,13 +120,13 @@ def _demo_images(count: int, seed: int):
 
 
 def make_demo_runs(root: Path, *, epochs: int = 5) -> list[Path]:
-    """Two tiny runs (learning rates 0.003 and 0.0003) with every summary of `pipeline.tensorboard_logging`."""
+    """Two tiny runs (learning rates 0.003 and 0.0003) with every summary of `pipeline.evaluation.tensorboard_logging`."""
     import keras
     import numpy as np
     import tensorflow as tf
 
-    from pipeline import evaluation_report
-    from pipeline import tensorboard_logging as tb_logging
+    from pipeline.evaluation import report as evaluation_report
+    from pipeline.evaluation import tensorboard_logging as tb_logging
 
     train_x, train_y = _demo_images(768, seed=1)
     test_x, test_y = _demo_images(256, seed=2)

@@ -50,7 +50,7 @@ class EpochLog:
     def __init__(self, name: str, test_data, start: float, log=print, tta: str = "none", evaluate_from: int = 1):
         import keras
 
-        from pipeline import tta as tta_lib
+        from pipeline.evaluation import tta as tta_lib
 
         outer = self
         evaluated = {}  # the model evaluated after each epoch: the trained one, or its TTA wrapper (shared weights)
@@ -107,8 +107,10 @@ def ours_config(args, data_overrides: list[str], epochs: int):
 
 
 def run_ours(config, splits, test_data, epochs: int, log=print, evaluate_from: int = 1) -> EpochLog:
-    from pipeline import phases
-    from pipeline import experiment, modeling, splits as splits_lib  # noqa: F401
+    from pipeline.training import phases
+    from pipeline import experiment  # noqa: F401
+    from pipeline.training import model_setup as modeling
+    from pipeline.data import splits as splits_lib
 
     statistics = (splits.channel_statistics(config) if config.input.normalization == "standardize" else (None, None))
     steps_per_epoch = -(-len(splits.train[1]) // config.train.batch_size)
@@ -125,7 +127,7 @@ def run_ours(config, splits, test_data, epochs: int, log=print, evaluate_from: i
     recorder = EpochLog("ours", test_data, time.perf_counter(), log, tta=config.evaluation.tta,
                         evaluate_from=evaluate_from)
     for index, phase in enumerate(phases.plan(config)):
-        if index:  # multi-phase configs: recompile for each phase, as pipeline.train does
+        if index:  # multi-phase configs: recompile for each phase, as pipeline.run does
             phases.set_trainable(model, phase.trainable)
             modeling.compile_model(model, config, phase, steps_per_epoch)
         model.fit(train_data, validation_data=validation_data, initial_epoch=phase.start_epoch,
@@ -185,7 +187,9 @@ def main(argv: list[str] | None = None) -> dict:
             raise SystemExit("the book recipe (ImageDataGenerator) needs scipy: "
                              ".venv/bin/pip install -r requirements-bench.txt, or --recipes ours")
 
-    from pipeline import experiment, modeling, splits as splits_lib  # noqa: F401
+    from pipeline import experiment  # noqa: F401
+    from pipeline.training import model_setup as modeling
+    from pipeline.data import splits as splits_lib
 
     info = common.machine()
     print(f"machine: {common.machine_line(info)}")

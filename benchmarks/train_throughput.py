@@ -8,7 +8,7 @@
   C  the Keras book recipe: `ImageDataGenerator(width_shift_range=0.1, height_shift_range=0.1,
      horizontal_flip=True).flow(x, y, batch_size=128)` fed to `fit` (needs scipy: requirements-bench.txt).
 
-Every variant trains its own fresh model, built and compiled as pipeline.train does for cifar10_deep
+Every variant trains its own fresh model, built and compiled as pipeline.run does for cifar10_deep
 (RMSprop 1e-3, categorical cross-entropy, accuracy, XLA per train.jit_compile), on the same training split
 (cifar10_aug's 40,000 images). Rounds alternate A B C A B C ... so drifting machine load hits all
 variants alike. One repeat = one `fit` call of warm-up + N steps; only the N steps after the warm-up are
@@ -53,7 +53,9 @@ def have_scipy() -> bool:
 
 def load_training_data(args, temporary: Path, *, limit: int | None):
     """(pipeline config, model config, splits): cifar10_aug's train split (or synthetic stand-in)."""
-    from pipeline import experiment, modeling, splits as splits_lib  # noqa: F401
+    from pipeline import experiment  # noqa: F401
+    from pipeline.training import model_setup as modeling
+    from pipeline.data import splits as splits_lib
 
     overrides = common.data_overrides(args, temporary) + [f"train.batch_size={args.batch_size}"]
     pipeline_config = experiment.load_experiment(PIPELINE_EXPERIMENT, overrides)
@@ -68,7 +70,7 @@ def in_memory_dataset(images, labels, *, config, batch_size: int, num_classes: i
     import numpy as np
     import tensorflow as tf
 
-    from pipeline.transform import EvalTransform
+    from pipeline.data.transform import EvalTransform
 
     batches = len(images) // batch_size
     images = images[: batches * batch_size]

@@ -33,7 +33,8 @@ HEADERS = ["weights", "seed", "test acc", "best val acc", "phase-1 val acc (head
 def run(weights: str | None, seed: int, run_dir: Path, overrides: list[str]) -> dict:
     import csv
 
-    from pipeline import experiment, train  # noqa: F401
+    from pipeline import experiment  # noqa: F401
+    from pipeline import run as train
 
     config = experiment.load_experiment(EXPERIMENT, [*overrides, f"seed={seed}", "train.verbose=0", "export.enabled=false",
                                                  f"model.options.weights={weights or 'null'}"])

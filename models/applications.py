@@ -41,7 +41,7 @@ from keras import layers
 from models import weights as weights_lib
 from models.registry import register_model
 from models.weights import WeightsError  # raised here too; callers catch it as applications.WeightsError
-from pipeline.errors import did_you_mean
+from pipeline.core.errors import did_you_mean
 
 
 @keras.saving.register_keras_serializable(package="pipeline")

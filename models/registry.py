@@ -8,7 +8,7 @@ listed in `MODULES`.
 
 from __future__ import annotations
 
-from pipeline.registry import Registry
+from pipeline.core.registry import Registry
 
 MODULES = ("models.seed_nets", "models.simple_cnn", "models.applications", "models.fast_resnet")
 

@@ -2,7 +2,7 @@
 
 Thin on purpose: parse arguments, parse the config once, import the one command's module, call one
 function. Argument parsing and config validation import no TensorFlow, so `--help`, `--print-config` and
-every config error answer at once. User errors (`pipeline.errors.UserError`: bad config, missing data, wrong
+every config error answer at once. User errors (`pipeline.core.errors.UserError`: bad config, missing data, wrong
 run directory) print one message and exit with code 2, without a traceback.
 """
 
@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pipeline import errors
+from pipeline.core import errors
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -72,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
 TENSORFLOW_COMMANDS = ("evaluate", "export", "predict", "data")
 
 # Commands whose module owns its arguments (`HELP`, `add_arguments(parser)`, `run(args) -> int`).
-OPTIONAL_COMMANDS = {"report": "pipeline.compare_runs", "launch": "pipeline.launch"}
+OPTIONAL_COMMANDS = {"report": "pipeline.evaluation.compare_runs", "launch": "pipeline.distribute.launch"}
 
 
 def _add_overrides(parser: argparse.ArgumentParser, example: str) -> None:
@@ -134,13 +134,13 @@ def run_command(args) -> int:
             print(config_lib.dump_yaml(config), end="")
             return 0
         quiet_tensorflow()
-        from pipeline import train
+        from pipeline import run as train
         train.train(config, run_dir=args.run_dir)
     elif args.command == "evaluate":
-        from pipeline import evaluate
+        from pipeline.evaluation import evaluate
         evaluate.evaluate_run(args.run_dir)
     elif args.command == "export":
-        from pipeline import export
+        from pipeline.serving import export
         if args.format == "tflite":
             if args.top_k is not None:
                 raise export.ExportError("--top-k applies to --format saved_model only; the TFLite "
@@ -156,14 +156,22 @@ def run_command(args) -> int:
         return tools.main(args)
     elif args.command == "summary":
         from pipeline import experiment
-        experiment.load_experiment(args.experiment, args.overrides)  # config errors before TensorFlow
+
+        config = experiment.load_experiment(args.experiment, args.overrides)  # config errors before TensorFlow
         quiet_tensorflow()
-        from pipeline import summary
-        return summary.summary_command(args.experiment, args.overrides, num_classes=args.num_classes)
+        from pipeline.inspection import summary
+
+        return summary.summary_command(config, num_classes=args.num_classes)
     elif args.command == "predict":
-        from pipeline import predict
+        from pipeline.serving import predict
         return predict.predict_command(args.export_dir, args.paths, top_k=args.top_k,
                                        output_format=args.format, batch_size=args.batch_size)
+    elif args.command == "launch":
+        from pipeline import experiment
+        from pipeline.distribute import launch
+
+        config = experiment.load_experiment(args.experiment, args.overrides)  # as `train` does: no worker starts
+        return launch.run(args, config)
     elif args.command in OPTIONAL_COMMANDS:
         return __import__(OPTIONAL_COMMANDS[args.command], fromlist=["run"]).run(args)
     return 0
@@ -179,7 +187,7 @@ def main(argv=None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return errors.USER_ERROR_EXIT_CODE
     except Exception as error:  # a full disk met outside our atomic writes (CSV log, TensorBoard, HDF5)
-        from pipeline import fileio
+        from pipeline.core import fileio
         reason = fileio.storage_error(error)
         if reason is None:
             raise

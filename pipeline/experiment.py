@@ -8,10 +8,11 @@ from source), so every config mistake is reported in a fraction of a second.
 from __future__ import annotations
 
 import models
-from pipeline import class_balance, datasets
+from pipeline.data import class_balance
+from pipeline.data import datasets
 from pipeline import config as config_lib
 from pipeline.config import Config, ConfigError
-from pipeline.errors import did_you_mean
+from pipeline.core.errors import did_you_mean
 
 
 def load_experiment(name_or_path: str, overrides=()) -> Config:

@@ -87,7 +87,7 @@ def data_env(synthetic_mirror, tmp_path, monkeypatch):
 
 
 def real_mirror() -> Path | None:
-    from pipeline import datasets
+    from pipeline.data import datasets
     mirror = datasets.resolve_mirror(None)
     return mirror if mirror and (mirror / "mnist").is_dir() else None
 
@@ -120,7 +120,7 @@ class Interrupt:
 def with_transform(options: dict) -> dict:
     """Keyword arguments of the old loose eval-transform form (image_size, channels, resize_method, crop,
     margin) folded into the one `transform=EvalTransform(...)` argument the input pipelines take."""
-    from pipeline.transform import EvalTransform
+    from pipeline.data.transform import EvalTransform
 
     options = dict(options)
     keys = ("image_size", "channels", "resize_method", "crop", "margin")

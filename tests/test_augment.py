@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import augment
+from pipeline.data import batch_augment as augment
 
 NUM_CLASSES = 4
 
@@ -209,7 +209,7 @@ def test_random_erasing_fill_value_cutout_style():
 
 
 def test_random_erasing_fill_reaches_the_layer_through_the_input_pipeline():
-    from pipeline import input_pipeline
+    from pipeline.data import input_pipeline
 
     images = np.full((2, 8, 16, 16, 3), 128.0, np.float32)
     labels = np.zeros((2, 8, NUM_CLASSES), np.float32)

@@ -9,8 +9,8 @@ import pytest
 import tensorflow as tf
 from sklearn.metrics import balanced_accuracy_score
 
-from pipeline import class_balance
-from pipeline.errors import UserError
+from pipeline.data import class_balance
+from pipeline.core.errors import UserError
 
 NAMES = ["cat", "dog", "bird"]
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from pipeline import compare_runs
+from pipeline.evaluation import compare_runs
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -107,6 +107,6 @@ def test_flatten():
 
 
 def test_import_is_tensorflow_free():
-    code = "import sys, pipeline.compare_runs; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
+    code = "import sys, pipeline.evaluation.compare_runs; print('tensorflow' in sys.modules, 'keras' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["False", "False"]

@@ -17,7 +17,8 @@ import keras
 import pytest
 import tensorflow as tf
 
-from pipeline import compat, launch
+from pipeline import compat
+from pipeline.distribute import launch
 
 trainer = compat._keras_tf_trainer()
 UPGRADE = (f"Keras {keras.__version__} (the workarounds were written for 3.15.1): see the tf.distribute section "

@@ -8,7 +8,8 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline import compat, optim
+from pipeline import compat
+from pipeline.training import optimizers as optim
 
 
 def test_the_optimizer_internals_it_reads_are_there():
@@ -92,8 +93,8 @@ def test_keras_file_round_trip_keeps_the_optimizer(tmp_path):
 
 
 def test_a_fresh_process_loads_a_checkpoint_with_our_optimizer_and_schedule(tmp_path):
-    # pipeline.evaluate.load_checkpoint imports what a checkpoint's optimizer names (found when
-    # `evaluate` of a cifar10_fast run ran in a process that had not imported pipeline.optim).
+    # pipeline.evaluation.evaluate.load_checkpoint imports what a checkpoint's optimizer names (found when
+    # `evaluate` of a cifar10_fast run ran in a process that had not imported pipeline.training.optimizers).
     import subprocess
     import sys
     from pathlib import Path
@@ -106,7 +107,7 @@ def test_a_fresh_process_loads_a_checkpoint_with_our_optimizer_and_schedule(tmp_
                   loss="sparse_categorical_crossentropy")
     model.fit(np.zeros((4, 3), np.float32), np.zeros(4), epochs=1, verbose=0)
     model.save(tmp_path / "best.keras")
-    code = ("import sys; from pipeline import evaluate; m = evaluate.load_checkpoint(sys.argv[1]); "
+    code = ("import sys; from pipeline.evaluation import evaluate; m = evaluate.load_checkpoint(sys.argv[1]); "
             "print(type(m.optimizer).__name__, m.optimizer.norm_bias_lr_factor, type(m.optimizer._learning_rate).__name__)")
     result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "best.keras")], capture_output=True,
                             text=True, cwd=Path(__file__).resolve().parent.parent, timeout=120)

@@ -55,7 +55,7 @@ def test_every_experiment_loads_and_validates(name):
     assert isinstance(config, config_lib.Config)
     assert config.name == name  # defaults to the file's stem
     import models
-    from pipeline import datasets
+    from pipeline.data import datasets
     assert config.model.name in models.MODELS
     assert config.dataset.name in datasets.DATASETS
     with pytest.raises(dataclasses.FrozenInstanceError):

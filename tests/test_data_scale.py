@@ -27,7 +27,7 @@ import tensorflow as tf
 from PIL import Image
 
 from pipeline import config as config_lib
-from pipeline import splits as splits_lib
+from pipeline.data import splits as splits_lib
 from pipeline.cli import main
 
 IMAGE_SIZE = (40, 64)
@@ -249,7 +249,7 @@ def test_cache_none_and_memory_give_identical_training_batches(photos, source):
 def test_scan_counts_distinct_colours_exactly(tmp_path):
     """The placeholder check counts distinct RGB triples of a 64x64 thumbnail (packed into integers
     for speed): the same count as unique rows."""
-    from pipeline import image_files
+    from pipeline.data import image_files
 
     flat = np.zeros((64, 64, 3), np.uint8)
     for index, colour in enumerate([(0, 0, 0), (255, 0, 0), (0, 255, 0), (0, 0, 255), (1, 2, 3)]):

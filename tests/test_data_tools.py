@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import image_files
+from pipeline.data import image_files
 from pipeline.tools import check, common, gather, split, stats
 from pipeline.cli import main
 
@@ -291,7 +291,7 @@ def test_label_without_class_folders_is_a_user_error(tmp_path, capsys):
 
 def reference_images(paths, size, channels):
     import tensorflow as tf
-    from pipeline.preprocessing import convert_channels
+    from pipeline.data.image_ops import convert_channels
 
     images = []
     for path in paths:
@@ -389,7 +389,7 @@ def test_split_stratified_disjoint_covering_deterministic(tmp_path, capsys):
 
 
 def test_split_lists_load_as_file_list_dataset(tmp_path):
-    from pipeline import datasets
+    from pipeline.data import datasets
 
     root = split_tree(tmp_path / "insects", {"ants": 10, "bees": 10})
     split.split(root, val=0.2, test=0.2, seed=0)

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 
 from conftest import synthetic_images, write_idx
-from pipeline import splits as splits_lib
-from pipeline import datasets
-from pipeline.datasets import DatasetError
+from pipeline.data import splits as splits_lib
+from pipeline.data import datasets
+from pipeline.data.datasets import DatasetError
 
 FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
                    "Ankle boot"]

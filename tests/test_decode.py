@@ -10,7 +10,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image, ImageOps
 
-from pipeline import decode, preprocessing
+from pipeline.data import decode
+from pipeline.data import image_ops as preprocessing
 
 # The stored pixels for EXIF value n are the upright picture under the inverse of n's display transform.
 INVERSE = {1: None, 2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
@@ -291,7 +292,7 @@ def test_working_size_rule():
 
 
 def test_image_scan_reports_the_displayed_size(tmp_path):
-    from pipeline import image_files
+    from pipeline.data import image_files
 
     picture = _photo(24, 40)
     paths = []

@@ -1,4 +1,4 @@
-"""pipeline.distribute: strategy choice, TF_CONFIG rules, batch split, scratch dirs, sharding; and two
+"""pipeline.distribute.strategy: strategy choice, TF_CONFIG rules, batch split, scratch dirs, sharding; and two
 end-to-end checks in subprocesses (TensorFlow's devices and collectives are fixed when it starts):
 mirrored over two logical CPUs trains like one device, and two localhost workers (launch +
 MultiWorkerMirroredStrategy + pipeline.compat's workarounds) train like one device, in lockstep.
@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline import distribute, launch
+from pipeline.distribute import strategy as distribute
+from pipeline.distribute import launch
+from pipeline.data import sharding
 
 TWO_WORKERS = {"cluster": {"worker": ["localhost:1", "localhost:2"]}, "task": {"type": "worker", "index": 1}}
 WITH_CHIEF = {"cluster": {"chief": ["a:1"], "worker": ["b:1", "c:1"]}, "task": {"type": "worker", "index": 0}}
@@ -108,15 +110,15 @@ def test_worker_scratch_dir(tmp_path):
     assert sorted(p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*")) == ["backup", "backup/state.json"]
 
 
-def test_shard_options_and_shard_by_worker():
+def test_shard_options_and_worker_share():
     policy = tf.data.experimental.AutoShardPolicy
     for kind, expected in (("array", policy.DATA), ("tfrecord", policy.FILE), ("files", policy.OFF)):
-        assert distribute.shard_options(kind).experimental_distribute.auto_shard_policy == expected
-    with pytest.raises(distribute.DistributeError, match=r"\(did you mean 'files'\?\). Received: kind='file'"):
-        distribute.shard_options("file")
-    dataset = tf.data.Dataset.range(7)
-    assert list(distribute.shard_by_worker(dataset, tf_config=TWO_WORKERS).as_numpy_iterator()) == [1, 3, 5]
-    assert distribute.shard_by_worker(dataset, tf_config={}) is dataset
+        assert sharding.shard_options(kind).experimental_distribute.auto_shard_policy == expected
+    with pytest.raises(sharding.ShardError, match=r"\(did you mean 'files'\?\). Received: kind='file'"):
+        sharding.shard_options("file")
+    items = list(range(7))
+    assert sharding.worker_share(items, (2, 1)) == [1, 3, 5]
+    assert sharding.worker_share(items, (1, 0)) is items
 
 
 # A tiny convolutional model without BatchNormalization: BN uses per-replica batch statistics under a
@@ -127,7 +129,8 @@ COMMON = textwrap.dedent("""
     import numpy as np
     import tensorflow as tf
     import keras
-    from pipeline import distribute
+    from pipeline.distribute import strategy as distribute
+    from pipeline.data import sharding
 
     def data(count):
         rng = np.random.default_rng(0)
@@ -173,7 +176,7 @@ MULTI_WORKER = COMMON + textwrap.dedent("""
     x, y = data(128)
     dataset = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
     validation = tf.data.Dataset.from_tensor_slices((x[:32], y[:32])).batch(16)
-    options = distribute.shard_options("array")
+    options = sharding.shard_options("array")
     with strategy.scope():
         model = build()
     initial = model.get_weights()

@@ -30,9 +30,14 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from pipeline import callbacks, distribute, launch, phases, workers
+from pipeline.training import callbacks
+from pipeline.distribute import strategy as distribute
+from pipeline.distribute import launch
+from pipeline.training import phases
+from pipeline.distribute import workers
 from pipeline import config as config_lib
-from pipeline import splits as splits_lib
+from pipeline.data import splits as splits_lib
+from pipeline.data import sharding
 from pipeline.cli import main
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -93,7 +98,7 @@ def test_each_worker_reads_its_share_of_the_files(photos, source):
 
 
 def test_streamed_records_are_shared_by_file(photos):
-    from pipeline import tfrecords
+    from pipeline.data import records as tfrecords
 
     config = folder_config(photos, "shards", shuffle_buffer=4)
     splits = splits_lib.Splits(config, log=lambda *_: None)
@@ -102,7 +107,7 @@ def test_streamed_records_are_shared_by_file(photos):
         count = sum(len(batch[0]) for batch in splits.dataset("train", config, training=True, shard=(2, index)))
         assert count == int(np.sum(shard_of == index)) > 0
     assert len(tfrecords.shard_files(photos["shards"], "train")) == 2
-    with pytest.raises(distribute.DistributeError, match=r"2 train shard file\(s\) for 3 workers, and each worker "
+    with pytest.raises(sharding.ShardError, match=r"2 train shard file\(s\) for 3 workers, and each worker "
                        r"streams whole files; write at least 3 \(`python -m pipeline data shard --shards N`\)"):
         splits.dataset("train", config, training=True, shard=(3, 0))
 
@@ -182,7 +187,7 @@ def test_onednn_convolutions_still_return_an_empty_batch_unchanged():
 
 
 def test_the_confusion_callback_left_out_is_the_real_one():
-    from pipeline import tensorboard_logging
+    from pipeline.evaluation import tensorboard_logging
 
     assert tensorboard_logging.ValidationConfusion.__name__ in workers.PREDICTING_CALLBACKS
 
@@ -237,7 +242,8 @@ COORDINATION = textwrap.dedent("""
     import sys, time
     from pathlib import Path
     import numpy as np
-    from pipeline import distribute, workers
+    from pipeline.distribute import strategy as distribute
+    from pipeline.distribute import workers
 
     strategy = workers.start("auto", global_batch=4)
     marker = Path(sys.argv[1]) / "prepared"

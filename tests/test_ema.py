@@ -7,7 +7,8 @@ import keras
 import numpy as np
 import pytest
 
-from pipeline import compat, ema
+from pipeline import compat
+from pipeline.training import ema
 
 RNG = np.random.default_rng(0)
 X = RNG.normal(size=(64, 3)).astype(np.float32)

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline import evaluation_report, figures
+from pipeline.evaluation import report as evaluation_report
+from pipeline.evaluation import figures
 
 CLASSES = ["cat", "dog", "bird"]
 # 6 examples, 3 classes. argmax: 0, 1, 2, 1, 0 (tie 0/1: first wins, like Keras), 2.

@@ -27,7 +27,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from pipeline import cli, preprocessing
+from pipeline import cli
+from pipeline.data import image_ops as preprocessing
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 IMAGE_SIZE = (16, 16)  # experiments/tiny.yaml: input.image_size
@@ -441,9 +442,9 @@ def test_predict_rejects_a_directory_that_is_not_an_export(tmp_path, images, cap
 def test_predict_uses_only_the_saved_model():
     """predict must prove the export is self-contained: nothing from the project transforms the pixels.
     Its project imports: the user-error base, and image_files for the format sniffer `data check` uses."""
-    tree = ast.parse((PROJECT_ROOT / "pipeline" / "predict.py").read_text())
+    tree = ast.parse((PROJECT_ROOT / "pipeline" / "serving" / "predict.py").read_text())
     imported = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
     imported += [f"{node.module}.{alias.name}" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
                  for alias in node.names]
     project = [name for name in imported if name.split(".")[0] in ("pipeline", "models")]
-    assert sorted(project) == ["pipeline.errors.UserError", "pipeline.image_files"], imported
+    assert sorted(project) == ["pipeline.core.errors.UserError", "pipeline.data.image_files"], imported

@@ -92,8 +92,9 @@ def test_whitening_stem_decorrelates_the_patches():
 
 def test_whiten_option_sets_a_frozen_stem_from_normalised_training_images(data_env, tmp_path):
     from pipeline import experiment as experiment_lib
-    from pipeline import phases, train
-    from pipeline.splits import Splits
+    from pipeline.training import phases
+    from pipeline import run as train
+    from pipeline.data.splits import Splits
 
     config = experiment_lib.load_experiment("tiny", [
         *data_env, "model.name=cifar10_fast", "input.image_size=[16,16]", "input.normalization=standardize",
@@ -125,8 +126,8 @@ def test_whiten_option_sets_a_frozen_stem_from_normalised_training_images(data_e
 
 def test_noise_filled_erasing_with_a_whitening_stem_is_warned_about(data_env):
     from pipeline import experiment as experiment_lib
-    from pipeline import train
-    from pipeline.splits import Splits
+    from pipeline import run as train
+    from pipeline.data.splits import Splits
 
     base = [*data_env, "model.name=cifar10_fast", "input.image_size=[16,16]", "input.normalization=standardize",
             "model.options={width: 8, whiten: true}", "input.augment.random_erasing=0.5"]

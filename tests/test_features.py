@@ -9,11 +9,15 @@ import numpy as np
 import pytest
 from conftest import LEAN_RUN, Interrupt
 
-from pipeline import splits as splits_lib
-from pipeline import modeling
+from pipeline.data import splits as splits_lib
+from pipeline.training import model_setup as modeling
 from pipeline import experiment as experiment_lib
-from pipeline import callbacks as run_callbacks
-from pipeline import cli, compat, features, phases, train
+from pipeline.training import callbacks as run_callbacks
+from pipeline import cli
+from pipeline import compat
+from pipeline.training import feature_cache as features
+from pipeline.training import phases
+from pipeline import run as train
 
 CACHED = ("train.phases=[{epochs: 2, trainable: none, cache_features: true, optimizer: {name: adam, "
           "learning_rate: 0.01}}, {epochs: 1, trainable: all, optimizer: {name: sgd, learning_rate: 0.005}}]")

@@ -21,9 +21,14 @@ import pytest
 from conftest import LEAN_RUN
 from PIL import Image
 
-from pipeline import cli, config as config_lib, datasets, errors, fileio, rundir
+from pipeline import cli
+from pipeline import config as config_lib
+from pipeline.data import datasets
+from pipeline.core import errors
+from pipeline.core import fileio
+from pipeline.config import rundir
 from pipeline import experiment as experiment_lib
-from pipeline import splits as splits_lib
+from pipeline.data import splits as splits_lib
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -103,7 +108,7 @@ def test_a_label_that_is_both_a_name_and_another_index_is_refused_unless_the_fil
 # -- 02, 03, 09: degenerate datasets and splits, refused or reported up front ------------------------
 
 def test_a_single_class_is_refused_before_anything_is_written(tmp_path):
-    from pipeline import train
+    from pipeline import run as train
 
     root = stripes(tmp_path / "ds", {"cat": 10})
     with pytest.raises(errors.UserError, match="at least two classes"):
@@ -121,7 +126,7 @@ def test_small_classes_keep_an_image_in_every_split(tmp_path, validation_split):
 
 
 def test_a_split_that_cannot_be_filled_is_refused_up_front(tmp_path):
-    from pipeline import train
+    from pipeline import run as train
 
     root = stripes(tmp_path / "ds", {"cat": 1, "dog": 1})
     with pytest.raises(datasets.DatasetError, match="split is empty"):
@@ -175,7 +180,7 @@ def test_the_cli_reports_a_full_disk_in_one_line(monkeypatch, capsys):
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", "/runs/x/history.csv")
 
-    from pipeline import train
+    from pipeline import run as train
     monkeypatch.setattr(train, "train", full)
     assert cli.main(["train", "tiny"]) == 2
     err = capsys.readouterr().err
@@ -194,7 +199,7 @@ def test_a_second_writer_is_refused_at_once_and_a_killed_one_leaves_no_lock(tmp_
     holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {str(PROJECT)!r})
-        from pipeline import rundir
+        from pipeline.config import rundir
         with rundir.exclusive(__import__('pathlib').Path({str(run_dir)!r})):
             (rundir.Path({str(run_dir)!r}) / "config.yaml").write_text("x")
             print("locked", flush=True)
@@ -225,8 +230,8 @@ def _upright_and_tagged(tmp_path: Path) -> tuple[Path, Path]:
 
 
 def test_training_and_evaluation_pipelines_see_the_picture_as_displayed(tmp_path):
-    from pipeline import input_pipeline
-    from pipeline.transform import EvalTransform
+    from pipeline.data import input_pipeline
+    from pipeline.data.transform import EvalTransform
 
     paths = _upright_and_tagged(tmp_path)
     transform = EvalTransform(image_size=(24, 16), channels=3)
@@ -242,8 +247,9 @@ def test_the_serving_signature_and_the_scan_honour_the_orientation(tmp_path):
     import keras
     import tensorflow as tf
 
-    from pipeline import export, image_files
-    from pipeline.transform import EvalTransform
+    from pipeline.serving import export
+    from pipeline.data import image_files
+    from pipeline.data.transform import EvalTransform
 
     plain, tagged = _upright_and_tagged(tmp_path)
     inputs = keras.Input((24, 16, 3))
@@ -276,7 +282,7 @@ def test_class_folders_starting_with_a_hash_survive_our_list_files(tmp_path):
 def test_a_non_finite_validation_value_never_becomes_the_best(tmp_path):
     import keras
 
-    from pipeline import callbacks
+    from pipeline.training import callbacks
 
     checkpoints = callbacks.Checkpoints(tmp_path, monitor="val_accuracy")
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
@@ -290,7 +296,7 @@ def test_a_non_finite_validation_value_never_becomes_the_best(tmp_path):
 def test_a_checkpoint_with_nan_weights_is_never_evaluated_or_exported(tmp_path):
     import keras
 
-    from pipeline import evaluate
+    from pipeline.evaluation import evaluate
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.layers[0].kernel.assign(np.full((2, 1), np.nan, np.float32))

@@ -19,10 +19,16 @@ import tensorflow as tf
 from PIL import Image
 
 from conftest import with_transform
-from pipeline import decode, folders
-from pipeline import splits as splits_lib
+from pipeline.data import decode
+from pipeline.data import folders
+from pipeline.data import splits as splits_lib
 from pipeline import experiment as experiment_lib
-from pipeline import cli, config as config_lib, datasets, image_files, input_pipeline, preprocessing
+from pipeline import cli
+from pipeline import config as config_lib
+from pipeline.data import datasets
+from pipeline.data import image_files
+from pipeline.data import input_pipeline
+from pipeline.data import image_ops as preprocessing
 
 IMAGE_SIZE = (16, 16)
 

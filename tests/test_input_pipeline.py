@@ -11,8 +11,10 @@ import tensorflow as tf
 from PIL import Image
 
 from conftest import with_transform
-from pipeline import decode
-from pipeline import input_pipeline, optim, preprocessing
+from pipeline.data import decode
+from pipeline.data import input_pipeline
+from pipeline.training import optimizers as optim
+from pipeline.data import image_ops as preprocessing
 
 NUM_CLASSES = 4
 AUGMENT = {"width_shift": 0.2, "height_shift": 0.2, "horizontal_flip": True, "crop_padding": 2}
@@ -377,7 +379,7 @@ def test_decode_palette_bmp_pixels():
 
 
 def test_palette_bmp_is_rejected_by_the_image_check(tmp_path):
-    from pipeline import image_files
+    from pipeline.data import image_files
 
     (tmp_path / "palette.bmp").write_bytes(_encode("palette", "BMP"))
     check = image_files.check_image(tmp_path / "palette.bmp", min_size=1)

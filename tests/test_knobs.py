@@ -8,9 +8,10 @@ import numpy as np
 import pytest
 
 from conftest import with_transform
-from pipeline import modeling
+from pipeline.training import model_setup as modeling
 from pipeline import experiment as experiment_lib
-from pipeline import input_pipeline, train
+from pipeline.data import input_pipeline
+from pipeline import run as train
 
 
 @pytest.mark.slow  # XLA compiles for ~30 s on 2 cores

@@ -16,7 +16,7 @@ import time
 import pytest
 
 from pipeline import config as config_lib
-from pipeline import launch
+from pipeline.distribute import launch
 
 PRINT_TF_CONFIG = """
 import json, os, sys
@@ -103,34 +103,34 @@ def test_workers_must_be_positive():
         launch.launch(0, [])
 
 
-def parse(argv):
-    parser = argparse.ArgumentParser()
-    launch.add_arguments(parser)
-    return parser.parse_args(argv)
+def test_run_validates_the_config_once_and_shares_one_run_dir(monkeypatch, capsys):
+    from pipeline import cli
 
-
-def test_run_validates_the_config_once_and_shares_one_run_dir(monkeypatch):
     calls = []
     monkeypatch.setattr(launch, "launch", lambda workers, argv: calls.append((workers, argv)) or 0)
-    assert launch.run(parse(["--workers", "2", "tiny", "--set", "train.epochs=1"])) == 0
+    assert cli.main(["launch", "--workers", "2", "tiny", "--set", "train.epochs=1"]) == 0
     (workers, argv), = calls
     assert workers == 2 and argv[:3] == ["tiny", "--set", "train.epochs=1"] and argv[3] == "--run-dir"
     run_dir = argv[4]
     assert "/runs/tiny/" in run_dir, "the default run directory is chosen once, by the launcher"
 
     calls.clear()
-    launch.run(parse(["--workers", "2", "tiny", "--run-dir", "runs/mine"]))
+    cli.main(["launch", "--workers", "2", "tiny", "--run-dir", "runs/mine"])
     assert calls[0][1] == ["tiny", "--run-dir", "runs/mine"]
 
-    with pytest.raises(config_lib.ConfigError, match="train.epoch"):
-        launch.run(parse(["--workers", "2", "tiny", "--set", "train.epoch=1"]))
-    with pytest.raises(config_lib.ConfigError, match=r"--workers must be at least 1\. Received: --workers 0"):
-        launch.run(parse(["--workers", "0", "tiny"]))
+    capsys.readouterr()
+    assert cli.main(["launch", "--workers", "2", "tiny", "--set", "train.epoch=1"]) == 2
+    assert "train.epoch" in capsys.readouterr().err
+    assert cli.main(["launch", "--workers", "0", "tiny"]) == 2
+    assert "--workers must be at least 1. Received: --workers 0" in capsys.readouterr().err
+    # Validated exactly as `train` validates (the registries too): a misspelt model starts no process.
+    assert cli.main(["launch", "--workers", "2", "tiny", "--set", "model.name=tiny_cnnn"]) == 2
+    assert "model.name: unknown model 'tiny_cnnn'" in capsys.readouterr().err
     assert len(calls) == 1, "a bad config must not start any worker"
 
 
 def test_launch_imports_no_tensorflow():
-    code = "import sys; import pipeline.launch; assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
+    code = "import sys; import pipeline.distribute.launch; assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=launch.PROJECT_ROOT)
 
 
@@ -138,11 +138,11 @@ def test_run_refuses_a_strategy_that_would_train_each_worker_alone(monkeypatch):
     import types
 
     config = types.SimpleNamespace(name="tiny", distribute=types.SimpleNamespace(strategy="mirrored"))
-    monkeypatch.setattr(config_lib, "load_config", lambda experiment, overrides: config)
+    args = types.SimpleNamespace(workers=2, experiment="tiny", overrides=[], run_dir=None)
     monkeypatch.setattr(launch, "launch", lambda workers, argv: pytest.fail("no worker may start"))
     with pytest.raises(config_lib.ConfigError, match=r"needs distribute.strategy auto or multi_worker .* "
                        r"Received: distribute.strategy='mirrored'"):
-        launch.run(parse(["--workers", "2", "tiny"]))
+        launch.run(args, config)
 
 
 def test_a_progress_bar_redrawn_with_carriage_returns_becomes_prefixed_lines():

@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 import models
-from pipeline.registry import Registry
+from pipeline.core.registry import Registry
 
 SHAPES = {"lenet": (28, 28, 1), "cifar10_net": (32, 32, 3), "cifar10_deep": (32, 32, 3),
           "fashion_cnn": (28, 28, 1), "tiny": (32, 32, 3)}

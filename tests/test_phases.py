@@ -10,10 +10,13 @@ import numpy as np
 import pytest
 from conftest import LEAN_RUN, Interrupt
 
-from pipeline import modeling
+from pipeline.training import model_setup as modeling
 from pipeline import experiment as experiment_lib
-from pipeline import callbacks as run_callbacks
-from pipeline import cli, compat, phases, train
+from pipeline.training import callbacks as run_callbacks
+from pipeline import cli
+from pipeline import compat
+from pipeline.training import phases
+from pipeline import run as train
 
 PHASES = ("train.phases=[{epochs: 2, trainable: none, optimizer: {name: rmsprop, learning_rate: 0.01}},"
           " {epochs: 2, trainable: from conv2, optimizer: {name: sgd, learning_rate: 0.005, momentum: 0.9}}]")

@@ -18,7 +18,8 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from pipeline import cli, predict
+from pipeline import cli
+from pipeline.serving import predict
 
 CLASSES = ["dark", "bright"]
 

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from pipeline import experiment as experiment_lib
-from pipeline import train
+from pipeline import run as train
 
 
 def imbalanced_folder(root: Path, counts: dict, size: int = 16) -> Path:

@@ -16,8 +16,8 @@ PACKAGES = ("pipeline", "models")
 MAX_LINES = 420  # "about 400"
 
 # The bottom layer: importable without TensorFlow or Keras (config errors answer at once).
-TF_FREE = ("pipeline.errors", "pipeline.schema", "pipeline.config", "pipeline.registry", "pipeline.experiment",
-           "pipeline.rundir", "pipeline.fileio", "pipeline.folders", "pipeline.datasets", "pipeline.cli",
+TF_FREE = ("pipeline.core.errors", "pipeline.config.schema", "pipeline.config", "pipeline.core.registry", "pipeline.experiment",
+           "pipeline.config.rundir", "pipeline.core.fileio", "pipeline.data.folders", "pipeline.data.datasets", "pipeline.cli",
            "pipeline.tools", "models", "models.registry")
 
 
@@ -77,11 +77,59 @@ def test_no_import_cycles():
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(cycle) for cycle in cycles)
 
 
+# The layers, bottom to top, and what each may import (besides itself). A layer is a sub-package of
+# `pipeline` (or `models`); the modules directly in `pipeline/` (cli, the run driver, the experiment
+# loader) form the top layer, which may import any other. `models/` may use only the shared base:
+# `pipeline.core` (the error contract and the registry) and `pipeline.compat` (Keras internals).
+ALLOWED = {
+    "core": set(),
+    "compat": {"core"},
+    "config": {"core"},
+    "models": {"core", "compat"},
+    "data": {"core", "compat", "config"},
+    "training": {"core", "compat", "config", "data", "models"},
+    "distribute": {"core", "compat", "config"},
+    "evaluation": {"core", "compat", "config", "data", "models", "training"},
+    "serving": {"core", "compat", "config", "data", "models", "training", "evaluation"},
+    "inspection": {"core", "compat", "config", "data", "models", "training"},
+    "tools": {"core", "compat", "config", "data"},
+}
+TOP = "top"
+
+
+def layer_of(module: str) -> str:
+    parts = module.split(".")
+    if parts[0] == "models":
+        return "models"
+    if len(parts) == 1 or f"pipeline.{parts[1]}" not in {f"pipeline.{name}" for name in ALLOWED}:
+        return TOP
+    return parts[1]
+
+
+def test_every_package_is_a_known_layer():
+    packages = {path.name for path in (PROJECT / "pipeline").iterdir() if (path / "__init__.py").exists()}
+    assert packages == set(ALLOWED) - {"models"}, "a new sub-package needs its row in ALLOWED"
+
+
+def test_imports_flow_down_the_layers():
+    files = module_files()
+    wrong = []
+    for name, path in sorted(files.items()):
+        source = layer_of(name)
+        for other in imports_of(name, path, set(files)):
+            target = layer_of(other)
+            if target != source and source != TOP and target not in ALLOWED[source]:
+                wrong.append(f"{name} ({source}) -> {other} ({target})")
+    assert not wrong, "imports against the layer order:\n" + "\n".join(wrong)
+
+
 def test_models_never_import_the_config():
     files = module_files()
     for name, path in files.items():
         if name.startswith("models"):
-            assert "pipeline.config" not in imports_of(name, path, set(files)), name
+            imported = imports_of(name, path, set(files))
+            assert "pipeline.config" not in imported, name
+            assert all(other.startswith(("models", "pipeline.core", "pipeline.compat")) for other in imported), name
 
 
 def test_modules_stay_readable():

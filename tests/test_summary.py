@@ -11,7 +11,10 @@ import keras
 import pytest
 
 import models
-from pipeline import cli, layer_sizes, model_stats, summary
+from pipeline import cli
+from pipeline.inspection import layer_sizes
+from pipeline.inspection import model_stats
+from pipeline.inspection import summary
 
 
 def _rows_by_path(rows):
@@ -116,7 +119,7 @@ def test_conv_arithmetic_follows_the_graph():
 
 
 def test_phase_parameter_counts():
-    from pipeline.phases import PhaseError
+    from pipeline.training.phases import PhaseError
 
     model = models.build_model("vgg16_finetune", input_shape=(32, 32, 3), num_classes=10)
     total = model.count_params()

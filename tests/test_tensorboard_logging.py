@@ -12,8 +12,8 @@ import tensorflow as tf
 from tensorboard.compat.proto import graph_pb2
 from tensorboard.plugins.hparams import metadata as hparams_metadata
 
-from pipeline import evaluation_report
-from pipeline import tensorboard_logging as tb_logging
+from pipeline.evaluation import report as evaluation_report
+from pipeline.evaluation import tensorboard_logging as tb_logging
 
 CLASSES = ["cat", "dog", "a b/c"]  # a name TensorFlow refuses in a tag, on purpose
 

@@ -15,7 +15,9 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from pipeline import folders, tfrecord_writer, tfrecords
+from pipeline.data import folders
+from pipeline.data import record_writer as tfrecord_writer
+from pipeline.data import records as tfrecords
 from pipeline.cli import main
 
 
@@ -292,7 +294,7 @@ def test_file_lists_are_sharded_with_their_splits(tmp_path, capsys):
 
 
 def test_a_file_changed_after_its_check_stops_the_write_naming_it(tmp_path):
-    from pipeline import image_files
+    from pipeline.data import image_files
 
     path = write(tmp_path / "a.png", encode(noise(20, 20), "PNG"))
     check = image_files.check_image(path)

@@ -12,7 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import errors, image_files, tools
+from pipeline.core import errors
+from pipeline.data import image_files
+from pipeline import tools
 from pipeline.tools import common
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent

@@ -18,8 +18,11 @@ import pytest
 from conftest import LEAN_RUN, Interrupt
 
 from pipeline import experiment as experiment_lib
-from pipeline import callbacks as run_callbacks
-from pipeline import cli, config as config_lib, fileio, train
+from pipeline.training import callbacks as run_callbacks
+from pipeline import cli
+from pipeline import config as config_lib
+from pipeline.core import fileio
+from pipeline import run as train
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -128,7 +131,7 @@ def test_run_dir_that_is_not_a_run_is_refused(data_env, tmp_path, capsys):
 
 def test_missing_dataset_writes_nothing(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("DATA_MIRROR", str(tmp_path / "empty-mirror"))
-    monkeypatch.setattr("pipeline.datasets.download", _refuse_download)
+    monkeypatch.setattr("pipeline.data.datasets.download", _refuse_download)
     run_dir = tmp_path / "run"
     code = run_cli("train", "tiny", "--run-dir", run_dir, *sets(f"dataset.data_dir={tmp_path / 'data'}"))
     assert code == 2
@@ -347,7 +350,8 @@ def test_mixed_precision_trains_and_serves_float32(data_env, tmp_path, policy):
 
 def test_thread_settings_apply_in_a_fresh_process(synthetic_mirror, tmp_path):
     experiment = _write_experiment(tmp_path / "threads.yaml", synthetic_mirror, tmp_path / "data", 1)
-    code = ("import sys; from pipeline import cli, config, modeling, train; import tensorflow as tf;"
+    code = ("import sys; from pipeline import cli, config, run; from pipeline.training import model_setup as modeling;"
+            "import tensorflow as tf;"
             "cfg = config.load_config(sys.argv[1], ['train.intra_op_threads=1', 'train.inter_op_threads=2']);"
             "modeling.configure_threads(intra_op=1, inter_op=2);"
             "print(tf.config.threading.get_intra_op_parallelism_threads(),"

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from models import build_model
-from pipeline import tta
+from pipeline.evaluation import tta
 
 
 @pytest.fixture(scope="module")

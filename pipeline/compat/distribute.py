@@ -108,7 +108,7 @@ def patch_keras_for_multi_worker() -> None:
     keras.src.backend.tensorflow.trainer (see the comment above for the two bugs). Outside multi-worker
     mode both delegate to the upstream code unchanged, so single-device and `mirrored` runs are untouched.
     The upstream functions stay reachable as `__wrapped__`. Apply it before `model.fit`;
-    `pipeline.distribute.resolve_strategy("multi_worker")` does.
+    `pipeline.distribute.strategy.resolve_strategy("multi_worker")` does.
     """
     _patch_symbolic_build()
     _patch_reduce_per_replica()

@@ -15,8 +15,8 @@ import shutil
 import sys
 from pathlib import Path
 
-from pipeline import image_files
-from pipeline.fileio import atomic_write_json
+from pipeline.data import image_files
+from pipeline.core.fileio import atomic_write_json
 from pipeline.tools import common
 
 HELP = "decode every file; list bad ones (exit 1 if any), optionally move them away"

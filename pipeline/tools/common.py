@@ -1,6 +1,6 @@
 """Helpers shared by the data tools: the user-error class, folder checks, list writing, class trees.
 
-Everything here is standard library plus `pipeline.image_files` (which imports TensorFlow only inside
+Everything here is standard library plus `pipeline.data.image_files` (which imports TensorFlow only inside
 its decoding functions), so a tool module can import it while the CLI is still parsing arguments.
 """
 
@@ -11,9 +11,9 @@ import stat
 import sys
 from pathlib import Path
 
-from pipeline import image_files
-from pipeline.errors import UserError
-from pipeline.fileio import atomic_write_text
+from pipeline.data import image_files
+from pipeline.core.errors import UserError
+from pipeline.core.fileio import atomic_write_text
 
 
 class DataError(UserError):

@@ -22,7 +22,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
-from pipeline import image_files
+from pipeline.data import image_files
 from pipeline.tools import common
 from pipeline.tools.common import DataError
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pipeline import image_files
+from pipeline.data import image_files
 from pipeline.tools import common
 
 HELP = "class folders -> `relative/path label` list + classes.txt"

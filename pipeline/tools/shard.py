@@ -48,7 +48,7 @@ def add_arguments(parser) -> None:
 
 
 def _parse_lists(entries: list[str]) -> dict:
-    from pipeline import image_files
+    from pipeline.data import image_files
 
     lists = {}
     for entry in entries:
@@ -61,7 +61,7 @@ def _parse_lists(entries: list[str]) -> dict:
 
 def _source(root: Path, lists: dict, classes):
     """The dataset at ROOT as a folders.FileDataset (paths + labels per split)."""
-    from pipeline import folders
+    from pipeline.data import folders
 
     if lists or (root / "meta" / "classes.txt").is_file():
         return folders.read_file_lists(root=str(root), lists=lists or None,
@@ -79,7 +79,7 @@ def run(args) -> int:
         common.DataError: bad arguments, ROOT unreadable, DIR inside ROOT or holding other files.
         folders.DatasetError, tfrecords.TFRecordError: the dataset cannot be read, DIR cannot be written.
     """
-    from pipeline import tfrecord_writer
+    from pipeline.data import record_writer as tfrecord_writer
 
     root = common.existing_folder(args.root)
     for flag, value in (("--shards", args.shards), ("--max-side", args.max_side), ("--workers", args.workers),

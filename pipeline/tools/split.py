@@ -10,7 +10,7 @@ import math
 import os
 from pathlib import Path
 
-from pipeline import image_files
+from pipeline.data import image_files
 from pipeline.tools import common
 
 HELP = "stratified train/val/test lists + classes.txt"

@@ -10,8 +10,8 @@ import concurrent.futures
 import os
 from pathlib import Path
 
-from pipeline import image_files
-from pipeline.fileio import atomic_write, atomic_write_json
+from pipeline.data import image_files
+from pipeline.core.fileio import atomic_write, atomic_write_json
 from pipeline.tools import common
 
 HELP = "class counts, per-channel mean/std and the mean image"
@@ -50,7 +50,7 @@ def _stats_files(root: Path) -> tuple[list[Path], list[str | None], list[str] | 
 def _load_resized(path: Path, image_size, channels: int, min_size: int):
     """float32 [H, W, C] in 0..255, or None when the file is not a good image."""
     import tensorflow as tf
-    from pipeline.preprocessing import convert_channels
+    from pipeline.data.image_ops import convert_channels
 
     if common.special_file(path):
         return None

@@ -1,0 +1,86 @@
+"""Atomic file writes: a reader (or a resumed run) sees the old file or the new one, never half of one.
+
+Everything is written under a temporary name in the target's directory, fsynced, then moved into place
+with `os.replace`, which is atomic on POSIX. A process killed mid-write leaves only a `.tmp-*` file.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from pipeline.core import errors
+
+# "No space left on device", "File too large" (a file-size limit, `ulimit -f`), "Disk quota exceeded".
+STORAGE_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
+STORAGE_MESSAGES = ("No space left", "File too large", "Disk quota", "errno = 28", "errno = 27")
+
+
+class StorageFullError(errors.UserError):
+    """A write failed because the disk (or a quota or file-size limit) is full. Nothing was lost: the
+    file being written stays as it was (atomic writes)."""
+
+    def __init__(self, path, reason: str):
+        super().__init__(f"cannot write {path}: {reason}. Nothing was lost (the previous version of the file "
+                         f"is intact); free some space, then run the same command again to resume.")
+        self.path = path
+
+
+def storage_error(error: BaseException) -> str | None:
+    """The reason ("No space left on device") when `error` is a full disk, quota or file-size limit;
+    else None. HDF5 (Keras' weights files) wraps the OS error in its own text, so the message is read too."""
+    if isinstance(error, OSError) and error.errno in STORAGE_ERRNOS:
+        return os.strerror(error.errno)
+    text = str(error)
+    for marker in STORAGE_MESSAGES:
+        if marker in text:
+            return {"errno = 28": "No space left on device", "errno = 27": "File too large"}.get(marker, marker)
+    return None
+
+
+def atomic_write(path: os.PathLike, write: Callable[[str], None], suffix: str = "") -> None:
+    """Calls `write(temporary_path)`, fsyncs it and renames it to `path`.
+
+    Raises:
+        StorageFullError: the disk, a quota or a file-size limit is full (the temporary file is removed).
+
+    `suffix` keeps the extension Keras insists on (`.keras`, `.weights.h5`) on the temporary name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".tmp-{path.stem}-", suffix=suffix)
+    os.close(handle)
+    try:
+        os.unlink(temporary)  # Keras refuses to overwrite without asking in some versions
+        write(temporary)
+        with open(temporary, "rb+") as handle:
+            os.fsync(handle.fileno())
+        os.chmod(temporary, 0o666 & ~_umask())  # mkstemp makes 0600; give the usual permissions
+        os.replace(temporary, path)
+    except BaseException as error:
+        Path(temporary).unlink(missing_ok=True)
+        reason = storage_error(error)
+        if reason:
+            raise StorageFullError(path, reason) from None
+        raise
+
+
+def atomic_write_text(path: os.PathLike, text: str) -> None:
+    def write(temporary):
+        with open(temporary, "w") as handle:
+            handle.write(text)
+    atomic_write(path, write)
+
+
+def atomic_write_json(path: os.PathLike, data) -> None:
+    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
