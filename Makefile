@@ -11,7 +11,7 @@ SET ?=
 RUN_DIR ?=
 PORT ?= 6006
 
-.PHONY: setup train test test-slow tensorboard evaluate export clean-venv bench bench-quick bench-transfer
+.PHONY: setup train test test-slow lint format tensorboard evaluate export clean-venv bench bench-quick bench-transfer
 
 setup: $(STAMP)
 
@@ -28,6 +28,15 @@ train: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+# ruff (pinned in requirements.txt, settings in pyproject.toml): `make lint` checks, `make format` rewrites.
+lint: $(STAMP)
+	$(BIN)/ruff format --check .
+	$(BIN)/ruff check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
 
 # The slow tests start several TensorFlow processes each (workers, benchmarks): one at a time.
 test-slow: $(STAMP)
