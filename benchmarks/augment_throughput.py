@@ -29,12 +29,19 @@ if __package__ in (None, ""):  # run as a file: make `benchmarks` importable
 from benchmarks import common  # noqa: E402
 
 MODULE = "benchmarks.augment_throughput"
-HEADERS = ["augmentation", "images/s (median)", "ratio to none", "CPU ms per 1000 images", "extra CPU ms over none",
-           "est. training ratio"]
+HEADERS = [
+    "augmentation",
+    "images/s (median)",
+    "ratio to none",
+    "CPU ms per 1000 images",
+    "extra CPU ms over none",
+    "est. training ratio",
+]
 CROP = {"scale": (0.08, 1.0), "ratio": (3 / 4, 4 / 3)}
 COLOR_JITTER = {"brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.05}
-ISSUE_COMBINATION = dict(rand_augment={"num_ops": 2, "factor": 0.5}, color_jitter=COLOR_JITTER,
-                         random_erasing=0.25, mix_up=0.2, cut_mix=1.0)
+ISSUE_COMBINATION = dict(
+    rand_augment={"num_ops": 2, "factor": 0.5}, color_jitter=COLOR_JITTER, random_erasing=0.25, mix_up=0.2, cut_mix=1.0
+)
 # name -> (random resized crop, flip + 2-pixel translate (the cifar10_fast preset's), batch layers)
 VARIANTS = {
     "none": (False, False, {}),
@@ -74,16 +81,21 @@ def build_pipeline(images, labels, *, crop: bool, shift_flip: bool, layers: dict
         seeds = tf.data.Dataset.random(seed=seed + 1).batch(2)
         dataset = tf.data.Dataset.zip(dataset, seeds).map(
             lambda pair, s: (augment.random_resized_crop(pair[0], size=32, seed=s, **CROP), pair[1]),
-            num_parallel_calls=tf.data.AUTOTUNE)
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
     dataset = dataset.batch(batch_size, drop_remainder=True)
-    dataset = dataset.map(lambda x, y: (tf.cast(x, tf.float32), tf.one_hot(y, num_classes)),
-                          num_parallel_calls=tf.data.AUTOTUNE)
+    dataset = dataset.map(
+        lambda x, y: (tf.cast(x, tf.float32), tf.one_hot(y, num_classes)), num_parallel_calls=tf.data.AUTOTUNE
+    )
     if shift_flip:
         seeds = tf.data.Dataset.random(seed=seed + 2).batch(2)
         dataset = tf.data.Dataset.zip(dataset, seeds).map(
-            lambda batch, s: (preprocessing.shift_and_flip(batch[0], s, max_rows=2, max_cols=2, flip=True,
-                                                           fill_mode="reflect101"), batch[1]),
-            num_parallel_calls=tf.data.AUTOTUNE)
+            lambda batch, s: (
+                preprocessing.shift_and_flip(batch[0], s, max_rows=2, max_cols=2, flip=True, fill_mode="reflect101"),
+                batch[1],
+            ),
+            num_parallel_calls=tf.data.AUTOTUNE,
+        )
     dataset = augment.map_batch_augment(dataset, augment.build_batch_augment(**layers), seed=seed + 3)
     return dataset.prefetch(tf.data.AUTOTUNE)
 
@@ -106,11 +118,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = common.base_parser(__doc__.splitlines()[0])
     parser.set_defaults(batch_size=512)
     parser.add_argument("--batches", type=int, default=20)
-    parser.add_argument("--warmup", type=int, default=8,
-                        help="batches read before the clock starts (after the first, which traces)")
+    parser.add_argument(
+        "--warmup", type=int, default=8, help="batches read before the clock starts (after the first, which traces)"
+    )
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--training-speed", type=float, default=200.0,
-                        help="training images/s the estimated training ratio assumes")
+    parser.add_argument(
+        "--training-speed", type=float, default=200.0, help="training images/s the estimated training ratio assumes"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.batches, args.warmup, args.repeats, args.batch_size = 4, 2, 1, 64
@@ -121,8 +135,11 @@ def main(argv: list[str] | None = None) -> None:
     for _ in range(args.repeats):  # rounds alternate the variants, so load drift spreads over all of them
         for name, (crop, shift_flip, layers) in VARIANTS.items():
             # One pipeline at a time: an idle one would still fill its buffers in the background.
-            iterator = iter(build_pipeline(images, labels, crop=crop, shift_flip=shift_flip, layers=layers,
-                                           batch_size=args.batch_size))
+            iterator = iter(
+                build_pipeline(
+                    images, labels, crop=crop, shift_flip=shift_flip, layers=layers, batch_size=args.batch_size
+                )
+            )
             next(iterator)  # traces
             speed, cpu_ms = _time(iterator, batches=args.batches, skip=args.warmup, batch_size=args.batch_size)
             del iterator
@@ -136,16 +153,29 @@ def main(argv: list[str] | None = None) -> None:
     for name in VARIANTS:
         extra = max(common.median(cpu[name]) - base_cpu, 0.0)
         estimate = 1.0 / (1.0 + args.training_speed * extra / 1e6 / cores)
-        rows.append([name, common.fmt(common.median(speeds[name]), 0), common.fmt(common.median(speeds[name]) / base, 3),
-                     common.fmt(common.median(cpu[name]), 1), common.fmt(extra, 1), common.fmt(estimate, 3)])
+        rows.append(
+            [
+                name,
+                common.fmt(common.median(speeds[name]), 0),
+                common.fmt(common.median(speeds[name]) / base, 3),
+                common.fmt(common.median(cpu[name]), 1),
+                common.fmt(extra, 1),
+                common.fmt(estimate, 3),
+            ]
+        )
     table = common.markdown_table(HEADERS, rows)
     source = "random uint8 images" if args.synthetic else "CIFAR-10 training images (data/cifar10/cifar10.npz)"
-    common.finish(args, title=f"Augmentation throughput: batched tf.data pipeline, batch {args.batch_size}",
-                  module=MODULE, argv=argv, table=table,
-                  notes=f"{source}; {args.batches} batches per round after {args.warmup} warm-up batches, "
-                        f"median of {args.repeats} rounds alternating the variants. Estimated training "
-                        f"ratio at {args.training_speed:g} training images/s on {cores} cores.",
-                  printed_extra=common.machine_line())
+    common.finish(
+        args,
+        title=f"Augmentation throughput: batched tf.data pipeline, batch {args.batch_size}",
+        module=MODULE,
+        argv=argv,
+        table=table,
+        notes=f"{source}; {args.batches} batches per round after {args.warmup} warm-up batches, "
+        f"median of {args.repeats} rounds alternating the variants. Estimated training "
+        f"ratio at {args.training_speed:g} training images/s on {cores} cores.",
+        printed_extra=common.machine_line(),
+    )
 
 
 if __name__ == "__main__":

@@ -51,6 +51,7 @@ SYNTHETIC_TEST = 128
 # Machine, memory, statistics, tables
 # --------------------------------------------------------------------------------------------------
 
+
 def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
@@ -80,7 +81,7 @@ def machine() -> dict:
     gpus = [device.name for device in tf.config.list_physical_devices("GPU")]
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     return {
-        "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
         "nproc": nproc,
         "cpu": cpu_model(),
         "memory_gib": memory_total_gib(),
@@ -96,9 +97,11 @@ def machine_line(info: dict | None = None) -> str:
     info = info or machine()
     memory = f", {info['memory_gib']:.0f} GiB RAM" if info["memory_gib"] else ""
     gpus = ", GPU: " + ", ".join(info["gpus"]) if info["gpus"] else ", no GPU"
-    load = (f"; load average at start {info['load_average'][0]:.2f}" if info["load_average"] else "")
-    return (f"{info['nproc']} CPUs (nproc), {info['cpu']}{memory}{gpus}; Python {info['python']}, "
-            f"TensorFlow {info['tensorflow']}, Keras {info['keras']}{load}")
+    load = f"; load average at start {info['load_average'][0]:.2f}" if info["load_average"] else ""
+    return (
+        f"{info['nproc']} CPUs (nproc), {info['cpu']}{memory}{gpus}; Python {info['python']}, "
+        f"TensorFlow {info['tensorflow']}, Keras {info['keras']}{load}"
+    )
 
 
 def peak_rss_mib() -> float:
@@ -142,14 +145,28 @@ def ensure_results_file(path: Path | None = None) -> None:
         path.write_text(RESULTS_HEADER)
 
 
-def record(title: str, command: str, table_markdown: str, *, notes: str = "", info: dict | None = None,
-           path: Path | None = None) -> Path:
+def record(
+    title: str,
+    command: str,
+    table_markdown: str,
+    *,
+    notes: str = "",
+    info: dict | None = None,
+    path: Path | None = None,
+) -> Path:
     """Appends one section to RESULTS.md (created with its header if absent); never rewrites it."""
     path = Path(path or RESULTS_PATH)
     info = info or machine()
     ensure_results_file(path)
-    section = [f"\n## {title}\n", f"- Date: {info['date']}", f"- Machine: {machine_line(info)}",
-               f"- Command: `{command}`", "", table_markdown.rstrip(), ""]
+    section = [
+        f"\n## {title}\n",
+        f"- Date: {info['date']}",
+        f"- Machine: {machine_line(info)}",
+        f"- Command: `{command}`",
+        "",
+        table_markdown.rstrip(),
+        "",
+    ]
     if notes:
         section += [notes.rstrip(), ""]
     existing = path.read_text()
@@ -170,13 +187,28 @@ def command_line(module: str, argv: list[str]) -> str:
     return shlex.join([shown, "-m", module, *argv])
 
 
-def finish(args, *, title: str, module: str, argv: list[str], table: str, notes: str = "",
-           info: dict | None = None, printed_extra: str = "") -> None:
+def finish(
+    args,
+    *,
+    title: str,
+    module: str,
+    argv: list[str],
+    table: str,
+    notes: str = "",
+    info: dict | None = None,
+    printed_extra: str = "",
+) -> None:
     """Prints the title, the table (and `printed_extra`), then records the section unless --quick,
     --no-record or --synthetic (figures of random data have no place among the results)."""
     print(f"\n{title}\n\n{table}" + (f"\n\n{printed_extra}" if printed_extra else ""))
-    reason = next((flag for flag, on in (("--quick", args.quick), ("--no-record", args.no_record),
-                                         ("--synthetic", args.synthetic)) if on), None)
+    reason = next(
+        (
+            flag
+            for flag, on in (("--quick", args.quick), ("--no-record", args.no_record), ("--synthetic", args.synthetic))
+            if on
+        ),
+        None,
+    )
     if reason:
         print(f"\n(not recorded: {reason})")
         return
@@ -188,15 +220,19 @@ def finish(args, *, title: str, module: str, argv: list[str], table: str, notes:
 # Options shared by the scripts
 # --------------------------------------------------------------------------------------------------
 
+
 def base_parser(description: str) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=description,
-                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    parser.add_argument("--quick", action="store_true",
-                        help="smoke run: small subset, few steps; prints, never records")
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument(
+        "--quick", action="store_true", help="smoke run: small subset, few steps; prints, never records"
+    )
     parser.add_argument("--no-record", action="store_true", help="print only; do not append to RESULTS.md")
-    parser.add_argument("--synthetic", action="store_true",
-                        help="random uint8 images (and a few generated JPEGs) instead of CIFAR-10: "
-                             "needs no dataset mirror; for testing the script (never recorded)")
+    parser.add_argument(
+        "--synthetic",
+        action="store_true",
+        help="random uint8 images (and a few generated JPEGs) instead of CIFAR-10: "
+        "needs no dataset mirror; for testing the script (never recorded)",
+    )
     parser.add_argument("--batch-size", type=int, default=128, help="images per batch")
     return parser
 
@@ -204,6 +240,7 @@ def base_parser(description: str) -> argparse.ArgumentParser:
 # --------------------------------------------------------------------------------------------------
 # Data
 # --------------------------------------------------------------------------------------------------
+
 
 def synthetic_arrays(count: int, seed: int = 0, size: int = 32, num_classes: int = 10):
     rng = np.random.default_rng(seed)
@@ -213,16 +250,22 @@ def synthetic_arrays(count: int, seed: int = 0, size: int = 32, num_classes: int
     return images, labels
 
 
-def write_synthetic_cifar10(data_dir: Path, *, train: int = SYNTHETIC_TRAIN, test: int = SYNTHETIC_TEST,
-                            seed: int = 0) -> Path:
+def write_synthetic_cifar10(
+    data_dir: Path, *, train: int = SYNTHETIC_TRAIN, test: int = SYNTHETIC_TEST, seed: int = 0
+) -> Path:
     """A synthetic cifar10.npz where the cifar10 loader looks first (its decoded cache in
     `<data_dir>/cifar10/`), so `Splits` and `load_dataset` run unchanged on it."""
     train_images, train_labels = synthetic_arrays(train, seed)
     test_images, test_labels = synthetic_arrays(test, seed + 1)
     store = Path(data_dir) / "cifar10"
     store.mkdir(parents=True, exist_ok=True)
-    np.savez(store / "cifar10.npz", train_images=train_images, train_labels=train_labels,
-             test_images=test_images, test_labels=test_labels)
+    np.savez(
+        store / "cifar10.npz",
+        train_images=train_images,
+        train_labels=train_labels,
+        test_images=test_images,
+        test_labels=test_labels,
+    )
     return Path(data_dir)
 
 
@@ -263,8 +306,10 @@ def cifar10_jpeg_files(args, temporary_dir: Path, split: str = "train"):
         mirror = datasets.resolve_mirror(None)
         archive = mirror / "cifar10-jpg.tar.gz" if mirror else None
         if archive is None or not archive.is_file():
-            raise SystemExit(f"cifar10-jpg.tar.gz not found in the dataset mirror ({mirror or 'none configured'}); "
-                             f"set DATA_MIRROR, or pass --synthetic")
+            raise SystemExit(
+                f"cifar10-jpg.tar.gz not found in the dataset mirror ({mirror or 'none configured'}); "
+                f"set DATA_MIRROR, or pass --synthetic"
+            )
     tree = datasets.load_dataset("folder", data_dir=str(temporary_dir / "data"), root=str(archive))
     paths, labels = tree.splits[split]
     return list(paths), np.asarray(labels, np.int64)
@@ -283,23 +328,29 @@ def subset(arrays: tuple, count: int | None, seed: int = 0) -> tuple:
 # Models and timing
 # --------------------------------------------------------------------------------------------------
 
-def build_compiled_model(config, *, input_shape, num_classes: int, steps_per_epoch: int, statistics=(None, None),
-                         sample_images=None):
+
+def build_compiled_model(
+    config, *, input_shape, num_classes: int, steps_per_epoch: int, statistics=(None, None), sample_images=None
+):
     """The run's model exactly as pipeline.run builds and compiles it (first phase), seeded;
     `sample_images` as for `pipeline.training.model_setup.build_model` (a model's data-dependent init)."""
     import keras
 
-    from pipeline.training import phases
     from pipeline import experiment  # noqa: F401
     from pipeline.training import model_setup as modeling
-    from pipeline.data import splits as splits_lib
+    from pipeline.training import phases
 
     keras.utils.set_random_seed(config.seed)
     keras.mixed_precision.set_dtype_policy(config.train.mixed_precision)
     try:
-        model = modeling.build_model(config, input_shape=input_shape, num_classes=num_classes,
-                                      statistics=statistics, sample_images=sample_images,
-                                      log=lambda *_: None)
+        model = modeling.build_model(
+            config,
+            input_shape=input_shape,
+            num_classes=num_classes,
+            statistics=statistics,
+            sample_images=sample_images,
+            log=lambda *_: None,
+        )
     finally:
         keras.mixed_precision.set_dtype_policy("float32")
     phase = phases.plan(config)[0]
@@ -354,8 +405,13 @@ def count_flops(model) -> tuple[int, list[tuple[str, str, int]]]:
     pooling and normalisation are not counted (they are a small fraction for these nets)."""
     import keras
 
-    counted = (keras.layers.Conv1D, keras.layers.Conv2D, keras.layers.Conv3D, keras.layers.DepthwiseConv2D,
-               keras.layers.Dense)
+    counted = (
+        keras.layers.Conv1D,
+        keras.layers.Conv2D,
+        keras.layers.Conv3D,
+        keras.layers.DepthwiseConv2D,
+        keras.layers.Dense,
+    )
     rows = []
 
     def visit(layer, prefix):
@@ -363,9 +419,16 @@ def count_flops(model) -> tuple[int, list[tuple[str, str, int]]]:
             for inner in layer.layers:
                 visit(inner, f"{prefix}{layer.name}/")
             return
-        if isinstance(layer, (keras.layers.Conv1DTranspose, keras.layers.Conv2DTranspose,
-                              keras.layers.Conv3DTranspose, keras.layers.SeparableConv1D,
-                              keras.layers.SeparableConv2D)):
+        if isinstance(
+            layer,
+            (
+                keras.layers.Conv1DTranspose,
+                keras.layers.Conv2DTranspose,
+                keras.layers.Conv3DTranspose,
+                keras.layers.SeparableConv1D,
+                keras.layers.SeparableConv2D,
+            ),
+        ):
             raise NotImplementedError(f"count_flops: {type(layer).__name__} ({layer.name}) is not supported")
         if not isinstance(layer, counted):
             return

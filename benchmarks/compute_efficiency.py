@@ -20,13 +20,14 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a file: make `benchmarks` importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks import common  # noqa: E402
-from benchmarks import train_throughput  # noqa: E402
+from benchmarks import (
+    common,  # noqa: E402
+    train_throughput,  # noqa: E402
+)
 
 MODULE = "benchmarks.compute_efficiency"
 TARGET = 0.75
-HEADERS = ["training input", "training images/s", "training GFLOP/s", "matmul GFLOP/s", "efficiency",
-           "target", "met"]
+HEADERS = ["training input", "training images/s", "training GFLOP/s", "matmul GFLOP/s", "efficiency", "target", "met"]
 FLOP_HEADERS = ["layer", "type", "forward MFLOPs/image"]
 PROFILE_HEADERS = ["part of a training step", "ms per batch", "share of the Keras step", "GFLOP/s"]
 
@@ -87,12 +88,14 @@ def step_profile(model, *, batch_size: int, repeats: int, keras_step_ms: float, 
     if chain is not None:
         activation, total = x, 0.0
         for layer in chain:
+
             def forward_backward(layer=layer, inputs=activation):
                 with tf.GradientTape() as tape:
                     tape.watch(inputs)
                     out = layer(inputs, training=True)
                     loss = tf.reduce_sum(tf.cast(out, tf.float32))
                 return tape.gradient(loss, [inputs, *layer.trainable_variables])
+
             ms = _milliseconds(tf.function(forward_backward), repeats)
             total += ms
             flops = 3 * layer_flops.get(layer.name, 0)
@@ -148,12 +151,18 @@ def matmul_flops_per_second(size: int, repeats: int) -> list[float]:
 def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = common.base_parser(__doc__.split("\n\n")[0])
-    parser.add_argument("--matmul-size", type=int, default=None, help="n of the n x n matmul (default 4096, "
-                                                                     "--quick 1024)")
-    parser.add_argument("--matmul-repeats", type=int, default=None, help="matmuls before and after the "
-                                                                        "training (default 5 each, --quick 3)")
-    parser.add_argument("--steps", type=int, default=None, help="timed training steps per repeat (default 50, "
-                                                               "--quick 5)")
+    parser.add_argument(
+        "--matmul-size", type=int, default=None, help="n of the n x n matmul (default 4096, --quick 1024)"
+    )
+    parser.add_argument(
+        "--matmul-repeats",
+        type=int,
+        default=None,
+        help="matmuls before and after the training (default 5 each, --quick 3)",
+    )
+    parser.add_argument(
+        "--steps", type=int, default=None, help="timed training steps per repeat (default 50, --quick 5)"
+    )
     parser.add_argument("--warmup", type=int, default=None, help="untimed steps per repeat (default 5, --quick 2)")
     parser.add_argument("--repeats", type=int, default=None, help="training repeats (default 5, --quick 2)")
     args = parser.parse_args(argv)
@@ -169,25 +178,42 @@ def main(argv: list[str] | None = None) -> dict:
     matmul_rates = matmul_flops_per_second(size, matmul_repeats)
     with tempfile.TemporaryDirectory(prefix="bench-flops-") as temporary:
         pipeline_config, model_config, splits = train_throughput.load_training_data(
-            args, Path(temporary), limit=train_throughput.QUICK_IMAGES if args.quick else None)
+            args, Path(temporary), limit=train_throughput.QUICK_IMAGES if args.quick else None
+        )
         if warmup + steps > len(splits.train[1]) // args.batch_size:
             raise SystemExit(f"--warmup + --steps ({warmup + steps}) must fit in one epoch of full batches")
-        model = common.build_compiled_model(model_config, input_shape=splits.input_shape,
-                                            num_classes=splits.num_classes, steps_per_epoch=1)
+        model = common.build_compiled_model(
+            model_config, input_shape=splits.input_shape, num_classes=splits.num_classes, steps_per_epoch=1
+        )
         forward, layers = common.count_flops(model)
         del model
-        print(f"training: {len(splits.train[1])} images, batch {args.batch_size}, {repeats} repeats of "
-              f"{warmup} + {steps} steps, inputs B (ours) and A (in-memory)", flush=True)
-        measured = train_throughput.measure(["B", "A"], pipeline_config=pipeline_config, model_config=model_config,
-                                            splits=splits, batch_size=args.batch_size, warmup=warmup,
-                                            steps=steps, repeats=repeats)
+        print(
+            f"training: {len(splits.train[1])} images, batch {args.batch_size}, {repeats} repeats of "
+            f"{warmup} + {steps} steps, inputs B (ours) and A (in-memory)",
+            flush=True,
+        )
+        measured = train_throughput.measure(
+            ["B", "A"],
+            pipeline_config=pipeline_config,
+            model_config=model_config,
+            splits=splits,
+            batch_size=args.batch_size,
+            warmup=warmup,
+            steps=steps,
+            repeats=repeats,
+        )
         print("profiling one training step ...", flush=True)
-        model = common.build_compiled_model(model_config, input_shape=splits.input_shape,
-                                            num_classes=splits.num_classes, steps_per_epoch=1)
+        model = common.build_compiled_model(
+            model_config, input_shape=splits.input_shape, num_classes=splits.num_classes, steps_per_epoch=1
+        )
         keras_step_ms = 1000 * args.batch_size / common.median(measured["A"])
-        profile = step_profile(model, batch_size=args.batch_size, repeats=max(5, repeats * 2),
-                               keras_step_ms=keras_step_ms,
-                               layer_flops={name.rsplit("/", 1)[-1]: flops for name, _, flops in layers})
+        profile = step_profile(
+            model,
+            batch_size=args.batch_size,
+            repeats=max(5, repeats * 2),
+            keras_step_ms=keras_step_ms,
+            layer_flops={name.rsplit("/", 1)[-1]: flops for name, _, flops in layers},
+        )
     print(f"matmul {size}x{size} fp32 again, {matmul_repeats} repeats ...", flush=True)
     matmul_rates += matmul_flops_per_second(size, matmul_repeats)
 
@@ -198,30 +224,55 @@ def main(argv: list[str] | None = None) -> dict:
         images_per_second = common.median(measured[variant])
         achieved = images_per_second * train_flops
         efficiency = achieved / matmul
-        results[variant] = {"images_per_second": images_per_second, "flops_per_second": achieved,
-                            "efficiency": efficiency}
-        rows.append([label, images_per_second, achieved / 1e9, matmul / 1e9, f"{efficiency:.3f}",
-                     f">= {TARGET:g}", efficiency >= TARGET])
+        results[variant] = {
+            "images_per_second": images_per_second,
+            "flops_per_second": achieved,
+            "efficiency": efficiency,
+        }
+        rows.append(
+            [
+                label,
+                images_per_second,
+                achieved / 1e9,
+                matmul / 1e9,
+                f"{efficiency:.3f}",
+                f">= {TARGET:g}",
+                efficiency >= TARGET,
+            ]
+        )
     table = common.markdown_table(HEADERS, rows)
-    flop_table = common.markdown_table(FLOP_HEADERS, [[name, kind, f"{flops / 1e6:.3f}"] for name, kind, flops in layers]
-                                       + [["total forward", "", f"{forward / 1e6:.3f}"],
-                                          ["training (x3)", "", f"{train_flops / 1e6:.3f}"]])
+    flop_table = common.markdown_table(
+        FLOP_HEADERS,
+        [[name, kind, f"{flops / 1e6:.3f}"] for name, kind, flops in layers]
+        + [["total forward", "", f"{forward / 1e6:.3f}"], ["training (x3)", "", f"{train_flops / 1e6:.3f}"]],
+    )
     profile_table = common.markdown_table(PROFILE_HEADERS, profile)
-    title = (f"Compute efficiency: {train_throughput.MODEL_EXPERIMENT} training FLOP/s over {size}x{size} fp32 "
-             f"matmul FLOP/s, batch {args.batch_size}")
+    title = (
+        f"Compute efficiency: {train_throughput.MODEL_EXPERIMENT} training FLOP/s over {size}x{size} fp32 "
+        f"matmul FLOP/s, batch {args.batch_size}"
+    )
     matmul_low, matmul_high = min(matmul_rates) / 1e9, max(matmul_rates) / 1e9
-    notes = (f"Training FLOPs per image: {train_flops / 1e6:.1f} M (3 x {forward / 1e6:.1f} M forward, Conv2D and "
-             f"Dense multiply-adds x 2). Matmul: median of {len(matmul_rates)} ({matmul_low:.1f} to "
-             f"{matmul_high:.1f} GFLOP/s), half before and half after the training. Training: median of "
-             f"{repeats} repeats of {steps} steps after {warmup} warm-up steps.\n\n{flop_table}\n\n"
-             f"Profile of one training step, batch {args.batch_size} (median times; each layer alone on its "
-             f"input, forward + gradients of its input and weights; GFLOP/s = 3 x forward FLOPs / time; the "
-             f"Keras step is variant A's):\n\n{profile_table}")
-    common.finish(args, title=title, module=MODULE, argv=argv, table=table, notes=notes, info=info,
-                  printed_extra=f"FLOPs counted from the model:\n\n{flop_table}\n\nProfile of one training step "
-                                f"(in-memory batch):\n\n{profile_table}")
-    return {"forward_flops": forward, "train_flops": train_flops, "matmul_flops_per_second": matmul,
-            "inputs": results}
+    notes = (
+        f"Training FLOPs per image: {train_flops / 1e6:.1f} M (3 x {forward / 1e6:.1f} M forward, Conv2D and "
+        f"Dense multiply-adds x 2). Matmul: median of {len(matmul_rates)} ({matmul_low:.1f} to "
+        f"{matmul_high:.1f} GFLOP/s), half before and half after the training. Training: median of "
+        f"{repeats} repeats of {steps} steps after {warmup} warm-up steps.\n\n{flop_table}\n\n"
+        f"Profile of one training step, batch {args.batch_size} (median times; each layer alone on its "
+        f"input, forward + gradients of its input and weights; GFLOP/s = 3 x forward FLOPs / time; the "
+        f"Keras step is variant A's):\n\n{profile_table}"
+    )
+    common.finish(
+        args,
+        title=title,
+        module=MODULE,
+        argv=argv,
+        table=table,
+        notes=notes,
+        info=info,
+        printed_extra=f"FLOPs counted from the model:\n\n{flop_table}\n\nProfile of one training step "
+        f"(in-memory batch):\n\n{profile_table}",
+    )
+    return {"forward_flops": forward, "train_flops": train_flops, "matmul_flops_per_second": matmul, "inputs": results}
 
 
 if __name__ == "__main__":

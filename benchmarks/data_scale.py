@@ -49,10 +49,15 @@ MODULE = "benchmarks.data_scale"
 SIZE, CROP_SCALE, CROP_RATIO = 224, (0.08, 1.0), (0.75, 1.3333)
 SCALED, AT_2X = ("A", "B", "C"), ("A0", "B0", "As", "Cs")  # variants at every scale, and at 2x only
 VARIANTS = SCALED + AT_2X
-LABELS = {"A": "A folder (ours, cache auto)", "B": "B TFRecord by id (ours, cache auto)",
-          "C": "C keras image_dataset_from_directory", "A0": "A0 folder (ours, cache none)",
-          "B0": "B0 TFRecord streamed (ours, no cache)", "As": "As folder, square crop (ours, cache auto)",
-          "Cs": "Cs keras, square crop"}
+LABELS = {
+    "A": "A folder (ours, cache auto)",
+    "B": "B TFRecord by id (ours, cache auto)",
+    "C": "C keras image_dataset_from_directory",
+    "A0": "A0 folder (ours, cache none)",
+    "B0": "B0 TFRecord streamed (ours, no cache)",
+    "As": "As folder, square crop (ours, cache auto)",
+    "Cs": "Cs keras, square crop",
+}
 BASELINE = {"A": "C", "B": "C", "A0": "C", "B0": "C", "As": "Cs"}  # ratio numerator -> denominator
 IMAGENET_FILES = 1_281_167
 GOAL_RSS_MIB, GOAL_RATIO = 1536, 1.5
@@ -61,6 +66,7 @@ GOAL_RSS_MIB, GOAL_RATIO = 1536, 1.5
 # --------------------------------------------------------------------------------------------------
 # Data
 # --------------------------------------------------------------------------------------------------
+
 
 def write_photos(root: Path, count: int, *, size: tuple[int, int], seed: int = 0, noise: float = 0.0) -> Path:
     """root/{a,b}/pNNNN.jpg: `count` JPEGs (quality 90) of (height, width) `size`, alternating classes;
@@ -106,6 +112,7 @@ def disk_mib(root: Path) -> float:
 # Fresh processes
 # --------------------------------------------------------------------------------------------------
 
+
 def own_peak_rss_mib() -> float:
     """This process's peak resident set size since it started, MiB: VmHWM in /proc/self/status.
 
@@ -129,7 +136,7 @@ def run_process(command: list[str], log: Path) -> dict:
     with open(log, "w") as handle:
         code = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, cwd=common.PROJECT_ROOT).returncode
     text = log.read_text(errors="replace")
-    results = [line[len("RESULT "):] for line in text.splitlines() if line.startswith("RESULT ")]
+    results = [line[len("RESULT ") :] for line in text.splitlines() if line.startswith("RESULT ")]
     if code or not results:
         tail = "\n".join(text.splitlines()[-25:])
         raise SystemExit(f"{' '.join(command)} failed (exit {code}); {log}:\n{tail}")
@@ -150,18 +157,31 @@ def _config(spec: dict):
     from pipeline import config as config_lib
 
     variant = spec.get("variant", "A")
-    return config_lib.from_dict({
-        "name": "data_scale", "seed": 0,
-        "dataset": {"name": "tfrecord" if variant.startswith("B") else "folder",
-                    "root": spec["shards" if variant.startswith("B") else "root"], "data_dir": spec["data_dir"],
-                    "test_split": 0.02, "validation_split": 0.02},
-        "input": {"image_size": [SIZE, SIZE], "channels": 3,
-                  "crop": {"mode": "square"} if variant == "As" else
-                          {"mode": "random_resized", "scale": list(CROP_SCALE), "ratio": list(CROP_RATIO)},
-                  "augment": {"horizontal_flip": True}, "cache": "none" if variant in ("A0", "B0") else "auto",
-                  "shuffle_buffer": 64 if variant == "B0" else None},
-        "model": {"name": "tiny"}, "train": {"batch_size": spec["batch_size"]},
-    })
+    return config_lib.from_dict(
+        {
+            "name": "data_scale",
+            "seed": 0,
+            "dataset": {
+                "name": "tfrecord" if variant.startswith("B") else "folder",
+                "root": spec["shards" if variant.startswith("B") else "root"],
+                "data_dir": spec["data_dir"],
+                "test_split": 0.02,
+                "validation_split": 0.02,
+            },
+            "input": {
+                "image_size": [SIZE, SIZE],
+                "channels": 3,
+                "crop": {"mode": "square"}
+                if variant == "As"
+                else {"mode": "random_resized", "scale": list(CROP_SCALE), "ratio": list(CROP_RATIO)},
+                "augment": {"horizontal_flip": True},
+                "cache": "none" if variant in ("A0", "B0") else "auto",
+                "shuffle_buffer": 64 if variant == "B0" else None,
+            },
+            "model": {"name": "tiny"},
+            "train": {"batch_size": spec["batch_size"]},
+        }
+    )
 
 
 def _keras_dataset(spec: dict):
@@ -174,11 +194,15 @@ def _keras_dataset(spec: dict):
     from pipeline.data import decode
 
     factor = 1.0 if spec["variant"] == "Cs" else CROP_SCALE[0] ** -0.5
-    height, width = (int(v) for v in decode.working_size(spec["file_height"], spec["file_width"],
-                                                         image_size=(SIZE, SIZE), crop="shorter_side",
-                                                         factor=factor)[:2])
-    dataset = keras.utils.image_dataset_from_directory(spec["root"], label_mode="categorical", batch_size=None,
-                                                       image_size=(height, width), shuffle=True, seed=0)
+    height, width = (
+        int(v)
+        for v in decode.working_size(
+            spec["file_height"], spec["file_width"], image_size=(SIZE, SIZE), crop="shorter_side", factor=factor
+        )[:2]
+    )
+    dataset = keras.utils.image_dataset_from_directory(
+        spec["root"], label_mode="categorical", batch_size=None, image_size=(height, width), shuffle=True, seed=0
+    )
     seeds = tf.data.Dataset.random(seed=1, rerandomize_each_iteration=True).batch(2)
 
     def crop(element, seed):
@@ -243,16 +267,22 @@ def prepare(spec: dict) -> dict:
     splits = splits_lib.Splits(config, log=lambda message: None)
     seconds = time.perf_counter() - started
     sizes = [splits.image_sizes[str(path)] for path in splits.train[0]]
-    return {"train": len(splits.train[1]), "check_seconds": seconds,
-            "files": sum(len(getattr(splits, name)[1]) for name in ("train", "validation", "test")),
-            "working_mib": {crop: splits_lib.estimate_working_bytes(
-                sizes, splits.transform(_config(dict(spec, variant=variant)))) / 2**20
-                for crop, variant in (("random_resized", "A"), ("square", "As"))}}
+    return {
+        "train": len(splits.train[1]),
+        "check_seconds": seconds,
+        "files": sum(len(getattr(splits, name)[1]) for name in ("train", "validation", "test")),
+        "working_mib": {
+            crop: splits_lib.estimate_working_bytes(sizes, splits.transform(_config(dict(spec, variant=variant))))
+            / 2**20
+            for crop, variant in (("random_resized", "A"), ("square", "As"))
+        },
+    }
 
 
 # --------------------------------------------------------------------------------------------------
 # The three parts
 # --------------------------------------------------------------------------------------------------
+
 
 def issue_case(args, work: Path, photos: Path) -> tuple[str, str]:
     """`python -m pipeline train tiny` at 64x64 on N and 2N photos, and N small ones: peak RSS."""
@@ -260,41 +290,78 @@ def issue_case(args, work: Path, photos: Path) -> tuple[str, str]:
     from pipeline.data.transform import EvalTransform
 
     small = write_photos(work / "small", args.photos, size=(300, 400), seed=1)
-    cases = [(f"{args.photos} photos {args.photo_size[1]}x{args.photo_size[0]}",
-              linked_subset(photos, work / f"phone_{args.photos}", args.photos), args.photos),
-             (f"{2 * args.photos} photos {args.photo_size[1]}x{args.photo_size[0]}",
-              linked_subset(photos, work / f"phone_{2 * args.photos}", 2 * args.photos), 2 * args.photos),
-             (f"{args.photos} small JPEGs 400x300", small, args.photos)]
+    cases = [
+        (
+            f"{args.photos} photos {args.photo_size[1]}x{args.photo_size[0]}",
+            linked_subset(photos, work / f"phone_{args.photos}", args.photos),
+            args.photos,
+        ),
+        (
+            f"{2 * args.photos} photos {args.photo_size[1]}x{args.photo_size[0]}",
+            linked_subset(photos, work / f"phone_{2 * args.photos}", 2 * args.photos),
+            2 * args.photos,
+        ),
+        (f"{args.photos} small JPEGs 400x300", small, args.photos),
+    ]
     rows, rss = [], {}
     for name, root, count in cases:
         run_dir, data_dir = work / "runs" / root.name, work / "data_train" / root.name
         for stale in (run_dir, data_dir):  # a reused --work-dir: the run and its scan start afresh
             shutil.rmtree(stale, ignore_errors=True)
-        overrides = ["dataset.name=folder", f"dataset.root={root}", "input.image_size=[64,64]", "train.epochs=2",
-                     f"dataset.data_dir={data_dir}"]
-        result = command(["train", "tiny", "--run-dir", str(run_dir)] + [p for o in overrides for p in ("--set", o)],
-                         work, f"train_{root.name}")
+        overrides = [
+            "dataset.name=folder",
+            f"dataset.root={root}",
+            "input.image_size=[64,64]",
+            "train.epochs=2",
+            f"dataset.data_dir={data_dir}",
+        ]
+        result = command(
+            ["train", "tiny", "--run-dir", str(run_dir)] + [p for o in overrides for p in ("--set", o)],
+            work,
+            f"train_{root.name}",
+        )
         log = (work / "logs" / f"train_{root.name}.log").read_text(errors="replace")
         chosen = next((line.strip() for line in log.splitlines() if "input.cache auto:" in line), "n/a")
         rss[root.name] = result["peak_rss_mib"]
-        rows.append([name, count, common.fmt(disk_mib(root), 0), common.fmt(result["peak_rss_mib"], 0),
-                     "yes" if result["peak_rss_mib"] <= GOAL_RSS_MIB else "no", common.fmt(result["wall_s"], 0),
-                     chosen.split(" (")[0].replace("input.cache auto: ", "")])
+        rows.append(
+            [
+                name,
+                count,
+                common.fmt(disk_mib(root), 0),
+                common.fmt(result["peak_rss_mib"], 0),
+                "yes" if result["peak_rss_mib"] <= GOAL_RSS_MIB else "no",
+                common.fmt(result["wall_s"], 0),
+                chosen.split(" (")[0].replace("input.cache auto: ", ""),
+            ]
+        )
     # What the extra photos add at the training resolution: their working-size images (64 x 85 x 3 for
     # 4:3 photos, crop none), a float32 64x64x3 evaluation copy each, and their float32 64x64x3 place in
     # the training batch (tiny's batch_size 256 holds the whole split). Every photo is counted in every
     # role: an upper bound. The model's activations for the larger batch are not counted.
     extra = args.photos
-    working = splits_lib.estimate_working_bytes([tuple(args.photo_size)] * extra,
-                                                EvalTransform(image_size=(64, 64), channels=3))
+    working = splits_lib.estimate_working_bytes(
+        [tuple(args.photo_size)] * extra, EvalTransform(image_size=(64, 64), channels=3)
+    )
     footprint = (working + 2 * 4 * 64 * 64 * 3 * extra) / 2**20
     growth = rss[f"phone_{2 * args.photos}"] - rss[f"phone_{args.photos}"]
-    table = common.markdown_table(["folder", "files", "MiB on disk", "peak RSS MiB", f"<= {GOAL_RSS_MIB} MiB",
-                                   "wall s", "input.cache auto chose"], rows)
-    note = (f"RSS growth from {args.photos} to {2 * args.photos} photos: {growth:+.0f} MiB; the extra photos' "
-            f"resized footprint (each at 64x85x3 uint8 working size, plus 64x64x3 float32 in evaluation and "
-            f"in the one training batch, an upper bound): {footprint:.1f} MiB; growth within it: "
-            f"{'yes' if growth <= footprint else 'no'}.")
+    table = common.markdown_table(
+        [
+            "folder",
+            "files",
+            "MiB on disk",
+            "peak RSS MiB",
+            f"<= {GOAL_RSS_MIB} MiB",
+            "wall s",
+            "input.cache auto chose",
+        ],
+        rows,
+    )
+    note = (
+        f"RSS growth from {args.photos} to {2 * args.photos} photos: {growth:+.0f} MiB; the extra photos' "
+        f"resized footprint (each at 64x85x3 uint8 working size, plus 64x64x3 float32 in evaluation and "
+        f"in the one training batch, an upper bound): {footprint:.1f} MiB; growth within it: "
+        f"{'yes' if growth <= footprint else 'no'}."
+    )
     return table, note
 
 
@@ -304,8 +371,12 @@ def throughput(args, work: Path, photos: Path) -> tuple[str, str, dict]:
     if args.quick:
         scales = scales[1:2]
     raw, prepared, rows, ratio_rows = {}, {}, [], []
-    common_spec = {"batch_size": args.batch_size, "epochs": 2, "file_height": args.photo_size[0],
-                   "file_width": args.photo_size[1]}
+    common_spec = {
+        "batch_size": args.batch_size,
+        "epochs": 2,
+        "file_height": args.photo_size[0],
+        "file_width": args.photo_size[1],
+    }
     for scale, count in scales:
         variants = [v for v in args.variants if v in SCALED or scale == "2x"]
         root = linked_subset(photos, work / f"scale_{count}", count)
@@ -315,43 +386,79 @@ def throughput(args, work: Path, photos: Path) -> tuple[str, str, dict]:
         prepared[scale] = prepare(spec)
         if any(v.startswith("B") for v in variants):
             shutil.rmtree(shards, ignore_errors=True)
-            prepared[scale]["shard"] = command(["data", "shard", str(root), "--out", str(shards)], work,
-                                               f"shard_{count}")
+            prepared[scale]["shard"] = command(
+                ["data", "shard", str(root), "--out", str(shards)], work, f"shard_{count}"
+            )
         spec["count"] = prepared[scale]["train"]
         for round_index in range(args.rounds):
             shift = round_index % len(variants)
             for variant in variants[shift:] + variants[:shift]:
                 result = child(dict(spec, kind="pipeline", variant=variant), work, f"{variant}_{count}_{round_index}")
                 raw.setdefault((scale, variant), []).append(result)
-                print(f"  {scale} {variant} round {round_index + 1}: {sum(result['images'])} images in "
-                      f"{sum(result['seconds']):.1f} s, peak RSS {result['peak_rss_mib']:.0f} MiB", flush=True)
+                print(
+                    f"  {scale} {variant} round {round_index + 1}: {sum(result['images'])} images in "
+                    f"{sum(result['seconds']):.1f} s, peak RSS {result['peak_rss_mib']:.0f} MiB",
+                    flush=True,
+                )
         for variant in variants:
             results = raw[scale, variant]
             speeds = [[r["images"][e] / r["seconds"][e] for r in results] for e in (0, 1)]
-            cached = (prepared[scale]["working_mib"]["square" if variant == "As" else "random_resized"]
-                      if variant in ("A", "B", "As") else None)
-            rows.append([scale, results[0]["images"][0], LABELS[variant],
-                         common.fmt(common.median([r["setup_seconds"] for r in results]), 1),
-                         common.fmt(common.median(speeds[0]), 1), common.fmt(common.median(speeds[1]), 1),
-                         common.fmt(common.median([sum(r["seconds"]) for r in results]), 1),
-                         common.fmt(common.median([r["peak_rss_mib"] for r in results]), 0),
-                         "-" if cached is None else common.fmt(cached, 0)])
+            cached = (
+                prepared[scale]["working_mib"]["square" if variant == "As" else "random_resized"]
+                if variant in ("A", "B", "As")
+                else None
+            )
+            rows.append(
+                [
+                    scale,
+                    results[0]["images"][0],
+                    LABELS[variant],
+                    common.fmt(common.median([r["setup_seconds"] for r in results]), 1),
+                    common.fmt(common.median(speeds[0]), 1),
+                    common.fmt(common.median(speeds[1]), 1),
+                    common.fmt(common.median([sum(r["seconds"]) for r in results]), 1),
+                    common.fmt(common.median([r["peak_rss_mib"] for r in results]), 0),
+                    "-" if cached is None else common.fmt(cached, 0),
+                ]
+            )
         for variant in variants:
             baseline = BASELINE.get(variant)
             if baseline not in variants:
                 continue
             pairs = list(zip(raw[scale, variant], raw[scale, baseline]))
-            ratios = [[m["images"][e] / m["seconds"][e] / (t["images"][e] / t["seconds"][e]) for m, t in pairs]
-                      for e in (0, 1)]
+            ratios = [
+                [m["images"][e] / m["seconds"][e] / (t["images"][e] / t["seconds"][e]) for m, t in pairs]
+                for e in (0, 1)
+            ]
             both = [sum(t["seconds"]) / sum(m["seconds"]) for m, t in pairs]
             first = common.median(ratios[0])
-            ratio_rows.append([scale, f"{variant}/{baseline}", common.fmt(first, 2),
-                               common.fmt(common.median(ratios[1]), 2), common.fmt(common.median(both), 2),
-                               "yes" if first >= GOAL_RATIO else "no"])
-    table = common.markdown_table(["scale", "train images", "variant", "setup s", "epoch 1 images/s",
-                                   "epoch 2 images/s", "2 epochs s", "peak RSS MiB", "cached MiB"], rows)
-    ratios = common.markdown_table(["scale", "ratio", "epoch 1", "epoch 2", "2 epochs",
-                                    f"epoch 1 >= {GOAL_RATIO}"], ratio_rows)
+            ratio_rows.append(
+                [
+                    scale,
+                    f"{variant}/{baseline}",
+                    common.fmt(first, 2),
+                    common.fmt(common.median(ratios[1]), 2),
+                    common.fmt(common.median(both), 2),
+                    "yes" if first >= GOAL_RATIO else "no",
+                ]
+            )
+    table = common.markdown_table(
+        [
+            "scale",
+            "train images",
+            "variant",
+            "setup s",
+            "epoch 1 images/s",
+            "epoch 2 images/s",
+            "2 epochs s",
+            "peak RSS MiB",
+            "cached MiB",
+        ],
+        rows,
+    )
+    ratios = common.markdown_table(
+        ["scale", "ratio", "epoch 1", "epoch 2", "2 epochs", f"epoch 1 >= {GOAL_RATIO}"], ratio_rows
+    )
     return table, ratios, prepared
 
 
@@ -359,8 +466,10 @@ def scan(args, work: Path, photos: Path) -> str:
     """scan_images files/s on ImageNet-like files, uncached then cached, with the 1.28M estimate, and on
     phone photos (`photos`), uncached: full-size decodes, what the training runs' peak RSS holds."""
     small = write_photos(work / "scan_files", args.scan_files, size=(375, 500), seed=2, noise=12.0)
-    folders = [("small", small, "JPEGs 500x375", ("uncached", "cached")),
-               ("photos", photos, f"photos {args.photo_size[1]}x{args.photo_size[0]}", ("uncached",))]
+    folders = [
+        ("small", small, "JPEGs 500x375", ("uncached", "cached")),
+        ("photos", photos, f"photos {args.photo_size[1]}x{args.photo_size[0]}", ("uncached",)),
+    ]
     rows = []
     for name, folder, label, states in folders:
         cache = work / f"scan_cache_{name}"
@@ -368,9 +477,15 @@ def scan(args, work: Path, photos: Path) -> str:
         for state in states:
             result = child({"kind": "scan", "root": str(folder), "cache_dir": str(cache)}, work, f"scan_{name}_{state}")
             rate = result["files"] / result["seconds"]
-            rows.append([f"{result['files']} {label}, {disk_mib(folder) * 1024 / result['files']:.0f} KiB each",
-                         state, common.fmt(rate, 1), common.fmt(IMAGENET_FILES / rate / 60, 1),
-                         common.fmt(result["peak_rss_mib"], 0)])
+            rows.append(
+                [
+                    f"{result['files']} {label}, {disk_mib(folder) * 1024 / result['files']:.0f} KiB each",
+                    state,
+                    common.fmt(rate, 1),
+                    common.fmt(IMAGENET_FILES / rate / 60, 1),
+                    common.fmt(result["peak_rss_mib"], 0),
+                ]
+            )
     return common.markdown_table(["files", "scan", "files/s", "1.28M files would take (min)", "peak RSS MiB"], rows)
 
 
@@ -383,8 +498,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the throughput variants")
     parser.add_argument("--scan-files", type=int, default=2000, help="ImageNet-like files the scan is timed on")
     parser.add_argument("--variants", default=",".join(VARIANTS), help="throughput variants (A, B, C, A0, B0, As, Cs)")
-    parser.add_argument("--work-dir", type=Path, help="where files are generated (kept and reused; default: "
-                                                      "a temporary folder, removed)")
+    parser.add_argument(
+        "--work-dir",
+        type=Path,
+        help="where files are generated (kept and reused; default: a temporary folder, removed)",
+    )
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
@@ -407,8 +525,11 @@ def main(argv: list[str] | None = None) -> None:
     try:
         most = max(2 * args.photos, 4 * args.scale_base)
         photos = write_photos(work / "photos", most, size=args.photo_size)
-        print(f"{most} photos {args.photo_size[1]}x{args.photo_size[0]} in {work / 'photos'}: "
-              f"{disk_mib(photos):.0f} MiB ({time.perf_counter() - started:.0f} s)", flush=True)
+        print(
+            f"{most} photos {args.photo_size[1]}x{args.photo_size[0]} in {work / 'photos'}: "
+            f"{disk_mib(photos):.0f} MiB ({time.perf_counter() - started:.0f} s)",
+            flush=True,
+        )
         train_table, train_note = issue_case(args, work, photos)
         print(f"\n{train_table}\n\n{train_note}", flush=True)
         speed_table, ratio_table, prepared = throughput(args, work, photos)
@@ -417,27 +538,44 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         if temporary:
             shutil.rmtree(temporary, ignore_errors=True)
-    shards = [f"{scale}: {result['shard']['wall_s']:.0f} s, peak RSS {result['shard']['peak_rss_mib']:.0f} MiB"
-              for scale, result in prepared.items() if "shard" in result]
-    checks = [f"{scale}: {result['files']} files in {result['check_seconds']:.1f} s"
-              for scale, result in prepared.items()]
+    shards = [
+        f"{scale}: {result['shard']['wall_s']:.0f} s, peak RSS {result['shard']['peak_rss_mib']:.0f} MiB"
+        for scale, result in prepared.items()
+        if "shard" in result
+    ]
+    checks = [
+        f"{scale}: {result['files']} files in {result['check_seconds']:.1f} s" for scale, result in prepared.items()
+    ]
     loads = (info["load_average"] or [0.0])[0], (os.getloadavg() if hasattr(os, "getloadavg") else [0.0])[0]
     busy = "was busy with other work" if max(loads) > 1.0 else "was nearly idle"
-    notes = (f"Every figure is one fresh process (peak RSS: its VmHWM). The machine {busy} while this ran "
-             f"(1-minute load average {loads[0]:.1f} at start, {loads[1]:.1f} at the end, {info['nproc']} CPUs): "
-             f"the throughput variants ran interleaved ({args.rounds} rounds, order rotated each round); compare "
-             f"ratios more than absolute rates. Throughput is the input pipeline alone (no model), over "
-             f"the training split (96% of the files); `setup s`: building it (our Splits, cached scan, tracing). "
-             f"Pre-training check of the photos per scale (uncached, in the benchmark's process): "
-             f"{'; '.join(checks)}. `data shard` per scale (check + write): {'; '.join(shards) or 'not run'}. "
-             f"Whole benchmark: {time.perf_counter() - started:.0f} s.")
-    table = "\n\n".join([f"Training `tiny` at 64x64, 2 epochs (`python -m pipeline train`):\n\n{train_table}\n\n"
-                         f"{train_note}", f"Input pipeline at {SIZE}x{SIZE}, random resized crop + flip, batch "
-                         f"{args.batch_size} (medians of {args.rounds} rounds):\n\n{speed_table}",
-                         f"Ours / Keras (median of per-round ratios; goal >= {GOAL_RATIO}):\n\n{ratio_table}",
-                         f"Image scan (`image_files.scan_images`, default threads):\n\n{scan_table}"])
-    common.finish(args, title="Data at any size: phone photos, memory and throughput (issue 13)", module=MODULE,
-                  argv=argv, table=table, notes=notes, info=info)
+    notes = (
+        f"Every figure is one fresh process (peak RSS: its VmHWM). The machine {busy} while this ran "
+        f"(1-minute load average {loads[0]:.1f} at start, {loads[1]:.1f} at the end, {info['nproc']} CPUs): "
+        f"the throughput variants ran interleaved ({args.rounds} rounds, order rotated each round); compare "
+        f"ratios more than absolute rates. Throughput is the input pipeline alone (no model), over "
+        f"the training split (96% of the files); `setup s`: building it (our Splits, cached scan, tracing). "
+        f"Pre-training check of the photos per scale (uncached, in the benchmark's process): "
+        f"{'; '.join(checks)}. `data shard` per scale (check + write): {'; '.join(shards) or 'not run'}. "
+        f"Whole benchmark: {time.perf_counter() - started:.0f} s."
+    )
+    table = "\n\n".join(
+        [
+            f"Training `tiny` at 64x64, 2 epochs (`python -m pipeline train`):\n\n{train_table}\n\n{train_note}",
+            f"Input pipeline at {SIZE}x{SIZE}, random resized crop + flip, batch "
+            f"{args.batch_size} (medians of {args.rounds} rounds):\n\n{speed_table}",
+            f"Ours / Keras (median of per-round ratios; goal >= {GOAL_RATIO}):\n\n{ratio_table}",
+            f"Image scan (`image_files.scan_images`, default threads):\n\n{scan_table}",
+        ]
+    )
+    common.finish(
+        args,
+        title="Data at any size: phone photos, memory and throughput (issue 13)",
+        module=MODULE,
+        argv=argv,
+        table=table,
+        notes=notes,
+        info=info,
+    )
 
 
 if __name__ == "__main__":

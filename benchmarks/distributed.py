@@ -38,8 +38,12 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 # (native image size, channels, classes) of each dataset an experiment names (hymenoptera photos vary
 # in size; its experiments set input.image_size).
-DATASET_SHAPES = {"cifar10": ([32, 32], 3, 10), "mnist": ([28, 28], 1, 10), "fashion_mnist": ([28, 28], 1, 10),
-                  "hymenoptera": (None, 3, 2)}
+DATASET_SHAPES = {
+    "cifar10": ([32, 32], 3, 10),
+    "mnist": ([28, 28], 1, 10),
+    "fashion_mnist": ([28, 28], 1, 10),
+    "hymenoptera": (None, 3, 2),
+}
 
 
 def model_inputs(config) -> tuple[tuple[int, int, int], int]:
@@ -66,11 +70,26 @@ def allreduce(workers: int) -> None:
             phases.set_trainable(model, phase.trainable)
             counts.append(sum(int(v.numpy().size) for v in model.trainable_variables))
         sizes = [count * 4 / 2**20 for count in counts]
-        rows.append([path.stem, config.model.name, "x".join(map(str, shape)), f"{total:,}",
-                     " / ".join(f"{count:,}" for count in counts), " / ".join(f"{size:.2f}" for size in sizes),
-                     " / ".join(f"{size * 2 * (workers - 1) / workers:.2f}" for size in sizes)])
-    headers = ["experiment", "model", "input", "params", "trainable (per phase)", "all-reduce MiB/step",
-               f"ring traffic per worker MiB/step ({workers} workers)"]
+        rows.append(
+            [
+                path.stem,
+                config.model.name,
+                "x".join(map(str, shape)),
+                f"{total:,}",
+                " / ".join(f"{count:,}" for count in counts),
+                " / ".join(f"{size:.2f}" for size in sizes),
+                " / ".join(f"{size * 2 * (workers - 1) / workers:.2f}" for size in sizes),
+            ]
+        )
+    headers = [
+        "experiment",
+        "model",
+        "input",
+        "params",
+        "trainable (per phase)",
+        "all-reduce MiB/step",
+        f"ring traffic per worker MiB/step ({workers} workers)",
+    ]
     print_table(headers, rows)
 
 
@@ -126,8 +145,16 @@ def throughput(experiment: str, workers: int, batch: int, steps: int, warmup: in
 
     config = config_lib.load_config(experiment, [])
     shape, classes = model_inputs(config)
-    script = WORKER.format(root=str(PROJECT_ROOT), shape=shape, classes=classes, batch=batch, steps=steps,
-                           warmup=warmup, model=config.model.name, options=dict(config.model.options))
+    script = WORKER.format(
+        root=str(PROJECT_ROOT),
+        shape=shape,
+        classes=classes,
+        batch=batch,
+        steps=steps,
+        warmup=warmup,
+        model=config.model.name,
+        options=dict(config.model.options),
+    )
     runs = {1: [], workers: []}
     with tempfile.TemporaryDirectory() as scratch:
         path = Path(scratch) / "worker.py"
@@ -136,13 +163,13 @@ def throughput(experiment: str, workers: int, batch: int, steps: int, warmup: in
             for count, values in runs.items():
                 if count == 1:  # one plain process, no TF_CONFIG: the default strategy
                     env = {k: v for k, v in os.environ.items() if k != "TF_CONFIG"}
-                    done = subprocess.run([sys.executable, str(path)], capture_output=True, text=True,
-                                          env=env, check=True)
+                    done = subprocess.run(
+                        [sys.executable, str(path)], capture_output=True, text=True, env=env, check=True
+                    )
                     lines = done.stdout.splitlines()
                 else:
                     out = io.StringIO()
-                    status = launch.launch(count, [], command=[sys.executable, str(path)], out=out,
-                                           timeout=600)
+                    status = launch.launch(count, [], command=[sys.executable, str(path)], out=out, timeout=600)
                     if status:
                         sys.exit(f"{count} workers failed:\n{out.getvalue()[-3000:]}")
                     lines = out.getvalue().splitlines()
@@ -153,13 +180,25 @@ def throughput(experiment: str, workers: int, batch: int, steps: int, warmup: in
     rows = []
     for count, values in runs.items():
         median = statistics.median(values)
-        rows.append([count, "default" if count == 1 else "multi_worker", batch, batch // count,
-                     f"{median:.0f}", f"{min(values):.0f}-{max(values):.0f}", f"{median / single:.2f}"])
-    print(f"{experiment} ({config.model.name}, input {'x'.join(map(str, shape))}), global batch {batch}, "
-          f"{steps} timed steps after {warmup}, {repeats} alternated repeats, load average "
-          f"{os.getloadavg()[0]:.1f}, {os.cpu_count()} CPUs")
-    print_table(["processes", "strategy", "global batch", "per-replica batch", "images/s (median)", "range",
-                 "vs 1"], rows)
+        rows.append(
+            [
+                count,
+                "default" if count == 1 else "multi_worker",
+                batch,
+                batch // count,
+                f"{median:.0f}",
+                f"{min(values):.0f}-{max(values):.0f}",
+                f"{median / single:.2f}",
+            ]
+        )
+    print(
+        f"{experiment} ({config.model.name}, input {'x'.join(map(str, shape))}), global batch {batch}, "
+        f"{steps} timed steps after {warmup}, {repeats} alternated repeats, load average "
+        f"{os.getloadavg()[0]:.1f}, {os.cpu_count()} CPUs"
+    )
+    print_table(
+        ["processes", "strategy", "global batch", "per-replica batch", "images/s (median)", "range", "vs 1"], rows
+    )
 
 
 def main(argv=None) -> int:

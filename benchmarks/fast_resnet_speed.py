@@ -35,10 +35,14 @@ def _speed(model, *, batch_size: int, steps: int, warmup: int, repeats: int) -> 
     images = tf.random.stateless_uniform([count, 32, 32, 3], [0, 1], -2.0, 2.0)
     labels = tf.one_hot(tf.random.stateless_uniform([count], [0, 2], 0, 10, dtype=tf.int32), 10)
     data = tf.data.Dataset.from_tensor_slices((images, labels)).batch(batch_size, drop_remainder=True).cache().repeat()
-    model.compile(keras.optimizers.SGD(0.01, momentum=0.9, nesterov=True),
-                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.2))
-    speeds = [common.timed_fit(model, data.prefetch(2), warmup=warmup, steps=steps, batch_size=batch_size)
-              for _ in range(repeats)]
+    model.compile(
+        keras.optimizers.SGD(0.01, momentum=0.9, nesterov=True),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.2),
+    )
+    speeds = [
+        common.timed_fit(model, data.prefetch(2), warmup=warmup, steps=steps, batch_size=batch_size)
+        for _ in range(repeats)
+    ]
     return common.median(speeds)
 
 
@@ -48,9 +52,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.set_defaults(batch_size=512)
     parser.add_argument("--widths", type=int, nargs="+", default=[64, 48, 32])
     parser.add_argument("--activations", nargs="+", default=["gelu", "relu"])
-    parser.add_argument("--precisions", nargs="+", default=["float32"],
-                        choices=["float32", "mixed_bfloat16", "mixed_float16"],
-                        help="Keras dtype policies for the cifar10_fast rows")
+    parser.add_argument(
+        "--precisions",
+        nargs="+",
+        default=["float32"],
+        choices=["float32", "mixed_bfloat16", "mixed_float16"],
+        help="Keras dtype policies for the cifar10_fast rows",
+    )
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
@@ -68,25 +76,41 @@ def main(argv: list[str] | None = None) -> None:
         keras.mixed_precision.set_global_policy(precision)
         for activation in args.activations:
             for width in args.widths:
-                model = build_model("cifar10_fast", input_shape=(32, 32, 3), num_classes=10, width=width,
-                                    activation=activation)
+                model = build_model(
+                    "cifar10_fast", input_shape=(32, 32, 3), num_classes=10, width=width, activation=activation
+                )
                 flops, _ = common.count_flops(model)
-                speed = _speed(model, batch_size=args.batch_size, steps=args.steps, warmup=args.warmup,
-                               repeats=args.repeats)
+                speed = _speed(
+                    model, batch_size=args.batch_size, steps=args.steps, warmup=args.warmup, repeats=args.repeats
+                )
                 suffix = "" if precision == "float32" else f" {precision}"
-                rows.append([f"cifar10_fast width {width} {activation}{suffix}", args.batch_size,
-                             model.count_params(), flops / 1e9, speed, EPOCH_IMAGES / speed])
+                rows.append(
+                    [
+                        f"cifar10_fast width {width} {activation}{suffix}",
+                        args.batch_size,
+                        model.count_params(),
+                        flops / 1e9,
+                        speed,
+                        EPOCH_IMAGES / speed,
+                    ]
+                )
     keras.mixed_precision.set_global_policy("float32")
     reference = build_model("cifar10_deep", input_shape=(32, 32, 3), num_classes=10)
     flops, _ = common.count_flops(reference)
     speed = _speed(reference, batch_size=128, steps=args.reference_steps, warmup=5, repeats=args.repeats)
     rows.append(["reference: cifar10_deep", 128, reference.count_params(), flops / 1e9, speed, EPOCH_IMAGES / speed])
-    table = common.markdown_table(HEADERS, [[r[0], r[1], r[2], common.fmt(r[3], 3), common.fmt(r[4], 0),
-                                             common.fmt(r[5], 0)] for r in rows])
-    common.finish(args, title="cifar10_fast training speed (synthetic in-memory 32x32 data)", module=MODULE,
-                  argv=argv, table=table,
-                  notes=f"fit steps: median of {args.repeats} repeats of {args.steps} steps after {args.warmup} "
-                        f"warm-up steps (reference: {args.reference_steps} after 5).")
+    table = common.markdown_table(
+        HEADERS, [[r[0], r[1], r[2], common.fmt(r[3], 3), common.fmt(r[4], 0), common.fmt(r[5], 0)] for r in rows]
+    )
+    common.finish(
+        args,
+        title="cifar10_fast training speed (synthetic in-memory 32x32 data)",
+        module=MODULE,
+        argv=argv,
+        table=table,
+        notes=f"fit steps: median of {args.repeats} repeats of {args.steps} steps after {args.warmup} "
+        f"warm-up steps (reference: {args.reference_steps} after 5).",
+    )
 
 
 if __name__ == "__main__":

@@ -32,8 +32,10 @@ def run_variant(*, cache: bool, epochs: int, overrides: list[str], run_dir: Path
     from pipeline import experiment  # noqa: F401
     from pipeline import run as train
 
-    phase = (f"train.phases=[{{epochs: {epochs}, trainable: none, cache_features: {str(cache).lower()}, "
-             f"optimizer: {{name: rmsprop, learning_rate: 1e-4}}}}]")
+    phase = (
+        f"train.phases=[{{epochs: {epochs}, trainable: none, cache_features: {str(cache).lower()}, "
+        f"optimizer: {{name: rmsprop, learning_rate: 1e-4}}}}]"
+    )
     config = experiment.load_experiment(EXPERIMENT, [*overrides, f"train.epochs={epochs}", phase])
     messages = []
     start = time.perf_counter()
@@ -45,9 +47,16 @@ def run_variant(*, cache: bool, epochs: int, overrides: list[str], run_dir: Path
         if found:
             feature_seconds = float(found.group(1))
     fit_seconds = metrics["train_seconds"]
-    return {"features": feature_seconds, "fit": fit_seconds, "phase": feature_seconds + fit_seconds,
-            "per_epoch": fit_seconds / epochs, "wall": wall, "accuracy": metrics["test"]["accuracy"],
-            "train_images": metrics["train_images"], "validation_images": metrics["validation_images"]}
+    return {
+        "features": feature_seconds,
+        "fit": fit_seconds,
+        "phase": feature_seconds + fit_seconds,
+        "per_epoch": fit_seconds / epochs,
+        "wall": wall,
+        "accuracy": metrics["test"]["accuracy"],
+        "train_images": metrics["train_images"],
+        "validation_images": metrics["validation_images"],
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -65,31 +74,57 @@ def main(argv: list[str] | None = None) -> dict:
     results = {}
     with tempfile.TemporaryDirectory(prefix="bench-features-") as temporary:
         temporary = Path(temporary)
-        overrides = ["model.options.weights=null", "input.augment={}", f"input.image_size=[{size},{size}]",
-                     f"train.batch_size={args.batch_size}", "export.enabled=false", "train.verbose=0"]
+        overrides = [
+            "model.options.weights=null",
+            "input.augment={}",
+            f"input.image_size=[{size},{size}]",
+            f"train.batch_size={args.batch_size}",
+            "export.enabled=false",
+            "train.verbose=0",
+        ]
         if args.synthetic:
             archive = common.write_synthetic_jpeg_archive(temporary / "images.tar.gz", count=96)
-            overrides += ["dataset.name=folder", f"dataset.root={archive}", f"dataset.data_dir={temporary / 'data'}",
-                          "dataset.skip_placeholders=false"]
+            overrides += [
+                "dataset.name=folder",
+                f"dataset.root={archive}",
+                f"dataset.data_dir={temporary / 'data'}",
+                "dataset.skip_placeholders=false",
+            ]
         for cache in (False, True):
             label = "cached features" if cache else "full model each epoch"
             print(f"{label}: {epochs} epochs at {size}x{size} ...", flush=True)
-            results[label] = run_variant(cache=cache, epochs=epochs, overrides=overrides,
-                                         run_dir=temporary / f"run-{'cached' if cache else 'plain'}")
-    rows = [[label, epochs, r["features"], r["fit"], r["phase"], r["per_epoch"], r["wall"], f"{r['accuracy']:.4f}"]
-            for label, r in results.items()]
+            results[label] = run_variant(
+                cache=cache,
+                epochs=epochs,
+                overrides=overrides,
+                run_dir=temporary / f"run-{'cached' if cache else 'plain'}",
+            )
+    rows = [
+        [label, epochs, r["features"], r["fit"], r["phase"], r["per_epoch"], r["wall"], f"{r['accuracy']:.4f}"]
+        for label, r in results.items()
+    ]
     plain, cached = results["full model each epoch"], results["cached features"]
     speedup = plain["phase"] / cached["phase"] if cached["phase"] else float("inf")
     table = common.markdown_table(HEADERS, rows)
     title = f"Feature caching: phase 1 of {EXPERIMENT} (frozen VGG16 base, {size}x{size}, batch {args.batch_size})"
-    notes = (f"Phase speed-up (phase s, full / cached): **{speedup:.1f}x** over {epochs} epochs; "
-             f"{plain['train_images']} training and {plain['validation_images']} validation images. The cached "
-             f"variant pays one forward pass of the base over both splits ('features s'), then each epoch "
-             f"trains the head only, so the gap grows with the epoch count. Base with random weights "
-             f"(`weights: null`): the ImageNet file cannot be downloaded here, and it changes no cost. "
-             f"No augmentation in either variant (caching requires none).")
-    common.finish(args, title=title, module=MODULE, argv=argv, table=table, notes=notes, info=info,
-                  printed_extra=f"phase speed-up: {speedup:.1f}x")
+    notes = (
+        f"Phase speed-up (phase s, full / cached): **{speedup:.1f}x** over {epochs} epochs; "
+        f"{plain['train_images']} training and {plain['validation_images']} validation images. The cached "
+        f"variant pays one forward pass of the base over both splits ('features s'), then each epoch "
+        f"trains the head only, so the gap grows with the epoch count. Base with random weights "
+        f"(`weights: null`): the ImageNet file cannot be downloaded here, and it changes no cost. "
+        f"No augmentation in either variant (caching requires none)."
+    )
+    common.finish(
+        args,
+        title=title,
+        module=MODULE,
+        argv=argv,
+        table=table,
+        notes=notes,
+        info=info,
+        printed_extra=f"phase speed-up: {speedup:.1f}x",
+    )
     return {"speedup": speedup, "variants": results}
 
 

@@ -29,8 +29,16 @@ from benchmarks import common  # noqa: E402
 MODULE = "benchmarks.input_pipeline"
 EXPERIMENT = "cifar10_aug"
 QUICK_IMAGES = 2000
-HEADERS = ["source", "images/epoch", "first epoch s", "first epoch images/s", "later epochs images/s (median)",
-           "epochs", "peak RSS MiB", "RSS before data MiB"]
+HEADERS = [
+    "source",
+    "images/epoch",
+    "first epoch s",
+    "first epoch images/s",
+    "later epochs images/s (median)",
+    "epochs",
+    "peak RSS MiB",
+    "RSS before data MiB",
+]
 
 
 def _epochs(dataset, epochs: int) -> list[tuple[int, float]]:
@@ -50,27 +58,35 @@ def measure_source(source: str, options: dict) -> dict:
     import tensorflow as tf  # noqa: F401  (imported before the baseline RSS is taken)
 
     from pipeline import config as config_lib
-    from pipeline.data import datasets
-    from pipeline.data import input_pipeline
     from pipeline import experiment
+    from pipeline.data import datasets, input_pipeline
     from pipeline.data.transform import EvalTransform
 
     baseline = common.peak_rss_mib()
     config = experiment.load_experiment(EXPERIMENT, options["overrides"])
-    kwargs = dict(batch_size=options["batch_size"], num_classes=10, seed=config.seed,
-                  augment=config_lib.to_dict(config.input.augment), shuffle_buffer=config.input.shuffle_buffer,
-                  deterministic=config.input.deterministic,
-                  transform=EvalTransform.from_input_section(config.input))
+    kwargs = dict(
+        batch_size=options["batch_size"],
+        num_classes=10,
+        seed=config.seed,
+        augment=config_lib.to_dict(config.input.augment),
+        shuffle_buffer=config.input.shuffle_buffer,
+        deterministic=config.input.deterministic,
+        transform=EvalTransform.from_input_section(config.input),
+    )
     if source == "files":
         paths, labels = options["paths"], options["labels"]
-        kwargs.update(transform=kwargs["transform"].sized(image_size=config.input.image_size,
-                                                            channels=config.input.channels or 3),
-                      cache="memory" if config.input.cache == "auto" else config.input.cache,  # cached epochs
-                      cache_suffix="-train")
+        kwargs.update(
+            transform=kwargs["transform"].sized(
+                image_size=config.input.image_size, channels=config.input.channels or 3
+            ),
+            cache="memory" if config.input.cache == "auto" else config.input.cache,  # cached epochs
+            cache_suffix="-train",
+        )
         dataset = input_pipeline.make_file_dataset(paths, labels, training=True, **kwargs)
     else:
-        data = datasets.load_dataset(config.dataset.name, data_dir=config.dataset.data_dir,
-                                     mirror_dir=config.dataset.mirror_dir)
+        data = datasets.load_dataset(
+            config.dataset.name, data_dir=config.dataset.data_dir, mirror_dir=config.dataset.mirror_dir
+        )
         images, labels = common.subset((data.train_images, data.train_labels), options["limit"], config.seed)
         del data
         dataset = input_pipeline.make_train_dataset(images, labels, **kwargs)
@@ -87,8 +103,9 @@ def _in_fresh_process(function, *args):
 def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = common.base_parser(__doc__.split("\n\n")[0])
-    parser.add_argument("--epochs", type=int, default=None, help="passes per source (first + later); "
-                                                                 "default 4, --quick 2")
+    parser.add_argument(
+        "--epochs", type=int, default=None, help="passes per source (first + later); default 4, --quick 2"
+    )
     parser.add_argument("--sources", default="files,arrays", help="comma-separated: files, arrays")
     args = parser.parse_args(argv)
     epochs = args.epochs or (2 if args.quick else 4)
@@ -116,18 +133,33 @@ def main(argv: list[str] | None = None) -> dict:
             passes = result["passes"]
             first_images, first_seconds = passes[0]
             later = [count / seconds for count, seconds in passes[1:]]
-            results[source] = {"first_images_per_second": first_images / first_seconds,
-                               "later_images_per_second": common.median(later),
-                               "peak_rss_mib": result["peak_rss"], "passes": passes}
-            rows.append([source, first_images, first_seconds, first_images / first_seconds,
-                         common.median(later), epochs, result["peak_rss"], result["baseline_rss"]])
+            results[source] = {
+                "first_images_per_second": first_images / first_seconds,
+                "later_images_per_second": common.median(later),
+                "peak_rss_mib": result["peak_rss"],
+                "passes": passes,
+            }
+            rows.append(
+                [
+                    source,
+                    first_images,
+                    first_seconds,
+                    first_images / first_seconds,
+                    common.median(later),
+                    epochs,
+                    result["peak_rss"],
+                    result["baseline_rss"],
+                ]
+            )
 
     table = common.markdown_table(HEADERS, rows)
     title = f"Input pipeline: CIFAR-10 train split to augmented batches ({EXPERIMENT} augmentation, batch {args.batch_size})"
-    notes = ("files: JPEGs extracted from the mirror archive into a temporary folder just before the run (so "
-             "the first epoch reads them from the page cache, not a cold disk), decoded by make_file_dataset "
-             "and cached in memory; arrays: make_train_dataset on the uint8 arrays. Each source in a fresh "
-             "process; peak RSS is ru_maxrss of that process.")
+    notes = (
+        "files: JPEGs extracted from the mirror archive into a temporary folder just before the run (so "
+        "the first epoch reads them from the page cache, not a cold disk), decoded by make_file_dataset "
+        "and cached in memory; arrays: make_train_dataset on the uint8 arrays. Each source in a fresh "
+        "process; peak RSS is ru_maxrss of that process."
+    )
     common.finish(args, title=title, module=MODULE, argv=argv, table=table, notes=notes, info=info)
     return results
 

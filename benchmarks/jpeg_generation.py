@@ -41,7 +41,7 @@ def recompress(image: np.ndarray, *, quality: int = 75, subsampling: int = 2, sh
     Image.fromarray(padded).save(buffer, "JPEG", quality=quality, subsampling=subsampling)
     buffer.seek(0)
     decoded = np.asarray(Image.open(buffer).convert("RGB"))
-    return decoded[shift:shift + height, shift:shift + width]
+    return decoded[shift : shift + height, shift : shift + width]
 
 
 def recompress_tree(source: Path, out: Path, **options) -> dict:
@@ -58,29 +58,35 @@ def recompress_tree(source: Path, out: Path, **options) -> dict:
         again = recompress(image, **options)
         difference = again.astype(np.int64) - image
         abs_sum += np.abs(difference).sum()
-        squared_sum += (difference ** 2).sum()
+        squared_sum += (difference**2).sum()
         values += difference.size
         target = Path(out) / path.relative_to(source).with_suffix(".png")
         target.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(again).save(target)
     mse = squared_sum / values
-    return {"images": len(paths), "mean_abs_change": abs_sum / values,
-            "psnr_db": math.inf if mse == 0 else 10 * math.log10(255 ** 2 / mse)}
+    return {
+        "images": len(paths),
+        "mean_abs_change": abs_sum / values,
+        "psnr_db": math.inf if mse == 0 else 10 * math.log10(255**2 / mse),
+    }
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--source", type=Path, required=True, help="a class-folder tree (e.g. cifar10/{train,test}/...)")
+    parser.add_argument(
+        "--source", type=Path, required=True, help="a class-folder tree (e.g. cifar10/{train,test}/...)"
+    )
     parser.add_argument("--out", type=Path, required=True, help="where the second generation goes (PNG files)")
     parser.add_argument("--quality", type=int, default=75)
     parser.add_argument("--subsampling", type=int, default=2, choices=[0, 1, 2])
     parser.add_argument("--shift", type=int, default=4, help="pixels of reflect padding before encoding")
     args = parser.parse_args(argv)
-    found = recompress_tree(args.source, args.out, quality=args.quality, subsampling=args.subsampling,
-                            shift=args.shift)
-    print(f"{found['images']:,} images -> {args.out}: mean absolute change {found['mean_abs_change']:.2f} "
-          f"levels, PSNR {found['psnr_db']:.1f} dB (quality {args.quality}, subsampling {args.subsampling}, "
-          f"shift {args.shift})")
+    found = recompress_tree(args.source, args.out, quality=args.quality, subsampling=args.subsampling, shift=args.shift)
+    print(
+        f"{found['images']:,} images -> {args.out}: mean absolute change {found['mean_abs_change']:.2f} "
+        f"levels, PSNR {found['psnr_db']:.1f} dB (quality {args.quality}, subsampling {args.subsampling}, "
+        f"shift {args.shift})"
+    )
     return 0
 
 

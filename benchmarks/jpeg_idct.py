@@ -41,7 +41,9 @@ def measure(data: bytes, *, repeats: int) -> list[dict]:
                 start = time.perf_counter()
                 tf.io.decode_jpeg(encoded, ratio=ratio, dct_method=method)
                 times.append((time.perf_counter() - start) * 1000)
-            rows.append({"method": method or "fast (TF default)", "ratio": ratio, "median_ms": statistics.median(times)})
+            rows.append(
+                {"method": method or "fast (TF default)", "ratio": ratio, "median_ms": statistics.median(times)}
+            )
     return rows
 
 

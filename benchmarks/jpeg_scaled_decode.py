@@ -47,8 +47,9 @@ def _measure(path: str, mode: str, repeats: int) -> dict:
     calls = {
         "full": lambda: decode.decode_image(data, channels=3),
         "ratio8": lambda: decode.decode_image_at_least(data, min_height=224, min_width=224, channels=3),
-        "working224": lambda: decode.decode_working_image(data, image_size=(224, 224), crop="square", margin=8,
-                                                          channels=3)[0],
+        "working224": lambda: decode.decode_working_image(
+            data, image_size=(224, 224), crop="square", margin=8, channels=3
+        )[0],
     }
     call = tf.function(calls[mode])
     call.get_concrete_function()  # trace outside the timing
@@ -58,8 +59,14 @@ def _measure(path: str, mode: str, repeats: int) -> dict:
         start = time.perf_counter()
         image = call().numpy()
         times.append(time.perf_counter() - start)
-    return {"mode": mode, "median_ms": 1000 * statistics.median(times), "shape": list(image.shape),
-            "decoded_mib": image.nbytes / 2**20, "peak_rss_before_mib": before, "peak_rss_after_mib": _peak_mib()}
+    return {
+        "mode": mode,
+        "median_ms": 1000 * statistics.median(times),
+        "shape": list(image.shape),
+        "decoded_mib": image.nbytes / 2**20,
+        "peak_rss_before_mib": before,
+        "peak_rss_after_mib": _peak_mib(),
+    }
 
 
 def _write_photo(path: Path) -> None:
@@ -89,15 +96,23 @@ def main() -> None:
         path = Path(directory) / "phone.jpg"
         _write_photo(path)
         print(f"{path.name}: 4000x3000 stored, EXIF orientation 6, {path.stat().st_size / 2**20:.1f} MiB on disk")
-        print(f"{'mode':<11} {'median ms':>9} {'decoded (HxWxC)':>16} {'MiB':>7} {'peak RSS before':>15} "
-              f"{'after (MiB)':>11}")
+        print(
+            f"{'mode':<11} {'median ms':>9} {'decoded (HxWxC)':>16} {'MiB':>7} {'peak RSS before':>15} "
+            f"{'after (MiB)':>11}"
+        )
         for mode in MODES:
-            output = subprocess.run([sys.executable, __file__, "--child", str(path), mode, "--repeats",
-                                     str(args.repeats)], check=True, capture_output=True, text=True).stdout
+            output = subprocess.run(
+                [sys.executable, __file__, "--child", str(path), mode, "--repeats", str(args.repeats)],
+                check=True,
+                capture_output=True,
+                text=True,
+            ).stdout
             row = json.loads(output.strip().splitlines()[-1])
             shape = "x".join(map(str, row["shape"]))
-            print(f"{mode:<11} {row['median_ms']:>9.1f} {shape:>16} {row['decoded_mib']:>7.2f} "
-                  f"{row['peak_rss_before_mib']:>15.0f} {row['peak_rss_after_mib']:>11.0f}")
+            print(
+                f"{mode:<11} {row['median_ms']:>9.1f} {shape:>16} {row['decoded_mib']:>7.2f} "
+                f"{row['peak_rss_before_mib']:>15.0f} {row['peak_rss_after_mib']:>11.0f}"
+            )
 
 
 if __name__ == "__main__":

@@ -34,11 +34,26 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Screenshot name -> URL fragment. "profile" is left out by default: XProf's page loads Google Charts
 # from www.gstatic.com before it draws anything, so it stays blank offline; `check_profile` asks the
 # plugin's data API instead.
-DASHBOARDS = {"scalars": "scalars&tagFilter=epoch_", "class_scalars": "scalars&tagFilter=per_class_",
-              "images": "images&tagFilter=confusion", "samples": "images&tagFilter=input_samples", "hparams": "hparams", "graphs": "graphs", "text": "text", "profile": "profile"}
+DASHBOARDS = {
+    "scalars": "scalars&tagFilter=epoch_",
+    "class_scalars": "scalars&tagFilter=per_class_",
+    "images": "images&tagFilter=confusion",
+    "samples": "images&tagFilter=input_samples",
+    "hparams": "hparams",
+    "graphs": "graphs",
+    "text": "text",
+    "profile": "profile",
+}
 DEFAULT_DASHBOARDS = ["scalars", "class_scalars", "images", "samples", "hparams", "graphs", "text"]
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                  "--disable-component-update", "--no-first-run", "--hide-scrollbars"]
+CHROMIUM_FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--hide-scrollbars",
+]
 
 
 def free_port() -> int:
@@ -49,8 +64,19 @@ def free_port() -> int:
 
 def start_tensorboard(logdir: Path, port: int, *, timeout: float = 90.0) -> subprocess.Popen:
     """TensorBoard on 127.0.0.1:port; returns once its front page answers (or raises after `timeout`)."""
-    command = [sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir), "--host", "127.0.0.1",
-               "--port", str(port), "--reload_interval", "2"]
+    command = [
+        sys.executable,
+        "-m",
+        "tensorboard.main",
+        "--logdir",
+        str(logdir),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--reload_interval",
+        "2",
+    ]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -83,16 +109,25 @@ def check_profile(port: int) -> str:
     tools = get(f"run_tools?run={run}")
     host = get(f"hosts?run={run}&tag=trace_viewer%40")[0]["hostname"]
     trace = get(f"data?run={run}&tag=trace_viewer%40&host={urllib.parse.quote(host)}")
-    return (f"profile: {len(runs)} trace(s); {runs[0]}: tools {', '.join(tools)}; trace viewer "
-            f"{len(trace.get('traceEvents', []))} events")
+    return (
+        f"profile: {len(runs)} trace(s); {runs[0]}: tools {', '.join(tools)}; trace viewer "
+        f"{len(trace.get('traceEvents', []))} events"
+    )
 
 
 def screenshot(url: str, out_png: Path, *, width: int, height: int, budget_ms: int, chromium: str) -> float:
     """One headless Chromium screenshot of `url`; returns the seconds it took."""
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="chromium-profile-") as profile:
-        command = [chromium, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}",
-                   f"--virtual-time-budget={budget_ms}", f"--screenshot={out_png}", url]
+        command = [
+            chromium,
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={profile}",
+            f"--window-size={width},{height}",
+            f"--virtual-time-budget={budget_ms}",
+            f"--screenshot={out_png}",
+            url,
+        ]
         subprocess.run(command, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=180)
     return time.monotonic() - started
 
@@ -115,14 +150,13 @@ def _demo_images(count: int, seed: int):
     for index, label in enumerate(labels):
         top, left = rng.integers(0, 22, 2)
         colour = np.clip(np.array(DEMO_COLOURS[label]) + rng.integers(-40, 41, 3), 0, 255)
-        images[index, top:top + 10, left:left + 10] = colour.astype(np.uint8)
+        images[index, top : top + 10, left : left + 10] = colour.astype(np.uint8)
     return images, labels
 
 
 def make_demo_runs(root: Path, *, epochs: int = 5) -> list[Path]:
     """Two tiny runs (learning rates 0.003 and 0.0003) with every summary of `pipeline.evaluation.tensorboard_logging`."""
     import keras
-    import numpy as np
     import tensorflow as tf
 
     from pipeline.evaluation import report as evaluation_report
@@ -150,36 +184,54 @@ def make_demo_runs(root: Path, *, epochs: int = 5) -> list[Path]:
         outputs = keras.layers.Dense(len(DEMO_CLASSES), activation="softmax", name="classifier")(hidden)
         model = keras.Model(inputs, outputs, name="demo_cnn")
         model.compile(keras.optimizers.Adam(learning_rate), "categorical_crossentropy", metrics=["accuracy"])
-        hparams = {"model.name": "demo_cnn", "train.optimizer.learning_rate": learning_rate, "train.batch_size": 64,
-                   "train.epochs": epochs}
+        hparams = {
+            "model.name": "demo_cnn",
+            "train.optimizer.learning_rate": learning_rate,
+            "train.batch_size": 64,
+            "train.epochs": epochs,
+        }
         tb_logging.write_hparams(log_dir, hparams, trial_id=log_dir.parent.name)
         tb_logging.write_config_text(log_dir, "\n".join(f"{key}: {value}" for key, value in hparams.items()))
         tb_logging.write_op_graph(log_dir, model)
         callbacks = [
             keras.callbacks.TensorBoard(str(log_dir), write_graph=False),
             tb_logging.ProfileSteps(log_dir, steps=[3, 5]),
-            tb_logging.InputSamples(log_dir, class_names=DEMO_CLASSES,
-                                    train_data=pipeline(train_x, train_y, training=True),
-                                    eval_data=pipeline(test_x, test_y, training=False)),
-            tb_logging.ValidationConfusion(log_dir, validation_data=pipeline(test_x[:128], test_y[:128], training=False),
-                                           class_names=DEMO_CLASSES),
+            tb_logging.InputSamples(
+                log_dir,
+                class_names=DEMO_CLASSES,
+                train_data=pipeline(train_x, train_y, training=True),
+                eval_data=pipeline(test_x, test_y, training=False),
+            ),
+            tb_logging.ValidationConfusion(
+                log_dir, validation_data=pipeline(test_x[:128], test_y[:128], training=False), class_names=DEMO_CLASSES
+            ),
         ]
-        model.fit(pipeline(train_x, train_y, training=True), epochs=epochs, verbose=0, callbacks=callbacks,
-                  validation_data=pipeline(test_x[:128], test_y[:128], training=False))
+        model.fit(
+            pipeline(train_x, train_y, training=True),
+            epochs=epochs,
+            verbose=0,
+            callbacks=callbacks,
+            validation_data=pipeline(test_x[:128], test_y[:128], training=False),
+        )
         labels, probabilities = tb_logging.predict_labelled(model, pipeline(test_x, test_y, training=False))
-        report = evaluation_report.build_report(labels=labels, probabilities=probabilities,
-                                                class_names=DEMO_CLASSES, top_k=2)
+        report = evaluation_report.build_report(
+            labels=labels, probabilities=probabilities, class_names=DEMO_CLASSES, top_k=2
+        )
         loss = model.evaluate(pipeline(test_x, test_y, training=False), verbose=0, return_dict=True)["loss"]
         tb_logging.write_evaluation_summary(log_dir, report, step=epochs - 1, loss=loss)
-        print(f"demo run {log_dir.parent}: test accuracy {report['accuracy']:.4f}, "
-              f"profiler traces {len(tb_logging.profile_traces(log_dir))}")
+        print(
+            f"demo run {log_dir.parent}: test accuracy {report['accuracy']:.4f}, "
+            f"profiler traces {len(tb_logging.profile_traces(log_dir))}"
+        )
         run_dirs.append(log_dir.parent)
     return run_dirs
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("logdir", nargs="?", type=Path, help="TensorBoard log directory (e.g. runs/ or RUN/tensorboard)")
+    parser.add_argument(
+        "logdir", nargs="?", type=Path, help="TensorBoard log directory (e.g. runs/ or RUN/tensorboard)"
+    )
     parser.add_argument("--demo", type=Path, metavar="DIR", help="write two tiny demo runs into DIR and serve it")
     parser.add_argument("--out", type=Path, default=Path("tensorboard_screenshots"), help="folder for the PNGs")
     parser.add_argument("--dashboards", nargs="+", choices=list(DASHBOARDS), default=DEFAULT_DASHBOARDS)
@@ -203,8 +255,14 @@ def main(argv=None) -> int:
     try:
         for dashboard in args.dashboards:
             out_png = args.out / f"{dashboard}.png"
-            seconds = screenshot(f"http://127.0.0.1:{port}/#{DASHBOARDS[dashboard]}", out_png, width=args.size[0],
-                                 height=args.size[1], budget_ms=args.budget_ms, chromium=args.chromium)
+            seconds = screenshot(
+                f"http://127.0.0.1:{port}/#{DASHBOARDS[dashboard]}",
+                out_png,
+                width=args.size[0],
+                height=args.size[1],
+                budget_ms=args.budget_ms,
+                chromium=args.chromium,
+            )
             print(f"{dashboard:13s} {out_png} {out_png.stat().st_size / 1024:.0f} KiB in {seconds:.1f} s")
         print(check_profile(port))
     finally:

@@ -40,8 +40,15 @@ BOOK_MODEL = "cifar10_deep"
 QUICK_TRAIN = 4000
 QUICK_EVAL = 1000
 HEADERS = ["epoch", "ours s", "ours test acc", "book s", "book test acc"]
-SUMMARY_HEADERS = ["recipe", "epochs", "final test acc", "best test acc", "target", "seconds to target",
-                   "epoch reached"]
+SUMMARY_HEADERS = [
+    "recipe",
+    "epochs",
+    "final test acc",
+    "best test acc",
+    "target",
+    "seconds to target",
+    "epoch reached",
+]
 
 
 class EpochLog:
@@ -77,9 +84,12 @@ class EpochLog:
                     accuracy = float(result["accuracy"])
                 outer.rows.append((epoch + 1, elapsed, accuracy))
                 validation = (logs or {}).get("val_accuracy")
-                log(f"  {name} epoch {epoch + 1}: {elapsed:.1f} s, test accuracy "
+                log(
+                    f"  {name} epoch {epoch + 1}: {elapsed:.1f} s, test accuracy "
                     + ("not evaluated" if accuracy is None else f"{accuracy:.4f}")
-                    + (f", validation {validation:.4f}" if validation is not None else ""), flush=True)
+                    + (f", validation {validation:.4f}" if validation is not None else ""),
+                    flush=True,
+                )
                 outer.excluded += time.perf_counter() - now
 
         self.callback = Callback()
@@ -107,31 +117,46 @@ def ours_config(args, data_overrides: list[str], epochs: int):
 
 
 def run_ours(config, splits, test_data, epochs: int, log=print, evaluate_from: int = 1) -> EpochLog:
-    from pipeline.training import phases
     from pipeline import experiment  # noqa: F401
     from pipeline.training import model_setup as modeling
-    from pipeline.data import splits as splits_lib
+    from pipeline.training import phases
 
-    statistics = (splits.channel_statistics(config) if config.input.normalization == "standardize" else (None, None))
+    statistics = splits.channel_statistics(config) if config.input.normalization == "standardize" else (None, None)
     steps_per_epoch = -(-len(splits.train[1]) // config.train.batch_size)
-    model = common.build_compiled_model(config, input_shape=splits.input_shape, num_classes=splits.num_classes,
-                                        steps_per_epoch=steps_per_epoch, statistics=statistics,
-                                        sample_images=lambda: splits.sample_images(config))
+    model = common.build_compiled_model(
+        config,
+        input_shape=splits.input_shape,
+        num_classes=splits.num_classes,
+        steps_per_epoch=steps_per_epoch,
+        statistics=statistics,
+        sample_images=lambda: splits.sample_images(config),
+    )
     schedule = config.train.schedule
     optimizer = config.train.optimizer
-    log(f"ours: {config.name}, {epochs} epochs, batch {config.train.batch_size}, {optimizer.name} "
+    log(
+        f"ours: {config.name}, {epochs} epochs, batch {config.train.batch_size}, {optimizer.name} "
         f"{optimizer.learning_rate:g}, schedule {schedule.name} (warm-up {schedule.warmup_epochs:g} epochs), "
-        f"label smoothing {config.train.label_smoothing:g}, test TTA {config.evaluation.tta}", flush=True)
+        f"label smoothing {config.train.label_smoothing:g}, test TTA {config.evaluation.tta}",
+        flush=True,
+    )
     train_data = splits.dataset("train", config, training=True)
     validation_data = splits.dataset("validation", config)
-    recorder = EpochLog("ours", test_data, time.perf_counter(), log, tta=config.evaluation.tta,
-                        evaluate_from=evaluate_from)
+    recorder = EpochLog(
+        "ours", test_data, time.perf_counter(), log, tta=config.evaluation.tta, evaluate_from=evaluate_from
+    )
     for index, phase in enumerate(phases.plan(config)):
         if index:  # multi-phase configs: recompile for each phase, as pipeline.run does
             phases.set_trainable(model, phase.trainable)
             modeling.compile_model(model, config, phase, steps_per_epoch)
-        model.fit(train_data, validation_data=validation_data, initial_epoch=phase.start_epoch,
-                  epochs=phase.end_epoch, shuffle=False, callbacks=[recorder.callback], verbose=0)
+        model.fit(
+            train_data,
+            validation_data=validation_data,
+            initial_epoch=phase.start_epoch,
+            epochs=phase.end_epoch,
+            shuffle=False,
+            callbacks=[recorder.callback],
+            verbose=0,
+        )
     return recorder
 
 
@@ -141,19 +166,30 @@ def run_book(config, splits, test_data, epochs: int, batch_size: int, log=print)
     from benchmarks import train_throughput
 
     steps_per_epoch = -(-len(splits.train[1]) // batch_size)
-    model = common.build_compiled_model(config, input_shape=splits.input_shape, num_classes=splits.num_classes,
-                                        steps_per_epoch=steps_per_epoch)
+    model = common.build_compiled_model(
+        config, input_shape=splits.input_shape, num_classes=splits.num_classes, steps_per_epoch=steps_per_epoch
+    )
     optimizer = config.train.optimizer
-    log(f"book: {BOOK_MODEL}, {epochs} epochs, {optimizer.name} {optimizer.learning_rate:g}, "
-        f"ImageDataGenerator shift 0.1 + flip", flush=True)
+    log(
+        f"book: {BOOK_MODEL}, {epochs} epochs, {optimizer.name} {optimizer.learning_rate:g}, "
+        f"ImageDataGenerator shift 0.1 + flip",
+        flush=True,
+    )
     images, labels = splits.train
-    flow = train_throughput.book_flow(images, labels, batch_size=batch_size, num_classes=splits.num_classes,
-                                      seed=config.seed)
+    flow = train_throughput.book_flow(
+        images, labels, batch_size=batch_size, num_classes=splits.num_classes, seed=config.seed
+    )
     x_validation = splits.validation[0].astype("float32")
     y_validation = np.eye(splits.num_classes, dtype="float32")[splits.validation[1]]
     recorder = EpochLog("book", test_data, time.perf_counter(), log)
-    model.fit(flow, epochs=epochs, validation_data=(x_validation, y_validation), validation_batch_size=batch_size,
-              callbacks=[recorder.callback], verbose=0)
+    model.fit(
+        flow,
+        epochs=epochs,
+        validation_data=(x_validation, y_validation),
+        validation_batch_size=batch_size,
+        callbacks=[recorder.callback],
+        verbose=0,
+    )
     return recorder
 
 
@@ -164,15 +200,29 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--ours-epochs", type=int, default=None, help="epochs of ours (default --epochs)")
     parser.add_argument("--book-epochs", type=int, default=None, help="epochs of the book recipe (default --epochs)")
     parser.add_argument("--experiment", default=OURS, help="our recipe: an experiment name or YAML file")
-    parser.add_argument("--ours-batch-size", type=int, default=None,
-                        help="batch of ours (default: the experiment's; --batch-size is the book recipe's)")
+    parser.add_argument(
+        "--ours-batch-size",
+        type=int,
+        default=None,
+        help="batch of ours (default: the experiment's; --batch-size is the book recipe's)",
+    )
     parser.add_argument("--target", type=float, nargs="+", default=[0.75], help="test accuracies to reach")
     parser.add_argument("--recipes", default="ours,book", help="comma-separated: ours, book")
-    parser.add_argument("--evaluate-from", type=int, default=1, metavar="EPOCH",
-                        help="ours: evaluate the test set only from this epoch on (saves the TTA passes of "
-                             "epochs that cannot reach the target yet)")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="extra override for ours' config (repeatable), e.g. --set train.label_smoothing=0")
+    parser.add_argument(
+        "--evaluate-from",
+        type=int,
+        default=1,
+        metavar="EPOCH",
+        help="ours: evaluate the test set only from this epoch on (saves the TTA passes of "
+        "epochs that cannot reach the target yet)",
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra override for ours' config (repeatable), e.g. --set train.label_smoothing=0",
+    )
     args = parser.parse_args(argv)
     epochs = args.epochs or (2 if args.quick else 15)
     ours_epochs, book_epochs = args.ours_epochs or epochs, args.book_epochs or epochs
@@ -183,12 +233,14 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("--recipes: ours and/or book")
     if "book" in recipes:
         from benchmarks import train_throughput
+
         if not train_throughput.have_scipy():
-            raise SystemExit("the book recipe (ImageDataGenerator) needs scipy: "
-                             ".venv/bin/pip install -r requirements-bench.txt, or --recipes ours")
+            raise SystemExit(
+                "the book recipe (ImageDataGenerator) needs scipy: "
+                ".venv/bin/pip install -r requirements-bench.txt, or --recipes ours"
+            )
 
     from pipeline import experiment  # noqa: F401
-    from pipeline.training import model_setup as modeling
     from pipeline.data import splits as splits_lib
 
     info = common.machine()
@@ -199,18 +251,26 @@ def main(argv: list[str] | None = None) -> dict:
         config = ours_config(args, overrides, ours_epochs)
         # The book's recipe exactly: constant RMSprop 1e-3 on 40,000 / 10,000 (the shipped cifar10_deep
         # decays the rate and trains on 45,000).
-        book_config = experiment.load_experiment(BOOK_MODEL, overrides + [
-            f"train.batch_size={args.batch_size}", "train.schedule.name=constant", "dataset.validation_split=0.2"])
+        book_config = experiment.load_experiment(
+            BOOK_MODEL,
+            overrides
+            + [f"train.batch_size={args.batch_size}", "train.schedule.name=constant", "dataset.validation_split=0.2"],
+        )
         if "book" in recipes and book_config.dataset != config.dataset:
-            raise SystemExit(f"{config.name} and {BOOK_MODEL} use different dataset settings; both recipes must "
-                             f"train on the same split (use --recipes ours)")
+            raise SystemExit(
+                f"{config.name} and {BOOK_MODEL} use different dataset settings; both recipes must "
+                f"train on the same split (use --recipes ours)"
+            )
         splits = splits_lib.Splits(config, log=lambda *_: None)
         if args.quick:
             splits.train = common.subset(splits.train, QUICK_TRAIN, config.seed)
             splits.validation = common.subset(splits.validation, QUICK_EVAL, config.seed)
             splits.test = common.subset(splits.test, QUICK_EVAL, config.seed)
-        print(f"{len(splits.train[1])} train / {len(splits.validation[1])} validation / {len(splits.test[1])} test "
-              f"images", flush=True)
+        print(
+            f"{len(splits.train[1])} train / {len(splits.validation[1])} validation / {len(splits.test[1])} test "
+            f"images",
+            flush=True,
+        )
         test_data = splits.dataset("test", config)
         if "ours" in recipes:
             recorders["ours"] = run_ours(config, splits, test_data, ours_epochs, evaluate_from=args.evaluate_from)
@@ -232,28 +292,46 @@ def main(argv: list[str] | None = None) -> dict:
             epoch, seconds = recorder.first_reaching(target)
             reached[name] = seconds
             accuracies = [accuracy for _, _, accuracy in recorder.rows if accuracy is not None]
-            summary.append([name, len(recorder.rows), f"{accuracies[-1]:.4f}", f"{max(accuracies):.4f}",
-                            f"{target:.0%}", "not reached" if seconds is None else f"{seconds:.1f}",
-                            "" if epoch is None else epoch])
+            summary.append(
+                [
+                    name,
+                    len(recorder.rows),
+                    f"{accuracies[-1]:.4f}",
+                    f"{max(accuracies):.4f}",
+                    f"{target:.0%}",
+                    "not reached" if seconds is None else f"{seconds:.1f}",
+                    "" if epoch is None else epoch,
+                ]
+            )
         results[target] = reached
         if "book" in recorders and "ours" in recorders:
             verdicts.append(f"Time to {target:.0%} test accuracy, book / ours: {_verdict(reached, recorders)}")
-    table = "\n\n".join([common.markdown_table(HEADERS, rows), common.markdown_table(SUMMARY_HEADERS, summary),
-                          *verdicts])
+    table = "\n\n".join(
+        [common.markdown_table(HEADERS, rows), common.markdown_table(SUMMARY_HEADERS, summary), *verdicts]
+    )
     targets = ", ".join(f"{target:.0%}" for target in args.target)
-    shown = {"ours": f"{config.name} ({ours_epochs} epochs, batch {config.train.batch_size})",
-             "book": f"the book recipe ({book_epochs} epochs, batch {args.batch_size})"}
+    shown = {
+        "ours": f"{config.name} ({ours_epochs} epochs, batch {config.train.batch_size})",
+        "book": f"the book recipe ({book_epochs} epochs, batch {args.batch_size})",
+    }
     title = f"Time to {targets} test accuracy on CIFAR-10: {' vs '.join(shown[r] for r in recipes)}"
-    notes = (f"Training seconds exclude the per-epoch test evaluation and include validation. Ours: {config.name} "
-             f"with train.epochs={ours_epochs} (schedule warm-up {config.train.schedule.warmup_epochs:g} epochs), "
-             f"test TTA {config.evaluation.tta}. Test accuracy on the {len(splits.test[1])}-image test split "
-             f"through the eval pipeline.")
+    notes = (
+        f"Training seconds exclude the per-epoch test evaluation and include validation. Ours: {config.name} "
+        f"with train.epochs={ours_epochs} (schedule warm-up {config.train.schedule.warmup_epochs:g} epochs), "
+        f"test TTA {config.evaluation.tta}. Test accuracy on the {len(splits.test[1])}-image test split "
+        f"through the eval pipeline."
+    )
     common.finish(args, title=title, module=MODULE, argv=argv, table=table, notes=notes, info=info)
     first = args.target[0]
     ratio = _ratio(results[first])
-    return {name: {"rows": recorder.rows, "seconds_to_target": results[first][name],
-                   "seconds_to": {target: results[target][name] for target in args.target}}
-            for name, recorder in recorders.items()} | {"ratio": ratio}
+    return {
+        name: {
+            "rows": recorder.rows,
+            "seconds_to_target": results[first][name],
+            "seconds_to": {target: results[target][name] for target in args.target},
+        }
+        for name, recorder in recorders.items()
+    } | {"ratio": ratio}
 
 
 def _ratio(reached: dict):
@@ -268,8 +346,7 @@ def _verdict(reached: dict, recorders: dict) -> str:
     if reached.get("ours"):
         # The book never got there: its whole run is a lower bound of its time to the target.
         book_seconds = recorders["book"].rows[-1][1]
-        return (f"more than {book_seconds / reached['ours']:.2f} (the book did not reach it in its "
-                f"{book_seconds:.1f} s)")
+        return f"more than {book_seconds / reached['ours']:.2f} (the book did not reach it in its {book_seconds:.1f} s)"
     return "n/a (not reached by both)"
 
 

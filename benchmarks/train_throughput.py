@@ -54,7 +54,6 @@ def have_scipy() -> bool:
 def load_training_data(args, temporary: Path, *, limit: int | None):
     """(pipeline config, model config, splits): cifar10_aug's train split (or synthetic stand-in)."""
     from pipeline import experiment  # noqa: F401
-    from pipeline.training import model_setup as modeling
     from pipeline.data import splits as splits_lib
 
     overrides = common.data_overrides(args, temporary) + [f"train.batch_size={args.batch_size}"]
@@ -76,17 +75,21 @@ def in_memory_dataset(images, labels, *, config, batch_size: int, num_classes: i
     images = images[: batches * batch_size]
     prepared = EvalTransform.from_input_section(config.input)(tf.constant(images)).numpy()
     one_hot = np.eye(num_classes, dtype=np.float32)[np.asarray(labels[: batches * batch_size])]
-    dataset = tf.data.Dataset.from_tensor_slices((prepared.reshape(batches, batch_size, *prepared.shape[1:]),
-                                                  one_hot.reshape(batches, batch_size, num_classes)))
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (prepared.reshape(batches, batch_size, *prepared.shape[1:]), one_hot.reshape(batches, batch_size, num_classes))
+    )
     return dataset.prefetch(tf.data.AUTOTUNE)
 
 
 def book_flow(images, labels, *, batch_size: int, num_classes: int, seed: int | None = None):
     """Variant C: the Keras book's augmentation, exactly as the book writes it (plus a seed)."""
     import numpy as np
+
     from pipeline import compat
 
-    generator = compat.legacy_image_data_generator()(width_shift_range=0.1, height_shift_range=0.1, horizontal_flip=True)
+    generator = compat.legacy_image_data_generator()(
+        width_shift_range=0.1, height_shift_range=0.1, horizontal_flip=True
+    )
     one_hot = np.eye(num_classes, dtype=np.float32)[np.asarray(labels)]
     return generator.flow(images, one_hot, batch_size=batch_size, seed=seed)
 
@@ -94,24 +97,40 @@ def book_flow(images, labels, *, batch_size: int, num_classes: int, seed: int | 
 def make_inputs(variant: str, pipeline_config, splits, batch_size: int):
     images, labels = splits.train
     if variant == "A":
-        return in_memory_dataset(images, labels, config=pipeline_config, batch_size=batch_size,
-                                 num_classes=splits.num_classes)
+        return in_memory_dataset(
+            images, labels, config=pipeline_config, batch_size=batch_size, num_classes=splits.num_classes
+        )
     if variant == "B":
         return splits.dataset("train", pipeline_config, training=True, batch_size=batch_size)
     if variant == "C":
-        return book_flow(images, labels, batch_size=batch_size, num_classes=splits.num_classes,
-                         seed=pipeline_config.seed)
+        return book_flow(
+            images, labels, batch_size=batch_size, num_classes=splits.num_classes, seed=pipeline_config.seed
+        )
     raise ValueError(f"unknown variant {variant!r}")
 
 
-def measure(variants: list[str], *, pipeline_config, model_config, splits, batch_size: int, warmup: int,
-            steps: int, repeats: int, log=print) -> dict[str, list[float]]:
+def measure(
+    variants: list[str],
+    *,
+    pipeline_config,
+    model_config,
+    splits,
+    batch_size: int,
+    warmup: int,
+    steps: int,
+    repeats: int,
+    log=print,
+) -> dict[str, list[float]]:
     """images/s of each repeat of each variant, alternating variants round by round."""
     steps_per_epoch = -(-len(splits.train[1]) // batch_size)
     setups = {}
     for variant in variants:
-        model = common.build_compiled_model(model_config, input_shape=splits.input_shape,
-                                            num_classes=splits.num_classes, steps_per_epoch=steps_per_epoch)
+        model = common.build_compiled_model(
+            model_config,
+            input_shape=splits.input_shape,
+            num_classes=splits.num_classes,
+            steps_per_epoch=steps_per_epoch,
+        )
         setups[variant] = (model, make_inputs(variant, pipeline_config, splits, batch_size))
     measured = {variant: [] for variant in variants}
     for round_index in range(repeats + 1):  # round 0: warm-up (tracing), not counted
@@ -120,8 +139,10 @@ def measure(variants: list[str], *, pipeline_config, model_config, splits, batch
             rate = common.timed_fit(model, data, warmup=warmup, steps=steps, batch_size=batch_size)
             if round_index:
                 measured[variant].append(rate)
-            log(f"  round {round_index}{' (warm-up)' if not round_index else ''} {variant}: {rate:.1f} images/s",
-                flush=True)
+            log(
+                f"  round {round_index}{' (warm-up)' if not round_index else ''} {variant}: {rate:.1f} images/s",
+                flush=True,
+            )
     return measured
 
 
@@ -129,8 +150,9 @@ def main(argv: list[str] | None = None) -> dict:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = common.base_parser(__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=None, help="timed steps per repeat (default 50, --quick 5)")
-    parser.add_argument("--warmup", type=int, default=None,
-                        help="untimed steps at the start of each repeat (default 5, --quick 2)")
+    parser.add_argument(
+        "--warmup", type=int, default=None, help="untimed steps at the start of each repeat (default 5, --quick 2)"
+    )
     parser.add_argument("--repeats", type=int, default=None, help="timed repeats per variant (default 5, --quick 2)")
     parser.add_argument("--variants", default="A,B,C", help="comma-separated subset of A, B, C")
     args = parser.parse_args(argv)
@@ -141,26 +163,43 @@ def main(argv: list[str] | None = None) -> dict:
     if not variants or set(variants) - set(DESCRIPTIONS):
         parser.error("--variants: a comma-separated subset of A, B, C")
     if "C" in variants and not have_scipy():
-        raise SystemExit("variant C (ImageDataGenerator) needs scipy: "
-                         ".venv/bin/pip install -r requirements-bench.txt, or --variants A,B")
+        raise SystemExit(
+            "variant C (ImageDataGenerator) needs scipy: "
+            ".venv/bin/pip install -r requirements-bench.txt, or --variants A,B"
+        )
 
     info = common.machine()
     print(f"machine: {common.machine_line(info)}")
     with tempfile.TemporaryDirectory(prefix="bench-train-") as temporary:
         pipeline_config, model_config, splits = load_training_data(
-            args, Path(temporary), limit=QUICK_IMAGES if args.quick else None)
+            args, Path(temporary), limit=QUICK_IMAGES if args.quick else None
+        )
         full_batches = len(splits.train[1]) // args.batch_size
         if warmup + steps > full_batches:
-            raise SystemExit(f"--warmup + --steps ({warmup + steps}) must fit in one epoch of full batches "
-                             f"({full_batches} of {args.batch_size} from {len(splits.train[1])} images)")
-        print(f"{len(splits.train[1])} training images, batch {args.batch_size}; variants {', '.join(variants)}; "
-              f"{repeats} repeats of {warmup} + {steps} steps (+ a warm-up round)")
-        measured = measure(variants, pipeline_config=pipeline_config, model_config=model_config, splits=splits,
-                           batch_size=args.batch_size, warmup=warmup, steps=steps, repeats=repeats)
+            raise SystemExit(
+                f"--warmup + --steps ({warmup + steps}) must fit in one epoch of full batches "
+                f"({full_batches} of {args.batch_size} from {len(splits.train[1])} images)"
+            )
+        print(
+            f"{len(splits.train[1])} training images, batch {args.batch_size}; variants {', '.join(variants)}; "
+            f"{repeats} repeats of {warmup} + {steps} steps (+ a warm-up round)"
+        )
+        measured = measure(
+            variants,
+            pipeline_config=pipeline_config,
+            model_config=model_config,
+            splits=splits,
+            batch_size=args.batch_size,
+            warmup=warmup,
+            steps=steps,
+            repeats=repeats,
+        )
 
     medians = {variant: common.median(rates) for variant, rates in measured.items()}
-    rows = [[variant, DESCRIPTIONS[variant], medians[variant], min(rates), max(rates), len(rates), steps]
-            for variant, rates in measured.items()]
+    rows = [
+        [variant, DESCRIPTIONS[variant], medians[variant], min(rates), max(rates), len(rates), steps]
+        for variant, rates in measured.items()
+    ]
     ratio_rows = []
     for name, target in TARGETS.items():
         top, bottom = name.split("/")
@@ -171,14 +210,15 @@ def main(argv: list[str] | None = None) -> dict:
     if ratio_rows:
         table += "\n\n" + common.markdown_table(RATIO_HEADERS, ratio_rows)
     title = f"Training throughput: {MODEL_EXPERIMENT}, batch {args.batch_size}, input variants A/B/C"
-    notes = (f"Training split: {len(splits.train[1])} images ({PIPELINE_EXPERIMENT}'s split). Same model and "
-             f"compile for every variant (fresh model each, {MODEL_EXPERIMENT}: "
-             f"{model_config.train.optimizer.name} {model_config.train.optimizer.learning_rate:g}). Each repeat "
-             f"times {steps} steps after {warmup} warm-up steps within one fit call; rounds alternate the "
-             f"variants; a first warm-up round is not counted.")
+    notes = (
+        f"Training split: {len(splits.train[1])} images ({PIPELINE_EXPERIMENT}'s split). Same model and "
+        f"compile for every variant (fresh model each, {MODEL_EXPERIMENT}: "
+        f"{model_config.train.optimizer.name} {model_config.train.optimizer.learning_rate:g}). Each repeat "
+        f"times {steps} steps after {warmup} warm-up steps within one fit call; rounds alternate the "
+        f"variants; a first warm-up round is not counted."
+    )
     common.finish(args, title=title, module=MODULE, argv=argv, table=table, notes=notes, info=info)
-    return {"images_per_second": medians, "repeats": measured,
-            "ratios": {row[0]: float(row[1]) for row in ratio_rows}}
+    return {"images_per_second": medians, "repeats": measured, "ratios": {row[0]: float(row[1]) for row in ratio_rows}}
 
 
 if __name__ == "__main__":

@@ -26,8 +26,7 @@ from benchmarks import common  # noqa: E402
 
 MODULE = "benchmarks.transfer"
 EXPERIMENT = "hymenoptera_transfer"
-HEADERS = ["weights", "seed", "test acc", "best val acc", "phase-1 val acc (head only)", "train acc (last)",
-           "wall s"]
+HEADERS = ["weights", "seed", "test acc", "best val acc", "phase-1 val acc (head only)", "train acc (last)", "wall s"]
 
 
 def run(weights: str | None, seed: int, run_dir: Path, overrides: list[str]) -> dict:
@@ -36,15 +35,27 @@ def run(weights: str | None, seed: int, run_dir: Path, overrides: list[str]) -> 
     from pipeline import experiment  # noqa: F401
     from pipeline import run as train
 
-    config = experiment.load_experiment(EXPERIMENT, [*overrides, f"seed={seed}", "train.verbose=0", "export.enabled=false",
-                                                 f"model.options.weights={weights or 'null'}"])
+    config = experiment.load_experiment(
+        EXPERIMENT,
+        [
+            *overrides,
+            f"seed={seed}",
+            "train.verbose=0",
+            "export.enabled=false",
+            f"model.options.weights={weights or 'null'}",
+        ],
+    )
     start = time.perf_counter()
     metrics = train.train(config, run_dir=run_dir, log=lambda *_: None)
     rows = list(csv.DictReader(open(run_dir / "history.csv")))
     first_phase = config.train.phases[0].epochs if config.train.phases else len(rows)
-    return {"test": metrics["test"]["accuracy"], "best_val": metrics["best_validation"]["val_accuracy"],
-            "phase1_val": max(float(r["val_accuracy"]) for r in rows[:first_phase]),
-            "train_last": float(rows[-1]["accuracy"]), "wall": time.perf_counter() - start}
+    return {
+        "test": metrics["test"]["accuracy"],
+        "best_val": metrics["best_validation"]["val_accuracy"],
+        "phase1_val": max(float(r["val_accuracy"]) for r in rows[:first_phase]),
+        "train_last": float(rows[-1]["accuracy"]),
+        "wall": time.perf_counter() - start,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -58,8 +69,10 @@ def main(argv: list[str] | None = None) -> dict:
     overrides = list(args.set)
     if args.quick:
         seeds = seeds[:1]
-        overrides += ["train.epochs=2", "train.phases=[{epochs: 1, trainable: none, cache_features: true}, "
-                                        "{epochs: 1, trainable: all}]"]
+        overrides += [
+            "train.epochs=2",
+            "train.phases=[{epochs: 1, trainable: none, cache_features: true}, {epochs: 1, trainable: all}]",
+        ]
     weights = Path(args.weights).expanduser()
     if not weights.is_file():
         raise SystemExit(f"--weights {weights}: no such file (train cifar10_mobilenet_pretrain first)")
@@ -75,20 +88,38 @@ def main(argv: list[str] | None = None) -> dict:
     rows = []
     for label, runs in results.items():
         for seed, r in runs:
-            rows.append([label, seed, f"{r['test']:.4f}", f"{r['best_val']:.4f}", f"{r['phase1_val']:.4f}",
-                         f"{r['train_last']:.4f}", r["wall"]])
+            rows.append(
+                [
+                    label,
+                    seed,
+                    f"{r['test']:.4f}",
+                    f"{r['best_val']:.4f}",
+                    f"{r['phase1_val']:.4f}",
+                    f"{r['train_last']:.4f}",
+                    r["wall"],
+                ]
+            )
     means = {label: statistics.mean(r["test"] for _, r in runs) for label, runs in results.items()}
     for label, runs in results.items():
-        rows.append([f"**{label}: mean**", "", f"{means[label]:.4f}",
-                     f"{statistics.mean(r['best_val'] for _, r in runs):.4f}",
-                     f"{statistics.mean(r['phase1_val'] for _, r in runs):.4f}",
-                     f"{statistics.mean(r['train_last'] for _, r in runs):.4f}", ""])
+        rows.append(
+            [
+                f"**{label}: mean**",
+                "",
+                f"{means[label]:.4f}",
+                f"{statistics.mean(r['best_val'] for _, r in runs):.4f}",
+                f"{statistics.mean(r['phase1_val'] for _, r in runs):.4f}",
+                f"{statistics.mean(r['train_last'] for _, r in runs):.4f}",
+                "",
+            ]
+        )
     table = common.markdown_table(HEADERS, rows)
     title = f"Transfer: {EXPERIMENT} from a cifar10_mobilenet_pretrain checkpoint vs random init"
-    notes = (f"Weights: `{args.weights}`. Same recipe, seeds {', '.join(map(str, seeds))}; mean test accuracy "
-             f"pretrained {means['pretrained']:.4f} vs random init {means['random init']:.4f} "
-             f"({100 * (means['pretrained'] - means['random init']):+.1f} points). 208 training / 36 validation "
-             f"images (seeded split of train/), 153 test images (val/).")
+    notes = (
+        f"Weights: `{args.weights}`. Same recipe, seeds {', '.join(map(str, seeds))}; mean test accuracy "
+        f"pretrained {means['pretrained']:.4f} vs random init {means['random init']:.4f} "
+        f"({100 * (means['pretrained'] - means['random init']):+.1f} points). 208 training / 36 validation "
+        f"images (seeded split of train/), 153 test images (val/)."
+    )
     common.finish(args, title=title, module=MODULE, argv=argv, table=table, notes=notes, info=info)
     return {"means": means, "runs": results}
 

@@ -78,33 +78,58 @@ class BackboneModel(keras.Model):
 
 @dataclasses.dataclass(frozen=True)
 class BackboneSpec:
-    constructor: str      # attribute of keras.applications
-    family: str           # keras.applications submodule whose preprocess_input the model reproduces
-    preprocessing: str    # caffe | tf | torch | none
-    min_size: int         # smallest height and width keras.applications accepts without the top
-    weights_file: str     # the no-top ImageNet weights file Keras downloads ({rows}: MobileNetV2's size)
-    weights_url: str      # the folder it is downloaded from
+    constructor: str  # attribute of keras.applications
+    family: str  # keras.applications submodule whose preprocess_input the model reproduces
+    preprocessing: str  # caffe | tf | torch | none
+    min_size: int  # smallest height and width keras.applications accepts without the top
+    weights_file: str  # the no-top ImageNet weights file Keras downloads ({rows}: MobileNetV2's size)
+    weights_url: str  # the folder it is downloaded from
 
 
 _GCS = "https://storage.googleapis.com/tensorflow/keras-applications/"
 
 BACKBONES = {
-    "vgg16": BackboneSpec("VGG16", "vgg16", "caffe", 32, "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5",
-                          _GCS + "vgg16/"),
-    "vgg19": BackboneSpec("VGG19", "vgg19", "caffe", 32, "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5",
-                          _GCS + "vgg19/"),
-    "resnet50": BackboneSpec("ResNet50", "resnet50", "caffe", 32,
-                             "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5", _GCS + "resnet/"),
-    "mobilenet_v2": BackboneSpec("MobileNetV2", "mobilenet_v2", "tf", 32,
-                                 "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{rows}_no_top.h5",
-                                 _GCS + "mobilenet_v2/"),
-    "efficientnet_b0": BackboneSpec("EfficientNetB0", "efficientnet", "none", 32, "efficientnetb0_notop.h5",
-                                    "https://storage.googleapis.com/keras-applications/"),
-    "inception_v3": BackboneSpec("InceptionV3", "inception_v3", "tf", 75,
-                                 "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
-                                 _GCS + "inception_v3/"),
-    "densenet121": BackboneSpec("DenseNet121", "densenet", "torch", 32,
-                                "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5", _GCS + "densenet/"),
+    "vgg16": BackboneSpec(
+        "VGG16", "vgg16", "caffe", 32, "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5", _GCS + "vgg16/"
+    ),
+    "vgg19": BackboneSpec(
+        "VGG19", "vgg19", "caffe", 32, "vgg19_weights_tf_dim_ordering_tf_kernels_notop.h5", _GCS + "vgg19/"
+    ),
+    "resnet50": BackboneSpec(
+        "ResNet50", "resnet50", "caffe", 32, "resnet50_weights_tf_dim_ordering_tf_kernels_notop.h5", _GCS + "resnet/"
+    ),
+    "mobilenet_v2": BackboneSpec(
+        "MobileNetV2",
+        "mobilenet_v2",
+        "tf",
+        32,
+        "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_{rows}_no_top.h5",
+        _GCS + "mobilenet_v2/",
+    ),
+    "efficientnet_b0": BackboneSpec(
+        "EfficientNetB0",
+        "efficientnet",
+        "none",
+        32,
+        "efficientnetb0_notop.h5",
+        "https://storage.googleapis.com/keras-applications/",
+    ),
+    "inception_v3": BackboneSpec(
+        "InceptionV3",
+        "inception_v3",
+        "tf",
+        75,
+        "inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        _GCS + "inception_v3/",
+    ),
+    "densenet121": BackboneSpec(
+        "DenseNet121",
+        "densenet",
+        "torch",
+        32,
+        "densenet121_weights_tf_dim_ordering_tf_kernels_notop.h5",
+        _GCS + "densenet/",
+    ),
 }
 
 POOLINGS = ("avg", "max", "flatten")
@@ -118,9 +143,20 @@ _TORCH_STD = (0.229, 0.224, 0.225)
 # Builders
 # --------------------------------------------------------------------------------------------------
 
+
 @register_model()
-def applications(*, input_shape=(224, 224, 3), num_classes=10, backbone="vgg16", weights=None, pooling="avg",
-                 dense_units=256, dropout_rate=0.5, upscale_to=None, bn_momentum=None):
+def applications(
+    *,
+    input_shape=(224, 224, 3),
+    num_classes=10,
+    backbone="vgg16",
+    weights=None,
+    pooling="avg",
+    dense_units=256,
+    dropout_rate=0.5,
+    upscale_to=None,
+    bn_momentum=None,
+):
     """A keras.applications backbone with its preprocessing inside the model and a new head.
 
     Args:
@@ -160,47 +196,81 @@ def applications(*, input_shape=(224, 224, 3), num_classes=10, backbone="vgg16",
         WeightsError (a RuntimeError): the weights file is missing, cannot be downloaded or read, or does
             not fit.
     """
-    return _build(input_shape=input_shape, num_classes=num_classes, backbone=backbone, weights=weights,
-                  pooling=pooling, dense_units=dense_units, dropout_rate=dropout_rate, upscale_to=upscale_to,
-                  bn_momentum=bn_momentum, name=f"{backbone}_transfer")
+    return _build(
+        input_shape=input_shape,
+        num_classes=num_classes,
+        backbone=backbone,
+        weights=weights,
+        pooling=pooling,
+        dense_units=dense_units,
+        dropout_rate=dropout_rate,
+        upscale_to=upscale_to,
+        bn_momentum=bn_momentum,
+        name=f"{backbone}_transfer",
+    )
 
 
 applications.includes_preprocessing = True
 
 
 @register_model()
-def vgg16_finetune(*, input_shape=(224, 224, 3), num_classes=10, weights=None, pooling="flatten", dense_units=256,
-                   dropout_rate=0.5, upscale_to=None):
+def vgg16_finetune(
+    *,
+    input_shape=(224, 224, 3),
+    num_classes=10,
+    weights=None,
+    pooling="flatten",
+    dense_units=256,
+    dropout_rate=0.5,
+    upscale_to=None,
+):
     """The seed's VGG16 fine-tuning recipe: VGG16 base -> flatten -> dense 256 relu -> dropout 0.5 -> softmax.
 
     Same options as `applications` (without `backbone`). 14,714,688 parameters in the base.
     """
-    return _build(input_shape=input_shape, num_classes=num_classes, backbone="vgg16", weights=weights,
-                  pooling=pooling, dense_units=dense_units, dropout_rate=dropout_rate, upscale_to=upscale_to,
-                  bn_momentum=None, name="vgg16_finetune")
+    return _build(
+        input_shape=input_shape,
+        num_classes=num_classes,
+        backbone="vgg16",
+        weights=weights,
+        pooling=pooling,
+        dense_units=dense_units,
+        dropout_rate=dropout_rate,
+        upscale_to=upscale_to,
+        bn_momentum=None,
+        name="vgg16_finetune",
+    )
 
 
 vgg16_finetune.includes_preprocessing = True
 
 
-def _build(*, input_shape, num_classes, backbone, weights, pooling, dense_units, dropout_rate, upscale_to,
-           bn_momentum, name):
+def _build(
+    *, input_shape, num_classes, backbone, weights, pooling, dense_units, dropout_rate, upscale_to, bn_momentum, name
+):
     spec = _backbone_spec(backbone)
     height, width, channels = _check_input_shape(input_shape)
     if pooling not in POOLINGS:
-        raise ValueError(f"The `pooling` argument should be one of {', '.join(map(repr, POOLINGS))}"
-                         f"{did_you_mean(pooling, POOLINGS)}. Received: pooling={pooling!r}")
-    if dense_units is not None and (isinstance(dense_units, bool) or not isinstance(dense_units, int)
-                                    or dense_units < 0):
-        raise ValueError(f"The `dense_units` argument should be an integer >= 0 or None. "
-                         f"Received: dense_units={dense_units!r}")
+        raise ValueError(
+            f"The `pooling` argument should be one of {', '.join(map(repr, POOLINGS))}"
+            f"{did_you_mean(pooling, POOLINGS)}. Received: pooling={pooling!r}"
+        )
+    if dense_units is not None and (
+        isinstance(dense_units, bool) or not isinstance(dense_units, int) or dense_units < 0
+    ):
+        raise ValueError(
+            f"The `dense_units` argument should be an integer >= 0 or None. Received: dense_units={dense_units!r}"
+        )
     if isinstance(dropout_rate, bool) or not isinstance(dropout_rate, (int, float)) or not 0 <= dropout_rate < 1:
-        raise ValueError(f"The `dropout_rate` argument should be a number in [0, 1). "
-                         f"Received: dropout_rate={dropout_rate!r}")
-    if bn_momentum is not None and (isinstance(bn_momentum, bool) or not isinstance(bn_momentum, (int, float))
-                                    or not 0 <= bn_momentum < 1):
-        raise ValueError(f"The `bn_momentum` argument should be a number in [0, 1) or None. "
-                         f"Received: bn_momentum={bn_momentum!r}")
+        raise ValueError(
+            f"The `dropout_rate` argument should be a number in [0, 1). Received: dropout_rate={dropout_rate!r}"
+        )
+    if bn_momentum is not None and (
+        isinstance(bn_momentum, bool) or not isinstance(bn_momentum, (int, float)) or not 0 <= bn_momentum < 1
+    ):
+        raise ValueError(
+            f"The `bn_momentum` argument should be a number in [0, 1) or None. Received: bn_momentum={bn_momentum!r}"
+        )
     upscale = _size_pair(upscale_to, "upscale_to") if upscale_to is not None else None
     weights = weights_lib.check_weights_argument(weights)
     size = upscale or (height, width)
@@ -241,30 +311,42 @@ def _build(*, input_shape, num_classes, backbone, weights, pooling, dense_units,
 # Pieces
 # --------------------------------------------------------------------------------------------------
 
+
 def _backbone_spec(backbone: str) -> BackboneSpec:
     if backbone not in BACKBONES:
-        raise ValueError(f"Unknown backbone{did_you_mean(backbone, BACKBONES)}. The `backbone` argument should "
-                         f"be one of {', '.join(BACKBONES)}. Received: backbone={backbone!r}")
+        raise ValueError(
+            f"Unknown backbone{did_you_mean(backbone, BACKBONES)}. The `backbone` argument should "
+            f"be one of {', '.join(BACKBONES)}. Received: backbone={backbone!r}"
+        )
     return BACKBONES[backbone]
 
 
 def _check_input_shape(input_shape) -> tuple:
     if len(tuple(input_shape)) != 3:
-        raise ValueError(f"The `input_shape` argument should be (height, width, channels). "
-                         f"Received: input_shape={tuple(input_shape)}")
+        raise ValueError(
+            f"The `input_shape` argument should be (height, width, channels). "
+            f"Received: input_shape={tuple(input_shape)}"
+        )
     height, width, channels = tuple(input_shape)
     if channels not in (1, 3):
-        raise ValueError(f"The applications models take 1 (grey, repeated to RGB) or 3 input channels. "
-                         f"Received: input_shape={tuple(input_shape)}")
+        raise ValueError(
+            f"The applications models take 1 (grey, repeated to RGB) or 3 input channels. "
+            f"Received: input_shape={tuple(input_shape)}"
+        )
     return height, width, channels
 
 
 def _size_pair(value, argument: str) -> tuple[int, int]:
     pair = [value, value] if isinstance(value, int) and not isinstance(value, bool) else value
-    if (not isinstance(pair, (list, tuple)) or len(pair) != 2
-            or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in pair)):
-        raise ValueError(f"The `{argument}` argument should be [height, width] (positive integers) or one "
-                         f"positive integer. Received: {argument}={value!r}")
+    if (
+        not isinstance(pair, (list, tuple))
+        or len(pair) != 2
+        or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in pair)
+    ):
+        raise ValueError(
+            f"The `{argument}` argument should be [height, width] (positive integers) or one "
+            f"positive integer. Received: {argument}={value!r}"
+        )
     return int(pair[0]), int(pair[1])
 
 
@@ -279,16 +361,20 @@ def check_minimum_size(backbone: str, image_size, upscale_to=None) -> None:
     minimum = _backbone_spec(backbone).min_size
     if upscale_to is not None:
         if min(upscale_to) < minimum:
-            raise ValueError(f"The `upscale_to` size is below {backbone}'s minimum of {minimum}x{minimum}: "
-                             f"upscale to at least {[max(int(s), minimum) for s in upscale_to]}. "
-                             f"Received: upscale_to={list(upscale_to)}")
+            raise ValueError(
+                f"The `upscale_to` size is below {backbone}'s minimum of {minimum}x{minimum}: "
+                f"upscale to at least {[max(int(s), minimum) for s in upscale_to]}. "
+                f"Received: upscale_to={list(upscale_to)}"
+            )
         return
     known = [s for s in image_size if s is not None]
     if known and min(known) < minimum:
         fixed = [minimum if s is None else max(int(s), minimum) for s in image_size]
-        raise ValueError(f"The input size {list(image_size)} is below {backbone}'s minimum of {minimum}x{minimum}: "
-                         f"use images of at least {fixed}, or `upscale_to={fixed}` to upscale inside the model. "
-                         f"Received: image_size={list(image_size)}")
+        raise ValueError(
+            f"The input size {list(image_size)} is below {backbone}'s minimum of {minimum}x{minimum}: "
+            f"use images of at least {fixed}, or `upscale_to={fixed}` to upscale inside the model. "
+            f"Received: image_size={list(image_size)}"
+        )
 
 
 def preprocessing_model(backbone: str, input_shape) -> keras.Model:
@@ -302,14 +388,18 @@ def preprocessing_model(backbone: str, input_shape) -> keras.Model:
     inputs = keras.Input(shape=tuple(input_shape), name="rgb")
     if mode == "caffe":  # RGB -> BGR, then subtract the ImageNet mean per channel (no scaling)
         x = keras.ops.flip(inputs, axis=-1)
-        x = layers.Normalization(mean=_CAFFE_MEAN_BGR, variance=(1.0, 1.0, 1.0), dtype="float32",
-                                 name="subtract_bgr_mean")(x)
+        x = layers.Normalization(
+            mean=_CAFFE_MEAN_BGR, variance=(1.0, 1.0, 1.0), dtype="float32", name="subtract_bgr_mean"
+        )(x)
     elif mode == "tf":  # [-1, 1]
         x = layers.Rescaling(1.0 / 127.5, offset=-1.0, dtype="float32", name="scale_to_unit_range")(inputs)
     elif mode == "torch":  # [0, 1], then the ImageNet mean and std per channel
-        x = layers.Normalization(mean=[255.0 * m for m in _TORCH_MEAN],
-                                 variance=[(255.0 * s) ** 2 for s in _TORCH_STD], dtype="float32",
-                                 name="imagenet_standardize")(inputs)
+        x = layers.Normalization(
+            mean=[255.0 * m for m in _TORCH_MEAN],
+            variance=[(255.0 * s) ** 2 for s in _TORCH_STD],
+            dtype="float32",
+            name="imagenet_standardize",
+        )(inputs)
     else:  # EfficientNet rescales and normalises inside the backbone
         x = layers.Identity(dtype="float32", name="built_into_backbone")(inputs)
     return keras.Model(inputs, x, name="preprocess")
@@ -334,7 +424,8 @@ def _backbone_model(backbone: str, spec: BackboneSpec, shape, weights) -> Backbo
             raise WeightsError(
                 f"{weights} is not a {backbone} no-top weights file ({weights_lib.first_line(error)}). Keras' "
                 f"file for it is {weights_file_name(backbone, shape)}; a `.keras` checkpoint of an earlier run "
-                f"also works. Received: weights={weights!r}") from error
+                f"also works. Received: weights={weights!r}"
+            ) from error
         if weights != "imagenet":
             raise
         file_name = weights_file_name(backbone, shape)
@@ -343,5 +434,6 @@ def _backbone_model(backbone: str, spec: BackboneSpec, shape, weights) -> Backbo
             f"({weights_lib.first_line(error)}). Keras looks for {file_name} in {weights_lib.keras_models_dir()}. "
             f"Without internet, download {spec.weights_url}{file_name} on another machine and place it by hand "
             f"at ~/.keras/models/{file_name} (or $KERAS_HOME/models/); a partial or corrupt file there must be "
-            f"replaced. Or start from random weights with weights=None. Received: weights='imagenet'") from error
+            f"replaced. Or start from random weights with weights=None. Received: weights='imagenet'"
+        ) from error
     return BackboneModel(base.input, base.output, name="backbone", inference_mode=weights is not None)

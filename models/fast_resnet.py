@@ -65,20 +65,32 @@ def _norm_act(x, *, name, momentum, activation):
 
 def _group(x, filters, *, name, momentum, activation, residual, identity_init):
     initializer = PartialIdentity() if identity_init else "glorot_uniform"
-    x = layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer=initializer,
-                      name=f"{name}_conv")(x)
+    x = layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer=initializer, name=f"{name}_conv")(
+        x
+    )
     x = layers.MaxPooling2D(2, name=f"{name}_pool")(x)
     x = _norm_act(x, name=name, momentum=momentum, activation=activation)
-    branch = layers.Conv2D(filters, 3, padding="same", use_bias=False, kernel_initializer=initializer,
-                           name=f"{name}_res_conv")(x)
+    branch = layers.Conv2D(
+        filters, 3, padding="same", use_bias=False, kernel_initializer=initializer, name=f"{name}_res_conv"
+    )(x)
     branch = _norm_act(branch, name=f"{name}_res", momentum=momentum, activation=activation)
     return layers.Add(name=f"{name}_add")([x, branch]) if residual else branch
 
 
 @register_model()
-def cifar10_fast(*, input_shape=(32, 32, 3), num_classes=10, width=64, multipliers=(1, 4, 4),
-                 residual=True, activation="gelu", batchnorm_momentum=0.9, logit_scale=1 / 9, whiten=False,
-                 identity_init=False):
+def cifar10_fast(
+    *,
+    input_shape=(32, 32, 3),
+    num_classes=10,
+    width=64,
+    multipliers=(1, 4, 4),
+    residual=True,
+    activation="gelu",
+    batchnorm_momentum=0.9,
+    logit_scale=1 / 9,
+    whiten=False,
+    identity_init=False,
+):
     """The fast CIFAR-10 residual net (see the module docstring).
 
     Args:
@@ -113,8 +125,15 @@ def cifar10_fast(*, input_shape=(32, 32, 3), num_classes=10, width=64, multiplie
     x = stem(inputs)
     x = layers.Activation(activation, name=f"{STEM_NAME}_act")(x)
     for index, multiple in enumerate(multipliers, start=1):
-        x = _group(x, int(width * multiple), name=f"group{index}", momentum=batchnorm_momentum,
-                   activation=activation, residual=residual, identity_init=identity_init)
+        x = _group(
+            x,
+            int(width * multiple),
+            name=f"group{index}",
+            momentum=batchnorm_momentum,
+            activation=activation,
+            residual=residual,
+            identity_init=identity_init,
+        )
     x = layers.GlobalMaxPooling2D(name="pool")(x)
     x = layers.Dense(num_classes, use_bias=False, name="fc")(x)
     logits = layers.Rescaling(logit_scale, name="logits")(x)
@@ -162,7 +181,7 @@ def whitening_kernel(images, *, kernel_size: int = 2, epsilon: float = 5e-4, chu
     dim = kernel_size * kernel_size * channels
     covariance, count = np.zeros((dim, dim), np.float64), 0
     for start in range(0, len(images), chunk):
-        block = images[start:start + chunk]
+        block = images[start : start + chunk]
         # [n, H', W', C, k, k] -> [patches, k, k, C], in the (row, col, channel) order of a Conv2D kernel
         windows = np.lib.stride_tricks.sliding_window_view(block, (kernel_size, kernel_size), axis=(1, 2))
         patches = windows.transpose(0, 1, 2, 4, 5, 3).reshape(-1, dim).astype(np.float64)
@@ -188,11 +207,14 @@ def init_whitening(network: keras.Model, images, *, epsilon: float = 5e-4, train
     try:
         layer = network.get_layer(STEM_NAME)
     except ValueError:
-        raise ValueError(f"init_whitening needs a cifar10_fast network (a layer named {STEM_NAME!r}). "
-                         f"Received: {network.name}") from None
+        raise ValueError(
+            f"init_whitening needs a cifar10_fast network (a layer named {STEM_NAME!r}). Received: {network.name}"
+        ) from None
     kernel = whitening_kernel(images, kernel_size=int(layer.kernel.shape[0]), epsilon=epsilon)
     if tuple(kernel.shape) != tuple(layer.kernel.shape):
-        raise ValueError(f"whitening kernel {kernel.shape} does not fit layer {STEM_NAME!r} {tuple(layer.kernel.shape)}")
+        raise ValueError(
+            f"whitening kernel {kernel.shape} does not fit layer {STEM_NAME!r} {tuple(layer.kernel.shape)}"
+        )
     layer.kernel.assign(kernel)
     layer.bias.assign(np.zeros(layer.bias.shape, np.float32))
     layer.trainable = trainable

@@ -10,8 +10,9 @@ from models.registry import register_model
 
 
 @register_model()
-def simple_cnn(*, input_shape=(128, 128, 3), num_classes=10, filters=(32, 64, 128, 256), dropout_rate=0.3,
-               bn_momentum=0.9):
+def simple_cnn(
+    *, input_shape=(128, 128, 3), num_classes=10, filters=(32, 64, 128, 256), dropout_rate=0.3, bn_momentum=0.9
+):
     """Conv-BN-ReLU blocks (two convolutions each, then max-pooling), global average pooling, dropout.
 
     Global pooling makes the parameter count independent of the input size (about 1.2M with the

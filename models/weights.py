@@ -33,8 +33,10 @@ def check_weights_argument(weights):
     """
     if weights is None or weights == "imagenet":
         return weights
-    allowed = ("None, 'imagenet', the path of a .keras or .weights.h5 file from an earlier run, or of a "
-               "keras.applications weights file (.h5, e.g. the no-top ImageNet file)")
+    allowed = (
+        "None, 'imagenet', the path of a .keras or .weights.h5 file from an earlier run, or of a "
+        "keras.applications weights file (.h5, e.g. the no-top ImageNet file)"
+    )
     if not isinstance(weights, (str, os.PathLike)):
         raise ValueError(f"The `weights` argument should be {allowed}. Received: weights={weights!r}")
     path = Path(weights).expanduser()
@@ -72,6 +74,7 @@ def first_line(error: Exception) -> str:
 # Transfer from an earlier run
 # --------------------------------------------------------------------------------------------------
 
+
 def _parameter_count(layer) -> int:
     return int(sum(int(_prod(w.shape)) for w in layer.weights))
 
@@ -87,13 +90,17 @@ def _weights_mismatch(source, target) -> str | None:
     """Why `source`'s weights cannot be copied into `target` (None when they can)."""
     source_weights, target_weights = source.weights, target.weights
     if len(source_weights) != len(target_weights):
-        return (f"its backbone has {len(source_weights)} weight tensors ({_parameter_count(source):,} parameters), "
-                f"this model's has {len(target_weights)} ({_parameter_count(target):,} parameters): a different "
-                f"architecture")
+        return (
+            f"its backbone has {len(source_weights)} weight tensors ({_parameter_count(source):,} parameters), "
+            f"this model's has {len(target_weights)} ({_parameter_count(target):,} parameters): a different "
+            f"architecture"
+        )
     for source_weight, target_weight in zip(source_weights, target_weights):
         if tuple(source_weight.shape) != tuple(target_weight.shape):
-            return (f"its backbone weight {source_weight.path} has shape {tuple(source_weight.shape)}, this "
-                    f"model's {target_weight.path} has {tuple(target_weight.shape)}: a different architecture")
+            return (
+                f"its backbone weight {source_weight.path} has shape {tuple(source_weight.shape)}, this "
+                f"model's {target_weight.path} has {tuple(target_weight.shape)}: a different architecture"
+            )
     return None
 
 
@@ -118,7 +125,7 @@ def transfer_weights(model: keras.Model, path) -> dict:
 def describe_transfer(report: dict) -> str:
     """One line saying what `transfer_weights` copied, e.g. 'weights: backbone copied from F; head copied:
     fc; new head kept: logits (...)'."""
-    head = (f"head copied: {', '.join(report['head_copied'])}" if report["head_copied"] else "head copied: none")
+    head = f"head copied: {', '.join(report['head_copied'])}" if report["head_copied"] else "head copied: none"
     if report["head_kept"]:
         head += f"; new head kept: {', '.join(report['head_kept'])}"
         if report.get("reason"):
@@ -137,9 +144,11 @@ def _transfer_from_keras(model: keras.Model, path: str) -> dict:
         raise WeightsError(f"{path}: cannot be loaded as a Keras model ({first_line(error)})") from error
     found = compat.find_layer_path(source, "backbone")
     if found is None:
-        raise WeightsError(f"{path}: has no layer named 'backbone', so it was not built by models.applications "
-                           f"(its model is {source.name!r}); transfer needs a checkpoint of an applications or "
-                           f"vgg16_finetune run")
+        raise WeightsError(
+            f"{path}: has no layer named 'backbone', so it was not built by models.applications "
+            f"(its model is {source.name!r}); transfer needs a checkpoint of an applications or "
+            f"vgg16_finetune run"
+        )
     source_network, source_backbone = found[-2], found[-1]
     target_backbone = model.get_layer("backbone")
     mismatch = _weights_mismatch(source_backbone, target_backbone)
@@ -154,8 +163,10 @@ def _transfer_from_keras(model: keras.Model, path: str) -> dict:
             reasons.append(f"no {layer.name} layer in the file")
         elif [tuple(w.shape) for w in source_layer.weights] != [tuple(w.shape) for w in layer.weights]:
             kept.append(layer.name)
-            reasons.append(f"{layer.name}: {[tuple(w.shape) for w in source_layer.weights][0]} in the file, "
-                           f"{[tuple(w.shape) for w in layer.weights][0]} here")
+            reasons.append(
+                f"{layer.name}: {[tuple(w.shape) for w in source_layer.weights][0]} in the file, "
+                f"{[tuple(w.shape) for w in layer.weights][0]} here"
+            )
         else:
             layer.set_weights(source_layer.get_weights())
             copied.append(layer.name)
@@ -192,12 +203,19 @@ def _transfer_from_weights_h5(model: keras.Model, path: str) -> dict:
         try:
             _load_weights_strictly(target, path, objects_to_skip=[logits])
             logits.set_weights(fresh_logits)
-            return {"file": path, "backbone": True, "head_copied": [name for name in head if name != "logits"],
-                    "head_kept": ["logits"], "reason": "the class count differs"}
+            return {
+                "file": path,
+                "backbone": True,
+                "head_copied": [name for name in head if name != "logits"],
+                "head_kept": ["logits"],
+                "reason": "the class count differs",
+            }
         except Exception as error:  # noqa: BLE001
             errors.append(error)
     first = str(errors[0]).strip().splitlines()
-    raise WeightsError(f"{path}: its weights do not fit this model ({first[0] if first else type(errors[0]).__name__}"
-                       f"). A .weights.h5 file only loads into a model built by models.applications with the same "
-                       f"backbone, channels, upscale_to, pooling and dense_units (the class count may differ); "
-                       f"to transfer between other settings use the run's .keras checkpoint instead")
+    raise WeightsError(
+        f"{path}: its weights do not fit this model ({first[0] if first else type(errors[0]).__name__}"
+        f"). A .weights.h5 file only loads into a model built by models.applications with the same "
+        f"backbone, channels, upscale_to, pooling and dense_units (the class count may differ); "
+        f"to transfer between other settings use the run's .keras checkpoint instead"
+    )

@@ -38,14 +38,20 @@ def _parser() -> argparse.ArgumentParser:
     export.add_argument("--version", type=int, help="version number (default: next free)")
     export.add_argument("--top-k", type=int, help="classes returned per image (default export.top_k)")
     export.add_argument("--checkpoint", choices=["best", "last"], default="best")
-    export.add_argument("--format", choices=["saved_model", "tflite"], default="saved_model",
-                        help="saved_model (default RUN_DIR/export) or tflite (default RUN_DIR/export_tflite)")
+    export.add_argument(
+        "--format",
+        choices=["saved_model", "tflite"],
+        default="saved_model",
+        help="saved_model (default RUN_DIR/export) or tflite (default RUN_DIR/export_tflite)",
+    )
 
     predict = commands.add_parser("predict", help="classify image files with an exported SavedModel")
-    predict.add_argument("export_dir", type=Path,
-                         help="run directory, model directory (export/<name>) or version directory")
-    predict.add_argument("paths", nargs="+", type=Path, metavar="PATH",
-                         help="image files or folders (searched recursively)")
+    predict.add_argument(
+        "export_dir", type=Path, help="run directory, model directory (export/<name>) or version directory"
+    )
+    predict.add_argument(
+        "paths", nargs="+", type=Path, metavar="PATH", help="image files or folders (searched recursively)"
+    )
     predict.add_argument("--top-k", type=int, help="classes per image (default: the export's top k)")
     predict.add_argument("--format", choices=["table", "csv", "json"], default="table")
     predict.add_argument("--batch-size", type=int, default=32)
@@ -76,8 +82,14 @@ OPTIONAL_COMMANDS = {"report": "pipeline.evaluation.compare_runs", "launch": "pi
 
 
 def _add_overrides(parser: argparse.ArgumentParser, example: str) -> None:
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help=f"override a config value, {example} (repeatable)")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override a config value, {example} (repeatable)",
+    )
 
 
 def quiet_tensorflow() -> None:
@@ -110,17 +122,22 @@ def quiet_tensorflow() -> None:
             os.dup2(saved, 2)
             os.close(saved)
             capture.seek(0)
-            kept = [line for line in capture.read().decode(errors="replace").splitlines(keepends=True)
-                    if not _startup_noise(line)]
+            kept = [
+                line
+                for line in capture.read().decode(errors="replace").splitlines(keepends=True)
+                if not _startup_noise(line)
+            ]
             sys.stderr.write("".join(kept))
 
 
 def _startup_noise(line: str) -> bool:
     """INFO lines (`I0000 ...`) and Abseil's preamble logged before InitializeLog, and the cuInit error a
     machine without a usable GPU reports (CUDA error 303 / no CUDA-capable device)."""
-    return (line.startswith("WARNING: All log messages before absl::InitializeLog()")
-            or (len(line) > 5 and line[0] == "I" and line[1:5].isdigit())
-            or ("failed call to cuInit" in line and ("(303)" in line or "NO_DEVICE" in line)))
+    return (
+        line.startswith("WARNING: All log messages before absl::InitializeLog()")
+        or (len(line) > 5 and line[0] == "I" and line[1:5].isdigit())
+        or ("failed call to cuInit" in line and ("(303)" in line or "NO_DEVICE" in line))
+    )
 
 
 def run_command(args) -> int:
@@ -135,24 +152,31 @@ def run_command(args) -> int:
             return 0
         quiet_tensorflow()
         from pipeline import run as train
+
         train.train(config, run_dir=args.run_dir)
     elif args.command == "evaluate":
         from pipeline.evaluation import evaluate
+
         evaluate.evaluate_run(args.run_dir)
     elif args.command == "export":
         from pipeline.serving import export
+
         if args.format == "tflite":
             if args.top_k is not None:
-                raise export.ExportError("--top-k applies to --format saved_model only; the TFLite "
-                                         "model outputs all probabilities")
-            path = export.export_run_tflite(args.run_dir, out_dir=args.out, version=args.version,
-                                            checkpoint=args.checkpoint)
+                raise export.ExportError(
+                    "--top-k applies to --format saved_model only; the TFLite model outputs all probabilities"
+                )
+            path = export.export_run_tflite(
+                args.run_dir, out_dir=args.out, version=args.version, checkpoint=args.checkpoint
+            )
         else:
-            path = export.export_run(args.run_dir, out_dir=args.out, version=args.version,
-                                     top_k=args.top_k, checkpoint=args.checkpoint)
+            path = export.export_run(
+                args.run_dir, out_dir=args.out, version=args.version, top_k=args.top_k, checkpoint=args.checkpoint
+            )
         print(f"exported {path}")
     elif args.command == "data":
         from pipeline import tools
+
         return tools.main(args)
     elif args.command == "summary":
         from pipeline import experiment
@@ -164,8 +188,10 @@ def run_command(args) -> int:
         return summary.summary_command(config, num_classes=args.num_classes)
     elif args.command == "predict":
         from pipeline.serving import predict
-        return predict.predict_command(args.export_dir, args.paths, top_k=args.top_k,
-                                       output_format=args.format, batch_size=args.batch_size)
+
+        return predict.predict_command(
+            args.export_dir, args.paths, top_k=args.top_k, output_format=args.format, batch_size=args.batch_size
+        )
     elif args.command == "launch":
         from pipeline import experiment
         from pipeline.distribute import launch
@@ -188,6 +214,7 @@ def main(argv=None) -> int:
         return errors.USER_ERROR_EXIT_CODE
     except Exception as error:  # a full disk met outside our atomic writes (CSV log, TensorBoard, HDF5)
         from pipeline.core import fileio
+
         reason = fileio.storage_error(error)
         if reason is None:
             raise
@@ -195,6 +222,5 @@ def main(argv=None) -> int:
         print(f"error: {fileio.StorageFullError(path, reason)}", file=sys.stderr)
         return errors.USER_ERROR_EXIT_CODE
     except KeyboardInterrupt:
-        print("\ninterrupted; run the same command again to resume from the last completed epoch",
-              file=sys.stderr)
+        print("\ninterrupted; run the same command again to resume from the last completed epoch", file=sys.stderr)
         return 130

@@ -8,11 +8,10 @@ from source), so every config mistake is reported in a fraction of a second.
 from __future__ import annotations
 
 import models
-from pipeline.data import class_balance
-from pipeline.data import datasets
 from pipeline import config as config_lib
 from pipeline.config import Config, ConfigError
 from pipeline.core.errors import did_you_mean
+from pipeline.data import class_balance, datasets
 
 
 def load_experiment(name_or_path: str, overrides=()) -> Config:
@@ -30,27 +29,37 @@ def check_registries(config: Config) -> None:
     """
     if config.dataset.name not in datasets.DATASETS:
         known = datasets.DATASETS.names()
-        raise ConfigError(f"dataset.name: unknown dataset {config.dataset.name!r}"
-                          f"{did_you_mean(config.dataset.name, known)}. Known datasets: {', '.join(known)}")
+        raise ConfigError(
+            f"dataset.name: unknown dataset {config.dataset.name!r}"
+            f"{did_you_mean(config.dataset.name, known)}. Known datasets: {', '.join(known)}"
+        )
     if config.model.name not in models.MODELS:
         known = models.MODELS.names()
-        raise ConfigError(f"model.name: unknown model {config.model.name!r}"
-                          f"{did_you_mean(config.model.name, known)}. Known models: {', '.join(known)}")
+        raise ConfigError(
+            f"model.name: unknown model {config.model.name!r}"
+            f"{did_you_mean(config.model.name, known)}. Known models: {', '.join(known)}"
+        )
     accepted = models.MODELS.options(config.model.name)
     for key in config.model.options:
         if key not in accepted:
             raise ConfigError(
                 f"unknown key 'model.options.{key}'{did_you_mean(key, accepted, 'model.options.')}. Model "
-                f"{config.model.name!r} accepts: {', '.join(accepted) or 'no options'}")
+                f"{config.model.name!r} accepts: {', '.join(accepted) or 'no options'}"
+            )
     if config.train.phases and len({bool(phase.optimizer.ema) for phase in config.train.phases}) > 1:
-        raise ConfigError("train.phases[*].optimizer.ema: set a weight EMA in every phase or in none (the "
-                          "averaged weights must carry from one phase to the next)")
+        raise ConfigError(
+            "train.phases[*].optimizer.ema: set a weight EMA in every phase or in none (the "
+            "averaged weights must carry from one phase to the next)"
+        )
     try:
         class_balance.check_mode(config.train.class_weight)
     except class_balance.ClassWeightError as error:
         raise ConfigError(str(error)) from None
     if models.includes_preprocessing(config.model.name) and (
-            config.input.normalization != "unit" or config.input.statistics):
-        raise ConfigError(f"input.normalization: model {config.model.name!r} applies its backbone's own input "
-                          f"preprocessing to [0, 255] pixels, so normalization must stay 'unit' (unused) and "
-                          f"input.statistics unset; received normalization {config.input.normalization!r}")
+        config.input.normalization != "unit" or config.input.statistics
+    ):
+        raise ConfigError(
+            f"input.normalization: model {config.model.name!r} applies its backbone's own input "
+            f"preprocessing to [0, 255] pixels, so normalization must stay 'unit' (unused) and "
+            f"input.statistics unset; received normalization {config.input.normalization!r}"
+        )

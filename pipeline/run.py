@@ -12,17 +12,14 @@ from pathlib import Path
 
 import keras
 
-from pipeline.training import callbacks
-from pipeline.evaluation import evaluate
-from pipeline.serving import export
-from pipeline.training import model_setup as modeling
-from pipeline.evaluation import monitoring
-from pipeline.training import phases
-from pipeline.config import rundir
-from pipeline.distribute import workers
-from pipeline.config import Config
+from pipeline.config import Config, rundir
 from pipeline.config.rundir import RunError
 from pipeline.data.splits import Splits
+from pipeline.distribute import workers
+from pipeline.evaluation import evaluate, monitoring
+from pipeline.serving import export
+from pipeline.training import callbacks, phases
+from pipeline.training import model_setup as modeling
 
 # Image-file pipelines drop files that fail to decode (ignore_errors), so tf.data cannot know their
 # length; Keras then learns it at the end of epoch 1 and warns about "running out of data". Expected.
@@ -46,23 +43,29 @@ def train(config: Config, *, run_dir: Path | None = None, log=print) -> dict:
 def _train(config: Config, run_dir: Path, log) -> dict:
     state = rundir.check_run_dir(run_dir, config)
     if state == "finished":
-        log(f"{run_dir} is a finished run (metrics.json exists); nothing to do. "
-            f"Use `python -m pipeline evaluate {run_dir}` to re-evaluate, or a new --run-dir to train again.")
+        log(
+            f"{run_dir} is a finished run (metrics.json exists); nothing to do. "
+            f"Use `python -m pipeline evaluate {run_dir}` to re-evaluate, or a new --run-dir to train again."
+        )
         return rundir.read_metrics(run_dir)
 
     # Data and model first: a missing dataset, an input size the model refuses or a phase naming an
     # unknown layer stops the run before anything is written.
-    modeling.configure_threads(intra_op=config.train.intra_op_threads, inter_op=config.train.inter_op_threads,
-                               log=log)
+    modeling.configure_threads(intra_op=config.train.intra_op_threads, inter_op=config.train.inter_op_threads, log=log)
     # Before any other TensorFlow op: a multi-worker strategy sets up collective ops when it starts.
     strategy = workers.start(config.distribute.strategy, global_batch=config.train.batch_size, log=log)
     with workers.chief_first(strategy):  # one archive extraction and image scan; the others read the cache
         splits = Splits(config, log=log)
     with workers.scope(strategy):  # the model's variables live on every replica
         model = build_checked_model(config, splits, log=log)
-    plan = workers.prepare_phases(phases.plan(config), strategy, global_batch=config.train.batch_size,
-                                  scale_learning_rate=config.distribute.scale_learning_rate,
-                                  base_batch=config.distribute.base_batch_size, log=log)
+    plan = workers.prepare_phases(
+        phases.plan(config),
+        strategy,
+        global_batch=config.train.batch_size,
+        scale_learning_rate=config.distribute.scale_learning_rate,
+        base_batch=config.distribute.base_batch_size,
+        log=log,
+    )
 
     if state == "new":
         rundir.start(run_dir, config, splits.class_names)
@@ -75,16 +78,25 @@ def _train(config: Config, run_dir: Path, log) -> dict:
     validation_data = splits.dataset("validation", config, shard=shard) if len(splits.validation[1]) else None
     train_data, validation_data = workers.without_short_batches(strategy, train_data, validation_data)
     callback_list, stateful = callbacks.build_callbacks(
-        config.train.callbacks, run_dir, len(splits.train[1]), total_phases=len(plan),
+        config.train.callbacks,
+        run_dir,
+        len(splits.train[1]),
+        total_phases=len(plan),
         ema=all(phase.optimizer.ema for phase in plan),
-        extra=workers.fit_callbacks(monitoring.start(config, run_dir, splits, model, validation_data,
-                                                     new=state == "new"), strategy, log=log))
+        extra=workers.fit_callbacks(
+            monitoring.start(config, run_dir, splits, model, validation_data, new=state == "new"), strategy, log=log
+        ),
+    )
     backup = callback_list[-1]
 
     metadata = callbacks.read_backup_metadata(run_dir / "backup")
     completed = metadata.get("completed_phases", 0) if metadata else 0
-    workers.check_workers_agree(strategy, splits=(splits.train, splits.validation, splits.test),
-                                resume_epoch=metadata["epoch"] if metadata else 0, completed_phases=completed)
+    workers.check_workers_agree(
+        strategy,
+        splits=(splits.train, splits.validation, splits.test),
+        resume_epoch=metadata["epoch"] if metadata else 0,
+        completed_phases=completed,
+    )
     if metadata:  # rows of epochs after the resume point (a kill between the CSV row and the backup)
         callbacks.trim_history(run_dir / "history.csv", epochs=metadata["epoch"])
     if completed >= len(plan):
@@ -95,24 +107,38 @@ def _train(config: Config, run_dir: Path, log) -> dict:
         log(f"resuming after epoch {metadata['epoch']} of {config.train.epochs}")
     for position, phase in enumerate(plan[completed:]):
         if len(plan) > 1:
-            log(f"phase {phase.index + 1}/{len(plan)}: epochs {phase.start_epoch + 1}-{phase.end_epoch}, "
-                f"trainable {phase.trainable}, {phase.optimizer.name} lr {phase.optimizer.learning_rate}")
+            log(
+                f"phase {phase.index + 1}/{len(plan)}: epochs {phase.start_epoch + 1}-{phase.end_epoch}, "
+                f"trainable {phase.trainable}, {phase.optimizer.name} lr {phase.optimizer.learning_rate}"
+            )
         phases.set_trainable(model, phase.trainable)
         with workers.scope(strategy):  # the phase's optimizer (and a cached-features head) replicated too
             modeling.compile_model(model, config, phase, steps_per_epoch)
             fitted, phase_train, phase_validation = model, train_data, validation_data
             if phase.cache_features:
                 fitted, phase_train, phase_validation = modeling.cached_features_fit(
-                    model, splits, config, phase, steps_per_epoch, validation_data, log=log)
+                    model, splits, config, phase, steps_per_epoch, validation_data, log=log
+                )
         for callback in callback_list:  # those that save or evaluate the full model, not the head fitted
             if hasattr(callback, "target"):
                 callback.target = model if fitted is not model else None
         backup.begin_phase(phase.index, restore=position == 0)
-        history = fitted.fit(phase_train, validation_data=phase_validation, initial_epoch=phase.start_epoch,
-                             epochs=phase.end_epoch, shuffle=False, callbacks=callback_list,
-                             verbose=modeling.fit_verbosity(config.train.verbose))
-        check_finite(history.history.get("loss", []), phase, run_dir, diverged=backup.diverged,
-                     last_good_epoch=stateful["checkpoints"].last_good_epoch)
+        history = fitted.fit(
+            phase_train,
+            validation_data=phase_validation,
+            initial_epoch=phase.start_epoch,
+            epochs=phase.end_epoch,
+            shuffle=False,
+            callbacks=callback_list,
+            verbose=modeling.fit_verbosity(config.train.verbose),
+        )
+        check_finite(
+            history.history.get("loss", []),
+            phase,
+            run_dir,
+            diverged=backup.diverged,
+            last_good_epoch=stateful["checkpoints"].last_good_epoch,
+        )
     epochs_completed = callbacks.read_backup_metadata(run_dir / "backup")["epoch"]
     if not workers.is_chief(strategy):  # evaluation, export and metrics.json are the chief's
         workers.end_together(strategy)
@@ -138,8 +164,10 @@ def _train(config: Config, run_dir: Path, log) -> dict:
     monitoring.finish(config, run_dir, report, test_metrics, epochs_completed)
     rundir.write_metrics(run_dir, metrics)  # last: marks the run finished
     workers.end_together(strategy)  # the other workers wait here for the chief
-    log(f"test accuracy {test_metrics['accuracy']:.4f}, loss {test_metrics['loss']:.4f} after "
-        f"{epochs_completed} epochs; {metrics['images_per_second']:.0f} images/s; metrics in {run_dir}/metrics.json")
+    log(
+        f"test accuracy {test_metrics['accuracy']:.4f}, loss {test_metrics['loss']:.4f} after "
+        f"{epochs_completed} epochs; {metrics['images_per_second']:.0f} images/s; metrics in {run_dir}/metrics.json"
+    )
     return metrics
 
 
@@ -156,11 +184,15 @@ def build_checked_model(config: Config, splits: Splits, *, log=print) -> keras.M
     keras.utils.set_random_seed(config.seed)
     keras.mixed_precision.set_dtype_policy(config.train.mixed_precision)
     try:
-        statistics = (splits.channel_statistics(config) if config.input.normalization == "standardize"
-                      else (None, None))
-        model = modeling.build_model(config, input_shape=splits.input_shape, num_classes=splits.num_classes,
-                                     statistics=statistics, sample_images=lambda: splits.sample_images(config),
-                                     log=log)
+        statistics = splits.channel_statistics(config) if config.input.normalization == "standardize" else (None, None)
+        model = modeling.build_model(
+            config,
+            input_shape=splits.input_shape,
+            num_classes=splits.num_classes,
+            statistics=statistics,
+            sample_images=lambda: splits.sample_images(config),
+            log=log,
+        )
         for phase in phases.plan(config):
             phases.set_trainable(model, phase.trainable)
             if phase.cache_features:
@@ -172,15 +204,21 @@ def build_checked_model(config: Config, splits: Splits, *, log=print) -> keras.M
     return model
 
 
-def check_finite(losses: list, phase: phases.Phase, run_dir: Path, *, diverged: bool = False,
-                 last_good_epoch: int | None = None) -> None:
+def check_finite(
+    losses: list, phase: phases.Phase, run_dir: Path, *, diverged: bool = False, last_good_epoch: int | None = None
+) -> None:
     """Raises RunError when the phase diverged (a non-finite loss or weights). Nothing non-finite was
     saved: the checkpoints and the resume state are those of the last good epoch, if there is one, and
     the run is not marked finished (a second `train` resumes from that epoch, it does not evaluate)."""
     if not diverged and not (losses and not math.isfinite(losses[-1])):
         return
-    where = (f"the last good checkpoint is {rundir.checkpoint_path(run_dir, 'last')} (epoch {last_good_epoch})"
-             if last_good_epoch else "no epoch finished with finite weights, so there is no good checkpoint")
-    raise RunError(f"training diverged: the loss became {losses[-1] if losses else 'NaN'} in epoch "
-                   f"{len(losses) + phase.start_epoch}; {where}. Lower {phase.key}.optimizer.learning_rate "
-                   f"(now {phase.optimizer.learning_rate}), add warm-up or clipnorm, and start a new --run-dir.")
+    where = (
+        f"the last good checkpoint is {rundir.checkpoint_path(run_dir, 'last')} (epoch {last_good_epoch})"
+        if last_good_epoch
+        else "no epoch finished with finite weights, so there is no good checkpoint"
+    )
+    raise RunError(
+        f"training diverged: the loss became {losses[-1] if losses else 'NaN'} in epoch "
+        f"{len(losses) + phase.start_epoch}; {where}. Lower {phase.key}.optimizer.learning_rate "
+        f"(now {phase.optimizer.learning_rate}), add warm-up or clipnorm, and start a new --run-dir."
+    )

@@ -25,8 +25,13 @@ sys.path.insert(0, str(PROJECT_ROOT))
 # no evaluation figures, no TensorBoard image grids, confusion matrices or op graph (~1 s per Matplotlib figure on
 # 2 cores). The scalars stay on. tests/test_tensorboard_logging.py, test_evaluation_report.py, test_export.py
 # and test_train.py's tiny_run cover what this leaves out.
-LEAN_RUN = ("export.enabled=false", "evaluation.report=false", "train.callbacks.tensorboard.images=false",
-            "train.callbacks.tensorboard.confusion_matrix_freq=0", "train.callbacks.tensorboard.graph=false")
+LEAN_RUN = (
+    "export.enabled=false",
+    "evaluation.report=false",
+    "train.callbacks.tensorboard.images=false",
+    "train.callbacks.tensorboard.confusion_matrix_freq=0",
+    "train.callbacks.tensorboard.graph=false",
+)
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -46,7 +51,7 @@ def synthetic_images(count: int, size: int, channels: int, num_classes: int, see
     cell = size // 4
     for index, label in enumerate(labels):
         row, col = divmod(int(label) % 16, 4)
-        images[index, row * cell:(row + 1) * cell, col * cell:(col + 1) * cell] = 200
+        images[index, row * cell : (row + 1) * cell, col * cell : (col + 1) * cell] = 200
     return images, labels.astype(np.uint8)
 
 
@@ -88,6 +93,7 @@ def data_env(synthetic_mirror, tmp_path, monkeypatch):
 
 def real_mirror() -> Path | None:
     from pipeline.data import datasets
+
     mirror = datasets.resolve_mirror(None)
     return mirror if mirror and (mirror / "mnist").is_dir() else None
 

@@ -37,26 +37,36 @@ def predict(model, images):
 # Registration and structure
 # --------------------------------------------------------------------------------------------------
 
+
 def test_registered_with_their_own_preprocessing():
     assert {"applications", "vgg16_finetune"} <= set(models.MODELS.names())
     assert models.includes_preprocessing("applications")
     assert models.includes_preprocessing("vgg16_finetune")
     assert not models.includes_preprocessing("lenet")
-    assert models.MODELS.options("applications") == ["backbone", "weights", "pooling", "dense_units",
-                                                     "dropout_rate", "upscale_to", "bn_momentum"]
+    assert models.MODELS.options("applications") == [
+        "backbone",
+        "weights",
+        "pooling",
+        "dense_units",
+        "dropout_rate",
+        "upscale_to",
+        "bn_momentum",
+    ]
     assert "backbone" not in models.MODELS.options("vgg16_finetune")
     with pytest.raises(KeyError, match="unknown model"):
         models.includes_preprocessing("nope")
 
 
 def test_config_accepts_the_options():
-    config = config_lib.from_dict({"model": {"name": "applications",
-                                             "options": {"backbone": "mobilenet_v2", "upscale_to": [32, 32]}}})
+    config = config_lib.from_dict(
+        {"model": {"name": "applications", "options": {"backbone": "mobilenet_v2", "upscale_to": [32, 32]}}}
+    )
     experiment_lib.check_registries(config)
     assert config.model.options["backbone"] == "mobilenet_v2"
     with pytest.raises(config_lib.ConfigError, match="did you mean 'model.options.upscale_to'"):
         experiment_lib.check_registries(
-            config_lib.from_dict({"model": {"name": "applications", "options": {"upscale": [32, 32]}}}))
+            config_lib.from_dict({"model": {"name": "applications", "options": {"upscale": [32, 32]}}})
+        )
 
 
 def test_vgg16_finetune_is_the_seed_recipe():
@@ -64,8 +74,16 @@ def test_vgg16_finetune_is_the_seed_recipe():
     backbone = model.get_layer("backbone")
     assert backbone.count_params() == VGG16_BASE_PARAMETERS
     assert isinstance(backbone, keras.Model)  # the base is ONE nested layer
-    assert [layer.name for layer in model.layers] == ["image", "preprocess", "backbone", "pool", "fc", "dropout",
-                                                      "logits", "probabilities"]
+    assert [layer.name for layer in model.layers] == [
+        "image",
+        "preprocess",
+        "backbone",
+        "pool",
+        "fc",
+        "dropout",
+        "logits",
+        "probabilities",
+    ]
     assert isinstance(model.get_layer("pool"), keras.layers.Flatten)
     assert model.get_layer("fc").units == 256
     assert model.get_layer("dropout").rate == 0.5
@@ -81,23 +99,30 @@ def test_head_options():
     assert model.count_params() == VGG16_BASE_PARAMETERS + 512 * 3 + 3
     with pytest.raises(ValueError) as error:
         build(backbone="resnet5")
-    assert str(error.value) == ("Unknown backbone (did you mean 'resnet50'?). The `backbone` argument should be one "
-                                f"of {', '.join(BACKBONES)}. Received: backbone='resnet5'")
+    assert str(error.value) == (
+        "Unknown backbone (did you mean 'resnet50'?). The `backbone` argument should be one "
+        f"of {', '.join(BACKBONES)}. Received: backbone='resnet5'"
+    )
     with pytest.raises(ValueError) as error:
         build(pooling="mean")
-    assert str(error.value) == ("The `pooling` argument should be one of 'avg', 'max', 'flatten'. "
-                                "Received: pooling='mean'")
-    with pytest.raises(ValueError, match="1 \\(grey, repeated to RGB\\) or 3 input channels. "
-                                         "Received: input_shape=\\(32, 32, 4\\)"):
+    assert str(error.value) == (
+        "The `pooling` argument should be one of 'avg', 'max', 'flatten'. Received: pooling='mean'"
+    )
+    with pytest.raises(
+        ValueError, match="1 \\(grey, repeated to RGB\\) or 3 input channels. Received: input_shape=\\(32, 32, 4\\)"
+    ):
         build(input_shape=(32, 32, 4))
-    with pytest.raises(ValueError, match="`dense_units` argument should be an integer >= 0 or None. "
-                                         "Received: dense_units=-1"):
+    with pytest.raises(
+        ValueError, match="`dense_units` argument should be an integer >= 0 or None. Received: dense_units=-1"
+    ):
         build(dense_units=-1)
-    with pytest.raises(ValueError, match="`dropout_rate` argument should be a number in \\[0, 1\\). "
-                                         "Received: dropout_rate=1"):
+    with pytest.raises(
+        ValueError, match="`dropout_rate` argument should be a number in \\[0, 1\\). Received: dropout_rate=1"
+    ):
         build(dropout_rate=1)
-    with pytest.raises(ValueError, match="`upscale_to` argument should be \\[height, width\\].*"
-                                         "Received: upscale_to=\\[32\\]"):
+    with pytest.raises(
+        ValueError, match="`upscale_to` argument should be \\[height, width\\].*Received: upscale_to=\\[32\\]"
+    ):
         build(upscale_to=[32])
 
 
@@ -128,15 +153,19 @@ def test_grey_input_is_repeated_to_rgb():
 def test_below_the_minimum_size_says_how_to_fix_it():
     with pytest.raises(ValueError) as error:
         build(input_shape=(28, 28, 1), backbone="vgg16")
-    assert str(error.value) == ("The input size [28, 28] is below vgg16's minimum of 32x32: use images of at least "
-                                "[32, 32], or `upscale_to=[32, 32]` to upscale inside the model. "
-                                "Received: image_size=[28, 28]")
+    assert str(error.value) == (
+        "The input size [28, 28] is below vgg16's minimum of 32x32: use images of at least "
+        "[32, 32], or `upscale_to=[32, 32]` to upscale inside the model. "
+        "Received: image_size=[28, 28]"
+    )
     with pytest.raises(ValueError, match="inception_v3's minimum of 75x75.*at least \\[75, 80\\]"):
         build(input_shape=(60, 80, 3), backbone="inception_v3")
     with pytest.raises(ValueError) as error:
         build(input_shape=(28, 28, 1), backbone="vgg16", upscale_to=[16, 16])
-    assert str(error.value) == ("The `upscale_to` size is below vgg16's minimum of 32x32: upscale to at least "
-                                "[32, 32]. Received: upscale_to=[16, 16]")
+    assert str(error.value) == (
+        "The `upscale_to` size is below vgg16's minimum of 32x32: upscale to at least "
+        "[32, 32]. Received: upscale_to=[16, 16]"
+    )
     model = build(input_shape=(28, 28, 1), backbone="vgg16", upscale_to=32, dense_units=8)
     assert model.get_layer("upscale").output.shape == (None, 32, 32, 3)
     np.testing.assert_allclose(predict(model, pixels((2, 28, 28, 1))).sum(axis=1), 1.0, atol=1e-5)
@@ -145,6 +174,7 @@ def test_below_the_minimum_size_says_how_to_fix_it():
 # --------------------------------------------------------------------------------------------------
 # An earlier run of this pipeline, trained one step and saved (VGG16: quick to build, save and load)
 # --------------------------------------------------------------------------------------------------
+
 
 def _fit_one_step(model, seed):
     model.compile(optimizer=keras.optimizers.SGD(0.01), loss="sparse_categorical_crossentropy", run_eagerly=True)
@@ -159,8 +189,12 @@ def earlier_run(tmp_path_factory):
     _fit_one_step(model, seed=4)
     inputs = keras.Input(shape=(32, 32, 3), name="image")  # train.py's outer model around the network
     wrapper = keras.Model(inputs, model(keras.layers.Rescaling(1.0, name="normalize")(inputs)), name="run")
-    paths = {"keras": folder / "best.keras", "weights": folder / "model.weights.h5",
-             "wrapper_keras": folder / "wrapper.keras", "wrapper_weights": folder / "wrapper.weights.h5"}
+    paths = {
+        "keras": folder / "best.keras",
+        "weights": folder / "model.weights.h5",
+        "wrapper_keras": folder / "wrapper.keras",
+        "wrapper_weights": folder / "wrapper.weights.h5",
+    }
     model.save(paths["keras"])
     model.save_weights(paths["weights"])
     wrapper.save(paths["wrapper_keras"])
@@ -221,12 +255,19 @@ def test_weights_h5_files_load(earlier_run):
 # BatchNormalization: learns from scratch, frozen statistics once trained (MobileNetV2)
 # --------------------------------------------------------------------------------------------------
 
+
 def _batch_norm_state(model):
-    layers = [layer for layer in model.get_layer("backbone").layers
-              if isinstance(layer, keras.layers.BatchNormalization)]
+    layers = [
+        layer for layer in model.get_layer("backbone").layers if isinstance(layer, keras.layers.BatchNormalization)
+    ]
     assert layers
-    return [[np.array(keras.ops.convert_to_numpy(v), copy=True)
-             for v in (bn.moving_mean, bn.moving_variance, bn.gamma, bn.beta)] for bn in layers]
+    return [
+        [
+            np.array(keras.ops.convert_to_numpy(v), copy=True)
+            for v in (bn.moving_mean, bn.moving_variance, bn.gamma, bn.beta)
+        ]
+        for bn in layers
+    ]
 
 
 def test_batch_norm_learns_from_scratch_and_stays_frozen_once_trained(tmp_path):
@@ -272,10 +313,13 @@ def test_files_that_do_not_fit_raise_weights_error(earlier_run, tmp_path):
     assert str(plain_path) in str(error.value)
     with pytest.raises(WeightsError) as error:
         build(backbone="vgg16", weights=str(tmp_path / "missing.keras"))
-    assert str(error.value) == (f"Weights file not found: {tmp_path / 'missing.keras'}. "
-                                f"Received: weights={str(tmp_path / 'missing.keras')!r}")
-    with pytest.raises(ValueError, match="should be None, 'imagenet', the path of a .keras or .weights.h5 file.*"
-                                         "Received: weights='imagenet21k'"):
+    assert str(error.value) == (
+        f"Weights file not found: {tmp_path / 'missing.keras'}. Received: weights={str(tmp_path / 'missing.keras')!r}"
+    )
+    with pytest.raises(
+        ValueError,
+        match="should be None, 'imagenet', the path of a .keras or .weights.h5 file.*Received: weights='imagenet21k'",
+    ):
         build(backbone="vgg16", weights="imagenet21k")
 
 
@@ -292,6 +336,7 @@ def test_relative_weights_paths_are_taken_from_the_working_directory(earlier_run
 # --------------------------------------------------------------------------------------------------
 # ImageNet weights offline
 # --------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("backbone", ["vgg16", "mobilenet_v2", "efficientnet_b0"])
 def test_imagenet_offline_names_the_file_to_place_by_hand(backbone, monkeypatch):
@@ -318,14 +363,16 @@ def test_imagenet_offline_names_the_file_to_place_by_hand(backbone, monkeypatch)
 # ImageNet-format weights files, made here (keras.applications' legacy HDF5 layout)
 # --------------------------------------------------------------------------------------------------
 
+
 def write_applications_file(path, backbone="mobilenet_v2", shape=(32, 32, 3), seed=7):
     """A no-top weights file as keras.applications ships them: HDF5 by layer, random values."""
     import h5py
     from keras.src.legacy.saving import legacy_h5_format
 
     keras.utils.set_random_seed(seed)
-    base = getattr(keras.applications, BACKBONES[backbone].constructor)(include_top=False, weights=None,
-                                                                         input_shape=shape)
+    base = getattr(keras.applications, BACKBONES[backbone].constructor)(
+        include_top=False, weights=None, input_shape=shape
+    )
     with h5py.File(path, "w") as handle:
         legacy_h5_format.save_weights_to_hdf5_group(handle, base)
     return [w.numpy() for w in base.weights]
@@ -370,11 +417,17 @@ def test_imagenet_uses_the_file_keras_finds_in_its_cache(tmp_path, monkeypatch):
 
 def test_bn_momentum_replaces_the_backbones_batchnorm_momentum():
     model = build(backbone="mobilenet_v2", bn_momentum=0.9, dense_units=0)
-    norms = [layer for layer in compat.find_layer(model, "backbone").layers
-             if isinstance(layer, keras.layers.BatchNormalization)]
+    norms = [
+        layer
+        for layer in compat.find_layer(model, "backbone").layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+    ]
     assert norms and all(layer.momentum == 0.9 for layer in norms)
     default = build(backbone="mobilenet_v2", dense_units=0)
-    assert {layer.momentum for layer in compat.find_layer(default, "backbone").layers
-            if isinstance(layer, keras.layers.BatchNormalization)} == {0.999}  # keras.applications' own
+    assert {
+        layer.momentum
+        for layer in compat.find_layer(default, "backbone").layers
+        if isinstance(layer, keras.layers.BatchNormalization)
+    } == {0.999}  # keras.applications' own
     with pytest.raises(ValueError, match="bn_momentum"):
         build(backbone="mobilenet_v2", bn_momentum=1.5)

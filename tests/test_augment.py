@@ -23,8 +23,9 @@ def _class_batches(batches=6, batch_size=16, size=16, seed=0):
     """Images of constant value 40 * (class + 1), so a pixel tells which example it came from."""
     rng = np.random.default_rng(seed)
     classes = rng.integers(0, NUM_CLASSES, size=(batches, batch_size))
-    images = np.broadcast_to((40.0 * (classes + 1))[..., None, None, None],
-                             (batches, batch_size, size, size, 3)).astype(np.float32)
+    images = np.broadcast_to(
+        (40.0 * (classes + 1))[..., None, None, None], (batches, batch_size, size, size, 3)
+    ).astype(np.float32)
     return images, np.eye(NUM_CLASSES, dtype=np.float32)[classes]
 
 
@@ -36,20 +37,27 @@ def _run(augmenter, images, labels, *, seed, deterministic=True):
 
 # -- random resized crop ------------------------------------------------------------------------
 
+
 def test_random_resized_crop_takes_the_requested_area_and_repeats_with_its_seed():
     image = tf.constant(_coordinates(64, 64))
-    crops = [augment.random_resized_crop(image, size=16, scale=(0.25, 0.25), ratio=(1.0, 1.0),
-                                         seed=tf.constant([3, s])).numpy() for s in range(4)]
+    crops = [
+        augment.random_resized_crop(
+            image, size=16, scale=(0.25, 0.25), ratio=(1.0, 1.0), seed=tf.constant([3, s])
+        ).numpy()
+        for s in range(4)
+    ]
     for crop in crops:
         assert crop.shape == (16, 16, 3) and crop.dtype == np.float32
         # A quarter of the area at ratio 1 is a 32 x 32 window: rows and columns span ~31 source pixels.
         assert 28 <= np.ptp(crop[..., 0]) <= 32 and 28 <= np.ptp(crop[..., 1]) <= 32
     assert len({(c[0, 0, 0], c[0, 0, 1]) for c in crops}) > 1  # different seeds, different places
     traced = tf.function(lambda x, s: augment.random_resized_crop(x, size=16, seed=s)).get_concrete_function(
-        tf.TensorSpec([None, None, 3], tf.uint8), tf.TensorSpec([2], tf.int64))
+        tf.TensorSpec([None, None, 3], tf.uint8), tf.TensorSpec([2], tf.int64)
+    )
     assert traced.output_shapes.as_list() == [16, 16, 3]  # static shape kept in a graph (tf.data)
-    again = augment.random_resized_crop(image, size=16, scale=(0.25, 0.25), ratio=(1.0, 1.0),
-                                        seed=tf.constant([3, 0])).numpy()
+    again = augment.random_resized_crop(
+        image, size=16, scale=(0.25, 0.25), ratio=(1.0, 1.0), seed=tf.constant([3, 0])
+    ).numpy()
     np.testing.assert_array_equal(again, crops[0])
 
 
@@ -68,13 +76,17 @@ def test_center_crop_keeps_the_central_seven_eighths():
 
 # -- batch layers -------------------------------------------------------------------------------
 
+
 def test_nothing_on_builds_nothing_and_bad_values_are_refused():
     assert augment.build_batch_augment() is None
     assert augment.map_batch_augment(tf.data.Dataset.range(3), None, seed=0).cardinality() == 3
     with pytest.raises(ValueError, match=r"cut_mix must be 0 \(off\) to 1.0. Received: cut_mix=2.0"):
         augment.build_batch_augment(cut_mix=2.0)
-    with pytest.raises(ValueError, match=r"color_jitter takes brightness, contrast, saturation and hue. "
-                                         r"Received: \['gamma'\]"):
+    with pytest.raises(
+        ValueError,
+        match=r"color_jitter takes brightness, contrast, saturation and hue. "
+        r"Received: \['gamma'\]",
+    ):
         augment.build_batch_augment(color_jitter={"gamma": 0.1})
 
 
@@ -84,7 +96,10 @@ def test_all_layers_repeat_exactly_with_the_same_seed_in_a_parallel_map():
     augmenter = augment.build_batch_augment(
         rand_augment={"num_ops": 2, "factor": 0.5},
         color_jitter={"brightness": 0.2, "contrast": 0.2, "saturation": 0.2, "hue": 0.05},
-        random_erasing=0.25, mix_up=0.2, cut_mix=1.0)
+        random_erasing=0.25,
+        mix_up=0.2,
+        cut_mix=1.0,
+    )
     rng = np.random.default_rng(1)
     images = rng.uniform(0, 255, size=(3, 8, 8, 8, 3)).astype(np.float32)
     labels = np.eye(NUM_CLASSES, dtype=np.float32)[rng.integers(0, NUM_CLASSES, size=(3, 8))]
@@ -124,8 +139,12 @@ def test_rand_augment_picks_new_operations_every_batch_and_per_image():
 
 
 def _jitter(color_jitter, images):
-    (out, _), = _run(augment.build_batch_augment(color_jitter=color_jitter), images[None],
-                     np.zeros((1, len(images), NUM_CLASSES), np.float32), seed=3)
+    ((out, _),) = _run(
+        augment.build_batch_augment(color_jitter=color_jitter),
+        images[None],
+        np.zeros((1, len(images), NUM_CLASSES), np.float32),
+        seed=3,
+    )
     return out
 
 
@@ -186,9 +205,9 @@ def test_mix_up_and_cut_mix_together_take_turns_per_batch():
 def test_random_erasing_probability_is_per_image():
     images = np.full((1, 64, 16, 16, 3), 128.0, np.float32)
     labels = np.zeros((1, 64, NUM_CLASSES), np.float32)
-    (always, _), = _run(augment.build_batch_augment(random_erasing=1.0), images, labels, seed=0)
+    ((always, _),) = _run(augment.build_batch_augment(random_erasing=1.0), images, labels, seed=0)
     assert (np.abs(always - 128).max(axis=(1, 2, 3)) > 0).all()
-    (quarter, _), = _run(augment.build_batch_augment(random_erasing=0.25), images, labels, seed=0)
+    ((quarter, _),) = _run(augment.build_batch_augment(random_erasing=0.25), images, labels, seed=0)
     erased = int((np.abs(quarter - 128).max(axis=(1, 2, 3)) > 0).sum())
     assert 5 <= erased <= 30, erased  # 16 expected of 64
 
@@ -197,11 +216,13 @@ def test_random_erasing_fill_value_cutout_style():
     images = np.full((1, 32, 16, 16, 3), 128.0, np.float32)
     labels = np.zeros((1, 32, NUM_CLASSES), np.float32)
     augmenter = augment.build_batch_augment(random_erasing=1.0, random_erasing_fill=[10, 20, 30])
-    (erased, _), = _run(augmenter, images, labels, seed=0)
+    ((erased, _),) = _run(augmenter, images, labels, seed=0)
     changed = np.abs(erased - 128).max(axis=-1) > 0  # [batch, H, W]
     assert changed.any(axis=(1, 2)).all()  # every image has its rectangle
     np.testing.assert_array_equal(erased[changed], np.broadcast_to([10.0, 20.0, 30.0], (int(changed.sum()), 3)))
-    (grey, _), = _run(augment.build_batch_augment(random_erasing=1.0, random_erasing_fill=[0]), images, labels, seed=0)
+    ((grey, _),) = _run(
+        augment.build_batch_augment(random_erasing=1.0, random_erasing_fill=[0]), images, labels, seed=0
+    )
     assert set(np.unique(grey)) == {0.0, 128.0}
     for bad in ([300], [1, 2], ["mean"], [True]):
         with pytest.raises(ValueError, match=r"random_erasing_fill must be a pixel value in \[0, 255\] or \[R, G, B\]"):
@@ -229,7 +250,7 @@ def test_layers_compute_in_float32_under_a_mixed_precision_policy():
     finally:
         keras.config.set_dtype_policy(previous)
     images, labels = _class_batches(batches=1)
-    (out, mixed), = _run(augmenter, images, labels, seed=0)
+    ((out, mixed),) = _run(augmenter, images, labels, seed=0)
     assert out.dtype == np.float32 and mixed.dtype == np.float32
     assert all(layer.compute_dtype == "float32" for layer in augmenter.image_layers + augmenter.mixers)
 
@@ -239,8 +260,21 @@ def test_random_erasing_fill_of_the_wrong_length_stops_at_the_config(tmp_path):
     import sys
     from pathlib import Path
 
-    result = subprocess.run([sys.executable, "-m", "pipeline", "train", "tiny", "--print-config", "--set",
-                             "input.augment.random_erasing_fill=[1, 2]"], capture_output=True, text=True,
-                            cwd=Path(__file__).resolve().parent.parent, timeout=120)
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pipeline",
+            "train",
+            "tiny",
+            "--print-config",
+            "--set",
+            "input.augment.random_erasing_fill=[1, 2]",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+        timeout=120,
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "input.augment.random_erasing_fill: expected [v] or [R, G, B]" in result.stdout + result.stderr

@@ -118,13 +118,34 @@ def test_transfer_quick(capsys, results_untouched, tmp_path):
 
     # A "pretrained" checkpoint of the right architecture (random weights), as a pretraining run saves it.
     checkpoint = tmp_path / "best.keras"
-    models.build_model("applications", input_shape=(32, 32, 3), num_classes=10, backbone="mobilenet_v2",
-                       weights=None, dense_units=0, bn_momentum=0.9).save(checkpoint)
+    models.build_model(
+        "applications",
+        input_shape=(32, 32, 3),
+        num_classes=10,
+        backbone="mobilenet_v2",
+        weights=None,
+        dense_units=0,
+        bn_momentum=0.9,
+    ).save(checkpoint)
     keras.backend.clear_session()
     archive = common.write_synthetic_jpeg_archive(tmp_path / "photos.tar.gz", count=64)
-    result = transfer.main(SMOKE + ["--weights", str(checkpoint), "--set", "dataset.name=folder",
-                                    "--set", f"dataset.root={archive}", "--set", f"dataset.data_dir={tmp_path / 'data'}",
-                                    "--set", "dataset.skip_placeholders=false", "--set", "input.image_size=[32,32]"])
+    result = transfer.main(
+        SMOKE
+        + [
+            "--weights",
+            str(checkpoint),
+            "--set",
+            "dataset.name=folder",
+            "--set",
+            f"dataset.root={archive}",
+            "--set",
+            f"dataset.data_dir={tmp_path / 'data'}",
+            "--set",
+            "dataset.skip_placeholders=false",
+            "--set",
+            "input.image_size=[32,32]",
+        ]
+    )
     rows = table_with(capsys.readouterr().out, *transfer.HEADERS)
     assert [row["weights"] for row in rows][:2] == ["pretrained", "random init"]
     assert all(0 <= float(row["test acc"]) <= 1 for row in rows)
@@ -151,9 +172,22 @@ def test_time_to_accuracy_quick(capsys, results_untouched, recipes):
 def test_time_to_accuracy_of_another_experiment_at_several_targets(capsys, results_untouched):
     from benchmarks import time_to_accuracy
 
-    result = time_to_accuracy.main(SMOKE + ["--recipes", "ours", "--experiment", "cifar10_fast",
-                                            "--set", "model.options={width: 8, whiten: true}",
-                                            "--target", "0.05", "0.99", "--evaluate-from", "2"])
+    result = time_to_accuracy.main(
+        SMOKE
+        + [
+            "--recipes",
+            "ours",
+            "--experiment",
+            "cifar10_fast",
+            "--set",
+            "model.options={width: 8, whiten: true}",
+            "--target",
+            "0.05",
+            "0.99",
+            "--evaluate-from",
+            "2",
+        ]
+    )
     out = capsys.readouterr().out
     assert "ours: cifar10_fast, 2 epochs, batch 512" in out and "test TTA flip_translate" in out
     summary = table_with(out, *time_to_accuracy.SUMMARY_HEADERS)
@@ -165,8 +199,17 @@ def test_time_to_accuracy_of_another_experiment_at_several_targets(capsys, resul
 
 
 def test_record_appends_a_section(tmp_path):
-    info = {"date": "2026-01-01 00:00:00 UTC", "nproc": 2, "cpu": "test CPU", "memory_gib": 4.0, "gpus": [],
-            "python": "3.11", "tensorflow": "2.21.0", "keras": "3.15.1", "load_average": (0.5, 0.5, 0.5)}
+    info = {
+        "date": "2026-01-01 00:00:00 UTC",
+        "nproc": 2,
+        "cpu": "test CPU",
+        "memory_gib": 4.0,
+        "gpus": [],
+        "python": "3.11",
+        "tensorflow": "2.21.0",
+        "keras": "3.15.1",
+        "load_average": (0.5, 0.5, 0.5),
+    }
     path = tmp_path / "RESULTS.md"
     table = common.markdown_table(["a", "b"], [["x", 1.5]])
     common.record("First", "python -m benchmarks.x", table, info=info, path=path)

@@ -9,8 +9,8 @@ import pytest
 import tensorflow as tf
 from sklearn.metrics import balanced_accuracy_score
 
-from pipeline.data import class_balance
 from pipeline.core.errors import UserError
+from pipeline.data import class_balance
 
 NAMES = ["cat", "dog", "bird"]
 
@@ -36,13 +36,22 @@ def test_none_and_a_mapping_of_class_names():
     np.testing.assert_array_equal(weights, [0.5, 1.0, 4.0])
 
 
-@pytest.mark.parametrize("mode, message", [
-    ("balance", r"train.class_weight: must be none, balanced or a mapping \{class name: weight\}. "
-                r"Received: 'balance' \(did you mean 'balanced'\?\)"),
-    ({"bird": -1}, r"train.class_weight.bird: must be a number >= 0. Received: -1"),
-    ({"brid": 2.0}, r"train.class_weight.brid: no such class; classes: cat, dog, bird. "
-                    r"Received: 'brid' \(did you mean 'bird'\?\)"),
-])
+@pytest.mark.parametrize(
+    "mode, message",
+    [
+        (
+            "balance",
+            r"train.class_weight: must be none, balanced or a mapping \{class name: weight\}. "
+            r"Received: 'balance' \(did you mean 'balanced'\?\)",
+        ),
+        ({"bird": -1}, r"train.class_weight.bird: must be a number >= 0. Received: -1"),
+        (
+            {"brid": 2.0},
+            r"train.class_weight.brid: no such class; classes: cat, dog, bird. "
+            r"Received: 'brid' \(did you mean 'bird'\?\)",
+        ),
+    ],
+)
 def test_bad_modes_are_user_errors_naming_the_key(mode, message):
     with pytest.raises(UserError, match=message):
         class_balance.class_weights([0, 1], 3, mode, class_names=NAMES)
@@ -58,8 +67,7 @@ def test_mixed_labels_weigh_the_classes_they_mix():
 def test_balanced_accuracy_matches_scikit_learn_and_skips_absent_classes():
     rng = np.random.default_rng(0)
     y_true, y_pred = rng.integers(0, 4, 200), rng.integers(0, 5, 200)  # class 4 predicted, never true
-    assert class_balance.balanced_accuracy(y_true, y_pred, 5) == pytest.approx(
-        balanced_accuracy_score(y_true, y_pred))
+    assert class_balance.balanced_accuracy(y_true, y_pred, 5) == pytest.approx(balanced_accuracy_score(y_true, y_pred))
     recall = class_balance.per_class_recall([0, 0, 1], [0, 1, 1], 3)
     np.testing.assert_array_equal(recall[:2], [0.5, 1.0])
     assert np.isnan(recall[2])

@@ -17,37 +17,52 @@ from pipeline.evaluation import compare_runs
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
 
-def make_run(root: Path, name: str, *, learning_rate=0.001, epochs=2, accuracy=0.5, top_k=None, finished=True,
-             extra=None) -> Path:
+def make_run(
+    root: Path, name: str, *, learning_rate=0.001, epochs=2, accuracy=0.5, top_k=None, finished=True, extra=None
+) -> Path:
     """A run directory as `pipeline train` writes it (only the files `report` reads)."""
     run = root / name
     run.mkdir(parents=True)
-    config = {"name": "tiny", "seed": 42, "input": {"image_size": [16, 16]},
-              "train": {"epochs": epochs, "optimizer": {"name": "adam", "learning_rate": learning_rate}}}
+    config = {
+        "name": "tiny",
+        "seed": 42,
+        "input": {"image_size": [16, 16]},
+        "train": {"epochs": epochs, "optimizer": {"name": "adam", "learning_rate": learning_rate}},
+    }
     config.update(extra or {})
     (run / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     rows = ["epoch,accuracy,learning_rate,loss,val_accuracy,val_loss"]
-    rows += [f"{e},{0.3 + 0.1 * e},{learning_rate},{1.5 - 0.1 * e},{0.25 + 0.1 * e},{1.6 - 0.1 * e}" for e in range(epochs)]
+    rows += [
+        f"{e},{0.3 + 0.1 * e},{learning_rate},{1.5 - 0.1 * e},{0.25 + 0.1 * e},{1.6 - 0.1 * e}" for e in range(epochs)
+    ]
     (run / "history.csv").write_text("\n".join(rows) + "\n")
     if finished:
-        metrics = {"test": {"accuracy": accuracy, "loss": 1.2}, "epochs_completed": epochs, "train_seconds": 250.0,
-                   "images_per_second": 1234.5}
+        metrics = {
+            "test": {"accuracy": accuracy, "loss": 1.2},
+            "epochs_completed": epochs,
+            "train_seconds": 250.0,
+            "images_per_second": 1234.5,
+        }
         (run / "metrics.json").write_text(json.dumps(metrics))
     if top_k is not None:
         (run / "evaluation").mkdir()
-        (run / "evaluation" / "report.json").write_text(json.dumps({"accuracy": accuracy, "top_k": 5,
-                                                                     "top_k_accuracy": top_k}))
+        (run / "evaluation" / "report.json").write_text(
+            json.dumps({"accuracy": accuracy, "top_k": 5, "top_k_accuracy": top_k})
+        )
     return run
 
 
 def test_table_shows_only_the_keys_that_differ(tmp_path):
     first = make_run(tmp_path, "a", learning_rate=0.001, accuracy=0.6125, top_k=0.9)
-    second = make_run(tmp_path, "b", learning_rate=0.01, epochs=3, accuracy=0.7, top_k=0.95,
-                      extra={"model": {"name": "simple_cnn"}})
+    second = make_run(
+        tmp_path, "b", learning_rate=0.01, epochs=3, accuracy=0.7, top_k=0.95, extra={"model": {"name": "simple_cnn"}}
+    )
     table = compare_runs.compare_runs([first, second])
     lines = table.splitlines()
-    assert lines[0] == ("| experiment | run | train.epochs | train.optimizer.learning_rate | model.name | "
-                        "test accuracy | test top-5 | epochs | train time | images/s |")
+    assert lines[0] == (
+        "| experiment | run | train.epochs | train.optimizer.learning_rate | model.name | "
+        "test accuracy | test top-5 | epochs | train time | images/s |"
+    )
     assert lines[2] == "| tiny | a | 2 | 0.001 | — | 0.6125 | 0.9000 | 2 | 4.2 min | 1234 |"
     assert lines[3] == "| tiny | b | 3 | 0.01 | simple_cnn | 0.7000 | 0.9500 | 3 | 4.2 min | 1234 |"
     assert "seed" not in lines[0] and "image_size" not in lines[0]
@@ -71,12 +86,15 @@ def test_out_writes_the_table_and_the_curves(tmp_path):
         assert image.size[0] > 800 and image.size[1] > 300
 
 
-@pytest.mark.parametrize("breakage, message", [
-    (lambda run: None, "missing: no such run directory"),
-    (lambda run: run.mkdir(), "not a run directory (no config.yaml)"),
-    (lambda run: (run.mkdir(), (run / "config.yaml").write_text("train: [unclosed")), "config.yaml: cannot read"),
-    (lambda run: (run.mkdir(), (run / "config.yaml").write_text("- a list")), "expected a mapping"),
-])
+@pytest.mark.parametrize(
+    "breakage, message",
+    [
+        (lambda run: None, "missing: no such run directory"),
+        (lambda run: run.mkdir(), "not a run directory (no config.yaml)"),
+        (lambda run: (run.mkdir(), (run / "config.yaml").write_text("train: [unclosed")), "config.yaml: cannot read"),
+        (lambda run: (run.mkdir(), (run / "config.yaml").write_text("- a list")), "expected a mapping"),
+    ],
+)
 def test_missing_or_garbled_run_dirs_are_named(tmp_path, breakage, message):
     run = tmp_path / "missing"
     breakage(run)

@@ -24,8 +24,9 @@ def test_routed_layers_draw_only_from_the_stream_nested_layers_included():
     _require(hasattr(keras.layers.Layer, "_flatten_layers"), "Layer._flatten_layers is gone")
     _require(hasattr(keras.layers.RandAugment, "_get_seed_generator"), "_get_seed_generator is gone")
     stream = compat.StatelessSeedStream()
-    layer = compat.route_seeds(keras.layers.RandomColorJitter(value_range=(0, 255), brightness_factor=0.5,
-                                                              hue_factor=0.2, seed=1), stream)
+    layer = compat.route_seeds(
+        keras.layers.RandomColorJitter(value_range=(0, 255), brightness_factor=0.5, hue_factor=0.2, seed=1), stream
+    )
     states = [g.state.numpy().copy() for g in (layer.generator, layer.random_brightness.generator)]
     images = tf.random.stateless_uniform([4, 8, 8, 3], [0, 1], 0, 255)
 
@@ -37,9 +38,13 @@ def test_routed_layers_draw_only_from_the_stream_nested_layers_included():
     first, again, other = apply(_seed(1, 2)), apply(_seed(1, 2)), apply(_seed(3, 4))
     _require(np.array_equal(first.numpy(), again.numpy()), "a routed layer is not a function of the seed")
     _require(not np.array_equal(first.numpy(), other.numpy()), "a routed layer ignores the seed")
-    _require(all(np.array_equal(s, g.state.numpy()) for s, g in
-                 zip(states, (layer.generator, layer.random_brightness.generator))),
-             "a routed layer still advanced its own SeedGenerator")
+    _require(
+        all(
+            np.array_equal(s, g.state.numpy())
+            for s, g in zip(states, (layer.generator, layer.random_brightness.generator))
+        ),
+        "a routed layer still advanced its own SeedGenerator",
+    )
     with pytest.raises(RuntimeError, match="outside `with stream.using"):
         stream.next()
 
@@ -51,8 +56,10 @@ def test_rand_augment_transformation_takes_per_image_operation_indices():
     images = tf.random.stateless_uniform([6, 8, 8, 3], [0, 1], 0, 255)
     with stream.using(_seed(5, 6)):
         transformation = layer.get_random_transformation(images, training=True)
-        _require(set(transformation) == {"transforms", "layer_idxes"},
-                 f"RandAugment's transformation keys changed: {sorted(transformation)}")
+        _require(
+            set(transformation) == {"transforms", "layer_idxes"},
+            f"RandAugment's transformation keys changed: {sorted(transformation)}",
+        )
         _require(tuple(transformation["layer_idxes"].shape) == (2, 6, 1, 1, 1), "per-image indices not in place")
         out = layer.transform_images(images, transformation, training=True)
     _require(tuple(out.shape) == (6, 8, 8, 3), "RandAugment.transform_images refuses per-image indices")
@@ -65,8 +72,10 @@ def test_cut_mix_transformation_has_masks_and_weights_the_label_fix_reads():
     labels = tf.one_hot(tf.range(8), 8)
     with stream.using(_seed(7, 8)):
         transformation = layer.get_random_transformation(images, training=True)
-        _require({"batch_masks", "mix_weight", "permutation_order"} <= set(transformation),
-                 f"CutMix's transformation keys changed: {sorted(transformation)}")
+        _require(
+            {"batch_masks", "mix_weight", "permutation_order"} <= set(transformation),
+            f"CutMix's transformation keys changed: {sorted(transformation)}",
+        )
         out = layer({"images": images, "labels": labels}, training=True)
     kept = np.mean(out["images"].numpy()[..., 0] == np.arange(8)[:, None, None], axis=(1, 2))
     _require(np.allclose(np.diag(out["labels"].numpy()), kept, atol=1e-6), "CutMix labels != pixel fractions")
@@ -81,8 +90,10 @@ def test_ema_slots_pair_with_the_trainable_variables():
         compat.ema_variable_pairs(model.optimizer)
     model.fit(np.ones((4, 2), np.float32), np.zeros((4, 1), np.float32), epochs=1, verbose=0)
     pairs = compat.ema_variable_pairs(model.optimizer)
-    _require([id(v) for v, _ in pairs] == [id(v) for v in model.trainable_variables],
-             "the optimizer's _trainable_variables no longer match the model's")
+    _require(
+        [id(v) for v, _ in pairs] == [id(v) for v in model.trainable_variables],
+        "the optimizer's _trainable_variables no longer match the model's",
+    )
     _require(all(tuple(v.shape) == tuple(a.shape) for v, a in pairs), "EMA slot shapes differ from the variables'")
     with pytest.raises(ValueError, match="use_ema=True"):
         compat.ema_variable_pairs(keras.optimizers.SGD(0.1))

@@ -22,7 +22,8 @@ def test_fit_still_reads_the_private_initial_epoch():
     from keras.src.backend.tensorflow import trainer
 
     assert "self._initial_epoch or initial_epoch" in inspect.getsource(trainer.TensorFlowTrainer.fit), (
-        f"{VERSION}: fit no longer starts from model._initial_epoch; fix compat.BackupAndRestoreHooks.skip_to_epoch")
+        f"{VERSION}: fit no longer starts from model._initial_epoch; fix compat.BackupAndRestoreHooks.skip_to_epoch"
+    )
 
 
 def test_hooks_save_each_epoch_and_skip_finished_epochs(tmp_path):

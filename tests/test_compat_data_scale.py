@@ -21,6 +21,7 @@ def growth_mib(numpy_function) -> float:
 
     Counted with tracemalloc, not RSS: in a process that already ran other tests (pytest-xdist workers
     run many files), freed heap absorbs a leak and RSS barely grows (measured 28 MiB of a 64 MiB leak)."""
+
     def fresh(key) -> bytes:
         return int(key).to_bytes(8, "little") + bytes(RECORD_BYTES - 8)  # ends with NULs
 
@@ -45,10 +46,12 @@ def test_numpy_function_bytes_keeps_every_byte_and_frees_them():
 
 def test_upstream_leak_of_zero_d_object_arrays_is_still_there():
     def zero_d(python, inputs):
-        return tf.ensure_shape(tf.numpy_function(lambda *a: np.array(python(*a), dtype=object), inputs, tf.string,
-                                                 stateful=False), [])
+        return tf.ensure_shape(
+            tf.numpy_function(lambda *a: np.array(python(*a), dtype=object), inputs, tf.string, stateful=False), []
+        )
 
     leaked = growth_mib(zero_d)
     assert leaked > RECORDS / 2, (
         f"TensorFlow {tf.__version__} no longer leaks the bytes of 0-d object arrays returned by "
-        f"tf.numpy_function ({leaked:.0f} MiB over {RECORDS} MiB): compat.numpy_function_bytes can go")
+        f"tf.numpy_function ({leaked:.0f} MiB over {RECORDS} MiB): compat.numpy_function_bytes can go"
+    )

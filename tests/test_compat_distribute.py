@@ -21,8 +21,10 @@ from pipeline import compat
 from pipeline.distribute import launch
 
 trainer = compat._keras_tf_trainer()
-UPGRADE = (f"Keras {keras.__version__} (the workarounds were written for 3.15.1): see the tf.distribute section "
-           f"of pipeline/compat/ and {', '.join(compat.MULTI_WORKER_ISSUES)}")
+UPGRADE = (
+    f"Keras {keras.__version__} (the workarounds were written for 3.15.1): see the tf.distribute section "
+    f"of pipeline/compat/ and {', '.join(compat.MULTI_WORKER_ISSUES)}"
+)
 
 
 def upstream(function):
@@ -50,18 +52,21 @@ def test_upstream_still_has_both_bugs():
     build = flat_source(upstream(trainer.TensorFlowTrainer._maybe_symbolic_build))
     assert 'self.distribute_strategy.reduce("MEAN",maybe_distributed_data_batch,axis=None,)' in build, (
         f"{UPGRADE}: the symbolic build no longer reduces the first batch across workers; if "
-        "test_two_workers_need_both_workarounds fails too, drop workaround 1 (_patch_symbolic_build)")
+        "test_two_workers_need_both_workarounds fails too, drop workaround 1 (_patch_symbolic_build)"
+    )
     reduce = flat_source(upstream(trainer.reduce_per_replica))
     assert 'elifreduction=="mean":returnstrategy.reduce("MEAN",v,axis=0)' in reduce, (
         f"{UPGRADE}: multi-worker scalars are no longer reduced with axis=0; if "
-        "test_two_workers_need_both_workarounds fails too, drop workaround 2 (_patch_reduce_per_replica)")
+        "test_two_workers_need_both_workarounds fails too, drop workaround 2 (_patch_reduce_per_replica)"
+    )
 
 
 def test_patch_is_idempotent_and_leaves_single_worker_runs_alone(monkeypatch):
     # monkeypatch restores Keras' own functions after the test.
     monkeypatch.setattr(trainer, "reduce_per_replica", trainer.reduce_per_replica)
-    monkeypatch.setattr(trainer.TensorFlowTrainer, "_maybe_symbolic_build",
-                        trainer.TensorFlowTrainer._maybe_symbolic_build)
+    monkeypatch.setattr(
+        trainer.TensorFlowTrainer, "_maybe_symbolic_build", trainer.TensorFlowTrainer._maybe_symbolic_build
+    )
     compat.patch_keras_for_multi_worker()
     patched = trainer.reduce_per_replica, trainer.TensorFlowTrainer._maybe_symbolic_build
     compat.patch_keras_for_multi_worker()
@@ -130,10 +135,12 @@ def test_two_workers_need_both_workarounds(tmp_path):
         none, build_only = result["none"].get("error", ""), result["build_only"].get("error", "")
         assert "unsupported type" in none and "PerReplica" in none, (
             f"{UPGRADE}: fit under MultiWorkerMirroredStrategy no longer fails in the symbolic build "
-            f"without workaround 1 (got {result['none']}); remove _patch_symbolic_build")
+            f"without workaround 1 (got {result['none']}); remove _patch_symbolic_build"
+        )
         assert "Invalid reduction dimension 0 for input with 0 dimensions" in build_only, (
             f"{UPGRADE}: scalar reduction no longer fails without workaround 2 (got {result['build_only']}); "
-            "remove _patch_reduce_per_replica")
+            "remove _patch_reduce_per_replica"
+        )
         assert "error" not in result["both"], result["both"]
     chief, worker = (result["both"] for result in results)
     assert chief == worker, "both workers must end with the same losses and weights"

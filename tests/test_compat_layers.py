@@ -12,8 +12,10 @@ from pipeline import compat
 
 
 def keras_changed(what: str) -> str:
-    return (f"Keras {keras.__version__}: {what}. The 'Layer graphs' section of pipeline/compat/ relies on it "
-            f"(written against Keras 3.15.1); adapt it there.")
+    return (
+        f"Keras {keras.__version__}: {what}. The 'Layer graphs' section of pipeline/compat/ relies on it "
+        f"(written against Keras 3.15.1); adapt it there."
+    )
 
 
 class Pair(keras.layers.Layer):
@@ -48,13 +50,16 @@ def test_sublayers_reads_keras_private_layer_list():
     except AttributeError as error:
         pytest.fail(keras_changed(f"Layer._layers is gone ({error})"))
     assert [layer.name for layer in pair_children] == ["pair_first", "pair_second"], keras_changed(
-        "Layer._layers no longer lists the layers a custom layer holds, in assignment order")
+        "Layer._layers no longer lists the layers a custom layer holds, in assignment order"
+    )
     outer, network, _ = nested_model()
     assert compat.sublayers(network) == network.layers, keras_changed(
-        "a functional model's Layer._layers is no longer its `layers`")
+        "a functional model's Layer._layers is no longer its `layers`"
+    )
     sequential = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, name="dense")])
-    assert [type(layer).__name__ for layer in compat.sublayers(sequential)] == ["InputLayer", "Dense"], \
-        keras_changed("a Sequential's Layer._layers no longer starts with its InputLayer")
+    assert [type(layer).__name__ for layer in compat.sublayers(sequential)] == ["InputLayer", "Dense"], keras_changed(
+        "a Sequential's Layer._layers no longer starts with its InputLayer"
+    )
 
 
 def test_walkers_visit_each_layer_once_depth_first():
@@ -62,18 +67,45 @@ def test_walkers_visit_each_layer_once_depth_first():
     tracked = [layer.name for layer in compat.iter_layers(outer)]
     # Depth first in graph order, a container right before its layers; `shared` (held by both models)
     # once, where first met; the custom layer's own layers included.
-    assert tracked == ["image", "shared", "network", "rgb", "pool", "pair", "pair_first", "pair_second",
-                       "again_pool", "joined"]
+    assert tracked == [
+        "image",
+        "shared",
+        "network",
+        "rgb",
+        "pool",
+        "pair",
+        "pair_first",
+        "pair_second",
+        "again_pool",
+        "joined",
+    ]
     assert [layer.name for layer in compat.iter_layers(network, include_self=True)] == [
-        "network", "rgb", "shared", "pool", "pair", "pair_first", "pair_second"]
-    graph = [(tuple(a.name for a in ancestors), op.name if isinstance(op, keras.layers.Layer) else type(op).__name__)
-             for ancestors, op in compat.walk_layers(outer, graph=True)]  # ops are auto-named flip, flip_1...
+        "network",
+        "rgb",
+        "shared",
+        "pool",
+        "pair",
+        "pair_first",
+        "pair_second",
+    ]
+    graph = [
+        (tuple(a.name for a in ancestors), op.name if isinstance(op, keras.layers.Layer) else type(op).__name__)
+        for ancestors, op in compat.walk_layers(outer, graph=True)
+    ]  # ops are auto-named flip, flip_1...
     # The graph walk adds the flip operation, lists `shared` in each graph that calls it, and does not
     # enter the custom layer.
-    assert graph == [(("outer",), "image"), (("outer",), "shared"), (("outer",), "network"),
-                     (("outer", "network"), "rgb"), (("outer", "network"), "Flip"),
-                     (("outer", "network"), "shared"), (("outer", "network"), "pool"),
-                     (("outer", "network"), "pair"), (("outer",), "again_pool"), (("outer",), "joined")]
+    assert graph == [
+        (("outer",), "image"),
+        (("outer",), "shared"),
+        (("outer",), "network"),
+        (("outer", "network"), "rgb"),
+        (("outer", "network"), "Flip"),
+        (("outer", "network"), "shared"),
+        (("outer", "network"), "pool"),
+        (("outer", "network"), "pair"),
+        (("outer",), "again_pool"),
+        (("outer",), "joined"),
+    ]
     assert [layer.name for layer in compat.find_layer_path(outer, "pool")] == ["outer", "network", "pool"]
     assert compat.find_layer_path(outer, "shared") == [outer, shared]
     assert compat.find_layer(outer, "shared") is shared
@@ -88,7 +120,8 @@ def test_force_trainable_works_around_the_tensorflow_short_circuit():
     assert not shared.trainable, keras_changed(
         "`layer.trainable = True` on an already trainable container now resets its sublayers (the "
         "`self.x = self.x` short-circuit in keras/src/backend/tensorflow/trackable.py is gone): "
-        "compat.force_trainable can become a plain assignment")
+        "compat.force_trainable can become a plain assignment"
+    )
     compat.force_trainable(outer, True)
     assert shared.trainable and len(outer.trainable_weights) == len(outer.weights)
     compat.force_trainable(network, False)
@@ -102,10 +135,10 @@ def test_inbound_nodes_and_node_tensor():
         nodes = compat.inbound_nodes(shared)
         shapes = [(tuple(node.input_tensors[0].shape), tuple(node.output_tensors[0].shape)) for node in nodes]
     except AttributeError as error:
-        pytest.fail(keras_changed(f"Operation._inbound_nodes or Node.input_tensors/output_tensors changed "
-                                  f"({error})"))
+        pytest.fail(keras_changed(f"Operation._inbound_nodes or Node.input_tensors/output_tensors changed ({error})"))
     assert shapes == [((None, 8, 8, 3), (None, 8, 8, 3))] * 2, keras_changed(
-        "Operation._inbound_nodes no longer holds one node per symbolic call")
+        "Operation._inbound_nodes no longer holds one node per symbolic call"
+    )
     assert compat.node_tensor(shared, "output") is nodes[0].output_tensors[0]  # the first call's
     assert compat.node_tensor(shared, "input") is nodes[0].input_tensors[0]
     assert compat.node_tensor(network.get_layer("pool"), "output") is network.get_layer("pool").output
@@ -122,6 +155,7 @@ def test_nodes_in_reads_the_functional_node_keys():
     all_nodes = compat.inbound_nodes(shared)
     assert in_network == [all_nodes[0]] and in_outer == [all_nodes[1]], keras_changed(
         "Functional._nodes keys are no longer '<id of the operation>_ib-<index in its inbound nodes>' "
-        "(make_node_key in keras/src/ops/function.py)")
+        "(make_node_key in keras/src/ops/function.py)"
+    )
     assert len(compat.nodes_in(outer, network)) == 1
     assert compat.nodes_in(network, network) == []

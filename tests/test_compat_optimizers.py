@@ -18,8 +18,9 @@ def test_the_optimizer_internals_it_reads_are_there():
     optimizer.build([kernel])
     where = f"Keras {keras.__version__}: %s; update pipeline/compat/optimizers.py"
     assert hasattr(optimizer, "_get_variable_index"), where % "Optimizer._get_variable_index is gone"
-    assert optimizer._trainable_variables[optimizer._get_variable_index(kernel.value)] is kernel, \
+    assert optimizer._trainable_variables[optimizer._get_variable_index(kernel.value)] is kernel, (
         where % "the index of a backend variable no longer finds its Keras variable in _trainable_variables"
+    )
 
 
 def _net():
@@ -33,9 +34,12 @@ def _net():
 def _one_step(factor, *, weight_decay=None, name="sgd"):
     model = _net()
     model.get_layer("bn").beta.assign(np.full(4, 0.5, np.float32))
-    model.compile(optimizer=optim.build_optimizer(name=name, learning_rate=0.1, weight_decay=weight_decay,
-                                                  norm_bias_lr_factor=factor),
-                  loss="sparse_categorical_crossentropy")
+    model.compile(
+        optimizer=optim.build_optimizer(
+            name=name, learning_rate=0.1, weight_decay=weight_decay, norm_bias_lr_factor=factor
+        ),
+        loss="sparse_categorical_crossentropy",
+    )
     before = {v.path: v.numpy().copy() for v in model.trainable_variables}
     x = np.random.default_rng(0).normal(size=(8, 3)).astype(np.float32)
     model.train_on_batch(x, np.arange(8) % 2)
@@ -54,8 +58,9 @@ def test_norm_biases_move_factor_times_as_far_other_weights_as_before():
 
 def test_weight_decay_of_norm_biases_keeps_the_plain_rate():
     # step = -lr * wd * w - factor * lr * g: the decay term is the same with either factor.
-    (plain, scaled), (plain_wd, scaled_wd) = [(_one_step(1.0, weight_decay=wd), _one_step(64.0, weight_decay=wd))
-                                              for wd in (None, 0.2)]
+    (plain, scaled), (plain_wd, scaled_wd) = [
+        (_one_step(1.0, weight_decay=wd), _one_step(64.0, weight_decay=wd)) for wd in (None, 0.2)
+    ]
     beta = next(path for path in plain if path.endswith("bn/beta"))
     decay = -0.1 * 0.2 * 0.5
     np.testing.assert_allclose(plain_wd[beta] - plain[beta], decay, rtol=1e-4)
@@ -70,20 +75,29 @@ def test_adaptive_optimizers_scale_the_rate_too():
 
 def test_factor_one_is_the_plain_class_and_bad_factors_are_refused():
     assert type(optim.build_optimizer(name="sgd", learning_rate=0.1)) is keras.optimizers.SGD
-    assert type(optim.build_optimizer(name="sgd", learning_rate=0.1, norm_bias_lr_factor=64)).__name__ == "SGDNormBiasLR"
+    assert (
+        type(optim.build_optimizer(name="sgd", learning_rate=0.1, norm_bias_lr_factor=64)).__name__ == "SGDNormBiasLR"
+    )
     with pytest.raises(ValueError, match="norm_bias_lr_factor must be > 0"):
         compat.with_norm_bias_lr_factor(keras.optimizers.SGD, 0)
-    with pytest.raises(ValueError, match="norm_bias_lr_factor is available for SGD, Adam, AdamW, RMSprop. Received: Lion"):
+    with pytest.raises(
+        ValueError, match="norm_bias_lr_factor is available for SGD, Adam, AdamW, RMSprop. Received: Lion"
+    ):
         compat.with_norm_bias_lr_factor(keras.optimizers.Lion, 2)
-    assert compat.is_norm_bias(_net().get_layer("bn").beta) and not compat.is_norm_bias(_net().get_layer("dense").kernel)
+    assert compat.is_norm_bias(_net().get_layer("bn").beta) and not compat.is_norm_bias(
+        _net().get_layer("dense").kernel
+    )
 
 
 def test_keras_file_round_trip_keeps_the_optimizer(tmp_path):
     model = _net()
     schedule = optim.build_schedule(name="polynomial", learning_rate=0.2, steps_per_epoch=2, epochs=2, warmup_epochs=1)
-    model.compile(optimizer=optim.build_optimizer(name="sgd", learning_rate=schedule, momentum=0.85, nesterov=True,
-                                                  weight_decay=0.005, norm_bias_lr_factor=64),
-                  loss="sparse_categorical_crossentropy")
+    model.compile(
+        optimizer=optim.build_optimizer(
+            name="sgd", learning_rate=schedule, momentum=0.85, nesterov=True, weight_decay=0.005, norm_bias_lr_factor=64
+        ),
+        loss="sparse_categorical_crossentropy",
+    )
     model.fit(np.zeros((4, 3), np.float32), np.zeros(4), epochs=1, verbose=0)
     model.save(tmp_path / "m.keras")
     loaded = keras.saving.load_model(tmp_path / "m.keras")
@@ -100,16 +114,25 @@ def test_a_fresh_process_loads_a_checkpoint_with_our_optimizer_and_schedule(tmp_
     from pathlib import Path
 
     model = _net()
-    schedule = optim.build_schedule(name="polynomial", learning_rate=0.2, steps_per_epoch=2, epochs=2,
-                                    warmup_epochs=1, warmup_start=0.2)
-    model.compile(optimizer=optim.build_optimizer(name="sgd", learning_rate=schedule, momentum=0.85,
-                                                  norm_bias_lr_factor=64),
-                  loss="sparse_categorical_crossentropy")
+    schedule = optim.build_schedule(
+        name="polynomial", learning_rate=0.2, steps_per_epoch=2, epochs=2, warmup_epochs=1, warmup_start=0.2
+    )
+    model.compile(
+        optimizer=optim.build_optimizer(name="sgd", learning_rate=schedule, momentum=0.85, norm_bias_lr_factor=64),
+        loss="sparse_categorical_crossentropy",
+    )
     model.fit(np.zeros((4, 3), np.float32), np.zeros(4), epochs=1, verbose=0)
     model.save(tmp_path / "best.keras")
-    code = ("import sys; from pipeline.evaluation import evaluate; m = evaluate.load_checkpoint(sys.argv[1]); "
-            "print(type(m.optimizer).__name__, m.optimizer.norm_bias_lr_factor, type(m.optimizer._learning_rate).__name__)")
-    result = subprocess.run([sys.executable, "-c", code, str(tmp_path / "best.keras")], capture_output=True,
-                            text=True, cwd=Path(__file__).resolve().parent.parent, timeout=120)
+    code = (
+        "import sys; from pipeline.evaluation import evaluate; m = evaluate.load_checkpoint(sys.argv[1]); "
+        "print(type(m.optimizer).__name__, m.optimizer.norm_bias_lr_factor, type(m.optimizer._learning_rate).__name__)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "best.keras")],
+        capture_output=True,
+        text=True,
+        cwd=Path(__file__).resolve().parent.parent,
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split()[-3:] == ["SGDNormBiasLR", "64.0", "WarmUp"]

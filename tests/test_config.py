@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline import experiment as experiment_lib
 from pipeline import cli
 from pipeline import config as config_lib
+from pipeline import experiment as experiment_lib
 from pipeline.config import ConfigError
 
 EXPERIMENTS = sorted(p.stem for p in config_lib.EXPERIMENTS_DIR.glob("*.yaml"))
@@ -44,9 +44,11 @@ def assert_user_error(code, out, err, run_dir: Path, *fragments):
 # The shipped experiments
 # --------------------------------------------------------------------------------------------------
 
+
 def test_all_shipped_experiments_are_listed():
-    assert {"cifar10_aug", "cifar10_deep", "cifar10_net", "fashion_mnist_cnn", "mnist_lenet",
-            "tiny"} <= set(EXPERIMENTS)
+    assert {"cifar10_aug", "cifar10_deep", "cifar10_net", "fashion_mnist_cnn", "mnist_lenet", "tiny"} <= set(
+        EXPERIMENTS
+    )
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)
@@ -56,6 +58,7 @@ def test_every_experiment_loads_and_validates(name):
     assert config.name == name  # defaults to the file's stem
     import models
     from pipeline.data import datasets
+
     assert config.model.name in models.MODELS
     assert config.dataset.name in datasets.DATASETS
     with pytest.raises(dataclasses.FrozenInstanceError):
@@ -69,8 +72,7 @@ def test_experiment_values_as_written():
     assert (lenet.model.name, lenet.train.epochs, lenet.train.batch_size) == ("lenet", 12, 128)
     assert (lenet.train.optimizer.name, lenet.train.optimizer.learning_rate) == ("adam", 0.001)
     fashion = experiment_lib.load_experiment("fashion_mnist_cnn")
-    assert (fashion.model.name, fashion.train.batch_size, fashion.dataset.validation_split) == \
-        ("fashion_cnn", 32, 0.1)
+    assert (fashion.model.name, fashion.train.batch_size, fashion.dataset.validation_split) == ("fashion_cnn", 32, 0.1)
     tiny = experiment_lib.load_experiment("tiny")
     assert (tiny.model.name, tiny.input.image_size, tiny.train.epochs) == ("tiny", [16, 16], 2)
     # keys not written keep the dataclass defaults
@@ -94,8 +96,8 @@ def test_base_inheritance_cifar10_deep_from_cifar10_net():
 def test_base_inheritance_two_levels_cifar10_aug():
     deep = experiment_lib.load_experiment("cifar10_deep")
     aug = experiment_lib.load_experiment("cifar10_aug")
-    assert aug.model.name == "cifar10_deep"          # from cifar10_deep
-    assert aug.dataset.validation_split == 0.2       # from cifar10_net, two levels up
+    assert aug.model.name == "cifar10_deep"  # from cifar10_deep
+    assert aug.dataset.validation_split == 0.2  # from cifar10_net, two levels up
     # dicts merge key by key: `input:` in cifar10_aug only sets augment, image_size/channels survive
     assert aug.input.image_size == [32, 32] and aug.input.channels == 3
     assert (aug.input.augment.width_shift, aug.input.augment.height_shift) == (0.1, 0.1)
@@ -107,13 +109,16 @@ def test_base_inheritance_two_levels_cifar10_aug():
 
 
 def test_base_lists_are_replaced_and_dicts_merged(tmp_path):
-    write(tmp_path / "parent.yaml",
-          f"base: {CIFAR10_NET}\n"
-          "train:\n  epochs: 20\n  schedule: {name: step, boundaries: [2, 4, 6], factor: 0.5}\n")
-    child = write(tmp_path / "child.yaml",
-                  "base: parent\n"  # no suffix: .yaml is added
-                  "input: {image_size: [16, 16]}\n"
-                  "train:\n  schedule: {boundaries: [3]}\n")
+    write(
+        tmp_path / "parent.yaml",
+        f"base: {CIFAR10_NET}\ntrain:\n  epochs: 20\n  schedule: {{name: step, boundaries: [2, 4, 6], factor: 0.5}}\n",
+    )
+    child = write(
+        tmp_path / "child.yaml",
+        "base: parent\n"  # no suffix: .yaml is added
+        "input: {image_size: [16, 16]}\n"
+        "train:\n  schedule: {boundaries: [3]}\n",
+    )
     config = experiment_lib.load_experiment(str(child))
     assert config.name == "child"
     assert config.train.schedule.boundaries == [3.0]  # replaced, not [3, 4, 6]
@@ -134,15 +139,19 @@ def test_deep_merge_unit():
 # --set overrides
 # --------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("text, keys, value", [
-    ("train.epochs=3", ["train", "epochs"], 3),
-    ("train.jit_compile=false", ["train", "jit_compile"], False),
-    ("input.image_size=[16,16]", ["input", "image_size"], [16, 16]),
-    ("train.optimizer.learning_rate=0.01", ["train", "optimizer", "learning_rate"], 0.01),
-    ("input.channels=null", ["input", "channels"], None),
-    ("dataset.name=mnist", ["dataset", "name"], "mnist"),
-    ("name= spaced =", ["name"], "spaced ="),
-])
+
+@pytest.mark.parametrize(
+    "text, keys, value",
+    [
+        ("train.epochs=3", ["train", "epochs"], 3),
+        ("train.jit_compile=false", ["train", "jit_compile"], False),
+        ("input.image_size=[16,16]", ["input", "image_size"], [16, 16]),
+        ("train.optimizer.learning_rate=0.01", ["train", "optimizer", "learning_rate"], 0.01),
+        ("input.channels=null", ["input", "channels"], None),
+        ("dataset.name=mnist", ["dataset", "name"], "mnist"),
+        ("name= spaced =", ["name"], "spaced ="),
+    ],
+)
 def test_parse_override_types_values(text, keys, value):
     parsed_keys, parsed = config_lib.parse_override(text)
     assert parsed_keys == keys
@@ -151,8 +160,15 @@ def test_parse_override_types_values(text, keys, value):
 
 def test_overrides_are_typed_in_the_config():
     config = experiment_lib.load_experiment(
-        "tiny", ["train.epochs=3", "train.jit_compile=false", "input.image_size=[16,16]",
-                 "train.optimizer.learning_rate=0.01", "model.options.filters=4"])
+        "tiny",
+        [
+            "train.epochs=3",
+            "train.jit_compile=false",
+            "input.image_size=[16,16]",
+            "train.optimizer.learning_rate=0.01",
+            "model.options.filters=4",
+        ],
+    )
     assert config.train.epochs == 3 and type(config.train.epochs) is int
     assert config.train.jit_compile is False
     assert config.input.image_size == [16, 16] and isinstance(config.input.image_size, list)
@@ -168,8 +184,9 @@ def test_later_override_wins_and_int_becomes_float_for_float_fields():
     assert config.train.label_smoothing == 0.0 and type(config.train.label_smoothing) is float
 
 
-@pytest.mark.parametrize("text, value", [("1e-3", 1e-3), ("5E-4", 5e-4), ("1e2", 100.0), ("-2.5e-1", -0.25),
-                                         ("1.0e-3", 1e-3)])
+@pytest.mark.parametrize(
+    "text, value", [("1e-3", 1e-3), ("5E-4", 5e-4), ("1e2", 100.0), ("-2.5e-1", -0.25), ("1.0e-3", 1e-3)]
+)
 def test_scientific_notation_is_a_float(text, value, tmp_path):
     # YAML 1.1 (PyYAML's default) reads `1e-3` as a string; the config's loader reads it as a float.
     config = experiment_lib.load_experiment("tiny", [f"train.schedule.end_learning_rate={text.lstrip('-')}"])
@@ -187,11 +204,14 @@ def test_integers_stay_integers_next_to_the_float_resolver():
         experiment_lib.load_experiment("tiny", ["train.epochs=1e3"])
 
 
-@pytest.mark.parametrize("text, message", [
-    ("train.epochs", "--set expects dotted.key=value"),
-    ("=3", "--set expects dotted.key=value"),
-    ("train..epochs=3", "--set expects dotted.key=value"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("train.epochs", "--set expects dotted.key=value"),
+        ("=3", "--set expects dotted.key=value"),
+        ("train..epochs=3", "--set expects dotted.key=value"),
+    ],
+)
 def test_malformed_override(text, message):
     with pytest.raises(ConfigError, match=message):
         config_lib.parse_override(text)
@@ -207,48 +227,89 @@ def test_override_through_a_non_section():
 # --------------------------------------------------------------------------------------------------
 
 BROKEN_OVERRIDES = {
-    "typo key": (["train.epoch=3"], ["unknown key 'train.epoch'", "did you mean 'train.epochs'",
-                                     "Allowed keys in train: epochs"]),
+    "typo key": (
+        ["train.epoch=3"],
+        ["unknown key 'train.epoch'", "did you mean 'train.epochs'", "Allowed keys in train: epochs"],
+    ),
     "wrong type": (["train.epochs=abc"], ["train.epochs", "expected an integer", "'abc'"]),
     "bool for int": (["train.epochs=true"], ["train.epochs", "expected an integer"]),
-    "unknown model": (["model.name=lenett"], ["model.name", "unknown model 'lenett'", "did you mean 'lenet'",
-                                              "Known models:", "lenet", "tiny", "cifar10_deep",
-                                              "fashion_cnn"]),
-    "unknown dataset": (["dataset.name=cifar100"], ["dataset.name", "unknown dataset 'cifar100'",
-                                                    "Known datasets:", "mnist"]),
+    "unknown model": (
+        ["model.name=lenett"],
+        [
+            "model.name",
+            "unknown model 'lenett'",
+            "did you mean 'lenet'",
+            "Known models:",
+            "lenet",
+            "tiny",
+            "cifar10_deep",
+            "fashion_cnn",
+        ],
+    ),
+    "unknown dataset": (
+        ["dataset.name=cifar100"],
+        ["dataset.name", "unknown dataset 'cifar100'", "Known datasets:", "mnist"],
+    ),
     "negative epochs": (["train.epochs=-1"], ["train.epochs", "must be >= 1", "-1"]),
     "zero batch": (["train.batch_size=0"], ["train.batch_size", "must be >= 1"]),
     "split of 1": (["dataset.validation_split=1"], ["dataset.validation_split", "must be < 1.0"]),
-    "wrong choice": (["train.optimizer.name=adamm"], ["train.optimizer.name", "must be one of sgd, adam",
-                                                      "did you mean 'adam'"]),
+    "wrong choice": (
+        ["train.optimizer.name=adamm"],
+        ["train.optimizer.name", "must be one of sgd, adam", "did you mean 'adam'"],
+    ),
     "jit choice": (["train.jit_compile=yes please"], ["train.jit_compile", "must be one of true, false, auto"]),
     "image_size length": (["input.image_size=[16]"], ["input.image_size", "expected a list of 2 values"]),
     "section as scalar": (["train=3"], ["train: expected a section"]),
     "null required": (["train.epochs=null"], ["train.epochs: a value is required"]),
-    "step without boundaries": (["train.schedule.name=step"],
-                                ["train.schedule.boundaries", "needs at least one boundary"]),
-    "decreasing boundaries": (["train.schedule.name=step", "train.schedule.boundaries=[5,2]"],
-                              ["train.schedule.boundaries", "must be increasing"]),
-    "warmup without cosine": (["train.schedule.warmup_epochs=1"],
-                              ["train.schedule.warmup_epochs", "only available with the cosine",
-                               "'constant'"]),
-    "warmup too long": (["train.schedule.name=cosine", "train.schedule.warmup_epochs=12"],
-                        ["train.schedule.warmup_epochs", "must be < train.epochs"]),
-    "nesterov with adam": (["train.optimizer.name=adam", "train.optimizer.nesterov=true"],
-                           ["train.optimizer.nesterov", "only the sgd optimizer", "'adam'"]),
-    "momentum with adam": (["train.optimizer.name=adam", "train.optimizer.momentum=0.9"],
-                           ["train.optimizer.momentum", "only sgd and rmsprop"]),
-    "val monitor without split": (["dataset.validation_split=0"],
-                                  ["train.callbacks.checkpoint.monitor", "'val_accuracy'",
-                                   "needs a validation split", "dataset.validation_split is 0"]),
+    "step without boundaries": (
+        ["train.schedule.name=step"],
+        ["train.schedule.boundaries", "needs at least one boundary"],
+    ),
+    "decreasing boundaries": (
+        ["train.schedule.name=step", "train.schedule.boundaries=[5,2]"],
+        ["train.schedule.boundaries", "must be increasing"],
+    ),
+    "warmup without cosine": (
+        ["train.schedule.warmup_epochs=1"],
+        ["train.schedule.warmup_epochs", "only available with the cosine", "'constant'"],
+    ),
+    "warmup too long": (
+        ["train.schedule.name=cosine", "train.schedule.warmup_epochs=12"],
+        ["train.schedule.warmup_epochs", "must be < train.epochs"],
+    ),
+    "nesterov with adam": (
+        ["train.optimizer.name=adam", "train.optimizer.nesterov=true"],
+        ["train.optimizer.nesterov", "only the sgd optimizer", "'adam'"],
+    ),
+    "momentum with adam": (
+        ["train.optimizer.name=adam", "train.optimizer.momentum=0.9"],
+        ["train.optimizer.momentum", "only sgd and rmsprop"],
+    ),
+    "val monitor without split": (
+        ["dataset.validation_split=0"],
+        [
+            "train.callbacks.checkpoint.monitor",
+            "'val_accuracy'",
+            "needs a validation split",
+            "dataset.validation_split is 0",
+        ],
+    ),
     "val early stopping without split": (
-        ["dataset.validation_split=0", "train.callbacks.checkpoint.monitor=loss",
-         "train.callbacks.early_stopping.enabled=true"],
-        ["train.callbacks.early_stopping.monitor", "'val_loss'", "needs a validation split"]),
-    "unknown model option": (["model.options.foo=1"], ["unknown key 'model.options.foo'",
-                                                       "accepts: dropout_rate, dense_dropout_rate"]),
-    "model option near miss": (["model.options.dropout=0.1"], ["unknown key 'model.options.dropout'",
-                                                               "did you mean 'model.options.dropout_rate'"]),
+        [
+            "dataset.validation_split=0",
+            "train.callbacks.checkpoint.monitor=loss",
+            "train.callbacks.early_stopping.enabled=true",
+        ],
+        ["train.callbacks.early_stopping.monitor", "'val_loss'", "needs a validation split"],
+    ),
+    "unknown model option": (
+        ["model.options.foo=1"],
+        ["unknown key 'model.options.foo'", "accepts: dropout_rate, dense_dropout_rate"],
+    ),
+    "model option near miss": (
+        ["model.options.dropout=0.1"],
+        ["unknown key 'model.options.dropout'", "did you mean 'model.options.dropout_rate'"],
+    ),
 }
 
 
@@ -270,8 +331,18 @@ def test_cli_rejects_broken_override(capsys, tmp_path, overrides, fragments):
 def test_cli_unknown_experiment(capsys, tmp_path):
     run_dir = tmp_path / "run"
     code, out, err = run_cli(capsys, ["train", "cifar10_nett", "--run-dir", str(run_dir)])
-    assert_user_error(code, out, err, run_dir, "unknown experiment 'cifar10_nett'", "did you mean 'cifar10_net'",
-                      "Known experiments:", "mnist_lenet", "tiny", "pass a path to a .yaml file")
+    assert_user_error(
+        code,
+        out,
+        err,
+        run_dir,
+        "unknown experiment 'cifar10_nett'",
+        "did you mean 'cifar10_net'",
+        "Known experiments:",
+        "mnist_lenet",
+        "tiny",
+        "pass a path to a .yaml file",
+    )
 
 
 def test_cli_missing_yaml_file(capsys, tmp_path):
@@ -308,16 +379,29 @@ def test_cli_unknown_top_level_key_in_yaml(capsys, tmp_path):
     bad = write(tmp_path / "top.yaml", "trian:\n  epochs: 3\n")
     run_dir = tmp_path / "run"
     code, out, err = run_cli(capsys, ["train", str(bad), "--run-dir", str(run_dir)])
-    assert_user_error(code, out, err, run_dir, "unknown key 'trian'", "did you mean 'train'",
-                      "Allowed keys: name, seed, dataset, input, model, train")
+    assert_user_error(
+        code,
+        out,
+        err,
+        run_dir,
+        "unknown key 'trian'",
+        "did you mean 'train'",
+        "Allowed keys: name, seed, dataset, input, model, train",
+    )
 
 
 def test_cli_unknown_nested_key_in_yaml(capsys, tmp_path):
     bad = write(tmp_path / "nested.yaml", "input:\n  augment:\n    horizontal_flips: true\n")
     run_dir = tmp_path / "run"
     code, out, err = run_cli(capsys, ["train", str(bad), "--run-dir", str(run_dir)])
-    assert_user_error(code, out, err, run_dir, "unknown key 'input.augment.horizontal_flips'",
-                      "did you mean 'input.augment.horizontal_flip'")
+    assert_user_error(
+        code,
+        out,
+        err,
+        run_dir,
+        "unknown key 'input.augment.horizontal_flips'",
+        "did you mean 'input.augment.horizontal_flip'",
+    )
 
 
 def test_cli_base_loop(capsys, tmp_path):
@@ -351,8 +435,9 @@ def test_cli_wrong_type_in_yaml_file(capsys, tmp_path):
 
 def test_cli_print_config_valid(capsys, tmp_path):
     run_dir = tmp_path / "run"
-    code, out, err = run_cli(capsys, ["train", "cifar10_aug", "--print-config", "--set", "train.epochs=3",
-                                      "--run-dir", str(run_dir)])
+    code, out, err = run_cli(
+        capsys, ["train", "cifar10_aug", "--print-config", "--set", "train.epochs=3", "--run-dir", str(run_dir)]
+    )
     assert code == 0, err
     assert "error" not in err
     printed = yaml.safe_load(out)
@@ -367,6 +452,7 @@ def test_cli_print_config_valid(capsys, tmp_path):
 # Round trip
 # --------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_dump_yaml_round_trip(name):
     config = experiment_lib.load_experiment(name)
@@ -374,12 +460,25 @@ def test_dump_yaml_round_trip(name):
 
 
 def test_round_trip_with_non_default_values(tmp_path):
-    config = experiment_lib.load_experiment("cifar10_net", [
-        "train.jit_compile=false", "input.image_size=[24,20]", "input.channels=1", "train.optimizer.name=sgd",
-        "train.optimizer.momentum=0.9", "train.optimizer.nesterov=true", "train.optimizer.weight_decay=0.0005",
-        "train.optimizer.learning_rate=0.00001", "train.schedule.name=step", "train.schedule.boundaries=[4,8.5]",
-        "model.options.dropout_rate=0.1", "dataset.mirror_dir=/some/where", "input.augment.crop_padding=4",
-        "train.mixed_precision=mixed_bfloat16"])
+    config = experiment_lib.load_experiment(
+        "cifar10_net",
+        [
+            "train.jit_compile=false",
+            "input.image_size=[24,20]",
+            "input.channels=1",
+            "train.optimizer.name=sgd",
+            "train.optimizer.momentum=0.9",
+            "train.optimizer.nesterov=true",
+            "train.optimizer.weight_decay=0.0005",
+            "train.optimizer.learning_rate=0.00001",
+            "train.schedule.name=step",
+            "train.schedule.boundaries=[4,8.5]",
+            "model.options.dropout_rate=0.1",
+            "dataset.mirror_dir=/some/where",
+            "input.augment.crop_padding=4",
+            "train.mixed_precision=mixed_bfloat16",
+        ],
+    )
     text = config_lib.dump_yaml(config)
     assert config_lib.from_dict(yaml.safe_load(text)) == config
     # and through a saved file, as a run directory stores it

@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -27,18 +26,22 @@ import tensorflow as tf
 from PIL import Image
 
 from pipeline import config as config_lib
-from pipeline.data import splits as splits_lib
 from pipeline.cli import main
+from pipeline.data import splits as splits_lib
 
 IMAGE_SIZE = (40, 64)
 MARGIN = 30
 LANDSCAPE, PORTRAIT = (900, 1200), (1200, 900)  # (height, width) of the files
 PER_CLASS = 5
 WORKING = {  # (crop, file size) -> working (height, width); see the module docstring
-    ("none", LANDSCAPE): (48, 64), ("none", PORTRAIT): (85, 64),
-    ("shorter_side", LANDSCAPE): (64, 85), ("shorter_side", PORTRAIT): (85, 64),
-    ("square", LANDSCAPE): (68, 91), ("square", PORTRAIT): (91, 68),
-    ("random_resized", LANDSCAPE): (128, 171), ("random_resized", PORTRAIT): (171, 128),
+    ("none", LANDSCAPE): (48, 64),
+    ("none", PORTRAIT): (85, 64),
+    ("shorter_side", LANDSCAPE): (64, 85),
+    ("shorter_side", PORTRAIT): (85, 64),
+    ("square", LANDSCAPE): (68, 91),
+    ("square", PORTRAIT): (91, 68),
+    ("random_resized", LANDSCAPE): (128, 171),
+    ("random_resized", PORTRAIT): (171, 128),
 }
 CROP_MODES = ["none", "square", "shorter_side", "random_resized"]
 CROP_OPTIONS = {"none": {}, "shorter_side": {}, "square": {"margin": MARGIN}, "random_resized": {"scale": [0.25, 1.0]}}
@@ -73,12 +76,22 @@ def photos(tmp_path_factory) -> dict:
 def make_config(photos: dict, *, source: str = "folder", crop: str = "square", seed: int = 3, **input_options):
     """A `tiny` config on the photos: 2 test, 2 validation and 6 training images, batches of 4."""
     data = {
-        "name": "data_scale_test", "seed": seed,
-        "dataset": {"name": source, "root": str(photos["shards" if source == "tfrecord" else "root"]),
-                    "data_dir": str(photos["data_dir"]), "test_split": 0.2, "validation_split": 0.25},
-        "input": {"image_size": list(IMAGE_SIZE), "channels": 3,
-                  "crop": {"mode": crop, **CROP_OPTIONS[crop]},
-                  "augment": {"horizontal_flip": True, "width_shift": 0.1}, **input_options},
+        "name": "data_scale_test",
+        "seed": seed,
+        "dataset": {
+            "name": source,
+            "root": str(photos["shards" if source == "tfrecord" else "root"]),
+            "data_dir": str(photos["data_dir"]),
+            "test_split": 0.2,
+            "validation_split": 0.25,
+        },
+        "input": {
+            "image_size": list(IMAGE_SIZE),
+            "channels": 3,
+            "crop": {"mode": crop, **CROP_OPTIONS[crop]},
+            "augment": {"horizontal_flip": True, "width_shift": 0.1},
+            **input_options,
+        },
         "model": {"name": "tiny"},
         "train": {"epochs": 1, "batch_size": 4, "verbose": 0},
     }
@@ -120,6 +133,7 @@ def recorded(monkeypatch) -> dict:
 # What is cached and shuffled
 # --------------------------------------------------------------------------------------------------
 
+
 @pytest.mark.parametrize("crop", CROP_MODES)
 def test_training_caches_and_shuffles_working_size_images(photos, recorded, crop):
     config = make_config(photos, crop=crop, cache="memory")
@@ -131,7 +145,7 @@ def test_training_caches_and_shuffles_working_size_images(photos, recorded, crop
     train_paths = [str(path) for path in splits.train[0]]
     assert len(cached) == len(train_paths) == 6
     expected = [WORKING[crop, photos["sizes"][path]] for path in train_paths]
-    for (image, margin, label), shape, path in zip(cached, expected, train_paths):
+    for (image, margin, _label), shape, path in zip(cached, expected, train_paths):
         assert image.dtype == np.uint8 and image.shape == (*shape, 3), (crop, path)
         assert margin == (2 if crop == "square" else 0)
         assert image.nbytes < 1200 * 900 * 3 / 40  # 0.3-2% of the file's decoded size
@@ -158,13 +172,16 @@ def test_streaming_shuffles_names_or_ids_and_caches_nothing(photos, recorded, so
 # input.cache: auto
 # --------------------------------------------------------------------------------------------------
 
+
 def needed_bytes(photos: dict, splits, crop: str) -> int:
     """What `auto` must compare with the budget: the training split at its working size (estimated by
     `estimate_working_bytes` from the files' sizes as written) plus the evaluation splits as float32 at
     the model's input size."""
     transform = splits.transform(make_config(photos, crop=crop))
-    sizes = [photos["sizes"][str(path)] for path in splits_lib.Splits(
-        make_config(photos, crop=crop), log=lambda message: None).train[0]]
+    sizes = [
+        photos["sizes"][str(path)]
+        for path in splits_lib.Splits(make_config(photos, crop=crop), log=lambda message: None).train[0]
+    ]
     evaluated = len(splits.validation[1]) + len(splits.test[1])
     return splits_lib.estimate_working_bytes(sizes, transform) + 4 * IMAGE_SIZE[0] * IMAGE_SIZE[1] * 3 * evaluated
 
@@ -215,14 +232,16 @@ def test_cache_budget_bytes():
 # Same batches from shards and folder, and with or without the cache
 # --------------------------------------------------------------------------------------------------
 
+
 def all_batches(photos: dict, *, source: str, evaluation: bool = True, **options) -> dict:
     """Two training epochs and (with `evaluation`) one pass over validation and test."""
     config = make_config(photos, source=source, **options)
     splits = splits_lib.Splits(config, log=lambda message: None)
     batches = {"train": epochs(splits.dataset("train", config, training=True))}
     if evaluation:
-        batches.update(validation=epochs(splits.dataset("validation", config), 1),
-                       test=epochs(splits.dataset("test", config), 1))
+        batches.update(
+            validation=epochs(splits.dataset("validation", config), 1), test=epochs(splits.dataset("test", config), 1)
+        )
     return batches
 
 
@@ -238,13 +257,15 @@ def test_shards_and_folder_give_identical_batches(photos):
 @pytest.mark.parametrize("source", ["folder", "tfrecord"])
 def test_cache_none_and_memory_give_identical_training_batches(photos, source):
     options = {"source": source, "crop": "shorter_side", "evaluation": False}
-    assert_same_passes(all_batches(photos, cache="none", **options)["train"],
-                       all_batches(photos, cache="memory", **options)["train"])
+    assert_same_passes(
+        all_batches(photos, cache="none", **options)["train"], all_batches(photos, cache="memory", **options)["train"]
+    )
 
 
 # --------------------------------------------------------------------------------------------------
 # The image scan
 # --------------------------------------------------------------------------------------------------
+
 
 def test_scan_counts_distinct_colours_exactly(tmp_path):
     """The placeholder check counts distinct RGB triples of a 64x64 thumbnail (packed into integers
@@ -253,7 +274,7 @@ def test_scan_counts_distinct_colours_exactly(tmp_path):
 
     flat = np.zeros((64, 64, 3), np.uint8)
     for index, colour in enumerate([(0, 0, 0), (255, 0, 0), (0, 255, 0), (0, 0, 255), (1, 2, 3)]):
-        flat[index * 12:(index + 1) * 12] = colour
+        flat[index * 12 : (index + 1) * 12] = colour
     noisy = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
     noisy[:, :32] = noisy[:, 32:]  # repeated colours too
     for name, pixels in (("flat", flat), ("noisy", noisy)):

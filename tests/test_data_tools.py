@@ -20,14 +20,14 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pipeline.cli import main
 from pipeline.data import image_files
 from pipeline.tools import check, common, gather, split, stats
-from pipeline.cli import main
-
 
 # --------------------------------------------------------------------------------------------------
 # Synthetic files
 # --------------------------------------------------------------------------------------------------
+
 
 def noise(height, width, channels=3, seed=0):
     rng = np.random.default_rng(seed)
@@ -88,8 +88,10 @@ BAD = {  # path -> (content, words the reason must contain)
     "dogs/scan.tiff": (tiff, "TIFF"),
     "cats/tiny.png": (lambda: encode(noise(1, 1, seed=12), "PNG"), "too small"),
 }
-LINKS = {"dogs/loop.jpg": ("loop.jpg", "loop"),  # points to itself: ELOOP
-         "cats/dangling.jpg": ("nowhere.jpg", "broken")}
+LINKS = {
+    "dogs/loop.jpg": ("loop.jpg", "loop"),  # points to itself: ELOOP
+    "cats/dangling.jpg": ("nowhere.jpg", "broken"),
+}
 UNREADABLE = "cats/unreadable.jpg"
 FIFO = "dogs/pipe.jpg"  # a named pipe: opening it would block forever
 ALL_BAD = set(BAD) | set(LINKS) | {UNREADABLE, FIFO}
@@ -142,7 +144,7 @@ def parse_check_lines(output: str):
     bad, warnings, summary = {}, {}, None
     for line in output.splitlines():
         if line.startswith("warning: "):
-            path, _, text = line[len("warning: "):].partition(": ")
+            path, _, text = line[len("warning: ") :].partition(": ")
             warnings[path] = text
         elif line.startswith("note: "):
             continue
@@ -157,6 +159,7 @@ def parse_check_lines(output: str):
 # --------------------------------------------------------------------------------------------------
 # check
 # --------------------------------------------------------------------------------------------------
+
 
 def test_check_names_exactly_the_bad_files(photo_tree, capsys):
     assert main(["data", "check", str(photo_tree)]) == 1
@@ -236,7 +239,8 @@ def test_permission_error_maps_to_a_reason(tmp_path, monkeypatch):
     deny_reading(path, monkeypatch)
     assert image_files.check_image(path).reason == "unreadable: permission denied"
     assert check.check(tmp_path, report=tmp_path.parent / "r.json").bad == [
-        {"path": "secret.jpg", "reason": "unreadable: permission denied"}]
+        {"path": "secret.jpg", "reason": "unreadable: permission denied"}
+    ]
 
 
 @pytest.mark.skipif(os.geteuid() == 0, reason="root reads files whatever their permissions")
@@ -250,14 +254,20 @@ def test_real_unreadable_file(tmp_path):
 # label
 # --------------------------------------------------------------------------------------------------
 
+
 def entries(list_file: Path) -> str:
     """A list file's entry lines (`# ...` header lines left out)."""
     return "".join(line for line in list_file.read_text().splitlines(keepends=True) if not line.startswith("#"))
 
 
 def small_tree(root: Path) -> Path:
-    for relative, seed in (("dogs/z.png", 1), ("cats/b.jpg", 2), ("cats/a.jpg", 3),
-                           ("cats/sub/c.png", 4), ("birds/x y.png", 5)):
+    for relative, seed in (
+        ("dogs/z.png", 1),
+        ("cats/b.jpg", 2),
+        ("cats/a.jpg", 3),
+        ("cats/sub/c.png", 4),
+        ("birds/x y.png", 5),
+    ):
         fmt = "PNG" if relative.endswith(".png") else "JPEG"
         write(root / relative, encode(noise(16, 16, seed=seed), fmt))
     write(root / "README.txt", b"not in a class folder: ignored")
@@ -289,8 +299,10 @@ def test_label_without_class_folders_is_a_user_error(tmp_path, capsys):
 # stats
 # --------------------------------------------------------------------------------------------------
 
+
 def reference_images(paths, size, channels):
     import tensorflow as tf
+
     from pipeline.data.image_ops import convert_channels
 
     images = []
@@ -303,8 +315,15 @@ def reference_images(paths, size, channels):
 @pytest.mark.parametrize("channels, size", [(3, (64, 64)), (1, (12, 20))])
 def test_stats_match_numpy(tmp_path, capsys, channels, size):
     root = tmp_path / "pets"
-    good = ["cats/landscape.jpg", "cats/portrait.png", "cats/c.webp", "dogs/grey.jpg", "dogs/rgba.png",
-            "dogs/deep16.png", "dogs/cmyk.jpg"]
+    good = [
+        "cats/landscape.jpg",
+        "cats/portrait.png",
+        "cats/c.webp",
+        "dogs/grey.jpg",
+        "dogs/rgba.png",
+        "dogs/deep16.png",
+        "dogs/cmyk.jpg",
+    ]
     for relative in good:
         write(root / relative, GOOD[relative]())
     write(root / "dogs" / "broken.jpg", truncated_jpeg())
@@ -350,6 +369,7 @@ def test_stats_default_output_beside_root(tmp_path):
 # split
 # --------------------------------------------------------------------------------------------------
 
+
 def split_tree(root: Path, sizes: dict) -> Path:
     tiny_png = encode(noise(4, 4), "PNG")  # split looks at names, not pixels
     for name, count in sizes.items():
@@ -366,26 +386,27 @@ def test_split_stratified_disjoint_covering_deterministic(tmp_path, capsys):
     sizes = {"ants": 40, "bees": 20, "wasps": 3, "yetis": 1}
     root = split_tree(tmp_path / "insects", sizes)
     out = tmp_path / "lists"
-    assert main(["data", "split", str(root), "--val", "0.1", "--test", "0.2", "--seed", "7",
-                 "--out", str(out)]) == 0
+    assert main(["data", "split", str(root), "--val", "0.1", "--test", "0.2", "--seed", "7", "--out", str(out)]) == 0
     capsys.readouterr()
     lists = {name: read_list(out / f"{name}.txt") for name in ("train", "val", "test")}
     assert (out / "classes.txt").read_text() == "ants\nbees\nwasps\nyetis\n"
     everything = [entry for entries in lists.values() for entry in entries]
     assert len(everything) == len(set(everything)) == sum(sizes.values())  # disjoint
     files, labels, _ = image_files.list_class_folders(root)
-    assert set(everything) == {(f.relative_to(root).as_posix(), l) for f, l in zip(files, labels)}  # covering
-    per_class = {name: {split: sum(1 for _, l in lists[split] if l == index) for split in lists}
-                 for index, name in enumerate(sizes)}
+    assert set(everything) == {(f.relative_to(root).as_posix(), label) for f, label in zip(files, labels)}  # covering
+    per_class = {
+        name: {split: sum(1 for _, label in lists[split] if label == index) for split in lists}
+        for index, name in enumerate(sizes)
+    }
     assert per_class["ants"] == {"train": 28, "val": 4, "test": 8}
     assert per_class["bees"] == {"train": 14, "val": 2, "test": 4}
     assert per_class["wasps"] == {"train": 1, "val": 1, "test": 1}  # every class in every split
     assert per_class["yetis"] == {"train": 1, "val": 0, "test": 0}  # too few to spread
     # Same seed, same lists; another seed, other lists.
     again = split.split(root, val=0.1, test=0.2, seed=7, out=tmp_path / "again")
-    assert sorted((p.relative_to(root).as_posix(), l) for p, l in again["test"]) == sorted(lists["test"])
+    assert sorted((p.relative_to(root).as_posix(), label) for p, label in again["test"]) == sorted(lists["test"])
     other = split.split(root, val=0.1, test=0.2, seed=8, out=tmp_path / "other")
-    assert sorted((p.relative_to(root).as_posix(), l) for p, l in other["test"]) != sorted(lists["test"])
+    assert sorted((p.relative_to(root).as_posix(), label) for p, label in other["test"]) != sorted(lists["test"])
 
 
 def test_split_lists_load_as_file_list_dataset(tmp_path):
@@ -393,9 +414,11 @@ def test_split_lists_load_as_file_list_dataset(tmp_path):
 
     root = split_tree(tmp_path / "insects", {"ants": 10, "bees": 10})
     split.split(root, val=0.2, test=0.2, seed=0)
-    loaded = datasets.file_list(root=str(root), classes=str(root / "classes.txt"),
-                                lists={"train": str(root / "train.txt"), "validation": str(root / "val.txt"),
-                                       "test": str(root / "test.txt")})
+    loaded = datasets.file_list(
+        root=str(root),
+        classes=str(root / "classes.txt"),
+        lists={"train": str(root / "train.txt"), "validation": str(root / "val.txt"), "test": str(root / "test.txt")},
+    )
     assert loaded.class_names == ["ants", "bees"]
     assert all(Path(p).is_file() for p in loaded.splits["train"][0])
     assert sum(len(loaded.splits[s][0]) for s in ("train", "validation", "test")) == 20
@@ -444,8 +467,12 @@ class ImageServer(http.server.BaseHTTPRequestHandler):
         "/truncated.jpg": (200, "image/jpeg", JPEG_C[: len(JPEG_C) // 2]),
         "/pixel.gif": (200, "image/gif", PIXEL),
     }
-    redirects = {"/moved.jpg": "/photo_unavailable.png", "/moved_quietly.jpg": "/img/1234.png",
-                 "/gone.jpg": "/static/Removed.jpg", "/redirect_ok.jpg": "/good/real.jpg"}
+    redirects = {
+        "/moved.jpg": "/photo_unavailable.png",
+        "/moved_quietly.jpg": "/img/1234.png",
+        "/gone.jpg": "/static/Removed.jpg",
+        "/redirect_ok.jpg": "/good/real.jpg",
+    }
     counts: dict = {}
     lock = threading.Lock()
 
@@ -508,18 +535,33 @@ GOOD_URLS = {  # path -> (class folder, served bytes, extension)
     "/redirect_ok.jpg": ("unlabelled", JPEG_D, ".jpg"),
 }
 BAD_URLS = {  # path -> words the reason must contain
-    "/missing.jpg": "HTTP 404", "/always500.jpg": "HTTP 500", "/slow.jpg": "timed out",
-    "/moved.jpg": "placeholder", "/moved_quietly.jpg": "placeholder", "/gone.jpg": "photo unavailable",
+    "/missing.jpg": "HTTP 404",
+    "/always500.jpg": "HTTP 500",
+    "/slow.jpg": "timed out",
+    "/moved.jpg": "placeholder",
+    "/moved_quietly.jpg": "placeholder",
+    "/gone.jpg": "photo unavailable",
     "/html.jpg": "HTML",
-    "/empty.jpg": "empty", "/truncated.jpg": "truncated", "/pixel.gif": "too small",
+    "/empty.jpg": "empty",
+    "/truncated.jpg": "truncated",
+    "/pixel.gif": "too small",
 }
 
 
 def url_file(tmp_path: Path, base: str) -> Path:
-    lines = ["# test URLs", "", f"{base}/good/cat1.jpg\tcats", f"{base}/other/cat1.jpg\tcats",
-             f"{base}/good/dog.png\tdogs", f"{base}/good/png_named.jpg\tdogs", f"{base}/flaky.jpg",
-             f"{base}/redirect_ok.jpg", f"{base}/good/cat1.jpg\tcats",  # a duplicate line
-             *(f"{base}{path}\tcats" for path in BAD_URLS), "ftp://127.0.0.1/nope.jpg"]
+    lines = [
+        "# test URLs",
+        "",
+        f"{base}/good/cat1.jpg\tcats",
+        f"{base}/other/cat1.jpg\tcats",
+        f"{base}/good/dog.png\tdogs",
+        f"{base}/good/png_named.jpg\tdogs",
+        f"{base}/flaky.jpg",
+        f"{base}/redirect_ok.jpg",
+        f"{base}/good/cat1.jpg\tcats",  # a duplicate line
+        *(f"{base}{path}\tcats" for path in BAD_URLS),
+        "ftp://127.0.0.1/nope.jpg",
+    ]
     path = tmp_path / "urls.txt"
     path.write_text("\n".join(lines) + "\n")
     return path
@@ -534,8 +576,9 @@ def test_gather_downloads_only_good_images_and_resumes(server, tmp_path, capsys)
     assert "downloading" in capsys.readouterr().err
 
     landed = {p.relative_to(out).as_posix(): p for p in out.rglob("*") if p.is_file() and p.parent != out}
-    expected = {f"{folder}/{gather.file_stem(server + path)}{ext}": body
-                for path, (folder, body, ext) in GOOD_URLS.items()}
+    expected = {
+        f"{folder}/{gather.file_stem(server + path)}{ext}": body for path, (folder, body, ext) in GOOD_URLS.items()
+    }
     assert set(landed) == set(expected)
     for relative, body in expected.items():
         assert landed[relative].read_bytes() == body
@@ -544,8 +587,7 @@ def test_gather_downloads_only_good_images_and_resumes(server, tmp_path, capsys)
     assert {p.name for p in out.iterdir() if p.is_file()} == {"failures.tsv"}
     assert not [p for p in out.rglob(".tmp*")], "temporary files left behind"
 
-    rows = [line.split("\t") for line in (out / "failures.tsv").read_text().splitlines()
-            if not line.startswith("#")]
+    rows = [line.split("\t") for line in (out / "failures.tsv").read_text().splitlines() if not line.startswith("#")]
     reasons = dict(rows)
     assert set(reasons) == {server + path for path in BAD_URLS} | {"ftp://127.0.0.1/nope.jpg"}
     for path, words in BAD_URLS.items():
@@ -584,6 +626,7 @@ def test_file_stem_is_sanitised_and_unique():
 # --------------------------------------------------------------------------------------------------
 # CLI user errors
 # --------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("command", [["label"], ["check"], ["stats"], ["split"]])
 def test_missing_root_is_a_user_error(tmp_path, capsys, command):

@@ -10,14 +10,24 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from conftest import synthetic_images, write_idx
-from pipeline.data import splits as splits_lib
+
 from pipeline.data import datasets
+from pipeline.data import splits as splits_lib
 from pipeline.data.datasets import DatasetError
 
-FASHION_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-                   "Ankle boot"]
+FASHION_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 
@@ -32,8 +42,10 @@ def data_dir_of(data_env) -> Path:
 # Loading from the (synthetic) mirror
 # --------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("name, seed, class_names", [("mnist", 1, [str(d) for d in range(10)]),
-                                                     ("fashion_mnist", 2, FASHION_CLASSES)])
+
+@pytest.mark.parametrize(
+    "name, seed, class_names", [("mnist", 1, [str(d) for d in range(10)]), ("fashion_mnist", 2, FASHION_CLASSES)]
+)
 def test_idx_datasets_from_the_mirror(data_env, name, seed, class_names):
     data_dir = data_dir_of(data_env)
     data = datasets.load_dataset(name, data_dir=str(data_dir))
@@ -87,7 +99,7 @@ def test_cifar10_from_the_mirror_is_cached_and_the_cache_is_reused(data_env, mon
     for images, labels in ((data.train_images, data.train_labels), (data.test_images, data.test_labels)):
         for image, label in zip(images, labels):
             row, col = divmod(int(label), 4)
-            assert image[row * 8:(row + 1) * 8, col * 8:(col + 1) * 8].mean() > 150
+            assert image[row * 8 : (row + 1) * 8, col * 8 : (col + 1) * 8].mean() > 150
 
     cache = data_dir / "cifar10" / "cifar10.npz"
     assert cache.is_file()
@@ -158,6 +170,7 @@ def test_unknown_dataset_name():
 # Corrupt IDX files
 # --------------------------------------------------------------------------------------------------
 
+
 def gz(path: Path, payload: bytes) -> Path:
     with gzip.open(path, "wb") as handle:
         handle.write(payload)
@@ -199,10 +212,15 @@ def test_read_idx_not_gzip(tmp_path):
     assert str(path) in str(raised.value)
 
 
-@pytest.mark.parametrize("payload", [b"\x00\x00\x09\x01\x00\x00\x00\x01\x05",  # int8 type code, not uint8
-                                     b"\x1f\x8b\x08\x01\x00\x00\x00\x01\x05",  # doubly gzipped-looking
-                                     b"\x00\x01\x08\x01\x00\x00\x00\x01\x05",
-                                     b"\x00\x00"])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"\x00\x00\x09\x01\x00\x00\x00\x01\x05",  # int8 type code, not uint8
+        b"\x1f\x8b\x08\x01\x00\x00\x00\x01\x05",  # doubly gzipped-looking
+        b"\x00\x01\x08\x01\x00\x00\x00\x01\x05",
+        b"\x00\x00",
+    ],
+)
 def test_read_idx_bad_magic(tmp_path, payload):
     path = gz(tmp_path / "bad-idx1-ubyte.gz", payload)
     with pytest.raises(DatasetError) as raised:
@@ -223,8 +241,9 @@ def test_images_and_labels_of_different_length(tmp_path, monkeypatch):
     images, labels = synthetic_images(10, 28, 1, 10, 0)
     for split in ("train", "t10k"):
         write_idx(tmp_path / "mirror" / "mnist" / f"{split}-images-idx3-ubyte.gz", images[..., 0])
-        write_idx(tmp_path / "mirror" / "mnist" / f"{split}-labels-idx1-ubyte.gz", labels[: 9 if split == "train"
-                                                                                          else 10])
+        write_idx(
+            tmp_path / "mirror" / "mnist" / f"{split}-labels-idx1-ubyte.gz", labels[: 9 if split == "train" else 10]
+        )
     with pytest.raises(DatasetError, match=r"train images and labels differ in count \(10 vs 9\)"):
         datasets.load_dataset("mnist", data_dir=str(tmp_path / "data"))
 
@@ -232,6 +251,7 @@ def test_images_and_labels_of_different_length(tmp_path, monkeypatch):
 # --------------------------------------------------------------------------------------------------
 # Missing datasets
 # --------------------------------------------------------------------------------------------------
+
 
 def _no_download(url, destination, timeout=60.0):
     raise OSError("network is unreachable")
@@ -255,8 +275,8 @@ def test_missing_idx_dataset_says_where_it_looked_and_what_to_do(nowhere, name):
     message = str(raised.value)
     filename = "train-images-idx3-ubyte.gz"
     assert f"dataset {name!r}: {filename} not found" in message
-    assert str(mirror / name / filename) in message          # looked in the mirror
-    assert str(data_dir / name / filename) in message        # and in the data dir
+    assert str(mirror / name / filename) in message  # looked in the mirror
+    assert str(data_dir / name / filename) in message  # and in the data dir
     assert "download failed" in message and "network is unreachable" in message
     assert f"Place the file in {data_dir / name}/" in message  # how to provide it
     assert "DATA_MIRROR" in message and "dataset.mirror_dir" in message
@@ -281,8 +301,20 @@ def test_missing_dataset_through_the_cli_is_exit_2(nowhere, capsys, tmp_path):
 
     run_dir = tmp_path / "run"
     mirror, data_dir = nowhere
-    code = cli.main(["train", "mnist_lenet", "--set", f"dataset.data_dir={data_dir}", "--set", "train.epochs=1",
-                     "--set", f"dataset.mirror_dir={mirror}", "--run-dir", str(run_dir)])
+    code = cli.main(
+        [
+            "train",
+            "mnist_lenet",
+            "--set",
+            f"dataset.data_dir={data_dir}",
+            "--set",
+            "train.epochs=1",
+            "--set",
+            f"dataset.mirror_dir={mirror}",
+            "--run-dir",
+            str(run_dir),
+        ]
+    )
     out, err = capsys.readouterr()
     assert code == 2, err
     assert err.startswith("error: dataset 'mnist'")
@@ -342,6 +374,7 @@ def test_stratified_split_of_nothing():
 # --------------------------------------------------------------------------------------------------
 # The real mirror
 # --------------------------------------------------------------------------------------------------
+
 
 @pytest.mark.mirror
 def test_real_mnist(mirror_dir):

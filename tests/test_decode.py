@@ -14,9 +14,16 @@ from pipeline.data import decode
 from pipeline.data import image_ops as preprocessing
 
 # The stored pixels for EXIF value n are the upright picture under the inverse of n's display transform.
-INVERSE = {1: None, 2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
-           4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_90,
-           7: Image.Transpose.TRANSVERSE, 8: Image.Transpose.ROTATE_270}
+INVERSE = {
+    1: None,
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_90,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_270,
+}
 
 
 def upright(height=24, width=32) -> np.ndarray:
@@ -34,8 +41,7 @@ def exif_bytes(orientation: int, endian: str = ">") -> bytes:
     return exif.tobytes()
 
 
-def encode(array: np.ndarray, fmt: str = "JPEG", orientation: int | None = None, endian: str = ">",
-           **options) -> bytes:
+def encode(array: np.ndarray, fmt: str = "JPEG", orientation: int | None = None, endian: str = ">", **options) -> bytes:
     """`array` as it is displayed, stored the way a camera stores it: raw pixels + EXIF orientation."""
     image = Image.fromarray(array)
     if orientation is not None and INVERSE[orientation] is not None:
@@ -71,9 +77,16 @@ def test_jpeg_orientation_matches_pillow_exif_transpose(orientation, endian):
 
 def test_apply_orientation_covers_the_eight_exif_transforms():
     image = np.arange(2 * 3).reshape(2, 3, 1)
-    expected = {1: image, 2: image[:, ::-1], 3: image[::-1, ::-1], 4: image[::-1],
-                5: image.transpose(1, 0, 2), 6: np.rot90(image, -1), 7: np.rot90(image, -1)[::-1],
-                8: np.rot90(image, 1)}
+    expected = {
+        1: image,
+        2: image[:, ::-1],
+        3: image[::-1, ::-1],
+        4: image[::-1],
+        5: image.transpose(1, 0, 2),
+        6: np.rot90(image, -1),
+        7: np.rot90(image, -1)[::-1],
+        8: np.rot90(image, 1),
+    }
     for orientation, want in expected.items():
         np.testing.assert_array_equal(decode.apply_orientation(image, orientation).numpy(), want)
     for invalid in (0, 9, -1, 65535):
@@ -87,21 +100,29 @@ def _decode_before_exif(data: bytes, channels) -> np.ndarray:
         native = tf.io.decode_jpeg(data, channels=0, dct_method=decode.JPEG_DCT_METHOD)
     else:
         native = tf.io.decode_image(data, channels=0, expand_animations=False)
-    return preprocessing.convert_channels(native[..., :3] if native.shape[-1] >= 3 else native[..., :1],
-                                          channels).numpy()
+    return preprocessing.convert_channels(
+        native[..., :3] if native.shape[-1] >= 3 else native[..., :1], channels
+    ).numpy()
 
 
 def test_png_exif_chunk_is_honoured_and_other_formats_decode_as_before():
     picture = upright()
     png = encode(picture, "PNG", orientation=6)
-    assert b"eXIf" in png[:png.index(b"IDAT")]
+    assert b"eXIf" in png[: png.index(b"IDAT")]
     assert int(decode.exif_orientation(png)) == 6
     np.testing.assert_array_equal(decode.decode_image(png, channels=3).numpy(), picture)  # lossless: exact
     grey_alpha = np.dstack([picture[..., :1], np.full(picture.shape[:2] + (1,), 128, np.uint8)])
     rgba = np.dstack([picture, np.full(picture.shape[:2] + (1,), 7, np.uint8)])
-    cases = [encode(picture, "PNG"), encode(picture[..., 0], "PNG"), encode(rgba, "PNG"),
-             encode(grey_alpha, "PNG"),
-             encode(picture, "BMP"), encode(picture, "GIF"), encode(picture, "JPEG"), encode(picture, "WEBP")]
+    cases = [
+        encode(picture, "PNG"),
+        encode(picture[..., 0], "PNG"),
+        encode(rgba, "PNG"),
+        encode(grey_alpha, "PNG"),
+        encode(picture, "BMP"),
+        encode(picture, "GIF"),
+        encode(picture, "JPEG"),
+        encode(picture, "WEBP"),
+    ]
     frames = [Image.fromarray(picture), Image.fromarray(255 - picture)]
     buffer = io.BytesIO()
     frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:])
@@ -109,8 +130,9 @@ def test_png_exif_chunk_is_honoured_and_other_formats_decode_as_before():
     for data in cases:
         assert int(decode.exif_orientation(data)) == 1
         for channels in (None, 1, 3):
-            np.testing.assert_array_equal(decode.decode_image(data, channels=channels).numpy(),
-                                          _decode_before_exif(data, channels))
+            np.testing.assert_array_equal(
+                decode.decode_image(data, channels=channels).numpy(), _decode_before_exif(data, channels)
+            )
 
 
 def test_webp_exif_is_left_alone_as_browsers_do():
@@ -145,8 +167,9 @@ def test_orientation_found_after_other_segments_and_in_unusual_layouts():
         "LONG value": _tiff([(0x0112, 4, 1, struct.pack(">I", 8))]),
         "little-endian, IFD at 40": _tiff([(0x0112, 3, 1, struct.pack("<H", 3))], "<", ifd_offset=40),
     }
-    assert [int(decode.exif_orientation(b"\xff\xd8" + _segment(0xE1, b"Exif\0\0" + t) + rest))
-            for t in variants.values()] == [8, 3]
+    assert [
+        int(decode.exif_orientation(b"\xff\xd8" + _segment(0xE1, b"Exif\0\0" + t) + rest)) for t in variants.values()
+    ] == [8, 3]
     # The first Exif segment wins (as in Pillow); a tag after the scan starts is not a header.
     second = _segment(0xE1, b"Exif\0\0" + _tiff([(0x0112, 3, 1, struct.pack(">H", 3))]))
     assert int(decode.exif_orientation(b"\xff\xd8" + app1 + second + rest)) == 6
@@ -161,16 +184,29 @@ def _orientation_graph(data):
 def test_garbled_and_truncated_exif_never_raises():
     rest = encode(upright())[2:]
     bad_tiffs = [
-        b"", b"MM", b"XX\0*\0\0\0\x08", b"MM\0*\xff\xff\xff\xff",                       # bad magic, offset
-        _tiff([(0x0112, 3, 1, struct.pack(">H", 6))])[:14],                            # entry cut off
-        _tiff([(0x0112, 3, 1, struct.pack(">H", 9))]),                                 # value out of range
-        _tiff([(0x0112, 3, 2, struct.pack(">HH", 6, 6))]),                             # count 2 (Pillow: a tuple)
-        _tiff([(0x0112, 3, 1, struct.pack(">H", 6))], ifd_offset=4),                   # IFD inside the header
+        b"",
+        b"MM",
+        b"XX\0*\0\0\0\x08",
+        b"MM\0*\xff\xff\xff\xff",  # bad magic, offset
+        _tiff([(0x0112, 3, 1, struct.pack(">H", 6))])[:14],  # entry cut off
+        _tiff([(0x0112, 3, 1, struct.pack(">H", 9))]),  # value out of range
+        _tiff([(0x0112, 3, 2, struct.pack(">HH", 6, 6))]),  # count 2 (Pillow: a tuple)
+        _tiff([(0x0112, 3, 1, struct.pack(">H", 6))], ifd_offset=4),  # IFD inside the header
     ]
-    samples = [b"MM\0*\0\0\0\x08\xff\xff\x01\x12\0\x03\0\0\0\x01\0\x06\0\0",  # IFD count 65535
-               b"", b"\xff", b"\xff\xd8", b"\xff\xd8\xff", b"\xff\xd8\xff\xe1", b"\xff\xd8\xff\xe1\x00",
-               b"\xff\xd8\xff\xe1\x00\x01", b"\xff\xd8\xff\xe1\xff\xffExif\0\0MM", b"\x89PNG\r\n\x1a\n",
-               b"\x89PNG\r\n\x1a\n\xff\xff\xff\xffeXIf", b"\x89PNG\r\n\x1a\n\x00\x00\x00\x08eXIfMM\0*"]
+    samples = [
+        b"MM\0*\0\0\0\x08\xff\xff\x01\x12\0\x03\0\0\0\x01\0\x06\0\0",  # IFD count 65535
+        b"",
+        b"\xff",
+        b"\xff\xd8",
+        b"\xff\xd8\xff",
+        b"\xff\xd8\xff\xe1",
+        b"\xff\xd8\xff\xe1\x00",
+        b"\xff\xd8\xff\xe1\x00\x01",
+        b"\xff\xd8\xff\xe1\xff\xffExif\0\0MM",
+        b"\x89PNG\r\n\x1a\n",
+        b"\x89PNG\r\n\x1a\n\xff\xff\xff\xffeXIf",
+        b"\x89PNG\r\n\x1a\n\x00\x00\x00\x08eXIfMM\0*",
+    ]
     rejected = [b"\xff\xd8" + _segment(0xE1, b"Exif\0\0" + tiff) + rest for tiff in bad_tiffs]
     samples += rejected
     good = encode(upright(), orientation=6)
@@ -197,14 +233,16 @@ def test_graph_mode_tf_data_and_saved_model(tmp_path):
         files.append(str(path))
     eager = [decode.decode_image(tf.io.read_file(f), channels=3).numpy() for f in files]
     dataset = tf.data.Dataset.from_tensor_slices(files).map(
-        lambda path: decode.decode_image(tf.io.read_file(path), channels=3))
+        lambda path: decode.decode_image(tf.io.read_file(path), channels=3)
+    )
     for image, want in zip(dataset, eager):
         np.testing.assert_array_equal(image.numpy(), want)
     assert all(image.shape == (24, 32, 3) for image in eager)
 
     module = tf.Module()
-    module.decode = tf.function(lambda data: decode.decode_image(data, channels=1),
-                                input_signature=[tf.TensorSpec([], tf.string)])
+    module.decode = tf.function(
+        lambda data: decode.decode_image(data, channels=1), input_signature=[tf.TensorSpec([], tf.string)]
+    )
     tf.saved_model.save(module, str(tmp_path / "saved"))
     restored = tf.saved_model.load(str(tmp_path / "saved"))
     for path, want in zip(files, eager):
@@ -247,8 +285,7 @@ def test_dct_scaled_decode_keeps_the_requested_size_once_oriented():
 @pytest.mark.parametrize("crop, margin", [("none", 0), ("shorter_side", 0), ("square", 40)])
 def test_working_image_is_small_and_close_to_full_decode_then_resize(crop, margin):
     data = encode(_photo(600, 800), orientation=8, quality=95)
-    image, working_margin = decode.decode_working_image(data, image_size=(48, 64), crop=crop, margin=margin,
-                                                        channels=3)
+    image, working_margin = decode.decode_working_image(data, image_size=(48, 64), crop=crop, margin=margin, channels=3)
     height, width, _ = image.shape
     assert height < 600 and width < 800 and abs(width / height - 800 / 600) < 0.02
     if crop == "square":
@@ -301,7 +338,7 @@ def test_image_scan_reports_the_displayed_size(tmp_path):
         paths[-1].write_bytes(encode(picture, orientation=orientation, quality=90))
     garbled = bytearray(encode(picture, orientation=6, quality=90))
     start = garbled.index(b"MM\0*")
-    garbled[start:start + 4] = b"XX\0*"  # an unreadable EXIF: the picture is still good, as stored
+    garbled[start : start + 4] = b"XX\0*"  # an unreadable EXIF: the picture is still good, as stored
     paths.append(tmp_path / "garbled.jpg")
     paths[-1].write_bytes(bytes(garbled))
     results = image_files.scan_images(paths, placeholder_colours=0, workers=2)

@@ -18,9 +18,9 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from pipeline.distribute import strategy as distribute
-from pipeline.distribute import launch
 from pipeline.data import sharding
+from pipeline.distribute import launch
+from pipeline.distribute import strategy as distribute
 
 TWO_WORKERS = {"cluster": {"worker": ["localhost:1", "localhost:2"]}, "task": {"type": "worker", "index": 1}}
 WITH_CHIEF = {"cluster": {"chief": ["a:1"], "worker": ["b:1", "c:1"]}, "task": {"type": "worker", "index": 0}}
@@ -36,19 +36,31 @@ def test_tf_config_rules():
     assert distribute.num_workers(WITH_CHIEF) == 3 and distribute.worker_index(WITH_CHIEF) == 1
     assert not distribute.is_chief(WITH_CHIEF)
     assert distribute.is_chief({**WITH_CHIEF, "task": {"type": "chief", "index": 0}})
-    assert not distribute.is_chief({**WITH_CHIEF, "task": {"type": "evaluator", "index": 0},
-                                    "cluster": {**WITH_CHIEF["cluster"], "evaluator": ["d:1"]}})
+    assert not distribute.is_chief(
+        {
+            **WITH_CHIEF,
+            "task": {"type": "evaluator", "index": 0},
+            "cluster": {**WITH_CHIEF["cluster"], "evaluator": ["d:1"]},
+        }
+    )
     assert distribute.read_tf_config({"TF_CONFIG": json.dumps(TWO_WORKERS)}) == TWO_WORKERS
 
 
-@pytest.mark.parametrize("text, message", [
-    ("{not json", r"TF_CONFIG is not valid JSON"),
-    ("[1]", r"TF_CONFIG must be a JSON object"),
-    (json.dumps({**TWO_WORKERS, "task": {"type": "workers", "index": 0}}),
-     r"task.type 'workers' is not in its cluster; allowed: \['worker'\] \(did you mean 'worker'\?\)"),
-    (json.dumps({**TWO_WORKERS, "task": {"type": "worker", "index": 2}}),
-     r"task.index must be in 0..1 for 'worker'. Received: task.index=2"),
-])
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("{not json", r"TF_CONFIG is not valid JSON"),
+        ("[1]", r"TF_CONFIG must be a JSON object"),
+        (
+            json.dumps({**TWO_WORKERS, "task": {"type": "workers", "index": 0}}),
+            r"task.type 'workers' is not in its cluster; allowed: \['worker'\] \(did you mean 'worker'\?\)",
+        ),
+        (
+            json.dumps({**TWO_WORKERS, "task": {"type": "worker", "index": 2}}),
+            r"task.index must be in 0..1 for 'worker'. Received: task.index=2",
+        ),
+    ],
+)
 def test_bad_tf_config_is_a_user_error(text, message):
     with pytest.raises(distribute.DistributeError, match=message):
         distribute.read_tf_config({"TF_CONFIG": text})
@@ -59,8 +71,11 @@ def test_strategy_names():
     assert distribute.choose_strategy_name("auto", tf_config={}, gpus=2) == "mirrored"
     assert distribute.choose_strategy_name("auto", tf_config={}, gpus=1) == "default"
     assert distribute.choose_strategy_name("mirrored", tf_config=TWO_WORKERS) == "mirrored"
-    with pytest.raises(distribute.DistributeError, match=r"one of auto, default, mirrored, multi_worker "
-                       r"\(did you mean 'mirrored'\?\). Received: distribute.strategy='mirored'"):
+    with pytest.raises(
+        distribute.DistributeError,
+        match=r"one of auto, default, mirrored, multi_worker "
+        r"\(did you mean 'mirrored'\?\). Received: distribute.strategy='mirored'",
+    ):
         distribute.choose_strategy_name("mirored")
 
 
@@ -68,8 +83,13 @@ def test_default_strategy_changes_nothing(monkeypatch):
     monkeypatch.delenv("TF_CONFIG", raising=False)
     strategy = distribute.resolve_strategy("default")
     assert strategy is tf.distribute.get_strategy()
-    assert distribute.describe(strategy) == {"strategy": "default", "num_workers": 1, "num_replicas_in_sync": 1,
-                                             "worker_index": 0, "is_chief": True}
+    assert distribute.describe(strategy) == {
+        "strategy": "default",
+        "num_workers": 1,
+        "num_replicas_in_sync": 1,
+        "worker_index": 0,
+        "is_chief": True,
+    }
     assert distribute.per_replica_batch(250, strategy) == 250
     with pytest.raises(distribute.DistributeError, match="devices apply to the mirrored strategy only"):
         distribute.resolve_strategy("default", devices=["/cpu:0"])
@@ -77,8 +97,11 @@ def test_default_strategy_changes_nothing(monkeypatch):
 
 def test_per_replica_batch_must_divide_evenly():
     assert distribute.per_replica_batch(256, 4) == 64
-    with pytest.raises(distribute.DistributeError, match=r"divide evenly among the 4 replicas in sync; use 248 "
-                       r"or 252. Received: train.batch_size=250"):
+    with pytest.raises(
+        distribute.DistributeError,
+        match=r"divide evenly among the 4 replicas in sync; use 248 "
+        r"or 252. Received: train.batch_size=250",
+    ):
         distribute.per_replica_batch(250, 4)
     with pytest.raises(distribute.DistributeError, match=r"use 4 or 8. Received: train.batch_size=2"):
         distribute.per_replica_batch(2, 4)
@@ -87,8 +110,9 @@ def test_per_replica_batch_must_divide_evenly():
 def test_linear_learning_rate_scaling():
     assert distribute.scale_learning_rate(0.1, global_batch=1024, base_batch=256) == pytest.approx(0.4)
     assert distribute.scale_learning_rate(0.1, global_batch=256, base_batch=256) == 0.1
-    with pytest.raises(distribute.DistributeError, match="base_batch must be a positive integer. Received: "
-                       "base_batch=0"):
+    with pytest.raises(
+        distribute.DistributeError, match="base_batch must be a positive integer. Received: base_batch=0"
+    ):
         distribute.scale_learning_rate(0.1, global_batch=256, base_batch=0)
 
 
@@ -212,8 +236,14 @@ def assert_same_weights(first, second, atol):
 def test_mirrored_over_two_cpu_devices_matches_one_device(tmp_path):
     script = tmp_path / "mirrored.py"
     script.write_text(MIRRORED)
-    done = subprocess.run([sys.executable, str(script)], check=False, capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "PYTHONPATH": str(launch.PROJECT_ROOT)})
+    done = subprocess.run(
+        [sys.executable, str(script)],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(launch.PROJECT_ROOT)},
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     result = results(done.stdout.splitlines())[""]
     assert result["describe"]["num_replicas_in_sync"] == 2 and result["describe"]["strategy"] == "mirrored"
@@ -229,14 +259,18 @@ def test_two_local_workers_train_in_lockstep_like_one_device(tmp_path):
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     out, err = io.StringIO(), io.StringIO()
-    status = launch.launch(2, [str(run_dir)], command=[sys.executable, str(script)], out=out, err=err,
-                           timeout=120)
+    status = launch.launch(2, [str(run_dir)], command=[sys.executable, str(script)], out=out, err=err, timeout=120)
     lines = out.getvalue().splitlines()
     assert status == 0, err.getvalue() + "\n".join(lines[-40:])
     found = results(lines)
     chief, worker = found["[worker 0]"], found["[worker 1]"]
-    assert chief["describe"] == {"strategy": "multi_worker", "num_workers": 2, "num_replicas_in_sync": 2,
-                                 "worker_index": 0, "is_chief": True}
+    assert chief["describe"] == {
+        "strategy": "multi_worker",
+        "num_workers": 2,
+        "num_replicas_in_sync": 2,
+        "worker_index": 0,
+        "is_chief": True,
+    }
     assert worker["describe"]["is_chief"] is False and worker["describe"]["worker_index"] == 1
     assert chief["history"] == worker["history"]
     assert set(chief["history"]) == {"loss", "accuracy", "val_loss", "val_accuracy"}

@@ -30,15 +30,13 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from pipeline.training import callbacks
-from pipeline.distribute import strategy as distribute
-from pipeline.distribute import launch
-from pipeline.training import phases
-from pipeline.distribute import workers
 from pipeline import config as config_lib
-from pipeline.data import splits as splits_lib
-from pipeline.data import sharding
 from pipeline.cli import main
+from pipeline.data import sharding
+from pipeline.data import splits as splits_lib
+from pipeline.distribute import launch, workers
+from pipeline.distribute import strategy as distribute
+from pipeline.training import callbacks, phases
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.filterwarnings("ignore:Your input ran out of data")
@@ -51,19 +49,29 @@ def write_folder(root: Path, *, classes=("ants", "bees", "cats"), per_class: int
         (root / name).mkdir(parents=True, exist_ok=True)
         for number in range(per_class):
             image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
-            image[: size // 2, label * 3:(label + 1) * 3] = 255  # something to learn
+            image[: size // 2, label * 3 : (label + 1) * 3] = 255  # something to learn
             Image.fromarray(image).save(root / name / f"{number:02d}.png")
     return root
 
 
 def folder_config(photos: dict, source: str, **input_options) -> config_lib.Config:
     """A `tiny` config on the photos (source "root": the folder, "shards": its TFRecords), batches of 4."""
-    return config_lib.from_dict({
-        "name": "distributed_test", "seed": 5,
-        "dataset": {"name": "folder" if source == "root" else "tfrecord", "root": str(photos[source]),
-                    "data_dir": str(photos["data_dir"]), "test_split": 0.2, "validation_split": 0.2},
-        "input": {"image_size": [12, 12], "channels": 3, **input_options},
-        "model": {"name": "tiny"}, "train": {"epochs": 1, "batch_size": 4, "verbose": 0}})
+    return config_lib.from_dict(
+        {
+            "name": "distributed_test",
+            "seed": 5,
+            "dataset": {
+                "name": "folder" if source == "root" else "tfrecord",
+                "root": str(photos[source]),
+                "data_dir": str(photos["data_dir"]),
+                "test_split": 0.2,
+                "validation_split": 0.2,
+            },
+            "input": {"image_size": [12, 12], "channels": 3, **input_options},
+            "model": {"name": "tiny"},
+            "train": {"epochs": 1, "batch_size": 4, "verbose": 0},
+        }
+    )
 
 
 def image_keys(dataset) -> list[bytes]:
@@ -107,14 +115,22 @@ def test_streamed_records_are_shared_by_file(photos):
         count = sum(len(batch[0]) for batch in splits.dataset("train", config, training=True, shard=(2, index)))
         assert count == int(np.sum(shard_of == index)) > 0
     assert len(tfrecords.shard_files(photos["shards"], "train")) == 2
-    with pytest.raises(sharding.ShardError, match=r"2 train shard file\(s\) for 3 workers, and each worker "
-                       r"streams whole files; write at least 3 \(`python -m pipeline data shard --shards N`\)"):
+    with pytest.raises(
+        sharding.ShardError,
+        match=r"2 train shard file\(s\) for 3 workers, and each worker "
+        r"streams whole files; write at least 3 \(`python -m pipeline data shard --shards N`\)",
+    ):
         splits.dataset("train", config, training=True, shard=(3, 0))
 
 
 def test_arrays_stay_whole_for_tf_distribute_to_split_by_batch(data_env):
-    config = config_lib.from_dict({"dataset": {"name": "mnist", "data_dir": data_env[0].partition("=")[2]},
-                                   "model": {"name": "tiny"}, "train": {"batch_size": 64}})
+    config = config_lib.from_dict(
+        {
+            "dataset": {"name": "mnist", "data_dir": data_env[0].partition("=")[2]},
+            "model": {"name": "tiny"},
+            "train": {"batch_size": 64},
+        }
+    )
     splits = splits_lib.Splits(config, log=lambda *_: None)
     dataset = splits.dataset("train", config, training=True, shard=(2, 1))
     assert dataset.options().experimental_distribute.auto_shard_policy == tf.data.experimental.AutoShardPolicy.DATA
@@ -122,15 +138,28 @@ def test_arrays_stay_whole_for_tf_distribute_to_split_by_batch(data_env):
 
 
 def test_learning_rate_scaling_and_what_multi_worker_refuses(monkeypatch):
-    config = config_lib.from_dict({
-        "model": {"name": "tiny"}, "train": {"epochs": 3, "batch_size": 1024, "phases": [
-            {"epochs": 1, "trainable": "none", "cache_features": True, "optimizer": {"learning_rate": 0.01}},
-            {"epochs": 2, "optimizer": {"learning_rate": 0.001},
-             "schedule": {"name": "polynomial", "end_learning_rate": 0.0001}}]}})
+    config = config_lib.from_dict(
+        {
+            "model": {"name": "tiny"},
+            "train": {
+                "epochs": 3,
+                "batch_size": 1024,
+                "phases": [
+                    {"epochs": 1, "trainable": "none", "cache_features": True, "optimizer": {"learning_rate": 0.01}},
+                    {
+                        "epochs": 2,
+                        "optimizer": {"learning_rate": 0.001},
+                        "schedule": {"name": "polynomial", "end_learning_rate": 0.0001},
+                    },
+                ],
+            },
+        }
+    )
     plan, lines = phases.plan(config), []
     strategy = tf.distribute.get_strategy()
-    scaled = workers.prepare_phases(plan, strategy, scale_learning_rate=True, global_batch=1024, base_batch=256,
-                                    log=lines.append)
+    scaled = workers.prepare_phases(
+        plan, strategy, scale_learning_rate=True, global_batch=1024, base_batch=256, log=lines.append
+    )
     assert [phase.optimizer.learning_rate for phase in scaled] == pytest.approx([0.04, 0.004])
     assert scaled[1].schedule.end_learning_rate == pytest.approx(0.0004)
     assert [phase.epochs for phase in scaled] == [1, 2] and scaled[0].optimizer.name == plan[0].optimizer.name
@@ -138,8 +167,11 @@ def test_learning_rate_scaling_and_what_multi_worker_refuses(monkeypatch):
     assert phases.plan(config)[0].optimizer.learning_rate == 0.01, "the config keeps the configured rates"
     assert workers.prepare_phases(plan, strategy, scale_learning_rate=False, global_batch=1024, base_batch=256) == plan
     monkeypatch.setattr(workers, "is_multi_worker", lambda strategy: True)
-    with pytest.raises(distribute.DistributeError, match=r"train.phases\[0\].cache_features is not supported under "
-                       r"distribute.strategy multi_worker; set train.phases\[0\].cache_features=false"):
+    with pytest.raises(
+        distribute.DistributeError,
+        match=r"train.phases\[0\].cache_features is not supported under "
+        r"distribute.strategy multi_worker; set train.phases\[0\].cache_features=false",
+    ):
         workers.prepare_phases(plan, strategy, scale_learning_rate=False, global_batch=1024, base_batch=256)
 
 
@@ -148,7 +180,9 @@ def test_one_device_changes_nothing(monkeypatch, tmp_path):
     lines = []
     strategy = workers.start("default", global_batch=64, log=lines.append)
     assert strategy is tf.distribute.get_strategy()
-    assert lines == ["distribute: default strategy, 1 worker(s), 1 replica(s) in sync; global batch 64 = 64 per replica"]
+    assert lines == [
+        "distribute: default strategy, 1 worker(s), 1 replica(s) in sync; global batch 64 = 64 per replica"
+    ]
     assert isinstance(workers.scope(strategy), contextlib.nullcontext)
     assert workers.shard(strategy) == (1, 0) and workers.is_chief(strategy)
     assert workers.summary(strategy) == {"strategy": "default", "num_workers": 1, "num_replicas_in_sync": 1}
@@ -174,8 +208,10 @@ def test_no_replica_gets_an_empty_batch():
     assert workers.without_short_batches(one_replica, dataset)[0] is dataset
 
 
-@pytest.mark.skipif(platform.machine() not in ("x86_64", "AMD64") or os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "0",
-                    reason="TensorFlow uses oneDNN on x86 CPUs by default only")
+@pytest.mark.skipif(
+    platform.machine() not in ("x86_64", "AMD64") or os.environ.get("TF_ENABLE_ONEDNN_OPTS") == "0",
+    reason="TensorFlow uses oneDNN on x86 CPUs by default only",
+)
 def test_onednn_convolutions_still_return_an_empty_batch_unchanged():
     """Why `workers.without_short_batches` exists. When this fails, TensorFlow fixed it: drop that
     paragraph of its docstring (dropping short batches still keeps every worker at the same step count)."""
@@ -183,7 +219,8 @@ def test_onednn_convolutions_still_return_an_empty_batch_unchanged():
         output = tf.nn.conv2d(tf.zeros((0, 12, 12, 3)), tf.zeros((3, 3, 3, 8)), strides=2, padding="SAME")
     assert tuple(output.shape) == (0, 12, 12, 3), (
         f"TensorFlow {tf.__version__}: a oneDNN Conv2D on an empty batch now gives {tuple(output.shape)}; the "
-        f"bug documented in pipeline/compat/distribute.py without_short_batches is fixed")
+        f"bug documented in pipeline/compat/distribute.py without_short_batches is fixed"
+    )
 
 
 def test_the_confusion_callback_left_out_is_the_real_one():
@@ -193,8 +230,10 @@ def test_the_confusion_callback_left_out_is_the_real_one():
 
 
 def test_a_non_chief_writes_into_a_scratch_copy_and_never_into_the_run(monkeypatch, tmp_path):
-    monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": {"worker": ["localhost:1", "localhost:2"]},
-                                                "task": {"type": "worker", "index": 1}}))
+    monkeypatch.setenv(
+        "TF_CONFIG",
+        json.dumps({"cluster": {"worker": ["localhost:1", "localhost:2"]}, "task": {"type": "worker", "index": 1}}),
+    )
     monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
     monkeypatch.setattr(tempfile, "tempdir", None)  # gettempdir() reads TMPDIR again
     (tmp_path / "tmp").mkdir()
@@ -208,7 +247,10 @@ def test_a_non_chief_writes_into_a_scratch_copy_and_never_into_the_run(monkeypat
         (run_dir / name).write_text(name)
     with workers.writer_dir(run_dir, strategy="auto") as where:  # resuming: the chief's resume state
         assert sorted(path.relative_to(where).as_posix() for path in where.rglob("*")) == [
-            "backup", "backup/training_metadata.json", "config.yaml"]
+            "backup",
+            "backup/training_metadata.json",
+            "config.yaml",
+        ]
     assert list((tmp_path / "tmp").iterdir()) == []
 
 
@@ -276,14 +318,22 @@ def test_the_chief_prepares_first_and_workers_that_disagree_all_stop(tmp_path):
     assert "[worker 1] PREPARED True" in lines, "worker 1 waited for the chief's data preparation"
     assert sum(line.endswith("] AGREE") for line in lines) == 2
     disagree = [line for line in lines if "DISAGREE" in line]
-    assert len(disagree) == 2 and all("disagree on resume_epoch: worker 0 3, worker 1 4. Every worker must read "
-                                      "the same data" in line for line in disagree)
+    assert len(disagree) == 2 and all(
+        "disagree on resume_epoch: worker 0 3, worker 1 4. Every worker must read the same data" in line
+        for line in disagree
+    )
 
 
 def run_launch(experiment: Path, run_dir: Path, env: dict, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "pipeline", "launch", "--workers", "2", str(experiment),
-                           "--run-dir", str(run_dir)], check=False, cwd=PROJECT_ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "pipeline", "launch", "--workers", "2", str(experiment), "--run-dir", str(run_dir)],
+        check=False,
+        cwd=PROJECT_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def history_epochs(run_dir: Path) -> list[int]:
@@ -311,7 +361,8 @@ def test_two_workers_train_a_folder_dataset_into_one_run_directory(tmp_path):
         f"test_split: 0.2}}\n"
         "input: {image_size: [12, 12]}\nmodel: {name: tiny}\n"
         "train: {epochs: 2, batch_size: 8, callbacks: {tensorboard: {enabled: false}}}\n"
-        "evaluation: {report: false}\nexport: {enabled: false}\n")
+        "evaluation: {report: false}\nexport: {enabled: false}\n"
+    )
     run_dir = tmp_path / "run"
     done = run_launch(experiment, run_dir, quiet_env(tmp_path))
     assert done.returncode == 0, done.stderr[-3000:] + done.stdout[-3000:]
@@ -319,10 +370,18 @@ def test_two_workers_train_a_folder_dataset_into_one_run_directory(tmp_path):
     # One image scan: the chief's; worker 1 finds every image in the scan cache.
     assert any(line.startswith("[worker 0] checking 30 images") for line in lines), lines[:20]
     assert not any(line.startswith("[worker 1] checking") for line in lines)
-    assert any("global batch 8 = 4 per replica; this is worker 1 (it writes into a scratch directory" in line
-               for line in lines)
-    for relative in ("config.yaml", "classes.txt", "checkpoints/best.keras", "checkpoints/last.keras",
-                     "backup/training_metadata.json", "history.csv", "metrics.json"):
+    assert any(
+        "global batch 8 = 4 per replica; this is worker 1 (it writes into a scratch directory" in line for line in lines
+    )
+    for relative in (
+        "config.yaml",
+        "classes.txt",
+        "checkpoints/best.keras",
+        "checkpoints/last.keras",
+        "backup/training_metadata.json",
+        "history.csv",
+        "metrics.json",
+    ):
         assert (run_dir / relative).exists(), relative
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["distribution"] == {"strategy": "multi_worker", "num_workers": 2, "num_replicas_in_sync": 2}
@@ -346,7 +405,7 @@ def worker_pid(launcher: subprocess.Popen, index: int) -> int | None:
     for pid in child_processes(launcher.pid):
         with contextlib.suppress(OSError):
             environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-            config = next((item[len(b"TF_CONFIG="):] for item in environ if item.startswith(b"TF_CONFIG=")), None)
+            config = next((item[len(b"TF_CONFIG=") :] for item in environ if item.startswith(b"TF_CONFIG=")), None)
             if config and json.loads(config)["task"]["index"] == index:
                 return pid
     return None
@@ -361,12 +420,18 @@ def test_a_killed_worker_relaunched_resumes_without_repeating_or_losing_epochs(d
         f"dataset: {{name: mnist, validation_split: 0.1, data_dir: {data_env[0].partition('=')[2]}}}\n"
         f"model: {{name: tiny}}\n"
         f"train: {{epochs: {epochs}, batch_size: 32, callbacks: {{tensorboard: {{enabled: false}}}}}}\n"
-        "evaluation: {report: false}\n")
+        "evaluation: {report: false}\n"
+    )
     run_dir, env = tmp_path / "run", quiet_env(tmp_path)
     metadata = run_dir / "backup" / "training_metadata.json"
-    launcher = subprocess.Popen([sys.executable, "-m", "pipeline", "launch", "--workers", "2", str(experiment),
-                                 "--run-dir", str(run_dir)], cwd=PROJECT_ROOT, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
+    launcher = subprocess.Popen(
+        [sys.executable, "-m", "pipeline", "launch", "--workers", "2", str(experiment), "--run-dir", str(run_dir)],
+        cwd=PROJECT_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         deadline, killed = time.time() + 240, None
         while time.time() < deadline and launcher.poll() is None and killed is None:

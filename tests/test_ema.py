@@ -38,8 +38,16 @@ def _fit(callbacks, *, epochs=3, optimizer=None, validation=True):
     keras.utils.set_random_seed(1)
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(1, name="dense")])
     model.compile(optimizer or keras.optimizers.SGD(0.05, **ema.ema_optimizer_options(0.8)), loss="mse")
-    history = model.fit(X, Y, batch_size=16, epochs=epochs, shuffle=False, verbose=0, callbacks=callbacks,
-                        validation_data=(X_VAL, Y_VAL) if validation else None)
+    history = model.fit(
+        X,
+        Y,
+        batch_size=16,
+        epochs=epochs,
+        shuffle=False,
+        verbose=0,
+        callbacks=callbacks,
+        validation_data=(X_VAL, Y_VAL) if validation else None,
+    )
     return model, history
 
 

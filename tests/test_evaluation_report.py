@@ -9,18 +9,23 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.evaluation import report as evaluation_report
 from pipeline.evaluation import figures
+from pipeline.evaluation import report as evaluation_report
 
 CLASSES = ["cat", "dog", "bird"]
 # 6 examples, 3 classes. argmax: 0, 1, 2, 1, 0 (tie 0/1: first wins, like Keras), 2.
 LABELS = np.array([0, 1, 2, 0, 1, 2])
-PROBABILITIES = np.array([[0.7, 0.2, 0.1],
-                          [0.1, 0.8, 0.1],
-                          [0.2, 0.2, 0.6],
-                          [0.3, 0.6, 0.1],   # wrong: cat -> dog
-                          [0.45, 0.45, 0.1],  # wrong by the tie: dog -> cat
-                          [0.1, 0.3, 0.6]], dtype=np.float32)
+PROBABILITIES = np.array(
+    [
+        [0.7, 0.2, 0.1],
+        [0.1, 0.8, 0.1],
+        [0.2, 0.2, 0.6],
+        [0.3, 0.6, 0.1],  # wrong: cat -> dog
+        [0.45, 0.45, 0.1],  # wrong by the tie: dog -> cat
+        [0.1, 0.3, 0.6],
+    ],
+    dtype=np.float32,
+)
 
 
 def report(**overrides):
@@ -48,8 +53,9 @@ def test_top_k_is_capped_at_the_class_count_and_binary_works():
     assert report(top_k=5)["top_k"] == 3
     labels = np.array([0, 1, 1, 0])
     probabilities = np.array([[0.9, 0.1], [0.2, 0.8], [0.6, 0.4], [0.3, 0.7]])
-    binary = evaluation_report.build_report(labels=labels, probabilities=probabilities, class_names=["ants", "bees"],
-                                            top_k=5)
+    binary = evaluation_report.build_report(
+        labels=labels, probabilities=probabilities, class_names=["ants", "bees"], top_k=5
+    )
     assert binary["top_k"] == 2 and binary["top_k_accuracy"] == 1.0
     assert binary["accuracy"] == 0.5 and binary["confusion_matrix"] == [[1, 1], [1, 1]]
 
@@ -66,13 +72,16 @@ def test_expected_calibration_error_follows_guo_et_al():
     assert len(filled) == 1 and filled[0]["count"] == 4 and filled[0]["lower"] < 0.9 <= filled[0]["upper"]
 
 
-@pytest.mark.parametrize("overrides, message", [
-    (dict(labels=LABELS[:5]), "shape [N, C]"),
-    (dict(class_names=["cat", "dog"]), "one name per column"),
-    (dict(labels=LABELS + 1), "must lie in [0, 2]"),
-    (dict(probabilities=PROBABILITIES * 3), "sum to 1"),
-    (dict(top_k=0), "top_k"),
-])
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        (dict(labels=LABELS[:5]), "shape [N, C]"),
+        (dict(class_names=["cat", "dog"]), "one name per column"),
+        (dict(labels=LABELS + 1), "must lie in [0, 2]"),
+        (dict(probabilities=PROBABILITIES * 3), "sum to 1"),
+        (dict(top_k=0), "top_k"),
+    ],
+)
 def test_bad_arguments_are_refused_with_what_was_received(overrides, message):
     with pytest.raises(ValueError, match="Received") as raised:
         report(**overrides)
@@ -88,8 +97,9 @@ def _png_size(path):
 def test_write_report_writes_every_file(tmp_path):
     result = report()
     images = np.random.default_rng(0).integers(0, 256, (6, 12, 12, 3), dtype=np.uint8)
-    paths = evaluation_report.write_report(result, tmp_path / "evaluation", labels=LABELS,
-                                           probabilities=PROBABILITIES, class_names=CLASSES, images=images)
+    paths = evaluation_report.write_report(
+        result, tmp_path / "evaluation", labels=LABELS, probabilities=PROBABILITIES, class_names=CLASSES, images=images
+    )
     assert sorted(paths) == ["calibration", "confusion_matrix", "mistakes", "per_class", "report"]
     assert json.loads(paths["report"].read_text()) == result
     rows = list(csv.DictReader(paths["per_class"].read_text().splitlines()))
@@ -103,11 +113,11 @@ def test_write_report_writes_every_file(tmp_path):
 def test_mistakes_without_images_or_mistakes(tmp_path):
     perfect = np.eye(3)[LABELS]
     result = evaluation_report.build_report(labels=LABELS, probabilities=perfect, class_names=CLASSES)
-    paths = evaluation_report.write_report(result, tmp_path, labels=LABELS, probabilities=perfect,
-                                           class_names=CLASSES)
+    paths = evaluation_report.write_report(result, tmp_path, labels=LABELS, probabilities=perfect, class_names=CLASSES)
     assert "mistakes" not in paths and not (tmp_path / "mistakes.png").exists()
-    figure = evaluation_report.mistakes_figure(labels=LABELS, probabilities=perfect, class_names=CLASSES,
-                                               images=np.zeros((6, 8, 8, 1), np.float32))
+    figure = evaluation_report.mistakes_figure(
+        labels=LABELS, probabilities=perfect, class_names=CLASSES, images=np.zeros((6, 8, 8, 1), np.float32)
+    )
     assert any("No mistakes: all 6 test images" in text.get_text() for text in figure.texts)
 
 
@@ -125,8 +135,10 @@ def test_confusion_matrix_figure_stays_bounded_for_many_classes():
 def test_history_and_curves(tmp_path):
     history = tmp_path / "history.csv"
     # Epoch 1 logged twice (killed after the CSV row, before the resume state): the last row wins.
-    history.write_text("epoch,accuracy,learning_rate,loss,val_accuracy,val_loss\n"
-                       "0,0.5,0.001,1.0,0.4,1.2\n1,0.6,0.001,0.9,0.5,1.1\n1,0.65,0.001,0.85,0.55,NA\n")
+    history.write_text(
+        "epoch,accuracy,learning_rate,loss,val_accuracy,val_loss\n"
+        "0,0.5,0.001,1.0,0.4,1.2\n1,0.6,0.001,0.9,0.5,1.1\n1,0.65,0.001,0.85,0.55,NA\n"
+    )
     columns = evaluation_report.read_history(history)
     assert columns["epoch"].tolist() == [0, 1] and columns["accuracy"].tolist() == [0.5, 0.65]
     assert np.isnan(columns["val_loss"][1])

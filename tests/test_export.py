@@ -34,12 +34,13 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 IMAGE_SIZE = (16, 16)  # experiments/tiny.yaml: input.image_size
 CHANNELS = 3
 NUM_CLASSES = 10
-TOP_K = 5              # export.top_k default
+TOP_K = 5  # export.top_k default
 
 
 # --------------------------------------------------------------------------------------------------
 # Fixtures
 # --------------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def run_dir(synthetic_mirror, tmp_path_factory) -> Path:
@@ -48,10 +49,24 @@ def run_dir(synthetic_mirror, tmp_path_factory) -> Path:
     previous = os.environ.get("DATA_MIRROR")
     os.environ["DATA_MIRROR"] = str(synthetic_mirror)
     try:
-        code = cli.main(["train", "tiny", "--run-dir", str(root / "run"),
-                         "--set", f"dataset.data_dir={root / 'data'}", "--set", "train.epochs=1",
-                         "--set", "train.verbose=0", "--set", "evaluation.report=false",
-                         "--set", "train.callbacks.tensorboard.images=false"])
+        code = cli.main(
+            [
+                "train",
+                "tiny",
+                "--run-dir",
+                str(root / "run"),
+                "--set",
+                f"dataset.data_dir={root / 'data'}",
+                "--set",
+                "train.epochs=1",
+                "--set",
+                "train.verbose=0",
+                "--set",
+                "evaluation.report=false",
+                "--set",
+                "train.callbacks.tensorboard.images=false",
+            ]
+        )
     finally:
         if previous is None:
             os.environ.pop("DATA_MIRROR", None)
@@ -88,7 +103,7 @@ def _pattern(height, width, channels, seed):
     rng = np.random.default_rng(seed)
     image = rng.integers(0, 80, size=(height, width, channels), dtype=np.uint8)
     top, left = rng.integers(0, height // 2), rng.integers(0, width // 2)
-    image[top:top + height // 2, left:left + width // 2] = rng.integers(150, 256, size=channels)
+    image[top : top + height // 2, left : left + width // 2] = rng.integers(150, 256, size=channels)
     return image
 
 
@@ -139,8 +154,9 @@ def expected(images, keras_model) -> dict:
     """name -> the Keras checkpoint's probabilities for prepare_images(decoded image)."""
     result = {}
     for name, image in images.items():
-        prepared = preprocessing.prepare_images(tf.constant(image["decoded"][None]), image_size=IMAGE_SIZE,
-                                                channels=CHANNELS)
+        prepared = preprocessing.prepare_images(
+            tf.constant(image["decoded"][None]), image_size=IMAGE_SIZE, channels=CHANNELS
+        )
         result[name] = np.asarray(keras_model(prepared, training=False))[0]
     return result
 
@@ -157,14 +173,18 @@ def _newest_saved_model(model_dir: Path) -> Path:
 # The SavedModel
 # --------------------------------------------------------------------------------------------------
 
+
 def test_saved_model_cli_lists_both_signatures(version_dir):
     tool = Path(sys.executable).parent / "saved_model_cli"
     tool = str(tool) if tool.exists() else shutil.which("saved_model_cli")
     assert tool, "saved_model_cli not found next to the interpreter or on PATH"
-    shown = subprocess.run([tool, "show", "--all", "--dir", str(version_dir)], capture_output=True,
-                           text=True, timeout=120, check=True).stdout
-    blocks = {match.group(1): match.group(2) for match in
-              re.finditer(r"signature_def\['(\w+)'\]:(.*?)(?=signature_def\[|\Z)", shown, re.S)}
+    shown = subprocess.run(
+        [tool, "show", "--all", "--dir", str(version_dir)], capture_output=True, text=True, timeout=120, check=True
+    ).stdout
+    blocks = {
+        match.group(1): match.group(2)
+        for match in re.finditer(r"signature_def\['(\w+)'\]:(.*?)(?=signature_def\[|\Z)", shown, re.S)
+    }
     tensor = re.compile(r"(inputs|outputs)\['(\w+)'\] tensor_info:\s+dtype: (\w+)\s+shape: (\([^)]*\))")
 
     def tensors(block):
@@ -173,16 +193,21 @@ def test_saved_model_cli_lists_both_signatures(version_dir):
             found.setdefault(kind, {})[name] = (dtype, shape)
         return found
 
-    outputs = {"probabilities": ("DT_FLOAT", f"(-1, {NUM_CLASSES})"), "classes": ("DT_STRING", f"(-1, {TOP_K})"),
-               "scores": ("DT_FLOAT", f"(-1, {TOP_K})")}
-    assert tensors(blocks["serving_default"]) == {"inputs": {"image_bytes": ("DT_STRING", "(-1)")},
-                                                  "outputs": outputs}
-    assert tensors(blocks["serve_images"]) == {"inputs": {"images": ("DT_UINT8", "(-1, -1, -1, -1)")},
-                                               "outputs": outputs}
+    outputs = {
+        "probabilities": ("DT_FLOAT", f"(-1, {NUM_CLASSES})"),
+        "classes": ("DT_STRING", f"(-1, {TOP_K})"),
+        "scores": ("DT_FLOAT", f"(-1, {TOP_K})"),
+    }
+    assert tensors(blocks["serving_default"]) == {"inputs": {"image_bytes": ("DT_STRING", "(-1)")}, "outputs": outputs}
+    assert tensors(blocks["serve_images"]) == {
+        "inputs": {"images": ("DT_UINT8", "(-1, -1, -1, -1)")},
+        "outputs": outputs,
+    }
     for name in ("serving_default", "serve_images"):
         assert "Method name is: tensorflow/serving/predict" in blocks[name]
-    assert (version_dir / "assets" / "classes.txt").read_text().split() == \
-        (version_dir.parents[2] / "classes.txt").read_text().split()
+    assert (version_dir / "assets" / "classes.txt").read_text().split() == (
+        version_dir.parents[2] / "classes.txt"
+    ).read_text().split()
 
 
 FRESH_PROCESS = textwrap.dedent("""
@@ -213,13 +238,15 @@ FRESH_PROCESS = textwrap.dedent("""
 """)
 
 
-def test_fresh_process_without_the_project_matches_the_keras_model(version_dir, images, expected, class_names,
-                                                                     tmp_path):
+def test_fresh_process_without_the_project_matches_the_keras_model(
+    version_dir, images, expected, class_names, tmp_path
+):
     names = list(images)
     arrays = {name: images[name]["rgb"][None] for name in names}
     # serve_images also takes the native channel layout (grey, RGBA) and converts it in the graph.
-    arrays.update({f"native-{name}": images[name]["decoded"][None] for name in names
-                   if images[name]["decoded"].shape[-1] != 3})
+    arrays.update(
+        {f"native-{name}": images[name]["decoded"][None] for name in names if images[name]["decoded"].shape[-1] != 3}
+    )
     assert any(key.startswith("native-") for key in arrays)
     same_size = [name for name in names if images[name]["rgb"].shape[:2] == IMAGE_SIZE]
     assert len(same_size) >= 3
@@ -230,8 +257,14 @@ def test_fresh_process_without_the_project_matches_the_keras_model(version_dir, 
     (tmp_path / "serve.py").write_text(FRESH_PROCESS)
     env = {key: value for key, value in os.environ.items() if key != "PYTHONPATH"}
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    completed = subprocess.run([sys.executable, "serve.py", str(version_dir), "manifest.json", "out.npz"],
-                               cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    completed = subprocess.run(
+        [sys.executable, "serve.py", str(version_dir), "manifest.json", "out.npz"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert str(PROJECT_ROOT) != str(tmp_path)
     results = np.load(tmp_path / "out.npz")
@@ -245,17 +278,33 @@ def test_fresh_process_without_the_project_matches_the_keras_model(version_dir, 
         assert classes[0] == class_names[int(np.argmax(want))]
 
     for index, name in enumerate(names):
-        check(results["bytes/probabilities"][index], results["bytes/classes"][index],
-              results["bytes/scores"][index], expected[name])
+        check(
+            results["bytes/probabilities"][index],
+            results["bytes/classes"][index],
+            results["bytes/scores"][index],
+            expected[name],
+        )
         # serve_images gets the 3-channel pixels; grey -> RGB and RGBA -> RGB do not change the result
-        check(results[f"{name}/probabilities"][0], results[f"{name}/classes"][0], results[f"{name}/scores"][0],
-              expected[name])
-    for name in (key[len("native-"):] for key in arrays if key.startswith("native-")):
-        check(results[f"native-{name}/probabilities"][0], results[f"native-{name}/classes"][0],
-              results[f"native-{name}/scores"][0], expected[name])
+        check(
+            results[f"{name}/probabilities"][0],
+            results[f"{name}/classes"][0],
+            results[f"{name}/scores"][0],
+            expected[name],
+        )
+    for name in (key[len("native-") :] for key in arrays if key.startswith("native-")):
+        check(
+            results[f"native-{name}/probabilities"][0],
+            results[f"native-{name}/classes"][0],
+            results[f"native-{name}/scores"][0],
+            expected[name],
+        )
     for index, name in enumerate(same_size):
-        check(results["batch/probabilities"][index], results["batch/classes"][index],
-              results["batch/scores"][index], expected[name])
+        check(
+            results["batch/probabilities"][index],
+            results["batch/classes"][index],
+            results["batch/scores"][index],
+            expected[name],
+        )
 
 
 def _tf_serving_tensor(body: str, input_name: str) -> tf.Tensor:
@@ -280,9 +329,12 @@ def test_rest_b64_body_gives_the_same_results_as_raw_bytes(loaded, images):
     direct = signature(image_bytes=tf.constant(encoded))
     bodies = [
         json.dumps({"instances": [{"b64": base64.b64encode(data).decode("ascii")} for data in encoded]}),
-        json.dumps({"signature_name": "serving_default",
-                    "instances": [{"image_bytes": {"b64": base64.b64encode(data).decode("ascii")}}
-                                  for data in encoded]}),
+        json.dumps(
+            {
+                "signature_name": "serving_default",
+                "instances": [{"image_bytes": {"b64": base64.b64encode(data).decode("ascii")}} for data in encoded],
+            }
+        ),
     ]
     for body in bodies:
         served = signature(image_bytes=_tf_serving_tensor(body, "image_bytes"))
@@ -290,17 +342,21 @@ def test_rest_b64_body_gives_the_same_results_as_raw_bytes(loaded, images):
             np.testing.assert_array_equal(served[key].numpy(), direct[key].numpy())
 
 
-@pytest.mark.parametrize("data", [
-    b"this is not an image",
-    b"",
-    b"\x89PNG\r\n\x1a\n" + b"\x00" * 40,
-    "truncated_jpeg",
-    "good_then_bad",
-], ids=["text", "empty", "png-header-only", "truncated-jpeg", "mixed-batch"])
+@pytest.mark.parametrize(
+    "data",
+    [
+        b"this is not an image",
+        b"",
+        b"\x89PNG\r\n\x1a\n" + b"\x00" * 40,
+        "truncated_jpeg",
+        "good_then_bad",
+    ],
+    ids=["text", "empty", "png-header-only", "truncated-jpeg", "mixed-batch"],
+)
 def test_bytes_that_are_not_an_image_raise(loaded, images, data):
     signature = loaded.signatures["serving_default"]
     if data == "truncated_jpeg":
-        batch = [images["tall_jpeg"]["bytes"][:len(images["tall_jpeg"]["bytes"]) // 2]]
+        batch = [images["tall_jpeg"]["bytes"][: len(images["tall_jpeg"]["bytes"]) // 2]]
     elif data == "good_then_bad":
         batch = [images["train_png"]["bytes"], b"GIF89a but nothing else"]
     else:
@@ -353,25 +409,35 @@ def test_tflite_export_matches_the_saved_model(run_dir, loaded, images, class_na
 # predict
 # --------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def predict_folder(images, tmp_path) -> tuple[Path, list[str], dict]:
     """Good images (one in a subfolder, one recognised by content only), broken files, a text file."""
     folder = tmp_path / "photos"
     (folder / "sub").mkdir(parents=True)
-    good = {"train_png": folder / "a.png", "wide_png": folder / "b.png", "grey_png": folder / "c.png",
-            "tall_jpeg": folder / "sub" / "d.jpeg", "rgba_png": folder / "sub" / "e.png",
-            "train_jpeg": folder / "sub" / "no_extension"}
+    good = {
+        "train_png": folder / "a.png",
+        "wide_png": folder / "b.png",
+        "grey_png": folder / "c.png",
+        "tall_jpeg": folder / "sub" / "d.jpeg",
+        "rgba_png": folder / "sub" / "e.png",
+        "train_jpeg": folder / "sub" / "no_extension",
+    }
     for name, path in good.items():
         path.write_bytes(images[name]["bytes"])
-    broken = {folder / "truncated.jpg": images["tall_jpeg"]["bytes"][:200],
-              folder / "x.jpg": b"just some text, not a JPEG\n",
-              folder / "sub" / "empty.png": b""}
+    broken = {
+        folder / "truncated.jpg": images["tall_jpeg"]["bytes"][:200],
+        folder / "x.jpg": b"just some text, not a JPEG\n",
+        folder / "sub" / "empty.png": b"",
+    }
     for path, data in broken.items():
         path.write_bytes(data)
     (folder / "notes.txt").write_text("not an image and not named like one: skipped\n")
-    reasons = {str(folder / "truncated.jpg"): "corrupt or truncated JPEG",
-               str(folder / "x.jpg"): "not an image (cannot decode)",
-               str(folder / "sub" / "empty.png"): "empty file"}
+    reasons = {
+        str(folder / "truncated.jpg"): "corrupt or truncated JPEG",
+        str(folder / "x.jpg"): "not an image (cannot decode)",
+        str(folder / "sub" / "empty.png"): "empty file",
+    }
     if os.geteuid() != 0:  # root reads anything
         locked = folder / "locked.png"
         locked.write_bytes(images["train_png"]["bytes"])
@@ -380,12 +446,12 @@ def predict_folder(images, tmp_path) -> tuple[Path, list[str], dict]:
     return folder, sorted(str(p) for p in good.values()), reasons
 
 
-def test_predict_reports_broken_files_and_predicts_the_others(run_dir, loaded, images, predict_folder,
-                                                              capsys):
+def test_predict_reports_broken_files_and_predicts_the_others(run_dir, loaded, images, predict_folder, capsys):
     folder, good, reasons = predict_folder
     # batch size 4: the broken files share batches with good ones
-    assert cli.main(["predict", str(run_dir), str(folder), "--format", "json", "--batch-size", "4",
-                     "--top-k", "3"]) == 1
+    assert (
+        cli.main(["predict", str(run_dir), str(folder), "--format", "json", "--batch-size", "4", "--top-k", "3"]) == 1
+    )
     captured = capsys.readouterr()
     document = json.loads(captured.out)
     assert sorted(r["path"] for r in document["results"]) == good
@@ -444,7 +510,11 @@ def test_predict_uses_only_the_saved_model():
     Its project imports: the user-error base, and image_files for the format sniffer `data check` uses."""
     tree = ast.parse((PROJECT_ROOT / "pipeline" / "serving" / "predict.py").read_text())
     imported = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
-    imported += [f"{node.module}.{alias.name}" for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
-                 for alias in node.names]
+    imported += [
+        f"{node.module}.{alias.name}"
+        for node in ast.walk(tree)
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    ]
     project = [name for name in imported if name.split(".")[0] in ("pipeline", "models")]
     assert sorted(project) == ["pipeline.core.errors.UserError", "pipeline.data.image_files"], imported

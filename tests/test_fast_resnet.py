@@ -9,14 +9,21 @@ import pytest
 import tensorflow as tf
 
 from benchmarks import common
-from models import MODELS, build_model
-from models import fast_resnet
+from models import MODELS, build_model, fast_resnet
 
 
 def test_registered_with_its_options_and_the_documented_size():
     assert "cifar10_fast" in MODELS.names()
-    assert set(MODELS.options("cifar10_fast")) == {"width", "multipliers", "residual", "activation",
-                                                     "batchnorm_momentum", "logit_scale", "whiten", "identity_init"}
+    assert set(MODELS.options("cifar10_fast")) == {
+        "width",
+        "multipliers",
+        "residual",
+        "activation",
+        "batchnorm_momentum",
+        "logit_scale",
+        "whiten",
+        "identity_init",
+    }
     model = build_model("cifar10_fast", input_shape=(32, 32, 3), num_classes=10)
     assert model.count_params() == 1_973_944
     assert sum(int(np.prod(v.shape)) for v in model.trainable_variables) == 1_971_640
@@ -27,12 +34,21 @@ def test_registered_with_its_options_and_the_documented_size():
 
 
 def test_options_change_the_network_and_bad_ones_are_refused():
-    plain = build_model("cifar10_fast", input_shape=(16, 16, 1), num_classes=3, width=8, residual=False,
-                        activation="relu", multipliers=(1, 2, 2))
+    plain = build_model(
+        "cifar10_fast",
+        input_shape=(16, 16, 1),
+        num_classes=3,
+        width=8,
+        residual=False,
+        activation="relu",
+        multipliers=(1, 2, 2),
+    )
     assert not any(isinstance(layer, keras.layers.Add) for layer in plain.layers)
     assert plain.get_layer("group3_conv").filters == 16 and plain.output_shape == (None, 3)
     assert plain.get_layer("whiten").kernel.shape == (2, 2, 1, 8)
-    with pytest.raises(ValueError, match=r"multipliers must have 3 values \(one per group\). Received: multipliers=\(1, 2\)"):
+    with pytest.raises(
+        ValueError, match=r"multipliers must have 3 values \(one per group\). Received: multipliers=\(1, 2\)"
+    ):
         build_model("cifar10_fast", input_shape=(32, 32, 3), num_classes=10, multipliers=(1, 2))
     with pytest.raises(ValueError, match=r"at least 16x16. Received: input_shape=\(8, 8, 3\)"):
         build_model("cifar10_fast", input_shape=(8, 8, 3), num_classes=10)
@@ -41,8 +57,10 @@ def test_options_change_the_network_and_bad_ones_are_refused():
 def test_one_training_step_and_a_keras_file_round_trip(tmp_path):
     keras.utils.set_random_seed(0)
     model = build_model("cifar10_fast", input_shape=(32, 32, 3), num_classes=10, width=8)
-    model.compile(keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True),
-                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.2))
+    model.compile(
+        keras.optimizers.SGD(0.1, momentum=0.9, nesterov=True),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=0.2),
+    )
     images = np.random.default_rng(0).normal(size=(8, 32, 32, 3)).astype(np.float32)
     labels = np.eye(10, dtype=np.float32)[np.arange(8)]
     before = model.get_layer("fc").kernel.numpy().copy()
@@ -55,8 +73,9 @@ def test_one_training_step_and_a_keras_file_round_trip(tmp_path):
 
 def test_identity_init_passes_channels_through_and_round_trips(tmp_path):
     keras.utils.set_random_seed(0)
-    model = build_model("cifar10_fast", input_shape=(32, 32, 3), num_classes=10, width=8, identity_init=True,
-                        residual=False)
+    model = build_model(
+        "cifar10_fast", input_shape=(32, 32, 3), num_classes=10, width=8, identity_init=True, residual=False
+    )
     kernel = model.get_layer("group1_conv").kernel.numpy()  # [3, 3, 24, 8]: 8 identity filters
     expected = np.zeros((3, 3, 24, 8), np.float32)
     expected[1, 1, np.arange(8), np.arange(8)] = 1
@@ -92,18 +111,27 @@ def test_whitening_stem_decorrelates_the_patches():
 
 def test_whiten_option_sets_a_frozen_stem_from_normalised_training_images(data_env, tmp_path):
     from pipeline import experiment as experiment_lib
-    from pipeline.training import phases
     from pipeline import run as train
     from pipeline.data.splits import Splits
+    from pipeline.training import phases
 
-    config = experiment_lib.load_experiment("tiny", [
-        *data_env, "model.name=cifar10_fast", "input.image_size=[16,16]", "input.normalization=standardize",
-        "model.options={width: 8, whiten: true}"])
+    config = experiment_lib.load_experiment(
+        "tiny",
+        [
+            *data_env,
+            "model.name=cifar10_fast",
+            "input.image_size=[16,16]",
+            "input.normalization=standardize",
+            "model.options={width: 8, whiten: true}",
+        ],
+    )
     splits = Splits(config, log=lambda *_: None)
     messages = []
     model = train.build_checked_model(config, splits, log=messages.append)  # + the phase's trainable: all
-    assert messages == [f"model cifar10_fast: stem 'whiten' set to the PCA whitening of {len(splits.train[1])} "
-                        "training images' 2x2 patches (frozen)"]
+    assert messages == [
+        f"model cifar10_fast: stem 'whiten' set to the PCA whitening of {len(splits.train[1])} "
+        "training images' 2x2 patches (frozen)"
+    ]
     stem = model.get_layer("cifar10_fast").get_layer("whiten")
     assert not stem.trainable
     # The kernel whitens the images the network receives: the training split behind the model's own
@@ -116,11 +144,18 @@ def test_whiten_option_sets_a_frozen_stem_from_normalised_training_images(data_e
     model.train_on_batch(np.full((4, 16, 16, 3), 100.0, np.float32), np.eye(10, dtype=np.float32)[:4])
     np.testing.assert_array_equal(stem.kernel.numpy(), before)
     # The builder freezes the stem itself, so sizes and summaries count it as frozen.
-    assert not build_model("cifar10_fast", input_shape=(16, 16, 3), num_classes=10, width=8,
-                           whiten=True).get_layer("whiten").trainable
+    assert (
+        not build_model("cifar10_fast", input_shape=(16, 16, 3), num_classes=10, width=8, whiten=True)
+        .get_layer("whiten")
+        .trainable
+    )
     # Without the option the stem is an ordinary trainable layer.
-    plain = train.build_checked_model(experiment_lib.load_experiment("tiny", [
-        *data_env, "model.name=cifar10_fast", "input.image_size=[16,16]", "model.options={width: 8}"]), splits)
+    plain = train.build_checked_model(
+        experiment_lib.load_experiment(
+            "tiny", [*data_env, "model.name=cifar10_fast", "input.image_size=[16,16]", "model.options={width: 8}"]
+        ),
+        splits,
+    )
     assert plain.get_layer("cifar10_fast").get_layer("whiten").trainable
 
 
@@ -129,14 +164,23 @@ def test_noise_filled_erasing_with_a_whitening_stem_is_warned_about(data_env):
     from pipeline import run as train
     from pipeline.data.splits import Splits
 
-    base = [*data_env, "model.name=cifar10_fast", "input.image_size=[16,16]", "input.normalization=standardize",
-            "model.options={width: 8, whiten: true}", "input.augment.random_erasing=0.5"]
+    base = [
+        *data_env,
+        "model.name=cifar10_fast",
+        "input.image_size=[16,16]",
+        "input.normalization=standardize",
+        "model.options={width: 8, whiten: true}",
+        "input.augment.random_erasing=0.5",
+    ]
     config = experiment_lib.load_experiment("tiny", base)
     splits = Splits(config, log=lambda *_: None)
     messages = []
     train.build_checked_model(config, splits, log=messages.append)
-    assert any(m.startswith("warning: input.augment.random_erasing fills with noise") and
-               "input.augment.random_erasing_fill" in m for m in messages), messages
+    assert any(
+        m.startswith("warning: input.augment.random_erasing fills with noise")
+        and "input.augment.random_erasing_fill" in m
+        for m in messages
+    ), messages
     messages.clear()
     filled = experiment_lib.load_experiment("tiny", base + ["input.augment.random_erasing_fill=[125, 123, 114]"])
     train.build_checked_model(filled, splits, log=messages.append)

@@ -9,33 +9,38 @@ import numpy as np
 import pytest
 from conftest import LEAN_RUN, Interrupt
 
-from pipeline.data import splits as splits_lib
-from pipeline.training import model_setup as modeling
+from pipeline import cli, compat
 from pipeline import experiment as experiment_lib
-from pipeline.training import callbacks as run_callbacks
-from pipeline import cli
-from pipeline import compat
-from pipeline.training import feature_cache as features
-from pipeline.training import phases
 from pipeline import run as train
+from pipeline.data import splits as splits_lib
+from pipeline.training import callbacks as run_callbacks
+from pipeline.training import feature_cache as features
+from pipeline.training import model_setup as modeling
+from pipeline.training import phases
 
-CACHED = ("train.phases=[{epochs: 2, trainable: none, cache_features: true, optimizer: {name: adam, "
-          "learning_rate: 0.01}}, {epochs: 1, trainable: all, optimizer: {name: sgd, learning_rate: 0.005}}]")
+CACHED = (
+    "train.phases=[{epochs: 2, trainable: none, cache_features: true, optimizer: {name: adam, "
+    "learning_rate: 0.01}}, {epochs: 1, trainable: all, optimizer: {name: sgd, learning_rate: 0.005}}]"
+)
 
 
 def cached_config(data_env, *extra, phases_override=CACHED, epochs=3):
-    return experiment_lib.load_experiment("tiny", [*data_env, "model.name=tiny_transfer", f"train.epochs={epochs}",
-                                           phases_override, *LEAN_RUN, *extra])
+    return experiment_lib.load_experiment(
+        "tiny", [*data_env, "model.name=tiny_transfer", f"train.epochs={epochs}", phases_override, *LEAN_RUN, *extra]
+    )
 
 
 def images(count=6, size=16, seed=0):
     return np.random.default_rng(seed).uniform(0, 255, (count, size, size, 3)).astype(np.float32)
 
 
-@pytest.mark.parametrize("name,options,size", [
-    ("tiny_transfer", "{}", 16),  # behind train.py's normalisation layer
-    ("applications", "{backbone: mobilenet_v2, weights: null, dense_units: 8}", 32),  # preprocessing inside
-])
+@pytest.mark.parametrize(
+    "name,options,size",
+    [
+        ("tiny_transfer", "{}", 16),  # behind train.py's normalisation layer
+        ("applications", "{backbone: mobilenet_v2, weights: null, dense_units: 8}", 32),  # preprocessing inside
+    ],
+)
 def test_head_of_features_equals_the_model(name, options, size):
     config = experiment_lib.load_experiment("tiny", [f"model.name={name}", f"model.options={options}"])
     model = modeling.build_model(config, input_shape=(size, size, 3), num_classes=3)
@@ -113,8 +118,10 @@ def backbone_snapshot(model):
 
 
 def test_resume_inside_a_cached_phase_restores_the_optimizer(data_env, tmp_path, monkeypatch):
-    one_phase = ("train.phases=[{epochs: 3, trainable: none, cache_features: true, "
-                 "optimizer: {name: adam, learning_rate: 0.01}}]")
+    one_phase = (
+        "train.phases=[{epochs: 3, trainable: none, cache_features: true, "
+        "optimizer: {name: adam, learning_rate: 0.01}}]"
+    )
     config = cached_config(data_env, phases_override=one_phase)
     original_callbacks = run_callbacks.build_callbacks
 
@@ -137,8 +144,18 @@ def test_resume_inside_a_cached_phase_restores_the_optimizer(data_env, tmp_path,
 
 
 def test_cache_features_needs_a_frozen_backbone(tmp_path, capsys):
-    code = cli.main(["train", "tiny", "--run-dir", str(tmp_path / "run"), "--set", "train.epochs=3", "--set",
-                     CACHED.replace("trainable: none", "trainable: all")])
+    code = cli.main(
+        [
+            "train",
+            "tiny",
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--set",
+            "train.epochs=3",
+            "--set",
+            CACHED.replace("trainable: none", "trainable: all"),
+        ]
+    )
     assert code == 2
     assert "train.phases[0].cache_features" in capsys.readouterr().err and not (tmp_path / "run").exists()
 
@@ -148,7 +165,21 @@ def test_a_model_caching_cannot_cut_stops_before_the_run_dir(data_env, tmp_path,
         raise phases.PhaseError("cache_features: layer 'backbone' is called 2 times in 'tiny'")
 
     monkeypatch.setattr(features, "FeatureSplit", refuse)
-    code = cli.main(["train", "tiny", "--run-dir", str(tmp_path / "run"), "--set", data_env[0], "--set",
-                     "train.epochs=3", "--set", CACHED, "--set", "model.name=tiny_transfer"])
+    code = cli.main(
+        [
+            "train",
+            "tiny",
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--set",
+            data_env[0],
+            "--set",
+            "train.epochs=3",
+            "--set",
+            CACHED,
+            "--set",
+            "model.name=tiny_transfer",
+        ]
+    )
     assert code == 2
     assert "called 2 times" in capsys.readouterr().err and not (tmp_path / "run").exists()

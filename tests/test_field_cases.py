@@ -23,11 +23,10 @@ from PIL import Image
 
 from pipeline import cli
 from pipeline import config as config_lib
-from pipeline.data import datasets
-from pipeline.core import errors
-from pipeline.core import fileio
-from pipeline.config import rundir
 from pipeline import experiment as experiment_lib
+from pipeline.config import rundir
+from pipeline.core import errors, fileio
+from pipeline.data import datasets
 from pipeline.data import splits as splits_lib
 
 PROJECT = Path(__file__).resolve().parent.parent
@@ -51,17 +50,31 @@ def stripes(root: Path, counts: dict, size: int = 16) -> Path:
 
 
 def folder_config(tmp_path: Path, root: Path, *extra: str) -> config_lib.Config:
-    return experiment_lib.load_experiment("tiny", [
-        "dataset.name=folder", f"dataset.root={root}", f"dataset.data_dir={tmp_path / 'data'}",
-        "input.image_size=[16,16]", "train.epochs=1", "train.verbose=0", *LEAN_RUN, *extra])
+    return experiment_lib.load_experiment(
+        "tiny",
+        [
+            "dataset.name=folder",
+            f"dataset.root={root}",
+            f"dataset.data_dir={tmp_path / 'data'}",
+            "input.image_size=[16,16]",
+            "train.epochs=1",
+            "train.verbose=0",
+            *LEAN_RUN,
+            *extra,
+        ],
+    )
 
 
 # -- 05: valid but ambiguous YAML ------------------------------------------------------------------
 
-@pytest.mark.parametrize("text, key", [
-    ("train:\n  epochs: 30\nseed: 1\ntrain:\n  batch_size: 8\n", "train"),
-    ("train:\n  epochs: 3\n  epochs: 4\n", "epochs"),
-])
+
+@pytest.mark.parametrize(
+    "text, key",
+    [
+        ("train:\n  epochs: 30\nseed: 1\ntrain:\n  batch_size: 8\n", "train"),
+        ("train:\n  epochs: 3\n  epochs: 4\n", "epochs"),
+    ],
+)
 def test_duplicate_yaml_keys_are_refused_with_both_lines(tmp_path, text, key):
     path = tmp_path / "dup.yaml"
     path.write_text(f"base: {PROJECT / 'experiments' / 'tiny.yaml'}\n{text}")
@@ -73,14 +86,24 @@ def test_duplicate_yaml_keys_are_refused_with_both_lines(tmp_path, text, key):
 
 # -- 11: what our tools write, our loaders read back -------------------------------------------------
 
+
 def test_numeric_class_folders_round_trip_through_data_split(tmp_path):
     root = stripes(tmp_path / "ds", {str(k): 4 for k in range(12)}, size=12)
-    assert cli.main(["data", "split", str(root), "--val", "0.25", "--test", "0.25", "--out",
-                     str(tmp_path / "lists")]) == 0
-    lists = {"train": tmp_path / "lists/train.txt", "validation": tmp_path / "lists/val.txt",
-             "test": tmp_path / "lists/test.txt"}
-    data = datasets.load_dataset("file_list", data_dir=str(tmp_path / "data"), root=str(root),
-                                 classes=str(tmp_path / "lists/classes.txt"), lists={k: str(v) for k, v in lists.items()})
+    assert (
+        cli.main(["data", "split", str(root), "--val", "0.25", "--test", "0.25", "--out", str(tmp_path / "lists")]) == 0
+    )
+    lists = {
+        "train": tmp_path / "lists/train.txt",
+        "validation": tmp_path / "lists/val.txt",
+        "test": tmp_path / "lists/test.txt",
+    }
+    data = datasets.load_dataset(
+        "file_list",
+        data_dir=str(tmp_path / "data"),
+        root=str(root),
+        classes=str(tmp_path / "lists/classes.txt"),
+        lists={k: str(v) for k, v in lists.items()},
+    )
     checked = 0
     for paths, labels in data.splits.values():
         for path, label in zip(paths, labels):
@@ -94,8 +117,12 @@ def test_a_label_that_is_both_a_name_and_another_index_is_refused_unless_the_fil
     (tmp_path / "classes.txt").write_text("".join(f"{k}\n" for k in sorted(map(str, range(12)))))
     listing = tmp_path / "train.txt"
     listing.write_text("10/img000.png 2\n")
-    options = dict(data_dir=str(tmp_path / "data"), root=str(root), classes=str(tmp_path / "classes.txt"),
-                   lists={"train": str(listing)})
+    options = dict(
+        data_dir=str(tmp_path / "data"),
+        root=str(root),
+        classes=str(tmp_path / "classes.txt"),
+        lists={"train": str(listing)},
+    )
     with pytest.raises(datasets.DatasetError, match="ambiguous.*labels: names"):
         datasets.load_dataset("file_list", **options)
     names = sorted(map(str, range(12)))
@@ -106,6 +133,7 @@ def test_a_label_that_is_both_a_name_and_another_index_is_refused_unless_the_fil
 
 
 # -- 02, 03, 09: degenerate datasets and splits, refused or reported up front ------------------------
+
 
 def test_a_single_class_is_refused_before_anything_is_written(tmp_path):
     from pipeline import run as train
@@ -119,8 +147,9 @@ def test_a_single_class_is_refused_before_anything_is_written(tmp_path):
 @pytest.mark.parametrize("validation_split", [0.1, 0.3])
 def test_small_classes_keep_an_image_in_every_split(tmp_path, validation_split):
     root = stripes(tmp_path / "ds", {"cat": 4, "dog": 4})
-    splits = splits_lib.Splits(folder_config(tmp_path, root, f"dataset.validation_split={validation_split}"),
-                               log=lambda *_: None)
+    splits = splits_lib.Splits(
+        folder_config(tmp_path, root, f"dataset.validation_split={validation_split}"), log=lambda *_: None
+    )
     for split in ("train", "validation", "test"):
         assert sorted(set(getattr(splits, split)[1].tolist())) == [0, 1], split
 
@@ -140,9 +169,12 @@ def test_a_rare_class_is_held_out_too_and_missing_classes_are_named(tmp_path):
     rare = splits.class_names.index("rare")
     assert all(rare in getattr(splits, split)[1] for split in ("train", "validation", "test"))
     messages = []
-    splits_lib.check_split_sizes({"train": ([1, 2], np.array([0, 1])), "validation": ([3], np.array([0])),
-                                  "test": ([4], np.array([1]))}, ["common", "rare"], validation_split=0.1,
-                                 log=messages.append)
+    splits_lib.check_split_sizes(
+        {"train": ([1, 2], np.array([0, 1])), "validation": ([3], np.array([0])), "test": ([4], np.array([1]))},
+        ["common", "rare"],
+        validation_split=0.1,
+        log=messages.append,
+    )
     assert any("validation split has no image of class(es) rare" in m for m in messages)
 
 
@@ -154,6 +186,7 @@ def test_stratified_split_keeps_proportions_for_large_classes():
 
 
 # -- 07: a full disk is one line naming the file, nothing lost ---------------------------------------
+
 
 @pytest.mark.parametrize("code", [errno.ENOSPC, errno.EFBIG, errno.EDQUOT])
 def test_a_full_disk_during_an_atomic_write_names_the_file_and_keeps_the_old_one(tmp_path, code):
@@ -171,8 +204,12 @@ def test_a_full_disk_during_an_atomic_write_names_the_file_and_keeps_the_old_one
 
 
 def test_hdf5_wrapped_write_failures_are_recognised():
-    assert fileio.storage_error(RuntimeError("Can't write data (file write failed: errno = 28, error "
-                                             "message = 'No space left on device')")) is not None
+    assert (
+        fileio.storage_error(
+            RuntimeError("Can't write data (file write failed: errno = 28, error message = 'No space left on device')")
+        )
+        is not None
+    )
     assert fileio.storage_error(ValueError("bad value")) is None
 
 
@@ -181,6 +218,7 @@ def test_the_cli_reports_a_full_disk_in_one_line(monkeypatch, capsys):
         raise OSError(errno.ENOSPC, "No space left on device", "/runs/x/history.csv")
 
     from pipeline import run as train
+
     monkeypatch.setattr(train, "train", full)
     assert cli.main(["train", "tiny"]) == 2
     err = capsys.readouterr().err
@@ -189,6 +227,7 @@ def test_the_cli_reports_a_full_disk_in_one_line(monkeypatch, capsys):
 
 # -- 13: one writer per run directory ----------------------------------------------------------------
 
+
 def test_a_second_writer_is_refused_at_once_and_a_killed_one_leaves_no_lock(tmp_path):
     run_dir = tmp_path / "run"
     with rundir.exclusive(run_dir):
@@ -196,7 +235,11 @@ def test_a_second_writer_is_refused_at_once_and_a_killed_one_leaves_no_lock(tmp_
             pass
     assert not run_dir.exists()  # the run never started: nothing left behind
 
-    holder = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            textwrap.dedent(f"""
         import sys, time
         sys.path.insert(0, {str(PROJECT)!r})
         from pipeline.config import rundir
@@ -204,7 +247,11 @@ def test_a_second_writer_is_refused_at_once_and_a_killed_one_leaves_no_lock(tmp_
             (rundir.Path({str(run_dir)!r}) / "config.yaml").write_text("x")
             print("locked", flush=True)
             time.sleep(60)
-        """)], stdout=subprocess.PIPE, text=True)
+        """),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     assert holder.stdout.readline().strip() == "locked"
     with pytest.raises(rundir.RunError, match="in use by another `train` process"):
         with rundir.exclusive(run_dir):
@@ -216,6 +263,7 @@ def test_a_second_writer_is_refused_at_once_and_a_killed_one_leaves_no_lock(tmp_
 
 
 # -- 01: EXIF orientation honoured on every decode path ----------------------------------------------
+
 
 def _upright_and_tagged(tmp_path: Path) -> tuple[Path, Path]:
     """The same picture twice: stored upright, and stored rotated with EXIF Orientation 6 (as phones do)."""
@@ -236,9 +284,19 @@ def test_training_and_evaluation_pipelines_see_the_picture_as_displayed(tmp_path
     paths = _upright_and_tagged(tmp_path)
     transform = EvalTransform(image_size=(24, 16), channels=3)
     for training in (False, True):
-        batch = next(iter(input_pipeline.make_file_dataset(
-            [str(p) for p in paths], [0, 1], training=training, batch_size=2, num_classes=2, transform=transform,
-            seed=1)))[0].numpy()
+        batch = next(
+            iter(
+                input_pipeline.make_file_dataset(
+                    [str(p) for p in paths],
+                    [0, 1],
+                    training=training,
+                    batch_size=2,
+                    num_classes=2,
+                    transform=transform,
+                    seed=1,
+                )
+            )
+        )[0].numpy()
         top, bottom = batch[:, :6].mean(axis=(1, 2, 3)), batch[:, -6:].mean(axis=(1, 2, 3))
         assert (top > 150).all() and (bottom < 60).all(), (training, top, bottom)
 
@@ -247,9 +305,9 @@ def test_the_serving_signature_and_the_scan_honour_the_orientation(tmp_path):
     import keras
     import tensorflow as tf
 
-    from pipeline.serving import export
     from pipeline.data import image_files
     from pipeline.data.transform import EvalTransform
+    from pipeline.serving import export
 
     plain, tagged = _upright_and_tagged(tmp_path)
     inputs = keras.Input((24, 16, 3))
@@ -257,8 +315,9 @@ def test_the_serving_signature_and_the_scan_honour_the_orientation(tmp_path):
     bottom = keras.layers.Lambda(lambda x: keras.ops.mean(x[:, -6:], axis=(1, 2, 3), keepdims=False))(inputs)
     logits = keras.layers.Concatenate()([keras.layers.Reshape((1,))(top), keras.layers.Reshape((1,))(bottom)])
     model = keras.Model(inputs, keras.layers.Softmax()(logits / 50.0))
-    serve_bytes, _ = export.serving_functions(model, class_names=["top", "bottom"], top_k=1,
-                                              transform=EvalTransform(image_size=(24, 16), channels=3))
+    serve_bytes, _ = export.serving_functions(
+        model, class_names=["top", "bottom"], top_k=1, transform=EvalTransform(image_size=(24, 16), channels=3)
+    )
     answers = serve_bytes(tf.constant([plain.read_bytes(), tagged.read_bytes()]))
     assert [c[0].decode() for c in answers["classes"].numpy()] == ["top", "top"]
     np.testing.assert_allclose(answers["probabilities"][0], answers["probabilities"][1], atol=0.02)
@@ -268,12 +327,17 @@ def test_the_serving_signature_and_the_scan_honour_the_orientation(tmp_path):
 
 # -- more of the same kinds --------------------------------------------------------------------------
 
+
 def test_class_folders_starting_with_a_hash_survive_our_list_files(tmp_path):
     root = stripes(tmp_path / "ds", {"#tag": 3, "plain": 3}, size=12)
     assert cli.main(["data", "label", str(root), "--out", str(tmp_path / "lists" / "labels.txt")]) == 0
-    data = datasets.load_dataset("file_list", data_dir=str(tmp_path / "data"), root=str(root),
-                                 classes=str(tmp_path / "lists" / "classes.txt"),
-                                 lists={"train": str(tmp_path / "lists" / "labels.txt")})
+    data = datasets.load_dataset(
+        "file_list",
+        data_dir=str(tmp_path / "data"),
+        root=str(root),
+        classes=str(tmp_path / "lists" / "classes.txt"),
+        lists={"train": str(tmp_path / "lists" / "labels.txt")},
+    )
     paths, labels = data.splits["train"]
     assert len(paths) == 6
     assert all(Path(p).parent.name == data.class_names[label] for p, label in zip(paths, labels))

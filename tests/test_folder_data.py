@@ -16,19 +16,15 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import with_transform
 from PIL import Image
 
-from conftest import with_transform
-from pipeline.data import decode
-from pipeline.data import folders
-from pipeline.data import splits as splits_lib
-from pipeline import experiment as experiment_lib
 from pipeline import cli
 from pipeline import config as config_lib
-from pipeline.data import datasets
-from pipeline.data import image_files
-from pipeline.data import input_pipeline
+from pipeline import experiment as experiment_lib
+from pipeline.data import datasets, decode, folders, image_files, input_pipeline
 from pipeline.data import image_ops as preprocessing
+from pipeline.data import splits as splits_lib
 
 IMAGE_SIZE = (16, 16)
 
@@ -39,6 +35,7 @@ pytestmark = pytest.mark.filterwarnings("ignore:Your input ran out of data")
 # --------------------------------------------------------------------------------------------------
 # Helpers
 # --------------------------------------------------------------------------------------------------
+
 
 def coordinate_image(height: int, width: int) -> np.ndarray:
     """uint8 [H, W, 3] whose pixel (r, c) is (r, c, 7): every pixel names its own position."""
@@ -58,7 +55,8 @@ def photo_like(height: int, width: int, seed: int, *, tint=(0, 0, 0), channels: 
 def save_image(path: Path, array: np.ndarray, fmt: str | None = None, **options) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(array[..., 0] if array.ndim == 3 and array.shape[-1] == 1 else array).save(
-        path, format=fmt, **options)
+        path, format=fmt, **options
+    )
     return path
 
 
@@ -99,12 +97,16 @@ def collect(dataset) -> tuple[np.ndarray, np.ndarray]:
 # Crop geometry
 # --------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("height, width, margin, top_left, bottom_right", [
-    (40, 24, 2, (10, 2), (29, 21)),   # portrait: side 20; rows from the height, columns from the width
-    (24, 40, 2, (2, 10), (21, 29)),   # landscape: side 20
-    (31, 20, 0, (5, 0), (24, 19)),    # odd difference: floor of the half
-    (20, 33, 3, (3, 9), (16, 22)),
-])
+
+@pytest.mark.parametrize(
+    "height, width, margin, top_left, bottom_right",
+    [
+        (40, 24, 2, (10, 2), (29, 21)),  # portrait: side 20; rows from the height, columns from the width
+        (24, 40, 2, (2, 10), (21, 29)),  # landscape: side 20
+        (31, 20, 0, (5, 0), (24, 19)),  # odd difference: floor of the half
+        (20, 33, 3, (3, 9), (16, 22)),
+    ],
+)
 def test_center_square_crop_is_the_centred_square(height, width, margin, top_left, bottom_right):
     image = coordinate_image(height, width)
     side = min(height, width) - 2 * margin
@@ -115,7 +117,7 @@ def test_center_square_crop_is_the_centred_square(height, width, margin, top_lef
     assert tuple(crop[0, -1, :2]) == (top_left[0], bottom_right[1])
     assert tuple(crop[-1, 0, :2]) == (bottom_right[0], top_left[1])
     top, left = (height - side) // 2, (width - side) // 2
-    np.testing.assert_array_equal(crop, image[top:top + side, left:left + side])
+    np.testing.assert_array_equal(crop, image[top : top + side, left : left + side])
     # The same on a batch.
     batch = preprocessing.center_square_crop(tf.constant(np.stack([image, image])), margin).numpy()
     np.testing.assert_array_equal(batch, np.stack([crop, crop]))
@@ -135,7 +137,7 @@ def test_random_square_crop_geometry_and_seeding(height, width):
         top, left = int(crop[0, 0, 0]), int(crop[0, 0, 1])
         assert 0 <= top <= height - side and 0 <= left <= width - side
         # a contiguous window of the image, fully inside it
-        np.testing.assert_array_equal(crop, image[top:top + side, left:left + side])
+        np.testing.assert_array_equal(crop, image[top : top + side, left : left + side])
         tops.add(top)
         lefts.add(left)
         crops[seed] = crop
@@ -144,22 +146,28 @@ def test_random_square_crop_geometry_and_seeding(height, width):
     assert lefts == set(range(width - side + 1))
     # same seed, same crop (also eagerly); different seeds differ
     np.testing.assert_array_equal(
-        preprocessing.random_square_crop(tensor, margin, tf.constant([5, 11], tf.int64)).numpy(), crops[5])
+        preprocessing.random_square_crop(tensor, margin, tf.constant([5, 11], tf.int64)).numpy(), crops[5]
+    )
     assert len({(int(c[0, 0, 0]), int(c[0, 0, 1])) for c in crops.values()}) > 10
 
 
 def test_resize_shorter_side_keeps_the_aspect_ratio():
-    for (height, width), size, expected in (((30, 60), 15, (15, 30)), ((60, 30), 15, (30, 15)),
-                                            ((33, 50), 16, (16, 25)), ((16, 16), 16, (16, 16)),
-                                            ((10, 40), 20, (20, 80))):
+    for (height, width), size, expected in (
+        ((30, 60), 15, (15, 30)),
+        ((60, 30), 15, (30, 15)),
+        ((33, 50), 16, (16, 25)),
+        ((16, 16), 16, (16, 16)),
+        ((10, 40), 20, (20, 80)),
+    ):
         image = tf.zeros((height, width, 3), tf.uint8)
         assert tuple(preprocessing.resize_shorter_side(image, size).shape[:2]) == expected
 
 
 def test_shorter_side_crop_keeps_the_middle_of_a_landscape_image():
     image = coordinate_image(30, 60)
-    out = preprocessing.prepare_images(tf.constant(image), image_size=(15, 15), crop="shorter_side",
-                                       resize_method="nearest").numpy()
+    out = preprocessing.prepare_images(
+        tf.constant(image), image_size=(15, 15), crop="shorter_side", resize_method="nearest"
+    ).numpy()
     assert out.shape == (15, 15, 3) and out.dtype == np.float32
     rows, cols = out[..., 0], out[..., 1]
     # The whole height survives, the left and right quarters are cut away.
@@ -170,8 +178,9 @@ def test_shorter_side_crop_keeps_the_middle_of_a_landscape_image():
     np.testing.assert_array_equal(np.diff(rows[:, 0]), 2)
     np.testing.assert_array_equal(np.diff(cols[0, :]), 2)
     # Portrait: the middle rows survive, every column.
-    portrait = preprocessing.prepare_images(tf.constant(coordinate_image(60, 30)), image_size=(15, 15),
-                                            crop="shorter_side", resize_method="nearest").numpy()
+    portrait = preprocessing.prepare_images(
+        tf.constant(coordinate_image(60, 30)), image_size=(15, 15), crop="shorter_side", resize_method="nearest"
+    ).numpy()
     assert portrait[..., 1].min() <= 1 and portrait[..., 1].max() >= 28
     assert portrait[..., 0].min() >= 14 and portrait[..., 0].max() <= 45
 
@@ -180,21 +189,24 @@ def test_shorter_side_crop_keeps_the_middle_of_a_landscape_image():
 def test_prepare_images_batches_equal_single_images(crop):
     rng = np.random.default_rng(3)
     batch = rng.integers(0, 256, (3, 30, 50, 3), dtype=np.uint8)
-    out = preprocessing.prepare_images(tf.constant(batch), image_size=IMAGE_SIZE, channels=3, crop=crop,
-                                       margin=2).numpy()
+    out = preprocessing.prepare_images(
+        tf.constant(batch), image_size=IMAGE_SIZE, channels=3, crop=crop, margin=2
+    ).numpy()
     assert out.shape == (3, *IMAGE_SIZE, 3) and out.dtype == np.float32
     assert out.min() >= 0.0 and out.max() <= 255.0
     for index in range(3):
-        single = preprocessing.prepare_images(tf.constant(batch[index]), image_size=IMAGE_SIZE, channels=3,
-                                              crop=crop, margin=2).numpy()
+        single = preprocessing.prepare_images(
+            tf.constant(batch[index]), image_size=IMAGE_SIZE, channels=3, crop=crop, margin=2
+        ).numpy()
         assert single.shape == (*IMAGE_SIZE, 3)
         np.testing.assert_allclose(single, out[index], atol=1e-4)
     if crop == "square":
         expected = tf.image.resize(tf.cast(batch[:, 2:28, 12:38], tf.float32), IMAGE_SIZE).numpy()
         np.testing.assert_allclose(out, np.clip(expected, 0, 255), atol=1e-4)
     # grey in, three channels out
-    grey = preprocessing.prepare_images(tf.constant(batch[..., :1]), image_size=IMAGE_SIZE, channels=3,
-                                        crop=crop, margin=2).numpy()
+    grey = preprocessing.prepare_images(
+        tf.constant(batch[..., :1]), image_size=IMAGE_SIZE, channels=3, crop=crop, margin=2
+    ).numpy()
     assert grey.shape == (3, *IMAGE_SIZE, 3)
     np.testing.assert_array_equal(grey[..., 0], grey[..., 2])
 
@@ -210,21 +222,25 @@ def test_prepare_images_rejects_an_unknown_crop_and_shorter_side_without_size():
 # The folder dataset
 # --------------------------------------------------------------------------------------------------
 
+
 def test_folder_class_layout_is_recursive_and_sorted(tmp_path):
     root = tmp_path / "images"
     files = {
         "gamma": [root / "gamma" / "g.png"],
-        "alpha": [root / "alpha" / "a.png", root / "alpha" / "sub" / "deeper" / "b.jpg",
-                  root / "alpha" / "sub" / "c.png"],
+        "alpha": [
+            root / "alpha" / "a.png",
+            root / "alpha" / "sub" / "deeper" / "b.jpg",
+            root / "alpha" / "sub" / "c.png",
+        ],
         "beta": [root / "beta" / "x.png"],
     }
     for index, paths in enumerate(files.values()):
         for number, path in enumerate(paths):
             save_image(path, photo_like(12, 12, index * 10 + number))
-    (root / "alpha" / ".DS_Store").write_bytes(b"junk")            # hidden: not an image of the class
+    (root / "alpha" / ".DS_Store").write_bytes(b"junk")  # hidden: not an image of the class
     (root / "alpha" / ".cache").mkdir()
     save_image(root / "alpha" / ".cache" / "hidden.png", photo_like(12, 12, 99))
-    save_image(root / "stray.png", photo_like(12, 12, 98))          # directly in root: no class
+    save_image(root / "stray.png", photo_like(12, 12, 98))  # directly in root: no class
     data = datasets.load_dataset("folder", data_dir=str(tmp_path / "data"), root=str(root))
     assert isinstance(data, datasets.FileDataset)
     assert data.class_names == ["alpha", "beta", "gamma"]
@@ -304,8 +320,10 @@ def test_archive_root_is_extracted_once(tmp_path, kind, monkeypatch):
     assert all(Path(p).is_relative_to(data_dir / "shapes") for p in paths)
     for path, label in zip(paths, labels):
         assert Path(path).parent.name == first.class_names[label]
-        assert Path(path).read_bytes() == (tmp_path / "source" / "shapes" / Path(path).parent.name /
-                                           Path(path).name).read_bytes()
+        assert (
+            Path(path).read_bytes()
+            == (tmp_path / "source" / "shapes" / Path(path).parent.name / Path(path).name).read_bytes()
+        )
     stamps = {p: p.stat().st_mtime_ns for p in (data_dir / "shapes").rglob("*")}
     dir_stamp = (data_dir / "shapes").stat().st_mtime_ns
 
@@ -381,6 +399,7 @@ def test_val_and_validation_folders_together_drop_nothing_silently(tmp_path):
 # The file_list dataset
 # --------------------------------------------------------------------------------------------------
 
+
 @pytest.fixture
 def list_root(tmp_path):
     root = tmp_path / "listed"
@@ -392,15 +411,22 @@ def list_root(tmp_path):
 
 
 def test_file_list_with_index_and_name_labels(tmp_path, list_root):
-    (tmp_path / "train.txt").write_text("imgs/p0.png 0\nimgs/p1.png dog\n# a comment\n\nimgs/with space.png 2\n"
-                                        "imgs/p2.png #hash\n")
+    (tmp_path / "train.txt").write_text(
+        "imgs/p0.png 0\nimgs/p1.png dog\n# a comment\n\nimgs/with space.png 2\nimgs/p2.png #hash\n"
+    )
     (tmp_path / "val.txt").write_text("imgs/p3.png cat\n")
     (tmp_path / "test.txt").write_text("imgs/p4.png 1\nimgs/p5.png   cat  \n")
     data = datasets.load_dataset(
-        "file_list", data_dir=str(tmp_path / "data"), root=str(list_root),
-        lists={"train": str(tmp_path / "train.txt"), "validation": str(tmp_path / "val.txt"),
-               "test": str(tmp_path / "test.txt")},
-        classes=str(tmp_path / "classes.txt"))
+        "file_list",
+        data_dir=str(tmp_path / "data"),
+        root=str(list_root),
+        lists={
+            "train": str(tmp_path / "train.txt"),
+            "validation": str(tmp_path / "val.txt"),
+            "test": str(tmp_path / "test.txt"),
+        },
+        classes=str(tmp_path / "classes.txt"),
+    )
     assert data.class_names == ["cat", "dog", "#hash"]
     train_paths, train_labels = data.splits["train"]
     assert train_paths == [str(list_root / "imgs" / n) for n in ("p0.png", "p1.png", "with space.png", "p2.png")]
@@ -411,17 +437,26 @@ def test_file_list_with_index_and_name_labels(tmp_path, list_root):
     assert all(Path(p).is_file() for paths, _ in data.splits.values() for p in paths)
 
 
-@pytest.mark.parametrize("lines, line_number, fragment", [
-    ("imgs/p0.png 0\nimgs/p1.png\n", 2, "expected `relative/path label`"),
-    ("imgs/p0.png 0\nimgs/p1.png 1\nimgs/p2.png horse\n", 3, "'horse'"),
-    ("imgs/p0.png 7\n", 1, "'7'"),
-    ("imgs/p0.png -1\n", 1, "'-1'"),
-], ids=["no-label", "unknown-name", "index-too-big", "negative-index"])
+@pytest.mark.parametrize(
+    "lines, line_number, fragment",
+    [
+        ("imgs/p0.png 0\nimgs/p1.png\n", 2, "expected `relative/path label`"),
+        ("imgs/p0.png 0\nimgs/p1.png 1\nimgs/p2.png horse\n", 3, "'horse'"),
+        ("imgs/p0.png 7\n", 1, "'7'"),
+        ("imgs/p0.png -1\n", 1, "'-1'"),
+    ],
+    ids=["no-label", "unknown-name", "index-too-big", "negative-index"],
+)
 def test_file_list_bad_line_names_file_and_line(tmp_path, list_root, lines, line_number, fragment):
     (tmp_path / "train.txt").write_text(lines)
     with pytest.raises(datasets.DatasetError) as error:
-        datasets.load_dataset("file_list", data_dir=str(tmp_path / "data"), root=str(list_root),
-                              lists={"train": str(tmp_path / "train.txt")}, classes=str(tmp_path / "classes.txt"))
+        datasets.load_dataset(
+            "file_list",
+            data_dir=str(tmp_path / "data"),
+            root=str(list_root),
+            lists={"train": str(tmp_path / "train.txt")},
+            classes=str(tmp_path / "classes.txt"),
+        )
     assert f"{tmp_path / 'train.txt'}:{line_number}:" in str(error.value)
     assert fragment in str(error.value)
 
@@ -429,19 +464,30 @@ def test_file_list_bad_line_names_file_and_line(tmp_path, list_root, lines, line
 def test_file_list_line_number_counts_comments_and_blank_lines(tmp_path, list_root):
     (tmp_path / "train.txt").write_text("# header\n\nimgs/p0.png 0\nimgs/p1.png horse\n")
     with pytest.raises(datasets.DatasetError) as error:
-        datasets.load_dataset("file_list", data_dir=str(tmp_path / "data"), root=str(list_root),
-                              lists={"train": str(tmp_path / "train.txt")}, classes=str(tmp_path / "classes.txt"))
+        datasets.load_dataset(
+            "file_list",
+            data_dir=str(tmp_path / "data"),
+            root=str(list_root),
+            lists={"train": str(tmp_path / "train.txt")},
+            classes=str(tmp_path / "classes.txt"),
+        )
     assert f"{tmp_path / 'train.txt'}:4:" in str(error.value)
 
 
 def test_file_list_needs_train_and_classes(tmp_path, list_root):
     (tmp_path / "t.txt").write_text("imgs/p0.png 0\n")
     with pytest.raises(datasets.DatasetError, match="train list is required"):
-        datasets.load_dataset("file_list", data_dir=str(tmp_path / "data"), root=str(list_root),
-                              lists={"test": str(tmp_path / "t.txt")}, classes=str(tmp_path / "classes.txt"))
+        datasets.load_dataset(
+            "file_list",
+            data_dir=str(tmp_path / "data"),
+            root=str(list_root),
+            lists={"test": str(tmp_path / "t.txt")},
+            classes=str(tmp_path / "classes.txt"),
+        )
     with pytest.raises(datasets.DatasetError, match="dataset.classes"):
-        datasets.load_dataset("file_list", data_dir=str(tmp_path / "data"), root=str(list_root),
-                              lists={"train": str(tmp_path / "t.txt")})
+        datasets.load_dataset(
+            "file_list", data_dir=str(tmp_path / "data"), root=str(list_root), lists={"train": str(tmp_path / "t.txt")}
+        )
     with pytest.raises(datasets.DatasetError, match="meta/classes.txt"):
         datasets.load_dataset("file_list", data_dir=str(tmp_path / "data"), root=str(list_root))
 
@@ -489,7 +535,7 @@ def test_food101_through_splits_carves_validation_from_train(tmp_path):
     root = _food101(tmp_path)
     config = make_config(tmp_path, {"name": "file_list", "root": str(root), "validation_split": 0.34})
     splits = splits_lib.Splits(config, log=lambda message: None)
-    assert len(splits.test[0]) == 3                        # meta/test.txt as is
+    assert len(splits.test[0]) == 3  # meta/test.txt as is
     assert len(splits.validation[0]) == 3 and len(splits.train[0]) == 6  # one of three per class
     assert sorted(splits.validation[1].tolist()) == [0, 1, 2]
     assert not set(splits.validation[0]) & set(splits.train[0])
@@ -498,6 +544,7 @@ def test_food101_through_splits_carves_validation_from_train(tmp_path):
 # --------------------------------------------------------------------------------------------------
 # Splits: carving missing splits
 # --------------------------------------------------------------------------------------------------
+
 
 def _split_sets(splits) -> dict[str, list[str]]:
     return {name: list(getattr(splits, name)[0]) for name in ("train", "validation", "test")}
@@ -523,9 +570,10 @@ def test_splits_carve_test_and_validation_from_a_single_folder(tmp_path):
     # 2 of 10 per class for test, then 2 of the remaining 8 for validation
     assert [len(parts[name]) for name in ("train", "validation", "test")] == [18, 6, 6]
     for name in ("train", "validation", "test"):
-        assert np.bincount(getattr(splits, name)[1], minlength=3).tolist() == {"train": [6] * 3,
-                                                                               "validation": [2] * 3,
-                                                                               "test": [2] * 3}[name]
+        assert (
+            np.bincount(getattr(splits, name)[1], minlength=3).tolist()
+            == {"train": [6] * 3, "validation": [2] * 3, "test": [2] * 3}[name]
+        )
     assert not set(parts["train"]) & set(parts["validation"])
     assert not set(parts["train"]) & set(parts["test"])
     assert not set(parts["validation"]) & set(parts["test"])
@@ -534,8 +582,10 @@ def test_splits_carve_test_and_validation_from_a_single_folder(tmp_path):
     # Seeded: the same seed gives the same splits in the same order; another seed other ones.
     again = splits_lib.Splits(config, log=lambda message: None)
     assert _split_sets(again) == parts
-    other = splits_lib.Splits(make_config(tmp_path, {"root": str(root), "test_split": 0.2, "validation_split": 0.25},
-                                     seed=8), log=lambda message: None)
+    other = splits_lib.Splits(
+        make_config(tmp_path, {"root": str(root), "test_split": 0.2, "validation_split": 0.25}, seed=8),
+        log=lambda message: None,
+    )
     assert set(_split_sets(other)["test"]) != set(parts["test"])
     assert set(_split_sets(other)["validation"]) != set(parts["validation"])
 
@@ -557,8 +607,10 @@ def test_splits_train_and_val_folders_val_becomes_test(tmp_path):
 
 def test_splits_full_source_is_used_as_is(tmp_path):
     root = tmp_path / "tree"
-    trees = {split: class_tree(root / split, ["x", "y"], count, seed=seed)
-             for split, count, seed in (("train", 5, 0), ("validation", 2, 100), ("test", 3, 200))}
+    trees = {
+        split: class_tree(root / split, ["x", "y"], count, seed=seed)
+        for split, count, seed in (("train", 5, 0), ("validation", 2, 100), ("test", 3, 200))
+    }
     config = make_config(tmp_path, {"root": str(root), "validation_split": 0.5, "test_split": 0.5})
     splits = splits_lib.Splits(config, log=lambda message: None)
     parts = _split_sets(splits)
@@ -570,6 +622,7 @@ def test_splits_full_source_is_used_as_is(tmp_path):
 # --------------------------------------------------------------------------------------------------
 # A broken folder: skip and report, strict, placeholders, scan cache
 # --------------------------------------------------------------------------------------------------
+
 
 def write_broken_folder(root: Path) -> tuple[list[Path], dict[str, str]]:
     """3 classes of good PNG/JPEG photos of several shapes, plus one file of every kind of breakage.
@@ -618,7 +671,8 @@ def write_experiment(path: Path, root: Path) -> Path:
         "  epochs: 1\n"
         "  batch_size: 8\n"
         "  callbacks: {tensorboard: {enabled: false}}\n"
-        "evaluation: {report: false}\n")
+        "evaluation: {report: false}\n"
+    )
     return path
 
 
@@ -633,10 +687,18 @@ def broken_run(tmp_path_factory):
     run_dir = base / "run"
     out, err = io.StringIO(), io.StringIO()
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli.main(["train", str(experiment), "--run-dir", str(run_dir),
-                         "--set", f"dataset.data_dir={data_dir}"])
-    return {"code": code, "root": root, "good": good, "bad": bad, "experiment": experiment,
-            "data_dir": data_dir, "run_dir": run_dir, "out": out.getvalue(), "err": err.getvalue()}
+        code = cli.main(["train", str(experiment), "--run-dir", str(run_dir), "--set", f"dataset.data_dir={data_dir}"])
+    return {
+        "code": code,
+        "root": root,
+        "good": good,
+        "bad": bad,
+        "experiment": experiment,
+        "data_dir": data_dir,
+        "run_dir": run_dir,
+        "out": out.getvalue(),
+        "err": err.getvalue(),
+    }
 
 
 def test_broken_folder_trains_and_reports_exactly_the_bad_files(broken_run):
@@ -656,8 +718,18 @@ def test_broken_folder_trains_and_reports_exactly_the_bad_files(broken_run):
 
 def test_broken_folder_strict_stops_before_writing_anything(broken_run, tmp_path, capsys):
     run_dir = tmp_path / "strict_run"
-    code = cli.main(["train", str(broken_run["experiment"]), "--run-dir", str(run_dir),
-                     "--set", f"dataset.data_dir={broken_run['data_dir']}", "--set", "dataset.strict=true"])
+    code = cli.main(
+        [
+            "train",
+            str(broken_run["experiment"]),
+            "--run-dir",
+            str(run_dir),
+            "--set",
+            f"dataset.data_dir={broken_run['data_dir']}",
+            "--set",
+            "dataset.strict=true",
+        ]
+    )
     assert code == 2
     assert not run_dir.exists()
     error = capsys.readouterr().err
@@ -678,8 +750,9 @@ def test_skip_placeholders_skips_a_flat_image_and_keeps_photos(tmp_path):
     relaxed = splits_lib.Splits(make_config(tmp_path, {"root": str(root), "test_split": 0.25}), log=lambda m: None)
     assert relaxed.skipped == []
     messages = []
-    strict = splits_lib.Splits(make_config(tmp_path, {"root": str(root), "test_split": 0.25, "skip_placeholders": True}),
-                          log=messages.append)
+    strict = splits_lib.Splits(
+        make_config(tmp_path, {"root": str(root), "test_split": 0.25, "skip_placeholders": True}), log=messages.append
+    )
     assert [entry["path"] for entry in strict.skipped] == [str(placeholder)]
     assert "placeholder" in strict.skipped[0]["reason"] and "3 colours" in strict.skipped[0]["reason"]
     every = {p for name in ("train", "validation", "test") for p in getattr(strict, name)[0]}
@@ -728,8 +801,14 @@ LEVELS = (30, 130, 230)  # the mean brightness of each class's images: identifie
 def labelled_files(folder: Path, count: int = 9, seed: int = 0) -> tuple[list[str], np.ndarray]:
     """Images of many sizes, aspect ratios and layouts; image i has label i % 3 and brightness LEVELS[label]."""
     rng = np.random.default_rng(seed)
-    layouts = [((20, 28), "RGB", "png"), ((48, 18), "L", "png"), ((18, 50), "RGBA", "png"),
-               ((33, 33), "RGB", "jpg"), ((60, 24), "RGB", "jpg"), ((12, 64), "L", "jpg")]
+    layouts = [
+        ((20, 28), "RGB", "png"),
+        ((48, 18), "L", "png"),
+        ((18, 50), "RGBA", "png"),
+        ((33, 33), "RGB", "jpg"),
+        ((60, 24), "RGB", "jpg"),
+        ((12, 64), "L", "jpg"),
+    ]
     paths, labels = [], []
     for index in range(count):
         (height, width), mode, ext = layouts[index % len(layouts)]
@@ -745,8 +824,7 @@ def labelled_files(folder: Path, count: int = 9, seed: int = 0) -> tuple[list[st
 
 
 def file_dataset(paths, labels, **options):
-    settings = dict(batch_size=4, num_classes=3, image_size=IMAGE_SIZE, channels=3, seed=5, crop="square",
-                    margin=1)
+    settings = dict(batch_size=4, num_classes=3, image_size=IMAGE_SIZE, channels=3, seed=5, crop="square", margin=1)
     settings.update(options)
     return input_pipeline.make_file_dataset(paths, labels, **with_transform(settings))
 
@@ -785,8 +863,9 @@ def test_file_dataset_eval_path_is_deterministic_and_matches_prepare_images(tmp_
     assert first[0].shape == (len(paths), *IMAGE_SIZE, 3)
     for image, path in zip(first[0], paths):
         decoded = decode.decode_image(tf.io.read_file(path), channels=3)
-        expected = preprocessing.prepare_images(decoded[None], image_size=IMAGE_SIZE, channels=3, crop=crop,
-                                                margin=2).numpy()[0]
+        expected = preprocessing.prepare_images(
+            decoded[None], image_size=IMAGE_SIZE, channels=3, crop=crop, margin=2
+        ).numpy()[0]
         np.testing.assert_allclose(image, expected, atol=1e-4)
 
 
@@ -840,6 +919,7 @@ def test_file_that_breaks_after_the_scan_is_dropped(tmp_path, training, damage):
 # Serving parity of a folder run with the square crop
 # --------------------------------------------------------------------------------------------------
 
+
 def test_exported_model_serves_like_the_checkpoint_with_the_square_crop(broken_run, tmp_path):
     assert broken_run["code"] == 0, broken_run["err"][-3000:]
     metrics = json.loads((broken_run["run_dir"] / "metrics.json").read_text())
@@ -851,13 +931,15 @@ def test_exported_model_serves_like_the_checkpoint_with_the_square_crop(broken_r
         data = path.read_bytes()
         served = serve(image_bytes=tf.constant([data]))
         decoded = tf.constant(np.asarray(Image.open(path).convert("RGB")))  # the accurate IDCT's pixels
-        prepared = preprocessing.prepare_images(decoded[None], image_size=IMAGE_SIZE, channels=3, crop="square",
-                                                margin=1)
+        prepared = preprocessing.prepare_images(
+            decoded[None], image_size=IMAGE_SIZE, channels=3, crop="square", margin=1
+        )
         expected = model(prepared, training=False).numpy()
         np.testing.assert_allclose(served["probabilities"].numpy(), expected, atol=1e-5)
         # The comparison can tell crops apart: without the square crop the model answers differently.
-        uncropped = model(preprocessing.prepare_images(decoded[None], image_size=IMAGE_SIZE, channels=3),
-                          training=False).numpy()
+        uncropped = model(
+            preprocessing.prepare_images(decoded[None], image_size=IMAGE_SIZE, channels=3), training=False
+        ).numpy()
         assert np.abs(uncropped - expected).max() > 1e-4
         assert served["classes"].numpy()[0, 0].decode() == ["cats", "dogs", "foxes"][int(np.argmax(expected))]
     both = serve(image_bytes=tf.constant([portrait.read_bytes(), landscape.read_bytes()]))["probabilities"]
@@ -867,6 +949,7 @@ def test_exported_model_serves_like_the_checkpoint_with_the_square_crop(broken_r
 # --------------------------------------------------------------------------------------------------
 # The real mirror: hymenoptera
 # --------------------------------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def hymenoptera_data_dir(tmp_path_factory) -> Path:
@@ -890,16 +973,19 @@ def test_real_hymenoptera_loads(mirror_dir, hymenoptera_data_dir):
 
 @pytest.mark.mirror
 def test_real_hymenoptera_prescan_skips_only_the_placeholder(mirror_dir, hymenoptera_data_dir):
-    config = experiment_lib.load_experiment("hymenoptera_scratch", [f"dataset.data_dir={hymenoptera_data_dir}",
-                                                            f"dataset.mirror_dir={mirror_dir}"])
+    config = experiment_lib.load_experiment(
+        "hymenoptera_scratch", [f"dataset.data_dir={hymenoptera_data_dir}", f"dataset.mirror_dir={mirror_dir}"]
+    )
     messages = []
     splits = splits_lib.Splits(config, log=messages.append)
     assert splits.class_names == ["ants", "bees"]
-    assert [Path(entry["path"]).relative_to(Path(entry["path"]).parents[2]).as_posix()
-            for entry in splits.skipped] == ["train/ants/imageNotFound.gif"]
+    assert [Path(entry["path"]).relative_to(Path(entry["path"]).parents[2]).as_posix() for entry in splits.skipped] == [
+        "train/ants/imageNotFound.gif"
+    ]
     assert "placeholder" in splits.skipped[0]["reason"]
     assert [m for m in messages if m.startswith("skipping")] == [
-        f"skipping {splits.skipped[0]['path']}: {splits.skipped[0]['reason']}"]
+        f"skipping {splits.skipped[0]['path']}: {splits.skipped[0]['reason']}"
+    ]
     # val/ is the test split; validation (15% per class) is carved from the 244 remaining train photos.
     assert len(splits.test[0]) == 153
     assert len(splits.train[0]) + len(splits.validation[0]) == 244

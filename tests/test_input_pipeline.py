@@ -8,13 +8,12 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
+from conftest import with_transform
 from PIL import Image
 
-from conftest import with_transform
-from pipeline.data import decode
-from pipeline.data import input_pipeline
-from pipeline.training import optimizers as optim
+from pipeline.data import decode, input_pipeline
 from pipeline.data import image_ops as preprocessing
+from pipeline.training import optimizers as optim
 
 NUM_CLASSES = 4
 AUGMENT = {"width_shift": 0.2, "height_shift": 0.2, "horizontal_flip": True, "crop_padding": 2}
@@ -42,23 +41,33 @@ def identity_of(batch_images):
 
 
 def train(images, labels, seed=1, augment=None, batch_size=4, **kwargs):
-    return input_pipeline.make_train_dataset(images, labels, batch_size=batch_size, num_classes=NUM_CLASSES,
-                                             seed=seed, augment=augment, **with_transform(kwargs))
+    return input_pipeline.make_train_dataset(
+        images,
+        labels,
+        batch_size=batch_size,
+        num_classes=NUM_CLASSES,
+        seed=seed,
+        augment=augment,
+        **with_transform(kwargs),
+    )
 
 
 def evaluation(images, labels, batch_size=4, **kwargs):
-    return input_pipeline.make_eval_dataset(images, labels, batch_size=batch_size, num_classes=NUM_CLASSES,
-                                            **with_transform(kwargs))
+    return input_pipeline.make_eval_dataset(
+        images, labels, batch_size=batch_size, num_classes=NUM_CLASSES, **with_transform(kwargs)
+    )
 
 
 def same_batches(first, second):
     return len(first) == len(second) and all(
-        np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(first, second))
+        np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1]) for a, b in zip(first, second)
+    )
 
 
 # --------------------------------------------------------------------------------------------------
 # make_train_dataset / make_eval_dataset
 # --------------------------------------------------------------------------------------------------
+
 
 def test_eval_dataset_shapes_dtypes_order_and_values():
     images, labels = tiny_arrays()
@@ -90,7 +99,7 @@ def test_train_dataset_shapes_dtypes_and_pairing():
         np.testing.assert_array_equal(y.sum(axis=1), 1.0)
         ids = identity_of(x)
         np.testing.assert_array_equal(x, images[ids].astype(np.float32))  # no augmentation: exact pixels
-        np.testing.assert_array_equal(y.argmax(axis=1), labels[ids])     # each image keeps its label
+        np.testing.assert_array_equal(y.argmax(axis=1), labels[ids])  # each image keeps its label
     seen = np.concatenate([identity_of(x) for x, _ in batches])
     assert sorted(seen) == list(range(10))  # each image exactly once per epoch
 
@@ -111,14 +120,18 @@ def test_train_dataset_with_a_shuffle_buffer_still_covers_everything():
     assert sorted(np.concatenate([identity_of(x) for x, _ in batches])) == list(range(12))
 
 
-@pytest.mark.parametrize("augment", [
-    None,
-    AUGMENT,
-    {"width_shift": 0.3},
-    {"height_shift": 0.3},
-    {"horizontal_flip": True},
-    {"crop_padding": 2},
-], ids=["none", "all", "width_shift", "height_shift", "flip", "crop"])
+@pytest.mark.parametrize(
+    "augment",
+    [
+        None,
+        AUGMENT,
+        {"width_shift": 0.3},
+        {"height_shift": 0.3},
+        {"horizontal_flip": True},
+        {"crop_padding": 2},
+    ],
+    ids=["none", "all", "width_shift", "height_shift", "flip", "crop"],
+)
 def test_same_seed_same_batches_different_seed_different(augment):
     images, labels = tiny_arrays(count=12)
     first = epochs(train(images, labels, seed=7, augment=augment))
@@ -171,8 +184,10 @@ def test_channels_three_to_one():
 @pytest.mark.parametrize("size", [(4, 4), (16, 12)])
 def test_resize_to_another_image_size(size):
     images, labels = tiny_arrays(count=6)
-    for dataset in (evaluation(images, labels, image_size=size),
-                    train(images, labels, image_size=size, augment=AUGMENT)):
+    for dataset in (
+        evaluation(images, labels, image_size=size),
+        train(images, labels, image_size=size, augment=AUGMENT),
+    ):
         for x, _ in collect(dataset):
             assert x.shape[1:] == (*size, 3)
             assert x.dtype == np.float32 and x.min() >= 0.0 and x.max() <= 255.0
@@ -180,8 +195,7 @@ def test_resize_to_another_image_size(size):
 
 def test_area_downscale_averages_blocks():
     images, labels = tiny_arrays(count=5)
-    x = np.concatenate([x for x, _ in collect(evaluation(images, labels, image_size=(4, 4),
-                                                          resize_method="area"))])
+    x = np.concatenate([x for x, _ in collect(evaluation(images, labels, image_size=(4, 4), resize_method="area"))])
     expected = images.astype(np.float64).reshape(5, 4, 2, 4, 2, 3).mean(axis=(2, 4))
     np.testing.assert_allclose(x, expected, atol=1e-3)
 
@@ -189,8 +203,9 @@ def test_area_downscale_averages_blocks():
 def test_bicubic_upscale_stays_in_range():
     images = np.zeros((4, 6, 6, 1), np.uint8)
     images[:, ::2, ::2] = 255  # a checkerboard makes bicubic overshoot
-    x = np.concatenate([x for x, _ in collect(evaluation(images, np.zeros(4, int), image_size=(13, 13),
-                                                          resize_method="bicubic"))])
+    x = np.concatenate(
+        [x for x, _ in collect(evaluation(images, np.zeros(4, int), image_size=(13, 13), resize_method="bicubic"))]
+    )
     assert x.min() >= 0.0 and x.max() <= 255.0
 
 
@@ -198,22 +213,29 @@ def test_bicubic_upscale_stays_in_range():
 # Augmenter
 # --------------------------------------------------------------------------------------------------
 
+
 def test_build_augmenter_nothing_on_is_none():
     assert preprocessing.build_augmenter(seed=1) is None
 
 
-@pytest.mark.parametrize("fill_mode,numpy_mode", [("nearest", "edge"), ("reflect", "symmetric"),
-                                                  ("wrap", "wrap"), ("constant", "constant")])
+@pytest.mark.parametrize(
+    "fill_mode,numpy_mode", [("nearest", "edge"), ("reflect", "symmetric"), ("wrap", "wrap"), ("constant", "constant")]
+)
 def test_shifts_are_whole_pixel_windows_filled_per_fill_mode(fill_mode, numpy_mode):
     images, _ = tiny_arrays(count=32)
     source = images.astype(np.float32)
-    out = preprocessing.shift_and_flip(tf.constant(source), tf.constant([3, 4], tf.int64), max_rows=2,
-                                       max_cols=3, fill_mode=fill_mode).numpy()
+    out = preprocessing.shift_and_flip(
+        tf.constant(source), tf.constant([3, 4], tf.int64), max_rows=2, max_cols=3, fill_mode=fill_mode
+    ).numpy()
     padded = np.pad(source, [(0, 0), (2, 2), (3, 3), (0, 0)], mode=numpy_mode)
     offsets = set()
     for index in range(32):
-        windows = [(r, c) for r in range(5) for c in range(7)
-                   if np.array_equal(out[index], padded[index, r:r + 8, c:c + 8])]
+        windows = [
+            (r, c)
+            for r in range(5)
+            for c in range(7)
+            if np.array_equal(out[index], padded[index, r : r + 8, c : c + 8])
+        ]
         assert windows, f"image {index}: not a window of the {numpy_mode}-padded image"
         offsets.add(windows[0])
     assert len(offsets) >= 8  # offsets vary across the batch (35 possible)
@@ -221,8 +243,9 @@ def test_shifts_are_whole_pixel_windows_filled_per_fill_mode(fill_mode, numpy_mo
 
 def test_stateless_augmentation_is_a_function_of_the_seed():
     images = tf.constant(tiny_arrays(count=16)[0], tf.float32)
-    augment = preprocessing.build_augmenter(width_shift=0.25, height_shift=0.25, horizontal_flip=True,
-                                            crop_padding=1, seed=0)
+    augment = preprocessing.build_augmenter(
+        width_shift=0.25, height_shift=0.25, horizontal_flip=True, crop_padding=1, seed=0
+    )
     assert augment.stateless
     first = augment(images, tf.constant([1, 2], tf.int64)).numpy()
     np.testing.assert_array_equal(first, augment(images, tf.constant([1, 2], tf.int64)).numpy())
@@ -241,7 +264,7 @@ def test_shift_and_flip_pipeline_is_parallel_and_repeatable():
     again = input_pipeline.make_train_dataset(images, labels, **options)
     one, two = epoch(first), epoch(first)
     np.testing.assert_array_equal(one, epoch(again))  # same seed, same run
-    assert not np.array_equal(one, two)               # a new draw every epoch
+    assert not np.array_equal(one, two)  # a new draw every epoch
 
 
 def test_flip_only_mirrors_columns():
@@ -262,8 +285,12 @@ def test_crop_padding_is_a_shifted_window_of_the_reflected_image():
     padded = np.pad(images.astype(np.float32), [(0, 0), (2, 2), (2, 2), (0, 0)], mode="reflect")
     moved = 0
     for index in range(8):
-        windows = [(r, c) for r in range(5) for c in range(5)
-                   if np.array_equal(out[index], padded[index, r:r + 8, c:c + 8])]
+        windows = [
+            (r, c)
+            for r in range(5)
+            for c in range(5)
+            if np.array_equal(out[index], padded[index, r : r + 8, c : c + 8])
+        ]
         assert windows, "each output must be an 8x8 window of the padded image"
         moved += (2, 2) not in windows
     assert moved > 0
@@ -273,9 +300,8 @@ def test_random_augmentations_are_independent():
     count = 64
     images = np.zeros((count, 9, 9, 1), np.float32)
     images[..., 0] = np.arange(9)[None, None, :] * 10 + 1  # increasing columns: detects a flip
-    images[:, 4, :, 0] += 1000                             # a marker row: detects the vertical shift
-    augment = preprocessing.build_augmenter(height_shift=0.3, horizontal_flip=True, fill_mode="constant",
-                                            seed=1)
+    images[:, 4, :, 0] += 1000  # a marker row: detects the vertical shift
+    augment = preprocessing.build_augmenter(height_shift=0.3, horizontal_flip=True, fill_mode="constant", seed=1)
     out = augment(tf.constant(images)).numpy()
     marker_row = np.argmax(out[:, :, 4, 0], axis=1)
     # Read the flip on the marker row: other rows may be zero-filled by the shift.
@@ -290,6 +316,7 @@ def test_random_augmentations_are_independent():
 # --------------------------------------------------------------------------------------------------
 # preprocessing
 # --------------------------------------------------------------------------------------------------
+
 
 def test_convert_channels_grey_to_rgb():
     grey = np.random.default_rng(0).integers(0, 256, (2, 3, 4, 1), dtype=np.uint8)
@@ -315,8 +342,9 @@ def test_convert_channels_drops_alpha():
     rgb = preprocessing.convert_channels(tf.constant(rgba), 3).numpy()
     np.testing.assert_array_equal(rgb, rgba[..., :3])
     grey_alpha = rgba[..., :2]
-    np.testing.assert_array_equal(preprocessing.convert_channels(tf.constant(grey_alpha), 1).numpy(),
-                                  grey_alpha[..., :1])
+    np.testing.assert_array_equal(
+        preprocessing.convert_channels(tf.constant(grey_alpha), 1).numpy(), grey_alpha[..., :1]
+    )
     grey = preprocessing.convert_channels(tf.constant(rgba), 1).numpy()
     np.testing.assert_array_equal(grey, preprocessing.convert_channels(tf.constant(rgba[..., :3]), 1).numpy())
 
@@ -334,9 +362,12 @@ def _pil_images():
     rgb = rng.integers(0, 256, (6, 5, 3), dtype=np.uint8)
     grey = rng.integers(0, 256, (6, 5), dtype=np.uint8)
     rgba = np.dstack([rgb, np.full((6, 5), 255, np.uint8)])
-    return {"grey": Image.fromarray(grey, "L"), "rgb": Image.fromarray(rgb, "RGB"),
-            "rgba": Image.fromarray(rgba, "RGBA"),
-            "palette": Image.fromarray(rgb, "RGB").convert("P", palette=Image.Palette.ADAPTIVE, colors=8)}
+    return {
+        "grey": Image.fromarray(grey, "L"),
+        "rgb": Image.fromarray(rgb, "RGB"),
+        "rgba": Image.fromarray(rgba, "RGBA"),
+        "palette": Image.fromarray(rgb, "RGB").convert("P", palette=Image.Palette.ADAPTIVE, colors=8),
+    }
 
 
 def _encode(mode, image_format):
@@ -368,9 +399,12 @@ def test_decode_image_returns_requested_channels(image_format, mode, channels):
         np.testing.assert_allclose(decoded.numpy().astype(int), reference, atol=1)
 
 
-@pytest.mark.xfail(reason="TensorFlow's decode_image ignores the colour table of 8-bit palette BMPs "
-                          "(palette indices come back as grey levels); image_files.check_image rejects such "
-                          "files instead, see test_palette_bmp_is_rejected_by_the_image_check", strict=True)
+@pytest.mark.xfail(
+    reason="TensorFlow's decode_image ignores the colour table of 8-bit palette BMPs "
+    "(palette indices come back as grey levels); image_files.check_image rejects such "
+    "files instead, see test_palette_bmp_is_rejected_by_the_image_check",
+    strict=True,
+)
 def test_decode_palette_bmp_pixels():
     encoded = _encode("palette", "BMP")
     decoded = decode.decode_image(tf.constant(encoded), channels=3).numpy().astype(int)
@@ -400,8 +434,9 @@ def test_decode_image_first_frame_of_an_animated_gif():
 
 def test_decode_image_inside_a_graph():
     encoded = _encode("rgb", "PNG")
-    decode_grey = tf.function(lambda blob: decode.decode_image(blob, channels=1),
-                              input_signature=[tf.TensorSpec([], tf.string)])
+    decode_grey = tf.function(
+        lambda blob: decode.decode_image(blob, channels=1), input_signature=[tf.TensorSpec([], tf.string)]
+    )
     assert tuple(decode_grey(tf.constant(encoded)).shape) == (6, 5, 1)
 
 
@@ -454,6 +489,7 @@ def test_normalization_layer_unknown_mode():
 # optim
 # --------------------------------------------------------------------------------------------------
 
+
 def rates(schedule, steps):
     return [float(schedule(step)) for step in steps]
 
@@ -463,48 +499,59 @@ def test_constant_schedule_is_the_float():
 
 
 def test_step_schedule_boundaries_in_epochs():
-    schedule = optim.build_schedule(name="step", learning_rate=0.1, steps_per_epoch=10, epochs=5,
-                                    boundaries=[1, 2.5], factor=0.5)
+    schedule = optim.build_schedule(
+        name="step", learning_rate=0.1, steps_per_epoch=10, epochs=5, boundaries=[1, 2.5], factor=0.5
+    )
     assert isinstance(schedule, keras.optimizers.schedules.PiecewiseConstantDecay)
     assert schedule.boundaries == [10, 25]
     # the rate changes after each boundary step (epochs * steps_per_epoch)
-    np.testing.assert_allclose(rates(schedule, [0, 10, 11, 25, 26, 49]),
-                               [0.1, 0.1, 0.05, 0.05, 0.025, 0.025], rtol=1e-6)
+    np.testing.assert_allclose(
+        rates(schedule, [0, 10, 11, 25, 26, 49]), [0.1, 0.1, 0.05, 0.05, 0.025, 0.025], rtol=1e-6
+    )
 
 
 def test_polynomial_schedule_reaches_the_end_value():
-    schedule = optim.build_schedule(name="polynomial", learning_rate=0.1, steps_per_epoch=10, epochs=5,
-                                    end_learning_rate=0.01, power=1.0)
+    schedule = optim.build_schedule(
+        name="polynomial", learning_rate=0.1, steps_per_epoch=10, epochs=5, end_learning_rate=0.01, power=1.0
+    )
     np.testing.assert_allclose(rates(schedule, [0, 25, 50, 80]), [0.1, 0.055, 0.01, 0.01], rtol=1e-5)
-    squared = optim.build_schedule(name="polynomial", learning_rate=0.1, steps_per_epoch=10, epochs=5,
-                                   power=2.0)
+    squared = optim.build_schedule(name="polynomial", learning_rate=0.1, steps_per_epoch=10, epochs=5, power=2.0)
     np.testing.assert_allclose(rates(squared, [25, 50]), [0.025, 0.0], rtol=1e-5, atol=1e-9)
 
 
 def test_cosine_schedule_with_warmup():
-    schedule = optim.build_schedule(name="cosine", learning_rate=0.1, steps_per_epoch=10, epochs=5,
-                                    warmup_epochs=1, alpha=0.1)
+    schedule = optim.build_schedule(
+        name="cosine", learning_rate=0.1, steps_per_epoch=10, epochs=5, warmup_epochs=1, alpha=0.1
+    )
     at = dict(zip([0, 5, 10, 30, 50, 70], rates(schedule, [0, 5, 10, 30, 50, 70])))
-    assert at[0] == 0.0                                 # starts at 0
-    assert at[5] == pytest.approx(0.05, rel=1e-5)      # linear warm-up
-    assert at[10] == pytest.approx(0.1, rel=1e-5)      # peak at the end of warm-up (1 epoch)
+    assert at[0] == 0.0  # starts at 0
+    assert at[5] == pytest.approx(0.05, rel=1e-5)  # linear warm-up
+    assert at[10] == pytest.approx(0.1, rel=1e-5)  # peak at the end of warm-up (1 epoch)
     assert at[30] == pytest.approx(0.1 * (0.1 + 0.9 * 0.5), rel=1e-5)  # half-way through the decay
     assert at[50] == pytest.approx(0.1 * 0.1, rel=1e-4)  # alpha * peak at the end of training
-    assert at[70] == pytest.approx(0.01, rel=1e-4)       # and it stays there
+    assert at[70] == pytest.approx(0.01, rel=1e-4)  # and it stays there
     steps = rates(schedule, range(10, 51))
     assert all(a >= b for a, b in zip(steps, steps[1:]))  # monotone decay after warm-up
 
 
 def test_warmup_start_fraction_airbench_triangle():
     # airbench94's triangle: 0.2 x peak -> peak at 23% of training -> 0.07 x peak at the end.
-    schedule = optim.build_schedule(name="polynomial", learning_rate=1.0, steps_per_epoch=10, epochs=10,
-                                    warmup_epochs=2.3, warmup_start=0.2, end_learning_rate=0.07)
+    schedule = optim.build_schedule(
+        name="polynomial",
+        learning_rate=1.0,
+        steps_per_epoch=10,
+        epochs=10,
+        warmup_epochs=2.3,
+        warmup_start=0.2,
+        end_learning_rate=0.07,
+    )
     np.testing.assert_allclose(rates(schedule, [0, 23, 100]), [0.2, 1.0, 0.07], rtol=1e-5)
     assert rates(schedule, [10])[0] == pytest.approx(0.2 + 0.8 * 10 / 23, rel=1e-5)
     restored = keras.optimizers.schedules.deserialize(keras.optimizers.schedules.serialize(schedule))
     np.testing.assert_allclose(rates(restored, [0, 10, 60]), rates(schedule, [0, 10, 60]), rtol=1e-6)
-    cosine = optim.build_schedule(name="cosine", learning_rate=1.0, steps_per_epoch=10, epochs=5,
-                                  warmup_epochs=1, warmup_start=0.5)
+    cosine = optim.build_schedule(
+        name="cosine", learning_rate=1.0, steps_per_epoch=10, epochs=5, warmup_epochs=1, warmup_start=0.5
+    )
     assert rates(cosine, [0])[0] == pytest.approx(0.5)
 
 
@@ -540,8 +587,9 @@ def test_build_optimizer_classes_and_settings():
 
 
 def test_optimizer_follows_its_schedule():
-    schedule = optim.build_schedule(name="step", learning_rate=0.1, steps_per_epoch=2, epochs=3,
-                                    boundaries=[1], factor=0.1)
+    schedule = optim.build_schedule(
+        name="step", learning_rate=0.1, steps_per_epoch=2, epochs=3, boundaries=[1], factor=0.1
+    )
     optimizer = optim.build_optimizer(name="sgd", learning_rate=schedule)
     weight = keras.Variable(1.0)
     optimizer.build([weight])

@@ -6,12 +6,12 @@ import csv
 
 import numpy as np
 import pytest
-
 from conftest import with_transform
-from pipeline.training import model_setup as modeling
+
 from pipeline import experiment as experiment_lib
-from pipeline.data import input_pipeline
 from pipeline import run as train
+from pipeline.data import input_pipeline
+from pipeline.training import model_setup as modeling
 
 
 @pytest.mark.slow  # XLA compiles for ~30 s on 2 cores
@@ -54,8 +54,16 @@ def photo_files(tmp_path):
 def test_cache_modes_give_identical_batches(photo_files, tmp_path, training):
     """input.cache memory / a file / none: the same images in the same order, augmentation included."""
     paths, labels = photo_files
-    options = dict(training=training, batch_size=5, num_classes=3, image_size=(16, 16), channels=3, seed=3,
-                   crop="square", augment={"horizontal_flip": True, "width_shift": 0.2} if training else None)
+    options = dict(
+        training=training,
+        batch_size=5,
+        num_classes=3,
+        image_size=(16, 16),
+        channels=3,
+        seed=3,
+        crop="square",
+        augment={"horizontal_flip": True, "width_shift": 0.2} if training else None,
+    )
     epochs = {}
     for cache in ("memory", str(tmp_path / "cache" / "images"), "none"):
         (tmp_path / "cache").mkdir(exist_ok=True)

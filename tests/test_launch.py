@@ -6,7 +6,6 @@ TensorFlow and take a few seconds; tests/test_distribute.py runs real TensorFlow
 
 from __future__ import annotations
 
-import argparse
 import io
 import json
 import subprocess
@@ -38,8 +37,7 @@ time.sleep(60)
 
 def run_launch(workers, program, argv=(), **kwargs):
     out, err = io.StringIO(), io.StringIO()
-    status = launch.launch(workers, list(argv), command=[sys.executable, "-c", program], out=out, err=err,
-                           **kwargs)
+    status = launch.launch(workers, list(argv), command=[sys.executable, "-c", program], out=out, err=err, **kwargs)
     return status, out.getvalue().splitlines(), err.getvalue()
 
 
@@ -73,19 +71,23 @@ def test_a_failing_worker_stops_the_others_and_is_named():
 
 
 def test_a_worker_killed_by_a_signal_reports_128_plus_n():
-    program = "import os, signal, time, json\n" \
-              "if json.loads(os.environ['TF_CONFIG'])['task']['index'] == 0: os.kill(os.getpid(), signal.SIGKILL)\n" \
-              "time.sleep(60)"
+    program = (
+        "import os, signal, time, json\n"
+        "if json.loads(os.environ['TF_CONFIG'])['task']['index'] == 0: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "time.sleep(60)"
+    )
     status, _, err = run_launch(2, program, stop_grace=5)
     assert status == 128 + 9
     assert err.strip() == "launch: worker 0 was killed by SIGKILL; stopped worker(s) 1"
 
 
 def test_a_worker_ignoring_sigterm_is_killed_after_the_grace_period():
-    program = "import json, os, signal, sys, time\n" \
-              "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n" \
-              "if json.loads(os.environ['TF_CONFIG'])['task']['index'] == 1: sys.exit(5)\n" \
-              "time.sleep(60)"
+    program = (
+        "import json, os, signal, sys, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "if json.loads(os.environ['TF_CONFIG'])['task']['index'] == 1: sys.exit(5)\n"
+        "time.sleep(60)"
+    )
     start = time.monotonic()
     status, _, err = run_launch(2, program, stop_grace=0.5)
     assert status == 5 and "worker 1 exited with status 5" in err
@@ -109,7 +111,7 @@ def test_run_validates_the_config_once_and_shares_one_run_dir(monkeypatch, capsy
     calls = []
     monkeypatch.setattr(launch, "launch", lambda workers, argv: calls.append((workers, argv)) or 0)
     assert cli.main(["launch", "--workers", "2", "tiny", "--set", "train.epochs=1"]) == 0
-    (workers, argv), = calls
+    ((workers, argv),) = calls
     assert workers == 2 and argv[:3] == ["tiny", "--set", "train.epochs=1"] and argv[3] == "--run-dir"
     run_dir = argv[4]
     assert "/runs/tiny/" in run_dir, "the default run directory is chosen once, by the launcher"
@@ -130,7 +132,9 @@ def test_run_validates_the_config_once_and_shares_one_run_dir(monkeypatch, capsy
 
 
 def test_launch_imports_no_tensorflow():
-    code = "import sys; import pipeline.distribute.launch; assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
+    code = (
+        "import sys; import pipeline.distribute.launch; assert 'tensorflow' not in sys.modules, 'tensorflow imported'"
+    )
     subprocess.run([sys.executable, "-c", code], check=True, cwd=launch.PROJECT_ROOT)
 
 
@@ -140,8 +144,11 @@ def test_run_refuses_a_strategy_that_would_train_each_worker_alone(monkeypatch):
     config = types.SimpleNamespace(name="tiny", distribute=types.SimpleNamespace(strategy="mirrored"))
     args = types.SimpleNamespace(workers=2, experiment="tiny", overrides=[], run_dir=None)
     monkeypatch.setattr(launch, "launch", lambda workers, argv: pytest.fail("no worker may start"))
-    with pytest.raises(config_lib.ConfigError, match=r"needs distribute.strategy auto or multi_worker .* "
-                       r"Received: distribute.strategy='mirrored'"):
+    with pytest.raises(
+        config_lib.ConfigError,
+        match=r"needs distribute.strategy auto or multi_worker .* "
+        r"Received: distribute.strategy='mirrored'",
+    ):
         launch.run(args, config)
 
 

@@ -10,8 +10,13 @@ import tensorflow as tf
 import models
 from pipeline.core.registry import Registry
 
-SHAPES = {"lenet": (28, 28, 1), "cifar10_net": (32, 32, 3), "cifar10_deep": (32, 32, 3),
-          "fashion_cnn": (28, 28, 1), "tiny": (32, 32, 3)}
+SHAPES = {
+    "lenet": (28, 28, 1),
+    "cifar10_net": (32, 32, 3),
+    "cifar10_deep": (32, 32, 3),
+    "fashion_cnn": (28, 28, 1),
+    "tiny": (32, 32, 3),
+}
 
 
 def build(name, input_shape=None, num_classes=10, **options):
@@ -26,12 +31,15 @@ def test_registered_models():
     assert models.MODELS.names() == sorted(models.MODELS.names())
 
 
-@pytest.mark.parametrize("name, input_shape, count", [
-    ("lenet", (28, 28, 1), 1_256_080),
-    ("cifar10_net", (32, 32, 3), 2_122_186),
-    ("cifar10_deep", (32, 32, 3), 1_250_858),
-    ("fashion_cnn", (28, 28, 1), 421_642),
-])
+@pytest.mark.parametrize(
+    "name, input_shape, count",
+    [
+        ("lenet", (28, 28, 1), 1_256_080),
+        ("cifar10_net", (32, 32, 3), 2_122_186),
+        ("cifar10_deep", (32, 32, 3), 1_250_858),
+        ("fashion_cnn", (28, 28, 1), 421_642),
+    ],
+)
 def test_exact_parameter_counts(name, input_shape, count):
     model = build(name, input_shape)
     assert model.count_params() == count
@@ -125,6 +133,7 @@ def test_model_seeds_make_identical_weights():
 # Registry
 # --------------------------------------------------------------------------------------------------
 
+
 def test_duplicate_registration_raises_value_error():
     registry = Registry("widget")
 
@@ -141,9 +150,11 @@ def test_duplicate_registration_raises_value_error():
 def test_duplicate_model_name_is_refused_and_the_original_kept():
     original = models.MODELS.get("lenet")
     with pytest.raises(ValueError, match="model 'lenet' is already registered"):
+
         @models.register_model("lenet")
         def impostor(*, input_shape, num_classes):  # pragma: no cover - never called
             raise AssertionError
+
     assert models.MODELS.get("lenet") is original
     assert "impostor" not in models.MODELS
 

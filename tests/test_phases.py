@@ -10,21 +10,23 @@ import numpy as np
 import pytest
 from conftest import LEAN_RUN, Interrupt
 
-from pipeline.training import model_setup as modeling
+from pipeline import cli, compat
 from pipeline import experiment as experiment_lib
-from pipeline.training import callbacks as run_callbacks
-from pipeline import cli
-from pipeline import compat
-from pipeline.training import phases
 from pipeline import run as train
+from pipeline.training import callbacks as run_callbacks
+from pipeline.training import model_setup as modeling
+from pipeline.training import phases
 
-PHASES = ("train.phases=[{epochs: 2, trainable: none, optimizer: {name: rmsprop, learning_rate: 0.01}},"
-          " {epochs: 2, trainable: from conv2, optimizer: {name: sgd, learning_rate: 0.005, momentum: 0.9}}]")
+PHASES = (
+    "train.phases=[{epochs: 2, trainable: none, optimizer: {name: rmsprop, learning_rate: 0.01}},"
+    " {epochs: 2, trainable: from conv2, optimizer: {name: sgd, learning_rate: 0.005, momentum: 0.9}}]"
+)
 
 
 def two_phase_config(data_env, *extra):
-    return experiment_lib.load_experiment("tiny", [*data_env, "model.name=tiny_transfer", "train.epochs=4", PHASES,
-                                           *LEAN_RUN, *extra])
+    return experiment_lib.load_experiment(
+        "tiny", [*data_env, "model.name=tiny_transfer", "train.epochs=4", PHASES, *LEAN_RUN, *extra]
+    )
 
 
 def backbone_weights(model):
@@ -37,6 +39,7 @@ def test_plan_and_set_trainable():
     with pytest.raises(phases.PhaseError, match="backbone"):
         phases.set_trainable(model, "none")
     import models
+
     model = models.build_model("tiny_transfer", input_shape=(16, 16, 3), num_classes=3)
     phases.set_trainable(model, "none")
     assert all(not w.trainable for w in compat.find_layer(model, "backbone").weights)
@@ -112,8 +115,9 @@ def test_resume_in_phase_two_uses_phase_two_optimizer(data_env, tmp_path, monkey
 
 
 def test_trainable_backbone_keeps_its_batchnorm_statistics(data_env, tmp_path):
-    config = experiment_lib.load_experiment("tiny", [*data_env, "model.name=tiny_transfer", "train.epochs=1",
-                                             *LEAN_RUN])
+    config = experiment_lib.load_experiment(
+        "tiny", [*data_env, "model.name=tiny_transfer", "train.epochs=1", *LEAN_RUN]
+    )
     model = modeling.build_model(config, input_shape=(16, 16, 3), num_classes=10)
     bn = compat.find_layer(model, "bn1")
     before = [w.numpy().copy() for w in bn.non_trainable_weights]
@@ -129,8 +133,22 @@ def test_trainable_backbone_keeps_its_batchnorm_statistics(data_env, tmp_path):
 
 def test_phase_errors_are_user_errors(data_env, tmp_path, capsys):
     bad_layer = PHASES.replace("from conv2", "from conv9")
-    code = cli.main(["train", "tiny", "--run-dir", str(tmp_path / "run"), "--set", data_env[0], "--set",
-                     "model.name=tiny_transfer", "--set", "train.epochs=4", "--set", bad_layer])
+    code = cli.main(
+        [
+            "train",
+            "tiny",
+            "--run-dir",
+            str(tmp_path / "run"),
+            "--set",
+            data_env[0],
+            "--set",
+            "model.name=tiny_transfer",
+            "--set",
+            "train.epochs=4",
+            "--set",
+            bad_layer,
+        ]
+    )
     assert code == 2
     assert "conv9" in capsys.readouterr().err and not (tmp_path / "run").exists()
     code = cli.main(["train", "tiny", "--set", data_env[0], "--set", "train.epochs=5", "--set", PHASES])
@@ -139,7 +157,15 @@ def test_phase_errors_are_user_errors(data_env, tmp_path, capsys):
     code = cli.main(["train", "tiny", "--set", "train.epochs=4", "--set", PHASES.replace("none", "some")])
     assert code == 2
     assert "train.phases[0].trainable" in capsys.readouterr().err
-    code = cli.main(["train", "tiny", "--set", "train.epochs=4", "--set",
-                     PHASES.replace("momentum: 0.9", "momentum: 0.9, nesterov: true").replace("sgd", "adam")])
+    code = cli.main(
+        [
+            "train",
+            "tiny",
+            "--set",
+            "train.epochs=4",
+            "--set",
+            PHASES.replace("momentum: 0.9", "momentum: 0.9, nesterov: true").replace("sgd", "adam"),
+        ]
+    )
     assert code == 2
     assert "train.phases[1].optimizer" in capsys.readouterr().err

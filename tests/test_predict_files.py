@@ -58,18 +58,30 @@ JXL = b"\xff\x0a" + b"\x00" * 100
 def make_photos(folder: Path) -> tuple[dict, dict, int]:
     """(good path -> expected top class, bad path -> start of its reason, sidecars skipped)."""
     (folder / "sub" / "deeper").mkdir(parents=True)
-    good = {"ok0.jpg": (250, "JPEG"), "ok1.jpg": (5, "JPEG"), "sub/ok2.png": (240, "PNG"),
-            "sub/no_extension": (10, "PNG"), "gif_named.tif": (230, "GIF")}  # content decides, not the name
+    good = {
+        "ok0.jpg": (250, "JPEG"),
+        "ok1.jpg": (5, "JPEG"),
+        "sub/ok2.png": (240, "PNG"),
+        "sub/no_extension": (10, "PNG"),
+        "gif_named.tif": (230, "GIF"),
+    }  # content decides, not the name
     for name, (value, fmt) in good.items():
         (folder / name).write_bytes(encoded(value, fmt))
     unsupported = "is not supported (the model reads JPEG, PNG, GIF, BMP, WebP); convert it to PNG or JPEG"
-    bad = {"scan0.tif": "TIFF " + unsupported, "sub/scan1.TIFF": "TIFF " + unsupported,
-           "IMG_0001.HEIC": "HEIC/AVIF " + unsupported, "sub/deeper/photo.jxl": "JPEG XL " + unsupported,
-           "icon.ico": "ICO " + unsupported, "page.pdf.png": "PDF " + unsupported,
-           "empty.png": "empty file", "text.jpg": "not an image (cannot decode)",
-           "truncated.jpg": "corrupt or truncated JPEG", "pipe.png": "not a regular file (named pipe)",
-           "dangling.jpg": "no such file (or a broken symbolic link)",
-           "linked_folder": "symbolic link to a folder: not followed"}
+    bad = {
+        "scan0.tif": "TIFF " + unsupported,
+        "sub/scan1.TIFF": "TIFF " + unsupported,
+        "IMG_0001.HEIC": "HEIC/AVIF " + unsupported,
+        "sub/deeper/photo.jxl": "JPEG XL " + unsupported,
+        "icon.ico": "ICO " + unsupported,
+        "page.pdf.png": "PDF " + unsupported,
+        "empty.png": "empty file",
+        "text.jpg": "not an image (cannot decode)",
+        "truncated.jpg": "corrupt or truncated JPEG",
+        "pipe.png": "not a regular file (named pipe)",
+        "dangling.jpg": "no such file (or a broken symbolic link)",
+        "linked_folder": "symbolic link to a folder: not followed",
+    }
     for name in ("scan0.tif", "sub/scan1.TIFF"):
         (folder / name).write_bytes(encoded(128, "TIFF"))
     (folder / "IMG_0001.HEIC").write_bytes(HEIC)
@@ -124,7 +136,7 @@ def test_every_file_in_a_folder_is_answered_or_reported(export_dir, tmp_path):
         assert errors[path].startswith(reason), (path, errors[path])
     assert document["skipped_non_images"] == sidecars
     assert f"{len(bad)} of {len(good) + len(bad)} files could not be predicted" in err
-    for path, reason in bad.items():
+    for path in bad:
         assert f"{path}: {errors[path]}" in err
     assert f"note: {sidecars} files in the folders skipped" in err
     assert ".DS_Store" not in out + err and ".thumbs" not in out + err
@@ -154,8 +166,11 @@ def test_files_named_directly_are_always_tried(export_dir, tmp_path):
     document = json.loads(out)
     assert [r["path"] for r in document["results"]] == [str(jpeg)]
     assert [(e["path"], e["reason"].split(" (")[0].split(";")[0]) for e in document["errors"]] == [
-        (str(notes), "not an image"), (str(tiff), "TIFF is not supported"),
-        (str(tmp_path / "pipe"), "not a regular file"), (str(tmp_path / "missing.png"), "no such file or directory")]
+        (str(notes), "not an image"),
+        (str(tiff), "TIFF is not supported"),
+        (str(tmp_path / "pipe"), "not a regular file"),
+        (str(tmp_path / "missing.png"), "no such file or directory"),
+    ]
     assert document["skipped_non_images"] == 0 and "note:" not in err
 
 

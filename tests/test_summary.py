@@ -12,9 +12,7 @@ import pytest
 
 import models
 from pipeline import cli
-from pipeline.inspection import layer_sizes
-from pipeline.inspection import model_stats
-from pipeline.inspection import summary
+from pipeline.inspection import layer_sizes, model_stats, summary
 
 
 def _rows_by_path(rows):
@@ -25,8 +23,17 @@ def test_lenet_table():
     model = models.build_model("lenet", input_shape=(28, 28, 1), num_classes=10)
     rows = model_stats.summarize(model)
     by_path = _rows_by_path(rows)
-    assert [row["name"] for row in rows] == ["image", "conv1", "pool1", "conv2", "pool2", "flatten", "fc1",
-                                             "logits", "probabilities"]
+    assert [row["name"] for row in rows] == [
+        "image",
+        "conv1",
+        "pool1",
+        "conv2",
+        "pool2",
+        "flatten",
+        "fc1",
+        "logits",
+        "probabilities",
+    ]
     assert by_path["conv1"]["output_shape"] == (None, 28, 28, 20)
     assert by_path["pool2"]["output_shape"] == (None, 7, 7, 50)
     assert by_path["flatten"]["output_shape"] == (None, 2450)
@@ -79,23 +86,32 @@ def test_bad_input_size_names_the_first_failing_layer(capsys):
     code = cli.main(["summary", "tiny", "--set", "model.name=vgg16_finetune", "--set", "input.image_size=[16,16]"])
     assert code == 2
     err = capsys.readouterr().err
-    assert ("block5_pool (MaxPooling2D): (N + 2P - F) / S + 1 = (1 + 2*0 - 2) / 2 + 1 = 0.5 -> not a whole "
-            "positive number") in err
+    assert (
+        "block5_pool (MaxPooling2D): (N + 2P - F) / S + 1 = (1 + 2*0 - 2) / 2 + 1 = 0.5 -> not a whole positive number"
+    ) in err
     assert "block4_pool 1x1" in err  # the sizes that led there
     assert "`upscale_to=[32, 32]` to upscale inside the model" in err  # and the builder's fix
 
 
 def test_conv_arithmetic_on_layer_configs():
     def conv(name, kernel, strides=1, padding="valid"):
-        return {"class_name": "Conv2D", "config": {"name": name, "kernel_size": [kernel, kernel],
-                                                   "strides": [strides, strides], "padding": padding}}
+        return {
+            "class_name": "Conv2D",
+            "config": {
+                "name": name,
+                "kernel_size": [kernel, kernel],
+                "strides": [strides, strides],
+                "padding": padding,
+            },
+        }
 
     chain = [conv("c1", 3), conv("c2", 3, strides=2), conv("c3", 3, padding="same")]
     assert layer_sizes.conv_arithmetic(chain, (7, 7)) is None  # 7 -> 5 -> 2 -> 2
     failure = layer_sizes.conv_arithmetic(chain, (4, 4))  # 4 -> 2 -> (2 - 3) / 2 + 1 = 0.5
     assert failure["layer"] == "c2"
-    assert failure["message"] == ("c2 (Conv2D): (N + 2P - F) / S + 1 = (2 + 2*0 - 3) / 2 + 1 = 0.5 -> "
-                                  "not a whole positive number")
+    assert failure["message"] == (
+        "c2 (Conv2D): (N + 2P - F) / S + 1 = (2 + 2*0 - 3) / 2 + 1 = 0.5 -> not a whole positive number"
+    )
     assert layer_sizes.conv_arithmetic(chain, (9, 4))["axis"] == "width"
     padded = [{"class_name": "ZeroPadding2D", "config": {"name": "pad", "padding": [[1, 1], [1, 1]]}}, *chain]
     assert layer_sizes.conv_arithmetic(padded, (4, 4)) is None  # 6 -> 4 -> floor(1.5) = 1 -> 1
@@ -125,11 +141,17 @@ def test_phase_parameter_counts():
     total = model.count_params()
     head = (512 * 256 + 256) + (256 * 10 + 10)
     block5 = 3 * (3 * 3 * 512 * 512 + 512)
-    phases = [{"epochs": 2, "trainable": "none"}, {"epochs": 3, "trainable": "from block5_conv1"},
-              {"epochs": 1, "trainable": "all"}]
+    phases = [
+        {"epochs": 2, "trainable": "none"},
+        {"epochs": 3, "trainable": "from block5_conv1"},
+        {"epochs": 1, "trainable": "all"},
+    ]
     counts = summary.phase_parameter_counts(model, phases)
     assert [(c["trainable_params"], c["frozen_params"]) for c in counts] == [
-        (head, total - head), (head + block5, total - head - block5), (total, 0)]
+        (head, total - head),
+        (head + block5, total - head - block5),
+        (total, 0),
+    ]
     assert len(model.trainable_weights) == len(model.weights)  # flags restored
     assert all(layer.trainable for layer in model.get_layer("backbone").layers)
     with pytest.raises(PhaseError, match="did you mean 'block5_conv1'"):
@@ -139,8 +161,20 @@ def test_phase_parameter_counts():
 
 def test_phases_from_the_config_are_printed(capsys):
     phases = "train.phases=[{epochs: 1, trainable: none}, {epochs: 2, trainable: from block5_conv1}]"
-    code = cli.main(["summary", "tiny", "--set", "model.name=vgg16_finetune", "--set", "input.image_size=[32,32]",
-                     "--set", "train.epochs=3", "--set", phases])
+    code = cli.main(
+        [
+            "summary",
+            "tiny",
+            "--set",
+            "model.name=vgg16_finetune",
+            "--set",
+            "input.image_size=[32,32]",
+            "--set",
+            "train.epochs=3",
+            "--set",
+            phases,
+        ]
+    )
     assert code == 0
     out = capsys.readouterr().out
     head = (512 * 256 + 256) + (256 * 10 + 10)
@@ -148,25 +182,45 @@ def test_phases_from_the_config_are_printed(capsys):
     total = 14_714_688 + head
     assert f"phase 1: 1 epoch, trainable none: {head:,} trainable, {total - head:,} frozen parameters" in out
     assert f"phase 2: 2 epochs, trainable from block5_conv1: {head + block5:,} trainable" in out
-    code = cli.main(["summary", "mnist_lenet", "--set", "train.epochs=1",
-                     "--set", "train.phases=[{epochs: 1, trainable: none}]"])
+    code = cli.main(
+        ["summary", "mnist_lenet", "--set", "train.epochs=1", "--set", "train.phases=[{epochs: 1, trainable: none}]"]
+    )
     assert code == 2
     assert "backbone" in capsys.readouterr().err
 
 
 def test_options_the_builder_refuses_are_reported_as_model_options(capsys):
-    code = cli.main(["summary", "tiny", "--set", "model.name=applications", "--set", "model.options.pooling=mean",
-                     "--set", "input.image_size=[32,32]"])
+    code = cli.main(
+        [
+            "summary",
+            "tiny",
+            "--set",
+            "model.name=applications",
+            "--set",
+            "model.options.pooling=mean",
+            "--set",
+            "input.image_size=[32,32]",
+        ]
+    )
     assert code == 2
-    assert capsys.readouterr().err.strip() == ("error: model.options: The `pooling` argument should be one of 'avg', "
-                                               "'max', 'flatten'. Received: pooling='mean'")
+    assert capsys.readouterr().err.strip() == (
+        "error: model.options: The `pooling` argument should be one of 'avg', "
+        "'max', 'flatten'. Received: pooling='mean'"
+    )
 
 
 def test_a_config_error_is_reported_before_tensorflow_is_imported():
-    script = ("import sys; from pipeline import cli; "
-              "code = cli.main(['summary', 'tiny', '--set', 'train.epoch=3']); "
-              "print(code, 'tensorflow' in sys.modules, 'keras' in sys.modules)")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60,
-                          cwd=Path(__file__).resolve().parents[1])
+    script = (
+        "import sys; from pipeline import cli; "
+        "code = cli.main(['summary', 'tiny', '--set', 'train.epoch=3']); "
+        "print(code, 'tensorflow' in sys.modules, 'keras' in sys.modules)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=Path(__file__).resolve().parents[1],
+    )
     assert done.stdout.split() == ["2", "False", "False"], done.stderr
     assert "did you mean 'train.epochs'" in done.stderr

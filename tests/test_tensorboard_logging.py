@@ -56,13 +56,22 @@ def dataset(count=32, num_classes=len(CLASSES), seed=0):
 
 
 def fit(model, log_dir, *, initial_epoch=0, epochs=2, profile=None):
-    callbacks = [keras.callbacks.TensorBoard(str(log_dir), write_graph=False),
-                 tb_logging.ProfileSteps(log_dir, steps=profile),
-                 tb_logging.InputSamples(log_dir, class_names=CLASSES, train_data=dataset(), eval_data=dataset(seed=1),
-                                         max_images=6),
-                 tb_logging.ValidationConfusion(log_dir, validation_data=dataset(seed=1), class_names=CLASSES)]
-    model.fit(dataset(), validation_data=dataset(seed=1), initial_epoch=initial_epoch, epochs=epochs,
-              callbacks=callbacks, verbose=0)
+    callbacks = [
+        keras.callbacks.TensorBoard(str(log_dir), write_graph=False),
+        tb_logging.ProfileSteps(log_dir, steps=profile),
+        tb_logging.InputSamples(
+            log_dir, class_names=CLASSES, train_data=dataset(), eval_data=dataset(seed=1), max_images=6
+        ),
+        tb_logging.ValidationConfusion(log_dir, validation_data=dataset(seed=1), class_names=CLASSES),
+    ]
+    model.fit(
+        dataset(),
+        validation_data=dataset(seed=1),
+        initial_epoch=initial_epoch,
+        epochs=epochs,
+        callbacks=callbacks,
+        verbose=0,
+    )
 
 
 def test_fit_writes_samples_once_confusion_every_epoch_and_a_profile(tmp_path):
@@ -104,15 +113,21 @@ def test_no_per_class_scalars_past_twenty_classes(tmp_path):
 
 
 def test_hparams_config_and_evaluation_summary(tmp_path):
-    hparams = {"train.optimizer.learning_rate": 0.001, "model.name": "tiny", "input.image_size": [16, 16],
-               "train.epochs": np.int64(2), "dataset.root": None}
+    hparams = {
+        "train.optimizer.learning_rate": 0.001,
+        "model.name": "tiny",
+        "input.image_size": [16, 16],
+        "train.epochs": np.int64(2),
+        "dataset.root": None,
+    }
     tb_logging.write_hparams(tmp_path, hparams, trial_id="run-1")
     tb_logging.write_config_text(tmp_path, "train:\n  epochs: 2\n")
     root = read_events(tmp_path)
     # No experiment config: TensorBoard infers it, so the hparams that differ between runs are shown first.
     assert hparams_metadata.EXPERIMENT_TAG not in root
     session = hparams_metadata.parse_session_start_info_plugin_data(
-        root[hparams_metadata.SESSION_START_INFO_TAG][0][2].metadata.plugin_data.content)
+        root[hparams_metadata.SESSION_START_INFO_TAG][0][2].metadata.plugin_data.content
+    )
     assert session.group_name == "run-1"
     assert session.hparams["train.optimizer.learning_rate"].number_value == 0.001
     assert session.hparams["model.name"].string_value == "tiny"
@@ -129,8 +144,13 @@ def test_hparams_config_and_evaluation_summary(tmp_path):
     assert scalar(test["epoch_accuracy"][0][2]) == pytest.approx(0.75) and steps(test, "epoch_accuracy") == [4]
     assert scalar(test["epoch_loss"][0][2]) == pytest.approx(0.5)
     assert scalar(test["evaluation/top_k_accuracy"][0][2]) == pytest.approx(1.0)
-    assert {"evaluation/balanced_accuracy", "evaluation/expected_calibration_error", "evaluation/macro_f1",
-            "confusion_matrix", "evaluation"} <= set(test)
+    assert {
+        "evaluation/balanced_accuracy",
+        "evaluation/expected_calibration_error",
+        "evaluation/macro_f1",
+        "confusion_matrix",
+        "evaluation",
+    } <= set(test)
     table = tf.make_ndarray(test["evaluation"][0][2].tensor).item().decode()
     assert "| test accuracy | 0.7500 (3 / 4) |" in table and "| a b/c |" in table
 

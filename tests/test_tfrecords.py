@@ -15,10 +15,10 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
+from pipeline.cli import main
 from pipeline.data import folders
 from pipeline.data import record_writer as tfrecord_writer
 from pipeline.data import records as tfrecords
-from pipeline.cli import main
 
 
 def encode(array, format, **options) -> bytes:
@@ -45,8 +45,11 @@ def write(path: Path, data: bytes) -> Path:
     return path
 
 
-BAD = {"train/cat/empty.jpg": b"", "train/dog/text.jpg": b"not a picture\n",
-       "val/dog/truncated.jpg": encode(noise(40, 40, seed=99), "JPEG")[:300]}
+BAD = {
+    "train/cat/empty.jpg": b"",
+    "train/dog/text.jpg": b"not a picture\n",
+    "val/dog/truncated.jpg": encode(noise(40, 40, seed=99), "JPEG")[:300],
+}
 
 
 def make_tree(root: Path) -> Path:
@@ -70,6 +73,7 @@ def sharded(tmp_path_factory):
     out = base / "shards"
     capture = io.StringIO()
     import contextlib
+
     with contextlib.redirect_stdout(capture):
         assert main(["data", "shard", str(root), "--out", str(out), "--shards", "3", "--workers", "2"]) == 0
     return root, out, capture.getvalue()
@@ -80,9 +84,12 @@ def good_files(root: Path) -> dict:
     tree = folders.read_folder_tree(root)
     result = {}
     for split, (paths, labels) in tree.splits.items():
-        kept = [(Path(p).relative_to(root).as_posix(), int(l)) for p, l in zip(paths, labels)
-                if Path(p).relative_to(root).as_posix() not in BAD]
-        result[split] = ([p for p, _ in kept], [l for _, l in kept])
+        kept = [
+            (Path(p).relative_to(root).as_posix(), int(label))
+            for p, label in zip(paths, labels)
+            if Path(p).relative_to(root).as_posix() not in BAD
+        ]
+        result[split] = ([p for p, _ in kept], [label for _, label in kept])
     return result
 
 
@@ -143,7 +150,9 @@ def test_shard_count_is_honoured_and_capped_by_images(sharded):
     train = [shard["file"] for shard in manifest["splits"]["train"]["shards"]]
     assert train == [f"train-{i:05d}-of-00003.tfrecord" for i in range(3)]
     assert [s["file"] for s in manifest["splits"]["validation"]["shards"]] == [
-        "validation-00000-of-00002.tfrecord", "validation-00001-of-00002.tfrecord"]  # 2 good images
+        "validation-00000-of-00002.tfrecord",
+        "validation-00001-of-00002.tfrecord",
+    ]  # 2 good images
     sizes = [shard["records"] for shard in manifest["splits"]["train"]["shards"]]
     assert max(sizes) - min(sizes) <= 1
     labels_per_shard = [{r["image/class/label"] for r in read_all([out / name])} for name in train]
@@ -182,8 +191,9 @@ def test_max_side_shrinks_large_images_only(tmp_path):
     write(root / "b/rotated.jpg", exif_rotated(smooth(100, 160), 6))  # displayed 160 high, 100 wide
     write(root / "b/rotated_small.jpg", exif_rotated(smooth(20, 30), 6))  # kept: 30 high as displayed
     out = tmp_path / "shards"
-    result = tfrecord_writer.write_shards(folders.read_folder_tree(root).splits, ["a", "b"], out_dir=out,
-                                    source_root=root, max_side=64, progress=False)
+    result = tfrecord_writer.write_shards(
+        folders.read_folder_tree(root).splits, ["a", "b"], out_dir=out, source_root=root, max_side=64, progress=False
+    )
     assert result.manifest["max_side"] == 64
     records = {r["image/filename"].decode(): r for r in read_all(tfrecords.shard_files(out, "train"))}
     small = records.pop("b/rotated_small.jpg")
@@ -194,8 +204,12 @@ def test_max_side_shrinks_large_images_only(tmp_path):
         pixels = tf.io.decode_image(record["image/encoded"], expand_animations=False).numpy()
         assert (record["image/height"], record["image/width"]) == pixels.shape[:2]
         shapes[name] = pixels.shape[:2]
-    assert shapes == {"a/big.jpg": (64, 43), "a/wide.png": (8, 64), "b/small.png": (30, 40),
-                      "b/rotated.jpg": (64, 40)}  # the rotated photo is stored upright
+    assert shapes == {
+        "a/big.jpg": (64, 43),
+        "a/wide.png": (8, 64),
+        "b/small.png": (30, 40),
+        "b/rotated.jpg": (64, 40),
+    }  # the rotated photo is stored upright
     assert records["a/wide.png"]["image/format"] == b"jpeg"  # re-encoded: JPEG quality 95
     assert records["b/small.png"]["image/encoded"] == (root / "b/small.png").read_bytes()  # PNG kept as is
     shrunk = tf.io.decode_jpeg(records["a/big.jpg"]["image/encoded"]).numpy().astype(np.float32)
@@ -217,8 +231,9 @@ def test_interrupted_write_leaves_nothing_and_keeps_the_old_shards(tmp_path, mon
 
     monkeypatch.setattr(tfrecord_writer, "_encode_record", failing)
     with pytest.raises(KeyboardInterrupt):
-        tfrecord_writer.write_shards(splits, ["cat", "dog"], out_dir=out, source_root=root, num_shards=2,
-                               workers=1, progress=False)
+        tfrecord_writer.write_shards(
+            splits, ["cat", "dog"], out_dir=out, source_root=root, num_shards=2, workers=1, progress=False
+        )
     assert not out.exists()
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith((".tmp-", ".old-"))]
 
@@ -228,8 +243,9 @@ def test_interrupted_write_leaves_nothing_and_keeps_the_old_shards(tmp_path, mon
     calls.clear()
     monkeypatch.setattr(tfrecord_writer, "_encode_record", failing)
     with pytest.raises(KeyboardInterrupt):
-        tfrecord_writer.write_shards(splits, ["cat", "dog"], out_dir=out, source_root=root, num_shards=3,
-                               overwrite=True, progress=False)
+        tfrecord_writer.write_shards(
+            splits, ["cat", "dog"], out_dir=out, source_root=root, num_shards=3, overwrite=True, progress=False
+        )
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert not [p.name for p in tmp_path.iterdir() if p.name.startswith((".tmp-", ".old-"))]
 
@@ -284,11 +300,29 @@ def test_file_lists_are_sharded_with_their_splits(tmp_path, capsys):
     write(tmp_path / "val.txt", b"img/2.png 1\n")
     write(tmp_path / "classes.txt", b"cat\ndog\n")
     out = tmp_path / "shards"
-    assert main(["data", "shard", str(root), "--out", str(out), "--list", f"train={tmp_path / 'train.txt'}",
-                 "--list", f"val={tmp_path / 'val.txt'}", "--classes", str(tmp_path / "classes.txt")]) == 0
+    assert (
+        main(
+            [
+                "data",
+                "shard",
+                str(root),
+                "--out",
+                str(out),
+                "--list",
+                f"train={tmp_path / 'train.txt'}",
+                "--list",
+                f"val={tmp_path / 'val.txt'}",
+                "--classes",
+                str(tmp_path / "classes.txt"),
+            ]
+        )
+        == 0
+    )
     index = tfrecords.load_tfrecord_split_index(out)
     assert {split: labels.tolist() for split, (_, labels) in index.splits.items()} == {
-        "train": [0, 1], "validation": [1]}
+        "train": [0, 1],
+        "validation": [1],
+    }
     assert index.filenames(index.splits["validation"][0]) == ["img/2.png"]
     assert "wrote 3 records" in capsys.readouterr().out
 

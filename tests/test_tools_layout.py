@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
+from pipeline import tools
 from pipeline.core import errors
 from pipeline.data import image_files
-from pipeline import tools
 from pipeline.tools import common
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
@@ -68,8 +68,7 @@ def test_tools_never_import_each_other(path):
 
 
 def _run_python(code: str) -> str:
-    result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True,
-                            timeout=120)
+    result = subprocess.run([sys.executable, "-c", code], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     return result.stdout
 
@@ -79,7 +78,8 @@ def test_parsing_data_arguments_imports_neither_tensorflow_nor_numpy():
         "import sys\n"
         "from pipeline import cli\n"
         "cli._parser().parse_args(['data', 'stats', 'x', '--image-size', '8', '8'])\n"
-        "print(sorted(m for m in ('tensorflow', 'keras', 'numpy') if m in sys.modules))\n")
+        "print(sorted(m for m in ('tensorflow', 'keras', 'numpy') if m in sys.modules))\n"
+    )
     assert out.strip() == "[]"
 
 
@@ -90,7 +90,8 @@ def test_main_imports_only_the_chosen_tool(tmp_path):
         "import argparse, sys\n"
         "from pipeline import tools\n"
         f"code = tools.main(argparse.Namespace(data_command='label', root={str(tmp_path / 'pets')!r}, out=None))\n"
-        "print(code, sorted(m for m in sys.modules if m.startswith('pipeline.tools.')))\n")
+        "print(code, sorted(m for m in sys.modules if m.startswith('pipeline.tools.')))\n"
+    )
     assert out.strip().splitlines()[-1] == "0 ['pipeline.tools.common', 'pipeline.tools.label']"
     lines = (tmp_path / "pets" / "labels.txt").read_text().splitlines()
     assert [line for line in lines if not line.startswith("#")] == ["cats/a.png 0"]
@@ -99,6 +100,7 @@ def test_main_imports_only_the_chosen_tool(tmp_path):
 # --------------------------------------------------------------------------------------------------
 # Progress bar
 # --------------------------------------------------------------------------------------------------
+
 
 class FakeTerminal(io.StringIO):
     def isatty(self):

@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 from conftest import LEAN_RUN, Interrupt
 
-from pipeline import experiment as experiment_lib
-from pipeline.training import callbacks as run_callbacks
 from pipeline import cli
 from pipeline import config as config_lib
-from pipeline.core import fileio
+from pipeline import experiment as experiment_lib
 from pipeline import run as train
+from pipeline.core import fileio
+from pipeline.training import callbacks as run_callbacks
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -70,8 +70,15 @@ def tiny_run_copy(tiny_run, tmp_path):
 
 
 def test_tiny_run_writes_every_run_directory_file(tiny_run, tiny_overrides):
-    for relative in ("config.yaml", "classes.txt", "checkpoints/best.keras", "checkpoints/last.keras",
-                     "backup/training_metadata.json", "history.csv", "metrics.json"):
+    for relative in (
+        "config.yaml",
+        "classes.txt",
+        "checkpoints/best.keras",
+        "checkpoints/last.keras",
+        "backup/training_metadata.json",
+        "history.csv",
+        "metrics.json",
+    ):
         assert (tiny_run / relative).is_file(), relative
     metrics = json.loads((tiny_run / "metrics.json").read_text())
     assert 0.0 <= metrics["test"]["accuracy"] <= 1.0
@@ -87,6 +94,7 @@ def test_tiny_run_writes_every_run_directory_file(tiny_run, tiny_overrides):
     assert {"loss", "accuracy", "val_loss", "val_accuracy", "learning_rate"} <= set(rows[0])
     # TensorBoard: train and validation scalars, the learning rate among them.
     from tensorboard.backend.event_processing import event_accumulator
+
     tags = {}
     for split in ("train", "validation"):
         accumulator = event_accumulator.EventAccumulator(str(tiny_run / "tensorboard" / split))
@@ -96,6 +104,7 @@ def test_tiny_run_writes_every_run_directory_file(tiny_run, tiny_overrides):
     assert {"epoch_loss", "epoch_accuracy"} <= tags["validation"]
     # The SavedModel reloads and predicts like the in-process model.
     import tensorflow as tf
+
     export_dir = Path(metrics["export"])
     assert export_dir.parent.name == "tiny" and export_dir.name == "1"
     served = tf.saved_model.load(str(export_dir)).signatures["serve_images"]
@@ -145,8 +154,7 @@ def _refuse_download(url, destination, timeout=60.0):
 
 
 def test_same_seed_gives_the_same_metrics(data_env, tmp_path):
-    overrides = sets(*data_env, "input.augment.width_shift=0.1", "input.augment.horizontal_flip=true",
-                     *LEAN_RUN)
+    overrides = sets(*data_env, "input.augment.width_shift=0.1", "input.augment.horizontal_flip=true", *LEAN_RUN)
     for name in ("a", "b"):
         assert run_cli("train", "tiny", "--run-dir", tmp_path / name, *overrides) == 0
     first, second = (json.loads((tmp_path / n / "metrics.json").read_text()) for n in ("a", "b"))
@@ -156,8 +164,14 @@ def test_same_seed_gives_the_same_metrics(data_env, tmp_path):
 
 
 def test_resume_continues_the_learning_rate_schedule(data_env, tmp_path, monkeypatch):
-    overrides = [*data_env, "train.epochs=4", "train.schedule.name=cosine", "train.schedule.warmup_epochs=1",
-                 *LEAN_RUN, "train.batch_size=64"]
+    overrides = [
+        *data_env,
+        "train.epochs=4",
+        "train.schedule.name=cosine",
+        "train.schedule.warmup_epochs=1",
+        *LEAN_RUN,
+        "train.batch_size=64",
+    ]
     config = experiment_lib.load_experiment("tiny", overrides)
     train.train(config, run_dir=tmp_path / "straight", log=lambda *_: None)
 
@@ -179,8 +193,9 @@ def test_resume_continues_the_learning_rate_schedule(data_env, tmp_path, monkeyp
 
     straight, resumed = history_rows(tmp_path / "straight"), history_rows(tmp_path / "resumed")
     assert [int(r["epoch"]) for r in resumed] == [0, 1, 2, 3]
-    np.testing.assert_allclose([float(r["learning_rate"]) for r in resumed],
-                               [float(r["learning_rate"]) for r in straight], rtol=1e-6)
+    np.testing.assert_allclose(
+        [float(r["learning_rate"]) for r in resumed], [float(r["learning_rate"]) for r in straight], rtol=1e-6
+    )
     last = keras.models.load_model(tmp_path / "resumed" / "checkpoints" / "last.keras")
     steps = int(np.ceil(metrics["train_images"] / 64))
     assert int(last.optimizer.iterations.numpy()) == 4 * steps
@@ -188,10 +203,11 @@ def test_resume_continues_the_learning_rate_schedule(data_env, tmp_path, monkeyp
 
 def _write_experiment(path: Path, mirror_dir: Path, data_dir: Path, epochs: int, batch_size: int = 16) -> Path:
     path.write_text(
-        "dataset: {name: mnist, validation_split: 0.1, data_dir: %s, mirror_dir: %s}\n"
+        f"dataset: {{name: mnist, validation_split: 0.1, data_dir: {data_dir}, mirror_dir: {mirror_dir}}}\n"
         "model: {name: tiny}\n"
-        "train: {epochs: %d, batch_size: %d, callbacks: {tensorboard: {enabled: false}}}\n"
-        "evaluation: {report: false}\nexport: {enabled: false}\n" % (data_dir, mirror_dir, epochs, batch_size))
+        f"train: {{epochs: {epochs}, batch_size: {batch_size}, callbacks: {{tensorboard: {{enabled: false}}}}}}\n"
+        "evaluation: {report: false}\nexport: {enabled: false}\n"
+    )
     return path
 
 
@@ -208,8 +224,13 @@ def test_sigkill_mid_run_resumes_to_the_full_epoch_count(synthetic_mirror, tmp_p
     # Killed right after a backup (each start costs a TensorFlow import: one kill keeps the test short;
     # tests/test_distributed_runs.py kills workers at other points, under `slow`).
     for kill_after_epoch in (2,):
-        process = subprocess.Popen(_train_command(experiment, run_dir), cwd=PROJECT_ROOT, env=env,
-                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        process = subprocess.Popen(
+            _train_command(experiment, run_dir),
+            cwd=PROJECT_ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
         deadline = time.time() + 120
         while time.time() < deadline and process.poll() is None:
             try:
@@ -222,16 +243,18 @@ def test_sigkill_mid_run_resumes_to_the_full_epoch_count(synthetic_mirror, tmp_p
         process.send_signal(signal.SIGKILL)
         process.wait()
         assert not (run_dir / "metrics.json").exists()
-    completed = subprocess.run(_train_command(experiment, run_dir), cwd=PROJECT_ROOT, env=env,
-                               capture_output=True, text=True, timeout=300)
+    completed = subprocess.run(
+        _train_command(experiment, run_dir), cwd=PROJECT_ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert "resuming" in completed.stdout
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["epochs_completed"] == epochs
     assert sorted({int(r["epoch"]) for r in history_rows(run_dir)}) == list(range(epochs))
     # Exactly one weights file is kept, and no temporary file survives.
-    assert [p.name for p in (run_dir / "backup").iterdir() if p.name.endswith(".h5")] == \
-        [f"epoch-{epochs:04d}.weights.h5"]
+    assert [p.name for p in (run_dir / "backup").iterdir() if p.name.endswith(".h5")] == [
+        f"epoch-{epochs:04d}.weights.h5"
+    ]
     assert not list(run_dir.rglob(".tmp-*"))
 
 
@@ -276,8 +299,7 @@ def test_unreadable_resume_state_is_reported(tmp_path):
 
 
 def test_diverging_run_stops_with_a_clear_message(data_env, tmp_path, capsys):
-    overrides = sets(*data_env, "train.optimizer.name=sgd", "train.optimizer.learning_rate=1e12",
-                     *LEAN_RUN)
+    overrides = sets(*data_env, "train.optimizer.name=sgd", "train.optimizer.learning_rate=1e12", *LEAN_RUN)
     assert run_cli("train", "tiny", "--run-dir", tmp_path / "run", *overrides) == 2
     error = capsys.readouterr().err
     assert "diverged" in error and "train.optimizer.learning_rate" in error
@@ -298,9 +320,14 @@ def test_evaluate_and_export_commands(tiny_run_copy, capsys):
 
 
 def test_early_stopping_marks_training_finished(data_env, tmp_path):
-    overrides = [*data_env, "train.epochs=30", *LEAN_RUN,
-                 "train.callbacks.early_stopping.enabled=true", "train.callbacks.early_stopping.patience=1",
-                 "train.callbacks.early_stopping.min_delta=10.0"]  # nothing improves by 10: stops at once
+    overrides = [
+        *data_env,
+        "train.epochs=30",
+        *LEAN_RUN,
+        "train.callbacks.early_stopping.enabled=true",
+        "train.callbacks.early_stopping.patience=1",
+        "train.callbacks.early_stopping.min_delta=10.0",
+    ]  # nothing improves by 10: stops at once
     config = experiment_lib.load_experiment("tiny", overrides)
     metrics = train.train(config, run_dir=tmp_path / "run", log=lambda *_: None)
     assert metrics["epochs_completed"] < 30
@@ -311,18 +338,32 @@ def test_early_stopping_marks_training_finished(data_env, tmp_path):
 def test_standardize_with_a_data_stats_file(data_env, tmp_path, capsys):
     stats = tmp_path / "stats.json"
     stats.write_text(json.dumps({"mean": [100.0, 110.0, 120.0], "std": [50.0, 60.0, 70.0]}))
-    overrides = sets(*data_env, "input.normalization=standardize", f"input.statistics={stats}",
-                     "train.epochs=1", *LEAN_RUN)
+    overrides = sets(
+        *data_env, "input.normalization=standardize", f"input.statistics={stats}", "train.epochs=1", *LEAN_RUN
+    )
     assert run_cli("train", "tiny", "--run-dir", tmp_path / "run", *overrides) == 0
     model = keras.models.load_model(tmp_path / "run" / "checkpoints" / "best.keras")
     out = model.get_layer("normalize")(np.full((1, 2, 2, 3), [100.0, 170.0, 50.0], np.float32)).numpy()
     np.testing.assert_allclose(out[0, 0, 0], [0.0, 1.0, -1.0], atol=1e-5)
     # Computed from the training split when no file is given.
-    assert run_cli("train", "tiny", "--run-dir", tmp_path / "run2",
-                   *sets(*data_env, "input.normalization=standardize", "train.epochs=1",
-                         *LEAN_RUN)) == 0
-    assert run_cli("train", "tiny", *sets(*data_env, f"input.statistics={tmp_path / 'missing.json'}",
-                                          "input.normalization=standardize")) == 2
+    assert (
+        run_cli(
+            "train",
+            "tiny",
+            "--run-dir",
+            tmp_path / "run2",
+            *sets(*data_env, "input.normalization=standardize", "train.epochs=1", *LEAN_RUN),
+        )
+        == 0
+    )
+    assert (
+        run_cli(
+            "train",
+            "tiny",
+            *sets(*data_env, f"input.statistics={tmp_path / 'missing.json'}", "input.normalization=standardize"),
+        )
+        == 2
+    )
     assert "input.statistics: file not found" in capsys.readouterr().err
 
 
@@ -333,8 +374,12 @@ def test_unknown_monitor_is_a_config_error(capsys):
 
 @pytest.mark.parametrize("policy", ["mixed_bfloat16"])
 def test_mixed_precision_trains_and_serves_float32(data_env, tmp_path, policy):
-    overrides = sets(*data_env, f"train.mixed_precision={policy}", "train.epochs=1",
-                     *(o for o in LEAN_RUN if not o.startswith("export.")))
+    overrides = sets(
+        *data_env,
+        f"train.mixed_precision={policy}",
+        "train.epochs=1",
+        *(o for o in LEAN_RUN if not o.startswith("export.")),
+    )
     assert run_cli("train", "tiny", "--run-dir", tmp_path / "run", *overrides) == 0
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert np.isfinite(metrics["test"]["loss"]) and metrics["test"]["accuracy"] > 0
@@ -342,6 +387,7 @@ def test_mixed_precision_trains_and_serves_float32(data_env, tmp_path, policy):
     conv = next(layer for layer in model.get_layer("tiny").layers if layer.name == "conv1")
     assert conv.compute_dtype == "bfloat16" and conv.variable_dtype == "float32"
     import tensorflow as tf
+
     served = tf.saved_model.load(metrics["export"]).signatures["serve_images"]
     out = served(images=tf.zeros((1, 16, 16, 3), tf.uint8))["probabilities"]
     assert out.dtype == tf.float32
@@ -350,13 +396,16 @@ def test_mixed_precision_trains_and_serves_float32(data_env, tmp_path, policy):
 
 def test_thread_settings_apply_in_a_fresh_process(synthetic_mirror, tmp_path):
     experiment = _write_experiment(tmp_path / "threads.yaml", synthetic_mirror, tmp_path / "data", 1)
-    code = ("import sys; from pipeline import cli, config, run; from pipeline.training import model_setup as modeling;"
-            "import tensorflow as tf;"
-            "cfg = config.load_config(sys.argv[1], ['train.intra_op_threads=1', 'train.inter_op_threads=2']);"
-            "modeling.configure_threads(intra_op=1, inter_op=2);"
-            "print(tf.config.threading.get_intra_op_parallelism_threads(),"
-            " tf.config.threading.get_inter_op_parallelism_threads())")
-    completed = subprocess.run([sys.executable, "-c", code, str(experiment)], cwd=PROJECT_ROOT,
-                               capture_output=True, text=True, timeout=120)
+    code = (
+        "import sys; from pipeline import cli, config, run; from pipeline.training import model_setup as modeling;"
+        "import tensorflow as tf;"
+        "cfg = config.load_config(sys.argv[1], ['train.intra_op_threads=1', 'train.inter_op_threads=2']);"
+        "modeling.configure_threads(intra_op=1, inter_op=2);"
+        "print(tf.config.threading.get_intra_op_parallelism_threads(),"
+        " tf.config.threading.get_inter_op_parallelism_threads())"
+    )
+    completed = subprocess.run(
+        [sys.executable, "-c", code, str(experiment)], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=120
+    )
     assert completed.returncode == 0, completed.stderr[-2000:]
     assert completed.stdout.split()[-2:] == ["1", "2"]

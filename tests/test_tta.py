@@ -61,7 +61,9 @@ def test_with_tta_modes_and_refusals(tiny):
     with pytest.raises(ValueError, match=r"tta must be one of none, flip, flip_translate. Received: tta='flips'"):
         tta.with_tta(tiny, "flips")
     flat = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
-    with pytest.raises(ValueError, match=r"flip TTA needs image input \[batch, H, W, C\]. Received: input shape \(None, 4\)"):
+    with pytest.raises(
+        ValueError, match=r"flip TTA needs image input \[batch, H, W, C\]. Received: input shape \(None, 4\)"
+    ):
         tta.flip_tta_model(flat)
 
 
@@ -69,7 +71,7 @@ def _reflect_shift(images, dy, dx):
     """Numpy reference: content moved by (dy, dx) pixels, the uncovered border filled by reflection."""
     padded = np.pad(images, [(0, 0), (1, 1), (1, 1), (0, 0)], mode="reflect")
     height, width = images.shape[1:3]
-    return padded[:, 1 - dy:1 - dy + height, 1 - dx:1 - dx + width]
+    return padded[:, 1 - dy : 1 - dy + height, 1 - dx : 1 - dx + width]
 
 
 def test_flip_translate_weights_the_six_views(tiny, tmp_path):
@@ -77,8 +79,10 @@ def test_flip_translate_weights_the_six_views(tiny, tmp_path):
     predict = lambda x: tiny.predict(x, verbose=0)  # noqa: E731
     shifted = [_reflect_shift(images, 1, 1), _reflect_shift(images, -1, -1)]
     assert np.array_equal(shifted[0][:, 1:, 1:], images[:, :-1, :-1])  # really moved down-right
-    expected = (0.5 * (predict(images) + predict(images[:, :, ::-1])) / 2
-                + 0.5 * sum(predict(view) + predict(view[:, :, ::-1]) for view in shifted) / 4)
+    expected = (
+        0.5 * (predict(images) + predict(images[:, :, ::-1])) / 2
+        + 0.5 * sum(predict(view) + predict(view[:, :, ::-1]) for view in shifted) / 4
+    )
     wrapped = tta.flip_translate_tta_model(tiny)
     np.testing.assert_allclose(wrapped.predict(images, verbose=0), expected, rtol=1e-5, atol=1e-6)
     assert wrapped.count_params() == tiny.count_params()

@@ -17,16 +17,37 @@ from __future__ import annotations
 
 import keras
 
-from pipeline.compat.augment import (StatelessSeedStream, ema_variable_pairs, exact_area_cut_mix,  # noqa: F401
-                                     per_image_rand_augment, route_seeds)
+from pipeline.compat.augment import (  # noqa: F401
+    StatelessSeedStream,
+    ema_variable_pairs,
+    exact_area_cut_mix,
+    per_image_rand_augment,
+    route_seeds,
+)
 from pipeline.compat.baselines import legacy_image_data_generator  # noqa: F401
 from pipeline.compat.data import numpy_function_bytes  # noqa: F401
-from pipeline.compat.distribute import (MULTI_WORKER_ISSUES, _first_local_value, _keras_tf_trainer, _patch_reduce_per_replica,  # noqa: F401
-                                        _patch_symbolic_build, in_multi_worker_mode, patch_keras_for_multi_worker,
-                                        without_short_batches)
+from pipeline.compat.distribute import (  # noqa: F401
+    MULTI_WORKER_ISSUES,
+    _first_local_value,
+    _keras_tf_trainer,
+    _patch_reduce_per_replica,
+    _patch_symbolic_build,
+    in_multi_worker_mode,
+    patch_keras_for_multi_worker,
+    without_short_batches,
+)
 from pipeline.compat.fit import BackupAndRestoreHooks  # noqa: F401
+from pipeline.compat.layers import (  # noqa: F401
+    find_layer,
+    find_layer_path,
+    force_trainable,
+    inbound_nodes,
+    iter_layers,
+    node_tensor,
+    nodes_in,
+    sublayers,
+    walk_layers,
+)
 from pipeline.compat.optimizers import NORM_BIAS_SCALED, is_norm_bias, with_norm_bias_lr_factor  # noqa: F401
-from pipeline.compat.layers import (find_layer, find_layer_path, force_trainable, inbound_nodes,  # noqa: F401
-                                    iter_layers, node_tensor, nodes_in, sublayers, walk_layers)
 
 KERAS_VERSION = keras.__version__

@@ -9,7 +9,6 @@ import keras
 
 from pipeline.compat.layers import iter_layers
 
-
 # --------------------------------------------------------------------------------------------------
 # Augmentation layers' randomness, and the optimizer's EMA slots (see pipeline/augment.py, pipeline/ema.py)
 # --------------------------------------------------------------------------------------------------
@@ -110,8 +109,8 @@ def per_image_rand_augment(layer: keras.layers.Layer, stream: StatelessSeedStrea
             return transformation
         candidates = len(transformation["transforms"])
         transformation["layer_idxes"] = tf.random.stateless_uniform(
-            [layer.num_ops, tf.shape(images)[0], 1, 1, 1], stream.next(), minval=0, maxval=candidates,
-            dtype=tf.int32)
+            [layer.num_ops, tf.shape(images)[0], 1, 1, 1], stream.next(), minval=0, maxval=candidates, dtype=tf.int32
+        )
         return transformation
 
     object.__setattr__(layer, "get_random_transformation", get_random_transformation)
@@ -143,11 +142,15 @@ def ema_variable_pairs(optimizer) -> list:
     optimizer is built (it creates its slots on the first step or on `optimizer.build(variables)`)."""
     inner = getattr(optimizer, "inner_optimizer", optimizer)
     if not getattr(inner, "use_ema", False):
-        raise ValueError(f"The optimizer keeps no weight EMA: build it with use_ema=True. "
-                         f"Received: {type(inner).__name__} with use_ema={getattr(inner, 'use_ema', None)}")
+        raise ValueError(
+            f"The optimizer keeps no weight EMA: build it with use_ema=True. "
+            f"Received: {type(inner).__name__} with use_ema={getattr(inner, 'use_ema', None)}"
+        )
     if not inner.built:
-        raise RuntimeError("The optimizer is not built yet: its EMA slots exist after the first training "
-                           "step or `optimizer.build(model.trainable_variables)`.")
+        raise RuntimeError(
+            "The optimizer is not built yet: its EMA slots exist after the first training "
+            "step or `optimizer.build(model.trainable_variables)`."
+        )
     averages = inner._model_variables_moving_average
     variables = inner._trainable_variables
     if len(averages) != len(variables):

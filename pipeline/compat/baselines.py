@@ -5,10 +5,10 @@ Part of `pipeline.compat` (see its docstring); tested in tests/test_compat_*.py.
 
 from __future__ import annotations
 
-
 # --------------------------------------------------------------------------------------------------
 # Benchmarks' baseline
 # --------------------------------------------------------------------------------------------------
+
 
 def legacy_image_data_generator():
     """`ImageDataGenerator`, the Keras book's augmentation, which Keras 3 keeps only in its private

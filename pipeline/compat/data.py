@@ -5,7 +5,6 @@ Part of `pipeline.compat` (see its docstring); tested in tests/test_compat_data_
 
 from __future__ import annotations
 
-
 # Bytes from Python inside tf.data (pipeline/tfrecords.py's record reader)
 # --------------------------------------------------------------------------------------------------
 #

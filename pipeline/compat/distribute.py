@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import keras
 
-
 # --------------------------------------------------------------------------------------------------
 # tf.distribute (see pipeline/distribute.py)
 # --------------------------------------------------------------------------------------------------
@@ -61,8 +60,7 @@ def _patch_symbolic_build() -> None:
         return
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        if iterator is None or self._distribute_strategy is None or not in_multi_worker_mode(
-                self.distribute_strategy):
+        if iterator is None or self._distribute_strategy is None or not in_multi_worker_mode(self.distribute_strategy):
             return original_build(self, iterator=iterator, data_batch=data_batch)
         # Same batch consumption as upstream (one `next` on the first epoch's iterator); only the
         # cross-worker reduce is replaced by a local read, since the build needs shapes and dtypes only.
@@ -118,6 +116,7 @@ def patch_keras_for_multi_worker() -> None:
 # TensorFlow 2.21's oneDNN Conv2D on an empty per-replica batch
 # --------------------------------------------------------------------------------------------------
 
+
 def without_short_batches(strategy, *datasets):
     """The datasets `fit` gets, without batches of fewer examples than replicas in sync (None stays None).
 
@@ -145,5 +144,7 @@ def without_short_batches(strategy, *datasets):
         return datasets
     import tensorflow as tf
 
-    return tuple(None if dataset is None else dataset.filter(lambda *batch: tf.shape(batch[0])[0] >= replicas)
-                 for dataset in datasets)
+    return tuple(
+        None if dataset is None else dataset.filter(lambda *batch: tf.shape(batch[0])[0] >= replicas)
+        for dataset in datasets
+    )

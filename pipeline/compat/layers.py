@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import keras
 
-
 # --------------------------------------------------------------------------------------------------
 # Layer graphs
 # --------------------------------------------------------------------------------------------------
@@ -122,8 +121,7 @@ def nodes_in(model, operation) -> list:
     keras/src/ops/function.py).
     """
     keys = model._nodes
-    return [node for index, node in enumerate(inbound_nodes(operation))
-            if f"{id(operation)}_ib-{index}" in keys]
+    return [node for index, node in enumerate(inbound_nodes(operation)) if f"{id(operation)}_ib-{index}" in keys]
 
 
 def node_tensor(operation, attribute: str):

@@ -27,7 +27,8 @@ def _norm_bias_scaled(base: type) -> type:
             # Decoupled weight decay (`_apply_weight_decay`) runs apart from this and keeps the plain rate,
             # as in airbench94, whose BatchNorm biases get 64x the rate and the same decay per step.
             if self.norm_bias_lr_factor != 1.0 and is_norm_bias(
-                    self._trainable_variables[self._get_variable_index(variable)]):
+                self._trainable_variables[self._get_variable_index(variable)]
+            ):
                 learning_rate = learning_rate * self.norm_bias_lr_factor
             return super().update_step(gradient, variable, learning_rate)
 
@@ -36,13 +37,17 @@ def _norm_bias_scaled(base: type) -> type:
 
     name = f"{base.__name__}NormBiasLR"
     Scaled.__name__ = Scaled.__qualname__ = name
-    Scaled.__doc__ = (f"keras.optimizers.{base.__name__} whose normalization biases (`beta`) learn at "
-                      f"`norm_bias_lr_factor` x the learning rate.")
+    Scaled.__doc__ = (
+        f"keras.optimizers.{base.__name__} whose normalization biases (`beta`) learn at "
+        f"`norm_bias_lr_factor` x the learning rate."
+    )
     return keras.saving.register_keras_serializable(package="pipeline", name=name)(Scaled)
 
 
-NORM_BIAS_SCALED = {base: _norm_bias_scaled(base) for base in (
-    keras.optimizers.SGD, keras.optimizers.Adam, keras.optimizers.AdamW, keras.optimizers.RMSprop)}
+NORM_BIAS_SCALED = {
+    base: _norm_bias_scaled(base)
+    for base in (keras.optimizers.SGD, keras.optimizers.Adam, keras.optimizers.AdamW, keras.optimizers.RMSprop)
+}
 
 
 def with_norm_bias_lr_factor(optimizer_class: type, factor: float) -> tuple[type, dict]:
@@ -54,6 +59,8 @@ def with_norm_bias_lr_factor(optimizer_class: type, factor: float) -> tuple[type
     if factor == 1.0:
         return optimizer_class, {}
     if optimizer_class not in NORM_BIAS_SCALED:
-        raise ValueError(f"norm_bias_lr_factor is available for {', '.join(c.__name__ for c in NORM_BIAS_SCALED)}. "
-                         f"Received: {optimizer_class.__name__}")
+        raise ValueError(
+            f"norm_bias_lr_factor is available for {', '.join(c.__name__ for c in NORM_BIAS_SCALED)}. "
+            f"Received: {optimizer_class.__name__}"
+        )
     return NORM_BIAS_SCALED[optimizer_class], {"norm_bias_lr_factor": float(factor)}

@@ -20,9 +20,9 @@ from typing import Any, Union
 
 import yaml
 
-from pipeline.core import errors
 from pipeline.config.schema import *  # noqa: F401,F403  (the schema, re-exported for its users)
 from pipeline.config.schema import Config, OptimizerConfig, ScheduleConfig
+from pipeline.core import errors
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENTS_DIR = PROJECT_ROOT / "experiments"
@@ -51,20 +51,26 @@ class DuplicateKeyError(yaml.YAMLError):
     """A mapping names the same key twice (the message gives both lines)."""
 
     def __init__(self, key, *, first, second):
-        super().__init__(f"duplicate key {key!r} (first at line {first.line + 1}, again at line "
-                         f"{second.line + 1}); YAML keeps only the last one, so merge the two into one section")
+        super().__init__(
+            f"duplicate key {key!r} (first at line {first.line + 1}, again at line "
+            f"{second.line + 1}); YAML keeps only the last one, so merge the two into one section"
+        )
         self.problem_mark = second
         self.problem = str(self)
 
 
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
-    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    re.compile(
+        r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
                 |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
                 |\.[0-9_]+(?:[eE][-+][0-9]+)?
                 |[-+]?\.(?:inf|Inf|INF)
-                |\.(?:nan|NaN|NAN))$""", re.X),
-    list("-+0123456789."))
+                |\.(?:nan|NaN|NAN))$""",
+        re.X,
+    ),
+    list("-+0123456789."),
+)
 
 
 def yaml_load(text: str):
@@ -84,6 +90,7 @@ class ConfigError(errors.UserError, ValueError):
 # Loading
 # --------------------------------------------------------------------------------------------------
 
+
 def resolve_experiment_path(name_or_path: str) -> Path:
     """Maps `cifar10_aug` to experiments/cifar10_aug.yaml; a path is used as given."""
     candidate = Path(name_or_path)
@@ -94,8 +101,10 @@ def resolve_experiment_path(name_or_path: str) -> Path:
     path = EXPERIMENTS_DIR / f"{name_or_path}.yaml"
     if not path.is_file():
         known = sorted(p.stem for p in EXPERIMENTS_DIR.glob("*.yaml"))
-        raise ConfigError(f"unknown experiment {name_or_path!r}{_did_you_mean(name_or_path, known)}. "
-                          f"Known experiments: {', '.join(known)}; or pass a path to a .yaml file.")
+        raise ConfigError(
+            f"unknown experiment {name_or_path!r}{_did_you_mean(name_or_path, known)}. "
+            f"Known experiments: {', '.join(known)}; or pass a path to a .yaml file."
+        )
     return path
 
 
@@ -114,8 +123,7 @@ def _read_yaml(path: Path) -> dict:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path}: an experiment file must be a mapping of keys, "
-                          f"received a {type(data).__name__}")
+        raise ConfigError(f"{path}: an experiment file must be a mapping of keys, received a {type(data).__name__}")
     return data
 
 
@@ -131,7 +139,7 @@ def _load_chain(path: Path, seen: tuple = ()) -> dict:
         return data
     if not isinstance(base, str):
         raise ConfigError(f"{path}: base: expected a file name, received {base!r}")
-    base_path = (path.parent / base)
+    base_path = path.parent / base
     if not base_path.suffix:
         base_path = base_path.with_suffix(".yaml")
     if not base_path.is_file():
@@ -175,7 +183,7 @@ def apply_overrides(data: dict, overrides: list[str]) -> dict:
             if child is None:
                 child = {}
             elif not isinstance(child, dict):
-                raise ConfigError(f"--set {text}: {'.'.join(keys[:depth + 1])} is not a section")
+                raise ConfigError(f"--set {text}: {'.'.join(keys[: depth + 1])} is not a section")
             node[key] = child = dict(child)
             node = child
         node[keys[-1]] = value
@@ -206,8 +214,7 @@ def dump_yaml(config: Config) -> str:
 
 
 def save_config(config: Config, path: os.PathLike) -> None:
-    Path(path).write_text("# Fully resolved configuration of this run (defaults + YAML + --set).\n"
-                          + dump_yaml(config))
+    Path(path).write_text("# Fully resolved configuration of this run (defaults + YAML + --set).\n" + dump_yaml(config))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -223,15 +230,16 @@ def _describe(value) -> str:
 
 def _build(cls, data, path: str):
     if not isinstance(data, dict):
-        raise ConfigError(f"{path or 'config'}: expected a section (mapping of keys), "
-                          f"received {_describe(data)}")
+        raise ConfigError(f"{path or 'config'}: expected a section (mapping of keys), received {_describe(data)}")
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = [key for key in data if key not in fields]
     if unknown:
         key = unknown[0]
         dotted = f"{path}.{key}" if path else str(key)
-        raise ConfigError(f"unknown key {dotted!r}{_did_you_mean(key, fields, f'{path}.' if path else '')}. "
-                          f"Allowed keys{' in ' + path if path else ''}: {', '.join(fields)}")
+        raise ConfigError(
+            f"unknown key {dotted!r}{_did_you_mean(key, fields, f'{path}.' if path else '')}. "
+            f"Allowed keys{' in ' + path if path else ''}: {', '.join(fields)}"
+        )
     hints = typing.get_type_hints(cls)
     values = {}
     for name, field in fields.items():
@@ -271,15 +279,23 @@ def _check_value(value, hint, rules, dotted):
                 return _check_value(value, kind, rules, dotted)
             except ConfigError:
                 continue
-        names = " or ".join({str: "a string", dict: "a mapping", int: "an integer", float: "a number",
-                             bool: "true or false", list: "a list"}.get(kind, kind.__name__) for kind in allowed)
+        names = " or ".join(
+            {
+                str: "a string",
+                dict: "a mapping",
+                int: "an integer",
+                float: "a number",
+                bool: "true or false",
+                list: "a list",
+            }.get(kind, kind.__name__)
+            for kind in allowed
+        )
         raise ConfigError(f"{dotted}: expected {names}, received {_describe(value)}")
     if choices is not None:
         # Compare with type too: YAML `1` must not match a `True` choice, nor `true` match 1.
         if not any(value == c and type(value) is type(c) for c in choices):
             shown = ", ".join(str(c).lower() if isinstance(c, bool) else str(c) for c in choices)
-            raise ConfigError(f"{dotted}: must be one of {shown}; received {value!r}"
-                              f"{_did_you_mean(value, choices)}")
+            raise ConfigError(f"{dotted}: must be one of {shown}; received {value!r}{_did_you_mean(value, choices)}")
         return value
     kind = allowed[0]
     if kind is bool:
@@ -336,85 +352,127 @@ def _check_cross_field_rules(config: Config) -> None:
     if config.train.phases:
         total = sum(phase.epochs for phase in config.train.phases)
         if total != config.train.epochs:
-            raise ConfigError(f"train.epochs: must equal the sum of train.phases[*].epochs ({total}) when "
-                              f"phases are given; received {config.train.epochs}. Set train.epochs={total}.")
+            raise ConfigError(
+                f"train.epochs: must equal the sum of train.phases[*].epochs ({total}) when "
+                f"phases are given; received {config.train.epochs}. Set train.epochs={total}."
+            )
         for index, phase in enumerate(config.train.phases):
             prefix = f"train.phases[{index}]"
             _check_optimization(phase.optimizer, phase.schedule, phase.epochs, prefix)
-            if not (phase.trainable in ("all", "none") or
-                    (phase.trainable.startswith("from ") and phase.trainable[5:].strip())):
-                raise ConfigError(f"{prefix}.trainable: must be all, none or 'from <layer name>' "
-                                  f"(e.g. 'from block5_conv1'); received {phase.trainable!r}")
+            if not (
+                phase.trainable in ("all", "none")
+                or (phase.trainable.startswith("from ") and phase.trainable[5:].strip())
+            ):
+                raise ConfigError(
+                    f"{prefix}.trainable: must be all, none or 'from <layer name>' "
+                    f"(e.g. 'from block5_conv1'); received {phase.trainable!r}"
+                )
             if phase.cache_features and phase.trainable != "none":
-                raise ConfigError(f"{prefix}.cache_features: needs trainable: none (features of a backbone "
-                                  f"that trains change every step); received trainable {phase.trainable!r}")
+                raise ConfigError(
+                    f"{prefix}.cache_features: needs trainable: none (features of a backbone "
+                    f"that trains change every step); received trainable {phase.trainable!r}"
+                )
     if config.input.statistics and config.input.normalization != "standardize":
-        raise ConfigError(f"input.statistics: only used with input.normalization: standardize; received "
-                          f"normalization {config.input.normalization!r}")
-    if config.input.statistics and not Path(config.input.statistics).expanduser().is_file() and \
-            not (PROJECT_ROOT / config.input.statistics).is_file():
-        raise ConfigError(f"input.statistics: file not found: {config.input.statistics} (write one with "
-                          f"`python -m pipeline data stats ROOT`)")
-    for key, monitor in (("checkpoint", config.train.callbacks.checkpoint.monitor),
-                         ("early_stopping", config.train.callbacks.early_stopping.monitor)):
+        raise ConfigError(
+            f"input.statistics: only used with input.normalization: standardize; received "
+            f"normalization {config.input.normalization!r}"
+        )
+    if (
+        config.input.statistics
+        and not Path(config.input.statistics).expanduser().is_file()
+        and not (PROJECT_ROOT / config.input.statistics).is_file()
+    ):
+        raise ConfigError(
+            f"input.statistics: file not found: {config.input.statistics} (write one with "
+            f"`python -m pipeline data stats ROOT`)"
+        )
+    for key, monitor in (
+        ("checkpoint", config.train.callbacks.checkpoint.monitor),
+        ("early_stopping", config.train.callbacks.early_stopping.monitor),
+    ):
         allowed = ["loss", "accuracy", "val_loss", "val_accuracy"]
         if monitor not in allowed:
-            raise ConfigError(f"train.callbacks.{key}.monitor: must be one of {', '.join(allowed)}; received "
-                              f"{monitor!r}{_did_you_mean(monitor, allowed)}")
+            raise ConfigError(
+                f"train.callbacks.{key}.monitor: must be one of {', '.join(allowed)}; received "
+                f"{monitor!r}{_did_you_mean(monitor, allowed)}"
+            )
     if config.dataset.validation_split == 0:
-        for key, monitor in (("checkpoint", config.train.callbacks.checkpoint.monitor),
-                             ("early_stopping", config.train.callbacks.early_stopping.monitor)):
-            if monitor.startswith("val_") and (key == "checkpoint"
-                                               or config.train.callbacks.early_stopping.enabled):
-                raise ConfigError(f"train.callbacks.{key}.monitor: {monitor!r} needs a validation split, "
-                                  f"but dataset.validation_split is 0. Monitor a training metric "
-                                  f"(e.g. 'loss') or set a validation split.")
+        for key, monitor in (
+            ("checkpoint", config.train.callbacks.checkpoint.monitor),
+            ("early_stopping", config.train.callbacks.early_stopping.monitor),
+        ):
+            if monitor.startswith("val_") and (key == "checkpoint" or config.train.callbacks.early_stopping.enabled):
+                raise ConfigError(
+                    f"train.callbacks.{key}.monitor: {monitor!r} needs a validation split, "
+                    f"but dataset.validation_split is 0. Monitor a training metric "
+                    f"(e.g. 'loss') or set a validation split."
+                )
 
 
-BATCH_LAYER_KEYS = {"rand_augment": {"num_ops": (1, None, int), "factor": (0.0, 1.0, float)},
-                    "color_jitter": {name: (0.0, 1.0, float) for name in ("brightness", "contrast", "saturation", "hue")}}
+BATCH_LAYER_KEYS = {
+    "rand_augment": {"num_ops": (1, None, int), "factor": (0.0, 1.0, float)},
+    "color_jitter": {name: (0.0, 1.0, float) for name in ("brightness", "contrast", "saturation", "hue")},
+}
 
 
 def _check_batch_layers(augment) -> None:
     """input.augment.rand_augment / color_jitter: known keys, numbers in range; random_erasing_fill: 1 or 3."""
     fill = augment.random_erasing_fill
     if fill is not None and len(fill) not in (1, 3):
-        raise ConfigError(f"input.augment.random_erasing_fill: expected [v] or [R, G, B] (pixel values 0-255), "
-                          f"received {len(fill)} values {fill!r}")
+        raise ConfigError(
+            f"input.augment.random_erasing_fill: expected [v] or [R, G, B] (pixel values 0-255), "
+            f"received {len(fill)} values {fill!r}"
+        )
     for section, allowed in BATCH_LAYER_KEYS.items():
         values = getattr(augment, section)
         for key, value in (values or {}).items():
             dotted = f"input.augment.{section}.{key}"
             if key not in allowed:
-                raise ConfigError(f"unknown key {dotted!r}{_did_you_mean(key, allowed, f'input.augment.{section}.')}. "
-                                  f"Allowed keys in input.augment.{section}: {', '.join(allowed)}")
+                raise ConfigError(
+                    f"unknown key {dotted!r}{_did_you_mean(key, allowed, f'input.augment.{section}.')}. "
+                    f"Allowed keys in input.augment.{section}: {', '.join(allowed)}"
+                )
             low, high, kind = allowed[key]
             if value is None and section == "color_jitter":
                 continue
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or (kind is int and not isinstance(value, int)):
-                raise ConfigError(f"{dotted}: expected {'an integer' if kind is int else 'a number'}, "
-                                  f"received {_describe(value)}")
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, (int, float))
+                or (kind is int and not isinstance(value, int))
+            ):
+                raise ConfigError(
+                    f"{dotted}: expected {'an integer' if kind is int else 'a number'}, received {_describe(value)}"
+                )
             if value < low or (high is not None and value > high):
-                raise ConfigError(f"{dotted}: must be in [{low}, {high if high is not None else 'inf'}]; "
-                                  f"received {value!r}")
+                raise ConfigError(
+                    f"{dotted}: must be in [{low}, {high if high is not None else 'inf'}]; received {value!r}"
+                )
 
 
 def _check_optimization(optimizer: OptimizerConfig, schedule: ScheduleConfig, epochs: int, prefix: str) -> None:
     if schedule.name == "step" and not schedule.boundaries:
-        raise ConfigError(f"{prefix}.schedule.boundaries: the step schedule needs at least one boundary "
-                          f"(epochs at which the rate is multiplied by {prefix}.schedule.factor), received []")
+        raise ConfigError(
+            f"{prefix}.schedule.boundaries: the step schedule needs at least one boundary "
+            f"(epochs at which the rate is multiplied by {prefix}.schedule.factor), received []"
+        )
     if list(schedule.boundaries) != sorted(schedule.boundaries):
         raise ConfigError(f"{prefix}.schedule.boundaries: must be increasing; received {schedule.boundaries}")
     if schedule.warmup_epochs and schedule.name not in ("cosine", "polynomial"):
-        raise ConfigError(f"{prefix}.schedule.warmup_epochs: warm-up is only available with the cosine and "
-                          f"polynomial schedules; received schedule {schedule.name!r}. Set "
-                          f"{prefix}.schedule.name=cosine (or polynomial) or remove warmup_epochs.")
+        raise ConfigError(
+            f"{prefix}.schedule.warmup_epochs: warm-up is only available with the cosine and "
+            f"polynomial schedules; received schedule {schedule.name!r}. Set "
+            f"{prefix}.schedule.name=cosine (or polynomial) or remove warmup_epochs."
+        )
     if schedule.warmup_epochs >= epochs:
-        raise ConfigError(f"{prefix}.schedule.warmup_epochs: must be < {prefix}.epochs ({epochs}); "
-                          f"received {schedule.warmup_epochs}")
+        raise ConfigError(
+            f"{prefix}.schedule.warmup_epochs: must be < {prefix}.epochs ({epochs}); received {schedule.warmup_epochs}"
+        )
     if optimizer.nesterov and optimizer.name != "sgd":
-        raise ConfigError(f"{prefix}.optimizer.nesterov: only the sgd optimizer has Nesterov momentum; "
-                          f"received optimizer {optimizer.name!r}")
+        raise ConfigError(
+            f"{prefix}.optimizer.nesterov: only the sgd optimizer has Nesterov momentum; "
+            f"received optimizer {optimizer.name!r}"
+        )
     if optimizer.momentum and optimizer.name not in ("sgd", "rmsprop"):
-        raise ConfigError(f"{prefix}.optimizer.momentum: only sgd and rmsprop take momentum; "
-                          f"received optimizer {optimizer.name!r}")
+        raise ConfigError(
+            f"{prefix}.optimizer.momentum: only sgd and rmsprop take momentum; received optimizer {optimizer.name!r}"
+        )

@@ -24,9 +24,8 @@ import os
 from pathlib import Path
 
 from pipeline import config as config_lib
-from pipeline.core import errors
-from pipeline.core import fileio
 from pipeline.config import PROJECT_ROOT, Config
+from pipeline.core import errors, fileio
 
 
 class RunError(errors.UserError):
@@ -58,18 +57,26 @@ def check_run_dir(run_dir: Path, config: Config) -> str:
     if not run_dir.exists() or (run_dir.is_dir() and not any(run_dir.iterdir())):
         return "new"
     if not config_path.is_file():
-        raise RunError(f"--run-dir {run_dir}: the directory exists and is not a run directory "
-                       f"(no config.yaml); choose a new or empty directory")
+        raise RunError(
+            f"--run-dir {run_dir}: the directory exists and is not a run directory "
+            f"(no config.yaml); choose a new or empty directory"
+        )
     try:
         previous = config_lib.from_dict(config_lib.yaml_load(config_path.read_text()))
     except (config_lib.ConfigError, config_lib.yaml.YAMLError) as error:
         raise RunError(f"{config_path}: cannot read the run's config ({error})") from None
     if previous != config:
         old, new = flatten(config_lib.to_dict(previous)), flatten(config_lib.to_dict(config))
-        changed = [f"{key}: {old.get(key)!r} -> {new.get(key)!r}" for key in sorted(set(old) | set(new))
-                   if old.get(key) != new.get(key)]
-        raise RunError(f"--run-dir {run_dir} holds a run with a different config:\n  " + "\n  ".join(changed)
-                       + "\nResume it with the same experiment and --set values, or use a new --run-dir.")
+        changed = [
+            f"{key}: {old.get(key)!r} -> {new.get(key)!r}"
+            for key in sorted(set(old) | set(new))
+            if old.get(key) != new.get(key)
+        ]
+        raise RunError(
+            f"--run-dir {run_dir} holds a run with a different config:\n  "
+            + "\n  ".join(changed)
+            + "\nResume it with the same experiment and --set values, or use a new --run-dir."
+        )
     return "finished" if (run_dir / "metrics.json").is_file() else "resume"
 
 
@@ -100,8 +107,10 @@ def exclusive(run_dir: Path):
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(handle)
-        raise RunError(f"--run-dir {run_dir} is in use by another `train` process; wait for it to finish, "
-                       f"stop it, or choose another --run-dir") from None
+        raise RunError(
+            f"--run-dir {run_dir} is in use by another `train` process; wait for it to finish, "
+            f"stop it, or choose another --run-dir"
+        ) from None
     _HELD.add(key)
     try:
         yield
@@ -129,8 +138,10 @@ def start(run_dir: Path, config: Config, class_names: list[str]) -> None:
     """Writes classes.txt, then config.yaml (last: its presence marks a run directory)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     fileio.atomic_write_text(run_dir / "classes.txt", "\n".join(class_names) + "\n")
-    fileio.atomic_write_text(run_dir / "config.yaml", "# Fully resolved configuration of this run "
-                             "(defaults + YAML + --set).\n" + config_lib.dump_yaml(config))
+    fileio.atomic_write_text(
+        run_dir / "config.yaml",
+        "# Fully resolved configuration of this run (defaults + YAML + --set).\n" + config_lib.dump_yaml(config),
+    )
 
 
 def load_run_config(run_dir: Path) -> Config:
@@ -141,8 +152,10 @@ def load_run_config(run_dir: Path) -> Config:
     """
     path = Path(run_dir) / "config.yaml"
     if not path.is_file():
-        raise RunDirError(f"{run_dir}: not a run directory (no config.yaml). Pass a directory written by "
-                          f"`python -m pipeline train`, e.g. runs/<experiment>/<timestamp>")
+        raise RunDirError(
+            f"{run_dir}: not a run directory (no config.yaml). Pass a directory written by "
+            f"`python -m pipeline train`, e.g. runs/<experiment>/<timestamp>"
+        )
     try:
         return config_lib.from_dict(config_lib.yaml_load(path.read_text()) or {})
     except (config_lib.ConfigError, config_lib.yaml.YAMLError) as error:

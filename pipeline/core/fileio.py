@@ -10,8 +10,8 @@ import errno
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from pipeline.core import errors
 
@@ -25,8 +25,10 @@ class StorageFullError(errors.UserError):
     file being written stays as it was (atomic writes)."""
 
     def __init__(self, path, reason: str):
-        super().__init__(f"cannot write {path}: {reason}. Nothing was lost (the previous version of the file "
-                         f"is intact); free some space, then run the same command again to resume.")
+        super().__init__(
+            f"cannot write {path}: {reason}. Nothing was lost (the previous version of the file "
+            f"is intact); free some space, then run the same command again to resume."
+        )
         self.path = path
 
 
@@ -73,6 +75,7 @@ def atomic_write_text(path: os.PathLike, text: str) -> None:
     def write(temporary):
         with open(temporary, "w") as handle:
             handle.write(text)
+
     atomic_write(path, write)
 
 

@@ -14,7 +14,7 @@ import dataclasses
 import importlib
 import importlib.util
 import inspect
-from typing import Callable
+from collections.abc import Callable
 
 from pipeline.core import errors
 
@@ -25,6 +25,7 @@ COMMON_ARGUMENTS = frozenset({"input_shape", "num_classes"})
 class Declaration:
     """What a registered builder declares: its keyword-only options and its flags
     (`builder.flag = constant` statements after it, e.g. `includes_preprocessing = True`)."""
+
     options: tuple[str, ...]
     flags: dict
 
@@ -52,10 +53,13 @@ class Registry:
         def decorator(builder: Callable) -> Callable:
             key = name or builder.__name__
             if key in self._builders:
-                raise ValueError(f"{self.kind} {key!r} is already registered "
-                                 f"(by {self._builders[key].__module__}.{self._builders[key].__name__})")
+                raise ValueError(
+                    f"{self.kind} {key!r} is already registered "
+                    f"(by {self._builders[key].__module__}.{self._builders[key].__name__})"
+                )
             self._builders[key] = builder
             return builder
+
         return decorator
 
     def load(self) -> None:
@@ -68,8 +72,10 @@ class Registry:
         try:
             return self._builders[name]
         except KeyError:
-            raise KeyError(f"unknown {self.kind} {name!r}{errors.did_you_mean(name, self.names())}. "
-                           f"Known: {', '.join(self.names())}") from None
+            raise KeyError(
+                f"unknown {self.kind} {name!r}{errors.did_you_mean(name, self.names())}. "
+                f"Known: {', '.join(self.names())}"
+            ) from None
 
     def declarations(self) -> dict[str, Declaration]:
         """name -> Declaration: those read from the registering modules' source (a lazy registry does not
@@ -84,8 +90,10 @@ class Registry:
                     self._declared[name] = declaration
         declared = dict(self._declared)
         for name, builder in self._builders.items():
-            declared[name] = Declaration(_keyword_options(inspect.signature(builder)),
-                                         {k: v for k, v in vars(builder).items() if not k.startswith("_")})
+            declared[name] = Declaration(
+                _keyword_options(inspect.signature(builder)),
+                {k: v for k, v in vars(builder).items() if not k.startswith("_")},
+            )
         return declared
 
     def options(self, name: str) -> list[str]:
@@ -106,13 +114,16 @@ class Registry:
 
     def _check_known(self, name: str) -> None:
         if name not in self:
-            raise KeyError(f"unknown {self.kind} {name!r}{errors.did_you_mean(name, self.names())}. "
-                           f"Known: {', '.join(self.names())}")
+            raise KeyError(
+                f"unknown {self.kind} {name!r}{errors.did_you_mean(name, self.names())}. "
+                f"Known: {', '.join(self.names())}"
+            )
 
 
 def _keyword_options(signature: inspect.Signature) -> tuple[str, ...]:
-    return tuple(p.name for p in signature.parameters.values()
-                 if p.kind is p.KEYWORD_ONLY and p.name not in COMMON_ARGUMENTS)
+    return tuple(
+        p.name for p in signature.parameters.values() if p.kind is p.KEYWORD_ONLY and p.name not in COMMON_ARGUMENTS
+    )
 
 
 def _declared_in(module: str, decorator: str) -> dict[str, Declaration]:
@@ -134,8 +145,12 @@ def _declared_in(module: str, decorator: str) -> dict[str, Declaration]:
                 by_function[node.name] = name
         elif isinstance(node, ast.Assign) and len(node.targets) == 1:
             target = node.targets[0]
-            if (isinstance(target, ast.Attribute) and isinstance(target.value, ast.Name)
-                    and target.value.id in by_function and isinstance(node.value, ast.Constant)):
+            if (
+                isinstance(target, ast.Attribute)
+                and isinstance(target.value, ast.Name)
+                and target.value.id in by_function
+                and isinstance(node.value, ast.Constant)
+            ):
                 found[by_function[target.value.id]].flags[target.attr] = node.value.value
     return found
 

@@ -48,8 +48,9 @@ def free_ports(count: int, host: str = "localhost") -> list[int]:
 
 def tf_config(ports: list[int], index: int, host: str = "localhost") -> str:
     """TF_CONFIG JSON for worker `index` of a cluster of workers on host:port (worker 0 is the chief)."""
-    return json.dumps({"cluster": {"worker": [f"{host}:{port}" for port in ports]},
-                       "task": {"type": "worker", "index": index}})
+    return json.dumps(
+        {"cluster": {"worker": [f"{host}:{port}" for port in ports]}, "task": {"type": "worker", "index": index}}
+    )
 
 
 def _forward(stream, prefix: str, lock: threading.Lock, out) -> None:
@@ -95,8 +96,16 @@ def _stop(processes: list[subprocess.Popen], grace: float) -> None:
             process.wait()
 
 
-def launch(workers: int, argv: list[str], *, command: list[str] | None = None, out=None, err=None,
-           stop_grace: float = STOP_GRACE_SECONDS, timeout: float | None = None) -> int:
+def launch(
+    workers: int,
+    argv: list[str],
+    *,
+    command: list[str] | None = None,
+    out=None,
+    err=None,
+    stop_grace: float = STOP_GRACE_SECONDS,
+    timeout: float | None = None,
+) -> int:
     """Runs `workers` local processes as one tf.distribute cluster and waits for them.
 
     Args:
@@ -130,12 +139,16 @@ def launch(workers: int, argv: list[str], *, command: list[str] | None = None, o
         # Unbuffered, so lines arrive as they are printed and interleave in real order.
         # PYTHONPATH: `-m pipeline` resolves from any working directory, and relative paths in argv keep
         # their meaning because the workers keep launch's working directory.
-        env = dict(os.environ, TF_CONFIG=tf_config(ports, index), PYTHONUNBUFFERED="1",
-                   PYTHONPATH=os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])))
-        process = subprocess.Popen(program + list(argv), env=env,
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        thread = threading.Thread(target=_forward, args=(process.stdout, f"[worker {index}] ", lock, out),
-                                  daemon=True)
+        env = dict(
+            os.environ,
+            TF_CONFIG=tf_config(ports, index),
+            PYTHONUNBUFFERED="1",
+            PYTHONPATH=os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])),
+        )
+        process = subprocess.Popen(
+            program + list(argv), env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+        thread = threading.Thread(target=_forward, args=(process.stdout, f"[worker {index}] ", lock, out), daemon=True)
         thread.start()
         processes.append(process)
         threads.append(thread)
@@ -146,8 +159,10 @@ def launch(workers: int, argv: list[str], *, command: list[str] | None = None, o
     def first_failure():
         # Polled in index order every POLL_SECONDS: the first failure seen is the one that started it
         # (a dead peer makes the others fail too, a moment later).
-        return next(((index, process.returncode) for index, process in enumerate(processes)
-                     if process.poll() not in (None, 0)), None)
+        return next(
+            ((index, process.returncode) for index, process in enumerate(processes) if process.poll() not in (None, 0)),
+            None,
+        )
 
     try:
         failure = first_failure()
@@ -179,14 +194,28 @@ def launch(workers: int, argv: list[str], *, command: list[str] | None = None, o
 
 def add_arguments(parser) -> None:
     """Adds launch's arguments to an argparse (sub)parser."""
-    parser.add_argument("--workers", type=int, required=True, metavar="N",
-                        help="number of local worker processes (one MultiWorkerMirroredStrategy cluster)")
+    parser.add_argument(
+        "--workers",
+        type=int,
+        required=True,
+        metavar="N",
+        help="number of local worker processes (one MultiWorkerMirroredStrategy cluster)",
+    )
     parser.add_argument("experiment", help="experiment name (experiments/<name>.yaml) or path to a YAML file")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, passed to every worker (repeatable)")
-    parser.add_argument("--run-dir", type=Path,
-                        help="run directory shared by the workers (default runs/<experiment>/<time>); "
-                             "the same command with the same --run-dir resumes")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, passed to every worker (repeatable)",
+    )
+    parser.add_argument(
+        "--run-dir",
+        type=Path,
+        help="run directory shared by the workers (default runs/<experiment>/<time>); "
+        "the same command with the same --run-dir resumes",
+    )
 
 
 def run(args, config) -> int:
@@ -206,12 +235,20 @@ def run(args, config) -> int:
     if args.workers > 1 and strategy not in ("auto", "multi_worker"):
         raise config_lib.ConfigError(
             f"launch --workers {args.workers} needs distribute.strategy auto or multi_worker (otherwise each "
-            f"worker would train alone into the same run directory). Received: distribute.strategy={strategy!r}")
+            f"worker would train alone into the same run directory). Received: distribute.strategy={strategy!r}"
+        )
     from pipeline.config import rundir  # TF-free
 
     run_dir = Path(args.run_dir) if args.run_dir else rundir.default_run_dir(config.name)
-    print(f"launch: {args.workers} worker(s), run directory {run_dir} (rerun with --run-dir {run_dir} "
-          f"to resume)", file=sys.stderr, flush=True)
-    argv = [args.experiment, *[item for override in args.overrides for item in ("--set", override)],
-            "--run-dir", str(run_dir)]
+    print(
+        f"launch: {args.workers} worker(s), run directory {run_dir} (rerun with --run-dir {run_dir} to resume)",
+        file=sys.stderr,
+        flush=True,
+    )
+    argv = [
+        args.experiment,
+        *[item for override in args.overrides for item in ("--set", override)],
+        "--run-dir",
+        str(run_dir),
+    ]
     return launch(args.workers, argv)

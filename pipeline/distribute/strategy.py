@@ -58,11 +58,15 @@ def read_tf_config(environ=None) -> dict:
     if task:
         task_type, index = task.get("type"), task.get("index", 0)
         if task_type not in cluster:
-            raise DistributeError(f"TF_CONFIG task.type {task_type!r} is not in its cluster; allowed: "
-                                  f"{sorted(cluster)}{did_you_mean(task_type, cluster)}. Received: {text!r}")
+            raise DistributeError(
+                f"TF_CONFIG task.type {task_type!r} is not in its cluster; allowed: "
+                f"{sorted(cluster)}{did_you_mean(task_type, cluster)}. Received: {text!r}"
+            )
         if not isinstance(index, int) or not 0 <= index < len(cluster[task_type]):
-            raise DistributeError(f"TF_CONFIG task.index must be in 0..{len(cluster[task_type]) - 1} for "
-                                  f"{task_type!r}. Received: task.index={index!r}")
+            raise DistributeError(
+                f"TF_CONFIG task.index must be in 0..{len(cluster[task_type]) - 1} for "
+                f"{task_type!r}. Received: task.index={index!r}"
+            )
     return config
 
 
@@ -117,8 +121,10 @@ def choose_strategy_name(name: str, *, tf_config: dict | None = None, gpus: int 
         DistributeError: an unknown name (with a "did you mean").
     """
     if name not in STRATEGIES:
-        raise DistributeError(f"distribute.strategy must be one of {', '.join(STRATEGIES)}"
-                              f"{did_you_mean(name, STRATEGIES)}. Received: distribute.strategy={name!r}")
+        raise DistributeError(
+            f"distribute.strategy must be one of {', '.join(STRATEGIES)}"
+            f"{did_you_mean(name, STRATEGIES)}. Received: distribute.strategy={name!r}"
+        )
     if name != "auto":
         return name
     if num_workers(tf_config) > 1:
@@ -148,8 +154,10 @@ def resolve_strategy(name: str, *, devices: list[str] | None = None):
 
     concrete = choose_strategy_name(name)
     if devices is not None and concrete != "mirrored":
-        raise DistributeError(f"devices apply to the mirrored strategy only. Received: distribute.strategy="
-                              f"{name!r} (resolved to {concrete!r}), devices={devices!r}")
+        raise DistributeError(
+            f"devices apply to the mirrored strategy only. Received: distribute.strategy="
+            f"{name!r} (resolved to {concrete!r}), devices={devices!r}"
+        )
     if concrete == "default":
         return tf.distribute.get_strategy()
     if concrete == "mirrored":
@@ -161,7 +169,7 @@ def resolve_strategy(name: str, *, devices: list[str] | None = None):
 
 
 def strategy_name(strategy) -> str:
-    """"default", "mirrored" or "multi_worker" for a strategy object (its class name otherwise)."""
+    """ "default", "mirrored" or "multi_worker" for a strategy object (its class name otherwise)."""
     import tensorflow as tf
 
     if isinstance(strategy, tf.distribute.MultiWorkerMirroredStrategy):
@@ -181,9 +189,13 @@ def describe(strategy) -> dict:
     """
     name = strategy_name(strategy)
     config = read_tf_config() if name == "multi_worker" else {}
-    return {"strategy": name, "num_workers": num_workers(config),
-            "num_replicas_in_sync": int(strategy.num_replicas_in_sync),
-            "worker_index": worker_index(config), "is_chief": is_chief(config)}
+    return {
+        "strategy": name,
+        "num_workers": num_workers(config),
+        "num_replicas_in_sync": int(strategy.num_replicas_in_sync),
+        "worker_index": worker_index(config),
+        "is_chief": is_chief(config),
+    }
 
 
 def per_replica_batch(global_batch: int, strategy) -> int:
@@ -202,7 +214,8 @@ def per_replica_batch(global_batch: int, strategy) -> int:
         lower = max(replicas, global_batch // replicas * replicas)
         raise DistributeError(
             f"train.batch_size is the global batch and must divide evenly among the {replicas} replicas in "
-            f"sync; use {lower} or {lower + replicas}. Received: train.batch_size={global_batch}")
+            f"sync; use {lower} or {lower + replicas}. Received: train.batch_size={global_batch}"
+        )
     return global_batch // replicas
 
 

@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.distribute import strategy as distribute
-from pipeline.config import rundir
 from pipeline.compat import without_short_batches  # noqa: F401  (re-exported: the spine calls workers.*)
+from pipeline.config import rundir
+from pipeline.distribute import strategy as distribute
 
 # What a non-chief worker copies from the run directory into its scratch directory: the files that
 # decide new / resume / finished (config.yaml, metrics.json) and the resume state itself (backup/), so
@@ -105,11 +105,15 @@ def start(name: str, *, global_batch: int, log=print):
     where = ""
     if info["num_workers"] > 1:
         where = f"; this is worker {info['worker_index']}" + (
-            " (the chief: it writes the run directory)" if info["is_chief"] else
-            " (it writes into a scratch directory, removed at the end)")
-    log(f"distribute: {info['strategy']} strategy, {info['num_workers']} worker(s), "
+            " (the chief: it writes the run directory)"
+            if info["is_chief"]
+            else " (it writes into a scratch directory, removed at the end)"
+        )
+    log(
+        f"distribute: {info['strategy']} strategy, {info['num_workers']} worker(s), "
         f"{info['num_replicas_in_sync']} replica(s) in sync; global batch {global_batch} = {per_replica} "
-        f"per replica{where}")
+        f"per replica{where}"
+    )
     return strategy
 
 
@@ -141,8 +145,7 @@ def barrier(strategy) -> None:
     import tensorflow as tf
 
     # Inside a tf.function: eager MultiWorkerMirroredStrategy.run logs an overhead warning every call.
-    tf.function(lambda: strategy.reduce("SUM", strategy.run(lambda: tf.constant(1.0)), axis=None),
-                autograph=False)()
+    tf.function(lambda: strategy.reduce("SUM", strategy.run(lambda: tf.constant(1.0)), axis=None), autograph=False)()
 
 
 @contextlib.contextmanager
@@ -215,15 +218,18 @@ def check_workers_agree(strategy, *, splits, resume_epoch: int, completed_phases
     local = tf.constant([fingerprint(splits), int(resume_epoch), int(completed_phases)], tf.int64)
     gathered = tf.function(lambda: strategy.gather(strategy.run(lambda: local), axis=0), autograph=False)()
     rows = gathered.numpy().reshape(-1, len(names))
-    per_worker = rows[::max(1, len(rows) // distribute.num_workers())]  # one row per worker
-    differing = [f"{name}: " + ", ".join(f"worker {index} {int(value)}"
-                                         for index, value in enumerate(per_worker[:, column]))
-                 for column, name in enumerate(names) if len(set(rows[:, column].tolist())) > 1]
+    per_worker = rows[:: max(1, len(rows) // distribute.num_workers())]  # one row per worker
+    differing = [
+        f"{name}: " + ", ".join(f"worker {index} {int(value)}" for index, value in enumerate(per_worker[:, column]))
+        for column, name in enumerate(names)
+        if len(set(rows[:, column].tolist())) > 1
+    ]
     if differing:
         raise distribute.DistributeError(
             "the workers of this run disagree on " + "; ".join(differing) + ". Every worker must read the same "
             "data (dataset.root / dataset.data_dir identical on every host) and the same run directory "
-            "(--run-dir on storage every host mounts); fix that and start every worker again.")
+            "(--run-dir on storage every host mounts); fix that and start every worker again."
+        )
 
 
 def fit_callbacks(callbacks: list, strategy, *, log=print) -> list:
@@ -233,13 +239,16 @@ def fit_callbacks(callbacks: list, strategy, *, log=print) -> list:
         return list(callbacks)
     kept = [callback for callback in callbacks if type(callback).__name__ not in PREDICTING_CALLBACKS]
     if len(kept) < len(callbacks):
-        log("distribute: no per-epoch validation confusion matrix in TensorBoard under multi_worker (Keras "
-            "all-gathers predictions across workers); the test evaluation still writes RUN/evaluation/")
+        log(
+            "distribute: no per-epoch validation confusion matrix in TensorBoard under multi_worker (Keras "
+            "all-gathers predictions across workers); the test evaluation still writes RUN/evaluation/"
+        )
     return kept
 
 
-def prepare_phases(plan: list, strategy, *, scale_learning_rate: bool, global_batch: int, base_batch: int,
-                   log=print) -> list:
+def prepare_phases(
+    plan: list, strategy, *, scale_learning_rate: bool, global_batch: int, base_batch: int, log=print
+) -> list:
     """The training phases as this strategy runs them: with the linear learning-rate scaling rule
     applied when `scale_learning_rate`, and refused where multi_worker cannot run them.
 
@@ -265,19 +274,29 @@ def prepare_phases(plan: list, strategy, *, scale_learning_rate: bool, global_ba
                 raise distribute.DistributeError(
                     f"{phase.key}.cache_features is not supported under distribute.strategy multi_worker; set "
                     f"{phase.key}.cache_features=false (the phase then trains on images, on every worker), or "
-                    f"train on one host. Received: {phase.key}.cache_features=true")
+                    f"train on one host. Received: {phase.key}.cache_features=true"
+                )
     if not scale_learning_rate:
         return list(plan)
     scaled = []
     for phase in plan:
-        rate = distribute.scale_learning_rate(phase.optimizer.learning_rate, global_batch=global_batch,
-                                              base_batch=base_batch)
-        end = distribute.scale_learning_rate(phase.schedule.end_learning_rate, global_batch=global_batch,
-                                             base_batch=base_batch)
-        log(f"distribute.scale_learning_rate: {phase.key}.optimizer.learning_rate {phase.optimizer.learning_rate:g} "
-            f"x {global_batch}/{base_batch} = {rate:g}")
-        scaled.append(dataclasses.replace(phase, optimizer=dataclasses.replace(phase.optimizer, learning_rate=rate),
-                                          schedule=dataclasses.replace(phase.schedule, end_learning_rate=end)))
+        rate = distribute.scale_learning_rate(
+            phase.optimizer.learning_rate, global_batch=global_batch, base_batch=base_batch
+        )
+        end = distribute.scale_learning_rate(
+            phase.schedule.end_learning_rate, global_batch=global_batch, base_batch=base_batch
+        )
+        log(
+            f"distribute.scale_learning_rate: {phase.key}.optimizer.learning_rate {phase.optimizer.learning_rate:g} "
+            f"x {global_batch}/{base_batch} = {rate:g}"
+        )
+        scaled.append(
+            dataclasses.replace(
+                phase,
+                optimizer=dataclasses.replace(phase.optimizer, learning_rate=rate),
+                schedule=dataclasses.replace(phase.schedule, end_learning_rate=end),
+            )
+        )
     return scaled
 
 

@@ -45,8 +45,10 @@ def _read_json(path: Path):
     except OSError as error:
         raise CompareError(f"{path}: cannot read it ({error.strerror})") from None
     except json.JSONDecodeError as error:
-        raise CompareError(f"{path}: not valid JSON ({error.msg} at line {error.lineno}); "
-                           f"the run may have been written by a crashed process") from None
+        raise CompareError(
+            f"{path}: not valid JSON ({error.msg} at line {error.lineno}); "
+            f"the run may have been written by a crashed process"
+        ) from None
 
 
 def load_run(run_dir: os.PathLike) -> dict:
@@ -63,11 +65,15 @@ def load_run(run_dir: os.PathLike) -> dict:
     run_dir = Path(run_dir)
     config_path = run_dir / "config.yaml"
     if not run_dir.is_dir():
-        raise CompareError(f"{run_dir}: no such run directory. Pass directories written by "
-                           f"`python -m pipeline train`, e.g. runs/<experiment>/<timestamp>")
+        raise CompareError(
+            f"{run_dir}: no such run directory. Pass directories written by "
+            f"`python -m pipeline train`, e.g. runs/<experiment>/<timestamp>"
+        )
     if not config_path.is_file():
-        raise CompareError(f"{run_dir}: not a run directory (no config.yaml). Pass directories written by "
-                           f"`python -m pipeline train`, e.g. runs/<experiment>/<timestamp>")
+        raise CompareError(
+            f"{run_dir}: not a run directory (no config.yaml). Pass directories written by "
+            f"`python -m pipeline train`, e.g. runs/<experiment>/<timestamp>"
+        )
     try:
         config = yaml.safe_load(config_path.read_text())
     except (OSError, yaml.YAMLError) as error:
@@ -80,8 +86,14 @@ def load_run(run_dir: os.PathLike) -> dict:
     for path, data in ((metrics_path, metrics), (report_path, report)):
         if data is not None and not isinstance(data, dict):
             raise CompareError(f"{path}: expected a JSON object, found {type(data).__name__}")
-    return {"path": run_dir, "name": run_dir.name, "experiment": str(config.get("name", MISSING)),
-            "config": flatten(config), "metrics": metrics, "report": report}
+    return {
+        "path": run_dir,
+        "name": run_dir.name,
+        "experiment": str(config.get("name", MISSING)),
+        "config": flatten(config),
+        "metrics": metrics,
+        "report": report,
+    }
 
 
 def differing_keys(configs: list[dict]) -> list[str]:
@@ -126,10 +138,18 @@ def markdown_table(runs: list[dict]) -> str:
         if top_k != MISSING and len(top_ks) > 1:
             top_k += f" (k={report.get('top_k')})"
         epochs = metrics.get("epochs_completed")
-        rows.append([_cell(run["experiment"]), _cell(run["name"] if metrics else f"{run['name']} (unfinished)"),
-                     *[_cell(run["config"][key]) if key in run["config"] else MISSING for key in keys],
-                     _number(accuracy, ".4f"), top_k, _number(epochs, "d"), _duration(metrics.get("train_seconds")),
-                     _number(metrics.get("images_per_second"), ".0f")])
+        rows.append(
+            [
+                _cell(run["experiment"]),
+                _cell(run["name"] if metrics else f"{run['name']} (unfinished)"),
+                *[_cell(run["config"][key]) if key in run["config"] else MISSING for key in keys],
+                _number(accuracy, ".4f"),
+                top_k,
+                _number(epochs, "d"),
+                _duration(metrics.get("train_seconds")),
+                _number(metrics.get("images_per_second"), ".0f"),
+            ]
+        )
     lines = ["| " + " | ".join(headers) + " |", "|" + "|".join(" --- " for _ in headers) + "|"]
     lines += ["| " + " | ".join(row) + " |" for row in rows]
     return "\n".join(lines) + "\n"
@@ -145,8 +165,8 @@ def _labels(runs: list[dict]) -> list[str]:
 def curves_png(runs: list[dict], out_png: os.PathLike) -> Path | None:
     """Validation accuracy and loss per epoch of every run that has a `history.csv`, as one PNG;
     None when no run has one."""
-    from pipeline.evaluation import report as evaluation_report
     from pipeline.evaluation import figures
+    from pipeline.evaluation import report as evaluation_report
 
     series = {}
     for run, label in zip(runs, _labels(runs)):
@@ -188,8 +208,12 @@ def write_outputs(runs: list[dict], table: str, out: os.PathLike) -> list[Path]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The `report` command's arguments (for `python -m pipeline report`)."""
     parser.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN", help="run directories to compare")
-    parser.add_argument("--out", type=Path, metavar="FILE.md",
-                        help="also write the table to FILE.md and the validation curves to FILE.png")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        metavar="FILE.md",
+        help="also write the table to FILE.md and the validation curves to FILE.png",
+    )
 
 
 def run(args: argparse.Namespace) -> int:

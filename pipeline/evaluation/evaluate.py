@@ -20,22 +20,27 @@ def load_checkpoint(path: Path) -> keras.Model:
     models.load_all()
     # A checkpoint's optimizer may name our classes: compat's optimizers, optim's schedules (WarmUp).
     from pipeline import compat  # noqa: F401
-    from pipeline.training import optimizers as optim
+    from pipeline.training import optimizers  # noqa: F401
 
     if not Path(path).is_file():
-        raise RunDirError(f"{path}: checkpoint not found; the run has not finished an epoch yet. "
-                          f"Resume it with `python -m pipeline train <experiment> --run-dir {Path(path).parent.parent}`")
+        raise RunDirError(
+            f"{path}: checkpoint not found; the run has not finished an epoch yet. "
+            f"Resume it with `python -m pipeline train <experiment> --run-dir {Path(path).parent.parent}`"
+        )
     model = keras.models.load_model(path)
     from pipeline.training import callbacks
 
     if not callbacks.all_finite(model):
-        raise RunDirError(f"{path}: holds NaN or infinite weights (a diverged run); it cannot be evaluated or "
-                          f"exported. Train again with a lower learning rate or from another checkpoint.")
+        raise RunDirError(
+            f"{path}: holds NaN or infinite weights (a diverged run); it cannot be evaluated or "
+            f"exported. Train again with a lower learning rate or from another checkpoint."
+        )
     return model
 
 
-def evaluate_model(checkpoint: Path, config: config_lib.Config, splits, *, run_dir: Path | None = None,
-                   log=print) -> dict:
+def evaluate_model(
+    checkpoint: Path, config: config_lib.Config, splits, *, run_dir: Path | None = None, log=print
+) -> dict:
     """Test metrics of a saved model through the eval input pipeline, and the evaluation report.
 
     One prediction pass over the test split gives everything: accuracy (exactly correct / N, also what
@@ -48,25 +53,36 @@ def evaluate_model(checkpoint: Path, config: config_lib.Config, splits, *, run_d
         {"accuracy", "loss", "top_k", "top_k_accuracy", "balanced_accuracy", "tta"} (floats, ints, str).
     """
     from pipeline.evaluation import report as evaluation_report
-    from pipeline.evaluation import tensorboard_logging
-    from pipeline.evaluation import tta
+    from pipeline.evaluation import tensorboard_logging, tta
 
     model = tta.with_tta(load_checkpoint(checkpoint), config.evaluation.tta)
     data = splits.dataset("test", config)
     labels, probabilities = tensorboard_logging.predict_labelled(model, data)
-    report = evaluation_report.build_report(labels=labels, probabilities=probabilities,
-                                            class_names=splits.class_names, top_k=config.evaluation.top_k)
+    report = evaluation_report.build_report(
+        labels=labels, probabilities=probabilities, class_names=splits.class_names, top_k=config.evaluation.top_k
+    )
     one_hot = np.eye(splits.num_classes, dtype=np.float32)[labels]
     loss = keras.losses.CategoricalCrossentropy(label_smoothing=config.train.label_smoothing)(one_hot, probabilities)
-    test = {"accuracy": report["accuracy"], "loss": float(loss), "top_k": report["top_k"],
-            "top_k_accuracy": report["top_k_accuracy"], "balanced_accuracy": report["balanced_accuracy"],
-            "tta": config.evaluation.tta}
+    test = {
+        "accuracy": report["accuracy"],
+        "loss": float(loss),
+        "top_k": report["top_k"],
+        "top_k_accuracy": report["top_k_accuracy"],
+        "balanced_accuracy": report["balanced_accuracy"],
+        "tta": config.evaluation.tta,
+    }
     if run_dir is not None and config.evaluation.report:
         worst = evaluation_report.most_confident_mistakes(labels, probabilities)
         images = _images_at(data, worst) if len(worst) else np.zeros((0, 1, 1, 3), np.float32)
-        paths = evaluation_report.write_report(report, Path(run_dir) / "evaluation", labels=labels,
-                                               probabilities=probabilities, class_names=splits.class_names,
-                                               images=images, image_indices=worst)
+        paths = evaluation_report.write_report(
+            report,
+            Path(run_dir) / "evaluation",
+            labels=labels,
+            probabilities=probabilities,
+            class_names=splits.class_names,
+            images=images,
+            image_indices=worst,
+        )
         log(f"evaluation report: {paths['report'].parent}")
         test["report"] = report
     return test
@@ -99,8 +115,7 @@ def _evaluate_run(run_dir: Path, config, log) -> dict:
     splits = Splits(config)
     test = evaluate_model(rundir.checkpoint_path(run_dir), config, splits, run_dir=run_dir, log=log)
     test.pop("report", None)
-    summary = (f"test accuracy {test['accuracy']:.4f}, loss {test['loss']:.4f} "
-               f"({len(splits.test[0])} images)")
+    summary = f"test accuracy {test['accuracy']:.4f}, loss {test['loss']:.4f} ({len(splits.test[0])} images)"
     metrics = read_metrics(run_dir)
     if not metrics:
         # metrics.json marks a finished run; an unfinished one must stay resumable.

@@ -51,7 +51,7 @@ def save_png(figure, path: os.PathLike) -> Path:
 
 def _short(name: str, limit: int = 18) -> str:
     name = str(name)
-    return name if len(name) <= limit else name[:limit - 1] + "…"
+    return name if len(name) <= limit else name[: limit - 1] + "…"
 
 
 def confusion_matrix_figure(matrix, class_names, *, title: str = "Confusion matrix"):
@@ -80,8 +80,14 @@ def confusion_matrix_figure(matrix, class_names, *, title: str = "Confusion matr
     label_size = float(np.clip(cell_points * 0.45, 4.0, 10.0))
     ticks = np.arange(num_classes)
     names = [_short(name) for name in class_names]
-    axes.set_xticks(ticks, names, rotation=90 if num_classes > 10 else 45, ha="center" if num_classes > 10 else "right",
-                    rotation_mode="anchor" if num_classes <= 10 else "default", fontsize=label_size)
+    axes.set_xticks(
+        ticks,
+        names,
+        rotation=90 if num_classes > 10 else 45,
+        ha="center" if num_classes > 10 else "right",
+        rotation_mode="anchor" if num_classes <= 10 else "default",
+        fontsize=label_size,
+    )
     axes.set_yticks(ticks, names, fontsize=label_size)
     axes.set_xlabel("predicted class")
     axes.set_ylabel("true class")
@@ -90,8 +96,15 @@ def confusion_matrix_figure(matrix, class_names, *, title: str = "Confusion matr
         count_size = float(np.clip(cell_points * 0.3, 5.0, 10.0))
         for row in range(num_classes):
             for column in range(num_classes):
-                axes.text(column, row, str(matrix[row, column]), ha="center", va="center", fontsize=count_size,
-                          color="white" if fractions[row, column] > 0.5 else "black")
+                axes.text(
+                    column,
+                    row,
+                    str(matrix[row, column]),
+                    ha="center",
+                    va="center",
+                    fontsize=count_size,
+                    color="white" if fractions[row, column] > 0.5 else "black",
+                )
     return figure
 
 
@@ -174,15 +187,31 @@ def reliability_figure(bins: list[dict], *, expected_calibration_error: float, t
     confidence = np.array([b["confidence"] for b in filled])
     top.plot([0, 1], [0, 1], linestyle="--", color="gray", label="perfect calibration")
     top.bar(lefts, accuracy, width=widths, align="edge", color="tab:blue", edgecolor="black", label="accuracy")
-    top.bar(lefts, confidence - accuracy, bottom=accuracy, width=widths, align="edge", color="tab:red",
-            alpha=0.3, edgecolor="tab:red", hatch="//", label="gap to mean confidence")
+    top.bar(
+        lefts,
+        confidence - accuracy,
+        bottom=accuracy,
+        width=widths,
+        align="edge",
+        color="tab:red",
+        alpha=0.3,
+        edgecolor="tab:red",
+        hatch="//",
+        label="gap to mean confidence",
+    )
     top.set_xlim(0, 1)
     top.set_ylim(0, 1)
     top.set_ylabel("accuracy")
     top.set_title(f"{title}\nexpected calibration error {expected_calibration_error:.4f} ({len(bins)} bins)")
     top.legend(loc="upper left", fontsize=8)
-    bottom.bar([b["lower"] for b in bins], [b["count"] for b in bins], width=[b["upper"] - b["lower"] for b in bins],
-               align="edge", color="gray", edgecolor="black")
+    bottom.bar(
+        [b["lower"] for b in bins],
+        [b["count"] for b in bins],
+        width=[b["upper"] - b["lower"] for b in bins],
+        align="edge",
+        color="gray",
+        edgecolor="black",
+    )
     bottom.set_xlim(0, 1)
     bottom.set_xlabel("confidence (highest predicted probability)")
     bottom.set_ylabel("images")
@@ -196,8 +225,11 @@ def curves_figure(history: dict[str, np.ndarray], *, title: str | None = None):
     `learning_rate` (or Keras 2's `lr`). Epochs are shown from 1.
     """
     epochs = history["epoch"] + 1
-    panels = [("loss", ["loss", "val_loss"]), ("accuracy", ["accuracy", "val_accuracy"]),
-              ("learning rate", ["learning_rate", "lr"])]
+    panels = [
+        ("loss", ["loss", "val_loss"]),
+        ("accuracy", ["accuracy", "val_accuracy"]),
+        ("learning rate", ["learning_rate", "lr"]),
+    ]
     panels = [(name, [c for c in columns if c in history]) for name, columns in panels]
     panels = [(name, columns) for name, columns in panels if columns]
     figure = _new_figure(4.5 * max(len(panels), 1), 3.8)
@@ -207,8 +239,14 @@ def curves_figure(history: dict[str, np.ndarray], *, title: str | None = None):
         axes = figure.add_subplot(1, len(panels), index + 1)
         for column in columns:
             label = "validation" if column.startswith("val_") else ("train" if name != "learning rate" else None)
-            axes.plot(epochs, history[column], marker="o", markersize=3,
-                      linestyle="--" if column.startswith("val_") else "-", label=label)
+            axes.plot(
+                epochs,
+                history[column],
+                marker="o",
+                markersize=3,
+                linestyle="--" if column.startswith("val_") else "-",
+                label=label,
+            )
         if name == "learning rate" and np.all(history[columns[0]][np.isfinite(history[columns[0]])] > 0):
             axes.set_yscale("log")
         axes.set_xlabel("epoch")

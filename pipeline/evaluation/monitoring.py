@@ -13,22 +13,40 @@ from pathlib import Path
 import keras
 
 from pipeline import config as config_lib
-from pipeline.evaluation import report as evaluation_report
-from pipeline.config import rundir
-from pipeline.evaluation import tensorboard_logging
-from pipeline.config import Config
+from pipeline.config import Config, rundir
 from pipeline.data.splits import Splits
-
+from pipeline.evaluation import report as evaluation_report
+from pipeline.evaluation import tensorboard_logging
 
 # The resolved config's keys shown as hparams; the same for every run, because TensorBoard takes the
 # HParams table's columns from the first run it reads.
-HPARAM_KEYS = ("dataset.name", "model.name", "seed", "input.image_size", "input.crop.mode", "train.epochs",
-               "train.batch_size", "train.optimizer.name", "train.optimizer.learning_rate", "train.schedule.name",
-               "train.label_smoothing", "train.mixed_precision", "evaluation.tta")
+HPARAM_KEYS = (
+    "dataset.name",
+    "model.name",
+    "seed",
+    "input.image_size",
+    "input.crop.mode",
+    "train.epochs",
+    "train.batch_size",
+    "train.optimizer.name",
+    "train.optimizer.learning_rate",
+    "train.schedule.name",
+    "train.label_smoothing",
+    "train.mixed_precision",
+    "evaluation.tta",
+)
 
 
-def run_callbacks(log_dir: os.PathLike, *, class_names, sample_data, validation_data, images: bool = True,
-                  confusion_matrix_freq: int = 1, profile_steps=None) -> list:
+def run_callbacks(
+    log_dir: os.PathLike,
+    *,
+    class_names,
+    sample_data,
+    validation_data,
+    images: bool = True,
+    confusion_matrix_freq: int = 1,
+    profile_steps=None,
+) -> list:
     """The callbacks a run adds beside Keras' TensorBoard (the chief's only, when distributed).
 
     Args:
@@ -39,29 +57,43 @@ def run_callbacks(log_dir: os.PathLike, *, class_names, sample_data, validation_
     """
     callbacks = []
     if images:
-        callbacks.append(tensorboard_logging.InputSamples(log_dir, class_names=class_names, train_data=sample_data,
-                                      eval_data=validation_data))
+        callbacks.append(
+            tensorboard_logging.InputSamples(
+                log_dir, class_names=class_names, train_data=sample_data, eval_data=validation_data
+            )
+        )
     if confusion_matrix_freq and validation_data is not None:
-        callbacks.append(tensorboard_logging.ValidationConfusion(log_dir, validation_data=validation_data, class_names=class_names,
-                                             freq=confusion_matrix_freq))
+        callbacks.append(
+            tensorboard_logging.ValidationConfusion(
+                log_dir, validation_data=validation_data, class_names=class_names, freq=confusion_matrix_freq
+            )
+        )
     if profile_steps:
         callbacks.append(tensorboard_logging.ProfileSteps(log_dir, steps=list(profile_steps)))
     return callbacks
 
 
-def write_run_start(log_dir: os.PathLike, *, flat_config: dict, config_yaml: str, model: keras.Model | None,
-                    trial_id: str, hparams: bool = True) -> None:
+def write_run_start(
+    log_dir: os.PathLike,
+    *,
+    flat_config: dict,
+    config_yaml: str,
+    model: keras.Model | None,
+    trial_id: str,
+    hparams: bool = True,
+) -> None:
     """Once, when a run starts: its hparams session (`HPARAM_KEYS` of `flat_config`, a {dotted key: value}
     dict), its resolved config as text and, given a model, its op graph."""
     if hparams:
-        tensorboard_logging.write_hparams(log_dir, {key: flat_config.get(key) for key in HPARAM_KEYS}, trial_id=trial_id)
+        tensorboard_logging.write_hparams(
+            log_dir, {key: flat_config.get(key) for key in HPARAM_KEYS}, trial_id=trial_id
+        )
     tensorboard_logging.write_config_text(log_dir, config_yaml)
     if model is not None:
         tensorboard_logging.write_op_graph(log_dir, model)
 
 
-def start(config: Config, run_dir: Path, splits: Splits, model: keras.Model, validation_data, *,
-          new: bool) -> list:
+def start(config: Config, run_dir: Path, splits: Splits, model: keras.Model, validation_data, *, new: bool) -> list:
     """What TensorBoard shows beyond Keras' scalars: written once for a new run (hparams, config, op
     graph), and the callbacks (input samples, validation confusion matrix, profiler)."""
     options = config.train.callbacks.tensorboard
@@ -70,12 +102,22 @@ def start(config: Config, run_dir: Path, splits: Splits, model: keras.Model, val
     log_dir = run_dir / "tensorboard"
     if new:
         write_run_start(
-            log_dir, flat_config=rundir.flatten(config_lib.to_dict(config)), config_yaml=config_lib.dump_yaml(config),
-            model=model if options.graph else None, trial_id=f"{config.name}/{run_dir.name}", hparams=options.hparams)
+            log_dir,
+            flat_config=rundir.flatten(config_lib.to_dict(config)),
+            config_yaml=config_lib.dump_yaml(config),
+            model=model if options.graph else None,
+            trial_id=f"{config.name}/{run_dir.name}",
+            hparams=options.hparams,
+        )
     return run_callbacks(
-        log_dir, class_names=splits.class_names, validation_data=validation_data, images=options.images,
+        log_dir,
+        class_names=splits.class_names,
+        validation_data=validation_data,
+        images=options.images,
         sample_data=splits.dataset("train", config, training=True) if options.images else None,
-        confusion_matrix_freq=options.confusion_matrix_freq, profile_steps=options.profile_steps)
+        confusion_matrix_freq=options.confusion_matrix_freq,
+        profile_steps=options.profile_steps,
+    )
 
 
 def finish(config: Config, run_dir: Path, report: dict | None, test: dict, epochs: int) -> None:
@@ -83,5 +125,6 @@ def finish(config: Config, run_dir: Path, report: dict | None, test: dict, epoch
     if config.train.callbacks.csv_log and (run_dir / "history.csv").is_file():
         evaluation_report.plot_curves(run_dir / "history.csv", run_dir / "curves.png", title=config.name)
     if report is not None and config.train.callbacks.tensorboard.enabled:
-        tensorboard_logging.write_evaluation_summary(run_dir / "tensorboard", report, step=max(epochs - 1, 0),
-                                                     loss=test["loss"])
+        tensorboard_logging.write_evaluation_summary(
+            run_dir / "tensorboard", report, step=max(epochs - 1, 0), loss=test["loss"]
+        )

@@ -18,16 +18,18 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.evaluation import figures
 from pipeline.core import fileio
 from pipeline.core.errors import UserError
+from pipeline.evaluation import figures
 
 # Guo et al. 2017, "On Calibration of Modern Neural Networks" (ICML), eq. 3, with M = 15 equal-width
 # bins of the top-1 confidence, as in their experiments.
 CALIBRATION_BINS = 15
-CALIBRATION_SOURCE = ("Guo et al. 2017, On Calibration of Modern Neural Networks, eq. 3: "
-                      "sum over bins of |bin| / N * |accuracy(bin) - mean confidence(bin)|, "
-                      "equal-width bins of the highest predicted probability")
+CALIBRATION_SOURCE = (
+    "Guo et al. 2017, On Calibration of Modern Neural Networks, eq. 3: "
+    "sum over bins of |bin| / N * |accuracy(bin) - mean confidence(bin)|, "
+    "equal-width bins of the highest predicted probability"
+)
 MAX_MISTAKES = 25
 
 
@@ -41,22 +43,28 @@ def _check(labels, probabilities, class_names) -> tuple[np.ndarray, np.ndarray]:
     if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
         raise ValueError(f"`labels` must be a 1-D integer array. Received: shape={labels.shape}, dtype={labels.dtype}")
     if probabilities.ndim != 2 or probabilities.shape[0] != labels.shape[0]:
-        raise ValueError(f"`probabilities` must have shape [N, C] with N = len(labels) = {labels.shape[0]}. "
-                         f"Received: shape={probabilities.shape}")
+        raise ValueError(
+            f"`probabilities` must have shape [N, C] with N = len(labels) = {labels.shape[0]}. "
+            f"Received: shape={probabilities.shape}"
+        )
     if labels.shape[0] == 0:
         raise ValueError("`labels` is empty: a report needs at least one example.")
     num_classes = probabilities.shape[1]
     if len(class_names) != num_classes:
-        raise ValueError(f"`class_names` must have one name per column of `probabilities` ({num_classes}). "
-                         f"Received: {len(class_names)} names")
+        raise ValueError(
+            f"`class_names` must have one name per column of `probabilities` ({num_classes}). "
+            f"Received: {len(class_names)} names"
+        )
     if labels.min() < 0 or labels.max() >= num_classes:
-        raise ValueError(f"`labels` must lie in [0, {num_classes - 1}]. "
-                         f"Received: min={labels.min()}, max={labels.max()}")
+        raise ValueError(
+            f"`labels` must lie in [0, {num_classes - 1}]. Received: min={labels.min()}, max={labels.max()}"
+        )
     sums = probabilities.sum(axis=1)
     if not np.all(np.abs(sums - 1.0) < 1e-2):
         worst = sums[np.argmax(np.abs(sums - 1.0))]
-        raise ValueError(f"`probabilities` rows must sum to 1 (softmax outputs, not logits). "
-                         f"Received: a row summing to {worst:.4f}")
+        raise ValueError(
+            f"`probabilities` rows must sum to 1 (softmax outputs, not logits). Received: a row summing to {worst:.4f}"
+        )
     return labels.astype(np.int64), probabilities
 
 
@@ -82,13 +90,13 @@ def calibration_bins(confidences: np.ndarray, correct: np.ndarray, *, bins: int 
         confidence = float(confidences[members].mean()) if count else None
         if count:
             ece += count / total * abs(accuracy - confidence)
-        per_bin.append({"lower": m / bins, "upper": (m + 1) / bins, "count": count,
-                        "accuracy": accuracy, "confidence": confidence})
+        per_bin.append(
+            {"lower": m / bins, "upper": (m + 1) / bins, "count": count, "accuracy": accuracy, "confidence": confidence}
+        )
     return ece, per_bin
 
 
-def build_report(*, labels, probabilities, class_names, top_k: int = 5,
-                 bins: int = CALIBRATION_BINS) -> dict:
+def build_report(*, labels, probabilities, class_names, top_k: int = 5, bins: int = CALIBRATION_BINS) -> dict:
     """Metrics of one evaluation, as a JSON-able dict.
 
     Args:
@@ -127,10 +135,14 @@ def build_report(*, labels, probabilities, class_names, top_k: int = 5,
         top_k_accuracy = metrics.top_k_accuracy_score(labels, scores, k=k, labels=label_ids)
         balanced = metrics.balanced_accuracy_score(labels, predictions)
         precision, recall, f1, support = metrics.precision_recall_fscore_support(
-            labels, predictions, labels=label_ids, zero_division=0)
-        averages = {average: metrics.precision_recall_fscore_support(labels, predictions, labels=label_ids,
-                                                                     average=average, zero_division=0)[:3]
-                    for average in ("macro", "weighted")}
+            labels, predictions, labels=label_ids, zero_division=0
+        )
+        averages = {
+            average: metrics.precision_recall_fscore_support(
+                labels, predictions, labels=label_ids, average=average, zero_division=0
+            )[:3]
+            for average in ("macro", "weighted")
+        }
     matrix = metrics.confusion_matrix(labels, predictions, labels=label_ids)
     ece, per_bin = calibration_bins(probabilities.max(axis=1), correct, bins=bins)
     return {
@@ -145,9 +157,10 @@ def build_report(*, labels, probabilities, class_names, top_k: int = 5,
         "weighted_avg": dict(zip(("precision", "recall", "f1"), map(float, averages["weighted"]))),
         "expected_calibration_error": float(ece),
         "calibration": {"bins": bins, "source": CALIBRATION_SOURCE, "per_bin": per_bin},
-        "per_class": [{"class": str(name), "precision": float(p), "recall": float(r), "f1": float(f),
-                       "support": int(s)}
-                      for name, p, r, f, s in zip(class_names, precision, recall, f1, support)],
+        "per_class": [
+            {"class": str(name), "precision": float(p), "recall": float(r), "f1": float(f), "support": int(s)}
+            for name, p, r, f, s in zip(class_names, precision, recall, f1, support)
+        ],
         "confusion_matrix": matrix.astype(int).tolist(),
     }
 
@@ -170,8 +183,7 @@ def most_confident_mistakes(labels, probabilities, max_images: int = MAX_MISTAKE
     return wrong[np.argsort(-scores, kind="stable")[:max_images]]
 
 
-def mistakes_figure(*, labels, probabilities, class_names, images, max_images: int = MAX_MISTAKES,
-                    image_indices=None):
+def mistakes_figure(*, labels, probabilities, class_names, images, max_images: int = MAX_MISTAKES, image_indices=None):
     """The most confident wrong predictions as an image grid, or a "no mistakes" message figure.
 
     Args:
@@ -184,26 +196,34 @@ def mistakes_figure(*, labels, probabilities, class_names, images, max_images: i
     images = np.asarray(images)
     indices = np.arange(len(labels)) if image_indices is None else np.asarray(image_indices)
     if images.ndim != 4 or len(images) != len(indices):
-        raise ValueError(f"`images` must have shape [N, H, W, channels] with N = {len(indices)}. "
-                         f"Received: shape={images.shape}")
+        raise ValueError(
+            f"`images` must have shape [N, H, W, channels] with N = {len(indices)}. Received: shape={images.shape}"
+        )
     predictions = np.argmax(probabilities, axis=1)
     wrong = np.flatnonzero(predictions != labels)
     if not len(wrong):
-        return figures.message_figure(f"No mistakes: all {len(labels)} test images are classified correctly.",
-                                      title="Most confident mistakes")
+        return figures.message_figure(
+            f"No mistakes: all {len(labels)} test images are classified correctly.", title="Most confident mistakes"
+        )
     chosen = most_confident_mistakes(labels, probabilities, max_images)
     position = {int(index): order for order, index in enumerate(indices)}
     missing = [int(i) for i in chosen if int(i) not in position]
     if missing:
         raise ValueError(f"`image_indices` must include the most confident mistakes. Missing: {missing[:5]}")
-    titles = [f"true: {class_names[labels[i]]}\npred: {class_names[predictions[i]]} ({probabilities[i, predictions[i]]:.2f})"
-              for i in chosen]
-    return figures.image_grid_figure(images[[position[int(i)] for i in chosen]], titles, title=f"Most confident "
-                                     f"mistakes ({len(chosen)} of {len(wrong)} wrong out of {len(labels)})")
+    titles = [
+        f"true: {class_names[labels[i]]}\npred: {class_names[predictions[i]]} ({probabilities[i, predictions[i]]:.2f})"
+        for i in chosen
+    ]
+    return figures.image_grid_figure(
+        images[[position[int(i)] for i in chosen]],
+        titles,
+        title=f"Most confident mistakes ({len(chosen)} of {len(wrong)} wrong out of {len(labels)})",
+    )
 
 
-def write_report(report: dict, out_dir: os.PathLike, *, labels, probabilities, class_names,
-                 images=None, image_indices=None) -> dict[str, Path]:
+def write_report(
+    report: dict, out_dir: os.PathLike, *, labels, probabilities, class_names, images=None, image_indices=None
+) -> dict[str, Path]:
     """Writes the report and its figures into `out_dir` (created), each file atomically.
 
     Args:
@@ -225,18 +245,28 @@ def write_report(report: dict, out_dir: os.PathLike, *, labels, probabilities, c
     fileio.atomic_write_text(paths["per_class"], per_class_csv(report))
     accuracy = f"accuracy {report['accuracy']:.4f} on {report['num_examples']} images"
     paths["confusion_matrix"] = figures.save_png(
-        figures.confusion_matrix_figure(report["confusion_matrix"], class_names,
-                                        title=f"Test confusion matrix ({accuracy})"),
-        out_dir / "confusion_matrix.png")
+        figures.confusion_matrix_figure(
+            report["confusion_matrix"], class_names, title=f"Test confusion matrix ({accuracy})"
+        ),
+        out_dir / "confusion_matrix.png",
+    )
     paths["calibration"] = figures.save_png(
-        figures.reliability_figure(report["calibration"]["per_bin"],
-                                   expected_calibration_error=report["expected_calibration_error"]),
-        out_dir / "calibration.png")
+        figures.reliability_figure(
+            report["calibration"]["per_bin"], expected_calibration_error=report["expected_calibration_error"]
+        ),
+        out_dir / "calibration.png",
+    )
     if images is not None:
         paths["mistakes"] = figures.save_png(
-            mistakes_figure(labels=labels, probabilities=probabilities, class_names=class_names, images=images,
-                            image_indices=image_indices),
-            out_dir / "mistakes.png")
+            mistakes_figure(
+                labels=labels,
+                probabilities=probabilities,
+                class_names=class_names,
+                images=images,
+                image_indices=image_indices,
+            ),
+            out_dir / "mistakes.png",
+        )
     return paths
 
 
@@ -255,8 +285,10 @@ def read_history(path: os.PathLike) -> dict[str, np.ndarray]:
     except OSError as error:
         raise ReportError(f"{path}: cannot read the training history ({error.strerror})") from None
     if not rows or "epoch" not in rows[0]:
-        raise ReportError(f"{path}: not a training history: expected a CSV header with an 'epoch' column "
-                          f"and one row per epoch (Keras CSVLogger)")
+        raise ReportError(
+            f"{path}: not a training history: expected a CSV header with an 'epoch' column "
+            f"and one row per epoch (Keras CSVLogger)"
+        )
 
     def number(text):
         try:
@@ -270,8 +302,7 @@ def read_history(path: os.PathLike) -> dict[str, np.ndarray]:
         if math.isfinite(epoch):
             by_epoch[int(epoch)] = row
     epochs = sorted(by_epoch)
-    return {column: np.array([number(by_epoch[e].get(column)) for e in epochs], dtype=np.float64)
-            for column in rows[0]}
+    return {column: np.array([number(by_epoch[e].get(column)) for e in epochs], dtype=np.float64) for column in rows[0]}
 
 
 def plot_curves(history_csv: os.PathLike, out_png: os.PathLike, *, title: str | None = None) -> Path:

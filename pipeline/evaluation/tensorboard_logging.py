@@ -77,16 +77,17 @@ def _take_images(dataset, count: int) -> tuple[np.ndarray, np.ndarray]:
     images, labels, total = [], [], 0
     for batch in dataset:
         batch_images, batch_labels = np.asarray(batch[0]), np.asarray(batch[1])
-        images.append(batch_images[:count - total])
-        labels.append((batch_labels.argmax(-1) if batch_labels.ndim == 2 else batch_labels)[:count - total])
+        images.append(batch_images[: count - total])
+        labels.append((batch_labels.argmax(-1) if batch_labels.ndim == 2 else batch_labels)[: count - total])
         total += len(images[-1])
         if total >= count:
             break
     return np.concatenate(images), np.concatenate(labels).astype(np.int64)
 
 
-def write_image_grid(log_dir: os.PathLike, run: str, tag: str, *, images, labels, class_names, step: int = 0,
-                     title: str | None = None) -> None:
+def write_image_grid(
+    log_dir: os.PathLike, run: str, tag: str, *, images, labels, class_names, step: int = 0, title: str | None = None
+) -> None:
     """One grid image of `images` [N, H, W, channels] (any range), each captioned with its class name."""
     figure = figures.image_grid_figure(images, [str(class_names[label]) for label in labels], title=title)
     writer = _writer(log_dir, run)
@@ -111,8 +112,9 @@ class InputSamples(keras.callbacks.Callback):
         max_images: images per grid.
     """
 
-    def __init__(self, log_dir: os.PathLike, *, class_names, train_data=None, eval_data=None,
-                 max_images: int = MAX_SAMPLE_IMAGES):
+    def __init__(
+        self, log_dir: os.PathLike, *, class_names, train_data=None, eval_data=None, max_images: int = MAX_SAMPLE_IMAGES
+    ):
         super().__init__()
         self.log_dir, self.class_names = Path(log_dir), list(class_names)
         self.train_data, self.eval_data, self.max_images = train_data, eval_data, max_images
@@ -127,14 +129,15 @@ class InputSamples(keras.callbacks.Callback):
         self._first_epoch_seen = True
         if epoch != 0:
             return
-        for data, run, tag, title in ((self.train_data, "train", "input_samples/train_augmented",
-                                       "training images after augmentation"),
-                                      (self.eval_data, "validation", "input_samples/evaluation",
-                                       "evaluation images")):
+        for data, run, tag, title in (
+            (self.train_data, "train", "input_samples/train_augmented", "training images after augmentation"),
+            (self.eval_data, "validation", "input_samples/evaluation", "evaluation images"),
+        ):
             if data is not None:
                 images, labels = _take_images(data, self.max_images)
-                write_image_grid(self.log_dir, run, tag, images=images, labels=labels,
-                                 class_names=self.class_names, title=title)
+                write_image_grid(
+                    self.log_dir, run, tag, images=images, labels=labels, class_names=self.class_names, title=title
+                )
 
 
 class ValidationConfusion(keras.callbacks.Callback):
@@ -182,14 +185,16 @@ class ValidationConfusion(keras.callbacks.Callback):
         matrix = metrics.confusion_matrix(labels, predictions, labels=list(range(num_classes)))
         accuracy = float(np.trace(matrix)) / max(int(matrix.sum()), 1)
         figure = figures.confusion_matrix_figure(
-            matrix, self.class_names, title=f"Validation, epoch {epoch + 1} (accuracy {accuracy:.4f})")
+            matrix, self.class_names, title=f"Validation, epoch {epoch + 1} (accuracy {accuracy:.4f})"
+        )
         if self._writer is None:
             self._writer = _writer(self.log_dir, "validation")
         with self._writer.as_default():
             tf.summary.image("confusion_matrix", _figure_image(figure), step=epoch)
             if num_classes <= MAX_CLASSES_PER_CLASS_SCALARS:
                 precision, recall, _, _ = metrics.precision_recall_fscore_support(
-                    labels, predictions, labels=list(range(num_classes)), zero_division=0)
+                    labels, predictions, labels=list(range(num_classes)), zero_division=0
+                )
                 for index, name in enumerate(self.class_names):
                     tag = tag_name(index, name, num_classes)
                     tf.summary.scalar(f"per_class_precision/{tag}", float(precision[index]), step=epoch)
@@ -212,8 +217,9 @@ def hparam_value(value):
     return str(value)
 
 
-def write_hparams(log_dir: os.PathLike, hparams: dict, *, trial_id: str | None = None,
-                  metrics=DEFAULT_HPARAMS_METRICS) -> None:
+def write_hparams(
+    log_dir: os.PathLike, hparams: dict, *, trial_id: str | None = None, metrics=DEFAULT_HPARAMS_METRICS
+) -> None:
     """The HParams tab's session of this run: `hparams` with `metrics` read from the sub-runs.
 
     Args:
@@ -252,18 +258,23 @@ def write_config_text(log_dir: os.PathLike, config_yaml: str) -> None:
 
 def evaluation_markdown(report: dict, *, loss: float | None = None) -> str:
     """Markdown of an evaluation report (`pipeline.evaluation.report.build_report`): totals and per class."""
-    lines = ["| metric | value |", "| --- | --- |",
-             f"| test accuracy | {report['accuracy']:.4f} ({report['num_correct']} / {report['num_examples']}) |",
-             f"| top-{report['top_k']} accuracy | {report['top_k_accuracy']:.4f} |",
-             f"| balanced accuracy | {report['balanced_accuracy']:.4f} |",
-             f"| macro F1 | {report['macro_avg']['f1']:.4f} |",
-             f"| expected calibration error ({report['calibration']['bins']} bins) | "
-             f"{report['expected_calibration_error']:.4f} |"]
+    lines = [
+        "| metric | value |",
+        "| --- | --- |",
+        f"| test accuracy | {report['accuracy']:.4f} ({report['num_correct']} / {report['num_examples']}) |",
+        f"| top-{report['top_k']} accuracy | {report['top_k_accuracy']:.4f} |",
+        f"| balanced accuracy | {report['balanced_accuracy']:.4f} |",
+        f"| macro F1 | {report['macro_avg']['f1']:.4f} |",
+        f"| expected calibration error ({report['calibration']['bins']} bins) | "
+        f"{report['expected_calibration_error']:.4f} |",
+    ]
     if loss is not None:
         lines.append(f"| test loss | {loss:.4f} |")
     lines += ["", "| class | precision | recall | F1 | support |", "| --- | --- | --- | --- | --- |"]
-    lines += [f"| {row['class']} | {row['precision']:.4f} | {row['recall']:.4f} | {row['f1']:.4f} | {row['support']} |"
-              for row in report["per_class"]]
+    lines += [
+        f"| {row['class']} | {row['precision']:.4f} | {row['recall']:.4f} | {row['f1']:.4f} | {row['support']} |"
+        for row in report["per_class"]
+    ]
     return "\n".join(lines)
 
 
@@ -289,8 +300,9 @@ def write_evaluation_summary(log_dir: os.PathLike, report: dict, *, step: int, l
         for name in ("top_k_accuracy", "balanced_accuracy", "expected_calibration_error"):
             tf.summary.scalar(f"evaluation/{name}", report[name], step=step)
         tf.summary.scalar("evaluation/macro_f1", report["macro_avg"]["f1"], step=step)
-        figure = figures.confusion_matrix_figure(report["confusion_matrix"], class_names,
-                                                 title=f"Test (accuracy {report['accuracy']:.4f})")
+        figure = figures.confusion_matrix_figure(
+            report["confusion_matrix"], class_names, title=f"Test (accuracy {report['accuracy']:.4f})"
+        )
         tf.summary.image("confusion_matrix", _figure_image(figure), step=step)
         tf.summary.text("evaluation", evaluation_markdown(report, loss=loss), step=step)
     writer.close()
@@ -321,11 +333,16 @@ def profile_batch_range(steps) -> tuple[int, int] | int:
     """
     if steps is None or (isinstance(steps, (list, tuple)) and len(steps) == 0):
         return 0
-    if (not isinstance(steps, (list, tuple)) or len(steps) != 2
-            or not all(isinstance(s, int) and not isinstance(s, bool) for s in steps)
-            or not 1 <= steps[0] <= steps[1]):
-        raise ValueError(f"profile steps must be [start, stop] with 1 <= start <= stop (training steps of a fit, "
-                         f"the first is 1). Received: {steps!r}")
+    if (
+        not isinstance(steps, (list, tuple))
+        or len(steps) != 2
+        or not all(isinstance(s, int) and not isinstance(s, bool) for s in steps)
+        or not 1 <= steps[0] <= steps[1]
+    ):
+        raise ValueError(
+            f"profile steps must be [start, stop] with 1 <= start <= stop (training steps of a fit, "
+            f"the first is 1). Received: {steps!r}"
+        )
     return int(steps[0]), int(steps[1])
 
 
@@ -381,4 +398,3 @@ class ProfileSteps(keras.callbacks.Callback):
 def profile_traces(log_dir: os.PathLike) -> list[Path]:
     """Profiler trace files (`*.xplane.pb`) under the log directory, oldest first."""
     return sorted(Path(log_dir).glob("**/plugins/profile/*/*.xplane.pb"), key=lambda path: path.stat().st_mtime)
-

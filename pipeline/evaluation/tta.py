@@ -42,12 +42,15 @@ def flip_tta_model(model: keras.Model) -> keras.Model:
 
 def _check_single_image_model(model: keras.Model, what: str):
     if len(model.inputs) != 1 or len(model.outputs) != 1:
-        raise ValueError(f"{what} needs a model with one input and one output. Received: "
-                         f"{len(model.inputs)} inputs and {len(model.outputs)} outputs ({model.name})")
+        raise ValueError(
+            f"{what} needs a model with one input and one output. Received: "
+            f"{len(model.inputs)} inputs and {len(model.outputs)} outputs ({model.name})"
+        )
     shape = model.inputs[0].shape
     if len(shape) != 4:
-        raise ValueError(f"{what} needs image input [batch, H, W, C]. Received: input shape {tuple(shape)} "
-                         f"({model.name})")
+        raise ValueError(
+            f"{what} needs image input [batch, H, W, C]. Received: input shape {tuple(shape)} ({model.name})"
+        )
     return shape
 
 
@@ -68,12 +71,14 @@ def flip_translate_tta_model(model: keras.Model, *, shift: int = 1) -> keras.Mod
     shape = _check_single_image_model(model, "flip-translate TTA")
     height, width = shape[1], shape[2]
     if height is None or width is None or min(height, width) <= shift:
-        raise ValueError(f"flip-translate TTA needs a fixed image size larger than {shift} pixels. Received: "
-                         f"input shape {tuple(shape)} ({model.name})")
+        raise ValueError(
+            f"flip-translate TTA needs a fixed image size larger than {shift} pixels. Received: "
+            f"input shape {tuple(shape)} ({model.name})"
+        )
     images = keras.Input(shape=tuple(shape[1:]), dtype=model.inputs[0].dtype, name="image")
     mirrored = keras.ops.flip(images, axis=2)
     padded = keras.ops.pad(images, [[0, 0], [shift, shift], [shift, shift], [0, 0]], mode="reflect")
-    views = [padded[:, :height, :width, :], padded[:, 2 * shift:, 2 * shift:, :]]  # content moves down-right, up-left
+    views = [padded[:, :height, :width, :], padded[:, 2 * shift :, 2 * shift :, :]]  # content moves down-right, up-left
     views += [keras.ops.flip(view, axis=2) for view in views]
     unshifted = layers.Average(dtype="float32", name="unshifted")([model(images), model(mirrored)])
     shifted = layers.Average(dtype="float32", name="shifted")([model(view) for view in views])

@@ -12,8 +12,17 @@ from __future__ import annotations
 
 import math
 
-_WINDOWED = {"Conv2D", "Convolution2D", "DepthwiseConv2D", "SeparableConv2D", "SeparableConvolution2D",
-             "MaxPooling2D", "MaxPool2D", "AveragePooling2D", "AvgPool2D"}
+_WINDOWED = {
+    "Conv2D",
+    "Convolution2D",
+    "DepthwiseConv2D",
+    "SeparableConv2D",
+    "SeparableConvolution2D",
+    "MaxPooling2D",
+    "MaxPool2D",
+    "AveragePooling2D",
+    "AvgPool2D",
+}
 _GLOBAL_POOLS = {"GlobalAveragePooling2D", "GlobalAvgPool2D", "GlobalMaxPooling2D", "GlobalMaxPool2D"}
 _MERGES = {"Add", "Subtract", "Multiply", "Average", "Maximum", "Minimum", "Concatenate"}
 _AXES = ("height", "width")
@@ -63,10 +72,22 @@ def _histories(node) -> list:
 def _fail(name, path, class_name, axis, formula, numbers, value, trace, reason=None) -> _Failure:
     shown = f"{value:g}" if isinstance(value, float) else str(value)
     where = f", {axis}" if axis else ""
-    message = (f"{name} ({class_name}{where}): {formula} = {numbers} = {shown} -> "
-               f"{reason or 'not a whole positive number'}")
-    return _Failure({"layer": name, "path": path, "class_name": class_name, "axis": axis, "formula": formula,
-                     "numbers": numbers, "result": value, "message": message, "trace": list(trace)})
+    message = (
+        f"{name} ({class_name}{where}): {formula} = {numbers} = {shown} -> {reason or 'not a whole positive number'}"
+    )
+    return _Failure(
+        {
+            "layer": name,
+            "path": path,
+            "class_name": class_name,
+            "axis": axis,
+            "formula": formula,
+            "numbers": numbers,
+            "result": value,
+            "message": message,
+            "trace": list(trace),
+        }
+    )
 
 
 def _windowed(layer, size, path, trace, square):
@@ -87,8 +108,7 @@ def _windowed(layer, size, path, trace, square):
             numbers = f"({n} + 2*0 - {f}) / {s} + 1"
             if d > 1:
                 numbers += f" (F = {d}*({k}-1)+1 with dilation {d})"
-            raise _fail(name, path, class_name, None if square else axis, "(N + 2P - F) / S + 1", numbers,
-                        value, trace)
+            raise _fail(name, path, class_name, None if square else axis, "(N + 2P - F) / S + 1", numbers, value, trace)
         out.append(math.floor(value))
     return tuple(out)
 
@@ -109,8 +129,11 @@ def _layer_output(layer, inbound, path, trace, square):
     if size is None:
         if class_name == "Reshape":
             target = cfg.get("target_shape") or ()
-            return tuple(target[:2]) if len(target) == 3 and all(isinstance(t, int) and t > 0 for t in target[:2]) \
+            return (
+                tuple(target[:2])
+                if len(target) == 3 and all(isinstance(t, int) and t > 0 for t in target[:2])
                 else None
+            )
         return None
     if class_name in _WINDOWED:
         result = _windowed(layer, size, path, trace, square)
@@ -120,18 +143,32 @@ def _layer_output(layer, inbound, path, trace, square):
         result = tuple(n * s if same else (n - 1) * s + k for n, k, s in zip(size, kernel, strides))
     elif class_name == "ZeroPadding2D":
         padding = cfg.get("padding", 1)
-        pads = [_pair(p) for p in padding] if isinstance(padding, (list, tuple)) and \
-            isinstance(padding[0], (list, tuple)) else [(p, p) for p in _pair(padding)]
+        pads = (
+            [_pair(p) for p in padding]
+            if isinstance(padding, (list, tuple)) and isinstance(padding[0], (list, tuple))
+            else [(p, p) for p in _pair(padding)]
+        )
         result = tuple(n + a + b for n, (a, b) in zip(size, pads))
     elif class_name == "Cropping2D":
         cropping = cfg.get("cropping", 0)
-        crops = [_pair(c) for c in cropping] if isinstance(cropping, (list, tuple)) and \
-            isinstance(cropping[0], (list, tuple)) else [(c, c) for c in _pair(cropping)]
+        crops = (
+            [_pair(c) for c in cropping]
+            if isinstance(cropping, (list, tuple)) and isinstance(cropping[0], (list, tuple))
+            else [(c, c) for c in _pair(cropping)]
+        )
         result = []
         for axis, n, (a, b) in zip(_AXES, size, crops):
             if n - a - b < 1:
-                raise _fail(name, path, class_name, None if square else axis, "N - top - bottom",
-                            f"{n} - {a} - {b}", n - a - b, trace)
+                raise _fail(
+                    name,
+                    path,
+                    class_name,
+                    None if square else axis,
+                    "N - top - bottom",
+                    f"{n} - {a} - {b}",
+                    n - a - b,
+                    trace,
+                )
             result.append(n - a - b)
         result = tuple(result)
     elif class_name == "UpSampling2D":
@@ -144,15 +181,26 @@ def _layer_output(layer, inbound, path, trace, square):
         result = None
     elif class_name == "Reshape":
         target = cfg.get("target_shape") or ()
-        result = tuple(target[:2]) if len(target) == 3 and all(isinstance(t, int) and t > 0 for t in target[:2]) \
-            else None
+        result = (
+            tuple(target[:2]) if len(target) == 3 and all(isinstance(t, int) and t > 0 for t in target[:2]) else None
+        )
     elif class_name in _MERGES:
         distinct = sorted({s for s in known if s != (1, 1)}) or [known[0]]
         if len(distinct) > 1:
             sizes = " and ".join(f"{h}x{w}" for h, w in distinct)
-            raise _Failure({"layer": name, "path": path, "class_name": class_name, "axis": None, "formula": None,
-                            "numbers": None, "result": None, "trace": list(trace),
-                            "message": f"{name} ({class_name}): its inputs are {sizes}, which cannot be merged"})
+            raise _Failure(
+                {
+                    "layer": name,
+                    "path": path,
+                    "class_name": class_name,
+                    "axis": None,
+                    "formula": None,
+                    "numbers": None,
+                    "result": None,
+                    "trace": list(trace),
+                    "message": f"{name} ({class_name}): its inputs are {sizes}, which cannot be merged",
+                }
+            )
         result = distinct[0]
     else:
         result = size
@@ -166,8 +214,11 @@ def _simulate(config: dict, input_sizes: list, prefix: str, trace: list, square:
     sizes: dict = {}
     inputs = _refs(config.get("input_layers"))
     if not inputs:
-        inputs = [(layer.get("name") or layer["config"]["name"], 0, 0) for layer in layers_list
-                  if layer.get("class_name") == "InputLayer"][:1]
+        inputs = [
+            (layer.get("name") or layer["config"]["name"], 0, 0)
+            for layer in layers_list
+            if layer.get("class_name") == "InputLayer"
+        ][:1]
     for ref, size in zip(inputs, input_sizes):
         sizes[(ref[0], 0)] = size
     previous = input_sizes[0] if input_sizes else None

@@ -48,8 +48,11 @@ def layer_flops(layer) -> int | None:
     L = keras.layers
     if isinstance(layer, (L.SeparableConv1D, L.SeparableConv2D)):
         positions = _spatial(_shape(compat.node_tensor(layer, "output")))
-        return None if positions is None else 2 * positions * (
-            _prod(layer.depthwise_kernel.shape) + _prod(layer.pointwise_kernel.shape))
+        return (
+            None
+            if positions is None
+            else 2 * positions * (_prod(layer.depthwise_kernel.shape) + _prod(layer.pointwise_kernel.shape))
+        )
     if isinstance(layer, (L.DepthwiseConv1D, L.DepthwiseConv2D, L.Conv1D, L.Conv2D, L.Conv3D)):
         positions = _spatial(_shape(compat.node_tensor(layer, "output")))
         return None if positions is None else 2 * positions * _prod(layer.kernel.shape)
@@ -79,16 +82,23 @@ def summarize(model: keras.Model) -> list[dict]:
             continue
         is_layer = isinstance(operation, keras.layers.Layer)
         nested = isinstance(operation, keras.Model)
-        rows.append({"name": operation.name, "path": "".join(f"{a.name}/" for a in ancestors[1:]) + operation.name,
-                     "depth": depth, "type": type(operation).__name__,
-                     "output_shape": _shape(compat.node_tensor(operation, "output")),
-                     "params": operation.count_params() if is_layer and operation.built else 0,
-                     "trainable_params": weight_count(operation.trainable_weights) if is_layer else 0,
-                     "flops": 0 if nested or not is_layer else layer_flops(operation), "nested": nested})
+        rows.append(
+            {
+                "name": operation.name,
+                "path": "".join(f"{a.name}/" for a in ancestors[1:]) + operation.name,
+                "depth": depth,
+                "type": type(operation).__name__,
+                "output_shape": _shape(compat.node_tensor(operation, "output")),
+                "params": operation.count_params() if is_layer and operation.built else 0,
+                "trainable_params": weight_count(operation.trainable_weights) if is_layer else 0,
+                "flops": 0 if nested or not is_layer else layer_flops(operation),
+                "nested": nested,
+            }
+        )
     for index, row in enumerate(rows):
         if row["nested"]:  # its layers are the rows right after it, down to the next row as shallow
             inner = []
-            for later in rows[index + 1:]:
+            for later in rows[index + 1 :]:
                 if later["depth"] <= row["depth"]:
                     break
                 if not later["nested"]:
@@ -104,5 +114,4 @@ def totals(model: keras.Model, rows: list[dict]) -> dict:
     flops = None if any(f is None for f in leaf_flops) else sum(leaf_flops)
     total = model.count_params()
     trainable = weight_count(model.trainable_weights)
-    return {"params": total, "trainable_params": trainable, "non_trainable_params": total - trainable,
-            "flops": flops}
+    return {"params": total, "trainable_params": trainable, "non_trainable_params": total - trainable, "flops": flops}

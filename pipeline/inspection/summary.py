@@ -22,15 +22,14 @@ from __future__ import annotations
 import re
 import sys
 
-from pipeline.inspection import layer_sizes  # pure Python; Keras and TensorFlow are imported once the config is read
 from pipeline.core.errors import UserError
+from pipeline.inspection import layer_sizes  # pure Python; Keras and TensorFlow are imported once the config is read
 
 # Native image shape of datasets whose images all have one size (used when input.image_size / channels
 # are null, as train.py does with the arrays it loads).
 NATIVE_SHAPES = {"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
 CLASS_COUNTS = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "hymenoptera": 2}
 REFERENCE_SIZE = 224  # a size every registered network takes, for the arithmetic of a size that fails
-
 
 
 class SummaryError(UserError):
@@ -40,6 +39,7 @@ class SummaryError(UserError):
 # --------------------------------------------------------------------------------------------------
 # The network of an experiment
 # --------------------------------------------------------------------------------------------------
+
 
 def input_shape_for(config) -> tuple[int, int, int]:
     """(height, width, channels) the experiment's network is built for: its eval transform's output."""
@@ -59,10 +59,13 @@ def eval_transform_for(config):
     elif native:
         height, width = native[:2]
     else:
-        raise SummaryError(f"input.image_size: dataset {config.dataset.name!r} has no single native image size; "
-                           f"set one, e.g. --set input.image_size=[224,224]")
+        raise SummaryError(
+            f"input.image_size: dataset {config.dataset.name!r} has no single native image size; "
+            f"set one, e.g. --set input.image_size=[224,224]"
+        )
     return EvalTransform.from_input_section(config.input).sized(
-        image_size=(height, width), channels=int(channels or (native[2] if native else 3)))
+        image_size=(height, width), channels=int(channels or (native[2] if native else 3))
+    )
 
 
 def num_classes_for(config) -> int:
@@ -73,11 +76,18 @@ def num_classes_for(config) -> int:
 
     options = config.dataset
     try:
-        data = datasets.load_dataset(options.name, data_dir=options.data_dir, mirror_dir=options.mirror_dir,
-                                     root=options.root, lists=options.lists, classes=options.classes)
+        data = datasets.load_dataset(
+            options.name,
+            data_dir=options.data_dir,
+            mirror_dir=options.mirror_dir,
+            root=options.root,
+            lists=options.lists,
+            classes=options.classes,
+        )
     except datasets.DatasetError as error:
-        raise SummaryError(f"cannot count the classes of dataset {options.name!r} ({error}); "
-                           f"pass --num-classes N") from None
+        raise SummaryError(
+            f"cannot count the classes of dataset {options.name!r} ({error}); pass --num-classes N"
+        ) from None
     return len(data.class_names)
 
 
@@ -95,13 +105,18 @@ def build_network(config, input_shape, num_classes: int):
     wrapper)."""
     import models
 
-    return models.build_model(config.model.name, input_shape=input_shape, num_classes=num_classes,
-                              **_options_without_weights(config.model.name, config.model.options))
+    return models.build_model(
+        config.model.name,
+        input_shape=input_shape,
+        num_classes=num_classes,
+        **_options_without_weights(config.model.name, config.model.options),
+    )
 
 
 # --------------------------------------------------------------------------------------------------
 # Layer table (rows and totals from pipeline.inspection.model_stats)
 # --------------------------------------------------------------------------------------------------
+
 
 def _number(value) -> str:
     return "?" if value is None else f"{value:,}"
@@ -119,28 +134,43 @@ def format_table(rows: list[dict], summary_totals: dict) -> str:
     """The layer table of `model_stats.summarize` rows (nested layers indented) and the totals of
     `model_stats.totals`, as lines of text."""
     header = ("Layer", "Type", "Output shape", "Params", "FLOPs")
-    body = [("  " * row["depth"] + row["name"], row["type"], _shape_text(row["output_shape"]),
-             _number(row["params"]), _number(row["flops"])) for row in rows]
+    body = [
+        (
+            "  " * row["depth"] + row["name"],
+            row["type"],
+            _shape_text(row["output_shape"]),
+            _number(row["params"]),
+            _number(row["flops"]),
+        )
+        for row in rows
+    ]
     widths = [max(len(line[i]) for line in [header, *body]) for i in range(len(header))]
 
     def line(cells):
-        return "  ".join(cell.ljust(width) if i < 3 else cell.rjust(width)
-                         for i, (cell, width) in enumerate(zip(cells, widths))).rstrip()
+        return "  ".join(
+            cell.ljust(width) if i < 3 else cell.rjust(width) for i, (cell, width) in enumerate(zip(cells, widths))
+        ).rstrip()
 
     rule = "-" * len(line(header))
     flops = summary_totals["flops"]
     gflops = "?" if flops is None else f"{flops / 1e9:.4f} GFLOPs"
-    lines = [line(header), rule, *(line(cells) for cells in body), rule,
-             f"Total params:         {_number(summary_totals['params'])}",
-             f"Trainable params:     {_number(summary_totals['trainable_params'])}",
-             f"Non-trainable params: {_number(summary_totals['non_trainable_params'])}",
-             f"FLOPs per image:      {_number(flops)} ({gflops}; multiply-adds x2 in conv and dense layers)"]
+    lines = [
+        line(header),
+        rule,
+        *(line(cells) for cells in body),
+        rule,
+        f"Total params:         {_number(summary_totals['params'])}",
+        f"Trainable params:     {_number(summary_totals['trainable_params'])}",
+        f"Non-trainable params: {_number(summary_totals['non_trainable_params'])}",
+        f"FLOPs per image:      {_number(flops)} ({gflops}; multiply-adds x2 in conv and dense layers)",
+    ]
     return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------------
 # Training phases: which weights train
 # --------------------------------------------------------------------------------------------------
+
 
 def _phase_value(phase, key, default=None):
     if isinstance(phase, dict):
@@ -168,9 +198,16 @@ def phase_parameter_counts(model, phases) -> list[dict]:
             spec = _phase_value(phase, "trainable", "all")
             phase_lib.set_trainable(model, spec)
             trainable = model_stats.weight_count(model.trainable_weights)
-            counts.append({"phase": index, "epochs": _phase_value(phase, "epochs"), "trainable": spec,
-                           "trainable_params": trainable, "frozen_params": total - trainable,
-                           "cache_features": bool(_phase_value(phase, "cache_features", False))})
+            counts.append(
+                {
+                    "phase": index,
+                    "epochs": _phase_value(phase, "epochs"),
+                    "trainable": spec,
+                    "trainable_params": trainable,
+                    "frozen_params": total - trainable,
+                    "cache_features": bool(_phase_value(phase, "cache_features", False)),
+                }
+            )
     finally:
         for layer, flag in saved:  # containers first: setting one resets its layers, restored next
             compat.force_trainable(layer, flag)
@@ -183,15 +220,18 @@ def format_phases(counts: list[dict]) -> str:
     for count in counts:
         epochs = count["epochs"]
         epochs = "" if epochs is None else f"{epochs} epoch{'' if epochs == 1 else 's'}, "
-        lines.append(f"  phase {count['phase']}: {epochs}trainable {count['trainable']}: "
-                     f"{count['trainable_params']:,} trainable, {count['frozen_params']:,} frozen parameters"
-                     + ("; head trained on the backbone's cached features" if count.get("cache_features") else ""))
+        lines.append(
+            f"  phase {count['phase']}: {epochs}trainable {count['trainable']}: "
+            f"{count['trainable_params']:,} trainable, {count['frozen_params']:,} frozen parameters"
+            + ("; head trained on the backbone's cached features" if count.get("cache_features") else "")
+        )
     return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------------
 # A network that cannot take the input size
 # --------------------------------------------------------------------------------------------------
+
 
 def explain_bad_size(config, input_shape, num_classes: int, error: Exception) -> str:
     """The message for a network that cannot be built at `input_shape`: the first failing layer with its
@@ -208,18 +248,26 @@ def explain_bad_size(config, input_shape, num_classes: int, error: Exception) ->
     import models
 
     try:
-        reference = models.build_model(config.model.name, input_shape=(reference_side, reference_side, channels),
-                                       num_classes=num_classes, **options)
+        reference = models.build_model(
+            config.model.name,
+            input_shape=(reference_side, reference_side, channels),
+            num_classes=num_classes,
+            **options,
+        )
     except Exception:  # noqa: BLE001 - the options themselves are wrong: the builder's message says it all
         reference = None
     if reference is None or len(start) != 2 or not all(isinstance(side, int) for side in start):
         return f"model.options: {_error_line(error)}"
-    lines = [f"{config.model.name} cannot take a {height}x{width}x{channels} input"
-             + (f" (upscaled to {start[0]}x{start[1]})" if upscale is not None else "")]
+    lines = [
+        f"{config.model.name} cannot take a {height}x{width}x{channels} input"
+        + (f" (upscaled to {start[0]}x{start[1]})" if upscale is not None else "")
+    ]
     failure = layer_sizes.conv_arithmetic(reference.get_config(), start)
     if failure:
-        steps = " -> ".join([f"input {start[0]}x{start[1]}"] + [
-            f"{path.rsplit('/', 1)[-1]} {size[0]}x{size[1]}" for path, _, size in failure["trace"] if size])
+        steps = " -> ".join(
+            [f"input {start[0]}x{start[1]}"]
+            + [f"{path.rsplit('/', 1)[-1]} {size[0]}x{size[1]}" for path, _, size in failure["trace"] if size]
+        )
         lines.append(f"  first failing layer: {failure['message']}")
         if "/" in failure["path"]:
             lines.append(f"  (in {failure['path'].rsplit('/', 1)[0]})")
@@ -232,14 +280,18 @@ def _error_line(error: Exception) -> str:
     """The informative line of an error: Keras wraps its shape errors in "Exception encountered when
     calling ..." and ANSI bold codes."""
     text = re.sub(r"\x1b\[[0-9;]*m", "", str(error))
-    lines = [line.strip() for line in text.splitlines()
-             if line.strip() and not line.strip().startswith("Exception encountered when calling")]
+    lines = [
+        line.strip()
+        for line in text.splitlines()
+        if line.strip() and not line.strip().startswith("Exception encountered when calling")
+    ]
     return lines[0] if lines else type(error).__name__
 
 
 # --------------------------------------------------------------------------------------------------
 # The command
 # --------------------------------------------------------------------------------------------------
+
 
 def summary_command(config, *, num_classes: int | None = None, out=None) -> int:
     """Prints the summary of an experiment's network (its config validated by the caller, as `train`
@@ -263,8 +315,11 @@ def summary_command(config, *, num_classes: int | None = None, out=None) -> int:
     except ValueError as error:  # Keras' shape errors and the builders' argument errors
         raise SummaryError(explain_bad_size(config, input_shape, classes, error)) from None
     rows = model_stats.summarize(model)
-    print(f"Experiment {config.name}: model {config.model.name}, input {input_shape[0]}x{input_shape[1]}x"
-          f"{input_shape[2]}, {classes} classes", file=out)
+    print(
+        f"Experiment {config.name}: model {config.model.name}, input {input_shape[0]}x{input_shape[1]}x"
+        f"{input_shape[2]}, {classes} classes",
+        file=out,
+    )
     print(format_table(rows, model_stats.totals(model, rows)), file=out)
     phases = getattr(config.train, "phases", None)  # train.phases: [{epochs, trainable, ...}] or null
     if phases:
@@ -283,27 +338,34 @@ def format_recipe(config) -> str:
     """The training recipe in a few lines: input transform, augmentation, optimisation, evaluation."""
     from pipeline import config as config_lib
 
-    augment = {key: value for key, value in config_lib.to_dict(config.input.augment).items()
-               if value and key != "fill_mode"}
+    augment = {
+        key: value for key, value in config_lib.to_dict(config.input.augment).items() if value and key != "fill_mode"
+    }
     transform = eval_transform_for(config)
-    crop_text = {"square": f"square (margin {transform.margin})", "random_resized":
-                 f"random_resized (scale {list(transform.scale)}, ratio {list(transform.ratio)}; eval: 0.875 centre "
-                 f"crop)"}.get(transform.crop, transform.crop)
+    crop_text = {
+        "square": f"square (margin {transform.margin})",
+        "random_resized": f"random_resized (scale {list(transform.scale)}, ratio {list(transform.ratio)}; eval: 0.875 centre "
+        f"crop)",
+    }.get(transform.crop, transform.crop)
     optimizer, schedule, train = config.train.optimizer, config.train.schedule, config.train
-    optimizer_text = ", ".join(f"{key} {value}" for key, value in config_lib.to_dict(optimizer).items()
-                               if value not in (None, False, 0.0) and key != "name"
-                               and not (key == "norm_bias_lr_factor" and value == 1.0))
-    lines = [f"Input:        {transform.image_size[0]}x{transform.image_size[1]}x{transform.channels}, crop {crop_text}, "
-             f"resize {transform.resize_method}, normalization "
-             f"{config.input.normalization}, cache {config.input.cache}",
-             f"Augmentation: {', '.join(f'{k}={v}' for k, v in augment.items()) or 'none'}",
-             f"Optimizer:    {optimizer.name} ({optimizer_text}); schedule {schedule.name}"
-             f"{f' with {schedule.warmup_epochs:g} warm-up epochs' if schedule.warmup_epochs else ''}"
-             f"{f' from {schedule.warmup_start:g}x the peak' if schedule.warmup_epochs and schedule.warmup_start else ''}"
-             f"{f' to {schedule.end_learning_rate:g}' if schedule.name == 'polynomial' and schedule.end_learning_rate else ''}; "
-             f"{train.epochs} epochs, global batch {train.batch_size}"
-             f"{'' if train.mixed_precision == 'float32' else f', {train.mixed_precision}'}",
-             f"Loss:         label smoothing {train.label_smoothing}, class weights {train.class_weight}",
-             f"Evaluation:   top-{config.evaluation.top_k}, TTA {config.evaluation.tta}; export TTA "
-             f"{config.export.tta}; distribute {config.distribute.strategy}"]
+    optimizer_text = ", ".join(
+        f"{key} {value}"
+        for key, value in config_lib.to_dict(optimizer).items()
+        if value not in (None, False, 0.0) and key != "name" and not (key == "norm_bias_lr_factor" and value == 1.0)
+    )
+    lines = [
+        f"Input:        {transform.image_size[0]}x{transform.image_size[1]}x{transform.channels}, crop {crop_text}, "
+        f"resize {transform.resize_method}, normalization "
+        f"{config.input.normalization}, cache {config.input.cache}",
+        f"Augmentation: {', '.join(f'{k}={v}' for k, v in augment.items()) or 'none'}",
+        f"Optimizer:    {optimizer.name} ({optimizer_text}); schedule {schedule.name}"
+        f"{f' with {schedule.warmup_epochs:g} warm-up epochs' if schedule.warmup_epochs else ''}"
+        f"{f' from {schedule.warmup_start:g}x the peak' if schedule.warmup_epochs and schedule.warmup_start else ''}"
+        f"{f' to {schedule.end_learning_rate:g}' if schedule.name == 'polynomial' and schedule.end_learning_rate else ''}; "
+        f"{train.epochs} epochs, global batch {train.batch_size}"
+        f"{'' if train.mixed_precision == 'float32' else f', {train.mixed_precision}'}",
+        f"Loss:         label smoothing {train.label_smoothing}, class weights {train.class_weight}",
+        f"Evaluation:   top-{config.evaluation.top_k}, TTA {config.evaluation.tta}; export TTA "
+        f"{config.export.tta}; distribute {config.distribute.strategy}",
+    ]
     return "\n".join(lines)

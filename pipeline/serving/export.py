@@ -21,13 +21,12 @@ from pathlib import Path
 import keras
 import tensorflow as tf
 
-from pipeline.data import decode
-from pipeline.core import errors
-from pipeline.evaluation import evaluate
-from pipeline.config import rundir
-from pipeline.config import Config
+from pipeline.config import Config, rundir
 from pipeline.config.rundir import read_class_names  # noqa: F401  (re-exported)
+from pipeline.core import errors
+from pipeline.data import decode
 from pipeline.data.transform import EvalTransform
+from pipeline.evaluation import evaluate
 
 
 class ExportError(errors.UserError):
@@ -54,8 +53,10 @@ def serving_functions(model: keras.Model, *, class_names: list[str], transform: 
         def decode_one(encoded):
             decoded = decode.decode_image(encoded, channels=channels)
             return transform(decoded)
-        images = tf.map_fn(decode_one, image_bytes,
-                           fn_output_signature=tf.TensorSpec([height, width, channels], tf.float32))
+
+        images = tf.map_fn(
+            decode_one, image_bytes, fn_output_signature=tf.TensorSpec([height, width, channels], tf.float32)
+        )
         return outputs(images)
 
     def serve_images(images):
@@ -82,8 +83,10 @@ def _write_version(out_dir: Path, model_name: str, version: int | None, write) -
     version = next_version(model_dir) if version is None else int(version)
     target = model_dir / str(version)
     if target.exists():
-        raise ExportError(f"{target} already exists; exports never overwrite a version. "
-                          f"Choose another --version or omit it to use {next_version(model_dir)}")
+        raise ExportError(
+            f"{target} already exists; exports never overwrite a version. "
+            f"Choose another --version or omit it to use {next_version(model_dir)}"
+        )
     model_dir.mkdir(parents=True, exist_ok=True)
     temporary = Path(tempfile.mkdtemp(dir=model_dir, prefix=f".tmp-{version}-"))
     try:
@@ -95,17 +98,26 @@ def _write_version(out_dir: Path, model_name: str, version: int | None, write) -
     return target
 
 
-def export_model(model: keras.Model, *, out_dir: Path, model_name: str, class_names: list[str],
-                 transform: EvalTransform, top_k: int = 5, version: int | None = None) -> Path:
+def export_model(
+    model: keras.Model,
+    *,
+    out_dir: Path,
+    model_name: str,
+    class_names: list[str],
+    transform: EvalTransform,
+    top_k: int = 5,
+    version: int | None = None,
+) -> Path:
     """Writes the SavedModel `<out_dir>/<model_name>/<version>/` and returns it."""
-    serve_bytes, serve_images = serving_functions(model, class_names=class_names, transform=transform,
-                                                  top_k=top_k)
+    serve_bytes, serve_images = serving_functions(model, class_names=class_names, transform=transform, top_k=top_k)
     archive = keras.export.ExportArchive()
     archive.track(model)
-    archive.add_endpoint("serving_default", serve_bytes,
-                         input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
-    archive.add_endpoint("serve_images", serve_images,
-                         input_signature=[tf.TensorSpec([None, None, None, None], tf.uint8, name="images")])
+    archive.add_endpoint(
+        "serving_default", serve_bytes, input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")]
+    )
+    archive.add_endpoint(
+        "serve_images", serve_images, input_signature=[tf.TensorSpec([None, None, None, None], tf.uint8, name="images")]
+    )
 
     def write(folder: Path):
         archive.write_out(str(folder), verbose=False)
@@ -123,17 +135,30 @@ def _load_run(run_dir: Path, config: Config | None, checkpoint: str):
     return config, model, read_class_names(run_dir)
 
 
-def export_run(run_dir: Path, *, config: Config | None = None, out_dir: Path | None = None,
-               version: int | None = None, top_k: int | None = None, checkpoint: str = "best") -> Path:
+def export_run(
+    run_dir: Path,
+    *,
+    config: Config | None = None,
+    out_dir: Path | None = None,
+    version: int | None = None,
+    top_k: int | None = None,
+    checkpoint: str = "best",
+) -> Path:
     """`python -m pipeline export RUN_DIR`: exports the run's best checkpoint (default) to RUN_DIR/export."""
     from pipeline.evaluation import tta
 
     with rundir.exclusive(run_dir):  # not while a `train` writes the run directory
         config, model, class_names = _load_run(run_dir, config, checkpoint)
         model = tta.with_tta(model, config.export.tta)
-        return export_model(model, out_dir=out_dir or Path(run_dir) / "export", model_name=config.name,
-                            class_names=class_names, transform=eval_transform(model, config),
-                            top_k=top_k or config.export.top_k, version=version)
+        return export_model(
+            model,
+            out_dir=out_dir or Path(run_dir) / "export",
+            model_name=config.name,
+            class_names=class_names,
+            transform=eval_transform(model, config),
+            top_k=top_k or config.export.top_k,
+            version=version,
+        )
 
 
 def tflite_function(model: keras.Model, *, transform: EvalTransform):
@@ -151,8 +176,15 @@ def tflite_function(model: keras.Model, *, transform: EvalTransform):
     return predict, tf.TensorSpec([1, height, width, transform.channels], tf.uint8, name="images")
 
 
-def export_tflite(model: keras.Model, *, out_dir: Path, model_name: str, class_names: list[str],
-                  transform: EvalTransform, version: int | None = None) -> Path:
+def export_tflite(
+    model: keras.Model,
+    *,
+    out_dir: Path,
+    model_name: str,
+    class_names: list[str],
+    transform: EvalTransform,
+    version: int | None = None,
+) -> Path:
     """Writes `<out_dir>/<model_name>/<version>/model.tflite` and `classes.txt` beside it; returns the
     version directory. Signature `serving_default`: images uint8 [1, H, W, C] -> probabilities."""
     predict, spec = tflite_function(model, transform=transform)
@@ -177,11 +209,23 @@ def export_tflite(model: keras.Model, *, out_dir: Path, model_name: str, class_n
     return _write_version(out_dir, model_name, version, write)
 
 
-def export_run_tflite(run_dir: Path, *, config: Config | None = None, out_dir: Path | None = None,
-                      version: int | None = None, checkpoint: str = "best") -> Path:
+def export_run_tflite(
+    run_dir: Path,
+    *,
+    config: Config | None = None,
+    out_dir: Path | None = None,
+    version: int | None = None,
+    checkpoint: str = "best",
+) -> Path:
     """`python -m pipeline export RUN_DIR --format tflite`: the run's checkpoint as TFLite, by default in
     RUN_DIR/export_tflite (kept apart from RUN_DIR/export, whose versions TF Serving loads as SavedModels)."""
     with rundir.exclusive(run_dir):
         config, model, class_names = _load_run(run_dir, config, checkpoint)
-        return export_tflite(model, out_dir=out_dir or Path(run_dir) / "export_tflite", model_name=config.name,
-                             class_names=class_names, transform=eval_transform(model, config), version=version)
+        return export_tflite(
+            model,
+            out_dir=out_dir or Path(run_dir) / "export_tflite",
+            model_name=config.name,
+            class_names=class_names,
+            transform=eval_transform(model, config),
+            version=version,
+        )

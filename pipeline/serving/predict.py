@@ -30,8 +30,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
-from pipeline.data import image_files  # TF-free; only its format sniffer, shared with `data check`
 from pipeline.core.errors import UserError
+from pipeline.data import image_files  # TF-free; only its format sniffer, shared with `data check`
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 SIGNATURE = "serving_default"
@@ -59,14 +59,14 @@ class Failure:
 # Finding the export
 # --------------------------------------------------------------------------------------------------
 
+
 def _versions(model_dir: Path) -> list[Path]:
     """Numbered version folders holding a SavedModel, oldest first (TFLite-only versions are skipped)."""
     try:
         children = list(model_dir.iterdir())
     except OSError:
         return []
-    versions = [child for child in children
-                if child.name.isdigit() and (child / "saved_model.pb").is_file()]
+    versions = [child for child in children if child.name.isdigit() and (child / "saved_model.pb").is_file()]
     return sorted(versions, key=lambda child: int(child.name))
 
 
@@ -74,6 +74,7 @@ def _run_name(run_dir: Path) -> str | None:
     """The experiment name from a run's config.yaml, or None (read as plain YAML, no project code)."""
     try:
         import yaml
+
         config = yaml.safe_load((run_dir / "config.yaml").read_text())
     except Exception:  # noqa: BLE001  (a missing or odd config only loses a tie-breaker)
         return None
@@ -84,8 +85,10 @@ def _run_name(run_dir: Path) -> str | None:
 def resolve_export(path: Path) -> Path:
     """A run, model or version directory -> the SavedModel version directory to use."""
     path = Path(path)
-    usage = ("pass a run directory, an export model directory (export/<name>) or a version directory "
-             "(export/<name>/<version>) written by `python -m pipeline export`")
+    usage = (
+        "pass a run directory, an export model directory (export/<name>) or a version directory "
+        "(export/<name>/<version>) written by `python -m pipeline export`"
+    )
     if not path.is_dir():
         raise PredictError(f"{path}: {'not a directory' if path.exists() else 'no such directory'}; {usage}")
     if (path / "saved_model.pb").is_file():
@@ -97,18 +100,25 @@ def resolve_export(path: Path) -> Path:
         return versions[-1]
     export_root = path / "export"
     if export_root.is_dir():
-        newest = {child.name: _versions(child)[-1] for child in sorted(export_root.iterdir())
-                  if child.is_dir() and _versions(child)}
+        newest = {
+            child.name: _versions(child)[-1]
+            for child in sorted(export_root.iterdir())
+            if child.is_dir() and _versions(child)
+        }
         if len(newest) == 1:
             return next(iter(newest.values()))
         if len(newest) > 1:
             name = _run_name(path)
             if name in newest:
                 return newest[name]
-            raise PredictError(f"{path}: {export_root} holds several models ({', '.join(newest)}); "
-                               f"pass one of them, e.g. {export_root / next(iter(newest))}")
-    raise PredictError(f"{path}: not an export: no saved_model.pb in it, in numbered version folders "
-                       f"under it, or under {export_root}/<name>/<version>; {usage}")
+            raise PredictError(
+                f"{path}: {export_root} holds several models ({', '.join(newest)}); "
+                f"pass one of them, e.g. {export_root / next(iter(newest))}"
+            )
+    raise PredictError(
+        f"{path}: not an export: no saved_model.pb in it, in numbered version folders "
+        f"under it, or under {export_root}/<name>/<version>; {usage}"
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -117,16 +127,45 @@ def resolve_export(path: Path) -> Path:
 
 # Names that say "image" although the model cannot read the format: in a folder, such a file is reported
 # (with its reason) instead of being skipped as a sidecar, whatever its content turns out to be.
-OTHER_IMAGE_EXTENSIONS = (".tif", ".tiff", ".heic", ".heif", ".avif", ".jxl", ".jp2", ".j2k", ".ico",
-                          ".psd", ".svg", ".tga", ".ppm", ".pgm", ".pbm", ".exr", ".hdr", ".dng", ".raw",
-                          ".cr2", ".cr3", ".nef", ".arw", ".orf", ".rw2", ".raf")
+OTHER_IMAGE_EXTENSIONS = (
+    ".tif",
+    ".tiff",
+    ".heic",
+    ".heif",
+    ".avif",
+    ".jxl",
+    ".jp2",
+    ".j2k",
+    ".ico",
+    ".psd",
+    ".svg",
+    ".tga",
+    ".ppm",
+    ".pgm",
+    ".pbm",
+    ".exr",
+    ".hdr",
+    ".dng",
+    ".raw",
+    ".cr2",
+    ".cr3",
+    ".nef",
+    ".arw",
+    ".orf",
+    ".rw2",
+    ".raf",
+)
 SKIPPED = object()  # _screen's answer for a folder's non-image sidecar (notes.txt, labels.csv)
 
 
 def _os_reason(error: OSError) -> str:
-    reasons = {errno.EACCES: "permission denied", errno.EPERM: "permission denied",
-               errno.ENOENT: "no such file (or a broken symbolic link)", errno.ELOOP: "symbolic link loop",
-               errno.EISDIR: "is a directory"}
+    reasons = {
+        errno.EACCES: "permission denied",
+        errno.EPERM: "permission denied",
+        errno.ENOENT: "no such file (or a broken symbolic link)",
+        errno.ELOOP: "symbolic link loop",
+        errno.EISDIR: "is a directory",
+    }
     return reasons.get(error.errno) or f"cannot read ({error.strerror or error})"
 
 
@@ -150,8 +189,7 @@ def _screen(path: Path, *, in_folder: bool):
     kind = image_files.sniff_format(head)
     if kind is not None and kind not in image_files.DECODABLE:
         reads = ", ".join(image_files.DECODABLE.values())  # what tf.io.decode_image reads
-        return Failure(str(path), f"{kind} is not supported (the model reads {reads}); "
-                                  f"convert it to PNG or JPEG")
+        return Failure(str(path), f"{kind} is not supported (the model reads {reads}); convert it to PNG or JPEG")
     named_image = path.suffix.lower() in IMAGE_EXTENSIONS + OTHER_IMAGE_EXTENSIONS
     if in_folder and kind is None and not named_image:
         return SKIPPED
@@ -234,6 +272,7 @@ def failure_reason(data: bytes, error: Exception) -> str:
 # The model
 # --------------------------------------------------------------------------------------------------
 
+
 class Predictor:
     """The `serving_default` signature of one SavedModel version, fed encoded image bytes."""
 
@@ -242,16 +281,18 @@ class Predictor:
         try:
             self._loaded = tf.saved_model.load(str(self.version_dir))
         except Exception as error:  # noqa: BLE001  (TF raises many kinds for a broken SavedModel)
-            raise PredictError(f"{self.version_dir}: cannot load the SavedModel "
-                               f"({_error_detail(error)})") from None
+            raise PredictError(f"{self.version_dir}: cannot load the SavedModel ({_error_detail(error)})") from None
         signature = self._loaded.signatures.get(SIGNATURE)
         if signature is None:
-            raise PredictError(f"{self.version_dir}: the SavedModel has no '{SIGNATURE}' signature "
-                               f"(it has: {', '.join(self._loaded.signatures) or 'none'})")
+            raise PredictError(
+                f"{self.version_dir}: the SavedModel has no '{SIGNATURE}' signature "
+                f"(it has: {', '.join(self._loaded.signatures) or 'none'})"
+            )
         inputs = signature.structured_input_signature[1]
         if len(inputs) != 1 or next(iter(inputs.values())).dtype != tf.string:
-            raise PredictError(f"{self.version_dir}: '{SIGNATURE}' must take one tf.string input "
-                               f"(encoded images); it takes {inputs}")
+            raise PredictError(
+                f"{self.version_dir}: '{SIGNATURE}' must take one tf.string input (encoded images); it takes {inputs}"
+            )
         outputs = signature.structured_outputs
         if "probabilities" not in outputs:
             raise PredictError(f"{self.version_dir}: '{SIGNATURE}' has no 'probabilities' output")
@@ -262,8 +303,9 @@ class Predictor:
         self.default_top_k = min(exported_k or 5, self.num_classes or exported_k or 5)
         self.class_names = self._read_class_names()
         if self.class_names is None and "classes" not in outputs:
-            raise PredictError(f"{self.version_dir}: no assets/classes.txt and no 'classes' output: "
-                               f"cannot name the classes")
+            raise PredictError(
+                f"{self.version_dir}: no assets/classes.txt and no 'classes' output: cannot name the classes"
+            )
 
     def _read_class_names(self) -> list[str] | None:
         path = self.version_dir / "assets" / "classes.txt"
@@ -284,8 +326,10 @@ class Predictor:
         if self.class_names is not None:
             probabilities = outputs["probabilities"].numpy()
             order = np.argsort(-probabilities, axis=-1, kind="stable")[:, :top_k]
-            return ([[self.class_names[index] for index in row] for row in order],
-                    np.take_along_axis(probabilities, order, axis=-1).tolist())
+            return (
+                [[self.class_names[index] for index in row] for row in order],
+                np.take_along_axis(probabilities, order, axis=-1).tolist(),
+            )
         classes = outputs["classes"].numpy()[:, :top_k]
         scores = outputs["scores"].numpy()[:, :top_k]
         return ([[name.decode("utf-8") for name in row] for row in classes], scores.tolist())
@@ -333,6 +377,7 @@ def predict_files(predictor: Predictor, files, *, top_k: int, batch_size: int) -
 # Output
 # --------------------------------------------------------------------------------------------------
 
+
 def format_table(predictions: list[Prediction]) -> str:
     if not predictions:
         return ""
@@ -357,18 +402,29 @@ def format_csv(predictions: list[Prediction]) -> str:
 def format_json(predictions: list[Prediction], failures: list[Failure], export: Path, skipped: int = 0) -> str:
     document = {
         "export": str(export),
-        "results": [{"path": p.path,
-                     "predictions": [{"class": name, "score": float(score)}
-                                     for name, score in zip(p.classes, p.scores)]}
-                    for p in predictions],
+        "results": [
+            {
+                "path": p.path,
+                "predictions": [{"class": name, "score": float(score)} for name, score in zip(p.classes, p.scores)],
+            }
+            for p in predictions
+        ],
         "errors": [{"path": f.path, "reason": f.reason} for f in failures],
         "skipped_non_images": skipped,
     }
     return json.dumps(document, indent=2) + "\n"
 
 
-def predict_command(export_dir: Path, paths, *, top_k: int | None = None, output_format: str = "table",
-                    batch_size: int = 32, out=None, err=None) -> int:
+def predict_command(
+    export_dir: Path,
+    paths,
+    *,
+    top_k: int | None = None,
+    output_format: str = "table",
+    batch_size: int = 32,
+    out=None,
+    err=None,
+) -> int:
     """The `predict` subcommand. Returns 0 if every file was predicted, 1 if any failed; raises
     PredictError for user errors (the CLI turns it into exit code 2)."""
     out = out or sys.stdout
@@ -382,9 +438,11 @@ def predict_command(export_dir: Path, paths, *, top_k: int | None = None, output
     version_dir = resolve_export(export_dir)
     entries, skipped = collect_files(paths)
     if not entries:
-        raise PredictError(f"no image files found in {', '.join(map(str, paths))} (looked for "
-                           f"{', '.join(IMAGE_EXTENSIONS)}, other image names such as .tif and image "
-                           f"content; {skipped} other files and hidden entries skipped)")
+        raise PredictError(
+            f"no image files found in {', '.join(map(str, paths))} (looked for "
+            f"{', '.join(IMAGE_EXTENSIONS)}, other image names such as .tif and image "
+            f"content; {skipped} other files and hidden entries skipped)"
+        )
     predictor = Predictor(version_dir)
     k = min(top_k or predictor.default_top_k, predictor.max_top_k())
     results = predict_files(predictor, entries, top_k=k, batch_size=batch_size)
@@ -399,8 +457,11 @@ def predict_command(export_dir: Path, paths, *, top_k: int | None = None, output
         out.write(format_table(predictions))
     out.flush()
     if skipped:
-        print(f"note: {skipped} file{'s' * (skipped != 1)} in the folders skipped: neither named nor "
-              f"encoded as images (e.g. notes, label lists); pass a file by name to have it tried", file=err)
+        print(
+            f"note: {skipped} file{'s' * (skipped != 1)} in the folders skipped: neither named nor "
+            f"encoded as images (e.g. notes, label lists); pass a file by name to have it tried",
+            file=err,
+        )
     if failures:
         print(f"{len(failures)} of {len(results)} files could not be predicted:", file=err)
         for failure in failures:

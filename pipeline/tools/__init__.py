@@ -45,8 +45,7 @@ def add_parser(commands) -> None:
         commands: the object `ArgumentParser.add_subparsers()` returned.
     """
     names = available_tools()
-    data = commands.add_parser("data", help="dataset tools: " + ", ".join(names),
-                               description=__doc__.splitlines()[0])
+    data = commands.add_parser("data", help="dataset tools: " + ", ".join(names), description=__doc__.splitlines()[0])
     tools = data.add_subparsers(dest="data_command", required=True, metavar="TOOL")
     for name in names:
         module = importlib.import_module(f"{__name__}.{name}")

@@ -15,32 +15,46 @@ import shutil
 import sys
 from pathlib import Path
 
-from pipeline.data import image_files
 from pipeline.core.fileio import atomic_write_json
+from pipeline.data import image_files
 from pipeline.tools import common
 
 HELP = "decode every file; list bad ones (exit 1 if any), optionally move them away"
-DESCRIPTION = ("Decodes every file under ROOT. Prints `path: reason` for each bad file, then "
-               "`warning: path: ...` for good but odd files (e.g. a GIF named .jpg: it decodes, so it is "
-               "GOOD and used; only its name is wrong), then a summary. Exit 0 when all files are good, 1 "
-               "when any is bad.")
+DESCRIPTION = (
+    "Decodes every file under ROOT. Prints `path: reason` for each bad file, then "
+    "`warning: path: ...` for good but odd files (e.g. a GIF named .jpg: it decodes, so it is "
+    "GOOD and used; only its name is wrong), then a summary. Exit 0 when all files are good, 1 "
+    "when any is bad."
+)
 
 
 def add_arguments(parser) -> None:
     """Adds ROOT and the options of `data check` (and its long description) to the sub-parser."""
     parser.description = DESCRIPTION
     parser.add_argument("root", type=Path, metavar="ROOT")
-    parser.add_argument("--quarantine", type=Path, metavar="DIR",
-                        help="move bad files to DIR, keeping their paths relative to ROOT (never deletes, "
-                             "never overwrites)")
+    parser.add_argument(
+        "--quarantine",
+        type=Path,
+        metavar="DIR",
+        help="move bad files to DIR, keeping their paths relative to ROOT (never deletes, never overwrites)",
+    )
     parser.add_argument("--json", action="store_true", help="print the JSON report instead of lines")
-    parser.add_argument("--min-size", type=int, default=8, metavar="N",
-                        help="images with a side shorter than N pixels are bad (default 8)")
-    parser.add_argument("--report", type=Path, metavar="FILE",
-                        help="JSON report (default ROOT/../<rootname>-check.json)")
+    parser.add_argument(
+        "--min-size",
+        type=int,
+        default=8,
+        metavar="N",
+        help="images with a side shorter than N pixels are bad (default 8)",
+    )
+    parser.add_argument(
+        "--report", type=Path, metavar="FILE", help="JSON report (default ROOT/../<rootname>-check.json)"
+    )
     parser.add_argument("--workers", type=int, help="decoding threads")
-    parser.add_argument("--no-cache", action="store_true",
-                        help="decode every file again (default: unchanged files reuse the last result)")
+    parser.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="decode every file again (default: unchanged files reuse the last result)",
+    )
 
 
 def _scan(paths: list[Path], *, min_size: int, workers, cache_dir) -> list[image_files.ImageCheck]:
@@ -58,8 +72,9 @@ def _scan(paths: list[Path], *, min_size: int, workers, cache_dir) -> list[image
             except (RuntimeError, OSError):
                 aside[index] = image_files.check_image(path, min_size=min_size)
     normal = [p for i, p in enumerate(paths) if i not in aside]
-    scanned = iter(image_files.scan_images(normal, min_size=min_size, workers=workers, progress=True,
-                                           cache_dir=cache_dir))
+    scanned = iter(
+        image_files.scan_images(normal, min_size=min_size, workers=workers, progress=True, cache_dir=cache_dir)
+    )
     return [aside[i] if i in aside else next(scanned) for i in range(len(paths))]
 
 
@@ -100,14 +115,21 @@ class CheckReport:
     min_size: int = 8
 
     def as_dict(self) -> dict:
-        return {"root": self.root, "files": self.files, "good": self.good, "bad_count": len(self.bad),
-                "warning_count": len(self.warnings), "min_size": self.min_size,
-                "quarantine": self.quarantine, "bad": self.bad, "warnings": self.warnings,
-                "note": "files with warnings decode and are used (counted as good); bad files are not"}
+        return {
+            "root": self.root,
+            "files": self.files,
+            "good": self.good,
+            "bad_count": len(self.bad),
+            "warning_count": len(self.warnings),
+            "min_size": self.min_size,
+            "quarantine": self.quarantine,
+            "bad": self.bad,
+            "warnings": self.warnings,
+            "note": "files with warnings decode and are used (counted as good); bad files are not",
+        }
 
 
-def check(root, *, quarantine=None, min_size: int = 8, report=None, workers=None,
-          cache: bool = True) -> CheckReport:
+def check(root, *, quarantine=None, min_size: int = 8, report=None, workers=None, cache: bool = True) -> CheckReport:
     """Decodes every file under ROOT; moves bad ones to `quarantine` (same relative paths) if given.
 
     The report (every bad file with its reason, every warning) is written to `report` (default
@@ -122,15 +144,20 @@ def check(root, *, quarantine=None, min_size: int = 8, report=None, workers=None
     if quarantine is not None:
         quarantine = Path(quarantine)
         if common.inside(quarantine, root):
-            raise common.DataError(f"--quarantine {quarantine}: must be outside {root} (else it would be "
-                                   f"scanned, and read as a class folder)")
+            raise common.DataError(
+                f"--quarantine {quarantine}: must be outside {root} (else it would be "
+                f"scanned, and read as a class folder)"
+            )
         if quarantine.exists() and not quarantine.is_dir():
             raise common.DataError(f"--quarantine {quarantine}: exists and is not a folder")
     if min_size < 1:
         raise common.DataError(f"--min-size must be >= 1; received {min_size}")
     skip = {os.path.abspath(report)}
-    paths = [p for p in image_files.find_files(root)
-             if os.path.abspath(p) not in skip and not (p.parent == root and p.name in common.LIST_FILES)]
+    paths = [
+        p
+        for p in image_files.find_files(root)
+        if os.path.abspath(p) not in skip and not (p.parent == root and p.name in common.LIST_FILES)
+    ]
     cache_dir = report.with_name(f".{report.stem}-cache") if cache else None
     results = _scan(paths, min_size=min_size, workers=workers, cache_dir=cache_dir)
     bad, warnings = [], []
@@ -140,8 +167,16 @@ def check(root, *, quarantine=None, min_size: int = 8, report=None, workers=None
             bad.append({"path": name, "reason": result.reason})
         elif result.warning:
             warnings.append({"path": name, "warning": result.warning, "format": result.format})
-    result = CheckReport(str(root), len(paths), len(paths) - len(bad), bad, warnings, str(report),
-                         str(quarantine) if quarantine is not None else None, min_size)
+    result = CheckReport(
+        str(root),
+        len(paths),
+        len(paths) - len(bad),
+        bad,
+        warnings,
+        str(report),
+        str(quarantine) if quarantine is not None else None,
+        min_size,
+    )
     _write_report(report, result)  # before moving anything: an unwritable report stops here
     if quarantine is not None and bad:
         with image_files.progress_bar(len(bad), "quarantining") as bar:
@@ -159,13 +194,13 @@ def _write_report(report: Path, result: CheckReport) -> None:
     try:
         atomic_write_json(report, result.as_dict())
     except OSError as error:
-        raise common.DataError(f"cannot write the report {report} ({error.strerror or error}); "
-                               f"choose another place with --report") from None
+        raise common.DataError(
+            f"cannot write the report {report} ({error.strerror or error}); choose another place with --report"
+        ) from None
 
 
 def _summary(result: CheckReport) -> str:
-    line = (f"{result.files} files, {result.good} good, {len(result.bad)} bad, "
-            f"{len(result.warnings)} warnings")
+    line = f"{result.files} files, {result.good} good, {len(result.bad)} bad, {len(result.warnings)} warnings"
     if result.quarantine is not None:
         moved = sum("moved_to" in entry for entry in result.bad)
         line += f"; {moved} bad moved to {result.quarantine}"
@@ -174,8 +209,14 @@ def _summary(result: CheckReport) -> str:
 
 def run(args) -> int:
     """`data check`: prints bad files, warnings and a summary (or the JSON report); 1 if any is bad."""
-    result = check(args.root, quarantine=args.quarantine, min_size=args.min_size, report=args.report,
-                   workers=args.workers, cache=not args.no_cache)
+    result = check(
+        args.root,
+        quarantine=args.quarantine,
+        min_size=args.min_size,
+        report=args.report,
+        workers=args.workers,
+        cache=not args.no_cache,
+    )
     if args.json:
         print(json.dumps(result.as_dict(), indent=2))
         print(_summary(result), file=sys.stderr)

@@ -11,9 +11,9 @@ import stat
 import sys
 from pathlib import Path
 
-from pipeline.data import image_files
 from pipeline.core.errors import UserError
 from pipeline.core.fileio import atomic_write_text
+from pipeline.data import image_files
 
 
 class DataError(UserError):
@@ -92,8 +92,10 @@ def class_tree(root: Path) -> tuple[list[Path], list[int], list[str]]:
     splits = split_folders(root)
     if splits:
         names = ", ".join(p.name + "/" for p in splits.values())
-        raise DataError(f"{root}: holds {names}: it is already split into train/val/test; "
-                        f"run the command on one of them (e.g. {root / 'train'})")
+        raise DataError(
+            f"{root}: holds {names}: it is already split into train/val/test; "
+            f"run the command on one of them (e.g. {root / 'train'})"
+        )
     files, labels, class_names = image_files.list_class_folders(root)
     if not class_names:
         raise DataError(f"{root}: no class folders found; expected {root}/<class>/<images>")
@@ -112,8 +114,7 @@ def list_lines(files, labels, root: Path, bar) -> list[str]:
     for path, label in zip(files, labels):
         name = relative(path, root)
         if "\n" in name or "\r" in name:
-            print(f"warning: skipped {name!r}: a file name with a line break cannot be listed",
-                  file=sys.stderr)
+            print(f"warning: skipped {name!r}: a file name with a line break cannot be listed", file=sys.stderr)
         else:
             # A leading "#" would read back as a comment line: "./" keeps the path and its meaning.
             lines.append(f"{'./' + name if name.startswith('#') else name} {label}\n")
@@ -129,6 +130,10 @@ def special_file(path: Path) -> str | None:
         return None  # check_image names the error (loop, broken link, permission)
     if stat.S_ISREG(mode):
         return None
-    kind = {stat.S_IFIFO: "named pipe", stat.S_IFSOCK: "socket", stat.S_IFCHR: "character device",
-            stat.S_IFBLK: "block device"}.get(stat.S_IFMT(mode), "special file")
+    kind = {
+        stat.S_IFIFO: "named pipe",
+        stat.S_IFSOCK: "socket",
+        stat.S_IFCHR: "character device",
+        stat.S_IFBLK: "block device",
+    }.get(stat.S_IFMT(mode), "special file")
     return f"not a regular file ({kind})"

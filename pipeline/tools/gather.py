@@ -34,14 +34,25 @@ USER_AGENT = "pipeline-data-gather/1.0 (+urllib)"
 
 def add_arguments(parser) -> None:
     """Adds URLS.txt, --out, --workers, --timeout and --retries to the `data gather` sub-parser."""
-    parser.add_argument("urls", type=Path, metavar="URLS.txt",
-                        help="lines `url` or `url<TAB>class`; blank lines and # comments ignored")
+    parser.add_argument(
+        "urls", type=Path, metavar="URLS.txt", help="lines `url` or `url<TAB>class`; blank lines and # comments ignored"
+    )
     parser.add_argument("--out", type=Path, required=True, metavar="DIR")
     parser.add_argument("--workers", type=int, default=8)
-    parser.add_argument("--timeout", type=float, default=30.0, metavar="S",
-                        help="seconds to wait for the connection and for each read (default 30)")
-    parser.add_argument("--retries", type=int, default=2, metavar="N",
-                        help="extra attempts after a timeout, HTTP 5xx or connection error (default 2)")
+    parser.add_argument(
+        "--timeout",
+        type=float,
+        default=30.0,
+        metavar="S",
+        help="seconds to wait for the connection and for each read (default 30)",
+    )
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=2,
+        metavar="N",
+        help="extra attempts after a timeout, HTTP 5xx or connection error (default 2)",
+    )
 
 
 @dataclasses.dataclass
@@ -175,8 +186,9 @@ def _fetch(url: str, temporary: Path, timeout: float, opener) -> str:
                 except TimeoutError:
                     raise _Failure(f"timed out after {timeout:g} s (while reading)", True) from None
                 except (http.client.HTTPException, OSError) as error:
-                    raise _Failure(f"connection error while reading: {_error_text(error) or type(error).__name__}",
-                                   True) from None
+                    raise _Failure(
+                        f"connection error while reading: {_error_text(error) or type(error).__name__}", True
+                    ) from None
                 if not chunk:
                     break
                 size += len(chunk)
@@ -188,8 +200,7 @@ def _fetch(url: str, temporary: Path, timeout: float, opener) -> str:
     return final
 
 
-def _download(job: Job, out: Path, *, timeout: float, retries: int, backoff: float, min_size: int,
-              opener) -> Outcome:
+def _download(job: Job, out: Path, *, timeout: float, retries: int, backoff: float, min_size: int, opener) -> Outcome:
     folder = out / job.label
     stem = file_stem(job.url)
     existing = _existing(folder, stem)
@@ -208,7 +219,7 @@ def _download(job: Job, out: Path, *, timeout: float, retries: int, backoff: flo
                 if not failure.transient or attempt == retries:
                     reason = failure.reason + (f" ({attempt + 1} attempts)" if attempt else "")
                     return Outcome(job, "failed", reason=reason)
-                time.sleep(backoff * 2 ** attempt)
+                time.sleep(backoff * 2**attempt)
         result = image_files.check_image(temporary, min_size=min_size)
         if not result.ok:
             reason = result.reason
@@ -217,8 +228,7 @@ def _download(job: Job, out: Path, *, timeout: float, retries: int, backoff: flo
             return Outcome(job, "failed", reason=reason)
         redirected = final != job.url
         if redirected and result.warning and "placeholder" in result.warning:
-            return Outcome(job, "failed", reason=f"redirected ({final}) to a placeholder image "
-                                                 f"({result.warning})")
+            return Outcome(job, "failed", reason=f"redirected ({final}) to a placeholder image ({result.warning})")
         destination = folder / f"{stem}{common.FORMAT_EXTENSIONS[result.format]}"
         os.chmod(temporary, 0o644)  # mkstemp made it private; images are data, readable like any other
         os.replace(temporary, destination)
@@ -249,8 +259,17 @@ class GatherSummary:
         return sum(outcome.status == status for outcome in self.outcomes)
 
 
-def gather(urls_file, out, *, workers: int = 8, timeout: float = 30.0, retries: int = 2,
-           backoff: float = 0.5, min_size: int = 8, opener=None) -> GatherSummary:
+def gather(
+    urls_file,
+    out,
+    *,
+    workers: int = 8,
+    timeout: float = 30.0,
+    retries: int = 2,
+    backoff: float = 0.5,
+    min_size: int = 8,
+    opener=None,
+) -> GatherSummary:
     """Downloads the URLs of `urls_file` into `out/<class or unlabelled>/`, in parallel.
 
     A URL whose file already exists is skipped without a request (so a rerun resumes). Transient failures
@@ -267,8 +286,9 @@ def gather(urls_file, out, *, workers: int = 8, timeout: float = 30.0, retries: 
     if out.exists() and not out.is_dir():
         raise DataError(f"--out {out}: exists and is not a folder")
     if workers < 1 or retries < 0 or timeout <= 0:
-        raise DataError(f"--workers must be >= 1, --retries >= 0 and --timeout > 0; received {workers}, "
-                        f"{retries}, {timeout}")
+        raise DataError(
+            f"--workers must be >= 1, --retries >= 0 and --timeout > 0; received {workers}, {retries}, {timeout}"
+        )
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
@@ -279,8 +299,19 @@ def gather(urls_file, out, *, workers: int = 8, timeout: float = 30.0, retries: 
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers)
     try:
         with image_files.progress_bar(len(jobs), "downloading", unit="URL") as bar:
-            futures = [pool.submit(_download, job, out, timeout=timeout, retries=retries, backoff=backoff,
-                                   min_size=min_size, opener=opener) for job in jobs]
+            futures = [
+                pool.submit(
+                    _download,
+                    job,
+                    out,
+                    timeout=timeout,
+                    retries=retries,
+                    backoff=backoff,
+                    min_size=min_size,
+                    opener=opener,
+                )
+                for job in jobs
+            ]
             for future in concurrent.futures.as_completed(futures):
                 future.result()
                 bar.update()
@@ -295,8 +326,12 @@ def gather(urls_file, out, *, workers: int = 8, timeout: float = 30.0, retries: 
     outcomes.sort(key=lambda outcome: outcome.job.line)
     failures_file = out / "failures.tsv"
     clean = lambda text: re.sub(r"[\t\r\n]+", " ", text)  # noqa: E731
-    common.write_lists({failures_file: "# url\treason\n" + "".join(
-        f"{clean(o.job.url)}\t{clean(o.reason)}\n" for o in outcomes if o.status == "failed")})
+    common.write_lists(
+        {
+            failures_file: "# url\treason\n"
+            + "".join(f"{clean(o.job.url)}\t{clean(o.reason)}\n" for o in outcomes if o.status == "failed")
+        }
+    )
     return GatherSummary(outcomes, failures_file)
 
 
@@ -309,7 +344,9 @@ def run(args) -> int:
         elif outcome.warning:
             print(f"warning: {outcome.job.url} -> {outcome.path}: {outcome.warning}")
     failed = summary.count("failed")
-    print(f"{len(summary.outcomes)} URLs: {summary.count('downloaded')} downloaded, "
-          f"{summary.count('existing')} skipped (already present), {failed} failed"
-          + (f" (listed in {summary.failures_file})" if failed else ""))
+    print(
+        f"{len(summary.outcomes)} URLs: {summary.count('downloaded')} downloaded, "
+        f"{summary.count('existing')} skipped (already present), {failed} failed"
+        + (f" (listed in {summary.failures_file})" if failed else "")
+    )
     return 1 if failed else 0

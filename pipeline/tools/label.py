@@ -37,9 +37,9 @@ def label(root, out=None) -> tuple[Path, Path, int]:
     out = Path(out) if out is not None else root / "labels.txt"
     files, labels, class_names = common.class_tree(root)
     skip = {os.path.abspath(out), os.path.abspath(out.parent / "classes.txt")}
-    kept = [(f, l) for f, l in zip(files, labels) if os.path.abspath(f) not in skip]
+    kept = [(f, label) for f, label in zip(files, labels) if os.path.abspath(f) not in skip]
     with image_files.progress_bar(len(kept), "labelling") as bar:
-        lines = common.list_lines([f for f, _ in kept], [l for _, l in kept], root, bar)
+        lines = common.list_lines([f for f, _ in kept], [label for _, label in kept], root, bar)
     classes_file = out.parent / "classes.txt"
     common.write_lists({out: "".join(lines), classes_file: "".join(f"{name}\n" for name in class_names)})
     return out, classes_file, len(lines) - 1  # the header line is not an image

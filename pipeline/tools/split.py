@@ -62,12 +62,13 @@ def split(root, *, val: float = 0.1, test: float = 0.1, seed: int = 0, out=None)
         if not 0 <= value < 1:
             raise common.DataError(f"{name} must be in [0, 1); received {value}")
     if val + test >= 1:
-        raise common.DataError(f"--val + --test must be below 1 (something must be left to train on); "
-                               f"received {val} + {test}")
+        raise common.DataError(
+            f"--val + --test must be below 1 (something must be left to train on); received {val} + {test}"
+        )
     out = Path(out) if out is not None else root
     files, labels, class_names = common.class_tree(root)
     outputs = {os.path.abspath(out / name) for name in ("train.txt", "val.txt", "test.txt", "classes.txt")}
-    kept = [(f, l) for f, l in zip(files, labels) if os.path.abspath(f) not in outputs]
+    kept = [(f, label) for f, label in zip(files, labels) if os.path.abspath(f) not in outputs]
     by_class = collections.defaultdict(list)
     for path, label_index in kept:
         by_class[label_index].append(path)
@@ -84,8 +85,9 @@ def split(root, *, val: float = 0.1, test: float = 0.1, seed: int = 0, out=None)
     with image_files.progress_bar(len(kept), "writing lists") as bar:
         for name, entries in splits.items():
             entries.sort(key=lambda item: (item[1], str(item[0])))
-            texts[out / f"{name}.txt"] = "".join(common.list_lines(
-                [p for p, _ in entries], [l for _, l in entries], root, bar))
+            texts[out / f"{name}.txt"] = "".join(
+                common.list_lines([p for p, _ in entries], [label for _, label in entries], root, bar)
+            )
     texts[out / "classes.txt"] = "".join(f"{name}\n" for name in class_names)
     common.write_lists(texts)
     splits["class_names"] = class_names
@@ -99,9 +101,11 @@ def run(args) -> int:
     class_names = result["class_names"]
     print(f"{'class':<24} {'train':>7} {'val':>7} {'test':>7}")
     for index, name in enumerate(class_names):
-        counts = [sum(1 for _, l in result[s] if l == index) for s in ("train", "val", "test")]
+        counts = [sum(1 for _, label in result[s] if label == index) for s in ("train", "val", "test")]
         print(f"{name:<24} {counts[0]:>7} {counts[1]:>7} {counts[2]:>7}")
     print(f"{'total':<24} {len(result['train']):>7} {len(result['val']):>7} {len(result['test']):>7}")
-    print(f"wrote {out}/train.txt, val.txt, test.txt, classes.txt (seed {args.seed}); use them with "
-          f"dataset.name=file_list, dataset.root={args.root}")
+    print(
+        f"wrote {out}/train.txt, val.txt, test.txt, classes.txt (seed {args.seed}); use them with "
+        f"dataset.name=file_list, dataset.root={args.root}"
+    )
     return 0

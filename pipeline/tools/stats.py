@@ -10,8 +10,8 @@ import concurrent.futures
 import os
 from pathlib import Path
 
-from pipeline.data import image_files
 from pipeline.core.fileio import atomic_write, atomic_write_json
+from pipeline.data import image_files
 from pipeline.tools import common
 
 HELP = "class counts, per-channel mean/std and the mean image"
@@ -22,8 +22,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("root", type=Path, metavar="ROOT")
     parser.add_argument("--image-size", type=int, nargs=2, default=[64, 64], metavar=("H", "W"))
     parser.add_argument("--channels", type=int, choices=[1, 3], default=3)
-    parser.add_argument("--min-size", type=int, default=8, metavar="N",
-                        help="skip images with a side shorter than N pixels (as `check` does)")
+    parser.add_argument(
+        "--min-size",
+        type=int,
+        default=8,
+        metavar="N",
+        help="skip images with a side shorter than N pixels (as `check` does)",
+    )
     parser.add_argument("--out", type=Path, metavar="DIR", help="default ROOT/../<rootname>-stats/")
 
 
@@ -36,20 +41,20 @@ def _stats_files(root: Path) -> tuple[list[Path], list[str | None], list[str] | 
         for directory in splits.values():
             found, labels, class_names = image_files.list_class_folders(directory)
             files += found
-            names += [class_names[l] for l in labels]
+            names += [class_names[label] for label in labels]
             classes.update(class_names)
         return files, names, sorted(classes)
     files, labels, class_names = image_files.list_class_folders(root)
     if class_names:
-        return files, [class_names[l] for l in labels], class_names
-    files = [p for p in image_files.find_files(root)
-             if not (p.parent == root and p.name in common.LIST_FILES)]
+        return files, [class_names[label] for label in labels], class_names
+    files = [p for p in image_files.find_files(root) if not (p.parent == root and p.name in common.LIST_FILES)]
     return files, [None] * len(files), None
 
 
 def _load_resized(path: Path, image_size, channels: int, min_size: int):
     """float32 [H, W, C] in 0..255, or None when the file is not a good image."""
     import tensorflow as tf
+
     from pipeline.data.image_ops import convert_channels
 
     if common.special_file(path):
@@ -66,8 +71,9 @@ def _load_resized(path: Path, image_size, channels: int, min_size: int):
     return tf.image.resize(image, image_size).numpy()
 
 
-def stats(root, *, image_size=(64, 64), channels: int = 3, out=None, min_size: int = 8,
-          workers: int | None = None) -> dict:
+def stats(
+    root, *, image_size=(64, 64), channels: int = 3, out=None, min_size: int = 8, workers: int | None = None
+) -> dict:
     """Class counts, per-channel mean/std and the mean image of ROOT's images, at `image_size`.
 
     Streaming: images are decoded (TensorFlow), converted to `channels` and resized a few at a time in
@@ -98,15 +104,16 @@ def stats(root, *, image_size=(64, 64), channels: int = 3, out=None, min_size: i
     per_class = collections.Counter()
     skipped = []
     workers = workers or min(4, os.cpu_count() or 1)
-    with image_files.progress_bar(len(files), "computing statistics") as bar, \
-            concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+    with (
+        image_files.progress_bar(len(files), "computing statistics") as bar,
+        concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool,
+    ):
         pending = collections.deque()
         queue = iter(range(len(files)))
 
         def submit(limit):
             for index in queue:
-                pending.append((index, pool.submit(_load_resized, files[index], (height, width), channels,
-                                                   min_size)))
+                pending.append((index, pool.submit(_load_resized, files[index], (height, width), channels, min_size)))
                 if len(pending) >= limit:
                     return
 
@@ -117,9 +124,11 @@ def stats(root, *, image_size=(64, 64), channels: int = 3, out=None, min_size: i
             submit(2 * workers)
             bar.update()
             if image is None:
-                reason = (common.special_file(files[index])
-                          or image_files.check_image(files[index], min_size=min_size).reason
-                          or "cannot be decoded")
+                reason = (
+                    common.special_file(files[index])
+                    or image_files.check_image(files[index], min_size=min_size).reason
+                    or "cannot be decoded"
+                )
                 skipped.append({"path": common.relative(files[index], root), "reason": reason})
                 continue
             pixels = image.astype(np.float64).reshape(-1, channels)
@@ -152,7 +161,7 @@ def stats(root, *, image_size=(64, 64), channels: int = 3, out=None, min_size: i
         "std_unit": (std / 255.0).tolist(),
         "skipped": skipped,
         "note": "mean/std: per channel over every pixel of the resized images; 'mean'/'std' in 0..255, "
-                "'*_unit' in 0..1 (for input.normalization: standardize, use the 0..255 values)",
+        "'*_unit' in 0..1 (for input.normalization: standardize, use the 0..255 values)",
     }
     _write_outputs(out, mean_image, result)
     return result
@@ -170,19 +179,18 @@ def _write_outputs(out: Path, mean_image, result: dict) -> None:
             handle.write(png)
 
     try:
-        atomic_write(out / "mean.npy", lambda temporary: np.save(temporary, mean_image.astype(np.float32)),
-                     suffix=".npy")
+        atomic_write(
+            out / "mean.npy", lambda temporary: np.save(temporary, mean_image.astype(np.float32)), suffix=".npy"
+        )
         atomic_write(out / "mean.png", write_png, suffix=".png")
         atomic_write_json(out / "stats.json", result)
     except OSError as error:
-        raise common.DataError(f"cannot write to {out} ({error.strerror or error}); "
-                               f"choose another --out") from None
+        raise common.DataError(f"cannot write to {out} ({error.strerror or error}); choose another --out") from None
 
 
 def run(args) -> int:
     """`data stats`: prints skipped files, class counts and mean/std; exit code 0."""
-    result = stats(args.root, image_size=args.image_size, channels=args.channels, out=args.out,
-                   min_size=args.min_size)
+    result = stats(args.root, image_size=args.image_size, channels=args.channels, out=args.out, min_size=args.min_size)
     out = Path(args.out) if args.out is not None else common.sibling(Path(args.root), "-stats")
     for entry in result["skipped"]:
         print(f"skipped {entry['path']}: {entry['reason']}")
@@ -190,8 +198,9 @@ def run(args) -> int:
         for name, number in result["class_counts"].items():
             print(f"{name}: {number}")
     rounded = lambda values, digits: "[" + ", ".join(f"{v:.{digits}f}" for v in values) + "]"  # noqa: E731
-    print(f"mean {rounded(result['mean'], 2)} std {rounded(result['std'], 2)} (0..255); "
-          f"mean {rounded(result['mean_unit'], 4)} std {rounded(result['std_unit'], 4)} (0..1)")
-    print(f"{result['images']} images, {len(result['skipped'])} skipped; wrote {out}/stats.json, mean.png, "
-          f"mean.npy")
+    print(
+        f"mean {rounded(result['mean'], 2)} std {rounded(result['std'], 2)} (0..255); "
+        f"mean {rounded(result['mean_unit'], 4)} std {rounded(result['std_unit'], 4)} (0..1)"
+    )
+    print(f"{result['images']} images, {len(result['skipped'])} skipped; wrote {out}/stats.json, mean.png, mean.npy")
     return 0

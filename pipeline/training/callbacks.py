@@ -79,8 +79,9 @@ def trim_history(path: os.PathLike, *, epochs: int) -> None:
     if not rows or "epoch" not in rows[0]:
         return
     column = rows[0].index("epoch")
-    kept = [rows[0]] + [row for row in rows[1:]
-                        if not (len(row) > column and row[column].isdigit() and int(row[column]) >= epochs)]
+    kept = [rows[0]] + [
+        row for row in rows[1:] if not (len(row) > column and row[column].isdigit() and int(row[column]) >= epochs)
+    ]
     if len(kept) == len(rows):
         return
     out = io.StringIO(newline="")
@@ -106,8 +107,10 @@ class Checkpoints(_SavesFullModel, keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         if self.monitor not in logs:
-            raise KeyError(f"train.callbacks.checkpoint.monitor: {self.monitor!r} is not a logged metric; "
-                           f"logged: {', '.join(sorted(logs))}")
+            raise KeyError(
+                f"train.callbacks.checkpoint.monitor: {self.monitor!r} is not a logged metric; "
+                f"logged: {', '.join(sorted(logs))}"
+            )
         value = float(logs[self.monitor])
         if not self.healthy(logs):
             return  # the previous checkpoints stay the last good ones
@@ -241,9 +244,14 @@ class CrashSafeBackupAndRestore(_SavesFullModel, compat.BackupAndRestoreHooks):
         weights = f"epoch-{epoch:04d}.weights.h5"
         if not (self.directory / weights).exists() or completed_phases == self.phase:
             atomic_write(self.directory / weights, lambda p: self.saved_model.save_weights(p), suffix=".weights.h5")
-        metadata = {"epoch": epoch, "weights": weights, "phase": self.phase,
-                    "completed_phases": completed_phases, "finished": completed_phases >= self.total_phases,
-                    "callbacks": {name: cb.get_state() for name, cb in self.stateful.items()}}
+        metadata = {
+            "epoch": epoch,
+            "weights": weights,
+            "phase": self.phase,
+            "completed_phases": completed_phases,
+            "finished": completed_phases >= self.total_phases,
+            "callbacks": {name: cb.get_state() for name, cb in self.stateful.items()},
+        }
         atomic_write_json(self.directory / self.METADATA, metadata)
         # Only now is the old weights file unreferenced; leftovers of a killed save go too.
         for path in self.directory.glob("*.weights.h5"):
@@ -271,13 +279,16 @@ def read_backup_metadata(directory: os.PathLike) -> dict | None:
             raise KeyError(metadata["weights"])
         return metadata
     except (ValueError, KeyError) as error:
-        raise RuntimeError(f"{path}: resume state is unreadable ({error!r}); it was not written by this "
-                           f"pipeline or was edited by hand. Move the run directory aside and start a new "
-                           f"run.") from None
+        raise RuntimeError(
+            f"{path}: resume state is unreadable ({error!r}); it was not written by this "
+            f"pipeline or was edited by hand. Move the run directory aside and start a new "
+            f"run."
+        ) from None
 
 
-def build_callbacks(options, run_dir: Path, images_per_epoch: int, total_phases: int = 1, *, ema: bool = False,
-                    extra=()) -> tuple[list, dict]:
+def build_callbacks(
+    options, run_dir: Path, images_per_epoch: int, total_phases: int = 1, *, ema: bool = False, extra=()
+) -> tuple[list, dict]:
     """The run's callbacks, and the ones whose state the resume backup carries (by name).
 
     Order: EMA weights in (validation, checkpoints and `extra` see the averages), the others, `extra`
@@ -293,8 +304,7 @@ def build_callbacks(options, run_dir: Path, images_per_epoch: int, total_phases:
     from pipeline.training import ema as ema_lib
 
     averages = ema_lib.EMAWeights() if ema else None
-    checkpoints = Checkpoints(run_dir / "checkpoints", monitor=options.checkpoint.monitor,
-                                            mode=options.checkpoint.mode)
+    checkpoints = Checkpoints(run_dir / "checkpoints", monitor=options.checkpoint.monitor, mode=options.checkpoint.mode)
     timer = Timer(images_per_epoch)
     stateful = {"checkpoints": checkpoints, "timer": timer}
     callback_list = [LearningRateLogger(), timer] + ([averages] if averages else [])
@@ -302,9 +312,11 @@ def build_callbacks(options, run_dir: Path, images_per_epoch: int, total_phases:
         callback_list.append(keras.callbacks.TerminateOnNaN())
     callback_list.append(checkpoints)
     if options.early_stopping.enabled:
-        stopper = ResumableEarlyStopping(monitor=options.early_stopping.monitor,
-                                                       patience=options.early_stopping.patience,
-                                                       min_delta=options.early_stopping.min_delta)
+        stopper = ResumableEarlyStopping(
+            monitor=options.early_stopping.monitor,
+            patience=options.early_stopping.patience,
+            min_delta=options.early_stopping.min_delta,
+        )
         stateful["early_stopping"] = stopper
         callback_list.append(stopper)
     if options.csv_log:
@@ -313,13 +325,17 @@ def build_callbacks(options, run_dir: Path, images_per_epoch: int, total_phases:
         update_freq = options.tensorboard.update_freq
         # write_graph=False: Keras 3.15 writes only its "conceptual graph" there, which TensorBoard's Graphs
         # tab cannot show ("Malformed GraphDef"); the op graph comes from tensorboard_logging.write_op_graph.
-        callback_list.append(keras.callbacks.TensorBoard(
-            str(run_dir / "tensorboard"), histogram_freq=options.tensorboard.histogram_freq,
-            update_freq=update_freq, write_graph=False))
+        callback_list.append(
+            keras.callbacks.TensorBoard(
+                str(run_dir / "tensorboard"),
+                histogram_freq=options.tensorboard.histogram_freq,
+                update_freq=update_freq,
+                write_graph=False,
+            )
+        )
     callback_list.extend(extra)
     if averages:
         callback_list.append(averages.restore_callback())
     # Last: saves after the others updated their state, restores after their on_train_begin reset it.
-    callback_list.append(CrashSafeBackupAndRestore(run_dir / "backup", stateful=stateful,
-                                                                 total_phases=total_phases))
+    callback_list.append(CrashSafeBackupAndRestore(run_dir / "backup", stateful=stateful, total_phases=total_phases))
     return callback_list, stateful

@@ -49,7 +49,7 @@ def _keeps_ema(optimizer) -> bool:
 class _RestoreTrainingWeights(keras.callbacks.Callback):
     """Puts the raw weights back at epoch end (see `EMAWeights.restore_callback`)."""
 
-    def __init__(self, owner: "EMAWeights"):
+    def __init__(self, owner: EMAWeights):
         super().__init__()
         self.owner = owner
 
@@ -104,8 +104,10 @@ class EMAWeights(keras.callbacks.Callback):
     # -- callback hooks -----------------------------------------------------------------------
     def on_train_begin(self, logs=None):
         if not _keeps_ema(self.model.optimizer):
-            raise ValueError("EMAWeights needs an optimizer built with use_ema=True (train.optimizer.ema); "
-                             f"Received: {type(self.model.optimizer).__name__} without it")
+            raise ValueError(
+                "EMAWeights needs an optimizer built with use_ema=True (train.optimizer.ema); "
+                f"Received: {type(self.model.optimizer).__name__} without it"
+            )
         self._training_weights = None
 
     def on_epoch_begin(self, epoch, logs=None):

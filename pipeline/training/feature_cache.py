@@ -23,8 +23,10 @@ def _node_in(parent: keras.Model, child) -> object:
     """The node of `child`'s (single) call inside `parent`'s graph."""
     nodes = compat.nodes_in(parent, child)
     if len(nodes) != 1:
-        raise PhaseError(f"cache_features: layer {child.name!r} is called {len(nodes)} times in "
-                         f"{parent.name!r}; caching needs a model that calls it once")
+        raise PhaseError(
+            f"cache_features: layer {child.name!r} is called {len(nodes)} times in "
+            f"{parent.name!r}; caching needs a model that calls it once"
+        )
     return nodes[0]
 
 
@@ -50,8 +52,9 @@ class FeatureSplit:
     def __init__(self, model: keras.Model):
         chain = compat.find_layer_path(model, "backbone")
         if chain is None:
-            raise PhaseError("cache_features needs a model with a layer named 'backbone' (the "
-                             "`applications` models have one)")
+            raise PhaseError(
+                "cache_features needs a model with a layer named 'backbone' (the `applications` models have one)"
+            )
         self.backbone = chain[-1]
         before, after = [], []
         for parent, child in zip(chain[:-1], chain[1:]):
@@ -65,9 +68,11 @@ class FeatureSplit:
         trainable = [weight.path for part in self._before for weight in part.trainable_weights]
         if self.backbone.trainable_weights or trainable:
             names = [weight.path for weight in self.backbone.trainable_weights] + trainable
-            raise PhaseError(f"cache_features: the layers up to the backbone must be frozen, but these weights "
-                             f"are trainable: {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}. "
-                             f"Use it in a phase with trainable: none.")
+            raise PhaseError(
+                f"cache_features: the layers up to the backbone must be frozen, but these weights "
+                f"are trainable: {', '.join(names[:5])}{' ...' if len(names) > 5 else ''}. "
+                f"Use it in a phase with trainable: none."
+            )
         feature_shape = tuple(_single(_node_in(chain[-2], self.backbone).output_tensors).shape[1:])
         inputs = keras.Input(shape=feature_shape, name="features")
         x = inputs
@@ -91,8 +96,9 @@ class FeatureSplit:
         if self._extract is None:
             # One trace for every batch size (the last batch is smaller), train and validation alike.
             spec = dataset.element_spec[0]
-            self._extract = tf.function(self.extract, input_signature=[tf.TensorSpec([None, *spec.shape[1:]],
-                                                                                     spec.dtype)])
+            self._extract = tf.function(
+                self.extract, input_signature=[tf.TensorSpec([None, *spec.shape[1:]], spec.dtype)]
+            )
         features, labels = [], []
         for images, batch_labels in dataset:
             features.append(keras.ops.convert_to_numpy(self._extract(images)).astype(np.float32, copy=False))
@@ -100,8 +106,7 @@ class FeatureSplit:
         return np.concatenate(features), np.concatenate(labels)
 
 
-def feature_datasets(split: FeatureSplit, train_data, validation_data, *, batch_size: int, seed: int,
-                     log=print):
+def feature_datasets(split: FeatureSplit, train_data, validation_data, *, batch_size: int, seed: int, log=print):
     """Computes the features of the (un-augmented) train and validation datasets once and returns
     tf.data pipelines over them: the training one reshuffled every epoch, like the image pipeline."""
     import tensorflow as tf
@@ -111,15 +116,22 @@ def feature_datasets(split: FeatureSplit, train_data, validation_data, *, batch_
     if validation_data is not None:
         validation_features, validation_labels = split.compute(validation_data)
     megabytes = (train_features.nbytes + (validation_features.nbytes if validation_data is not None else 0)) / 2**20
-    log(f"cached backbone features {list(split.feature_shape)} of {len(train_features)} training"
+    log(
+        f"cached backbone features {list(split.feature_shape)} of {len(train_features)} training"
         + (f" and {len(validation_features)} validation" if validation_data is not None else "")
-        + f" images in {time.perf_counter() - start:.1f} s ({megabytes:.0f} MiB in memory)")
-    train = (tf.data.Dataset.from_tensor_slices((train_features, train_labels))
-             .shuffle(len(train_features), seed=seed, reshuffle_each_iteration=True)
-             .batch(batch_size).prefetch(tf.data.AUTOTUNE))
+        + f" images in {time.perf_counter() - start:.1f} s ({megabytes:.0f} MiB in memory)"
+    )
+    train = (
+        tf.data.Dataset.from_tensor_slices((train_features, train_labels))
+        .shuffle(len(train_features), seed=seed, reshuffle_each_iteration=True)
+        .batch(batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+    )
     validation = None
     if validation_data is not None:
-        validation = (tf.data.Dataset.from_tensor_slices((validation_features, validation_labels))
-                      .batch(batch_size).prefetch(tf.data.AUTOTUNE))
+        validation = (
+            tf.data.Dataset.from_tensor_slices((validation_features, validation_labels))
+            .batch(batch_size)
+            .prefetch(tf.data.AUTOTUNE)
+        )
     return train, validation
-

@@ -12,11 +12,11 @@ import keras
 
 import models
 from pipeline import config as config_lib
+from pipeline.config import PROJECT_ROOT, Config
+from pipeline.data import image_ops as preprocessing
 from pipeline.training import feature_cache as features
 from pipeline.training import optimizers as optim
 from pipeline.training import phases
-from pipeline.data import image_ops as preprocessing
-from pipeline.config import PROJECT_ROOT, Config
 
 
 def resolve_option_paths(options: dict) -> dict:
@@ -31,8 +31,9 @@ def resolve_option_paths(options: dict) -> dict:
     return resolved
 
 
-def build_model(config: Config, *, input_shape, num_classes: int, statistics=(None, None),
-                sample_images=None, log=print) -> keras.Model:
+def build_model(
+    config: Config, *, input_shape, num_classes: int, statistics=(None, None), sample_images=None, log=print
+) -> keras.Model:
     """The registered network behind a normalisation layer, so saved models carry their normalisation.
 
     Args:
@@ -61,30 +62,41 @@ def build_model(config: Config, *, input_shape, num_classes: int, statistics=(No
             if augment.random_erasing and augment.random_erasing_fill is None:
                 # A data-fitted first layer (whitening) amplifies the noise fill's high frequencies into
                 # BatchNorm statistics that clean images never match (RESULTS.md, cifar10_fast run 7).
-                log(f"warning: input.augment.random_erasing fills with noise, which {config.model.name}'s "
+                log(
+                    f"warning: input.augment.random_erasing fills with noise, which {config.model.name}'s "
                     f"data-fitted first layer amplifies (validation accuracy collapsed in a measured run); "
-                    f"set input.augment.random_erasing_fill, e.g. the training mean [125, 123, 114] for CIFAR-10")
+                    f"set input.augment.random_erasing_fill, e.g. the training mean [125, 123, 114] for CIFAR-10"
+                )
     return keras.Model(inputs, outputs, name=config.name)
 
 
-def compile_model(model: keras.Model, config: Config, phase: phases.Phase, steps_per_epoch: int,
-                  optimizer=None) -> None:
+def compile_model(
+    model: keras.Model, config: Config, phase: phases.Phase, steps_per_epoch: int, optimizer=None
+) -> None:
     """Compiles for one phase: its optimizer (fresh state, unless `optimizer` is given) and its schedule
     over its own epochs."""
     train = config.train
     if optimizer is None:
-        schedule = optim.build_schedule(**vars_of(phase.schedule), learning_rate=phase.optimizer.learning_rate,
-                                        steps_per_epoch=steps_per_epoch, epochs=phase.epochs)
+        schedule = optim.build_schedule(
+            **vars_of(phase.schedule),
+            learning_rate=phase.optimizer.learning_rate,
+            steps_per_epoch=steps_per_epoch,
+            epochs=phase.epochs,
+        )
         optimizer_options = vars_of(phase.optimizer)
         optimizer_options["learning_rate"] = schedule
         optimizer = optim.build_optimizer(**optimizer_options)
-    model.compile(optimizer=optimizer,
-                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=train.label_smoothing),
-                  metrics=["accuracy"], jit_compile=resolve_jit_compile(train.jit_compile))
+    model.compile(
+        optimizer=optimizer,
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=train.label_smoothing),
+        metrics=["accuracy"],
+        jit_compile=resolve_jit_compile(train.jit_compile),
+    )
 
 
-def cached_features_fit(model: keras.Model, splits, config: Config, phase: phases.Phase,
-                        steps_per_epoch: int, validation_data, *, log=print):
+def cached_features_fit(
+    model: keras.Model, splits, config: Config, phase: phases.Phase, steps_per_epoch: int, validation_data, *, log=print
+):
     """What a `cache_features` phase fits instead of `model`: (head model, train data, validation data).
 
     The head is made of `model`'s layers and compiled with `model`'s optimizer (already compiled for
@@ -94,11 +106,18 @@ def cached_features_fit(model: keras.Model, splits, config: Config, phase: phase
     compile_model(split.head, config, phase, steps_per_epoch, optimizer=model.optimizer)
     model.optimizer.build(split.head.trainable_variables)
     if config.input.augment and any(config_lib.to_dict(config.input.augment).values()):
-        log(f"{phase.key}.cache_features: this phase trains on un-augmented images (input.augment applies "
-            f"to the other phases)")
+        log(
+            f"{phase.key}.cache_features: this phase trains on un-augmented images (input.augment applies "
+            f"to the other phases)"
+        )
     train_data, validation_data = features.feature_datasets(
-        split, splits.dataset("train", config), validation_data, batch_size=config.train.batch_size,
-        seed=config.seed + phase.index, log=log)
+        split,
+        splits.dataset("train", config),
+        validation_data,
+        batch_size=config.train.batch_size,
+        seed=config.seed + phase.index,
+        log=log,
+    )
     return split.head, train_data, validation_data
 
 
@@ -108,10 +127,19 @@ def configure_threads(*, intra_op: int, inter_op: int, log=print) -> None:
 
     threading = tf.config.threading
     for name, wanted, get, set_ in (
-            ("intra_op_threads", intra_op, threading.get_intra_op_parallelism_threads,
-             threading.set_intra_op_parallelism_threads),
-            ("inter_op_threads", inter_op, threading.get_inter_op_parallelism_threads,
-             threading.set_inter_op_parallelism_threads)):
+        (
+            "intra_op_threads",
+            intra_op,
+            threading.get_intra_op_parallelism_threads,
+            threading.set_intra_op_parallelism_threads,
+        ),
+        (
+            "inter_op_threads",
+            inter_op,
+            threading.get_inter_op_parallelism_threads,
+            threading.set_inter_op_parallelism_threads,
+        ),
+    ):
         if wanted and get() != wanted:
             try:
                 set_(wanted)
@@ -124,6 +152,7 @@ def resolve_jit_compile(setting) -> bool:
     (198 vs 1,026 images/s), while Keras' own `auto` would turn it on there too."""
     if setting == "auto":
         import tensorflow as tf
+
         return bool(tf.config.list_physical_devices("GPU"))
     return bool(setting)
 
@@ -138,5 +167,6 @@ def fit_verbosity(setting) -> int:
     epoch (2) when the output is piped or logged, where a bar would fill the log with carriage returns."""
     if setting == "auto":
         import sys
+
         return 1 if sys.stdout.isatty() else 2
     return int(setting)

@@ -10,9 +10,20 @@ from __future__ import annotations
 import keras
 
 
-def build_schedule(*, name: str, learning_rate: float, steps_per_epoch: int, epochs: int,
-                   warmup_epochs: float = 0.0, warmup_start: float = 0.0, boundaries=(), factor: float = 0.1,
-                   end_learning_rate: float = 0.0, power: float = 1.0, alpha: float = 0.0):
+def build_schedule(
+    *,
+    name: str,
+    learning_rate: float,
+    steps_per_epoch: int,
+    epochs: int,
+    warmup_epochs: float = 0.0,
+    warmup_start: float = 0.0,
+    boundaries=(),
+    factor: float = 0.1,
+    end_learning_rate: float = 0.0,
+    power: float = 1.0,
+    alpha: float = 0.0,
+):
     """Returns a float (constant) or a `keras.optimizers.schedules.LearningRateSchedule`.
 
     Args:
@@ -28,20 +39,25 @@ def build_schedule(*, name: str, learning_rate: float, steps_per_epoch: int, epo
         return learning_rate
     if name == "step":
         step_boundaries = [int(round(b * steps_per_epoch)) for b in boundaries]
-        values = [learning_rate * factor ** index for index in range(len(step_boundaries) + 1)]
+        values = [learning_rate * factor**index for index in range(len(step_boundaries) + 1)]
         return keras.optimizers.schedules.PiecewiseConstantDecay(step_boundaries, values)
     if name == "polynomial":
         warmup_steps = int(round(warmup_epochs * steps_per_epoch))
-        decay = keras.optimizers.schedules.PolynomialDecay(learning_rate, max(1, total_steps - warmup_steps),
-                                                           end_learning_rate=end_learning_rate, power=power)
+        decay = keras.optimizers.schedules.PolynomialDecay(
+            learning_rate, max(1, total_steps - warmup_steps), end_learning_rate=end_learning_rate, power=power
+        )
         return WarmUp(learning_rate, warmup_steps, decay, start=warmup_start) if warmup_steps else decay
     if name == "cosine":
         warmup_steps = int(round(warmup_epochs * steps_per_epoch))
         if warmup_steps:
             # Keras' warm-up climbs from `initial_learning_rate` to `warmup_target`.
             return keras.optimizers.schedules.CosineDecay(
-                warmup_start * learning_rate, total_steps - warmup_steps, alpha=alpha, warmup_target=learning_rate,
-                warmup_steps=warmup_steps)
+                warmup_start * learning_rate,
+                total_steps - warmup_steps,
+                alpha=alpha,
+                warmup_target=learning_rate,
+                warmup_steps=warmup_steps,
+            )
         return keras.optimizers.schedules.CosineDecay(learning_rate, total_steps, alpha=alpha)
     raise ValueError(f"schedule must be constant, step, polynomial or cosine. Received: name={name!r}")
 
@@ -55,7 +71,7 @@ class WarmUp(keras.optimizers.schedules.LearningRateSchedule):
 
     def __init__(self, peak: float, warmup_steps: int, after, start: float = 0.0):
         self.peak, self.warmup_steps, self.start = float(peak), int(warmup_steps), float(start)
-        self.after = (keras.optimizers.schedules.deserialize(after) if isinstance(after, dict) else after)
+        self.after = keras.optimizers.schedules.deserialize(after) if isinstance(after, dict) else after
 
     def __call__(self, step):
         step = keras.ops.cast(step, "float32")
@@ -63,13 +79,25 @@ class WarmUp(keras.optimizers.schedules.LearningRateSchedule):
         return keras.ops.where(step < self.warmup_steps, warm, self.after(step - self.warmup_steps))
 
     def get_config(self):
-        return {"peak": self.peak, "warmup_steps": self.warmup_steps, "start": self.start,
-                "after": keras.optimizers.schedules.serialize(self.after)}
+        return {
+            "peak": self.peak,
+            "warmup_steps": self.warmup_steps,
+            "start": self.start,
+            "after": keras.optimizers.schedules.serialize(self.after),
+        }
 
 
-def build_optimizer(*, name: str, learning_rate, momentum: float = 0.0, nesterov: bool = False,
-                    weight_decay: float | None = None, clipnorm: float | None = None, ema: float | None = None,
-                    norm_bias_lr_factor: float = 1.0):
+def build_optimizer(
+    *,
+    name: str,
+    learning_rate,
+    momentum: float = 0.0,
+    nesterov: bool = False,
+    weight_decay: float | None = None,
+    clipnorm: float | None = None,
+    ema: float | None = None,
+    norm_bias_lr_factor: float = 1.0,
+):
     """Builds a Keras optimizer. `learning_rate` may be a float or a schedule; `ema` (e.g. 0.999) keeps an
     exponential moving average of the weights (`pipeline.training.ema`); `norm_bias_lr_factor` multiplies the
     learning rate of normalization layers' biases (BatchNorm `beta`; airbench94 uses 64 with BatchNorm
@@ -77,8 +105,12 @@ def build_optimizer(*, name: str, learning_rate, momentum: float = 0.0, nesterov
     from pipeline import compat
     from pipeline.training import ema as ema_lib
 
-    classes = {"sgd": keras.optimizers.SGD, "adam": keras.optimizers.Adam, "adamw": keras.optimizers.AdamW,
-               "rmsprop": keras.optimizers.RMSprop}
+    classes = {
+        "sgd": keras.optimizers.SGD,
+        "adam": keras.optimizers.Adam,
+        "adamw": keras.optimizers.AdamW,
+        "rmsprop": keras.optimizers.RMSprop,
+    }
     if name not in classes:
         raise ValueError(f"optimizer must be sgd, adam, adamw or rmsprop. Received: name={name!r}")
     optimizer_class, options = compat.with_norm_bias_lr_factor(classes[name], norm_bias_lr_factor)

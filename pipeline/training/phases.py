@@ -48,8 +48,18 @@ def plan(config: Config) -> list[Phase]:
         return [Phase(0, 0, config.train.epochs, "all", config.train.optimizer, config.train.schedule)]
     phases, start = [], 0
     for index, phase in enumerate(config.train.phases):
-        phases.append(Phase(index, start, start + phase.epochs, phase.trainable, phase.optimizer, phase.schedule,
-                            phase.cache_features, _key=f"train.phases[{index}]"))
+        phases.append(
+            Phase(
+                index,
+                start,
+                start + phase.epochs,
+                phase.trainable,
+                phase.optimizer,
+                phase.schedule,
+                phase.cache_features,
+                _key=f"train.phases[{index}]",
+            )
+        )
         start += phase.epochs
     return phases
 
@@ -68,17 +78,21 @@ def set_trainable(model: keras.Model, spec: str) -> None:
         return
     backbone = compat.find_layer(model, "backbone")
     if backbone is None:
-        raise PhaseError(f"train.phases trainable {spec!r} needs a model with a layer named 'backbone' "
-                         f"(the `applications` models have one); this model has none. Use trainable: all.")
+        raise PhaseError(
+            f"train.phases trainable {spec!r} needs a model with a layer named 'backbone' "
+            f"(the `applications` models have one); this model has none. Use trainable: all."
+        )
     if spec == "none":
         backbone.trainable = False
         return
-    name = spec[len("from "):].strip()
+    name = spec[len("from ") :].strip()
     names = [layer.name for layer in backbone.layers]
     if name not in names:
-        raise PhaseError(f"train.phases trainable 'from {name}': no layer {name!r} in the backbone"
-                         f"{did_you_mean(name, names)}. "
-                         f"Its layers include: {', '.join(names[-12:])}")
+        raise PhaseError(
+            f"train.phases trainable 'from {name}': no layer {name!r} in the backbone"
+            f"{did_you_mean(name, names)}. "
+            f"Its layers include: {', '.join(names[-12:])}"
+        )
     first = names.index(name)
     for layer in backbone.layers[:first]:
         layer.trainable = False
