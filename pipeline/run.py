@@ -55,7 +55,7 @@ def _train(config: Config, run_dir: Path, log) -> dict:
     # Before any other TensorFlow op: a multi-worker strategy sets up collective ops when it starts.
     strategy = workers.start(config.distribute.strategy, global_batch=config.train.batch_size, log=log)
     with workers.chief_first(strategy):  # one archive extraction and image scan; the others read the cache
-        splits = Splits(config, log=log)
+        splits = Splits.from_config(config, log=log)
     with workers.scope(strategy):  # the model's variables live on every replica
         model = build_checked_model(config, splits, log=log)
     plan = workers.prepare_phases(
@@ -74,8 +74,8 @@ def _train(config: Config, run_dir: Path, log) -> dict:
         log(f"resuming {run_dir}")
     steps_per_epoch = math.ceil(len(splits.train[1]) / config.train.batch_size)
     shard = workers.shard(strategy)  # each worker reads its share of the files (arrays: of each batch)
-    train_data = splits.dataset("train", config, training=True, shard=shard)
-    validation_data = splits.dataset("validation", config, shard=shard) if len(splits.validation[1]) else None
+    train_data = splits.dataset("train", training=True, shard=shard)
+    validation_data = splits.dataset("validation", shard=shard) if len(splits.validation[1]) else None
     train_data, validation_data = workers.without_short_batches(strategy, train_data, validation_data)
     callback_list, stateful = callbacks.build_callbacks(
         config.train.callbacks,
@@ -184,13 +184,13 @@ def build_checked_model(config: Config, splits: Splits, *, log=print) -> keras.M
     keras.utils.set_random_seed(config.seed)
     keras.mixed_precision.set_dtype_policy(config.train.mixed_precision)
     try:
-        statistics = splits.channel_statistics(config) if config.input.normalization == "standardize" else (None, None)
+        statistics = splits.channel_statistics() if config.input.normalization == "standardize" else (None, None)
         model = modeling.build_model(
             config,
             input_shape=splits.input_shape,
             num_classes=splits.num_classes,
             statistics=statistics,
-            sample_images=lambda: splits.sample_images(config),
+            sample_images=lambda: splits.sample_images(),
             log=log,
         )
         for phase in phases.plan(config):

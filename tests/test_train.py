@@ -15,7 +15,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import LEAN_RUN, Interrupt
+from helpers import LEAN_RUN, Interrupt
 
 from pipeline import cli
 from pipeline import config as config_lib

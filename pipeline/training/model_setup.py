@@ -112,7 +112,7 @@ def cached_features_fit(
         )
     train_data, validation_data = features.feature_datasets(
         split,
-        splits.dataset("train", config),
+        splits.dataset("train"),
         validation_data,
         batch_size=config.train.batch_size,
         seed=config.seed + phase.index,

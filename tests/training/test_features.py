@@ -7,7 +7,7 @@ import csv
 import keras
 import numpy as np
 import pytest
-from conftest import LEAN_RUN, Interrupt
+from helpers import LEAN_RUN, Interrupt
 
 from pipeline import cli, compat
 from pipeline import experiment as experiment_lib
@@ -104,8 +104,8 @@ def test_cached_phase_trains_the_head_and_saves_the_full_model(data_env, tmp_pat
     rows = list(csv.DictReader(open(tmp_path / "run" / "history.csv")))
     assert [int(r["epoch"]) for r in rows] == [0, 1]
     # The validation accuracy logged from the features is the full model's accuracy on the images.
-    splits = splits_lib.Splits(config, log=lambda *_: None)
-    result = last.evaluate(splits.dataset("validation", config), verbose=0, return_dict=True)
+    splits = splits_lib.Splits.from_config(config, log=lambda *_: None)
+    result = last.evaluate(splits.dataset("validation"), verbose=0, return_dict=True)
     assert result["accuracy"] == pytest.approx(float(rows[-1]["val_accuracy"]), abs=1e-6)
 
     monkeypatch.setattr(run_callbacks, "build_callbacks", original_callbacks)

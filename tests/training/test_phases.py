@@ -8,7 +8,7 @@ import json
 import keras
 import numpy as np
 import pytest
-from conftest import LEAN_RUN, Interrupt
+from helpers import LEAN_RUN, Interrupt
 
 from pipeline import cli, compat
 from pipeline import experiment as experiment_lib
