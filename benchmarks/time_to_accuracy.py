@@ -144,10 +144,16 @@ def run_ours(config, splits, test_data, epochs: int, log=print, evaluate_from: i
     recorder = EpochLog(
         "ours", test_data, time.perf_counter(), log, tta=config.evaluation.tta, evaluate_from=evaluate_from
     )
-    for index, phase in enumerate(phases.plan(config)):
+    for index, phase in enumerate(phases.plan(config.train)):
         if index:  # multi-phase configs: recompile for each phase, as pipeline.run does
             phases.set_trainable(model, phase.trainable)
-            modeling.compile_model(model, config, phase, steps_per_epoch)
+            modeling.compile_model(
+                model,
+                phase,
+                steps_per_epoch,
+                label_smoothing=config.train.label_smoothing,
+                jit_compile=config.train.jit_compile,
+            )
         model.fit(
             train_data,
             validation_data=validation_data,

@@ -72,3 +72,28 @@ def mirror_dir() -> Path:
             pytest.fail("the dataset mirror (../shared/datasets or $DATA_MIRROR) is required under CI=true")
         pytest.skip("dataset mirror not available")
     return mirror
+
+
+@pytest.fixture
+def interrupt_training(monkeypatch):
+    """`interrupt_training(epoch)`: the next `train` in this test raises KeyboardInterrupt (what Ctrl-C
+    does) at the start of that epoch; `interrupt_training(None)` trains normally again."""
+    from helpers import Interrupt
+
+    from pipeline.training import callbacks
+
+    original = callbacks.build_callbacks
+
+    def arm(at_epoch):
+        if at_epoch is None:
+            monkeypatch.setattr(callbacks, "build_callbacks", original)
+            return
+
+        def build(*args, **kwargs):
+            built = original(*args, **kwargs)
+            built.all.insert(0, Interrupt(at_epoch))
+            return built
+
+        monkeypatch.setattr(callbacks, "build_callbacks", build)
+
+    return arm

@@ -11,7 +11,7 @@ import numpy as np
 
 # `--set` overrides for end-to-end runs whose subject is not monitoring or export: no SavedModel (~5 s),
 # no evaluation figures, no TensorBoard image grids, confusion matrices or op graph (~1 s per Matplotlib figure on
-# 2 cores). The scalars stay on. tests/test_tensorboard_logging.py, test_evaluation_report.py, test_export.py
+# 2 cores). The scalars stay on. tests/evaluation/test_tensorboard_logging.py, test_evaluation_report.py, test_export.py
 # and test_train.py's tiny_run cover what this leaves out.
 LEAN_RUN = (
     "export.enabled=false",
@@ -55,3 +55,12 @@ class Interrupt:
                     raise KeyboardInterrupt
 
         return _Interrupt()
+
+
+def build_network(config, **kwargs):
+    """The run's model for an experiment config, as the driver builds it (`model_setup.build_model`)."""
+    from pipeline.training import model_setup
+
+    return model_setup.build_model(
+        name=config.name, model=config.model, normalization=config.input.normalization, **kwargs
+    )

@@ -49,6 +49,11 @@ class Augmentation:
         batch = {**layers, "random_erasing_fill": section.random_erasing_fill} if any(layers.values()) else {}
         return cls(image=image, batch=batch)
 
+    @property
+    def enabled(self) -> bool:
+        """Whether any augmentation runs (`fill_mode` alone is a setting, not an operation)."""
+        return bool(self.batch) or any(value for key, value in self.image.items() if key != "fill_mode")
+
     @classmethod
     def from_mapping(cls, mapping: Mapping | None) -> Augmentation:
         """From a plain dict of `input.augment` keys (benchmarks, tests), through the same mapping.

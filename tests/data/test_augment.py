@@ -1,4 +1,4 @@
-"""pipeline/augment.py: the random resized crop, its eval centre crop, and the Keras batch layers run
+"""pipeline/data/batch_augment.py: the random resized crop, its eval centre crop, and the Keras batch layers run
 seeded, in parallel, repeatably inside tf.data."""
 
 from __future__ import annotations

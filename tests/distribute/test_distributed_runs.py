@@ -1,4 +1,4 @@
-"""Training runs under tf.distribute (pipeline/workers.py wired into pipeline/train.py).
+"""Training runs under tf.distribute (pipeline/distribute/workers.py wired into pipeline/run.py).
 
 In this process (default strategy): what each worker reads (its share of the files, records or shard
 files; arrays whole), no empty batch for any replica (and the TensorFlow bug that makes it matter), the
@@ -110,7 +110,7 @@ def test_streamed_records_are_shared_by_file(photos):
 
     config = folder_config(photos, "shards", shuffle_buffer=4)
     splits = splits_lib.Splits.from_config(config, log=lambda *_: None)
-    shard_of = splits.records.arrays["shard"][splits.train[0]]
+    shard_of = splits.reader.records.arrays["shard"][splits.train[0]]
     for index in (0, 1):  # worker i streams shard file i only: the training records that file holds
         count = sum(len(batch[0]) for batch in splits.dataset("train", training=True, shard=(2, index)))
         assert count == int(np.sum(shard_of == index)) > 0
@@ -155,7 +155,7 @@ def test_learning_rate_scaling_and_what_multi_worker_refuses(monkeypatch):
             },
         }
     )
-    plan, lines = phases.plan(config), []
+    plan, lines = phases.plan(config.train), []
     strategy = tf.distribute.get_strategy()
     scaled = workers.prepare_phases(
         plan, strategy, scale_learning_rate=True, global_batch=1024, base_batch=256, log=lines.append
@@ -164,7 +164,7 @@ def test_learning_rate_scaling_and_what_multi_worker_refuses(monkeypatch):
     assert scaled[1].schedule.end_learning_rate == pytest.approx(0.0004)
     assert [phase.epochs for phase in scaled] == [1, 2] and scaled[0].optimizer.name == plan[0].optimizer.name
     assert lines[0] == "distribute.scale_learning_rate: train.phases[0].optimizer.learning_rate 0.01 x 1024/256 = 0.04"
-    assert phases.plan(config)[0].optimizer.learning_rate == 0.01, "the config keeps the configured rates"
+    assert phases.plan(config.train)[0].optimizer.learning_rate == 0.01, "the config keeps the configured rates"
     assert workers.prepare_phases(plan, strategy, scale_learning_rate=False, global_batch=1024, base_batch=256) == plan
     monkeypatch.setattr(workers, "is_multi_worker", lambda strategy: True)
     with pytest.raises(

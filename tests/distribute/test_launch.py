@@ -1,7 +1,7 @@
 """`python -m pipeline launch`: N local workers with TF_CONFIG, prefixed output, failure handling.
 
 Stand-in worker programs (python -c) replace `python -m pipeline train`, so these tests need no
-TensorFlow and take a few seconds; tests/test_distribute.py runs real TensorFlow workers through launch.
+TensorFlow and take a few seconds; tests/distribute/test_distribute.py runs real TensorFlow workers through launch.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""`python -m pipeline summary` (pipeline/summary.py) and the figures it prints: layer table, parameters and FLOPs
-(pipeline/model_stats.py), per-phase counts, bad-size arithmetic (pipeline/layer_sizes.py)."""
+"""`python -m pipeline summary` (pipeline/inspection/summary.py) and the figures it prints: layer table, parameters and FLOPs
+(pipeline/inspection/model_stats.py), per-phase counts, bad-size arithmetic (pipeline/inspection/layer_sizes.py)."""
 
 from __future__ import annotations
 
