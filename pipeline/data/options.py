@@ -15,7 +15,8 @@ from pipeline.data.transform import EvalTransform
 
 @dataclasses.dataclass(frozen=True)
 class DataOptions:
-    """Where the data is, how it is split and checked, and how each split's pipeline is built.
+    """Where the data is, how it is split and checked, and how each split's pipeline is built. No
+    defaults here: they are the schema's (`pipeline.config.schema`), reached through `from_config`.
 
     Attributes:
         dataset, data_dir, mirror_dir, root, lists, classes: the source (`datasets.load_dataset`).
@@ -30,27 +31,27 @@ class DataOptions:
         class_weight: `train.class_weight` (None, "balanced" or {class name: weight}).
     """
 
-    dataset: str = "cifar10"
-    data_dir: str = "data"
-    mirror_dir: str | None = None
-    root: str | None = None
-    lists: dict | None = None
-    classes: str | None = None
-    validation_split: float = 0.1
-    test_split: float = 0.1
-    seed: int = 42
-    strict: bool = False
-    min_image_size: int = 8
-    skip_placeholders: bool = False
-    transform: EvalTransform = EvalTransform()
-    batch_size: int = 128
-    augment: Augmentation = Augmentation()
-    shuffle_buffer: int | None = None
-    deterministic: bool = True
-    cache: str = "auto"
-    cache_budget_mb: int | None = None
-    statistics: str | None = None
-    class_weight: object = None
+    dataset: str
+    data_dir: str
+    mirror_dir: str | None
+    root: str | None
+    lists: dict | None
+    classes: str | None
+    validation_split: float
+    test_split: float
+    seed: int
+    strict: bool
+    min_image_size: int
+    skip_placeholders: bool
+    transform: EvalTransform
+    batch_size: int
+    augment: Augmentation
+    shuffle_buffer: int | None
+    deterministic: bool
+    cache: str
+    cache_budget_mb: int | None
+    statistics: str | None
+    class_weight: object
 
     @classmethod
     def from_config(cls, config) -> DataOptions:
