@@ -34,6 +34,8 @@ class Splits:
     """
 
     def __init__(self, options: DataOptions, *, log=print):
+        if not isinstance(options, DataOptions):  # a config: scripts written for the former Splits(config)
+            options = DataOptions.from_config(options)
         data = datasets.load_dataset(
             options.dataset,
             data_dir=options.data_dir,
