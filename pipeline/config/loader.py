@@ -20,6 +20,7 @@ from typing import Any, Union
 
 import yaml
 
+from pipeline.config.choices import WARMUP_SCHEDULES
 from pipeline.config.schema import *  # noqa: F401,F403  (the schema, re-exported for its users)
 from pipeline.config.schema import Config, OptimizerConfig, ScheduleConfig
 from pipeline.core import errors
@@ -457,7 +458,7 @@ def _check_optimization(optimizer: OptimizerConfig, schedule: ScheduleConfig, ep
         )
     if list(schedule.boundaries) != sorted(schedule.boundaries):
         raise ConfigError(f"{prefix}.schedule.boundaries: must be increasing; received {schedule.boundaries}")
-    if schedule.warmup_epochs and schedule.name not in ("cosine", "polynomial"):
+    if schedule.warmup_epochs and schedule.name not in WARMUP_SCHEDULES:
         raise ConfigError(
             f"{prefix}.schedule.warmup_epochs: warm-up is only available with the cosine and "
             f"polynomial schedules; received schedule {schedule.name!r}. Set "

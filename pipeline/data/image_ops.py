@@ -12,6 +12,8 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
+from pipeline.config.choices import FILL_MODES, NORMALIZATIONS
+
 
 def convert_channels(images: tf.Tensor, channels: int | None) -> tf.Tensor:
     """[..., H, W, C] with C in {1, 2, 3, 4} known statically -> [..., H, W, channels]; alpha is dropped."""
@@ -120,7 +122,7 @@ def normalization_layer(mode: str, *, mean=None, std=None) -> layers.Layer:
         mean = np.asarray(mean, np.float32)
         variance = np.square(np.asarray(std, np.float32))
         return layers.Normalization(mean=mean, variance=variance, name="normalize")
-    raise ValueError(f"normalization must be 'unit' or 'standardize'. Received: mode={mode!r}")
+    raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}. Received: mode={mode!r}")
 
 
 def channel_statistics(images, chunk: int = 4096) -> tuple[list[float], list[float]]:
@@ -163,7 +165,8 @@ def _source_index(index: tf.Tensor, size: tf.Tensor, fill_mode: str) -> tuple[tf
     if fill_mode == "constant":
         inside = (index >= 0) & (index < size)
         return tf.clip_by_value(index, 0, size - 1), inside
-    raise ValueError(f"fill_mode must be nearest, wrap, reflect or constant. Received: fill_mode={fill_mode!r}")
+    # reflect101 is internal (pad-and-crop); the config's fill modes are choices.FILL_MODES.
+    raise ValueError(f"fill_mode must be one of {', '.join(FILL_MODES)}. Received: fill_mode={fill_mode!r}")
 
 
 def shift_and_flip(images: tf.Tensor, seed: tf.Tensor, *, max_rows, max_cols, flip: bool = False,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
-CROP_MODES = ("none", "square", "shorter_side", "random_resized")
+from pipeline.config.choices import CROP_MODES
 
 
 @dataclasses.dataclass(frozen=True)
