@@ -127,8 +127,10 @@ def write_photo(path, array: np.ndarray, fmt: str, orientation: int | None = Non
     image.save(path, format=fmt, **options)
 
 
-@pytest.mark.parametrize("crop, channels", [("shorter_side", 3), ("square", 1)])
-def test_data_stats_equal_the_statistics_training_standardizes_with(tmp_path, crop, channels):
+def test_data_stats_equal_the_statistics_training_standardizes_with(tmp_path):
+    # One case (the pipeline's first trace costs seconds): shorter-side crop and area resize of photos of
+    # several sizes and EXIF orientations; grey conversion is covered by tests/test_data_tools.py.
+    crop, channels = "shorter_side", 3
     from pipeline.config import loader
     from pipeline.data import splits as splits_lib
     from pipeline.tools import stats
@@ -185,3 +187,71 @@ def test_data_stats_equal_the_statistics_training_standardizes_with(tmp_path, cr
     assert result["transform"]["crop"] == crop and result["transform"]["resize_method"] == "area"
     # The old `data stats` (tf.io.decode_image: no EXIF orientation, the fast IDCT, squash resize) is off by
     # more than 10 levels in every channel's mean on these pictures: the tolerance above tells them apart.
+
+
+# --------------------------------------------------------------------------------------------------
+# One eval-transform sizing
+# --------------------------------------------------------------------------------------------------
+
+PROJECT = __import__("pathlib").Path(__file__).resolve().parent.parent
+
+
+def sources(*packages):
+    """(relative path, text) of every module in `packages`."""
+    for package in packages:
+        for path in sorted((PROJECT / package).rglob("*.py")):
+            yield path.relative_to(PROJECT).as_posix(), path.read_text()
+
+
+def test_the_eval_transform_is_sized_in_one_place():
+    callers = sorted(path for path, text in sources("pipeline", "models") if ".sized(" in text)
+    assert callers == ["pipeline/data/transform.py"]
+
+
+@pytest.mark.parametrize(
+    "dataset, image_size, channels, expected",
+    [("mnist", None, None, (28, 28, 1)), ("mnist", [20, 24], 3, (20, 24, 3)), ("fashion_mnist", None, 3, (28, 28, 3))],
+)
+def test_summary_training_and_export_size_the_transform_alike(data_env, dataset, image_size, channels, expected):
+    import keras
+
+    from pipeline.config import loader
+    from pipeline.data import splits as splits_lib
+    from pipeline.inspection import summary
+    from pipeline.serving import export
+
+    config = loader.load_config(
+        "tiny",
+        [
+            *data_env,
+            f"dataset.name={dataset}",
+            f"input.image_size={image_size or 'null'}",
+            f"input.channels={channels or 'null'}",
+        ],
+    )
+    splits = splits_lib.Splits(config, log=lambda message: None)
+    from_summary = summary.eval_transform_for(config)
+    assert splits.input_shape == from_summary.input_shape == expected
+    assert splits.transform(config) == from_summary
+    model = keras.Sequential([keras.Input(expected), keras.layers.Flatten(), keras.layers.Dense(2)])
+    assert export.eval_transform(model, config) == from_summary
+
+
+def test_registered_native_shapes_and_class_counts_are_the_data_s(data_env):
+    from pipeline.data import datasets
+
+    for name in ("mnist", "fashion_mnist", "cifar10"):
+        data = datasets.load_dataset(name, data_dir=data_env[0].split("=", 1)[1])
+        assert datasets.native_shape(name) == data.image_shape
+        assert datasets.known_class_count(name) == len(data.class_names)
+    assert datasets.native_shape("folder") is None and datasets.known_class_count("folder") is None
+    assert datasets.known_class_count("hymenoptera") == 2 and datasets.native_shape("hymenoptera") is None
+
+
+def test_summary_without_an_image_size_for_files_says_what_to_set():
+    from pipeline.config import ConfigError, loader
+    from pipeline.inspection import summary
+
+    config = loader.load_config("tiny", ["dataset.name=folder", "dataset.root=/nowhere", "input.image_size=null"])
+    with pytest.raises(ConfigError, match=r"input.image_size: required for dataset 'folder'.*224,224"):
+        summary.eval_transform_for(config)

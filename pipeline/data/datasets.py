@@ -135,13 +135,23 @@ def _load_idx_dataset(name: str, urls: list[str], class_names: list[str], *, dat
                         class_names)
 
 
+MNIST_CLASSES = [str(digit) for digit in range(10)]
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot"]
+
+
 @register_dataset()
 def mnist(*, data_dir: str = "data", mirror_dir: str | None = None) -> ArrayDataset:
     """MNIST handwritten digits: 60,000 train + 10,000 test, 28x28 grey."""
     return _load_idx_dataset(
         "mnist", ["https://storage.googleapis.com/cvdf-datasets/mnist/",
                   "https://ossci-datasets.s3.amazonaws.com/mnist/"],
-        [str(digit) for digit in range(10)], data_dir=data_dir, mirror_dir=mirror_dir)
+        MNIST_CLASSES, data_dir=data_dir, mirror_dir=mirror_dir)
+
+
+# Registry flags (`native_shape`, `known_class_count`): what `summary` needs without loading the data.
+mnist.image_shape = (28, 28, 1)
+mnist.num_classes = len(MNIST_CLASSES)
 
 
 @register_dataset()
@@ -150,8 +160,11 @@ def fashion_mnist(*, data_dir: str = "data", mirror_dir: str | None = None) -> A
     return _load_idx_dataset(
         "fashion_mnist", ["https://storage.googleapis.com/tensorflow/tf-keras-datasets/",
                           "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"],
-        ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-         "Ankle boot"], data_dir=data_dir, mirror_dir=mirror_dir)
+        FASHION_MNIST_CLASSES, data_dir=data_dir, mirror_dir=mirror_dir)
+
+
+fashion_mnist.image_shape = (28, 28, 1)
+fashion_mnist.num_classes = len(FASHION_MNIST_CLASSES)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -250,6 +263,10 @@ def cifar10(*, data_dir: str = "data", mirror_dir: str | None = None) -> ArrayDa
     return ArrayDataset(*splits["train"], *splits["test"], list(CIFAR10_CLASSES))
 
 
+cifar10.image_shape = (32, 32, 3)
+cifar10.num_classes = len(CIFAR10_CLASSES)
+
+
 def _cifar_splits(store: Path, mirror_dir: str | None, data_dir: str, *, download_allowed: bool = True) -> dict:
     """{"train": (images, labels), "test": ...} from the first source `cifar10` finds (see there); with
     `download_allowed` False, only local sources (an old cache is better than waiting on the network)."""
@@ -342,6 +359,20 @@ def hymenoptera(*, data_dir: str = "data", mirror_dir: str | None = None) -> Fil
                 f"the download of {HYMENOPTERA_URL} failed: {getattr(error, 'reason', error)}. "
                 f"Place hymenoptera_data.zip in {store}/ or set DATA_MIRROR.") from None
     return read_folder_tree(root_folder(archive, data_dir))
+
+
+hymenoptera.num_classes = 2  # ants, bees (the archive's class folders); many image sizes: no image_shape
+
+
+def native_shape(name: str) -> tuple[int, int, int] | None:
+    """(height, width, channels) that every image of registered dataset `name` has, or None (images of
+    many sizes, or an unknown name: the registry reports that where the data is loaded)."""
+    return DATASETS.flag(name, "image_shape") if name in DATASETS else None
+
+
+def known_class_count(name: str) -> int | None:
+    """The class count of a registered dataset whose classes are fixed, or None (read from the data)."""
+    return DATASETS.flag(name, "num_classes") if name in DATASETS else None
 
 
 def load_dataset(name: str, *, data_dir: str = "data", mirror_dir: str | None = None,

@@ -62,9 +62,7 @@ class Splits:
         parts = self._carve(parts, config)
         check_split_sizes(parts, self.class_names, validation_split=options.validation_split, log=log)
         self.train, self.validation, self.test = parts["train"], parts["validation"], parts["test"]
-        if config.input.image_size:
-            height, width = config.input.image_size
-        self.input_shape = (int(height), int(width), int(config.input.channels or channels))
+        self.input_shape = EvalTransform.sized_for_data(config.input, native_shape=(height, width, channels)).input_shape
 
     @staticmethod
     def _require_image_size(config: Config) -> None:
@@ -242,8 +240,7 @@ class Splits:
 
     def transform(self, config: Config) -> EvalTransform:
         """The eval transform of this data: the config's, with the model's input size and channels."""
-        return EvalTransform.from_input_section(config.input).sized(image_size=self.input_shape[:2],
-                                                                      channels=self.input_shape[-1])
+        return EvalTransform.sized_for_data(config.input, native_shape=self.input_shape)
 
     def channel_statistics(self, config: Config) -> tuple[list[float], list[float]]:
         """Per-channel mean and std of the training split after the eval transform (for `standardize`),

@@ -113,6 +113,38 @@ class EvalTransform:
             return "shorter_side", 1.0 / max(self.scale[0], 1e-6) ** 0.5
         return self.crop, 1.0
 
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(height, width, channels) of what it outputs: the model's input shape (needs both set)."""
+        return (*self.image_size, self.channels)
+
+    @classmethod
+    def sized_for_data(cls, section, *, native_shape=None, source: str = "this dataset") -> "EvalTransform":
+        """The experiment's eval transform sized for its model: the one place the model's input size is
+        derived (training's splits, `summary` and the export all call it).
+
+        Args:
+            section: the config's `input` section (see `from_input_section`).
+            native_shape: (height, width, channels) the data's images all have (arrays; a model's input shape),
+                or None / (None, None, channels) for image files of many sizes. input.image_size and
+                input.channels win where set; channels default to 3 (what a decoded file gives).
+            source: names the data in the error message, e.g. "dataset 'folder'".
+        Raises:
+            ConfigError: no input.image_size and no native size to fall back on.
+        """
+        native = tuple(native_shape) if native_shape else (None, None, None)
+        if section.image_size:
+            image_size = tuple(section.image_size)
+        elif None not in native[:2]:
+            image_size = native[:2]
+        else:
+            from pipeline.config import ConfigError
+
+            raise ConfigError(f"input.image_size: required for {source}, whose images have many sizes; "
+                              f"e.g. --set input.image_size=[224,224]")
+        channels = section.channels or native[2] or 3
+        return cls.from_input_section(section).sized(image_size=image_size, channels=channels)
+
     @classmethod
     def from_input_section(cls, section) -> "EvalTransform":
         """From the config's `input` section (any object with image_size, channels, resize_method and
