@@ -320,7 +320,7 @@ def test_random_augmentations_are_independent():
 
 def test_convert_channels_grey_to_rgb():
     grey = np.random.default_rng(0).integers(0, 256, (2, 3, 4, 1), dtype=np.uint8)
-    rgb = preprocessing.convert_channels(tf.constant(grey), 3).numpy()
+    rgb = decode.convert_channels(tf.constant(grey), 3).numpy()
     assert rgb.shape == (2, 3, 4, 3) and rgb.dtype == np.uint8
     for channel in range(3):
         np.testing.assert_array_equal(rgb[..., channel], grey[..., 0])
@@ -328,33 +328,31 @@ def test_convert_channels_grey_to_rgb():
 
 def test_convert_channels_rgb_to_grey_keeps_dtype_and_rounds():
     rgb = np.random.default_rng(1).integers(0, 256, (3, 4, 3), dtype=np.uint8)
-    grey = preprocessing.convert_channels(tf.constant(rgb), 1).numpy()
+    grey = decode.convert_channels(tf.constant(rgb), 1).numpy()
     assert grey.shape == (3, 4, 1) and grey.dtype == np.uint8
     expected = np.asarray(Image.fromarray(rgb).convert("L"))  # ITU-R 601-2 luma, as PIL does it
     np.testing.assert_allclose(grey[..., 0].astype(int), expected.astype(int), atol=1)
-    as_float = preprocessing.convert_channels(tf.constant(rgb, tf.float32), 1).numpy()
+    as_float = decode.convert_channels(tf.constant(rgb, tf.float32), 1).numpy()
     assert as_float.dtype == np.float32
     np.testing.assert_allclose(as_float[..., 0], rgb.astype(np.float64) @ [0.2989, 0.587, 0.114], atol=0.01)
 
 
 def test_convert_channels_drops_alpha():
     rgba = np.random.default_rng(2).integers(0, 256, (3, 4, 4), dtype=np.uint8)
-    rgb = preprocessing.convert_channels(tf.constant(rgba), 3).numpy()
+    rgb = decode.convert_channels(tf.constant(rgba), 3).numpy()
     np.testing.assert_array_equal(rgb, rgba[..., :3])
     grey_alpha = rgba[..., :2]
-    np.testing.assert_array_equal(
-        preprocessing.convert_channels(tf.constant(grey_alpha), 1).numpy(), grey_alpha[..., :1]
-    )
-    grey = preprocessing.convert_channels(tf.constant(rgba), 1).numpy()
-    np.testing.assert_array_equal(grey, preprocessing.convert_channels(tf.constant(rgba[..., :3]), 1).numpy())
+    np.testing.assert_array_equal(decode.convert_channels(tf.constant(grey_alpha), 1).numpy(), grey_alpha[..., :1])
+    grey = decode.convert_channels(tf.constant(rgba), 1).numpy()
+    np.testing.assert_array_equal(grey, decode.convert_channels(tf.constant(rgba[..., :3]), 1).numpy())
 
 
 def test_convert_channels_none_and_same_are_identity_and_bad_target_raises():
     rgb = tf.constant(np.zeros((2, 2, 3), np.uint8))
-    assert preprocessing.convert_channels(rgb, None) is rgb
-    assert preprocessing.convert_channels(rgb, 3) is rgb
-    with pytest.raises(ValueError, match="cannot convert images with 3 channels to 2"):
-        preprocessing.convert_channels(rgb, 2)
+    assert decode.convert_channels(rgb, None) is rgb
+    assert decode.convert_channels(rgb, 3) is rgb
+    with pytest.raises(ValueError, match="channels must be None, 1 or 3"):
+        decode.convert_channels(rgb, 2)
 
 
 def _pil_images():

@@ -255,3 +255,59 @@ def test_summary_without_an_image_size_for_files_says_what_to_set():
     config = loader.load_config("tiny", ["dataset.name=folder", "dataset.root=/nowhere", "input.image_size=null"])
     with pytest.raises(ConfigError, match=r"input.image_size: required for dataset 'folder'.*224,224"):
         summary.eval_transform_for(config)
+
+
+# --------------------------------------------------------------------------------------------------
+# One copy of each helper
+# --------------------------------------------------------------------------------------------------
+
+
+def test_each_shared_helper_is_defined_once():
+    import ast
+
+    defined = {}
+    for path, text in sources("pipeline", "models"):
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.FunctionDef):
+                defined.setdefault(node.name.lstrip("_"), []).append(path)
+            elif isinstance(node, ast.Assign):
+                for target in node.targets:
+                    if isinstance(target, ast.Name):
+                        defined.setdefault(target.id, []).append(path)
+    assert defined["flatten"] == ["pipeline/config/rundir.py"]
+    assert defined["convert_channels"] == ["pipeline/data/decode.py"]
+    assert defined["os_reason"] == ["pipeline/core/fileio.py"]
+    assert [name for name in defined if "USER_ERROR" in name] == ["USER_ERROR_EXIT_CODE"]
+    assert defined["USER_ERROR_EXIT_CODE"] == ["pipeline/core/errors.py"]
+    # The OS-error wording: only fileio reads an error's strerror.
+    assert [path for path, text in sources("pipeline", "models") if "strerror" in text] == ["pipeline/core/fileio.py"]
+
+
+def test_os_reason_words():
+    import errno
+
+    from pipeline.core import fileio
+
+    assert fileio.os_reason(PermissionError(errno.EACCES, "Permission denied", "x")) == "permission denied"
+    assert fileio.os_reason(FileNotFoundError(errno.ENOENT, "No such file", "x")) == (
+        "no such file (or a broken symbolic link)"
+    )
+    assert fileio.os_reason(OSError(errno.EIO, "Input/output error")) == "Input/output error"
+    assert fileio.os_reason(ValueError("not an OSError")) == "not an OSError"
+
+
+def test_convert_channels_decides_statically_when_it_can():
+    import tensorflow as tf
+
+    from pipeline.data import decode
+
+    rgba = tf.constant(np.arange(2 * 2 * 4, dtype=np.uint8).reshape(2, 2, 4))
+    grey = decode.convert_channels(rgba, 1)
+    assert grey.shape == (2, 2, 1) and grey.dtype == tf.uint8
+    unknown = tf.function(
+        lambda image: decode.convert_channels(image, 1), input_signature=[tf.TensorSpec(None, tf.uint8)]
+    )
+    np.testing.assert_array_equal(unknown(rgba), grey)
+    rgb = decode.convert_channels(rgba, None)
+    np.testing.assert_array_equal(rgb, rgba[..., :3])
+    assert decode.convert_channels(rgb, 3) is rgb

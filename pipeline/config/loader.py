@@ -23,7 +23,7 @@ import yaml
 from pipeline.config.choices import WARMUP_SCHEDULES
 from pipeline.config.schema import *  # noqa: F401,F403  (the schema, re-exported for its users)
 from pipeline.config.schema import Config, OptimizerConfig, ScheduleConfig
-from pipeline.core import errors
+from pipeline.core import errors, fileio
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENTS_DIR = PROJECT_ROOT / "experiments"
@@ -113,7 +113,7 @@ def _read_yaml(path: Path) -> dict:
     try:
         text = path.read_text()
     except OSError as error:
-        raise ConfigError(f"cannot read {path}: {error.strerror}") from None
+        raise ConfigError(f"cannot read {path}: {fileio.os_reason(error)}") from None
     try:
         data = yaml_load(text)
     except yaml.YAMLError as error:

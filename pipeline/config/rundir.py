@@ -124,7 +124,8 @@ def exclusive(run_dir: Path):
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
-    """{'a': {'b': 1}} -> {'a.b': 1}; empty sections stay as values."""
+    """{'a': {'b': 1}} -> {'a.b': 1}: a config as dotted keys (the run-directory check, `compare`, the
+    HParams dashboard). Lists and scalars are leaves; empty sections stay as values ({})."""
     flat = {}
     for key, value in tree.items():
         if isinstance(value, dict) and value:

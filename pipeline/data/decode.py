@@ -201,18 +201,22 @@ def apply_orientation(image: tf.Tensor, orientation) -> tf.Tensor:
 
 
 def convert_channels(image: tf.Tensor, channels: int | None) -> tf.Tensor:
-    """[..., H, W, C] with C in 1..4 known only at run time -> [..., H, W, channels]: grey <-> RGB, alpha
-    dropped (decoded files, and serving signatures that accept any channel count). The static-C version
-    is `preprocessing.convert_channels`.
+    """[..., H, W, C] with C in 1..4 -> [..., H, W, channels]: grey <-> RGB, alpha dropped. The one channel
+    conversion: decoded files, the eval transform, serving signatures that accept any channel count.
 
     channels None keeps grey or RGB (dropping alpha). RGB -> grey uses `tf.image.rgb_to_grayscale`'s
-    weights (ITU-R BT.601), rounded for integer dtypes.
+    weights (ITU-R BT.601), computed in float and rounded back for integer dtypes. When C is known
+    statically the conversion is decided now (the input itself is returned when nothing changes);
+    otherwise at run time (`tf.cond`).
 
     Raises:
         ValueError: channels is not None, 1 or 3 (an image of unknown rank is taken as [H, W, C]).
     """
     if channels not in (None, 1, 3):
         raise ValueError(f"channels must be None, 1 or 3. Received: channels={channels!r}")
+    image = tf.convert_to_tensor(image)
+    if image.shape.rank is not None and image.shape[-1] is not None:
+        return _convert_known_channels(image, image.shape[-1], channels)
     if image.shape.rank is None:
         image = tf.ensure_shape(image, [None, None, None])
     known = [None] * (image.shape.rank - 1)
@@ -231,6 +235,19 @@ def convert_channels(image: tf.Tensor, channels: int | None) -> tf.Tensor:
     if channels == 3:
         return tf.cond(has_colour, colour, lambda: tf.image.grayscale_to_rgb(grey()))
     return tf.cond(has_colour, colour, grey)
+
+
+def _convert_known_channels(image: tf.Tensor, source: int, channels: int | None) -> tf.Tensor:
+    """`convert_channels` for a channel count `source` known when the graph is built."""
+    if source in (2, 4):  # grey+alpha or RGBA: drop alpha
+        image, source = image[..., : source - 1], source - 1
+    if channels is None or source == channels:
+        return image
+    if source == 1:
+        return tf.image.grayscale_to_rgb(image)
+    dtype = image.dtype
+    grey = tf.image.rgb_to_grayscale(tf.cast(image, tf.float32))
+    return tf.cast(tf.round(grey), dtype) if dtype.is_integer else grey
 
 
 def decode_image(encoded: tf.Tensor, *, channels: int | None, orient: bool = True) -> tf.Tensor:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.core import errors
+from pipeline.core import errors, fileio
 from pipeline.data import image_files
 from pipeline.config import PROJECT_ROOT
 
@@ -198,7 +198,7 @@ def read_file_lists(*, data_dir: str = "data", root: str | None = None, lists: d
         try:
             lines = list_file.read_text().splitlines()
         except OSError as error:
-            raise DatasetError(f"{list_file}: cannot read ({error.strerror})") from None
+            raise DatasetError(f"{list_file}: cannot read ({fileio.os_reason(error)})") from None
         mode = None
         for number, line in enumerate(lines, 1):  # numbered as in an editor: blank and # lines count
             line = line.strip()
@@ -223,7 +223,7 @@ def _read_lines(path: Path, comments: bool = True) -> list[str]:
         return [line.strip() for line in path.read_text().splitlines()
                 if line.strip() and not (comments and line.startswith("#"))]
     except OSError as error:
-        raise DatasetError(f"{path}: cannot read ({error.strerror})") from None
+        raise DatasetError(f"{path}: cannot read ({fileio.os_reason(error)})") from None
 
 
 def _label_of(label: str, class_names: list[str], where, mode: str | None = None) -> int:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import errno
 import hashlib
 import json
 import os
@@ -18,6 +17,7 @@ import stat
 import sys
 from pathlib import Path
 
+from pipeline.core import fileio
 from pipeline.core.fileio import atomic_write_json
 
 DECODABLE = {"jpeg": "JPEG", "png": "PNG", "gif": "GIF", "bmp": "BMP", "webp": "WebP"}
@@ -82,16 +82,8 @@ class ImageCheck:
         return self.reason is None
 
 
-def _os_reason(error: OSError) -> str:
-    if error.errno == errno.ELOOP:
-        return "unreadable: symbolic link loop"
-    if error.errno == errno.ENOENT:
-        return "unreadable: broken symbolic link or missing file"
-    if error.errno in (errno.EACCES, errno.EPERM):
-        return "unreadable: permission denied"
-    if error.errno == errno.EISDIR:
-        return "unreadable: is a directory"
-    return f"unreadable: {error.strerror or error}"
+def _unreadable(error: OSError) -> str:
+    return f"unreadable: {fileio.os_reason(error)}"
 
 
 def check_image(path: os.PathLike, *, min_size: int = 8, placeholder_colours: int = 64) -> ImageCheck:
@@ -115,7 +107,7 @@ def check_image(path: os.PathLike, *, min_size: int = 8, placeholder_colours: in
         with open(path, "rb") as handle:
             data = handle.read()
     except OSError as error:
-        result.reason = _os_reason(error)
+        result.reason = _unreadable(error)
         return result
     if not data:
         result.reason = "empty file (0 bytes)"
@@ -180,7 +172,7 @@ def find_files(root: os.PathLike, errors: list | None = None) -> list[Path]:
 
     def unreadable(error: OSError):
         if errors is not None:
-            errors.append((error.filename, _os_reason(error)))
+            errors.append((error.filename, _unreadable(error)))
 
     for directory, subdirectories, files in os.walk(root, onerror=unreadable):
         subdirectories[:] = sorted(d for d in subdirectories if not d.startswith("."))

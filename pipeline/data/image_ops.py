@@ -13,27 +13,7 @@ import tensorflow as tf
 from keras import layers
 
 from pipeline.config.choices import FILL_MODES, NORMALIZATIONS
-
-
-def convert_channels(images: tf.Tensor, channels: int | None) -> tf.Tensor:
-    """[..., H, W, C] with C in {1, 2, 3, 4} known statically -> [..., H, W, channels]; alpha is dropped."""
-    if channels is None:
-        return images
-    images = tf.convert_to_tensor(images)
-    source = images.shape[-1]
-    if source in (2, 4):  # grey+alpha or RGBA: drop alpha
-        images = images[..., : source - 1]
-        source -= 1
-    if source == channels:
-        return images
-    if source == 1 and channels == 3:
-        return tf.image.grayscale_to_rgb(images)
-    if source == 3 and channels == 1:
-        # rgb_to_grayscale on uint8 rounds; compute in float and cast back to keep the input dtype.
-        dtype = images.dtype
-        grey = tf.image.rgb_to_grayscale(tf.cast(images, tf.float32))
-        return tf.cast(tf.round(grey), dtype) if dtype.is_integer else grey
-    raise ValueError(f"cannot convert images with {source} channels to {channels}")
+from pipeline.data import decode
 
 
 def _square_side(height, width, margin):
@@ -85,7 +65,7 @@ def prepare_images(images: tf.Tensor, *, image_size=None, channels: int | None =
     Returns:
         float32 tensor with the same rank, values in [0, 255].
     """
-    images = convert_channels(images, channels)
+    images = decode.convert_channels(images, channels)
     if crop == "square":
         images = center_square_crop(images, margin)
     elif crop == "shorter_side":

@@ -21,6 +21,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from pipeline.core import fileio
 from pipeline.data import records as tfrecords
 from pipeline.data.records import INDEX, MANIFEST, SPLIT_ORDER, TFRecordError
 
@@ -90,7 +91,7 @@ def _encode_record(item, *, max_side, quality) -> bytes:
             height, width = _stored_size(check, max_side)
             data, image_format = _shrink_function(quality)(data, height, width).numpy(), "jpeg"
     except (OSError, tf.errors.OpError) as error:
-        message = getattr(error, "message", None) or getattr(error, "strerror", None) or str(error)
+        message = getattr(error, "message", None) or fileio.os_reason(error)
         raise TFRecordError(f"{path}: {message.splitlines()[0]}; it changed since it was checked: run the "
                             f"command again") from None
     feature = {
@@ -202,7 +203,7 @@ def write_shards(splits: dict, class_names: list[str], *, out_dir, source_root, 
     try:
         temporary = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".tmp-{out_dir.name}-"))
     except OSError as error:
-        raise TFRecordError(f"--out {out_dir}: cannot create a folder beside it ({error.strerror or error})") from None
+        raise TFRecordError(f"--out {out_dir}: cannot create a folder beside it ({fileio.os_reason(error)})") from None
     try:
         manifest = _write_all(plan, class_names, temporary, source_root=source_root, num_shards=num_shards,
                               max_side=max_side, workers=workers, seed=seed, progress=progress,

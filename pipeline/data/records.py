@@ -35,6 +35,7 @@ import json
 import os
 from pathlib import Path
 
+from pipeline.core import fileio
 from pipeline.core.errors import UserError
 
 FORMAT = "pipeline-tfrecord-v1"
@@ -85,7 +86,7 @@ def read_manifest(root, *, verify: bool = False) -> dict:
     except FileNotFoundError:
         raise TFRecordError(f"{path}: not found; {root} is not a shard directory ({rewrite})") from None
     except OSError as error:
-        raise TFRecordError(f"{path}: cannot read ({error.strerror or error})") from None
+        raise TFRecordError(f"{path}: cannot read ({fileio.os_reason(error)})") from None
     except ValueError as error:
         raise TFRecordError(f"{path}: not valid JSON ({error}); {rewrite}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:

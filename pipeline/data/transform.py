@@ -55,7 +55,9 @@ class EvalTransform:
         from pipeline.data import image_ops as preprocessing
 
         if self.crop == "random_resized":
-            images = preprocessing.convert_channels(images, self.channels)
+            from pipeline.data import decode
+
+            images = decode.convert_channels(images, self.channels)
             return augment.center_crop_for_random_resized(images, size=self.image_size, method=self.resize_method)
         return preprocessing.prepare_images(images, image_size=self.image_size, channels=self.channels,
                                             resize_method=self.resize_method, crop=self.crop, margin=self.margin)

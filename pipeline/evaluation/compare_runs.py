@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.config import rundir
 from pipeline.core import fileio
 from pipeline.core.errors import UserError
 
@@ -27,23 +28,11 @@ class CompareError(UserError):
     """A run directory is missing or holds a file that cannot be read; the message names the path."""
 
 
-def flatten(mapping: dict, prefix: str = "") -> dict:
-    """{"train": {"epochs": 2}} -> {"train.epochs": 2}; lists and scalars are leaves."""
-    flat = {}
-    for key, value in mapping.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, dotted + "."))
-        else:
-            flat[dotted] = value
-    return flat
-
-
 def _read_json(path: Path):
     try:
         return json.loads(path.read_text())
     except OSError as error:
-        raise CompareError(f"{path}: cannot read it ({error.strerror})") from None
+        raise CompareError(f"{path}: cannot read it ({fileio.os_reason(error)})") from None
     except json.JSONDecodeError as error:
         raise CompareError(
             f"{path}: not valid JSON ({error.msg} at line {error.lineno}); "
@@ -90,7 +79,7 @@ def load_run(run_dir: os.PathLike) -> dict:
         "path": run_dir,
         "name": run_dir.name,
         "experiment": str(config.get("name", MISSING)),
-        "config": flatten(config),
+        "config": rundir.flatten(config),
         "metrics": metrics,
         "report": report,
     }

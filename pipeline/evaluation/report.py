@@ -283,7 +283,7 @@ def read_history(path: os.PathLike) -> dict[str, np.ndarray]:
     try:
         rows = list(csv.DictReader(path.read_text().splitlines()))
     except OSError as error:
-        raise ReportError(f"{path}: cannot read the training history ({error.strerror})") from None
+        raise ReportError(f"{path}: cannot read the training history ({fileio.os_reason(error)})") from None
     if not rows or "epoch" not in rows[0]:
         raise ReportError(
             f"{path}: not a training history: expected a CSV header with an 'epoch' column "

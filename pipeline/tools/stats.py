@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 
 from pipeline.config.choices import CROP_MODES, RESIZE_METHODS
+from pipeline.core import fileio
 from pipeline.core.fileio import atomic_write, atomic_write_json
 from pipeline.data import image_files
 from pipeline.data.transform import EvalTransform
@@ -233,7 +234,7 @@ def _write_outputs(out: Path, mean_image, result: dict) -> None:
         atomic_write(out / "mean.png", write_png, suffix=".png")
         atomic_write_json(out / "stats.json", result)
     except OSError as error:
-        raise common.DataError(f"cannot write to {out} ({error.strerror or error}); choose another --out") from None
+        raise common.DataError(f"cannot write to {out} ({fileio.os_reason(error)}); choose another --out") from None
 
 
 def run(args) -> int:
