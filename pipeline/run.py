@@ -89,7 +89,7 @@ def _train(config: Config, run_dir: Path, log) -> dict:
     )
     backup = callback_list[-1]
 
-    metadata = callbacks.read_backup_metadata(run_dir / "backup")
+    metadata = callbacks.read_backup_metadata(rundir.RunLayout(run_dir).backup)
     completed = metadata.get("completed_phases", 0) if metadata else 0
     workers.check_workers_agree(
         strategy,
@@ -98,7 +98,7 @@ def _train(config: Config, run_dir: Path, log) -> dict:
         completed_phases=completed,
     )
     if metadata:  # rows of epochs after the resume point (a kill between the CSV row and the backup)
-        callbacks.trim_history(run_dir / "history.csv", epochs=metadata["epoch"])
+        callbacks.trim_history(rundir.RunLayout(run_dir).history, epochs=metadata["epoch"])
     if completed >= len(plan):
         log(f"training already complete ({metadata['epoch']} epochs); evaluating and exporting")
         for name, callback in stateful.items():
@@ -139,7 +139,7 @@ def _train(config: Config, run_dir: Path, log) -> dict:
             diverged=backup.diverged,
             last_good_epoch=stateful["checkpoints"].last_good_epoch,
         )
-    epochs_completed = callbacks.read_backup_metadata(run_dir / "backup")["epoch"]
+    epochs_completed = callbacks.read_backup_metadata(rundir.RunLayout(run_dir).backup)["epoch"]
     if not workers.is_chief(strategy):  # evaluation, export and metrics.json are the chief's
         workers.end_together(strategy)
         return {"epochs_completed": epochs_completed, "distribution": workers.summary(strategy)}

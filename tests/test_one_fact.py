@@ -311,3 +311,48 @@ def test_convert_channels_decides_statically_when_it_can():
     rgb = decode.convert_channels(rgba, None)
     np.testing.assert_array_equal(rgb, rgba[..., :3])
     assert decode.convert_channels(rgb, 3) is rgb
+
+
+# --------------------------------------------------------------------------------------------------
+# One run-directory layout
+# --------------------------------------------------------------------------------------------------
+
+
+def test_only_rundir_spells_the_run_directory_s_file_names():
+    import ast
+
+    from pipeline.config.rundir import RunLayout
+
+    # classes.txt is left out: datasets' list folders and exports have a file of that name too.
+    files = {RunLayout.CONFIG, RunLayout.BEST, RunLayout.LAST, RunLayout.HISTORY, RunLayout.CURVES}
+    files |= {RunLayout.REPORT, RunLayout.PER_CLASS, RunLayout.METRICS}
+    folders = {RunLayout.CHECKPOINTS, RunLayout.BACKUP, RunLayout.TENSORBOARD, RunLayout.EVALUATION, RunLayout.EXPORT}
+    spelled = []
+    for path, text in sources("pipeline", "models"):
+        if path == "pipeline/config/rundir.py":
+            continue
+        for node in ast.walk(ast.parse(text)):
+            if isinstance(node, ast.Constant) and node.value in files:
+                spelled.append(f"{path}:{node.lineno} {node.value}")
+            elif (
+                isinstance(node, ast.BinOp)
+                and isinstance(node.op, ast.Div)
+                and isinstance(node.right, ast.Constant)
+                and node.right.value in folders
+            ):
+                spelled.append(f"{path}:{node.lineno} / {node.right.value!r}")
+    assert not spelled, "run-directory names outside RunLayout:\n" + "\n".join(spelled)
+
+
+def test_run_layout_paths():
+    from pipeline.config.rundir import RunLayout
+
+    layout = RunLayout("runs/x/1")
+    assert layout.checkpoint("best").as_posix() == "runs/x/1/checkpoints/best.keras"
+    assert layout.checkpoint("last").as_posix() == "runs/x/1/checkpoints/last.keras"
+    assert layout.report.as_posix() == "runs/x/1/evaluation/report.json"
+    names = [layout.config, layout.classes, layout.backup, layout.tensorboard, layout.history, layout.curves]
+    names += [layout.metrics, layout.export]
+    assert [p.name for p in names] == [
+        "config.yaml", "classes.txt", "backup", "tensorboard", "history.csv", "curves.png", "metrics.json", "export"
+    ]  # fmt: skip

@@ -151,7 +151,7 @@ def export_run(
         model = tta.with_tta(model, config.export.tta)
         return export_model(
             model,
-            out_dir=out_dir or Path(run_dir) / "export",
+            out_dir=out_dir or rundir.RunLayout(run_dir).export,
             model_name=config.name,
             class_names=class_names,
             transform=eval_transform(model, config),

@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from pipeline.config import rundir
 from pipeline.core import fileio
 from pipeline.core.errors import UserError
 from pipeline.data import image_files  # TF-free; only its format sniffer, shared with `data check`
@@ -75,7 +76,7 @@ def _run_name(run_dir: Path) -> str | None:
     try:
         import yaml
 
-        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        config = yaml.safe_load(rundir.RunLayout(run_dir).config.read_text())
     except Exception:  # noqa: BLE001  (a missing or odd config only loses a tie-breaker)
         return None
     name = config.get("name") if isinstance(config, dict) else None
@@ -98,7 +99,7 @@ def resolve_export(path: Path) -> Path:
     versions = _versions(path)
     if versions:
         return versions[-1]
-    export_root = path / "export"
+    export_root = rundir.RunLayout(path).export
     if export_root.is_dir():
         newest = {
             child.name: _versions(child)[-1]

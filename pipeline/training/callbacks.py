@@ -22,6 +22,7 @@ import keras
 import numpy as np
 
 from pipeline import compat
+from pipeline.config.rundir import RunLayout
 from pipeline.core.fileio import atomic_write, atomic_write_json, atomic_write_text
 
 
@@ -114,11 +115,11 @@ class Checkpoints(_SavesFullModel, keras.callbacks.Callback):
         value = float(logs[self.monitor])
         if not self.healthy(logs):
             return  # the previous checkpoints stay the last good ones
-        atomic_write(self.directory / "last.keras", self.saved_model.save, suffix=".keras")
+        atomic_write(self.directory / RunLayout.LAST, self.saved_model.save, suffix=".keras")
         self.last_good_epoch = epoch + 1
         if math.isfinite(value) and (self.best is None or self._is_better(value, self.best)):
             self.best = value
-            atomic_write(self.directory / "best.keras", self.saved_model.save, suffix=".keras")
+            atomic_write(self.directory / RunLayout.BEST, self.saved_model.save, suffix=".keras")
 
     def get_state(self) -> dict:
         return {"best": self.best, "last_good_epoch": self.last_good_epoch}
@@ -304,7 +305,8 @@ def build_callbacks(
     from pipeline.training import ema as ema_lib
 
     averages = ema_lib.EMAWeights() if ema else None
-    checkpoints = Checkpoints(run_dir / "checkpoints", monitor=options.checkpoint.monitor, mode=options.checkpoint.mode)
+    layout = RunLayout(run_dir)
+    checkpoints = Checkpoints(layout.checkpoints, monitor=options.checkpoint.monitor, mode=options.checkpoint.mode)
     timer = Timer(images_per_epoch)
     stateful = {"checkpoints": checkpoints, "timer": timer}
     callback_list = [LearningRateLogger(), timer] + ([averages] if averages else [])
@@ -320,14 +322,14 @@ def build_callbacks(
         stateful["early_stopping"] = stopper
         callback_list.append(stopper)
     if options.csv_log:
-        callback_list.append(keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True))
+        callback_list.append(keras.callbacks.CSVLogger(str(layout.history), append=True))
     if options.tensorboard.enabled:
         update_freq = options.tensorboard.update_freq
         # write_graph=False: Keras 3.15 writes only its "conceptual graph" there, which TensorBoard's Graphs
         # tab cannot show ("Malformed GraphDef"); the op graph comes from tensorboard_logging.write_op_graph.
         callback_list.append(
             keras.callbacks.TensorBoard(
-                str(run_dir / "tensorboard"),
+                str(layout.tensorboard),
                 histogram_freq=options.tensorboard.histogram_freq,
                 update_freq=update_freq,
                 write_graph=False,
@@ -337,5 +339,5 @@ def build_callbacks(
     if averages:
         callback_list.append(averages.restore_callback())
     # Last: saves after the others updated their state, restores after their on_train_begin reset it.
-    callback_list.append(CrashSafeBackupAndRestore(run_dir / "backup", stateful=stateful, total_phases=total_phases))
+    callback_list.append(CrashSafeBackupAndRestore(layout.backup, stateful=stateful, total_phases=total_phases))
     return callback_list, stateful
