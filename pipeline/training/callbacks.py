@@ -23,6 +23,7 @@ import numpy as np
 
 from pipeline import compat
 from pipeline.config.rundir import RunLayout
+from pipeline.core.errors import UserError
 from pipeline.core.fileio import atomic_write, atomic_write_json, atomic_write_text
 
 
@@ -90,6 +91,14 @@ def trim_history(path: os.PathLike, *, epochs: int) -> None:
     atomic_write_text(path, out.getvalue())
 
 
+class MonitorError(UserError):
+    """A callback monitors a metric that training does not log (known only once an epoch ends)."""
+
+
+class ResumeStateError(UserError, RuntimeError):
+    """A run's resume state (backup/) cannot be read: not written by this pipeline, or edited by hand."""
+
+
 class Checkpoints(_SavesFullModel, keras.callbacks.Callback):
     """Writes `last.keras` every epoch and `best.keras` when `monitor` improves, both atomically.
 
@@ -108,7 +117,7 @@ class Checkpoints(_SavesFullModel, keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         if self.monitor not in logs:
-            raise KeyError(
+            raise MonitorError(
                 f"train.callbacks.checkpoint.monitor: {self.monitor!r} is not a logged metric; "
                 f"logged: {', '.join(sorted(logs))}"
             )
@@ -280,7 +289,7 @@ def read_backup_metadata(directory: os.PathLike) -> dict | None:
             raise KeyError(metadata["weights"])
         return metadata
     except (ValueError, KeyError) as error:
-        raise RuntimeError(
+        raise ResumeStateError(
             f"{path}: resume state is unreadable ({error!r}); it was not written by this "
             f"pipeline or was edited by hand. Move the run directory aside and start a new "
             f"run."
