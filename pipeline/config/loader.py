@@ -11,7 +11,6 @@ received and, for near-misses, "did you mean ...". The CLI turns it into exit co
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import types
 import typing
@@ -212,10 +211,6 @@ def to_dict(config) -> dict:
 
 def dump_yaml(config: Config) -> str:
     return yaml.safe_dump(to_dict(config), sort_keys=False, default_flow_style=None)
-
-
-def save_config(config: Config, path: os.PathLike) -> None:
-    Path(path).write_text("# Fully resolved configuration of this run (defaults + YAML + --set).\n" + dump_yaml(config))
 
 
 # --------------------------------------------------------------------------------------------------
