@@ -163,9 +163,9 @@ def test_data_stats_equal_the_statistics_training_standardizes_with(tmp_path):
             "train": {"callbacks": {"checkpoint": {"monitor": "loss"}, "early_stopping": {"enabled": False}}},
         }
     )
-    splits = splits_lib.Splits(config, log=lambda message: None)
+    splits = splits_lib.Splits.from_config(config, log=lambda message: None)
     assert len(splits.train[1]) == len(pictures)
-    training_mean, training_std = splits.channel_statistics(config)
+    training_mean, training_std = splits.channel_statistics()
 
     result = stats.stats(
         root / "train",
@@ -204,8 +204,19 @@ def sources(*packages):
 
 
 def test_the_eval_transform_is_sized_in_one_place():
-    callers = sorted(path for path, text in sources("pipeline", "models") if ".sized(" in text)
-    assert callers == ["pipeline/data/transform.py"]
+    import ast
+
+    callers = set()  # calls of EvalTransform.sized(image_size=..., channels=...)
+    for path, text in sources("pipeline", "models"):
+        for node in ast.walk(ast.parse(text)):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "sized"
+                and {keyword.arg for keyword in node.keywords} >= {"image_size"}
+            ):
+                callers.add(path)
+    assert callers == {"pipeline/data/transform.py"}
 
 
 @pytest.mark.parametrize(
@@ -229,10 +240,10 @@ def test_summary_training_and_export_size_the_transform_alike(data_env, dataset,
             f"input.channels={channels or 'null'}",
         ],
     )
-    splits = splits_lib.Splits(config, log=lambda message: None)
+    splits = splits_lib.Splits.from_config(config, log=lambda message: None)
     from_summary = summary.eval_transform_for(config)
     assert splits.input_shape == from_summary.input_shape == expected
-    assert splits.transform(config) == from_summary
+    assert splits.transform() == from_summary
     model = keras.Sequential([keras.Input(expected), keras.layers.Flatten(), keras.layers.Dense(2)])
     assert export.eval_transform(model, config) == from_summary
 
