@@ -31,11 +31,17 @@ EXPERIMENTS_DIR = PROJECT_ROOT / "experiments"
 class _Loader(yaml.SafeLoader):
     """SafeLoader that reads `1e-3` as a float (YAML 1.1 needs `1.0e-3`; people write `1e-3`) and refuses
     duplicate keys, which PyYAML otherwise resolves silently by keeping the last (yaml/pyyaml#165): a
-    second `train:` section would drop the first one's keys without a word."""
+    second `train:` section would drop the first one's keys without a word.
+
+    Everything else reads as `yaml.safe_load` reads it: anchors, aliases and merge keys (`<<: *base`, where
+    the mapping's own keys override the merged ones, as the merge-key spec says; omry/omegaconf#470 is the
+    loader that broke them by constructing the `<<` key itself), byte-order marks, CRLF line ends."""
 
     def construct_mapping(self, node, deep=False):
         seen = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<`: merged keys may be overridden by the mapping's own; flatten_mapping does that
             key = self.construct_object(key_node, deep=True)
             try:
                 hash(key)
@@ -73,8 +79,12 @@ _Loader.add_implicit_resolver(
 )
 
 
-def yaml_load(text: str):
+def yaml_load(text: str | bytes):
     """Parses YAML text the way experiment files are read.
+
+    Args:
+        text: the document; bytes are decoded as PyYAML does (UTF-8, or UTF-16 after its byte-order mark; a
+            UTF-8 byte-order mark is skipped), so a file reads the same whatever editor or OS wrote it.
 
     Raises:
         yaml.YAMLError: invalid YAML, or a mapping with a duplicate key (`DuplicateKeyError`).
@@ -110,7 +120,7 @@ def resolve_experiment_path(name_or_path: str) -> Path:
 
 def _read_yaml(path: Path) -> dict:
     try:
-        text = path.read_text()
+        text = path.read_bytes()  # bytes: PyYAML decodes them by their BOM, not by this machine's locale
     except OSError as error:
         raise ConfigError(f"cannot read {path}: {error.strerror}") from None
     try:

@@ -62,7 +62,7 @@ def check_run_dir(run_dir: Path, config: Config) -> str:
             f"(no config.yaml); choose a new or empty directory"
         )
     try:
-        previous = config_lib.from_dict(config_lib.yaml_load(config_path.read_text()))
+        previous = config_lib.from_dict(config_lib.yaml_load(config_path.read_bytes()))
     except (config_lib.ConfigError, config_lib.yaml.YAMLError) as error:
         raise RunError(f"{config_path}: cannot read the run's config ({error})") from None
     if previous != config:
@@ -157,7 +157,7 @@ def load_run_config(run_dir: Path) -> Config:
             f"`python -m pipeline train`, e.g. runs/<experiment>/<timestamp>"
         )
     try:
-        return config_lib.from_dict(config_lib.yaml_load(path.read_text()) or {})
+        return config_lib.from_dict(config_lib.yaml_load(path.read_bytes()) or {})
     except (config_lib.ConfigError, config_lib.yaml.YAMLError) as error:
         raise RunDirError(f"{path}: invalid run config: {error}") from None
 

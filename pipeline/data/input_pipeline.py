@@ -7,10 +7,12 @@ out of the hot path (one gather and one vectorised augmentation call per batch).
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 import tensorflow as tf
 
-from pipeline.data import decode
+from pipeline.data import decode, disk_cache
 from pipeline.data import image_ops as preprocessing
 from pipeline.data.transform import EvalTransform
 
@@ -107,7 +109,12 @@ def _cache(dataset: tf.data.Dataset, cache: str, suffix: str) -> tf.data.Dataset
         return dataset
     if cache == "memory":
         return dataset.cache()
-    return dataset.cache(f"{cache}-{suffix}")  # a disk cache; TF adds its own .index/.data files
+    prefix = f"{cache}-{suffix}"  # a disk cache; TF adds its own .index/.data files
+    removed = disk_cache.claim(prefix)  # one owner; what a killed first pass left is removed
+    if removed:
+        print(f"input.cache: removed {len(removed)} file(s) an interrupted first pass left at {prefix} "
+              f"({', '.join(removed)}); the cache is written again", file=sys.stderr)
+    return dataset.cache(prefix)
 
 
 def make_file_dataset(paths, labels, **options) -> tf.data.Dataset:

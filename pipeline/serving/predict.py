@@ -31,7 +31,7 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline.core.errors import UserError
-from pipeline.data import image_files  # TF-free; only its format sniffer, shared with `data check`
+from pipeline.data import image_files  # TF-free; its folder walk and format sniffer, shared with `data check`
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 SIGNATURE = "serving_default"
@@ -201,8 +201,9 @@ def collect_files(paths) -> tuple[list, int]:
 
     Files named directly are always tried. Folders are searched recursively in sorted order; hidden
     entries (`.name`) are skipped, and so are files that are neither named nor encoded as images
-    (sidecars such as notes.txt), which are only counted. Everything else is answered or reported:
-    links to folders (not followed: a loop would never end) and unreadable folders included.
+    (sidecars such as notes.txt), which are only counted. Folders are walked by `image_files.find_files`,
+    as training and the data tools walk them (links to folders followed, loops refused). Everything else is
+    answered or reported: link loops and unreadable folders included.
 
     Returns:
         ([Path to predict or Failure, ...], number of sidecars skipped).
@@ -215,19 +216,15 @@ def collect_files(paths) -> tuple[list, int]:
             seen.add(key)
             entries.append(entry)
 
-    def unreadable_folder(error: OSError):
-        add(Failure(str(error.filename), f"cannot read the folder ({_os_reason(error)})"))
-
     for path in map(Path, paths):
         if path.is_dir():
-            found = []
-            for root, dirs, names in os.walk(path, onerror=unreadable_folder):
-                dirs[:] = [name for name in dirs if not name.startswith(".")]
-                linked = [name for name in dirs if os.path.islink(os.path.join(root, name))]
-                found.extend(Path(root) / name for name in names + linked if not name.startswith("."))
+            unreadable = []
+            found = image_files.find_files(path, unreadable)  # the walk training and the data tools use
+            for folder, reason in unreadable:
+                add(Failure(str(folder), f"cannot read the folder ({reason})"))
             for file in sorted(found, key=lambda file: file.relative_to(path).parts):
-                if file.is_symlink() and file.is_dir():
-                    add(Failure(str(file), "symbolic link to a folder: not followed; pass the folder itself"))
+                if os.path.isdir(file):  # a link find_files did not follow: a loop, or a folder read already
+                    add(Failure(str(file), image_files.folder_link_reason(file)))
                     continue
                 screened = _screen(file, in_folder=True)
                 skipped += screened is SKIPPED
