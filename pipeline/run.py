@@ -71,6 +71,7 @@ def _train(config: Config, run_dir: Path, log) -> dict:
         rundir.start(run_dir, config, splits.class_names)
         log(f"run directory: {run_dir}")
     else:
+        rundir.check_same_data(run_dir, class_names=splits.class_names)  # renamed classes: not trained on
         log(f"resuming {run_dir}")
     steps_per_epoch = math.ceil(len(splits.train[1]) / config.train.batch_size)
     shard = workers.shard(strategy)  # each worker reads its share of the files (arrays: of each batch)

@@ -170,6 +170,57 @@ def read_class_names(run_dir: Path) -> list[str]:
     return [line for line in path.read_text().splitlines() if line]
 
 
+class DataChangedError(RunError):
+    """The data a command reads is not the data the run recorded (classes, their order, split sizes)."""
+
+
+def check_same_data(run_dir: Path, *, class_names: list[str], split_sizes: dict | None = None) -> None:
+    """Refuses data that no longer matches what the run recorded: its classes.txt (names and label order:
+    the model's outputs are in that order) and, for a finished run, metrics.json's split sizes.
+
+    Scoring changed data against the model would be silently wrong: a renamed class folder renumbers the
+    classes (googlecodelabs/tensorflow-for-poets-2#6, ultralytics/ultralytics#13936), an added or removed
+    file moves images between the seeded splits, so the test split would hold training images.
+
+    Args:
+        class_names: the classes of the data as read now, label order.
+        split_sizes: {"train": N, "validation": N, "test": N} as read now; compared with metrics.json's
+            `<split>_images` when the run has finished.
+
+    Raises:
+        DataChangedError: the message names every difference and what to do.
+        RunDirError: classes.txt is missing.
+    """
+    recorded = read_class_names(run_dir)
+    found = list(class_names)
+    fix = "Restore the data the run was trained on, or train a new run on this data (a new --run-dir)."
+    if recorded != found:
+        missing = [name for name in recorded if name not in found]
+        new = [name for name in found if name not in recorded]
+        differences = [f"the run's classes missing from the data: {', '.join(missing)}"] if missing else []
+        differences += [f"classes in the data the run never saw: {', '.join(new)}"] if new else []
+        if not differences:
+            differences = [f"the same classes in another label order: {', '.join(found)}"]
+        raise DataChangedError(
+            f"the data's classes differ from the run's ({Path(run_dir) / 'classes.txt'}: {', '.join(recorded)}):\n  "
+            + "\n  ".join(differences)
+            + f"\nThe model's outputs are in the run's order; scoring this data against them would be wrong. {fix}"
+        )
+    metrics = read_metrics(run_dir)
+    changed = [
+        f"{split}: {metrics[f'{split}_images']} images when trained, {count} now"
+        for split, count in (split_sizes or {}).items()
+        if isinstance(metrics.get(f"{split}_images"), int) and metrics[f"{split}_images"] != count
+    ]
+    if changed:
+        raise DataChangedError(
+            f"the data differs from what the run recorded in {Path(run_dir) / 'metrics.json'}:\n  "
+            + "\n  ".join(changed)
+            + f"\nFiles were added or removed, so the seeded splits no longer match (the test split could hold "
+            f"images the model trained on). {fix}"
+        )
+
+
 def read_metrics(run_dir: Path) -> dict:
     """metrics.json, or {} for an unfinished run."""
     path = Path(run_dir) / "metrics.json"

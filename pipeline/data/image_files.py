@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 
 from pipeline.core.fileio import atomic_write_json
+from pipeline.data import image_header
 
 DECODABLE = {"jpeg": "JPEG", "png": "PNG", "gif": "GIF", "bmp": "BMP", "webp": "WebP"}
 EXTENSIONS = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png", ".gif": "gif", ".bmp": "bmp", ".webp": "webp"}
@@ -94,10 +95,13 @@ def _os_reason(error: OSError) -> str:
     return f"unreadable: {error.strerror or error}"
 
 
-def check_image(path: os.PathLike, *, min_size: int = 8, placeholder_colours: int = 64) -> ImageCheck:
+def check_image(path: os.PathLike, *, min_size: int = 8, placeholder_colours: int = 64,
+                max_pixels: int = image_header.DEFAULT_MAX_PIXELS) -> ImageCheck:
     """Reads and decodes one file.
 
     Args:
+        max_pixels: an image whose header promises more pixels (width x height) is bad ("too many pixels")
+            and is not decoded (a decompression bomb would cost gigabytes); 0: no limit.
         min_size: images whose shorter side is below this are bad ("too small").
         placeholder_colours: a decodable RGB image with fewer distinct colours than this, at a 64x64
             thumbnail, gets a warning: real photos have hundreds; "image not found" placeholders a few.
@@ -134,6 +138,9 @@ def check_image(path: os.PathLike, *, min_size: int = 8, placeholder_colours: in
     if kind == "bmp" and len(data) > 30 and int.from_bytes(data[28:30], "little") <= 8 and not _grey_bmp_palette(data):
         # TensorFlow's BMP decoder ignores the colour table and returns palette indices as grey levels.
         result.reason = "unsupported format (palette BMP: its colours would be misread; convert it to PNG)"
+        return result
+    result.reason = image_header.too_many_pixels(data[: image_header.HEADER_BYTES], max_pixels=max_pixels)
+    if result.reason:
         return result
     try:
         # The decoder of every decode path, before its channel conversion: the native channel count.
@@ -302,13 +309,14 @@ def _cached_result(entry, path: Path) -> ImageCheck | None:
 
 def scan_images(paths, *, min_size: int = 8, placeholder_colours: int = 64, workers: int | None = None,
                 cache_dir: os.PathLike | None = None, progress: bool = False,
-                description: str = "checking images") -> list[ImageCheck]:
+                description: str = "checking images",
+                max_pixels: int = image_header.DEFAULT_MAX_PIXELS) -> list[ImageCheck]:
     """Checks many files in parallel (TensorFlow's decoder releases the GIL). Results come back in input
     order. With `cache_dir`, a file whose size and modification time are unchanged is not decoded again,
     so re-scanning a clean dataset costs a `stat` per file. `progress` draws a `progress_bar` on stderr
-    (files actually decoded, with rate and time left) headed `description`."""
+    (files actually decoded, with rate and time left) headed `description`. `max_pixels` as in `check_image`."""
     paths = [Path(p) for p in paths]
-    settings = f"{min_size}:{placeholder_colours}:oriented"  # a new suffix when what a check reports changes
+    settings = f"{min_size}:{placeholder_colours}:oriented:{max_pixels}"  # a new suffix when what a check reports changes
     cache_file = None
     cache: dict = {}
     if cache_dir is not None:
@@ -328,13 +336,17 @@ def scan_images(paths, *, min_size: int = 8, placeholder_colours: int = 64, work
         if results[index] is None:
             todo.append(index)
     workers = workers or min(8, (os.cpu_count() or 2) * 2)
-    with progress_bar(len(todo), description, enabled=progress) as bar, \
-            concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = {pool.submit(check_image, paths[i], min_size=min_size,
-                               placeholder_colours=placeholder_colours): i for i in todo}
-        for future in concurrent.futures.as_completed(futures):
-            results[futures[future]] = future.result()
-            bar.update()
+    with progress_bar(len(todo), description, enabled=progress) as bar:
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers)
+        try:
+            futures = {pool.submit(check_image, paths[i], min_size=min_size, placeholder_colours=placeholder_colours,
+                                   max_pixels=max_pixels): i for i in todo}
+            for future in concurrent.futures.as_completed(futures):
+                results[futures[future]] = future.result()
+                bar.update()
+        finally:
+            # Ctrl-C or SIGTERM: the files not started are dropped (`with pool` would decode them all first).
+            pool.shutdown(wait=True, cancel_futures=True)
     if cache_file is not None and todo:
         entries = {str(p): {"key": _cache_key(p), "result": dataclasses.asdict(r)} for p, r in zip(paths, results)}
         try:

@@ -14,12 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import config as config_lib
-from pipeline.data import datasets
-from pipeline.data import sharding
-from pipeline.data import image_files
-from pipeline.data import input_pipeline
-from pipeline.data import image_ops as preprocessing
 from pipeline.config import PROJECT_ROOT, Config
+from pipeline.data import datasets, image_files, input_pipeline, sharding
+from pipeline.data import image_ops as preprocessing
 from pipeline.data.transform import EvalTransform
 
 
@@ -75,7 +72,7 @@ class Splits:
     def _checked_files(self, data, config: Config, log) -> dict:
         every = [path for paths, _ in data.splits.values() for path in paths]
         checks = image_files.scan_images(
-            every, min_size=config.dataset.min_image_size,
+            every, min_size=config.dataset.min_image_size, max_pixels=config.dataset.max_image_pixels,
             cache_dir=datasets.resolve_data_dir(config.dataset.data_dir) / ".scan-cache",
             progress=True, description=f"checking {len(every)} images")
         bad = {}

@@ -31,7 +31,10 @@ import numpy as np
 import tensorflow as tf
 
 from pipeline.core.errors import UserError
-from pipeline.data import image_files  # TF-free; its folder walk and format sniffer, shared with `data check`
+from pipeline.data import (
+    image_files,
+    image_header,
+)  # TF-free; its folder walk and format sniffer, shared with `data check`
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 SIGNATURE = "serving_default"
@@ -237,13 +240,17 @@ def collect_files(paths) -> tuple[list, int]:
     return entries, skipped
 
 
-def read_bytes(path: Path) -> bytes | Failure:
-    """The whole file, or a Failure naming why it cannot be read (or that it is empty)."""
+def read_bytes(path: Path, *, max_pixels: int = image_header.DEFAULT_MAX_PIXELS) -> bytes | Failure:
+    """The whole file, or a Failure naming why it cannot be read, that it is empty, or that its header
+    promises more than `max_pixels` pixels (never handed to the decoder: a decompression bomb)."""
     try:
         data = path.read_bytes()
     except OSError as error:
         return Failure(str(path), _os_reason(error))
-    return data if data else Failure(str(path), "empty file")
+    if not data:
+        return Failure(str(path), "empty file")
+    bomb = image_header.too_many_pixels(data[: image_header.HEADER_BYTES], max_pixels=max_pixels, key="--max-pixels")
+    return Failure(str(path), bomb) if bomb else data
 
 
 def _error_detail(error: Exception) -> str:
@@ -332,7 +339,9 @@ class Predictor:
         return ([[name.decode("utf-8") for name in row] for row in classes], scores.tolist())
 
 
-def predict_files(predictor: Predictor, files, *, top_k: int, batch_size: int) -> list:
+def predict_files(
+    predictor: Predictor, files, *, top_k: int, batch_size: int, max_pixels: int = image_header.DEFAULT_MAX_PIXELS
+) -> list:
     """A Prediction or Failure per file, in order. Files are read and predicted a batch at a time; when a
     batch fails, its files are predicted one by one, so one bad file never sinks the others."""
     results: list = []
@@ -359,7 +368,7 @@ def predict_files(predictor: Predictor, files, *, top_k: int, batch_size: int) -
 
     for file in files:
         results.append(None)
-        data = file if isinstance(file, Failure) else read_bytes(file)
+        data = file if isinstance(file, Failure) else read_bytes(file, max_pixels=max_pixels)
         if isinstance(data, Failure):
             results[-1] = data
             continue
@@ -419,6 +428,7 @@ def predict_command(
     top_k: int | None = None,
     output_format: str = "table",
     batch_size: int = 32,
+    max_pixels: int = image_header.DEFAULT_MAX_PIXELS,
     out=None,
     err=None,
 ) -> int:
@@ -432,6 +442,8 @@ def predict_command(
         raise PredictError(f"--batch-size must be at least 1, not {batch_size}")
     if top_k is not None and top_k < 1:
         raise PredictError(f"--top-k must be at least 1, not {top_k}")
+    if max_pixels < 0:
+        raise PredictError(f"--max-pixels must be at least 0 (0: no limit), not {max_pixels}")
     version_dir = resolve_export(export_dir)
     entries, skipped = collect_files(paths)
     if not entries:
@@ -442,7 +454,7 @@ def predict_command(
         )
     predictor = Predictor(version_dir)
     k = min(top_k or predictor.default_top_k, predictor.max_top_k())
-    results = predict_files(predictor, entries, top_k=k, batch_size=batch_size)
+    results = predict_files(predictor, entries, top_k=k, batch_size=batch_size, max_pixels=max_pixels)
     predictions = [r for r in results if isinstance(r, Prediction)]
     failures = [r for r in results if isinstance(r, Failure)]
 

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 
 from pipeline.core.fileio import atomic_write, atomic_write_json
-from pipeline.data import image_files
+from pipeline.data import image_files, image_header
 from pipeline.tools import common
 
 HELP = "class counts, per-channel mean/std and the mean image"
@@ -62,6 +62,8 @@ def _load_resized(path: Path, image_size, channels: int, min_size: int):
     try:
         with open(path, "rb") as handle:
             data = handle.read()
+        if image_header.too_many_pixels(data[: image_header.HEADER_BYTES]):
+            return None  # a decompression bomb: never decoded; check_image gives the reason
         image = tf.io.decode_image(data, channels=0, expand_animations=False)
     except (OSError, tf.errors.InvalidArgumentError, tf.errors.UnknownError):
         return None
