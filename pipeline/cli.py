@@ -227,6 +227,8 @@ INTERRUPTED_STATE = {
 
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
+    if hasattr(sys.stdout, "reconfigure"):  # file names that are not UTF-8 print as their bytes, not a crash
+        sys.stdout.reconfigure(errors="surrogateescape")
     previous = signals.install()  # SIGTERM (kill, timeout, a scheduler, Kubernetes) stops us as Ctrl-C does
     signals.watch_parent()  # a `launch` worker stops when launch is gone, however launch ended
     try:

@@ -72,6 +72,7 @@ def _train(config: Config, run_dir: Path, log) -> dict:
         log(f"run directory: {run_dir}")
     else:
         rundir.check_same_data(run_dir, class_names=splits.class_names)  # renamed classes: not trained on
+        rundir.remove_leftovers(run_dir)  # half-written temporary files of a killed process
         log(f"resuming {run_dir}")
     steps_per_epoch = math.ceil(len(splits.train[1]) / config.train.batch_size)
     shard = workers.shard(strategy)  # each worker reads its share of the files (arrays: of each batch)

@@ -21,6 +21,7 @@ import datetime
 import fcntl
 import json
 import os
+import shutil
 from pathlib import Path
 
 from pipeline import config as config_lib
@@ -168,6 +169,23 @@ def read_class_names(run_dir: Path) -> list[str]:
     if not path.is_file():
         raise RunDirError(f"{path}: missing; the run directory is incomplete")
     return [line for line in path.read_text().splitlines() if line]
+
+
+def remove_leftovers(run_dir: Path) -> list[Path]:
+    """Removes the temporary files and folders (`.tmp-*`, see `fileio.atomic_write`) that a process killed
+    mid-write left in a run directory. Call it holding `exclusive(run_dir)`: no live writer then exists.
+
+    Returns:
+        The paths removed.
+    """
+    removed = []
+    for leftover in sorted(Path(run_dir).rglob(".tmp-*")):
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+        removed.append(leftover)
+    return removed
 
 
 class DataChangedError(RunError):

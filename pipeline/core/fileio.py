@@ -95,8 +95,11 @@ def atomic_write(path: os.PathLike, write: Callable[[str], None], suffix: str = 
 
 
 def atomic_write_text(path: os.PathLike, text: str) -> None:
+    """Writes `text` as UTF-8 atomically; file names that are not UTF-8 (held by Python as surrogates, see
+    os.fsdecode) are written as their original bytes, so list files name every file the folder holds."""
+
     def write(temporary):
-        with open(temporary, "w") as handle:
+        with open(temporary, "w", encoding="utf-8", errors="surrogateescape") as handle:
             handle.write(text)
 
     atomic_write(path, write)

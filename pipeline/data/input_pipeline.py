@@ -7,6 +7,7 @@ out of the hot path (one gather and one vectorised augmentation call per batch).
 
 from __future__ import annotations
 
+import os
 import sys
 
 import numpy as np
@@ -120,7 +121,9 @@ def _cache(dataset: tf.data.Dataset, cache: str, suffix: str) -> tf.data.Dataset
 def make_file_dataset(paths, labels, **options) -> tf.data.Dataset:
     """`make_image_dataset` over image files: paths [N] (str) and labels int [N]."""
     labels = np.asarray(labels, np.int64)
-    source = tf.data.Dataset.from_tensor_slices((list(map(str, paths)), labels))
+    # os.fsencode: the name's bytes as the file system holds them; str() of a name that is not UTF-8 (a
+    # Latin-1 "café.jpg" from an old camera) carries surrogates that TensorFlow refuses to convert.
+    source = tf.data.Dataset.from_tensor_slices((np.array([os.fsencode(path) for path in paths], object), labels))
     return make_image_dataset(source, count=len(labels), read=tf.io.read_file, **options)
 
 

@@ -130,6 +130,8 @@ def special_file(path: Path) -> str | None:
         return None  # check_image names the error (loop, broken link, permission)
     if stat.S_ISREG(mode):
         return None
+    if stat.S_ISDIR(mode):  # a link to a folder image_files.find_files did not walk: a loop, or read already
+        return image_files.folder_link_reason(path)
     kind = {
         stat.S_IFIFO: "named pipe",
         stat.S_IFSOCK: "socket",
