@@ -29,19 +29,15 @@ EXPERIMENTS_DIR = PROJECT_ROOT / "experiments"
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads `1e-3` as a float (YAML 1.1 needs `1.0e-3`; people write `1e-3`) and refuses
-    duplicate keys, which PyYAML otherwise resolves silently by keeping the last (yaml/pyyaml#165): a
-    second `train:` section would drop the first one's keys without a word.
-
-    Everything else reads as `yaml.safe_load` reads it: anchors, aliases and merge keys (`<<: *base`, where
-    the mapping's own keys override the merged ones, as the merge-key spec says; omry/omegaconf#470 is the
-    loader that broke them by constructing the `<<` key itself), byte-order marks, CRLF line ends."""
+    """SafeLoader that reads `1e-3` as a float (YAML 1.1 needs `1.0e-3`) and refuses duplicate keys, which PyYAML
+    silently resolves by keeping the last (yaml/pyyaml#165). All else reads as `yaml.safe_load` reads it: anchors,
+    aliases, merge keys (`<<: *base`; omry/omegaconf#470 broke them), byte-order marks, CRLF line ends."""
 
     def construct_mapping(self, node, deep=False):
         seen = {}
         for key_node, _ in node.value:
             if key_node.tag == "tag:yaml.org,2002:merge":
-                continue  # `<<`: merged keys may be overridden by the mapping's own; flatten_mapping does that
+                continue  # `<<`: the mapping's own keys override merged ones (flatten_mapping); not duplicates
             key = self.construct_object(key_node, deep=True)
             try:
                 hash(key)
@@ -80,11 +76,7 @@ _Loader.add_implicit_resolver(
 
 
 def yaml_load(text: str | bytes):
-    """Parses YAML text the way experiment files are read.
-
-    Args:
-        text: the document; bytes are decoded as PyYAML does (UTF-8, or UTF-16 after its byte-order mark; a
-            UTF-8 byte-order mark is skipped), so a file reads the same whatever editor or OS wrote it.
+    """Parses YAML text (or bytes, decoded by their byte-order mark as PyYAML does) as experiment files are read.
 
     Raises:
         yaml.YAMLError: invalid YAML, or a mapping with a duplicate key (`DuplicateKeyError`).

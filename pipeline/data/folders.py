@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.config import PROJECT_ROOT
 from pipeline.core import errors
 from pipeline.data import image_files
+from pipeline.config import PROJECT_ROOT
 
 
 class DatasetError(errors.UserError):

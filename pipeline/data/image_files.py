@@ -95,13 +95,8 @@ def _os_reason(error: OSError) -> str:
     return f"unreadable: {error.strerror or error}"
 
 
-def check_image(
-    path: os.PathLike,
-    *,
-    min_size: int = 8,
-    placeholder_colours: int = 64,
-    max_pixels: int = image_header.DEFAULT_MAX_PIXELS,
-) -> ImageCheck:
+def check_image(path: os.PathLike, *, min_size: int = 8, placeholder_colours: int = 64,
+                max_pixels: int = image_header.DEFAULT_MAX_PIXELS) -> ImageCheck:
     """Reads and decodes one file.
 
     Args:
@@ -180,7 +175,7 @@ def _grey_bmp_palette(data: bytes) -> bool:
     """True when a palette BMP's colour table is the identity grey ramp (index == grey level)."""
     header_size = int.from_bytes(data[14:18], "little")
     colours = int.from_bytes(data[46:50], "little") or 2 ** int.from_bytes(data[28:30], "little")
-    table = data[14 + header_size : 14 + header_size + 4 * colours]
+    table = data[14 + header_size: 14 + header_size + 4 * colours]
     return all(table[4 * i] == table[4 * i + 1] == table[4 * i + 2] == i for i in range(len(table) // 4))
 
 
@@ -269,7 +264,8 @@ def folder_link_reason(path: os.PathLike) -> str:
 LOG_REFRESH_S = 30.0
 
 
-def progress_bar(total: int, description: str, *, unit: str = "file", enabled: bool = True, stream=None):
+def progress_bar(total: int, description: str, *, unit: str = "file", enabled: bool = True,
+                 stream=None):
     """A tqdm progress bar on stderr: count, rate and time left. Use it as a context manager (or call
     `close()`) so that the final state and the newline are written.
 
@@ -288,7 +284,8 @@ def progress_bar(total: int, description: str, *, unit: str = "file", enabled: b
         options = {"dynamic_ncols": True}  # follows a resized window
     else:
         options = {"mininterval": LOG_REFRESH_S, "maxinterval": LOG_REFRESH_S}
-    return tqdm(total=total, desc=description, file=stream, disable=not (enabled and total > 0), unit=unit, **options)
+    return tqdm(total=total, desc=description, file=stream, disable=not (enabled and total > 0),
+                unit=unit, **options)
 
 
 def _cache_key(path: Path) -> list | None:
@@ -310,32 +307,21 @@ def _cached_result(entry, path: Path) -> ImageCheck | None:
     return None
 
 
-def scan_images(
-    paths,
-    *,
-    min_size: int = 8,
-    placeholder_colours: int = 64,
-    workers: int | None = None,
-    cache_dir: os.PathLike | None = None,
-    progress: bool = False,
-    description: str = "checking images",
-    max_pixels: int = image_header.DEFAULT_MAX_PIXELS,
-) -> list[ImageCheck]:
+def scan_images(paths, *, min_size: int = 8, placeholder_colours: int = 64, workers: int | None = None,
+                cache_dir: os.PathLike | None = None, progress: bool = False,
+                description: str = "checking images",
+                max_pixels: int = image_header.DEFAULT_MAX_PIXELS) -> list[ImageCheck]:
     """Checks many files in parallel (TensorFlow's decoder releases the GIL). Results come back in input
     order. With `cache_dir`, a file whose size and modification time are unchanged is not decoded again,
     so re-scanning a clean dataset costs a `stat` per file. `progress` draws a `progress_bar` on stderr
     (files actually decoded, with rate and time left) headed `description`. `max_pixels` as in `check_image`."""
     paths = [Path(p) for p in paths]
-    settings = (
-        f"{min_size}:{placeholder_colours}:oriented:{max_pixels}"  # a new suffix when what a check reports changes
-    )
+    settings = f"{min_size}:{placeholder_colours}:oriented:{max_pixels}"  # a new suffix when what a check reports changes
     cache_file = None
     cache: dict = {}
     if cache_dir is not None:
         # abspath, not resolve(): resolving a symbolic-link loop raises.
-        digest = hashlib.sha1(
-            ("\n".join(os.path.abspath(p) for p in paths) + settings).encode(errors="surrogateescape")
-        ).hexdigest()
+        digest = hashlib.sha1(("\n".join(os.path.abspath(p) for p in paths) + settings).encode(errors="surrogateescape")).hexdigest()
         cache_file = Path(cache_dir) / f"scan-{digest[:16]}.json"
         try:
             cache = json.loads(cache_file.read_text())
@@ -353,16 +339,8 @@ def scan_images(
     with progress_bar(len(todo), description, enabled=progress) as bar:
         pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers)
         try:
-            futures = {
-                pool.submit(
-                    check_image,
-                    paths[i],
-                    min_size=min_size,
-                    placeholder_colours=placeholder_colours,
-                    max_pixels=max_pixels,
-                ): i
-                for i in todo
-            }
+            futures = {pool.submit(check_image, paths[i], min_size=min_size, placeholder_colours=placeholder_colours,
+                                   max_pixels=max_pixels): i for i in todo}
             for future in concurrent.futures.as_completed(futures):
                 results[futures[future]] = future.result()
                 bar.update()
@@ -411,9 +389,7 @@ def split_folders(root: os.PathLike) -> dict[str, Path]:
         if path.is_dir() and path.name in SPLIT_NAMES:
             split = SPLIT_NAMES[path.name]
             if split in found:
-                raise ValueError(
-                    f"{root}: both {found[split].name}/ and {path.name}/ hold the {split} split; "
-                    f"merge them into one folder"
-                )
+                raise ValueError(f"{root}: both {found[split].name}/ and {path.name}/ hold the {split} split; "
+                                 f"merge them into one folder")
             found[split] = path
     return found

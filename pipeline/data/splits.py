@@ -14,9 +14,12 @@ from pathlib import Path
 import numpy as np
 
 from pipeline import config as config_lib
-from pipeline.config import PROJECT_ROOT, Config
-from pipeline.data import datasets, image_files, input_pipeline, sharding
+from pipeline.data import datasets
+from pipeline.data import sharding
+from pipeline.data import image_files
+from pipeline.data import input_pipeline
 from pipeline.data import image_ops as preprocessing
+from pipeline.config import PROJECT_ROOT, Config
 from pipeline.data.transform import EvalTransform
 
 
