@@ -116,8 +116,8 @@ def extract_archive(archive: Path, data_dir: str) -> Path:
             return target
         shutil.rmtree(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    # One extraction of an archive at a time (the lock dies with its process), so the temporary folders of
-    # an extraction that was killed (kill -9, power) are known to be dead and are removed here.
+    # One extraction at a time (the lock dies with its process), so the temporary folders of an extraction
+    # that was killed (kill -9, power) are known to be dead and are removed here.
     with _extraction_lock(target):
         if stamp_file.is_file() and stamp_file.read_text() == stamp:
             return target  # another process extracted it while this one waited
@@ -157,14 +157,14 @@ def extract_archive(archive: Path, data_dir: str) -> Path:
 
 @contextlib.contextmanager
 def _extraction_lock(target: Path):
+    # The lock is on the data folder itself (as rundir.exclusive locks a run directory): no lock file to
+    # leave behind; extractions into one data folder wait for each other, which is rare and short.
+    handle = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
     try:
-        handle = open(target.parent / f".{target.name}.extract-lock", "a")  # noqa: SIM115  (closed below)
-    except OSError as error:
-        raise DatasetError(f"cannot extract into {target.parent} ({error.strerror or error}); set dataset.data_dir "
-                           f"to a writable folder") from None
-    with handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)  # blocks while another process extracts the same archive
+        fcntl.flock(handle, fcntl.LOCK_EX)  # blocks while another process extracts into this folder
         yield
+    finally:
+        os.close(handle)
 
 
 def single_top_folder(root: Path) -> Path:
