@@ -346,10 +346,11 @@ def test_every_command_answers_sigterm_with_143_and_one_line(monkeypatch, capsys
     monkeypatch.setattr(cli, "run_command", killed)
     monkeypatch.setattr(cli, "quiet_tensorflow", lambda: None)
     argv = {"train": ["train", "tiny"], "evaluate": ["evaluate", "RUN"], "data": ["data", "check", "ROOT"]}[command]
+    before = signal.getsignal(signal.SIGTERM)
     assert cli.main(argv) == 143
     error = capsys.readouterr().err.strip()
     assert error == f"terminated (SIGTERM); {cli.INTERRUPTED_STATE[command]}"
-    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # restored for the caller
+    assert signal.getsignal(signal.SIGTERM) == before  # restored for the caller
 
 
 # -- 31: what a run recorded is the truth for later commands ------------------------------------------
@@ -366,6 +367,19 @@ def test_evaluate_refuses_a_renamed_class_folder(run_copy, capsys):
     assert json.loads((run_dir / "metrics.json").read_text()) == metrics  # nothing overwritten
 
 
+def test_evaluate_refuses_data_with_images_added(run_copy, capsys):
+    run_dir, data = run_copy
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    recorded = json.loads((run_dir / "data.json").read_text())["images"]
+    assert recorded == {split: metrics[f"{split}_images"] for split in ("train", "validation", "test")}
+    for number in range(3):
+        shutil.copy(data / "cats" / "img000.png", data / "cats" / f"new{number}.png")
+    assert cli.main(["evaluate", str(run_dir)]) == 2
+    error = capsys.readouterr().err
+    assert f"the data differs from what the run recorded in {run_dir / 'data.json'}" in error
+    assert "images when trained" in error and "the test split could hold images the model trained on" in error
+
+
 def test_reordered_classes_and_changed_split_sizes_are_refused(tmp_path):
     (tmp_path / "classes.txt").write_text("cats\ndogs\n")
     (tmp_path / "metrics.json").write_text(json.dumps({"train_images": 12, "validation_images": 4, "test_images": 4}))
@@ -374,6 +388,11 @@ def test_reordered_classes_and_changed_split_sizes_are_refused(tmp_path):
     with pytest.raises(rundir.DataChangedError, match="test: 4 images when trained, 5 now"):
         rundir.check_same_data(tmp_path, class_names=["cats", "dogs"], split_sizes={"train": 12, "test": 5})
     rundir.check_same_data(tmp_path, class_names=["cats", "dogs"], split_sizes={"train": 12, "test": 4})
+    (tmp_path / "data.json").write_text(json.dumps({"images": {"train": 11, "validation": 4, "test": 4}}))  # wins
+    with pytest.raises(rundir.DataChangedError, match="train: 11 images when trained, 12 now"):
+        rundir.check_same_data(tmp_path, class_names=["cats", "dogs"], split_sizes={"train": 12, "test": 4})
+    (tmp_path / "classes.txt").unlink()  # a worker's scratch copy: nothing recorded, nothing compared
+    rundir.check_same_data(tmp_path, class_names=["dogs"], split_sizes={"train": 1})
 
 
 # -- 32: every file a user points at is used or reported, the same way by every command ---------------

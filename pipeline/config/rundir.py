@@ -135,10 +135,13 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-def start(run_dir: Path, config: Config, class_names: list[str]) -> None:
-    """Writes classes.txt, then config.yaml (last: its presence marks a run directory)."""
+def start(run_dir: Path, config: Config, class_names: list[str], split_sizes: dict | None = None) -> None:
+    """Writes classes.txt, data.json (`split_sizes`: images per split, what `check_same_data` compares
+    later), then config.yaml (last: its presence marks a run directory)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     fileio.atomic_write_text(run_dir / "classes.txt", "\n".join(class_names) + "\n")
+    if split_sizes is not None:
+        fileio.atomic_write_json(run_dir / DATA_RECORD, {"images": dict(split_sizes)})
     fileio.atomic_write_text(
         run_dir / "config.yaml",
         "# Fully resolved configuration of this run (defaults + YAML + --set).\n" + config_lib.dump_yaml(config),
@@ -188,13 +191,22 @@ def remove_leftovers(run_dir: Path) -> list[Path]:
     return removed
 
 
+DATA_RECORD = "data.json"  # {"images": {"train": N, "validation": N, "test": N}} as the run saw its data
+
+
+def split_sizes(splits) -> dict:
+    """{"train": N, "validation": N, "test": N} of a `data.splits.Splits` (anything with those (paths, labels))."""
+    return {name: len(getattr(splits, name)[0]) for name in ("train", "validation", "test")}
+
+
 class DataChangedError(RunError):
     """The data a command reads is not the data the run recorded (classes, their order, split sizes)."""
 
 
 def check_same_data(run_dir: Path, *, class_names: list[str], split_sizes: dict | None = None) -> None:
     """Refuses data that no longer matches what the run recorded: its classes.txt (names and label order:
-    the model's outputs are in that order) and, for a finished run, metrics.json's split sizes.
+    the model's outputs are in that order) and the images per split (data.json; metrics.json of runs written
+    before it). A directory without classes.txt (a worker's scratch copy) records nothing to compare.
 
     Scoring changed data against the model would be silently wrong: a renamed class folder renumbers the
     classes (googlecodelabs/tensorflow-for-poets-2#6, ultralytics/ultralytics#13936), an added or removed
@@ -202,13 +214,13 @@ def check_same_data(run_dir: Path, *, class_names: list[str], split_sizes: dict 
 
     Args:
         class_names: the classes of the data as read now, label order.
-        split_sizes: {"train": N, "validation": N, "test": N} as read now; compared with metrics.json's
-            `<split>_images` when the run has finished.
+        split_sizes: {"train": N, "validation": N, "test": N} as read now (`split_sizes`).
 
     Raises:
         DataChangedError: the message names every difference and what to do.
-        RunDirError: classes.txt is missing.
     """
+    if not (Path(run_dir) / "classes.txt").is_file():
+        return
     recorded = read_class_names(run_dir)
     found = list(class_names)
     fix = "Restore the data the run was trained on, or train a new run on this data (a new --run-dir)."
@@ -224,15 +236,27 @@ def check_same_data(run_dir: Path, *, class_names: list[str], split_sizes: dict 
             + "\n  ".join(differences)
             + f"\nThe model's outputs are in the run's order; scoring this data against them would be wrong. {fix}"
         )
-    metrics = read_metrics(run_dir)
+    record = Path(run_dir) / DATA_RECORD
+    try:
+        sizes = json.loads(record.read_text())["images"] if record.is_file() else None
+    except (ValueError, KeyError, TypeError):
+        raise fileio.DamagedFileError(record, reason="not this pipeline's JSON", remedy="Copy the run again.") from None
+    if sizes is None:
+        record = Path(run_dir) / "metrics.json"
+        metrics = read_metrics(run_dir)
+        sizes = {
+            split: metrics[f"{split}_images"]
+            for split in ("train", "validation", "test")
+            if f"{split}_images" in metrics
+        }
     changed = [
-        f"{split}: {metrics[f'{split}_images']} images when trained, {count} now"
+        f"{split}: {sizes[split]} images when trained, {count} now"
         for split, count in (split_sizes or {}).items()
-        if isinstance(metrics.get(f"{split}_images"), int) and metrics[f"{split}_images"] != count
+        if isinstance(sizes.get(split), int) and sizes[split] != count
     ]
     if changed:
         raise DataChangedError(
-            f"the data differs from what the run recorded in {Path(run_dir) / 'metrics.json'}:\n  "
+            f"the data differs from what the run recorded in {record}:\n  "
             + "\n  ".join(changed)
             + f"\nFiles were added or removed, so the seeded splits no longer match (the test split could hold "
             f"images the model trained on). {fix}"

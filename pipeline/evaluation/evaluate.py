@@ -126,11 +126,7 @@ def evaluate_run(run_dir: Path, *, log=print) -> dict:
 def _evaluate_run(run_dir: Path, config, log) -> dict:
     splits = Splits(config)
     # The run's record is the truth: data renamed, reordered or grown since training is refused, not scored.
-    rundir.check_same_data(
-        run_dir,
-        class_names=splits.class_names,
-        split_sizes={name: len(getattr(splits, name)[0]) for name in ("train", "validation", "test")},
-    )
+    rundir.check_same_data(run_dir, class_names=splits.class_names, split_sizes=rundir.split_sizes(splits))
     test = evaluate_model(rundir.checkpoint_path(run_dir), config, splits, run_dir=run_dir, log=log)
     test.pop("report", None)
     summary = f"test accuracy {test['accuracy']:.4f}, loss {test['loss']:.4f} ({len(splits.test[0])} images)"
