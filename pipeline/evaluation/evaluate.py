@@ -68,7 +68,7 @@ def evaluate_model(
     from pipeline.evaluation import tensorboard_logging, tta
 
     model = tta.with_tta(load_checkpoint(checkpoint), config.evaluation.tta)
-    data = splits.dataset("test", config)
+    data = splits.dataset("test")
     labels, probabilities = tensorboard_logging.predict_labelled(model, data)
     report = evaluation_report.build_report(
         labels=labels, probabilities=probabilities, class_names=splits.class_names, top_k=config.evaluation.top_k
@@ -124,7 +124,7 @@ def evaluate_run(run_dir: Path, *, log=print) -> dict:
 
 
 def _evaluate_run(run_dir: Path, config, log) -> dict:
-    splits = Splits(config)
+    splits = Splits.from_config(config)
     # The run's record is the truth: data renamed, reordered or grown since training is refused, not scored.
     rundir.check_same_data(run_dir, class_names=splits.class_names, split_sizes=rundir.split_sizes(splits))
     test = evaluate_model(rundir.checkpoint_path(run_dir), config, splits, run_dir=run_dir, log=log)

@@ -1,6 +1,6 @@
 """SavedModel export in TF Serving's layout: `<out>/<model_name>/<version>/`.
 
-Signatures (both run the run's `EvalTransform` (pipeline/transform.py), the one evaluation uses; it is also
+Signatures (both run the run's `EvalTransform` (pipeline/data/transform.py), the one evaluation uses; it is also
 written to `assets/transform.json`, so an export states its own input contract):
     serving_default  image_bytes: tf.string [batch]  encoded JPEG/PNG/GIF/BMP, any size
     serve_images     images: tf.uint8 [batch, H, W, C] any H, W; C = 1, 2, 3 or 4 (converted)

@@ -31,7 +31,7 @@ from pipeline.config import rundir
 from pipeline.core import fileio, signals
 from pipeline.data import disk_cache, folders, image_files, image_header
 
-PROJECT = Path(__file__).resolve().parent.parent
+PROJECT = Path(__file__).resolve().parents[2]
 TINY = PROJECT / "experiments" / "tiny.yaml"
 
 
