@@ -70,9 +70,12 @@ def _train(config: Config, run_dir: Path, log) -> dict:
         log=log,
     )
     if state == "new":
-        rundir.start(run_dir, config, splits.class_names)
+        rundir.start(run_dir, config, splits.class_names, split_sizes=rundir.split_sizes(splits))
         log(f"run directory: {run_dir}")
     else:
+        # Renamed classes or moved images are not trained on: the run's record is the truth.
+        rundir.check_same_data(run_dir, class_names=splits.class_names, split_sizes=rundir.split_sizes(splits))
+        rundir.remove_leftovers(run_dir)  # half-written temporary files of a killed process
         log(f"resuming {run_dir}")
 
     train_data, validation_data = cluster.datasets(splits)  # this worker's share

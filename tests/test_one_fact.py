@@ -376,15 +376,16 @@ def test_run_layout_paths():
 # Errors a user can fix, by module: each must be a UserError (exit code 2, one line, no traceback).
 USER_ERRORS = {
     "pipeline.core.errors": ["UnknownNameError"],
-    "pipeline.core.fileio": ["StorageFullError"],
+    "pipeline.core.fileio": ["StorageFullError", "DamagedFileError"],
     "pipeline.config.loader": ["ConfigError"],
-    "pipeline.config.rundir": ["RunError", "RunDirError"],
+    "pipeline.config.rundir": ["RunError", "RunDirError", "DataChangedError"],
     "pipeline.data.folders": ["DatasetError"],
     "pipeline.data.records": ["TFRecordError"],
     "pipeline.data.sharding": ["ShardError"],
+    "pipeline.data.disk_cache": ["DiskCacheInUseError"],
     "pipeline.data.class_balance": ["ClassWeightError"],
     "pipeline.training.phases": ["PhaseError"],
-    "pipeline.training.callbacks": ["MonitorError", "ResumeStateError"],
+    "pipeline.training.callbacks": ["MonitorError"],
     "pipeline.distribute.strategy": ["DistributeError"],
     "pipeline.evaluation.report": ["ReportError"],
     "pipeline.evaluation.compare_runs": ["CompareError"],
@@ -396,7 +397,7 @@ USER_ERRORS = {
 }
 # Builtins kept as second bases, for callers (and tests) that catch them.
 ALSO = {"UnknownNameError": KeyError, "PhaseError": ValueError, "WeightsError": RuntimeError}
-ALSO |= {"ResumeStateError": RuntimeError, "ConfigError": ValueError}
+ALSO |= {"ConfigError": ValueError}
 
 
 def user_error_classes():
@@ -436,6 +437,11 @@ def test_the_cli_exits_2_with_one_line_for_each(error_class, monkeypatch, capsys
     message = f"{error_class.__name__}: what is wrong, what is allowed, what was received"
     if error_class.__name__ == "StorageFullError":
         error, message = error_class("runs/x/history.csv", "no space left on device"), "cannot write runs/x/history.csv"
+    elif error_class.__name__ == "DamagedFileError":
+        error = error_class(
+            "runs/x/checkpoints/best.keras", reason="not a complete zip archive", remedy="Copy it again."
+        )
+        message = "runs/x/checkpoints/best.keras: damaged or truncated (not a complete zip archive). Copy it again."
     else:
         error = error_class(message)
 

@@ -285,7 +285,7 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
 
 def test_unreadable_resume_state_is_reported(tmp_path):
     (tmp_path / "training_metadata.json").write_text("{not json")
-    with pytest.raises(RuntimeError, match="resume state is unreadable"):
+    with pytest.raises(fileio.DamagedFileError, match="damaged or truncated .resume state unreadable"):
         run_callbacks.read_backup_metadata(tmp_path)
 
 

@@ -29,13 +29,15 @@ EXPERIMENTS_DIR = PROJECT_ROOT / "experiments"
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads `1e-3` as a float (YAML 1.1 needs `1.0e-3`; people write `1e-3`) and refuses
-    duplicate keys, which PyYAML otherwise resolves silently by keeping the last (yaml/pyyaml#165): a
-    second `train:` section would drop the first one's keys without a word."""
+    """SafeLoader that reads `1e-3` as a float (YAML 1.1 needs `1.0e-3`) and refuses duplicate keys, which PyYAML
+    silently resolves by keeping the last (yaml/pyyaml#165). All else reads as `yaml.safe_load` reads it: anchors,
+    aliases, merge keys (`<<: *base`; omry/omegaconf#470 broke them), byte-order marks, CRLF line ends."""
 
     def construct_mapping(self, node, deep=False):
         seen = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<`: the mapping's own keys override merged ones (flatten_mapping); not duplicates
             key = self.construct_object(key_node, deep=True)
             try:
                 hash(key)
@@ -73,8 +75,8 @@ _Loader.add_implicit_resolver(
 )
 
 
-def yaml_load(text: str):
-    """Parses YAML text the way experiment files are read.
+def yaml_load(text: str | bytes):
+    """Parses YAML text (or bytes, decoded by their byte-order mark as PyYAML does) as experiment files are read.
 
     Raises:
         yaml.YAMLError: invalid YAML, or a mapping with a duplicate key (`DuplicateKeyError`).
@@ -110,7 +112,7 @@ def resolve_experiment_path(name_or_path: str) -> Path:
 
 def _read_yaml(path: Path) -> dict:
     try:
-        text = path.read_text()
+        text = path.read_bytes()  # bytes: PyYAML decodes them by their BOM, not by this machine's locale
     except OSError as error:
         raise ConfigError(f"cannot read {path}: {fileio.os_reason(error)}") from None
     try:

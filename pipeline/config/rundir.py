@@ -23,6 +23,7 @@ import datetime
 import fcntl
 import json
 import os
+import shutil
 from pathlib import Path
 from typing import ClassVar
 
@@ -60,6 +61,7 @@ class RunLayout:
     REPORT: ClassVar[str] = "report.json"
     PER_CLASS: ClassVar[str] = "per_class.csv"
     METRICS: ClassVar[str] = "metrics.json"
+    DATA: ClassVar[str] = "data.json"  # {"images": {"train": N, "validation": N, "test": N}} as the run saw its data
     EXPORT: ClassVar[str] = "export"
 
     def __post_init__(self):
@@ -106,6 +108,10 @@ class RunLayout:
         return self.evaluation / self.REPORT
 
     @property
+    def data_record(self) -> Path:
+        return self.root / self.DATA
+
+    @property
     def metrics(self) -> Path:
         return self.root / self.METRICS
 
@@ -140,7 +146,7 @@ def check_run_dir(run_dir: Path, config: Config) -> str:
             f"(no config.yaml); choose a new or empty directory"
         )
     try:
-        previous = config_lib.from_dict(config_lib.yaml_load(config_path.read_text()))
+        previous = config_lib.from_dict(config_lib.yaml_load(config_path.read_bytes()))
     except (config_lib.ConfigError, config_lib.yaml.YAMLError) as error:
         raise RunError(f"{config_path}: cannot read the run's config ({error})") from None
     if previous != config:
@@ -213,11 +219,14 @@ def flatten(tree: dict, prefix: str = "") -> dict:
     return flat
 
 
-def start(run_dir: Path, config: Config, class_names: list[str]) -> None:
-    """Writes classes.txt, then config.yaml (last: its presence marks a run directory)."""
+def start(run_dir: Path, config: Config, class_names: list[str], split_sizes: dict | None = None) -> None:
+    """Writes classes.txt, data.json (`split_sizes`: images per split, what `check_same_data` compares
+    later), then config.yaml (last: its presence marks a run directory)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     layout = RunLayout(run_dir)
     fileio.atomic_write_text(layout.classes, "\n".join(class_names) + "\n")
+    if split_sizes is not None:
+        fileio.atomic_write_json(layout.data_record, {"images": dict(split_sizes)})
     fileio.atomic_write_text(
         layout.config,
         "# Fully resolved configuration of this run (defaults + YAML + --set).\n" + config_lib.dump_yaml(config),
@@ -237,7 +246,7 @@ def load_run_config(run_dir: Path) -> Config:
             f"`python -m pipeline train`, e.g. runs/<experiment>/<timestamp>"
         )
     try:
-        return config_lib.from_dict(config_lib.yaml_load(path.read_text()) or {})
+        return config_lib.from_dict(config_lib.yaml_load(path.read_bytes()) or {})
     except (config_lib.ConfigError, config_lib.yaml.YAMLError) as error:
         raise RunDirError(f"{path}: invalid run config: {error}") from None
 
@@ -248,6 +257,93 @@ def read_class_names(run_dir: Path) -> list[str]:
     if not path.is_file():
         raise RunDirError(f"{path}: missing; the run directory is incomplete")
     return [line for line in path.read_text().splitlines() if line]
+
+
+def remove_leftovers(run_dir: Path) -> list[Path]:
+    """Removes the temporary files and folders (`.tmp-*`, see `fileio.atomic_write`) that a process killed
+    mid-write left in a run directory. Call it holding `exclusive(run_dir)`: no live writer then exists.
+
+    Returns:
+        The paths removed.
+    """
+    removed = []
+    for leftover in sorted(Path(run_dir).rglob(".tmp-*")):
+        if leftover.is_dir() and not leftover.is_symlink():
+            shutil.rmtree(leftover, ignore_errors=True)
+        else:
+            leftover.unlink(missing_ok=True)
+        removed.append(leftover)
+    return removed
+
+
+def split_sizes(splits) -> dict:
+    """{"train": N, "validation": N, "test": N} of a `data.splits.Splits` (anything with those (paths, labels))."""
+    return {name: len(getattr(splits, name)[0]) for name in ("train", "validation", "test")}
+
+
+class DataChangedError(RunError):
+    """The data a command reads is not the data the run recorded (classes, their order, split sizes)."""
+
+
+def check_same_data(run_dir: Path, *, class_names: list[str], split_sizes: dict | None = None) -> None:
+    """Refuses data that no longer matches what the run recorded: its classes.txt (names and label order:
+    the model's outputs are in that order) and the images per split (data.json; metrics.json of runs written
+    before it). A directory without classes.txt (a worker's scratch copy) records nothing to compare.
+
+    Scoring changed data against the model would be silently wrong: a renamed class folder renumbers the
+    classes (googlecodelabs/tensorflow-for-poets-2#6, ultralytics/ultralytics#13936), an added or removed
+    file moves images between the seeded splits, so the test split would hold training images.
+
+    Args:
+        class_names: the classes of the data as read now, label order.
+        split_sizes: {"train": N, "validation": N, "test": N} as read now (`split_sizes`).
+
+    Raises:
+        DataChangedError: the message names every difference and what to do.
+    """
+    layout = RunLayout(run_dir)
+    if not layout.classes.is_file():
+        return
+    recorded = read_class_names(run_dir)
+    found = list(class_names)
+    fix = "Restore the data the run was trained on, or train a new run on this data (a new --run-dir)."
+    if recorded != found:
+        missing = [name for name in recorded if name not in found]
+        new = [name for name in found if name not in recorded]
+        differences = [f"the run's classes missing from the data: {', '.join(missing)}"] if missing else []
+        differences += [f"classes in the data the run never saw: {', '.join(new)}"] if new else []
+        if not differences:
+            differences = [f"the same classes in another label order: {', '.join(found)}"]
+        raise DataChangedError(
+            f"the data's classes differ from the run's ({layout.classes}: {', '.join(recorded)}):\n  "
+            + "\n  ".join(differences)
+            + f"\nThe model's outputs are in the run's order; scoring this data against them would be wrong. {fix}"
+        )
+    record = layout.data_record
+    try:
+        sizes = json.loads(record.read_text())["images"] if record.is_file() else None
+    except (ValueError, KeyError, TypeError):
+        raise fileio.DamagedFileError(record, reason="not this pipeline's JSON", remedy="Copy the run again.") from None
+    if sizes is None:
+        record = layout.metrics
+        metrics = read_metrics(run_dir)
+        sizes = {
+            split: metrics[f"{split}_images"]
+            for split in ("train", "validation", "test")
+            if f"{split}_images" in metrics
+        }
+    changed = [
+        f"{split}: {sizes[split]} images when trained, {count} now"
+        for split, count in (split_sizes or {}).items()
+        if isinstance(sizes.get(split), int) and sizes[split] != count
+    ]
+    if changed:
+        raise DataChangedError(
+            f"the data differs from what the run recorded in {record}:\n  "
+            + "\n  ".join(changed)
+            + f"\nFiles were added or removed, so the seeded splits no longer match (the test split could hold "
+            f"images the model trained on). {fix}"
+        )
 
 
 def read_metrics(run_dir: Path) -> dict:

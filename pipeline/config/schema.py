@@ -59,6 +59,12 @@ class DatasetConfig:
     classes: str | None = _field(None, help="file_list: file of class names, one per line")
     strict: bool = _field(False, help="fail before training if any image is unreadable (default: skip and report)")
     min_image_size: int = _field(8, min=1, help="images whose shorter side is smaller are skipped as bad")
+    max_image_pixels: int = _field(
+        89_478_485,
+        min=0,
+        help="images whose header promises more pixels (width x height) are skipped as bad before decoding "
+        "(decompression bombs); Pillow's limit by default; 0: no limit",
+    )
     skip_placeholders: bool = _field(
         False, help='also skip decodable images with very few colours ("image not found" placeholders)'
     )

@@ -229,8 +229,11 @@ def decode_files(paths: list[str], *, source: str) -> np.ndarray:
         except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as error:
             raise DatasetError(f"{source}: {path} is not a readable image ({error.message.splitlines()[0]})") from None
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=(os.cpu_count() or 2) * 2) as pool:
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=(os.cpu_count() or 2) * 2)
+    try:
         images = list(pool.map(decode, paths))
+    finally:  # Ctrl-C or SIGTERM: drop the files not started (`with pool` would decode all 60,000 first)
+        pool.shutdown(wait=True, cancel_futures=True)
     shapes = {image.shape for image in images}
     if len(shapes) != 1:
         raise DatasetError(f"{source}: images of several sizes {sorted(shapes)[:3]}; expected one size")

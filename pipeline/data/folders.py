@@ -6,7 +6,10 @@ Below the dataset registry (pipeline/data/datasets.py), which registers the `fol
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
+import glob
 import os
 import shutil
 import tarfile
@@ -48,6 +51,37 @@ def resolve_data_dir(data_dir: str) -> Path:
 # --------------------------------------------------------------------------------------------------
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
+# List and class files read as written on any OS: a UTF-8 byte-order mark (Notepad) is dropped, CRLF ends
+# lines (splitlines), and file names that are not UTF-8 keep their bytes (surrogateescape, as os.fsdecode
+# reads them and `fileio.atomic_write_text` writes them back), whatever this machine's locale.
+LIST_ENCODING = {"encoding": "utf-8-sig", "errors": "surrogateescape"}
+# Photos barely compress (JPEG and PNG are compressed already): an archive that expands to more than this
+# many times its size is a decompression bomb (a few kilobytes of zeros declaring gigabytes), not images.
+MAX_EXPANSION_RATIO = 100
+MIN_BOMB_BYTES = 1 << 30  # below 1 GiB expanded, no ratio is worth refusing (a tar of text lists expands a lot)
+
+
+def check_expansion(archive: Path, *, expanded: int, target_dir: Path) -> None:
+    """Refuses an archive, before anything is written, whose members add up to more than
+    `MAX_EXPANSION_RATIO` times its size (and over `MIN_BOMB_BYTES`), or to more than the free space where it
+    would be extracted (a full disk would be met half-way, after minutes of work).
+
+    Raises:
+        DatasetError: naming the archive, its size, what it expands to and the limit.
+    """
+    size = max(archive.stat().st_size, 1)
+    if expanded > MIN_BOMB_BYTES and expanded > MAX_EXPANSION_RATIO * size:
+        raise DatasetError(
+            f"{archive}: refused: {size:,} bytes that expand to {expanded:,} bytes ({expanded / size:,.0f} times "
+            f"its size; image archives expand less than {MAX_EXPANSION_RATIO} times): a decompression bomb, or "
+            f"not an archive of images. Extract it yourself if you trust it, and set dataset.root to the folder."
+        )
+    free = shutil.disk_usage(target_dir).free
+    if expanded > free:
+        raise DatasetError(
+            f"{archive}: expands to {expanded / 2**30:,.2f} GiB, more than the {free / 2**30:,.2f} GiB free in "
+            f"{target_dir}; free some space or set dataset.data_dir to a disk with room. Nothing was extracted."
+        )
 
 
 def resolve_root(root: str | os.PathLike | None, *, dataset: str) -> Path:
@@ -82,35 +116,60 @@ def extract_archive(archive: Path, data_dir: str) -> Path:
             return target
         shutil.rmtree(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{name}-"))
-    try:
-        if archive.name.endswith(".zip"):
-            with zipfile.ZipFile(archive) as handle:
-                handle.extractall(temporary)
-        else:
-            with tarfile.open(archive, "r:*") as handle:
-                handle.extractall(temporary, filter="data")
-        (temporary / ".extracted-from").write_text(stamp)
-        # Archives often wrap everything in one folder (hymenoptera/): remember it now, so files that
-        # tools later write beside it (reports, statistics) never change what the dataset root is.
-        (temporary / ".dataset-root").write_text(
-            single_top_folder(temporary).name if single_top_folder(temporary) != temporary else "."
-        )
+    # One extraction at a time (the lock dies with its process), so the temporary folders of an extraction
+    # that was killed (kill -9, power) are known to be dead and are removed here.
+    with _extraction_lock(target):
+        if stamp_file.is_file() and stamp_file.read_text() == stamp:
+            return target  # another process extracted it while this one waited
+        for leftover in target.parent.glob(f".tmp-{glob.escape(name)}-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        temporary = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{name}-"))
         try:
-            os.replace(temporary, target)
-        except OSError:
-            # Another process extracted the same archive meanwhile (renaming onto its non-empty folder
-            # fails): use that one if it is of this archive.
-            if not (stamp_file.is_file() and stamp_file.read_text() == stamp):
-                raise
+            if archive.name.endswith(".zip"):
+                with zipfile.ZipFile(archive) as handle:
+                    check_expansion(
+                        archive, expanded=sum(m.file_size for m in handle.infolist()), target_dir=target.parent
+                    )
+                    handle.extractall(temporary)
+            else:
+                with tarfile.open(archive, "r:*") as handle:
+                    check_expansion(
+                        archive, expanded=sum(m.size for m in handle.getmembers()), target_dir=target.parent
+                    )
+                    handle.extractall(temporary, filter="data")
+            (temporary / ".extracted-from").write_text(stamp)
+            # Archives often wrap everything in one folder (hymenoptera/): remember it now, so files that
+            # tools later write beside it (reports, statistics) never change what the dataset root is.
+            (temporary / ".dataset-root").write_text(
+                single_top_folder(temporary).name if single_top_folder(temporary) != temporary else "."
+            )
+            try:
+                os.replace(temporary, target)
+            except OSError:
+                # Another process extracted the same archive meanwhile (renaming onto its non-empty folder
+                # fails): use that one if it is of this archive.
+                if not (stamp_file.is_file() and stamp_file.read_text() == stamp):
+                    raise
+                shutil.rmtree(temporary, ignore_errors=True)
+        except (OSError, tarfile.TarError, zipfile.BadZipFile) as error:
             shutil.rmtree(temporary, ignore_errors=True)
-    except (OSError, tarfile.TarError, zipfile.BadZipFile) as error:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise DatasetError(f"{archive}: cannot extract ({error})") from None
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
+            raise DatasetError(f"{archive}: cannot extract ({error})") from None
+        except BaseException:
+            shutil.rmtree(temporary, ignore_errors=True)
+            raise
     return target
+
+
+@contextlib.contextmanager
+def _extraction_lock(target: Path):
+    # The lock is on the data folder itself (as rundir.exclusive locks a run directory): no lock file to
+    # leave behind; extractions into one data folder wait for each other, which is rare and short.
+    handle = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # blocks while another process extracts into this folder
+        yield
+    finally:
+        os.close(handle)
 
 
 def single_top_folder(root: Path) -> Path:
@@ -206,7 +265,7 @@ def read_file_lists(
         list_file = resolve_root(list_path, dataset="file_list")
         paths, labels = [], []
         try:
-            lines = list_file.read_text().splitlines()
+            lines = list_file.read_text(**LIST_ENCODING).splitlines()
         except OSError as error:
             raise DatasetError(f"{list_file}: cannot read ({fileio.os_reason(error)})") from None
         mode = None
@@ -231,7 +290,7 @@ def _read_lines(path: Path, comments: bool = True) -> list[str]:
     try:
         return [
             line.strip()
-            for line in path.read_text().splitlines()
+            for line in path.read_text(**LIST_ENCODING).splitlines()
             if line.strip() and not (comments and line.startswith("#"))
         ]
     except OSError as error:

@@ -19,6 +19,7 @@ from pathlib import Path
 
 from pipeline.core import fileio
 from pipeline.core.fileio import atomic_write_json
+from pipeline.data import image_header
 
 DECODABLE = {"jpeg": "JPEG", "png": "PNG", "gif": "GIF", "bmp": "BMP", "webp": "WebP"}
 EXTENSIONS = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png", ".gif": "gif", ".bmp": "bmp", ".webp": "webp"}
@@ -86,10 +87,18 @@ def _unreadable(error: OSError) -> str:
     return f"unreadable: {fileio.os_reason(error)}"
 
 
-def check_image(path: os.PathLike, *, min_size: int = 8, placeholder_colours: int = 64) -> ImageCheck:
+def check_image(
+    path: os.PathLike,
+    *,
+    min_size: int = 8,
+    placeholder_colours: int = 64,
+    max_pixels: int = image_header.DEFAULT_MAX_PIXELS,
+) -> ImageCheck:
     """Reads and decodes one file.
 
     Args:
+        max_pixels: an image whose header promises more pixels (width x height) is bad ("too many pixels")
+            and is not decoded (a decompression bomb would cost gigabytes); 0: no limit.
         min_size: images whose shorter side is below this are bad ("too small").
         placeholder_colours: a decodable RGB image with fewer distinct colours than this, at a 64x64
             thumbnail, gets a warning: real photos have hundreds; "image not found" placeholders a few.
@@ -101,6 +110,9 @@ def check_image(path: os.PathLike, *, min_size: int = 8, placeholder_colours: in
 
     result = ImageCheck(str(path))
     try:
+        if os.path.isdir(path):  # find_files lists a link to a folder it does not walk
+            result.reason = folder_link_reason(path)
+            return result
         if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or device would block or never end
             result.reason = "not a regular file"
             return result
@@ -123,6 +135,9 @@ def check_image(path: os.PathLike, *, min_size: int = 8, placeholder_colours: in
     if kind == "bmp" and len(data) > 30 and int.from_bytes(data[28:30], "little") <= 8 and not _grey_bmp_palette(data):
         # TensorFlow's BMP decoder ignores the colour table and returns palette indices as grey levels.
         result.reason = "unsupported format (palette BMP: its colours would be misread; convert it to PNG)"
+        return result
+    result.reason = image_header.too_many_pixels(data[: image_header.HEADER_BYTES], max_pixels=max_pixels)
+    if result.reason:
         return result
     try:
         # The decoder of every decode path, before its channel conversion: the native channel count.
@@ -162,22 +177,78 @@ def _grey_bmp_palette(data: bytes) -> bool:
 
 
 def find_files(root: os.PathLike, errors: list | None = None) -> list[Path]:
-    """Every non-hidden file under `root`, recursively, sorted. Symbolic links to directories are not
-    followed (a link loop would never end); links to files are listed and checked like files.
-    Folders that cannot be read are appended to `errors` as (path, reason) when a list is given."""
+    """Every non-hidden file under `root`, recursively, sorted: the one walk behind training, the data tools
+    and `predict`, so that all of them see the same files.
+
+    Symbolic links to folders are followed (people assemble class folders from other disks with links:
+    keras-team/keras#4657, pytorch/vision#1580), except a link back to a folder it sits in (a loop, which
+    would never end) and a second link to a folder already walked (its files would count twice): such a
+    link is listed itself, as a path, and `check_image` gives the reason it is not used. Links to files,
+    broken links and special files are listed too, for `check_image` to judge.
+
+    Args:
+        root: a folder, or a file (returned alone).
+        errors: when a list, folders that cannot be read are appended as (path, reason).
+
+    Returns:
+        Paths under `root` as reached (links not resolved), sorted.
+    """
     root = Path(root)
     if root.is_file():
         return [root]
-    found = []
+    found, links = [], []
+    walked = set()  # (device, inode) of every folder walked: a second way into one is not taken
 
-    def unreadable(error: OSError):
+    def walk(directory: str):
+        try:
+            with os.scandir(directory) as scanned:
+                entries = sorted(scanned, key=lambda entry: entry.name)
+        except OSError as error:
+            if errors is not None:
+                errors.append((error.filename or directory, fileio.os_reason(error)))
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                info = os.stat(entry.path) if entry.is_dir() else None  # is_dir follows links
+            except OSError:
+                info = None  # a broken link or a loop of links: check_image names it
+            if info is None:
+                found.append(Path(entry.path))
+            elif entry.is_symlink():
+                links.append((entry.path, (info.st_dev, info.st_ino)))  # after the real folders: see below
+            elif (info.st_dev, info.st_ino) not in walked:
+                walked.add((info.st_dev, info.st_ino))
+                walk(entry.path)
+
+    try:
+        info = os.stat(root)
+    except OSError as error:
         if errors is not None:
-            errors.append((error.filename, _unreadable(error)))
-
-    for directory, subdirectories, files in os.walk(root, onerror=unreadable):
-        subdirectories[:] = sorted(d for d in subdirectories if not d.startswith("."))
-        found.extend(Path(directory) / name for name in files if not name.startswith("."))
+            errors.append((str(root), fileio.os_reason(error)))
+        return []
+    walked.add((info.st_dev, info.st_ino))
+    walk(str(root))
+    # Links to folders last, in name order: a folder reached both by its own path and by a link is read by
+    # its own path, and a link to a folder walked already (an ancestor: a loop) is listed, not walked.
+    while links:
+        links.sort()
+        path, identity = links.pop(0)
+        if identity in walked:
+            found.append(Path(path))  # check_image: "symbolic link loop" or "already included"
+        else:
+            walked.add(identity)
+            walk(path)
     return sorted(found)
+
+
+def folder_link_reason(path: os.PathLike) -> str:
+    """Why `find_files` listed a link to a folder instead of walking it: a loop, or a folder read already."""
+    real, parent = os.path.realpath(path), os.path.realpath(os.path.dirname(os.path.abspath(path)))
+    if parent == real or parent.startswith(real.rstrip(os.sep) + os.sep):
+        return f"symbolic link loop: links to {real}, a folder it is inside (not followed)"
+    return f"link to a folder already included ({real}): its files are read once"
 
 
 # Seconds between two redraws of a progress bar when stderr is not a terminal (a log file, a CI job,
@@ -221,6 +292,16 @@ def _cache_key(path: Path) -> list | None:
         return None
 
 
+def _cached_result(entry, path: Path) -> ImageCheck | None:
+    """The scan cache's verdict on `path` when the file is unchanged and the entry is well-formed, else None."""
+    try:
+        if entry["key"] == _cache_key(path):
+            return ImageCheck(**entry["result"])
+    except (KeyError, TypeError):
+        pass  # an entry of another form (edited, or another version's): decode the file again
+    return None
+
+
 def scan_images(
     paths,
     *,
@@ -230,43 +311,56 @@ def scan_images(
     cache_dir: os.PathLike | None = None,
     progress: bool = False,
     description: str = "checking images",
+    max_pixels: int = image_header.DEFAULT_MAX_PIXELS,
 ) -> list[ImageCheck]:
     """Checks many files in parallel (TensorFlow's decoder releases the GIL). Results come back in input
     order. With `cache_dir`, a file whose size and modification time are unchanged is not decoded again,
     so re-scanning a clean dataset costs a `stat` per file. `progress` draws a `progress_bar` on stderr
-    (files actually decoded, with rate and time left) headed `description`."""
+    (files actually decoded, with rate and time left) headed `description`. `max_pixels` as in `check_image`."""
     paths = [Path(p) for p in paths]
-    settings = f"{min_size}:{placeholder_colours}:oriented"  # a new suffix when what a check reports changes
+    settings = (
+        f"{min_size}:{placeholder_colours}:oriented:{max_pixels}"  # a new suffix when what a check reports changes
+    )
     cache_file = None
     cache: dict = {}
     if cache_dir is not None:
         # abspath, not resolve(): resolving a symbolic-link loop raises.
-        digest = hashlib.sha1(("\n".join(os.path.abspath(p) for p in paths) + settings).encode()).hexdigest()
+        digest = hashlib.sha1(
+            ("\n".join(os.path.abspath(p) for p in paths) + settings).encode(errors="surrogateescape")
+        ).hexdigest()
         cache_file = Path(cache_dir) / f"scan-{digest[:16]}.json"
         try:
             cache = json.loads(cache_file.read_text())
         except (OSError, ValueError):
+            cache = {}  # a cut-short or garbled cache only costs this scan its speed: it is rewritten whole
+        if not isinstance(cache, dict):
             cache = {}
     results: list[ImageCheck | None] = [None] * len(paths)
     todo = []
     for index, path in enumerate(paths):
-        entry = cache.get(str(path))
-        if entry is not None and entry["key"] == _cache_key(path):
-            results[index] = ImageCheck(**entry["result"])
-        else:
+        results[index] = _cached_result(cache.get(str(path)), path)
+        if results[index] is None:
             todo.append(index)
     workers = workers or min(8, (os.cpu_count() or 2) * 2)
-    with (
-        progress_bar(len(todo), description, enabled=progress) as bar,
-        concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool,
-    ):
-        futures = {
-            pool.submit(check_image, paths[i], min_size=min_size, placeholder_colours=placeholder_colours): i
-            for i in todo
-        }
-        for future in concurrent.futures.as_completed(futures):
-            results[futures[future]] = future.result()
-            bar.update()
+    with progress_bar(len(todo), description, enabled=progress) as bar:
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers)
+        try:
+            futures = {
+                pool.submit(
+                    check_image,
+                    paths[i],
+                    min_size=min_size,
+                    placeholder_colours=placeholder_colours,
+                    max_pixels=max_pixels,
+                ): i
+                for i in todo
+            }
+            for future in concurrent.futures.as_completed(futures):
+                results[futures[future]] = future.result()
+                bar.update()
+        finally:
+            # Ctrl-C or SIGTERM: the files not started are dropped (`with pool` would decode them all first).
+            pool.shutdown(wait=True, cancel_futures=True)
     if cache_file is not None and todo:
         entries = {str(p): {"key": _cache_key(p), "result": dataclasses.asdict(r)} for p, r in zip(paths, results)}
         try:

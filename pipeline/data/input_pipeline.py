@@ -7,10 +7,13 @@ out of the hot path (one gather and one vectorised augmentation call per batch).
 
 from __future__ import annotations
 
+import os
+import sys
+
 import numpy as np
 import tensorflow as tf
 
-from pipeline.data import decode
+from pipeline.data import decode, disk_cache
 from pipeline.data import image_ops as preprocessing
 from pipeline.data.augmentation import Augmentation, as_augmentation
 from pipeline.data.transform import EvalTransform
@@ -141,13 +144,23 @@ def _cache(dataset: tf.data.Dataset, cache: str, suffix: str) -> tf.data.Dataset
         return dataset
     if cache == "memory":
         return dataset.cache()
-    return dataset.cache(f"{cache}-{suffix}")  # a disk cache; TF adds its own .index/.data files
+    prefix = f"{cache}-{suffix}"  # a disk cache; TF adds its own .index/.data files
+    removed = disk_cache.claim(prefix)  # one owner; what a killed first pass left is removed
+    if removed:
+        print(
+            f"input.cache: removed {len(removed)} file(s) an interrupted first pass left at {prefix} "
+            f"({', '.join(removed)}); the cache is written again",
+            file=sys.stderr,
+        )
+    return dataset.cache(prefix)
 
 
 def make_file_dataset(paths, labels, **options) -> tf.data.Dataset:
     """`make_image_dataset` over image files: paths [N] (str) and labels int [N]."""
     labels = np.asarray(labels, np.int64)
-    source = tf.data.Dataset.from_tensor_slices((list(map(str, paths)), labels))
+    # os.fsencode: the name's bytes as the file system holds them; str() of a name that is not UTF-8 (a
+    # Latin-1 "café.jpg" from an old camera) carries surrogates that TensorFlow refuses to convert.
+    source = tf.data.Dataset.from_tensor_slices((np.array([os.fsencode(path) for path in paths], object), labels))
     return make_image_dataset(source, count=len(labels), read=tf.io.read_file, **options)
 
 

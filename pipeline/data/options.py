@@ -22,7 +22,7 @@ class DataOptions:
         dataset, data_dir, mirror_dir, root, lists, classes: the source (`datasets.load_dataset`).
         validation_split, test_split: fractions carved per class when the source lacks the split.
         seed: carving (validation with `seed`, test with `seed + 1`), shuffling and augmentation.
-        strict, min_image_size, skip_placeholders: the bad-image policy of image files.
+        strict, min_image_size, skip_placeholders, max_image_pixels: the bad-image policy of image files.
         transform: the eval transform as configured (unsized: `Splits.transform()` sizes it).
         batch_size: the global batch (images per step).
         augment: the training augmentation.
@@ -43,6 +43,7 @@ class DataOptions:
     strict: bool
     min_image_size: int
     skip_placeholders: bool
+    max_image_pixels: int
     transform: EvalTransform
     batch_size: int
     augment: Augmentation
@@ -70,6 +71,7 @@ class DataOptions:
             strict=source.strict,
             min_image_size=source.min_image_size,
             skip_placeholders=source.skip_placeholders,
+            max_image_pixels=source.max_image_pixels,
             transform=EvalTransform.from_input_section(pipeline),
             batch_size=config.train.batch_size,
             augment=Augmentation.from_section(pipeline.augment),

@@ -72,6 +72,7 @@ class FileReader:
         checks = image_files.scan_images(
             every,
             min_size=options.min_image_size,
+            max_pixels=options.max_image_pixels,
             cache_dir=datasets.resolve_data_dir(options.data_dir) / ".scan-cache",
             progress=True,
             description=f"checking {len(every)} images",

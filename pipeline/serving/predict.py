@@ -32,7 +32,10 @@ import tensorflow as tf
 from pipeline.config import rundir
 from pipeline.core import fileio
 from pipeline.core.errors import UserError
-from pipeline.data import image_files  # TF-free; only its format sniffer, shared with `data check`
+from pipeline.data import (
+    image_files,
+    image_header,
+)  # TF-free; its folder walk and format sniffer, shared with `data check`
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 SIGNATURE = "serving_default"
@@ -191,8 +194,9 @@ def collect_files(paths) -> tuple[list, int]:
 
     Files named directly are always tried. Folders are searched recursively in sorted order; hidden
     entries (`.name`) are skipped, and so are files that are neither named nor encoded as images
-    (sidecars such as notes.txt), which are only counted. Everything else is answered or reported:
-    links to folders (not followed: a loop would never end) and unreadable folders included.
+    (sidecars such as notes.txt), which are only counted. Folders are walked by `image_files.find_files`,
+    as training and the data tools walk them (links to folders followed, loops refused). Everything else is
+    answered or reported: link loops and unreadable folders included.
 
     Returns:
         ([Path to predict or Failure, ...], number of sidecars skipped).
@@ -205,19 +209,15 @@ def collect_files(paths) -> tuple[list, int]:
             seen.add(key)
             entries.append(entry)
 
-    def unreadable_folder(error: OSError):
-        add(Failure(str(error.filename), f"cannot read the folder ({fileio.os_reason(error)})"))
-
     for path in map(Path, paths):
         if path.is_dir():
-            found = []
-            for root, dirs, names in os.walk(path, onerror=unreadable_folder):
-                dirs[:] = [name for name in dirs if not name.startswith(".")]
-                linked = [name for name in dirs if os.path.islink(os.path.join(root, name))]
-                found.extend(Path(root) / name for name in names + linked if not name.startswith("."))
+            unreadable = []
+            found = image_files.find_files(path, unreadable)  # the walk training and the data tools use
+            for folder, reason in unreadable:
+                add(Failure(str(folder), f"cannot read the folder ({reason})"))
             for file in sorted(found, key=lambda file: file.relative_to(path).parts):
-                if file.is_symlink() and file.is_dir():
-                    add(Failure(str(file), "symbolic link to a folder: not followed; pass the folder itself"))
+                if os.path.isdir(file):  # a link find_files did not follow: a loop, or a folder read already
+                    add(Failure(str(file), image_files.folder_link_reason(file)))
                     continue
                 screened = _screen(file, in_folder=True)
                 skipped += screened is SKIPPED
@@ -230,13 +230,17 @@ def collect_files(paths) -> tuple[list, int]:
     return entries, skipped
 
 
-def read_bytes(path: Path) -> bytes | Failure:
-    """The whole file, or a Failure naming why it cannot be read (or that it is empty)."""
+def read_bytes(path: Path, *, max_pixels: int = image_header.DEFAULT_MAX_PIXELS) -> bytes | Failure:
+    """The whole file, or a Failure naming why it cannot be read, that it is empty, or that its header
+    promises more than `max_pixels` pixels (never handed to the decoder: a decompression bomb)."""
     try:
         data = path.read_bytes()
     except OSError as error:
         return Failure(str(path), fileio.os_reason(error))
-    return data if data else Failure(str(path), "empty file")
+    if not data:
+        return Failure(str(path), "empty file")
+    bomb = image_header.too_many_pixels(data[: image_header.HEADER_BYTES], max_pixels=max_pixels, key="--max-pixels")
+    return Failure(str(path), bomb) if bomb else data
 
 
 def _error_detail(error: Exception) -> str:
@@ -325,7 +329,9 @@ class Predictor:
         return ([[name.decode("utf-8") for name in row] for row in classes], scores.tolist())
 
 
-def predict_files(predictor: Predictor, files, *, top_k: int, batch_size: int) -> list:
+def predict_files(
+    predictor: Predictor, files, *, top_k: int, batch_size: int, max_pixels: int = image_header.DEFAULT_MAX_PIXELS
+) -> list:
     """A Prediction or Failure per file, in order. Files are read and predicted a batch at a time; when a
     batch fails, its files are predicted one by one, so one bad file never sinks the others."""
     results: list = []
@@ -352,7 +358,7 @@ def predict_files(predictor: Predictor, files, *, top_k: int, batch_size: int) -
 
     for file in files:
         results.append(None)
-        data = file if isinstance(file, Failure) else read_bytes(file)
+        data = file if isinstance(file, Failure) else read_bytes(file, max_pixels=max_pixels)
         if isinstance(data, Failure):
             results[-1] = data
             continue
@@ -412,6 +418,7 @@ def predict_command(
     top_k: int | None = None,
     output_format: str = "table",
     batch_size: int = 32,
+    max_pixels: int = image_header.DEFAULT_MAX_PIXELS,
     out=None,
     err=None,
 ) -> int:
@@ -425,6 +432,8 @@ def predict_command(
         raise PredictError(f"--batch-size must be at least 1, not {batch_size}")
     if top_k is not None and top_k < 1:
         raise PredictError(f"--top-k must be at least 1, not {top_k}")
+    if max_pixels < 0:
+        raise PredictError(f"--max-pixels must be at least 0 (0: no limit), not {max_pixels}")
     version_dir = resolve_export(export_dir)
     entries, skipped = collect_files(paths)
     if not entries:
@@ -435,7 +444,7 @@ def predict_command(
         )
     predictor = Predictor(version_dir)
     k = min(top_k or predictor.default_top_k, predictor.max_top_k())
-    results = predict_files(predictor, entries, top_k=k, batch_size=batch_size)
+    results = predict_files(predictor, entries, top_k=k, batch_size=batch_size, max_pixels=max_pixels)
     predictions = [r for r in results if isinstance(r, Prediction)]
     failures = [r for r in results if isinstance(r, Failure)]
 

@@ -100,7 +100,10 @@ def class_tree(root: Path) -> tuple[list[Path], list[int], list[str]]:
     files, labels, class_names = image_files.list_class_folders(root)
     if not class_names:
         raise DataError(f"{root}: no class folders found; expected {root}/<class>/<images>")
-    return files, labels, class_names
+    kept = [(path, label) for path, label in zip(files, labels) if not os.path.isdir(path)]
+    for path in sorted(set(files) - {path for path, _ in kept}):  # links to folders find_files did not walk
+        print(f"warning: skipped {relative(path, root)}: {image_files.folder_link_reason(path)}", file=sys.stderr)
+    return [path for path, _ in kept], [label for _, label in kept], class_names
 
 
 # First line of every list file we write: says how to read the labels, so that class folders named
@@ -131,6 +134,8 @@ def special_file(path: Path) -> str | None:
         return None  # check_image names the error (loop, broken link, permission)
     if stat.S_ISREG(mode):
         return None
+    if stat.S_ISDIR(mode):  # a link to a folder image_files.find_files did not walk: a loop, or read already
+        return image_files.folder_link_reason(path)
     kind = {
         stat.S_IFIFO: "named pipe",
         stat.S_IFSOCK: "socket",

@@ -17,7 +17,7 @@ from pathlib import Path
 from pipeline.config.choices import CROP_MODES, RESIZE_METHODS
 from pipeline.core import fileio
 from pipeline.core.fileio import atomic_write, atomic_write_json
-from pipeline.data import image_files
+from pipeline.data import image_files, image_header
 from pipeline.data.transform import EvalTransform
 from pipeline.tools import common
 
@@ -89,6 +89,8 @@ def _load_transformed(path: Path, prepare, min_size: int):
     try:
         with open(path, "rb") as handle:
             data = handle.read()
+        if image_header.too_many_pixels(data[: image_header.HEADER_BYTES]):
+            return None  # a decompression bomb: never decoded; check_image gives the reason
         size, image = prepare(tf.constant(data))
     except (OSError, tf.errors.InvalidArgumentError, tf.errors.UnknownError):
         return None

@@ -25,7 +25,7 @@ import numpy as np
 from pipeline import compat
 from pipeline.config.rundir import RunLayout
 from pipeline.core.errors import UserError
-from pipeline.core.fileio import atomic_write, atomic_write_json, atomic_write_text
+from pipeline.core.fileio import DamagedFileError, atomic_write, atomic_write_json, atomic_write_text, storage_error
 
 
 def _improved(mode: str, monitor: str):
@@ -94,10 +94,6 @@ def trim_history(path: os.PathLike, *, epochs: int) -> None:
 
 class MonitorError(UserError):
     """A callback monitors a metric that training does not log (known only once an epoch ends)."""
-
-
-class ResumeStateError(UserError, RuntimeError):
-    """A run's resume state (backup/) cannot be read: not written by this pipeline, or edited by hand."""
 
 
 class Checkpoints(_SavesFullModel, keras.callbacks.Callback):
@@ -231,11 +227,11 @@ class CrashSafeBackupAndRestore(_SavesFullModel, compat.BackupAndRestoreHooks):
         if metadata.get("phase", 0) == self.phase:
             if model.optimizer is not None and not model.optimizer.built:
                 model.optimizer.build(model.trainable_variables)
-            model.load_weights(self.directory / metadata["weights"])
+            _load_backup_weights(model, self.directory / metadata["weights"])
         else:
             with warnings.catch_warnings():  # "Skipping variable loading for optimizer": intended
                 warnings.simplefilter("ignore")
-                model.load_weights(self.directory / metadata["weights"])
+                _load_backup_weights(model, self.directory / metadata["weights"])
         self.skip_to_epoch(metadata["epoch"])
         for name, callback in self.stateful.items():
             if name in metadata.get("callbacks", {}):
@@ -279,8 +275,32 @@ class CrashSafeBackupAndRestore(_SavesFullModel, compat.BackupAndRestoreHooks):
             self._write(completed_phases=self.phase + 1)
 
 
+def _backup_remedy(directory: Path) -> str:
+    return (
+        f"Our writes are atomic, so the run directory was copied incompletely or edited. Copy it again, or "
+        f"delete {directory} to train this run again from epoch 0 (its checkpoints are replaced as it goes)."
+    )
+
+
+def _load_backup_weights(model, path: Path) -> None:
+    """`model.load_weights(path)`; a truncated or garbled file (h5py: "truncated file", "bad object header")
+    becomes `DamagedFileError` naming it instead of a traceback."""
+    try:
+        model.load_weights(path)
+    except (OSError, ValueError, KeyError) as error:
+        if storage_error(error):
+            raise
+        raise DamagedFileError(
+            path, reason=f"resume state unreadable: {str(error)[:200]}", remedy=_backup_remedy(path.parent)
+        ) from None
+
+
 def read_backup_metadata(directory: os.PathLike) -> dict | None:
-    """The resume metadata of a run's backup directory, or None when training never finished an epoch."""
+    """The resume metadata of a run's backup directory, or None when training never finished an epoch.
+
+    Raises:
+        DamagedFileError: training_metadata.json is not JSON of our form, or names a weights file that is gone.
+    """
     path = Path(directory) / CrashSafeBackupAndRestore.METADATA
     if not path.is_file():
         return None
@@ -288,12 +308,11 @@ def read_backup_metadata(directory: os.PathLike) -> dict | None:
         metadata = json.loads(path.read_text())
         if not (Path(directory) / metadata["weights"]).is_file():
             raise KeyError(metadata["weights"])
+        int(metadata["epoch"])
         return metadata
-    except (ValueError, KeyError) as error:
-        raise ResumeStateError(
-            f"{path}: resume state is unreadable ({error!r}); it was not written by this "
-            f"pipeline or was edited by hand. Move the run directory aside and start a new "
-            f"run."
+    except (ValueError, KeyError, TypeError) as error:
+        raise DamagedFileError(
+            path, reason=f"resume state unreadable: {error!r}", remedy=_backup_remedy(Path(directory))
         ) from None
 
 
@@ -316,7 +335,7 @@ class ResumePoint:
         """The run's resume point (epoch 0 when training never finished an epoch).
 
         Raises:
-            ResumeStateError: the backup's metadata is unreadable.
+            DamagedFileError: the backup's metadata is unreadable.
         """
         metadata = read_backup_metadata(RunLayout(run_dir).backup)
         if not metadata:

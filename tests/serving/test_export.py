@@ -507,9 +507,10 @@ def test_predict_rejects_a_directory_that_is_not_an_export(tmp_path, images, cap
 
 def test_predict_uses_only_the_saved_model():
     """predict must prove the export is self-contained: nothing from the project transforms the pixels.
-    Its project imports: the user-error base, image_files for the format sniffer `data check` uses, and two
-    facts defined once elsewhere: the run directory's layout (rundir.RunLayout: where export/ and config.yaml
-    are) and the OS-error wording (fileio.os_reason)."""
+    Its project imports: the user-error base, image_files for the folder walk and format sniffer `data check`
+    uses, image_header for the pixel limit read from headers (no pixel is decoded or transformed there), and
+    two facts defined once elsewhere: the run directory's layout (rundir.RunLayout: where export/ and
+    config.yaml are) and the OS-error wording (fileio.os_reason)."""
     tree = ast.parse((PROJECT_ROOT / "pipeline" / "serving" / "predict.py").read_text())
     imported = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
     imported += [
@@ -524,4 +525,5 @@ def test_predict_uses_only_the_saved_model():
         "pipeline.core.errors.UserError",
         "pipeline.core.fileio",
         "pipeline.data.image_files",
+        "pipeline.data.image_header",
     ], imported
