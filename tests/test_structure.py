@@ -28,6 +28,8 @@ TF_FREE = (
     "pipeline.data.datasets",
     "pipeline.cli",
     "pipeline.tools",
+    "pipeline.tune.command",
+    "pipeline.tune.report",
     "models",
     "models.registry",
 )
@@ -107,6 +109,7 @@ ALLOWED = {
     "serving": {"core", "compat", "config", "data", "models", "training", "evaluation"},
     "inspection": {"core", "compat", "config", "data", "models", "training"},
     "tools": {"core", "compat", "config", "data"},
+    "tune": {"core", "config"},  # trials are `train` processes: the tuner never imports TensorFlow
 }
 TOP = "top"
 
