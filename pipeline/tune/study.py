@@ -128,10 +128,18 @@ def make_sampler(tune: dict, params: list, seed: int | None):
     name = tune["sampler"]["name"]
     if name == "grid":
         grid = {param.key: [encode(value) for value in space_lib.grid_values(param)] for param in params}
-        return optuna.samplers.GridSampler(grid, seed=seed)
+        return _GridSampler(grid, seed=seed)
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     return optuna.samplers.TPESampler(seed=seed, constant_liar=True)
+
+
+class _GridSampler(optuna.samplers.GridSampler):
+    """Optuna's grid sampler without its end-of-grid `study.stop()`, which raises outside `study.optimize`
+    (this search asks and tells itself, and stops at tune.trials, which cannot exceed the grid)."""
+
+    def after_trial(self, study, trial, state, values) -> None:
+        pass
 
 
 def make_pruner(tune: dict, epochs: int):

@@ -21,6 +21,7 @@ from pathlib import Path
 
 # What a trial runs (tests replace it with a stub trainer). The run directory is appended as --run-dir.
 TRAIN_COMMAND = [sys.executable, "-m", "pipeline", "train"]
+POLL_SECONDS = 0.5  # how often history.csv is read: epochs take seconds at least
 
 # The child asks the kernel for SIGKILL when the tuner dies (prctl PR_SET_PDEATHSIG = 1), so a `kill -9`
 # of the tuner leaves no orphan training on, and holding the trial's run-directory lock, when the same
@@ -72,7 +73,7 @@ def run_trial(
     maximize: bool,
     on_epoch,
     heartbeat=lambda: None,
-    poll_seconds: float = 0.5,
+    poll_seconds: float | None = None,
     heartbeat_seconds: float = 10.0,
 ) -> Outcome:
     """Runs one training process to its end, its pruning, or its failure.
@@ -123,7 +124,7 @@ def run_trial(
                 if time.monotonic() - last_beat >= heartbeat_seconds:
                     heartbeat()
                     last_beat = time.monotonic()
-                time.sleep(poll_seconds)
+                time.sleep(POLL_SECONDS if poll_seconds is None else poll_seconds)
         finally:
             _stop(process)
     seconds = time.monotonic() - started
