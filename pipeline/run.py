@@ -97,8 +97,9 @@ def _train(config: Config, run_dir: Path, log) -> dict:
         resume_epoch=metadata["epoch"] if metadata else 0,
         completed_phases=completed,
     )
-    if metadata:  # rows of epochs after the resume point (a kill between the CSV row and the backup)
-        callbacks.trim_history(run_dir / "history.csv", epochs=metadata["epoch"])
+    if state == "resume":  # rows of epochs after the resume point (a kill between the CSV row and the backup,
+        # also before the first backup: then every row goes)
+        callbacks.trim_history(run_dir / "history.csv", epochs=metadata["epoch"] if metadata else 0)
     if completed >= len(plan):
         log(f"training already complete ({metadata['epoch']} epochs); evaluating and exporting")
         for name, callback in stateful.items():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import time
 import zlib
 from pathlib import Path
 
@@ -149,12 +150,16 @@ def _finish(study, study_dir: Path, metric: str, trials: int, log) -> None:
 def _storage(url: str | None, study_dir: Path):
     if not url:
         return study_lib.open_storage(None, study_dir)
-    try:
-        return study_lib.open_storage(url, study_dir)
-    except Exception as error:  # SQLAlchemy's errors for a bad URL, a missing driver, a refused connection
-        raise TuneError(
-            f"--storage {url}: cannot open it ({type(error).__name__}: {str(error).splitlines()[0]})"
-        ) from None
+    for attempt in range(3):  # two machines creating the tables at the same moment: one of them retries
+        try:
+            return study_lib.open_storage(url, study_dir)
+        except Exception as error:  # SQLAlchemy's errors for a bad URL, a missing driver, a refused connection
+            if attempt < 2 and "duplicate" in str(error).lower():
+                time.sleep(1.0)
+                continue
+            raise TuneError(
+                f"--storage {url}: cannot open it ({type(error).__name__}: {str(error).splitlines()[0]})"
+            ) from None
 
 
 def _seed(seed: int | None, existing: int, storage_url: str | None) -> int | None:

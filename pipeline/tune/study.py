@@ -120,6 +120,8 @@ def open_storage(url: str | None, study_dir: Path):
         from optuna.storages.journal import JournalFileBackend, JournalStorage
 
         return JournalStorage(JournalFileBackend(str(Path(study_dir) / JOURNAL_FILE)))
+    if url.startswith("postgresql://"):  # SQLAlchemy 2.1's default driver is psycopg 3; psycopg2 is the one pinned
+        url = "postgresql+psycopg2://" + url[len("postgresql://") :]
     return optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True})
 
 

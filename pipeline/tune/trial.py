@@ -55,8 +55,11 @@ def read_history(path: Path, metric: str) -> list[float]:
         return []
     if not text.endswith("\n"):
         text = text[: text.rfind("\n") + 1]
-    rows = list(csv.DictReader(text.splitlines()))
-    return [float(row[metric]) if row.get(metric) not in (None, "") else math.nan for row in rows]
+    by_epoch = {}  # a resumed run logs again an epoch it had logged but not backed up: the last row counts
+    for index, row in enumerate(csv.DictReader(text.splitlines())):
+        epoch = int(row["epoch"]) if (row.get("epoch") or "").isdigit() else index
+        by_epoch[epoch] = float(row[metric]) if row.get(metric) not in (None, "") else math.nan
+    return [by_epoch[epoch] for epoch in sorted(by_epoch)]
 
 
 def best(values: list[float], *, maximize: bool) -> float:
