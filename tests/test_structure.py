@@ -174,6 +174,7 @@ def test_the_config_layer_imports_no_tensorflow():
         ["train", "{bad}"],
         ["train", "tiny", "--set", "model.name=tinny"],
         ["summary", "{bad}"],
+        ["tune", "{bad}"],
         ["train", "tiny", "--print-config"],
         ["--help"],
     ],

@@ -42,6 +42,7 @@ class Search:
         self.lock = threading.Lock()
         self.failures_in_row, self.rejected_in_row = 0, 0
         self.stop_reason: str | None = None
+        self.interrupted = False
         self.distributions = study_lib.distributions(params)
 
     # ----------------------------------------------------------------------------------------------
@@ -54,11 +55,21 @@ class Search:
         """
         study_lib.fail_stale_trials(self.study, log=self.log)
         self._enqueue_baseline()
-        threads = [threading.Thread(target=self._worker, name=f"tune-worker-{index}") for index in range(self.workers)]
+        threads = [
+            threading.Thread(target=self._worker, name=f"tune-worker-{index}", daemon=True)
+            for index in range(self.workers)
+        ]
         for thread in threads:
             thread.start()
-        for thread in threads:
-            thread.join()
+        try:
+            for thread in threads:
+                while thread.is_alive():
+                    thread.join(timeout=0.5)  # with a timeout, a Ctrl-C reaches this thread at once
+        except KeyboardInterrupt:
+            # Ctrl-C: the running trials stay RUNNING; this process ends (and their `train` processes with it),
+            # so the same command finds them interrupted and resumes their run directories.
+            self.interrupted = True
+            raise
         if self.stop_reason:
             raise TuneError(self.stop_reason)
 
@@ -126,7 +137,7 @@ class Search:
         except ConfigError as error:  # a combination of values the schema refuses
             outcome = trial_lib.Outcome("FAIL", reason=f"config refused: {error}")
         else:
-            trial_config_path_write(config_path, config, trial.number, self.study.study_name)
+            write_trial_config(config_path, config, trial.number, self.study.study_name)
             outcome = trial_lib.run_trial(
                 config_path=config_path,
                 run_dir=run_dir,
@@ -147,6 +158,8 @@ class Search:
         return f"{self.tune['pruner']['name']} pruner after epoch {epoch}: {self.metric} {value:.4f}"
 
     def _tell(self, trial, outcome: trial_lib.Outcome, values: dict) -> None:
+        if self.interrupted or outcome.reason.startswith(trial_lib.INTERRUPTED):
+            return  # left RUNNING: the next tuner resumes it (a Ctrl-C reached the trial too)
         trial.set_user_attr("epochs", outcome.epochs)
         trial.set_user_attr("seconds", round(outcome.seconds, 1))
         if outcome.reason:
@@ -180,7 +193,7 @@ class Search:
         )
 
 
-def trial_config_path_write(path: Path, config, number: int, study_name: str) -> None:
+def write_trial_config(path: Path, config, number: int, study_name: str) -> None:
     """The trial's resolved YAML, which `train` reads (and a user re-runs by hand)."""
     from pipeline.core import fileio
 

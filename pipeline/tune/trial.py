@@ -21,6 +21,7 @@ from pathlib import Path
 
 # What a trial runs (tests replace it with a stub trainer). The run directory is appended as --run-dir.
 TRAIN_COMMAND = [sys.executable, "-m", "pipeline", "train"]
+INTERRUPTED = "interrupted"  # the reason of a trial stopped by a Ctrl-C (SIGINT), not by its own failure
 POLL_SECONDS = 0.5  # how often history.csv is read: epochs take seconds at least
 
 # The child asks the kernel for SIGKILL when the tuner dies (prctl PR_SET_PDEATHSIG = 1), so a `kill -9`
@@ -153,5 +154,7 @@ def _failure_reason(log_path: Path, returncode: int) -> str:
         lines = []
     errors = [line for line in lines if line.startswith("error:")]
     detail = errors[-1][len("error:") :].strip() if errors else (lines[-1] if lines else "no output")
+    if returncode in (130, -signal.SIGINT):
+        return f"{INTERRUPTED} (Ctrl-C)"
     how = f"killed by signal {-returncode}" if returncode < 0 else f"exit code {returncode}"
     return f"{how}: {detail[:300]}"

@@ -51,4 +51,7 @@ def main(argv) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv))
+    try:
+        sys.exit(main(sys.argv))
+    except KeyboardInterrupt:  # as `python -m pipeline train` ends on Ctrl-C
+        sys.exit(130)

@@ -132,7 +132,8 @@ def test_two_workers_share_the_study_without_duplicate_params(tmp_path, stub):
     assert owners == {os.getpid()}
 
 
-def test_kill_9_of_the_tuner_then_the_same_command_gives_the_exact_count(tmp_path):
+@pytest.mark.parametrize("how", ["kill -9 of the tuner", "Ctrl-C"])
+def test_an_interrupted_tuner_then_the_same_command_gives_the_exact_count(tmp_path, how):
     study_dir = tmp_path / "study"
     path = experiment(tmp_path, DISCRETE, trials=3, pruner="{name: none}")
     code = (
@@ -141,13 +142,18 @@ def test_kill_9_of_the_tuner_then_the_same_command_gives_the_exact_count(tmp_pat
         "from pipeline import cli\n"
         f"sys.exit(cli.main(['tune', {path!r}, '--study', {str(study_dir)!r}]))\n"
     )
-    env = dict(os.environ, STUB_EPOCH_SECONDS="0.3")
-    tuner = subprocess.Popen([sys.executable, "-c", code], cwd=PROJECT, env=env, stdout=subprocess.DEVNULL)
+    env = dict(os.environ, STUB_EPOCH_SECONDS="0.2")
+    tuner = subprocess.Popen(
+        [sys.executable, "-c", code], cwd=PROJECT, env=env, stdout=subprocess.DEVNULL, start_new_session=True
+    )
     history = study_dir / "trials" / "0001" / "history.csv"
     deadline = time.monotonic() + 60
     while not (history.is_file() and len(history.read_text().splitlines()) >= 3) and time.monotonic() < deadline:
         time.sleep(0.05)
-    tuner.send_signal(signal.SIGKILL)
+    if how == "Ctrl-C":  # the terminal signals the whole process group: the tuner and its trial
+        os.killpg(tuner.pid, signal.SIGINT)
+    else:
+        tuner.send_signal(signal.SIGKILL)
     tuner.wait()
     time.sleep(0.5)  # the orphaned trial gets its SIGKILL from the kernel (PR_SET_PDEATHSIG)
     rows = len(history.read_text().splitlines())
@@ -160,6 +166,7 @@ def test_kill_9_of_the_tuner_then_the_same_command_gives_the_exact_count(tmp_pat
     assert states(study) == {"COMPLETE": 3, "FAIL": 1}
     interrupted = next(trial for trial in study.trials if trial.state.name == "FAIL")
     assert interrupted.number == 1 and interrupted.user_attrs["fail_reason"].startswith("interrupted: its tuner")
+    assert "epochs" not in interrupted.user_attrs  # never told: it was left RUNNING, then found interrupted
     resumed = next(trial for trial in study.trials if trial.user_attrs.get("resumes") == 1)
     assert resumed.state.name == "COMPLETE" and resumed.params == interrupted.params
     assert resumed.user_attrs["run_dir"] == "trials/0001"
