@@ -95,3 +95,21 @@ def test_kill_9_mid_trial_then_the_same_command_ends_with_exactly_the_trials(tmp
     rows = list(csv.DictReader(open(study_dir / "trials" / "0001" / "history.csv")))
     assert [row["epoch"] for row in rows] == ["0", "1", "2"]
     assert os.environ.get("DATA_MIRROR")
+
+
+def test_a_run_killed_around_its_first_epoch_resumes_without_a_repeated_history_row(tmp_path, data_env):
+    """A trial is pruned or killed at any moment: killed after epoch 1's CSV row but possibly before its backup
+    (the race the kill -9 test above once hit), `train` must resume with one row per epoch."""
+    run_dir = tmp_path / "run"
+    sets = [item for override in (*data_env, *LEAN_RUN, "train.epochs=3") for item in ("--set", override)]
+    command = [sys.executable, "-m", "pipeline", "train", "tiny", "--run-dir", str(run_dir), *sets]
+    process = subprocess.Popen(command, cwd=PROJECT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    history = run_dir / "history.csv"
+    deadline = time.monotonic() + 300
+    while not (history.is_file() and len(history.read_text().splitlines()) >= 2) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    subprocess.run(command, cwd=PROJECT, check=True, timeout=300, stdout=subprocess.DEVNULL)
+    with open(history) as handle:
+        assert [row["epoch"] for row in csv.DictReader(handle)] == ["0", "1", "2"]
