@@ -140,7 +140,9 @@ def test_an_interrupted_tuner_then_the_same_command_gives_the_exact_count(tmp_pa
         "import sys\nfrom pipeline.tune import trial\n"
         f"trial.TRAIN_COMMAND = {STUB!r}\n"
         "from pipeline import cli\n"
-        f"sys.exit(cli.main(['tune', {path!r}, '--study', {str(study_dir)!r}]))\n"
+        f"code = cli.main(['tune', {path!r}, '--study', {str(study_dir)!r}])\n"
+        "assert 'tensorflow' not in sys.modules, 'the tuner imported TensorFlow'\n"
+        "sys.exit(code)\n"
     )
     env = dict(os.environ, STUB_EPOCH_SECONDS="0.2")
     tuner = subprocess.Popen(
