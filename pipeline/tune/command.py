@@ -142,7 +142,8 @@ def status(study_dir: Path, log=print) -> int:
 
 
 def _finish(study, study_dir: Path, metric: str, trials: int, log) -> None:
-    report_lib.write_best(study, study_dir)
+    if report_lib.write_best(study, study_dir) is None:
+        (Path(study_dir) / report_lib.BEST_FILE).unlink(missing_ok=True)  # never a stale best.yaml
     report_lib.write_hparams(study, study_dir, metric)
     log(report_lib.status_text(study, study_dir, metric, trials).rstrip("\n"))
 

@@ -89,7 +89,7 @@ def status_text(study: optuna.Study, study_dir: Path, metric: str, trials_wanted
             f"failed trials: {len(real)}; last: trial {real[-1].number}: "
             f"{real[-1].user_attrs.get('fail_reason', 'no reason recorded')}",
         ]
-    if top:
+    if top and (Path(study_dir) / BEST_FILE).is_file():
         lines += [
             "",
             f"best config: {Path(study_dir) / BEST_FILE} (python -m pipeline train {Path(study_dir) / BEST_FILE})",
