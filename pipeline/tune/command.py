@@ -14,16 +14,14 @@ import time
 import zlib
 from pathlib import Path
 
-import optuna
-
 from pipeline import config as config_lib
 from pipeline.config import ConfigError
 from pipeline.core import fileio
-from pipeline.tune import report as report_lib
-from pipeline.tune import search as search_lib
 from pipeline.tune import space as space_lib
-from pipeline.tune import study as study_lib
 from pipeline.tune.space import TuneError
+
+# Optuna (and NumPy with it) and the modules that use it are imported when the command runs: `python -m
+# pipeline --help` and the other commands' argument parsing build this parser too, and stay light.
 
 HELP = "hyperparameter search over the experiment's `tune:` section, a `train` process per trial (resumable)"
 
@@ -71,6 +69,11 @@ def run(args: argparse.Namespace, config=None, check=config_lib.from_dict, log=p
     """
     if args.status is not None:
         return status(args.status, log=log)
+    import optuna
+
+    from pipeline.tune import search as search_lib
+    from pipeline.tune import study as study_lib
+
     if config is None:
         raise TuneError("tune: name an experiment (or pass --status DIR)")
     if args.trials is not None:
@@ -131,6 +134,10 @@ def run(args: argparse.Namespace, config=None, check=config_lib.from_dict, log=p
 
 def status(study_dir: Path, log=print) -> int:
     """`--status DIR`: the report of a study directory, and best.yaml and HParams brought up to date."""
+    import optuna
+
+    from pipeline.tune import study as study_lib
+
     record = study_lib.read_record(study_dir)
     storage = _storage(record.get("storage"), study_dir)
     try:
@@ -142,6 +149,8 @@ def status(study_dir: Path, log=print) -> int:
 
 
 def _finish(study, study_dir: Path, metric: str, trials: int, log) -> None:
+    from pipeline.tune import report as report_lib
+
     if report_lib.write_best(study, study_dir) is None:
         (Path(study_dir) / report_lib.BEST_FILE).unlink(missing_ok=True)  # never a stale best.yaml
     report_lib.write_hparams(study, study_dir, metric)
@@ -149,6 +158,8 @@ def _finish(study, study_dir: Path, metric: str, trials: int, log) -> None:
 
 
 def _storage(url: str | None, study_dir: Path):
+    from pipeline.tune import study as study_lib
+
     if not url:
         return study_lib.open_storage(None, study_dir)
     for attempt in range(3):  # two machines creating the tables at the same moment: one of them retries

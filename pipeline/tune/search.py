@@ -91,7 +91,7 @@ class Search:
     def _worker(self) -> None:
         while True:
             with self.lock:
-                if self.stop_reason:
+                if self.stop_reason or self.interrupted:
                     return
                 study_lib.fail_stale_trials(self.study, log=self.log)
                 states = study_lib.counts(self.study)
@@ -159,7 +159,8 @@ class Search:
 
     def _tell(self, trial, outcome: trial_lib.Outcome, values: dict) -> None:
         if self.interrupted or outcome.reason.startswith(trial_lib.INTERRUPTED):
-            return  # left RUNNING: the next tuner resumes it (a Ctrl-C reached the trial too)
+            self.interrupted = True  # the Ctrl-C may reach the trial before this process's main thread
+            return  # left RUNNING: the next tuner resumes it
         trial.set_user_attr("epochs", outcome.epochs)
         trial.set_user_attr("seconds", round(outcome.seconds, 1))
         if outcome.reason:

@@ -3,7 +3,8 @@ a metric computed from the trial's values, the same files and resume behaviour a
 
 val_accuracy per epoch = quality * epoch / epochs, with quality best at learning rate 1e-3 and batch 256,
 and hopeless (0.05) from learning rate 0.5 up. STUB_EPOCH_SECONDS (default 0.02) is an epoch's duration;
-STUB_FAIL=1 makes every run fail the way `train` reports a user error (exit 2, an `error:` line).
+STUB_FAIL=1 makes every run fail the way `train` reports a user error (exit 2, an `error:` line);
+STUB_HOLD=NNNN:E makes run NNNN's first start wait after E epochs (to be killed there).
 """
 
 import json
@@ -36,13 +37,17 @@ def main(argv) -> int:
         (run_dir / "config.yaml").write_text(text)
     history = run_dir / "history.csv"
     done = max(0, len(history.read_text().splitlines()) - 1) if history.exists() else 0
+    (run_dir / "stub.pid").write_text(str(os.getpid()))
     with open(run_dir / "starts.txt", "a") as starts:
         starts.write(f"{done}\n")
     if not history.exists():
         history.write_text("epoch,val_accuracy\n")
     epochs = config["train"]["epochs"]
     value = quality(config["train"]["optimizer"]["learning_rate"], config["train"]["batch_size"])
+    hold = os.environ.get("STUB_HOLD", "")  # "RUN_NAME:EPOCHS": that run's first start waits there to be killed
     for epoch in range(done, epochs):
+        if hold == f"{run_dir.name}:{epoch}" and done == 0:
+            time.sleep(60)
         time.sleep(float(os.environ.get("STUB_EPOCH_SECONDS", "0.02")))
         with open(history, "a") as handle:
             handle.write(f"{epoch},{value * (epoch + 1) / epochs:.6f}\n")

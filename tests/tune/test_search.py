@@ -47,6 +47,14 @@ def states(study: optuna.Study) -> dict:
     return study_lib.counts(study)
 
 
+def alive(pid: int) -> bool:
+    """Whether a process runs (a zombie waiting for its reaper does not)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except OSError:
+        return False
+
+
 @pytest.fixture
 def stub(monkeypatch):
     monkeypatch.setattr(trial_lib, "TRAIN_COMMAND", STUB)
@@ -144,9 +152,17 @@ def test_an_interrupted_tuner_then_the_same_command_gives_the_exact_count(tmp_pa
         "assert 'tensorflow' not in sys.modules, 'the tuner imported TensorFlow'\n"
         "sys.exit(code)\n"
     )
-    env = dict(os.environ, STUB_EPOCH_SECONDS="0.2")
+    env = dict(os.environ, STUB_EPOCH_SECONDS="0.05", STUB_HOLD="0001:2")  # trial 1 waits after 2 epochs
+    output = open(tmp_path / "tuner.log", "w")  # noqa: SIM115 (the process writes it; closed below)
     tuner = subprocess.Popen(
-        [sys.executable, "-c", code], cwd=PROJECT, env=env, stdout=subprocess.DEVNULL, start_new_session=True
+        [sys.executable, "-c", code],
+        cwd=PROJECT,
+        env=env,
+        stdout=output,
+        stderr=output,
+        start_new_session=True,
+        # A shell's background job starts with SIGINT ignored, and Python keeps it so: give the tuner the default.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     history = study_dir / "trials" / "0001" / "history.csv"
     deadline = time.monotonic() + 60
@@ -157,11 +173,14 @@ def test_an_interrupted_tuner_then_the_same_command_gives_the_exact_count(tmp_pa
     else:
         tuner.send_signal(signal.SIGKILL)
     tuner.wait()
-    time.sleep(0.5)  # the orphaned trial gets its SIGKILL from the kernel (PR_SET_PDEATHSIG)
     rows = len(history.read_text().splitlines())
-    time.sleep(0.7)
-    assert len(history.read_text().splitlines()) == rows, "the trial process outlived its tuner"
-    assert states(load(study_dir)).get("RUNNING") == 1
+    trial_pid = int((study_dir / "trials" / "0001" / "stub.pid").read_text())
+    deadline = time.monotonic() + 10
+    while alive(trial_pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not alive(trial_pid), "the trial process outlived its tuner"  # the kernel's PR_SET_PDEATHSIG
+    output.close()
+    assert states(load(study_dir)).get("RUNNING") == 1, (tmp_path / "tuner.log").read_text()
 
     subprocess.run([sys.executable, "-c", code], cwd=PROJECT, env=env, check=True, stdout=subprocess.DEVNULL)
     study = load(study_dir)
