@@ -140,7 +140,7 @@ def test_two_workers_share_the_study_without_duplicate_params(tmp_path, stub):
     assert owners == {os.getpid()}
 
 
-@pytest.mark.parametrize("how", ["kill -9 of the tuner", "Ctrl-C"])
+@pytest.mark.parametrize("how", ["kill -9 of the tuner", pytest.param("Ctrl-C", marks=pytest.mark.slow)])
 def test_an_interrupted_tuner_then_the_same_command_gives_the_exact_count(tmp_path, how):
     study_dir = tmp_path / "study"
     path = experiment(tmp_path, DISCRETE, trials=3, pruner="{name: none}")
