@@ -1,4 +1,4 @@
-"""Command line: `python -m pipeline {train,evaluate,export,predict,summary,report,launch,data} ...`.
+"""Command line: `python -m pipeline {train,evaluate,export,predict,summary,report,launch,serve,data} ...`.
 
 Thin on purpose: parse arguments, parse the config once, import the one command's module, call one
 function. Argument parsing and config validation import no TensorFlow, so `--help`, `--print-config` and
@@ -78,7 +78,11 @@ def _parser() -> argparse.ArgumentParser:
 TENSORFLOW_COMMANDS = ("evaluate", "export", "predict", "data")
 
 # Commands whose module owns its arguments (`HELP`, `add_arguments(parser)`, `run(args) -> int`).
-OPTIONAL_COMMANDS = {"report": "pipeline.evaluation.compare_runs", "launch": "pipeline.distribute.launch"}
+OPTIONAL_COMMANDS = {
+    "report": "pipeline.evaluation.compare_runs",
+    "launch": "pipeline.distribute.launch",
+    "serve": "pipeline.serving.server",
+}
 
 
 def _add_overrides(parser: argparse.ArgumentParser, example: str) -> None:

@@ -17,7 +17,7 @@ from pipeline.config.rundir import RunError
 from pipeline.data.splits import Splits
 from pipeline.distribute import workers
 from pipeline.evaluation import evaluate, monitoring
-from pipeline.serving import export
+from pipeline.serving import export, warmup
 from pipeline.training import callbacks, phases
 from pipeline.training import model_setup as modeling
 
@@ -160,7 +160,8 @@ def _train(config: Config, run_dir: Path, log) -> dict:
         "distribution": workers.summary(strategy),
     }
     if config.export.enabled:
-        metrics["export"] = str(export.export_run(run_dir, config=config))
+        warmup_images = warmup.sample_images(splits)  # TF Serving's warm-up requests: a few test images
+        metrics["export"] = str(export.export_run(run_dir, config=config, warmup_images=warmup_images))
     monitoring.finish(config, run_dir, report, test_metrics, epochs_completed)
     rundir.write_metrics(run_dir, metrics)  # last: marks the run finished
     workers.end_together(strategy)  # the other workers wait here for the chief

@@ -27,6 +27,7 @@ from pipeline.core import errors
 from pipeline.data import decode
 from pipeline.data.transform import EvalTransform
 from pipeline.evaluation import evaluate
+from pipeline.serving import warmup
 
 
 class ExportError(errors.UserError):
@@ -107,8 +108,14 @@ def export_model(
     transform: EvalTransform,
     top_k: int = 5,
     version: int | None = None,
+    warmup_images: list[bytes] | None = None,
 ) -> Path:
-    """Writes the SavedModel `<out_dir>/<model_name>/<version>/` and returns it."""
+    """Writes the SavedModel `<out_dir>/<model_name>/<version>/` and returns it.
+
+    Args:
+        warmup_images: encoded images written as TF Serving's warm-up requests
+            (`assets.extra/tf_serving_warmup_requests`, see pipeline/serving/warmup.py); none: no file.
+    """
     serve_bytes, serve_images = serving_functions(model, class_names=class_names, transform=transform, top_k=top_k)
     archive = keras.export.ExportArchive()
     archive.track(model)
@@ -125,6 +132,7 @@ def export_model(
         # TF Serving ignores extra files in assets/; people and `predict` read the class names here.
         (folder / "assets" / "classes.txt").write_text("\n".join(class_names) + "\n")
         (folder / "assets" / "transform.json").write_text(transform.to_json())
+        warmup.write_warmup(folder, model_name=model_name, encoded_images=warmup_images or [])
 
     return _write_version(out_dir, model_name, version, write)
 
@@ -143,12 +151,21 @@ def export_run(
     version: int | None = None,
     top_k: int | None = None,
     checkpoint: str = "best",
+    warmup_images: list[bytes] | None = None,
+    log=print,
 ) -> Path:
-    """`python -m pipeline export RUN_DIR`: exports the run's best checkpoint (default) to RUN_DIR/export."""
+    """`python -m pipeline export RUN_DIR`: exports the run's best checkpoint (default) to RUN_DIR/export.
+
+    Args:
+        warmup_images: encoded images for the warm-up file; None: a few test images of the run's dataset
+            (`warmup.sample_images`), or no warm-up file (logged) when the dataset cannot be found.
+    """
     from pipeline.evaluation import tta
 
     with rundir.exclusive(run_dir):  # not while a `train` writes the run directory
         config, model, class_names = _load_run(run_dir, config, checkpoint)
+        if warmup_images is None:
+            warmup_images = _warmup_images(config, log)
         model = tta.with_tta(model, config.export.tta)
         return export_model(
             model,
@@ -158,7 +175,20 @@ def export_run(
             transform=eval_transform(model, config),
             top_k=top_k or config.export.top_k,
             version=version,
+            warmup_images=warmup_images,
         )
+
+
+def _warmup_images(config: Config, log) -> list[bytes]:
+    """A few test images of the run's dataset for the warm-up file, or [] (logged) when it is unavailable."""
+    from pipeline.data.splits import Splits
+
+    try:
+        splits = Splits(config, log=lambda *args, **kwargs: None)
+    except errors.UserError as error:
+        log(f"export: no warm-up requests written (the dataset is not available: {error})")
+        return []
+    return warmup.sample_images(splits)
 
 
 def tflite_function(model: keras.Model, *, transform: EvalTransform):

@@ -1,0 +1,319 @@
+"""`python -m pipeline serve EXPORT_OR_RUN_DIR`: an HTTP model server speaking TF Serving's REST API (V1).
+
+    POST /v1/models/<name>[/versions/<n>]:predict   row ("instances") or columnar ("inputs") format
+    GET  /v1/models/<name>[/versions/<n>]            status (model_version_status)
+    GET  /v1/models/<name>[/versions/<n>]/metadata   signatures (GetModelMetadata's signature_def)
+
+Built on FastAPI and uvicorn, the stack of KServe's Python model server: `kserve` itself requires
+protobuf < 7 and pandas < 3 in every released version (0.15-0.21), and installing it would downgrade the
+protobuf 7 TensorFlow 2.21 runs with here (pip install --dry-run kserve==0.21.0). A client written for TF
+Serving works unchanged; every refused request is a 4xx `{"error": "..."}` with TF Serving's status for
+its error code (pipeline/serving/rest.py). The port opens only once the model is loaded and its warm-up
+requests replayed (pipeline/serving/warmup.py); SIGTERM or Ctrl-C stop accepting connections, let the
+requests in flight finish, then exit.
+"""
+
+# No `from __future__ import annotations`: FastAPI reads the route functions' annotations (fastapi.Request),
+# and fastapi is imported inside `Server.app` only, so that `--help` does not import it.
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+from pipeline.core import errors
+
+HELP = "serve an export over HTTP with TF Serving's REST API (predict, status, metadata)"
+DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+DEFAULT_MAX_BATCH_SIZE = 64  # images per request without --batching-parameters (with it: its max_batch_size)
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument(
+        "export_dir",
+        type=Path,
+        metavar="EXPORT_OR_RUN_DIR",
+        help="run directory, export/<name> (newest version, new ones picked up) or one version folder",
+    )
+    parser.add_argument("--port", type=int, default=8501, help="TF Serving's REST port (default 8501)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1 only)")
+    parser.add_argument("--model-name", help="name in the URLs (default: the export's folder name)")
+    parser.add_argument(
+        "--batching-parameters",
+        type=Path,
+        metavar="FILE",
+        help="TF Serving's batching_parameters.txt; turns dynamic batching on",
+    )
+    parser.add_argument(
+        "--max-batch-size",
+        type=int,
+        default=DEFAULT_MAX_BATCH_SIZE,
+        help=f"images per request without batching (default {DEFAULT_MAX_BATCH_SIZE})",
+    )
+    parser.add_argument(
+        "--max-body-bytes",
+        type=int,
+        default=DEFAULT_MAX_BODY_BYTES,
+        help="largest request body accepted (default 16 MiB); larger ones get 413",
+    )
+    parser.add_argument("--threads", type=int, default=2, help="model calls at once without batching (default 2)")
+    parser.add_argument(
+        "--max-queued",
+        type=int,
+        default=64,
+        help="requests waiting for the model without batching before 503 (default 64)",
+    )
+    parser.add_argument(
+        "--poll-seconds",
+        type=float,
+        default=1.0,
+        help="how often to look for a new version folder (0: never; TF Serving's default 1)",
+    )
+
+
+class ServeError(errors.UserError):
+    """A `serve` argument cannot be used; the message says which and what is allowed."""
+
+
+def _check_arguments(args) -> None:
+    for name in ("port", "max_batch_size", "max_body_bytes", "threads", "max_queued"):
+        value = getattr(args, name)
+        low = 0 if name == "port" else 1
+        if value < low or (name == "port" and value > 65535):
+            allowed = "0..65535" if name == "port" else "at least 1"
+            raise ServeError(f"--{name.replace('_', '-')} must be {allowed}; received {value}")
+    if args.poll_seconds < 0:
+        raise ServeError(f"--poll-seconds must be >= 0; received {args.poll_seconds}")
+
+
+class Server:
+    """The model store, the runners and the HTTP routes of one `serve` process."""
+
+    def __init__(
+        self, store, *, batching=None, max_batch_size: int, max_body_bytes: int, threads: int, max_queued: int
+    ):
+        from pipeline.serving import batching as batching_lib
+
+        self.store = store
+        self.max_body_bytes = max_body_bytes
+        self.batch_sizes: list[int] = []  # images per model call, for the benchmark's mean batch size
+        record = self.batch_sizes.append
+        if batching is not None:
+            self.max_instances = batching.max_batch_size
+            self.runner = batching_lib.Batcher(self._run_default, batching, on_batch=record)
+        else:
+            self.max_instances = max_batch_size
+            self.runner = batching_lib.DirectRunner(
+                self._run_default, num_threads=threads, max_queued=max_queued, on_batch=record
+            )
+        # Other signatures (serve_images: images of any size, so no shared batches) run one request at a time.
+        self.other_runner = batching_lib.DirectRunner(self._run_other, num_threads=threads, max_queued=max_queued)
+
+    def _run_default(self, values):
+        return self.store.current.run("serving_default", values)
+
+    def _run_other(self, item):
+        signature_name, values = item
+        return self.store.current.run(signature_name, values)
+
+    def stop(self):
+        self.store.stop()
+        self.runner.stop()
+        self.other_runner.stop()
+
+    def app(self):
+        import fastapi
+        from fastapi import responses
+        from fastapi.exceptions import RequestValidationError
+        from starlette.exceptions import HTTPException
+
+        from pipeline.serving import rest
+
+        app = fastapi.FastAPI(title="pipeline serve", docs_url=None, redoc_url=None, openapi_url=None)
+
+        def error(status: int, message: str):
+            return responses.JSONResponse(rest.error_body(message), status_code=status)
+
+        @app.exception_handler(HTTPException)
+        async def http_error(request, exc):  # unknown paths and methods: JSON like every other error
+            return error(exc.status_code, f"{exc.detail}: {request.method} {request.url.path}")
+
+        @app.exception_handler(RequestValidationError)
+        async def invalid(request, exc):
+            return error(rest.INVALID_ARGUMENT, f"invalid request: {exc.errors()}")
+
+        @app.exception_handler(Exception)
+        async def unexpected(request, exc):  # a bug, never a user's request: still JSON, with the type
+            return error(500, f"internal error ({type(exc).__name__}: {exc})")
+
+        def served(name: str, version: str | None):
+            if name != self.store.name:
+                raise rest.RestError(
+                    rest.NOT_FOUND,
+                    f"Servable not found for request: Latest({name}); this server serves {self.store.name!r}",
+                )
+            number = None
+            if version is not None:
+                if not version.isdigit():
+                    raise rest.RestError(rest.NOT_FOUND, f"version must be a number; received {version!r}")
+                number = int(version)
+            loaded = self.store.version(number)
+            if loaded is None:
+                raise rest.RestError(
+                    rest.NOT_FOUND,
+                    f"Servable not found for request: Specific({name}, {number}); "
+                    f"served: version {self.store.current.version}",
+                )
+            return loaded
+
+        async def read_body(request) -> bytes:
+            declared = request.headers.get("content-length")
+            if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
+                raise rest.RestError(
+                    rest.PAYLOAD_TOO_LARGE,
+                    f"request body of {declared} bytes is over the limit of "
+                    f"{self.max_body_bytes} bytes (--max-body-bytes)",
+                )
+            chunks, size = [], 0
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > self.max_body_bytes:
+                    raise rest.RestError(
+                        rest.PAYLOAD_TOO_LARGE,
+                        f"request body over the limit of {self.max_body_bytes} bytes (--max-body-bytes)",
+                    )
+                chunks.append(chunk)
+            return b"".join(chunks)
+
+        async def predict(request, name: str, version: str | None):
+            from pipeline.serving import batching as batching_lib
+
+            try:
+                loaded = served(name, version)
+                body = await read_body(request)
+                parsed = rest.parse_predict_body(body, signatures=loaded.signatures, max_instances=self.max_instances)
+                try:
+                    if parsed.signature_name == "serving_default":
+                        future = self.runner.submit(parsed.values)
+                    else:
+                        future = self.other_runner.submit((parsed.signature_name, parsed.values))
+                except batching_lib.QueueFull as full:
+                    raise rest.RestError(rest.UNAVAILABLE, str(full)) from None
+                try:
+                    outputs = await asyncio.wrap_future(future)
+                except Exception as failure:  # noqa: BLE001  (explained below)
+                    raise await asyncio.to_thread(_explain, failure, loaded, parsed) from None
+                return responses.JSONResponse(rest.format_predictions(outputs, columnar=parsed.columnar))
+            except rest.RestError as refused:
+                return error(refused.status, refused.message)
+
+        def status(name: str, version: str | None):
+            try:
+                served(name, None)
+                number = int(version) if version is not None and version.isdigit() else None
+                entries = self.store.status(number)
+                if version is not None and not entries:
+                    raise rest.RestError(rest.NOT_FOUND, f"Could not find version {version} of model {name}")
+                return responses.JSONResponse({"model_version_status": entries})
+            except rest.RestError as refused:
+                return error(refused.status, refused.message)
+
+        def metadata(name: str, version: str | None):
+            try:
+                loaded = served(name, version)
+            except rest.RestError as refused:
+                return error(refused.status, refused.message)
+            spec = {"name": name, "signature_name": "", "version": str(loaded.version)}
+            return responses.JSONResponse({"model_spec": spec, "metadata": {"signature_def": loaded.metadata}})
+
+        @app.post("/v1/models/{name}:predict")
+        async def predict_latest(name: str, request: fastapi.Request):
+            return await predict(request, name, None)
+
+        @app.post("/v1/models/{name}/versions/{version}:predict")
+        async def predict_version(name: str, version: str, request: fastapi.Request):
+            return await predict(request, name, version)
+
+        app.get("/v1/models/{name}")(lambda name: status(name, None))
+        app.get("/v1/models/{name}/versions/{version}")(lambda name, version: status(name, version))
+        app.get("/v1/models/{name}/metadata")(lambda name: metadata(name, None))
+        app.get("/v1/models/{name}/versions/{version}/metadata")(lambda name, version: metadata(name, version))
+        return app
+
+
+def _explain(failure: Exception, loaded, parsed):
+    """The RestError for a failed model call. TF Serving fails the whole request when one image cannot be
+    decoded (INVALID_ARGUMENT, 400); to name that image, the request's images are tried one at a time."""
+    import tensorflow as tf
+
+    from pipeline.serving import predict, rest
+
+    if not isinstance(failure, tf.errors.InvalidArgumentError):
+        return rest.RestError(500, f"internal error ({type(failure).__name__}: {predict.error_detail(failure)})")
+    if loaded.signatures[parsed.signature_name][1] != "string":
+        return rest.RestError(rest.INVALID_ARGUMENT, predict.error_detail(failure))
+    for index, value in enumerate(parsed.values):
+        try:
+            loaded.run(parsed.signature_name, [value])
+        except tf.errors.InvalidArgumentError as error:
+            return rest.RestError(rest.INVALID_ARGUMENT, f"instance {index}: {predict.failure_reason(value, error)}")
+    return rest.RestError(rest.INVALID_ARGUMENT, predict.error_detail(failure))
+
+
+def run(args) -> int:
+    """The `serve` command: load, warm up, listen until SIGTERM/SIGINT. Returns the exit code."""
+    _check_arguments(args)
+    from pipeline import cli
+
+    cli.quiet_tensorflow()
+    import uvicorn
+
+    from pipeline.serving import batching, model_store
+
+    parameters = batching.read_batching_parameters(args.batching_parameters) if args.batching_parameters else None
+    started = time.monotonic()
+    log = _logger()
+    store = model_store.ModelStore(args.export_dir, model_name=args.model_name, poll_seconds=args.poll_seconds, log=log)
+    server = Server(
+        store,
+        batching=parameters,
+        max_batch_size=args.max_batch_size,
+        max_body_bytes=args.max_body_bytes,
+        threads=args.threads,
+        max_queued=args.max_queued,
+    )
+    if parameters is not None:
+        log(
+            f"batching: max_batch_size {parameters.max_batch_size}, batch_timeout_micros "
+            f"{parameters.batch_timeout_micros}, max_enqueued_batches {parameters.max_enqueued_batches}, "
+            f"num_batch_threads {parameters.num_batch_threads}"
+            + (f" (not used here: {', '.join(parameters.ignored)})" if parameters.ignored else "")
+        )
+    config = uvicorn.Config(
+        server.app(),
+        host=args.host,
+        port=args.port,
+        log_level="warning",
+        access_log=False,
+        timeout_graceful_shutdown=30,
+        lifespan="off",
+    )
+    http = uvicorn.Server(config)
+    store.start_polling()
+    log(
+        f"ready in {time.monotonic() - started:.1f} s: http://{args.host}:{args.port}/v1/models/{store.name} "
+        f"(version {store.current.version})"
+    )
+    try:
+        http.run()
+    finally:
+        server.stop()
+        log(json.dumps({"stopped": True, "model_calls": len(server.batch_sizes), "images": sum(server.batch_sizes)}))
+    return 0 if http.started else 1
+
+
+def _logger():
+    def log(message: str):
+        print(f"serve: {message}", file=sys.stderr, flush=True)
+
+    return log
