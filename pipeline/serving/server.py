@@ -17,6 +17,7 @@ requests in flight finish, then exit.
 # and fastapi is imported inside `Server.app` only, so that `--help` does not import it.
 import asyncio
 import json
+import signal
 import sys
 import time
 from pathlib import Path
@@ -304,6 +305,11 @@ def run(args) -> int:
         f"ready in {time.monotonic() - started:.1f} s: http://{args.host}:{args.port}/v1/models/{store.name} "
         f"(version {store.current.version})"
     )
+    # uvicorn handles SIGTERM/SIGINT (stop accepting, finish the requests in flight) and then raises the
+    # signal again for the handler it found; a no-op one lets this function stop the batch threads and
+    # return 0 (a graceful stop) instead of dying of the signal or raising KeyboardInterrupt.
+    for number in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(number, lambda *_: None)
     try:
         http.run()
     finally:
