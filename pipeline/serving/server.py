@@ -3,6 +3,7 @@
     POST /v1/models/<name>[/versions/<n>]:predict   row ("instances") or columnar ("inputs") format
     GET  /v1/models/<name>[/versions/<n>]            status (model_version_status)
     GET  /v1/models/<name>[/versions/<n>]/metadata   signatures (GetModelMetadata's signature_def)
+    GET  /monitoring/prometheus/metrics              model calls and images so far (Prometheus text)
 
 Built on FastAPI and uvicorn, the stack of KServe's Python model server: `kserve` itself requires
 protobuf < 7 and pandas < 3 in every released version (0.15-0.21), and installing it would downgrade the
@@ -19,6 +20,7 @@ import asyncio
 import json
 import signal
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -97,8 +99,15 @@ class Server:
 
         self.store = store
         self.max_body_bytes = max_body_bytes
-        self.batch_sizes: list[int] = []  # images per model call, for the benchmark's mean batch size
-        record = self.batch_sizes.append
+        self.model_calls = 0  # with `images`: the mean batch size (/monitoring/prometheus/metrics)
+        self.images = 0
+        counting = threading.Lock()
+
+        def record(size: int):
+            with counting:
+                self.model_calls += 1
+                self.images += size
+
         if batching is not None:
             self.max_instances = batching.max_batch_size
             self.runner = batching_lib.Batcher(self._run_default, batching, on_batch=record)
@@ -235,6 +244,16 @@ class Server:
         async def predict_version(name: str, version: str, request: fastapi.Request):
             return await predict(request, name, version)
 
+        @app.get("/monitoring/prometheus/metrics")
+        def metrics():  # TF Serving's path for its Prometheus metrics; here the batching counters
+            lines = [
+                "# TYPE pipeline_serve_model_calls_total counter",
+                f"pipeline_serve_model_calls_total {self.model_calls}",
+                "# TYPE pipeline_serve_images_total counter",
+                f"pipeline_serve_images_total {self.images}",
+            ]
+            return responses.PlainTextResponse("\n".join(lines) + "\n")
+
         app.get("/v1/models/{name}")(lambda name: status(name, None))
         app.get("/v1/models/{name}/versions/{version}")(lambda name, version: status(name, version))
         app.get("/v1/models/{name}/metadata")(lambda name: metadata(name, None))
@@ -314,7 +333,7 @@ def run(args) -> int:
         http.run()
     finally:
         server.stop()
-        log(json.dumps({"stopped": True, "model_calls": len(server.batch_sizes), "images": sum(server.batch_sizes)}))
+        log(json.dumps({"stopped": True, "model_calls": server.model_calls, "images": server.images}))
     return 0 if http.started else 1
 
 
