@@ -29,8 +29,10 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--run-dir", type=Path, help="run directory (default runs/<experiment>/<time>)")
     train.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
-    evaluate = commands.add_parser("evaluate", help="evaluate a run's best checkpoint on the test split")
-    evaluate.add_argument("run_dir", type=Path)
+    evaluate = commands.add_parser(
+        "evaluate", help="evaluate a run's best checkpoint (or one of its .tflite exports) on the test split"
+    )
+    evaluate.add_argument("run_dir", type=Path, metavar="RUN_DIR_OR_TFLITE")
 
     export = commands.add_parser("export", help="export a run's best checkpoint as a SavedModel or TFLite")
     export.add_argument("run_dir", type=Path)
@@ -43,6 +45,11 @@ def _parser() -> argparse.ArgumentParser:
         choices=["saved_model", "tflite"],
         default="saved_model",
         help="saved_model (default RUN_DIR/export) or tflite (default RUN_DIR/export_tflite)",
+    )
+    export.add_argument(
+        "--quantize",
+        choices=["int8", "float16"],
+        help="tflite only: int8 (full-integer, calibrated on training images) or float16 weights",
     )
 
     predict = commands.add_parser("predict", help="classify image files with an exported SavedModel")
@@ -159,6 +166,11 @@ def run_command(args) -> int:
 
         train.train(config, run_dir=args.run_dir)
     elif args.command == "evaluate":
+        if args.run_dir.suffix == ".tflite":
+            from pipeline.evaluation import tflite_eval
+
+            tflite_eval.evaluate_tflite(args.run_dir)
+            return 0
         from pipeline.evaluation import evaluate
 
         evaluate.evaluate_run(args.run_dir)
@@ -171,9 +183,11 @@ def run_command(args) -> int:
                     "--top-k applies to --format saved_model only; the TFLite model outputs all probabilities"
                 )
             path = export.export_run_tflite(
-                args.run_dir, out_dir=args.out, version=args.version, checkpoint=args.checkpoint
+                args.run_dir, out_dir=args.out, version=args.version, checkpoint=args.checkpoint, quantize=args.quantize
             )
         else:
+            if args.quantize is not None:
+                raise export.ExportError("--quantize applies to --format tflite only")
             path = export.export_run(
                 args.run_dir, out_dir=args.out, version=args.version, top_k=args.top_k, checkpoint=args.checkpoint
             )
