@@ -82,7 +82,7 @@ def _parser() -> argparse.ArgumentParser:
 
 # Commands that import TensorFlow at once (`train` and `summary` do after their config is validated;
 # `report` and `launch` never do in this process).
-TENSORFLOW_COMMANDS = ("evaluate", "export", "predict", "data")
+TENSORFLOW_COMMANDS = ("evaluate", "export", "predict", "data", "serve")
 
 # Commands whose module owns its arguments (`HELP`, `add_arguments(parser)`, `run(args) -> int`).
 OPTIONAL_COMMANDS = {

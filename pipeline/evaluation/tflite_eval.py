@@ -31,8 +31,11 @@ def run_of(tflite_path: Path) -> Path:
     return run_dir
 
 
-def evaluate_tflite(path: Path, *, log=print) -> dict:
+def evaluate_tflite(path: Path, *, run_dir: Path | None = None, log=print) -> dict:
     """Test accuracy of a .tflite file on its run's test split; writes `evaluation.json` beside it.
+
+    Args:
+        run_dir: the run whose test split and config to use (default: the run the file was exported into).
 
     Returns:
         {"file", "bytes", "quantize", "test_accuracy", "test_images", "keras_test_accuracy"}.
@@ -45,7 +48,7 @@ def evaluate_tflite(path: Path, *, log=print) -> dict:
     path = Path(path)
     if not path.is_file():
         raise rundir.RunDirError(f"{path}: no such file")
-    run_dir = run_of(path)
+    run_dir = Path(run_dir) if run_dir is not None else run_of(path)
     config = rundir.load_run_config(run_dir)
     splits = Splits(config)
     with warnings.catch_warnings():

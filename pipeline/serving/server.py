@@ -16,6 +16,7 @@ requests in flight finish, then exit.
 
 # No `from __future__ import annotations`: FastAPI reads the route functions' annotations (fastapi.Request),
 # and fastapi is imported inside `Server.app` only, so that `--help` does not import it.
+import argparse
 import asyncio
 import json
 import signal
@@ -24,11 +25,35 @@ import threading
 import time
 from pathlib import Path
 
-from pipeline.core import errors
-
 HELP = "serve an export over HTTP with TF Serving's REST API (predict, status, metadata)"
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 DEFAULT_MAX_BATCH_SIZE = 64  # images per request without --batching-parameters (with it: its max_batch_size)
+
+
+def _at_least(low: int, high: int | None = None):
+    """An argparse type: an integer in [low, high] (argparse reports a bad one and exits with code 2)."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be an integer; received {text!r}") from None
+        if value < low or (high is not None and value > high):
+            allowed = f"{low}..{high}" if high is not None else f"at least {low}"
+            raise argparse.ArgumentTypeError(f"must be {allowed}; received {value}")
+        return value
+
+    return parse
+
+
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"must be a number of seconds; received {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0; received {value}")
+    return value
 
 
 def add_arguments(parser) -> None:
@@ -38,7 +63,7 @@ def add_arguments(parser) -> None:
         metavar="EXPORT_OR_RUN_DIR",
         help="run directory, export/<name> (newest version, new ones picked up) or one version folder",
     )
-    parser.add_argument("--port", type=int, default=8501, help="TF Serving's REST port (default 8501)")
+    parser.add_argument("--port", type=_at_least(0, 65535), default=8501, help="TF Serving's REST port (default 8501)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1 only)")
     parser.add_argument("--model-name", help="name in the URLs (default: the export's folder name)")
     parser.add_argument(
@@ -49,44 +74,29 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument(
         "--max-batch-size",
-        type=int,
+        type=_at_least(1),
         default=DEFAULT_MAX_BATCH_SIZE,
         help=f"images per request without batching (default {DEFAULT_MAX_BATCH_SIZE})",
     )
     parser.add_argument(
         "--max-body-bytes",
-        type=int,
+        type=_at_least(1),
         default=DEFAULT_MAX_BODY_BYTES,
         help="largest request body accepted (default 16 MiB); larger ones get 413",
     )
-    parser.add_argument("--threads", type=int, default=2, help="model calls at once without batching (default 2)")
+    parser.add_argument("--threads", type=_at_least(1), default=2, help="model calls at once without batching")
     parser.add_argument(
         "--max-queued",
-        type=int,
+        type=_at_least(1),
         default=64,
         help="requests waiting for the model without batching before 503 (default 64)",
     )
     parser.add_argument(
         "--poll-seconds",
-        type=float,
+        type=_seconds,
         default=1.0,
         help="how often to look for a new version folder (0: never; TF Serving's default 1)",
     )
-
-
-class ServeError(errors.UserError):
-    """A `serve` argument cannot be used; the message says which and what is allowed."""
-
-
-def _check_arguments(args) -> None:
-    for name in ("port", "max_batch_size", "max_body_bytes", "threads", "max_queued"):
-        value = getattr(args, name)
-        low = 0 if name == "port" else 1
-        if value < low or (name == "port" and value > 65535):
-            allowed = "0..65535" if name == "port" else "at least 1"
-            raise ServeError(f"--{name.replace('_', '-')} must be {allowed}; received {value}")
-    if args.poll_seconds < 0:
-        raise ServeError(f"--poll-seconds must be >= 0; received {args.poll_seconds}")
 
 
 class Server:
@@ -282,10 +292,6 @@ def _explain(failure: Exception, loaded, parsed):
 
 def run(args) -> int:
     """The `serve` command: load, warm up, listen until SIGTERM/SIGINT. Returns the exit code."""
-    _check_arguments(args)
-    from pipeline import cli
-
-    cli.quiet_tensorflow()
     import uvicorn
 
     from pipeline.serving import batching, model_store

@@ -239,8 +239,10 @@ def test_unknown_model_version_and_path_are_404(server, images):
 
 
 def test_serve_refuses_bad_arguments_before_loading(tmp_path, capsys):
-    assert cli.main(["serve", str(tmp_path), "--port", "70000"]) == 2
-    assert "--port must be 0..65535; received 70000" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:  # argparse: before anything is imported or loaded
+        cli.main(["serve", str(tmp_path), "--port", "70000"])
+    assert exited.value.code == 2
+    assert "argument --port: must be 0..65535; received 70000" in capsys.readouterr().err
     assert cli.main(["serve", str(tmp_path / "missing")]) == 2
     assert "no such directory" in capsys.readouterr().err
     bad = tmp_path / "batching_parameters.txt"
