@@ -20,10 +20,13 @@ import argparse
 import asyncio
 import json
 import signal
+import socket
 import sys
 import threading
 import time
 from pathlib import Path
+
+from pipeline.core import errors
 
 HELP = "serve an export over HTTP with TF Serving's REST API (predict, status, metadata)"
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -297,6 +300,7 @@ def run(args) -> int:
     from pipeline.serving import batching, model_store
 
     parameters = batching.read_batching_parameters(args.batching_parameters) if args.batching_parameters else None
+    _check_address(args.host, args.port)  # before the load, not after it
     started = time.monotonic()
     log = _logger()
     store = model_store.ModelStore(args.export_dir, model_name=args.model_name, poll_seconds=args.poll_seconds, log=log)
@@ -341,6 +345,23 @@ def run(args) -> int:
         server.stop()
         log(json.dumps({"stopped": True, "model_calls": server.model_calls, "images": server.images}))
     return 0 if http.started else 1
+
+
+class ServeError(errors.UserError):
+    """The server cannot start as asked; the message says why and what to change."""
+
+
+def _check_address(host: str, port: int) -> None:
+    """Raises ServeError when the address cannot be listened on (in use, not this machine's)."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            raise ServeError(
+                f"--host {host} --port {port}: cannot listen there ({error.strerror or error}); "
+                f"choose another --port (or stop what uses it)"
+            ) from None
 
 
 def _logger():

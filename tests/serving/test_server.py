@@ -238,12 +238,14 @@ def test_unknown_model_version_and_path_are_404(server, images):
     assert status == 404 and "/v1/nothing/here" in body["error"]
 
 
-def test_serve_refuses_bad_arguments_before_loading(tmp_path, capsys):
+def test_serve_refuses_bad_arguments_before_loading(server, tmp_path, capsys):
     with pytest.raises(SystemExit) as exited:  # argparse: before anything is imported or loaded
         cli.main(["serve", str(tmp_path), "--port", "70000"])
     assert exited.value.code == 2
     assert "argument --port: must be 0..65535; received 70000" in capsys.readouterr().err
-    assert cli.main(["serve", str(tmp_path / "missing")]) == 2
+    assert cli.main(["serve", str(tmp_path), "--port", str(server.port)]) == 2
+    assert f"--port {server.port}: cannot listen there (Address already in use)" in capsys.readouterr().err
+    assert cli.main(["serve", str(tmp_path / "missing"), "--port", "0"]) == 2
     assert "no such directory" in capsys.readouterr().err
     bad = tmp_path / "batching_parameters.txt"
     bad.write_text("max_batch_size { value: 8 }\nbatch_timeout_micro { value: 10 }\n")
