@@ -18,6 +18,7 @@ requests in flight finish, then exit.
 # and fastapi is imported inside `Server.app` only, so that `--help` does not import it.
 import argparse
 import asyncio
+import functools
 import json
 import signal
 import socket
@@ -30,6 +31,7 @@ from pipeline.core import errors
 
 HELP = "serve an export over HTTP with TF Serving's REST API (predict, status, metadata)"
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
+LARGE_BODY_BYTES = 64 * 1024
 DEFAULT_MAX_BATCH_SIZE = 64  # images per request without --batching-parameters (with it: its max_batch_size)
 
 
@@ -214,7 +216,12 @@ class Server:
             try:
                 loaded = served(name, version)
                 body = await read_body(request)
-                parsed = rest.parse_predict_body(body, signatures=loaded.signatures, max_instances=self.max_instances)
+                parse = functools.partial(
+                    rest.parse_predict_body, body, signatures=loaded.signatures, max_instances=self.max_instances
+                )
+                # Small bodies are parsed on the event loop (a thread hand-off costs more than the parse);
+                # large ones (up to --max-body-bytes of base64 or pixel lists) in a thread, not to stall the rest.
+                parsed = parse() if len(body) < LARGE_BODY_BYTES else await asyncio.to_thread(parse)
                 try:
                     if parsed.signature_name == "serving_default":
                         future = self.runner.submit(parsed.values)
@@ -235,7 +242,7 @@ class Server:
                 served(name, None)
                 number = int(version) if version is not None and version.isdigit() else None
                 entries = self.store.status(number)
-                if version is not None and not entries:
+                if version is not None and (number is None or not entries):
                     raise rest.RestError(rest.NOT_FOUND, f"Could not find version {version} of model {name}")
                 return responses.JSONResponse({"model_version_status": entries})
             except rest.RestError as refused:
