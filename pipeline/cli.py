@@ -215,7 +215,7 @@ def run_command(args) -> int:
         from pipeline.distribute import launch
 
         config = experiment.load_experiment(args.experiment, args.overrides)  # as `train` does: no worker starts
-        return launch.run(args, config)
+        return launch.run(args, name=config.name, strategy=config.distribute.strategy)
     elif args.command in OPTIONAL_COMMANDS:
         return __import__(OPTIONAL_COMMANDS[args.command], fromlist=["run"]).run(args)
     return 0

@@ -183,3 +183,45 @@ def read_metrics(run_dir: Path) -> dict:
 
 def write_metrics(run_dir: Path, metrics: dict) -> None:
     fileio.atomic_write_json(Path(run_dir) / "metrics.json", metrics)
+
+
+def metrics_record(
+    *,
+    test: dict,
+    best_validation: dict,
+    epochs_completed: int,
+    train_seconds: float,
+    images_per_second: float,
+    split_sizes: dict,
+    skipped_files: list,
+    distribution: dict,
+    export: str | None = None,
+) -> dict:
+    """What metrics.json holds for a finished run (written last by `write_metrics`: it marks the run
+    finished).
+
+    Args:
+        test: the test split's metrics (accuracy, loss, top_k_accuracy, balanced_accuracy, ...).
+        best_validation: {monitored metric: its best value}.
+        train_seconds: seconds in `fit` (validation included); images_per_second: training images per
+            second of training steps.
+        split_sizes: {"train", "validation", "test"} image counts.
+        skipped_files: [{"path", "reason"}] left out as unreadable.
+        distribution: {strategy, num_workers, num_replicas_in_sync}.
+        export: the SavedModel's path, when the run exported one.
+    """
+    record = {
+        "test": test,
+        "best_validation": best_validation,
+        "epochs_completed": epochs_completed,
+        "train_seconds": round(train_seconds, 2),
+        "images_per_second": round(images_per_second, 1),
+        "train_images": split_sizes["train"],
+        "validation_images": split_sizes["validation"],
+        "test_images": split_sizes["test"],
+        "skipped_files": skipped_files,
+        "distribution": distribution,
+    }
+    if export is not None:
+        record["export"] = export
+    return record

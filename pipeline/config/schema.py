@@ -37,7 +37,7 @@ def _field(
 
 @dataclasses.dataclass(frozen=True)
 class DatasetConfig:
-    name: str = _field("cifar10", help="registered dataset name (see pipeline/datasets.py)")
+    name: str = _field("cifar10", help="registered dataset name (see pipeline/data/datasets.py)")
     validation_split: float = _field(
         0.1,
         min=0.0,

@@ -3,7 +3,7 @@
 A registry can be *lazy*: it is given the modules whose import registers its builders, and imports them
 only when a builder is needed. Until then its names, keyword options and flags are read from those
 modules' source (`ast`), so that the CLI can validate `model.name` and `model.options` without importing
-Keras and TensorFlow (2-3 s). `tests/test_models.py` checks that what is read from source equals what
+Keras and TensorFlow (2-3 s). `tests/models/test_models.py` checks that what is read from source equals what
 importing registers.
 """
 

@@ -20,12 +20,19 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.data import folders
 from pipeline.config import PROJECT_ROOT
-from pipeline.data.folders import (DatasetError, FileDataset, read_folder_tree, resolve_data_dir,  # noqa: F401
-                              resolve_root, root_folder, single_top_folder)
 from pipeline.core.fileio import atomic_write
 from pipeline.core.registry import Registry
+from pipeline.data import folders
+from pipeline.data.folders import (  # noqa: F401
+    DatasetError,
+    FileDataset,
+    read_folder_tree,
+    resolve_data_dir,
+    resolve_root,
+    root_folder,
+    single_top_folder,
+)
 
 DATASETS = Registry("dataset")
 register_dataset = DATASETS.register

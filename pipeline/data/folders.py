@@ -1,6 +1,6 @@
 """Image folders, archives of them and list files: reading them into `FileDataset`s (paths + labels).
 
-Below the dataset registry (pipeline/datasets.py), which registers the `folder`, `file_list` and
+Below the dataset registry (pipeline/data/datasets.py), which registers the `folder`, `file_list` and
 `hymenoptera` sources on top of these readers. No TensorFlow.
 """
 
@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.config import PROJECT_ROOT
 from pipeline.core import errors
 from pipeline.data import image_files
-from pipeline.config import PROJECT_ROOT
 
 
 class DatasetError(errors.UserError):

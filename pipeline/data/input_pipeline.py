@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from pipeline.data import decode
 from pipeline.data import image_ops as preprocessing
+from pipeline.data.augmentation import Augmentation, as_augmentation
 from pipeline.data.transform import EvalTransform
 
 AUTOTUNE = tf.data.AUTOTUNE
@@ -36,14 +37,14 @@ def _indexed_batches(images: np.ndarray, labels: np.ndarray, *, batch_size: int,
 
 def make_train_dataset(images: np.ndarray, labels: np.ndarray, *, batch_size: int, num_classes: int,
                        seed: int, transform: EvalTransform = EvalTransform(),
-                       augment: dict | None = None, shuffle_buffer: int | None = None,
+                       augment: Augmentation | dict | None = None, shuffle_buffer: int | None = None,
                        deterministic: bool = True) -> tf.data.Dataset:
     """Shuffled, augmented batches of (float32 images in [0, 255], one-hot labels).
 
     Args:
         images: uint8 [N, H, W, C]; labels: int [N].
         transform: the eval transform (applied to whole arrays; there is no random crop for arrays).
-        augment: keyword arguments for `preprocessing.build_augmenter` (None: no augmentation).
+        augment: the augmentation (`Augmentation`, or a dict of `input.augment` keys; None: none).
         deterministic: run augmentation in order so a seed reproduces a run exactly; False lets
             tf.data run several augmentation calls at once (faster, not repeatable).
     """
@@ -53,15 +54,14 @@ def make_train_dataset(images: np.ndarray, labels: np.ndarray, *, batch_size: in
     return _batch_augment(dataset, augment, seed, deterministic).prefetch(AUTOTUNE)
 
 
-def _augment(dataset, augment: dict | None, seed: int, deterministic: bool):
+def _augment(dataset, augment: Augmentation | dict | None, seed: int, deterministic: bool):
     """Batch-level augmentation (one vectorised call per batch).
 
     Shift/flip/crop augmenters are stateless: each batch gets its own seed from a seeded stream, so they
     run in parallel and still repeat exactly. Rotation and zoom use Keras layers whose random state is a
     variable that parallel calls would race for: run in order when `deterministic`.
     """
-    classic = {key: value for key, value in (augment or {}).items() if key not in BATCH_LAYERS + BATCH_OPTIONS}
-    augmenter = preprocessing.build_augmenter(**classic, seed=seed)
+    augmenter = preprocessing.build_augmenter(**as_augmentation(augment).image, seed=seed)
     if augmenter is None:
         return dataset
     if augmenter.stateless:
@@ -74,18 +74,13 @@ def _augment(dataset, augment: dict | None, seed: int, deterministic: bool):
     return dataset.map(lambda x, y: (augmenter(x), y), num_parallel_calls=AUTOTUNE, deterministic=False)
 
 
-BATCH_LAYERS = ("rand_augment", "color_jitter", "random_erasing", "mix_up", "cut_mix")
-BATCH_OPTIONS = ("random_erasing_fill",)  # settings of a batch layer, not layers of their own
-
-
-def _batch_augment(dataset, augment: dict | None, seed: int, deterministic: bool):
+def _batch_augment(dataset, augment: Augmentation | dict | None, seed: int, deterministic: bool):
     """Keras' batch layers (RandAugment, RandomColorJitter, RandomErasing, MixUp, CutMix) on batches of
     (float32 images, one-hot labels), after the classic augmentation; see `pipeline.data.batch_augment`."""
     from pipeline.data import batch_augment as augment_lib
 
-    layers = {key: value for key, value in (augment or {}).items() if key in BATCH_LAYERS}
-    options = {key: value for key, value in (augment or {}).items() if key in BATCH_OPTIONS}
-    batch_augment = augment_lib.build_batch_augment(**layers, **options) if any(layers.values()) else None
+    batch = as_augmentation(augment).batch
+    batch_augment = augment_lib.build_batch_augment(**batch) if batch else None
     return augment_lib.map_batch_augment(dataset, batch_augment, seed=seed + 2, deterministic=deterministic)
 
 
@@ -118,7 +113,7 @@ def make_file_dataset(paths, labels, **options) -> tf.data.Dataset:
 
 
 def make_image_dataset(source: tf.data.Dataset, *, count: int, training: bool, batch_size: int, num_classes: int,
-                       transform: EvalTransform, read=None, seed: int = 0, augment: dict | None = None,
+                       transform: EvalTransform, read=None, seed: int = 0, augment: Augmentation | dict | None = None,
                        cache: str = "memory", shuffle_buffer: int | None = None, deterministic: bool = True,
                        cache_suffix: str = "") -> tf.data.Dataset:
     """Batches of (float32 images in [0, 255], one-hot labels) from encoded images of any size.

@@ -1,6 +1,6 @@
 """Writing TFRecord shards (`python -m pipeline data shard`): check, encode in parallel, write atomically.
 
-The layout, record ids and readers are described in `pipeline/tfrecords.py`. Everything is written into
+The layout, record ids and readers are described in `pipeline/data/records.py`. Everything is written into
 a temporary sibling directory that is renamed into place when complete: an interrupted run leaves the
 previous dataset (or none), and a killed one at most a `.tmp-*` folder. Files are checked with
 `image_files.scan_images` (cached beside the output, `.<name>-scan-cache`), so bad files are left out

@@ -1,6 +1,6 @@
 """TFRecord shards of an image dataset: their layout, and the two ways training reads them.
 
-A shard directory (written by `python -m pipeline data shard`, `pipeline/tfrecord_writer.py`) holds:
+A shard directory (written by `python -m pipeline data shard`, `pipeline/data/record_writer.py`) holds:
     manifest.json                            classes, counts per split and class, shard files with
                                              sha256 and record counts, the source, the settings used
     index.npz                                one row per record, by record id: label, shard, byte offset

@@ -83,7 +83,7 @@ class EvalTransform:
             image = tf.image.stateless_random_crop(image, [height, width, tf.shape(image)[-1]], seed=seed)
         return preprocessing.resize_to(image, self.image_size, self.resize_method)
 
-    def sized(self, *, image_size, channels) -> "EvalTransform":
+    def sized(self, *, image_size, channels) -> EvalTransform:
         """The same transform with the model's input size and channels filled in."""
         return dataclasses.replace(self, image_size=tuple(image_size), channels=int(channels))
 
@@ -97,7 +97,7 @@ class EvalTransform:
         return json.dumps(self.to_dict(), indent=2) + "\n"
 
     @classmethod
-    def from_dict(cls, values: dict) -> "EvalTransform":
+    def from_dict(cls, values: dict) -> EvalTransform:
         """Raises ValueError for unknown keys or invalid values."""
         unknown = set(values) - {field.name for field in dataclasses.fields(cls)}
         if unknown:
@@ -114,7 +114,7 @@ class EvalTransform:
         return self.crop, 1.0
 
     @classmethod
-    def from_input_section(cls, section) -> "EvalTransform":
+    def from_input_section(cls, section) -> EvalTransform:
         """From the config's `input` section (any object with image_size, channels, resize_method and
         crop.mode/crop.margin attributes); the one place the config's keys are mapped to the transform."""
         return cls(image_size=tuple(section.image_size) if section.image_size else None, channels=section.channels,

@@ -218,9 +218,13 @@ def add_arguments(parser) -> None:
     )
 
 
-def run(args, config) -> int:
-    """The `launch` command: picks the run directory and starts the workers. `config` is the experiment
-    validated by the CLI exactly as `train` validates it, so a misspelt model starts no process.
+def run(args, *, name: str, strategy: str) -> int:
+    """The `launch` command: picks the run directory and starts the workers. The CLI validated the
+    experiment exactly as `train` does before calling this, so a misspelt model starts no process.
+
+    Args:
+        args: the parsed `launch` arguments (workers, experiment, overrides, run_dir).
+        name: the experiment's name (the default run directory's); strategy: `distribute.strategy`.
 
     Raises:
         pipeline.config.ConfigError: --workers below 1, or a distribute.strategy that cannot span workers
@@ -230,8 +234,6 @@ def run(args, config) -> int:
 
     if args.workers < 1:
         raise config_lib.ConfigError(f"--workers must be at least 1. Received: --workers {args.workers}")
-    distribute = getattr(config, "distribute", None)
-    strategy = getattr(distribute, "strategy", "auto")
     if args.workers > 1 and strategy not in ("auto", "multi_worker"):
         raise config_lib.ConfigError(
             f"launch --workers {args.workers} needs distribute.strategy auto or multi_worker (otherwise each "
@@ -239,7 +241,7 @@ def run(args, config) -> int:
         )
     from pipeline.config import rundir  # TF-free
 
-    run_dir = Path(args.run_dir) if args.run_dir else rundir.default_run_dir(config.name)
+    run_dir = Path(args.run_dir) if args.run_dir else rundir.default_run_dir(name)
     print(
         f"launch: {args.workers} worker(s), run directory {run_dir} (rerun with --run-dir {run_dir} to resume)",
         file=sys.stderr,

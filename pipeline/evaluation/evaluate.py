@@ -56,7 +56,7 @@ def evaluate_model(
     from pipeline.evaluation import tensorboard_logging, tta
 
     model = tta.with_tta(load_checkpoint(checkpoint), config.evaluation.tta)
-    data = splits.dataset("test", config)
+    data = splits.dataset("test")
     labels, probabilities = tensorboard_logging.predict_labelled(model, data)
     report = evaluation_report.build_report(
         labels=labels, probabilities=probabilities, class_names=splits.class_names, top_k=config.evaluation.top_k
@@ -112,7 +112,7 @@ def evaluate_run(run_dir: Path, *, log=print) -> dict:
 
 
 def _evaluate_run(run_dir: Path, config, log) -> dict:
-    splits = Splits(config)
+    splits = Splits.from_config(config)
     test = evaluate_model(rundir.checkpoint_path(run_dir), config, splits, run_dir=run_dir, log=log)
     test.pop("report", None)
     summary = f"test accuracy {test['accuracy']:.4f}, loss {test['loss']:.4f} ({len(splits.test[0])} images)"

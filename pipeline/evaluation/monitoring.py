@@ -114,7 +114,7 @@ def start(config: Config, run_dir: Path, splits: Splits, model: keras.Model, val
         class_names=splits.class_names,
         validation_data=validation_data,
         images=options.images,
-        sample_data=splits.dataset("train", config, training=True) if options.images else None,
+        sample_data=splits.dataset("train", training=True) if options.images else None,
         confusion_matrix_freq=options.confusion_matrix_freq,
         profile_steps=options.profile_steps,
     )

@@ -50,13 +50,13 @@ def evaluate_tflite(path: Path, *, run_dir: Path | None = None, log=print) -> di
         raise rundir.RunDirError(f"{path}: no such file")
     run_dir = Path(run_dir) if run_dir is not None else run_of(path)
     config = rundir.load_run_config(run_dir)
-    splits = Splits(config)
+    splits = Splits.from_config(config)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # tf.lite.Interpreter's deprecation notice (LiteRT)
         interpreter = tf.lite.Interpreter(model_path=str(path))
     runner = interpreter.get_signature_runner("serving_default")
     correct = total = 0
-    for images, labels in splits.dataset("test", config, batch_size=256):
+    for images, labels in splits.dataset("test", batch_size=256):
         pixels = np.clip(np.round(images.numpy()), 0, 255).astype(np.uint8)
         for image, label in zip(pixels, labels.numpy().argmax(-1)):
             probabilities = runner(images=image[None])["probabilities"]

@@ -1,6 +1,6 @@
 """SavedModel export in TF Serving's layout: `<out>/<model_name>/<version>/`.
 
-Signatures (both run the run's `EvalTransform` (pipeline/transform.py), the one evaluation uses; it is also
+Signatures (both run the run's `EvalTransform` (pipeline/data/transform.py), the one evaluation uses; it is also
 written to `assets/transform.json`, so an export states its own input contract):
     serving_default  image_bytes: tf.string [batch]  encoded JPEG/PNG/GIF/BMP, any size
     serve_images     images: tf.uint8 [batch, H, W, C] any H, W; C = 1, 2, 3 or 4 (converted)
@@ -186,7 +186,7 @@ def _warmup_images(config: Config, log) -> list[bytes]:
     from pipeline.data.splits import Splits
 
     try:
-        splits = Splits(config, log=lambda *args, **kwargs: None)
+        splits = Splits.from_config(config, log=lambda *args, **kwargs: None)
     except errors.UserError as error:
         log(f"export: no warm-up requests written (the dataset is not available: {error})")
         return []
@@ -276,8 +276,8 @@ def representative_images(config: Config, transform: EvalTransform, *, count: in
     """A callable yielding `count` training images through the eval transform, as uint8 [1, H, W, C]."""
     from pipeline.data.splits import Splits
 
-    splits = Splits(config, log=lambda *args, **kwargs: None)
-    dataset = splits.dataset("train", config, batch_size=32)  # the eval path: no augmentation, no shuffle
+    splits = Splits.from_config(config, log=lambda *args, **kwargs: None)
+    dataset = splits.dataset("train", batch_size=32)  # the eval path: no augmentation, no shuffle
 
     def images():
         given = 0

@@ -91,17 +91,18 @@ def sample_images(splits, *, count: int = 4) -> list[bytes]:
         splits: a `pipeline.data.splits.Splits`: image files are read as they are; arrays (MNIST,
             CIFAR-10) are encoded as PNG; TFRecord datasets give none (their bytes stay in the shards).
     """
-    if splits.kind == "records":
+    from pipeline.data import readers
+
+    if not isinstance(splits.reader, (readers.ArrayReader, readers.FileReader)):
         return []
     items, labels = splits.test
-    labels = np.asarray(labels)
     chosen, seen = [], set()
-    for index, label in enumerate(labels):
+    for index, label in enumerate(np.asarray(labels)):
         if int(label) not in seen:
             seen.add(int(label))
             chosen.append(index)
         if len(chosen) == count:
             break
-    if splits.kind == "arrays":
+    if isinstance(splits.reader, readers.ArrayReader):
         return [tf.io.encode_png(np.asarray(items[index], np.uint8)).numpy() for index in chosen]
     return [Path(items[index]).read_bytes() for index in chosen]

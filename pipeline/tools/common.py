@@ -103,7 +103,7 @@ def class_tree(root: Path) -> tuple[list[Path], list[int], list[str]]:
 
 
 # First line of every list file we write: says how to read the labels, so that class folders named
-# 0..11 (sorted as 0, 1, 10, 11, 2, ...) read back as written (see pipeline/folders.py, read_file_lists).
+# 0..11 (sorted as 0, 1, 10, 11, 2, ...) read back as written (see pipeline/data/folders.py, read_file_lists).
 LABELS_HEADER = "# labels: indices (0-based lines of classes.txt)\n"
 
 

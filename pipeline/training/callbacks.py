@@ -10,6 +10,7 @@ names the weights file it belongs to.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -286,10 +287,73 @@ def read_backup_metadata(directory: os.PathLike) -> dict | None:
         ) from None
 
 
+@dataclasses.dataclass(frozen=True)
+class ResumePoint:
+    """Where a run resumes: what its backup (`CrashSafeBackupAndRestore`) last recorded.
+
+    Attributes:
+        epoch: epochs completed (0: a new run, or one that never finished an epoch).
+        completed_phases: training phases completed.
+        callbacks: the saved state of the stateful callbacks, by name.
+    """
+
+    epoch: int = 0
+    completed_phases: int = 0
+    callbacks: dict = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def read(cls, run_dir: Path) -> ResumePoint:
+        """The run's resume point (epoch 0 when training never finished an epoch).
+
+        Raises:
+            RuntimeError: the backup's metadata is unreadable.
+        """
+        metadata = read_backup_metadata(Path(run_dir) / BACKUP_DIR)
+        if not metadata:
+            return cls()
+        return cls(
+            epoch=metadata["epoch"],
+            completed_phases=metadata.get("completed_phases", 0),
+            callbacks=metadata.get("callbacks", {}),
+        )
+
+    def trim_history(self, run_dir: Path) -> None:
+        """Drops history rows of epochs after this point (a kill between the CSV row and the backup)."""
+        if self.epoch:
+            trim_history(Path(run_dir) / HISTORY_FILE, epochs=self.epoch)
+
+
+BACKUP_DIR = "backup"
+HISTORY_FILE = "history.csv"
+
+
+@dataclasses.dataclass
+class RunCallbacks:
+    """The run's callbacks (`all`, in order) and the ones the driver talks to by name."""
+
+    all: list
+    checkpoints: Checkpoints
+    timer: Timer
+    backup: CrashSafeBackupAndRestore
+    stateful: dict
+
+    def restore(self, resume: ResumePoint) -> None:
+        """Puts the stateful callbacks back as `resume` recorded them (a run whose training is complete)."""
+        for name, callback in self.stateful.items():
+            callback.set_state(resume.callbacks.get(name, {}))
+
+    def save_from(self, model, fitted) -> None:
+        """Callbacks that save or evaluate a model use `model` while `fitted` (e.g. a head on cached
+        features) is what `fit` trains."""
+        for callback in self.all:
+            if hasattr(callback, "target"):
+                callback.target = model if fitted is not model else None
+
+
 def build_callbacks(
     options, run_dir: Path, images_per_epoch: int, total_phases: int = 1, *, ema: bool = False, extra=()
-) -> tuple[list, dict]:
-    """The run's callbacks, and the ones whose state the resume backup carries (by name).
+) -> RunCallbacks:
+    """The run's callbacks, with the ones whose state the resume backup carries (by name).
 
     Order: EMA weights in (validation, checkpoints and `extra` see the averages), the others, `extra`
     (e.g. monitoring), the raw weights back, the resume backup last.
@@ -320,7 +384,7 @@ def build_callbacks(
         stateful["early_stopping"] = stopper
         callback_list.append(stopper)
     if options.csv_log:
-        callback_list.append(keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True))
+        callback_list.append(keras.callbacks.CSVLogger(str(run_dir / HISTORY_FILE), append=True))
     if options.tensorboard.enabled:
         update_freq = options.tensorboard.update_freq
         # write_graph=False: Keras 3.15 writes only its "conceptual graph" there, which TensorBoard's Graphs
@@ -337,5 +401,6 @@ def build_callbacks(
     if averages:
         callback_list.append(averages.restore_callback())
     # Last: saves after the others updated their state, restores after their on_train_begin reset it.
-    callback_list.append(CrashSafeBackupAndRestore(run_dir / "backup", stateful=stateful, total_phases=total_phases))
-    return callback_list, stateful
+    backup = CrashSafeBackupAndRestore(run_dir / BACKUP_DIR, stateful=stateful, total_phases=total_phases)
+    callback_list.append(backup)
+    return RunCallbacks(callback_list, checkpoints=checkpoints, timer=timer, backup=backup, stateful=stateful)

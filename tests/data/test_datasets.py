@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import synthetic_images, write_idx
+from helpers import synthetic_images, write_idx
 
 from pipeline.data import datasets
 from pipeline.data import splits as splits_lib

@@ -30,7 +30,7 @@ from PIL import Image
 from pipeline import cli
 from pipeline.data import image_ops as preprocessing
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 IMAGE_SIZE = (16, 16)  # experiments/tiny.yaml: input.image_size
 CHANNELS = 3
 NUM_CLASSES = 10

@@ -131,7 +131,7 @@ def test_a_fresh_process_loads_a_checkpoint_with_our_optimizer_and_schedule(tmp_
         [sys.executable, "-c", code, str(tmp_path / "best.keras")],
         capture_output=True,
         text=True,
-        cwd=Path(__file__).resolve().parent.parent,
+        cwd=Path(__file__).resolve().parents[2],
         timeout=120,
     )
     assert result.returncode == 0, result.stderr[-2000:]

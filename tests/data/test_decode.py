@@ -1,4 +1,4 @@
-"""Decoding as viewers show it (EXIF orientation) and at reduced scale, in graph ops only (pipeline/decode.py)."""
+"""Decoding as viewers show it (EXIF orientation) and at reduced scale, in graph ops only (pipeline/data/decode.py)."""
 
 from __future__ import annotations
 

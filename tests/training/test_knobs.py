@@ -6,11 +6,11 @@ import csv
 
 import numpy as np
 import pytest
-from conftest import with_transform
 
 from pipeline import experiment as experiment_lib
 from pipeline import run as train
 from pipeline.data import input_pipeline
+from pipeline.data.transform import EvalTransform
 from pipeline.training import model_setup as modeling
 
 
@@ -58,16 +58,14 @@ def test_cache_modes_give_identical_batches(photo_files, tmp_path, training):
         training=training,
         batch_size=5,
         num_classes=3,
-        image_size=(16, 16),
-        channels=3,
+        transform=EvalTransform(image_size=(16, 16), channels=3, crop="square"),
         seed=3,
-        crop="square",
         augment={"horizontal_flip": True, "width_shift": 0.2} if training else None,
     )
     epochs = {}
     for cache in ("memory", str(tmp_path / "cache" / "images"), "none"):
         (tmp_path / "cache").mkdir(exist_ok=True)
-        dataset = input_pipeline.make_file_dataset(paths, labels, cache=cache, **with_transform(options))
+        dataset = input_pipeline.make_file_dataset(paths, labels, cache=cache, **options)
         epochs[cache] = [np.concatenate([x for x, _ in dataset.as_numpy_iterator()]) for _ in range(2)]
     reference = epochs.pop("none")
     for cache, batches in epochs.items():

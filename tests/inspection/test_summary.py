@@ -1,5 +1,5 @@
-"""`python -m pipeline summary` (pipeline/summary.py) and the figures it prints: layer table, parameters and FLOPs
-(pipeline/model_stats.py), per-phase counts, bad-size arithmetic (pipeline/layer_sizes.py)."""
+"""`python -m pipeline summary` (pipeline/inspection/summary.py) and the figures it prints: layer table, parameters and FLOPs
+(pipeline/inspection/model_stats.py), per-phase counts, bad-size arithmetic (pipeline/inspection/layer_sizes.py)."""
 
 from __future__ import annotations
 
@@ -220,7 +220,7 @@ def test_a_config_error_is_reported_before_tensorflow_is_imported():
         capture_output=True,
         text=True,
         timeout=60,
-        cwd=Path(__file__).resolve().parents[1],
+        cwd=Path(__file__).resolve().parents[2],
     )
     assert done.stdout.split() == ["2", "False", "False"], done.stderr
     assert "did you mean 'train.epochs'" in done.stderr

@@ -1,4 +1,4 @@
-"""pipeline/class_balance.py: balanced weights (scikit-learn's formula), mappings, empty classes, the
+"""pipeline/data/class_balance.py: balanced weights (scikit-learn's formula), mappings, empty classes, the
 sample-weight rule for mixed labels, balanced accuracy, and a minority class whose recall rises."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""pipeline/tta.py: the flip TTA model averages the two probability vectors, evaluates, saves, loads and
+"""pipeline/evaluation/tta.py: the flip TTA model averages the two probability vectors, evaluates, saves, loads and
 exports as a SavedModel that applies the mirror itself."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""pipeline/augment.py: the random resized crop, its eval centre crop, and the Keras batch layers run
+"""pipeline/data/batch_augment.py: the random resized crop, its eval centre crop, and the Keras batch layers run
 seeded, in parallel, repeatably inside tf.data."""
 
 from __future__ import annotations
@@ -273,7 +273,7 @@ def test_random_erasing_fill_of_the_wrong_length_stops_at_the_config(tmp_path):
         ],
         capture_output=True,
         text=True,
-        cwd=Path(__file__).resolve().parent.parent,
+        cwd=Path(__file__).resolve().parents[2],
         timeout=120,
     )
     assert result.returncode == 2 and "Traceback" not in result.stderr

@@ -1,4 +1,4 @@
-"""Training runs under tf.distribute (pipeline/workers.py wired into pipeline/train.py).
+"""Training runs under tf.distribute (pipeline/distribute/workers.py wired into pipeline/run.py).
 
 In this process (default strategy): what each worker reads (its share of the files, records or shard
 files; arrays whole), no empty batch for any replica (and the TensorFlow bug that makes it matter), the
@@ -38,7 +38,7 @@ from pipeline.distribute import launch, workers
 from pipeline.distribute import strategy as distribute
 from pipeline.training import callbacks, phases
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.filterwarnings("ignore:Your input ran out of data")
 
 
@@ -92,27 +92,27 @@ def photos(tmp_path_factory) -> dict:
 @pytest.mark.parametrize("source", ["root", "shards"])
 def test_each_worker_reads_its_share_of_the_files(photos, source):
     config = folder_config(photos, source)
-    splits = splits_lib.Splits(config, log=lambda *_: None)
-    everything = image_keys(splits.dataset("train", config))
-    shares = [image_keys(splits.dataset("train", config, shard=(2, index))) for index in (0, 1)]
+    splits = splits_lib.Splits.from_config(config, log=lambda *_: None)
+    everything = image_keys(splits.dataset("train"))
+    shares = [image_keys(splits.dataset("train", shard=(2, index))) for index in (0, 1)]
     assert sorted(shares[0] + shares[1]) == sorted(everything), "the shares make up the split"
     assert not set(shares[0]) & set(shares[1]), "no image is read by both workers"
     assert [len(share) for share in shares] == [(len(everything) + 1) // 2, len(everything) // 2]
     # tf.distribute must not cut a share again; one worker keeps tf.data's defaults.
     policy = tf.data.experimental.AutoShardPolicy
-    sharded = splits.dataset("train", config, training=True, shard=(2, 1))
+    sharded = splits.dataset("train", training=True, shard=(2, 1))
     assert sharded.options().experimental_distribute.auto_shard_policy == policy.OFF
-    assert splits.dataset("train", config).options().experimental_distribute.auto_shard_policy == policy.AUTO
+    assert splits.dataset("train").options().experimental_distribute.auto_shard_policy == policy.AUTO
 
 
 def test_streamed_records_are_shared_by_file(photos):
     from pipeline.data import records as tfrecords
 
     config = folder_config(photos, "shards", shuffle_buffer=4)
-    splits = splits_lib.Splits(config, log=lambda *_: None)
-    shard_of = splits.records.arrays["shard"][splits.train[0]]
+    splits = splits_lib.Splits.from_config(config, log=lambda *_: None)
+    shard_of = splits.reader.records.arrays["shard"][splits.train[0]]
     for index in (0, 1):  # worker i streams shard file i only: the training records that file holds
-        count = sum(len(batch[0]) for batch in splits.dataset("train", config, training=True, shard=(2, index)))
+        count = sum(len(batch[0]) for batch in splits.dataset("train", training=True, shard=(2, index)))
         assert count == int(np.sum(shard_of == index)) > 0
     assert len(tfrecords.shard_files(photos["shards"], "train")) == 2
     with pytest.raises(
@@ -120,7 +120,7 @@ def test_streamed_records_are_shared_by_file(photos):
         match=r"2 train shard file\(s\) for 3 workers, and each worker "
         r"streams whole files; write at least 3 \(`python -m pipeline data shard --shards N`\)",
     ):
-        splits.dataset("train", config, training=True, shard=(3, 0))
+        splits.dataset("train", training=True, shard=(3, 0))
 
 
 def test_arrays_stay_whole_for_tf_distribute_to_split_by_batch(data_env):
@@ -131,8 +131,8 @@ def test_arrays_stay_whole_for_tf_distribute_to_split_by_batch(data_env):
             "train": {"batch_size": 64},
         }
     )
-    splits = splits_lib.Splits(config, log=lambda *_: None)
-    dataset = splits.dataset("train", config, training=True, shard=(2, 1))
+    splits = splits_lib.Splits.from_config(config, log=lambda *_: None)
+    dataset = splits.dataset("train", training=True, shard=(2, 1))
     assert dataset.options().experimental_distribute.auto_shard_policy == tf.data.experimental.AutoShardPolicy.DATA
     assert sum(len(batch[0]) for batch in dataset) == len(splits.train[1])
 
@@ -155,7 +155,7 @@ def test_learning_rate_scaling_and_what_multi_worker_refuses(monkeypatch):
             },
         }
     )
-    plan, lines = phases.plan(config), []
+    plan, lines = phases.plan(config.train), []
     strategy = tf.distribute.get_strategy()
     scaled = workers.prepare_phases(
         plan, strategy, scale_learning_rate=True, global_batch=1024, base_batch=256, log=lines.append
@@ -164,7 +164,7 @@ def test_learning_rate_scaling_and_what_multi_worker_refuses(monkeypatch):
     assert scaled[1].schedule.end_learning_rate == pytest.approx(0.0004)
     assert [phase.epochs for phase in scaled] == [1, 2] and scaled[0].optimizer.name == plan[0].optimizer.name
     assert lines[0] == "distribute.scale_learning_rate: train.phases[0].optimizer.learning_rate 0.01 x 1024/256 = 0.04"
-    assert phases.plan(config)[0].optimizer.learning_rate == 0.01, "the config keeps the configured rates"
+    assert phases.plan(config.train)[0].optimizer.learning_rate == 0.01, "the config keeps the configured rates"
     assert workers.prepare_phases(plan, strategy, scale_learning_rate=False, global_batch=1024, base_batch=256) == plan
     monkeypatch.setattr(workers, "is_multi_worker", lambda strategy: True)
     with pytest.raises(

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import LEAN_RUN
+from helpers import LEAN_RUN
 from PIL import Image
 
 from pipeline import cli
@@ -29,7 +29,7 @@ from pipeline.core import errors, fileio
 from pipeline.data import datasets
 from pipeline.data import splits as splits_lib
 
-PROJECT = Path(__file__).resolve().parent.parent
+PROJECT = Path(__file__).resolve().parents[2]
 
 
 def stripes(root: Path, counts: dict, size: int = 16) -> Path:
@@ -147,7 +147,7 @@ def test_a_single_class_is_refused_before_anything_is_written(tmp_path):
 @pytest.mark.parametrize("validation_split", [0.1, 0.3])
 def test_small_classes_keep_an_image_in_every_split(tmp_path, validation_split):
     root = stripes(tmp_path / "ds", {"cat": 4, "dog": 4})
-    splits = splits_lib.Splits(
+    splits = splits_lib.Splits.from_config(
         folder_config(tmp_path, root, f"dataset.validation_split={validation_split}"), log=lambda *_: None
     )
     for split in ("train", "validation", "test"):
@@ -165,7 +165,7 @@ def test_a_split_that_cannot_be_filled_is_refused_up_front(tmp_path):
 
 def test_a_rare_class_is_held_out_too_and_missing_classes_are_named(tmp_path):
     root = stripes(tmp_path / "ds", {"common": 60, "rare": 4})
-    splits = splits_lib.Splits(folder_config(tmp_path, root), log=lambda *_: None)
+    splits = splits_lib.Splits.from_config(folder_config(tmp_path, root), log=lambda *_: None)
     rare = splits.class_names.index("rare")
     assert all(rare in getattr(splits, split)[1] for split in ("train", "validation", "test"))
     messages = []

@@ -14,7 +14,7 @@ from PIL import Image
 
 from pipeline.evaluation import compare_runs
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
 
 def make_run(

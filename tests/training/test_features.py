@@ -7,7 +7,7 @@ import csv
 import keras
 import numpy as np
 import pytest
-from conftest import LEAN_RUN, Interrupt
+from helpers import LEAN_RUN, build_network
 
 from pipeline import cli, compat
 from pipeline import experiment as experiment_lib
@@ -43,7 +43,7 @@ def images(count=6, size=16, seed=0):
 )
 def test_head_of_features_equals_the_model(name, options, size):
     config = experiment_lib.load_experiment("tiny", [f"model.name={name}", f"model.options={options}"])
-    model = modeling.build_model(config, input_shape=(size, size, 3), num_classes=3)
+    model = build_network(config, input_shape=(size, size, 3), num_classes=3)
     phases.set_trainable(model, "none")
     split = features.FeatureSplit(model)
     batch = images(size=size)
@@ -56,16 +56,16 @@ def test_head_of_features_equals_the_model(name, options, size):
 
 def test_feature_split_refuses_a_trainable_backbone():
     config = experiment_lib.load_experiment("tiny", ["model.name=tiny_transfer"])
-    model = modeling.build_model(config, input_shape=(16, 16, 3), num_classes=3)
+    model = build_network(config, input_shape=(16, 16, 3), num_classes=3)
     phases.set_trainable(model, "from conv2")
     with pytest.raises(phases.PhaseError, match="trainable: none"):
         features.FeatureSplit(model)
-    plain = modeling.build_model(experiment_lib.load_experiment("tiny", []), input_shape=(16, 16, 3), num_classes=3)
+    plain = build_network(experiment_lib.load_experiment("tiny", []), input_shape=(16, 16, 3), num_classes=3)
     with pytest.raises(phases.PhaseError, match="backbone"):
         features.FeatureSplit(plain)
 
 
-def test_cached_phase_trains_the_head_and_saves_the_full_model(data_env, tmp_path, monkeypatch):
+def test_cached_phase_trains_the_head_and_saves_the_full_model(data_env, tmp_path, monkeypatch, interrupt_training):
     config = cached_config(data_env, "input.augment={horizontal_flip: true}")
     fitted = []
     original_fit = keras.Model.fit
@@ -81,15 +81,9 @@ def test_cached_phase_trains_the_head_and_saves_the_full_model(data_env, tmp_pat
         model_holder.append(original_build(*args, **kwargs))
         return model_holder[0]
 
-    original_callbacks = run_callbacks.build_callbacks
-
-    def interrupt_after_phase_one(*args, **kwargs):
-        callback_list, stateful = original_callbacks(*args, **kwargs)
-        return [Interrupt(2), *callback_list], stateful
-
     monkeypatch.setattr(keras.Model, "fit", recording_fit)
     monkeypatch.setattr(modeling, "build_model", keep_model)
-    monkeypatch.setattr(run_callbacks, "build_callbacks", interrupt_after_phase_one)
+    interrupt_training(2)
     messages = []
     with pytest.raises(KeyboardInterrupt):
         train.train(config, run_dir=tmp_path / "run", log=messages.append)
@@ -104,11 +98,11 @@ def test_cached_phase_trains_the_head_and_saves_the_full_model(data_env, tmp_pat
     rows = list(csv.DictReader(open(tmp_path / "run" / "history.csv")))
     assert [int(r["epoch"]) for r in rows] == [0, 1]
     # The validation accuracy logged from the features is the full model's accuracy on the images.
-    splits = splits_lib.Splits(config, log=lambda *_: None)
-    result = last.evaluate(splits.dataset("validation", config), verbose=0, return_dict=True)
+    splits = splits_lib.Splits.from_config(config, log=lambda *_: None)
+    result = last.evaluate(splits.dataset("validation"), verbose=0, return_dict=True)
     assert result["accuracy"] == pytest.approx(float(rows[-1]["val_accuracy"]), abs=1e-6)
 
-    monkeypatch.setattr(run_callbacks, "build_callbacks", original_callbacks)
+    interrupt_training(None)
     metrics = train.train(config, run_dir=tmp_path / "run", log=lambda *_: None)
     assert metrics["epochs_completed"] == 3 and 0 <= metrics["test"]["accuracy"] <= 1
 
@@ -117,23 +111,17 @@ def backbone_snapshot(model):
     return {w.path: w.numpy().copy() for w in compat.find_layer(model, "backbone").weights}
 
 
-def test_resume_inside_a_cached_phase_restores_the_optimizer(data_env, tmp_path, monkeypatch):
+def test_resume_inside_a_cached_phase_restores_the_optimizer(data_env, tmp_path, monkeypatch, interrupt_training):
     one_phase = (
         "train.phases=[{epochs: 3, trainable: none, cache_features: true, "
         "optimizer: {name: adam, learning_rate: 0.01}}]"
     )
     config = cached_config(data_env, phases_override=one_phase)
-    original_callbacks = run_callbacks.build_callbacks
-
-    def interrupt(*args, **kwargs):
-        callback_list, stateful = original_callbacks(*args, **kwargs)
-        return [Interrupt(2), *callback_list], stateful
-
-    monkeypatch.setattr(run_callbacks, "build_callbacks", interrupt)
+    interrupt_training(2)
     with pytest.raises(KeyboardInterrupt):
         train.train(config, run_dir=tmp_path / "run", log=lambda *_: None)
     assert run_callbacks.read_backup_metadata(tmp_path / "run" / "backup")["epoch"] == 2
-    monkeypatch.setattr(run_callbacks, "build_callbacks", original_callbacks)
+    interrupt_training(None)
     metrics = train.train(config, run_dir=tmp_path / "run", log=lambda *_: None)
     assert metrics["epochs_completed"] == 3
     last = keras.models.load_model(tmp_path / "run" / "checkpoints" / "last.keras")

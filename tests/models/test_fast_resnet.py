@@ -125,7 +125,7 @@ def test_whiten_option_sets_a_frozen_stem_from_normalised_training_images(data_e
             "model.options={width: 8, whiten: true}",
         ],
     )
-    splits = Splits(config, log=lambda *_: None)
+    splits = Splits.from_config(config, log=lambda *_: None)
     messages = []
     model = train.build_checked_model(config, splits, log=messages.append)  # + the phase's trainable: all
     assert messages == [
@@ -136,7 +136,7 @@ def test_whiten_option_sets_a_frozen_stem_from_normalised_training_images(data_e
     assert not stem.trainable
     # The kernel whitens the images the network receives: the training split behind the model's own
     # normalisation layer.
-    normalised = model.get_layer("normalize")(splits.sample_images(config)).numpy()
+    normalised = model.get_layer("normalize")(splits.sample_images()).numpy()
     np.testing.assert_allclose(stem.kernel.numpy(), fast_resnet.whitening_kernel(normalised), rtol=1e-4, atol=1e-4)
     before = stem.kernel.numpy().copy()
     phases.set_trainable(model, "all")
@@ -173,7 +173,7 @@ def test_noise_filled_erasing_with_a_whitening_stem_is_warned_about(data_env):
         "input.augment.random_erasing=0.5",
     ]
     config = experiment_lib.load_experiment("tiny", base)
-    splits = Splits(config, log=lambda *_: None)
+    splits = Splits.from_config(config, log=lambda *_: None)
     messages = []
     train.build_checked_model(config, splits, log=messages.append)
     assert any(

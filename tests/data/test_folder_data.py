@@ -16,15 +16,15 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import with_transform
 from PIL import Image
 
 from pipeline import cli
 from pipeline import config as config_lib
 from pipeline import experiment as experiment_lib
-from pipeline.data import datasets, decode, folders, image_files, input_pipeline
+from pipeline.data import datasets, decode, folders, image_files, input_pipeline, readers
 from pipeline.data import image_ops as preprocessing
 from pipeline.data import splits as splits_lib
+from pipeline.data.transform import EvalTransform
 
 IMAGE_SIZE = (16, 16)
 
@@ -534,7 +534,7 @@ def test_food101_unknown_class_names_the_file(tmp_path):
 def test_food101_through_splits_carves_validation_from_train(tmp_path):
     root = _food101(tmp_path)
     config = make_config(tmp_path, {"name": "file_list", "root": str(root), "validation_split": 0.34})
-    splits = splits_lib.Splits(config, log=lambda message: None)
+    splits = splits_lib.Splits.from_config(config, log=lambda message: None)
     assert len(splits.test[0]) == 3  # meta/test.txt as is
     assert len(splits.validation[0]) == 3 and len(splits.train[0]) == 6  # one of three per class
     assert sorted(splits.validation[1].tolist()) == [0, 1, 2]
@@ -563,8 +563,8 @@ def test_splits_carve_test_and_validation_from_a_single_folder(tmp_path):
     tree = class_tree(root, ["a", "b", "c"], 10)
     every = sorted(str(p) for ps in tree.values() for p in ps)
     config = make_config(tmp_path, {"root": str(root), "test_split": 0.2, "validation_split": 0.25})
-    splits = splits_lib.Splits(config, log=lambda message: None)
-    assert splits.kind == "files" and splits.class_names == ["a", "b", "c"]
+    splits = splits_lib.Splits.from_config(config, log=lambda message: None)
+    assert isinstance(splits.reader, readers.FileReader) and splits.class_names == ["a", "b", "c"]
     assert splits.input_shape == (16, 16, 3) and splits.skipped == []
     parts = _split_sets(splits)
     # 2 of 10 per class for test, then 2 of the remaining 8 for validation
@@ -580,9 +580,9 @@ def test_splits_carve_test_and_validation_from_a_single_folder(tmp_path):
     assert sorted(parts["train"] + parts["validation"] + parts["test"]) == every
     _check_labels_match_folders(splits)
     # Seeded: the same seed gives the same splits in the same order; another seed other ones.
-    again = splits_lib.Splits(config, log=lambda message: None)
+    again = splits_lib.Splits.from_config(config, log=lambda message: None)
     assert _split_sets(again) == parts
-    other = splits_lib.Splits(
+    other = splits_lib.Splits.from_config(
         make_config(tmp_path, {"root": str(root), "test_split": 0.2, "validation_split": 0.25}, seed=8),
         log=lambda message: None,
     )
@@ -595,7 +595,7 @@ def test_splits_train_and_val_folders_val_becomes_test(tmp_path):
     train_tree = class_tree(root / "train", ["ants", "bees"], 10)
     val_tree = class_tree(root / "val", ["ants", "bees"], 3, seed=500)
     config = make_config(tmp_path, {"root": str(root), "validation_split": 0.2, "test_split": 0.5})
-    splits = splits_lib.Splits(config, log=lambda message: None)
+    splits = splits_lib.Splits.from_config(config, log=lambda message: None)
     parts = _split_sets(splits)
     assert sorted(parts["test"]) == sorted(str(p) for ps in val_tree.values() for p in ps)
     train_files = sorted(str(p) for ps in train_tree.values() for p in ps)
@@ -612,7 +612,7 @@ def test_splits_full_source_is_used_as_is(tmp_path):
         for split, count, seed in (("train", 5, 0), ("validation", 2, 100), ("test", 3, 200))
     }
     config = make_config(tmp_path, {"root": str(root), "validation_split": 0.5, "test_split": 0.5})
-    splits = splits_lib.Splits(config, log=lambda message: None)
+    splits = splits_lib.Splits.from_config(config, log=lambda message: None)
     parts = _split_sets(splits)
     for split, tree in trees.items():
         assert parts[split] == [str(p) for ps in tree.values() for p in ps], split
@@ -747,10 +747,10 @@ def test_skip_placeholders_skips_a_flat_image_and_keeps_photos(tmp_path):
     flat[:10], flat[10:20], flat[20:] = (255, 255, 255), (200, 30, 30), (90, 90, 90)
     placeholder = save_image(root / "a" / "imageNotFound.png", flat)
     kept = save_image(root / "b" / "photo.jpg", photo_like(30, 40, 77), "JPEG")
-    relaxed = splits_lib.Splits(make_config(tmp_path, {"root": str(root), "test_split": 0.25}), log=lambda m: None)
+    relaxed = splits_lib.Splits.from_config(make_config(tmp_path, {"root": str(root), "test_split": 0.25}), log=lambda m: None)
     assert relaxed.skipped == []
     messages = []
-    strict = splits_lib.Splits(
+    strict = splits_lib.Splits.from_config(
         make_config(tmp_path, {"root": str(root), "test_split": 0.25, "skip_placeholders": True}), log=messages.append
     )
     assert [entry["path"] for entry in strict.skipped] == [str(placeholder)]
@@ -775,11 +775,11 @@ def test_second_scan_reuses_the_cache(tmp_path, monkeypatch):
 
     monkeypatch.setattr(image_files, "check_image", spy)
     config = make_config(tmp_path, {"root": str(root), "test_split": 0.3})
-    first = splits_lib.Splits(config, log=lambda m: None)
+    first = splits_lib.Splits.from_config(config, log=lambda m: None)
     assert sorted(decoded) == sorted(every)
     assert list((tmp_path / "data" / ".scan-cache").glob("scan-*.json"))
     decoded.clear()
-    second = splits_lib.Splits(config, log=lambda m: None)
+    second = splits_lib.Splits.from_config(config, log=lambda m: None)
     assert decoded == []  # nothing unchanged is decoded again, bad files included
     assert second.skipped == first.skipped and len(second.skipped) == 1
     assert _split_sets(second) == _split_sets(first)
@@ -787,7 +787,7 @@ def test_second_scan_reuses_the_cache(tmp_path, monkeypatch):
     touched = tree["b"][1]
     stamp = touched.stat().st_mtime_ns + 5_000_000_000
     os.utime(touched, ns=(stamp, stamp))
-    splits_lib.Splits(config, log=lambda m: None)
+    splits_lib.Splits.from_config(config, log=lambda m: None)
     assert decoded == [str(touched)]
 
 
@@ -823,10 +823,11 @@ def labelled_files(folder: Path, count: int = 9, seed: int = 0) -> tuple[list[st
     return paths, np.asarray(labels)
 
 
-def file_dataset(paths, labels, **options):
-    settings = dict(batch_size=4, num_classes=3, image_size=IMAGE_SIZE, channels=3, seed=5, crop="square", margin=1)
+def file_dataset(paths, labels, *, crop="square", margin=1, **options):
+    settings = dict(batch_size=4, num_classes=3, seed=5)
     settings.update(options)
-    return input_pipeline.make_file_dataset(paths, labels, **with_transform(settings))
+    transform = EvalTransform(image_size=IMAGE_SIZE, channels=3, crop=crop, margin=margin)
+    return input_pipeline.make_file_dataset(paths, labels, transform=transform, **settings)
 
 
 def check_pairing(images: np.ndarray, one_hot: np.ndarray):
@@ -977,7 +978,7 @@ def test_real_hymenoptera_prescan_skips_only_the_placeholder(mirror_dir, hymenop
         "hymenoptera_scratch", [f"dataset.data_dir={hymenoptera_data_dir}", f"dataset.mirror_dir={mirror_dir}"]
     )
     messages = []
-    splits = splits_lib.Splits(config, log=messages.append)
+    splits = splits_lib.Splits.from_config(config, log=messages.append)
     assert splits.class_names == ["ants", "bees"]
     assert [Path(entry["path"]).relative_to(Path(entry["path"]).parents[2]).as_posix() for entry in splits.skipped] == [
         "train/ants/imageNotFound.gif"
@@ -1014,4 +1015,4 @@ def test_a_class_folder_without_readable_images_is_an_error(tmp_path):
     (root / "reports" / "summary.json").write_text("{}")
     config = make_config(tmp_path, {"name": "folder", "root": str(root)})
     with pytest.raises(datasets.DatasetError, match="reports hold no readable training image"):
-        splits_lib.Splits(config, log=lambda *_: None)
+        splits_lib.Splits.from_config(config, log=lambda *_: None)

@@ -1,4 +1,4 @@
-"""pipeline/ema.py: validation, checkpoints and the end of `fit` see the weight EMA; training and the
+"""pipeline/training/ema.py: validation, checkpoints and the end of `fit` see the weight EMA; training and the
 resume backup see the raw weights, so the EMA changes nothing about how the model trains."""
 
 from __future__ import annotations

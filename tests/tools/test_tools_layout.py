@@ -17,7 +17,7 @@ from pipeline.core import errors
 from pipeline.data import image_files
 from pipeline.tools import common
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+PROJECT_ROOT = Path(__file__).resolve().parents[2]
 TOOLS_DIR = PROJECT_ROOT / "pipeline" / "tools"
 
 

@@ -28,6 +28,7 @@ from PIL import Image
 from pipeline import config as config_lib
 from pipeline.cli import main
 from pipeline.data import splits as splits_lib
+from pipeline.data.transform import EvalTransform
 
 IMAGE_SIZE = (40, 64)
 MARGIN = 30
@@ -137,8 +138,8 @@ def recorded(monkeypatch) -> dict:
 @pytest.mark.parametrize("crop", CROP_MODES)
 def test_training_caches_and_shuffles_working_size_images(photos, recorded, crop):
     config = make_config(photos, crop=crop, cache="memory")
-    splits = splits_lib.Splits(config, log=lambda message: None)
-    dataset = splits.dataset("train", config, training=True)
+    splits = splits_lib.Splits.from_config(config, log=lambda message: None)
+    dataset = splits.dataset("train", training=True)
     assert len(recorded["cache"]) == 1 and len(recorded["shuffle"]) == 1
     cached = list(recorded["cache"][0].as_numpy_iterator())
     shuffled = list(recorded["shuffle"][0].as_numpy_iterator())
@@ -158,8 +159,8 @@ def test_training_caches_and_shuffles_working_size_images(photos, recorded, crop
 @pytest.mark.parametrize("source", ["folder", "tfrecord"])
 def test_streaming_shuffles_names_or_ids_and_caches_nothing(photos, recorded, source):
     config = make_config(photos, source=source, cache="none")
-    splits = splits_lib.Splits(config, log=lambda message: None)
-    images, _ = next(iter(splits.dataset("train", config, training=True)))
+    splits = splits_lib.Splits.from_config(config, log=lambda message: None)
+    images, _ = next(iter(splits.dataset("train", training=True)))
     assert images.shape == (4, *IMAGE_SIZE, 3)
     assert recorded["cache"] == [] and len(recorded["shuffle"]) == 1
     item_spec, label_spec = recorded["shuffle"][0].element_spec
@@ -177,10 +178,10 @@ def needed_bytes(photos: dict, splits, crop: str) -> int:
     """What `auto` must compare with the budget: the training split at its working size (estimated by
     `estimate_working_bytes` from the files' sizes as written) plus the evaluation splits as float32 at
     the model's input size."""
-    transform = splits.transform(make_config(photos, crop=crop))
+    transform = splits.sized(EvalTransform.from_input_section(make_config(photos, crop=crop).input))
     sizes = [
         photos["sizes"][str(path)]
-        for path in splits_lib.Splits(make_config(photos, crop=crop), log=lambda message: None).train[0]
+        for path in splits_lib.Splits.from_config(make_config(photos, crop=crop), log=lambda message: None).train[0]
     ]
     evaluated = len(splits.validation[1]) + len(splits.test[1])
     return splits_lib.estimate_working_bytes(sizes, transform) + 4 * IMAGE_SIZE[0] * IMAGE_SIZE[1] * 3 * evaluated
@@ -193,7 +194,7 @@ def test_auto_picks_memory_at_the_budget_and_streams_one_byte_over(photos, monke
     messages = []
     for over in (0, 1):
         config = make_config(photos, source=source, crop=crop, cache="auto", cache_budget_mb=7)
-        splits = splits_lib.Splits(config, log=messages.append)
+        splits = splits_lib.Splits.from_config(config, log=messages.append)
         needed = needed_bytes(photos, splits, crop)
 
         def budget(budget_mb, _limit=needed - over):
@@ -201,9 +202,9 @@ def test_auto_picks_memory_at_the_budget_and_streams_one_byte_over(photos, monke
             return _limit
 
         monkeypatch.setattr(splits_lib, "cache_budget_bytes", budget)
-        mode = splits.cache_mode(config)
+        mode = splits.cache_mode()
         assert mode == ("memory" if over == 0 else "none"), (source, crop, needed, over)
-        assert splits.cache_mode(config) == mode  # resolved once
+        assert splits.cache_mode() == mode  # resolved once
         chosen = [message for message in messages if message.startswith("input.cache auto:")]
         assert len(chosen) == 1 + over  # logged once per Splits
         assert chosen[-1].startswith(f"input.cache auto: {mode} (") and "budget" in chosen[-1]
@@ -215,11 +216,11 @@ def test_estimate_bounds_the_cached_bytes(photos, recorded):
     for crop in CROP_MODES:
         recorded["cache"].clear()
         config = make_config(photos, crop=crop, cache="memory")
-        splits = splits_lib.Splits(config, log=lambda message: None)
-        splits.dataset("train", config, training=True)
+        splits = splits_lib.Splits.from_config(config, log=lambda message: None)
+        splits.dataset("train", training=True)
         cached = sum(image.nbytes for image, _, _ in recorded["cache"][0].as_numpy_iterator())
         sizes = [photos["sizes"][str(path)] for path in splits.train[0]]
-        estimate = splits_lib.estimate_working_bytes(sizes, splits.transform(config))
+        estimate = splits_lib.estimate_working_bytes(sizes, splits.transform())
         assert cached <= estimate <= 1.1 * cached, (crop, cached, estimate)
 
 
@@ -236,11 +237,11 @@ def test_cache_budget_bytes():
 def all_batches(photos: dict, *, source: str, evaluation: bool = True, **options) -> dict:
     """Two training epochs and (with `evaluation`) one pass over validation and test."""
     config = make_config(photos, source=source, **options)
-    splits = splits_lib.Splits(config, log=lambda message: None)
-    batches = {"train": epochs(splits.dataset("train", config, training=True))}
+    splits = splits_lib.Splits.from_config(config, log=lambda message: None)
+    batches = {"train": epochs(splits.dataset("train", training=True))}
     if evaluation:
         batches.update(
-            validation=epochs(splits.dataset("validation", config), 1), test=epochs(splits.dataset("test", config), 1)
+            validation=epochs(splits.dataset("validation"), 1), test=epochs(splits.dataset("test"), 1)
         )
     return batches
 

@@ -8,11 +8,11 @@ import keras
 import numpy as np
 import pytest
 import tensorflow as tf
-from conftest import with_transform
 from PIL import Image
 
 from pipeline.data import decode, input_pipeline
 from pipeline.data import image_ops as preprocessing
+from pipeline.data.transform import EvalTransform
 from pipeline.training import optimizers as optim
 
 NUM_CLASSES = 4
@@ -48,13 +48,13 @@ def train(images, labels, seed=1, augment=None, batch_size=4, **kwargs):
         num_classes=NUM_CLASSES,
         seed=seed,
         augment=augment,
-        **with_transform(kwargs),
+        **kwargs,
     )
 
 
 def evaluation(images, labels, batch_size=4, **kwargs):
     return input_pipeline.make_eval_dataset(
-        images, labels, batch_size=batch_size, num_classes=NUM_CLASSES, **with_transform(kwargs)
+        images, labels, batch_size=batch_size, num_classes=NUM_CLASSES, **kwargs
     )
 
 
@@ -164,7 +164,7 @@ def test_augmentation_non_deterministic_mode_still_works():
 
 def test_channels_one_to_three():
     images, labels = tiny_arrays(channels=1)
-    for dataset in (evaluation(images, labels, channels=3), train(images, labels, channels=3)):
+    for dataset in (evaluation(images, labels, transform=EvalTransform(channels=3)), train(images, labels, transform=EvalTransform(channels=3))):
         for x, _ in collect(dataset):
             assert x.shape[1:] == (8, 8, 3)
             ids = identity_of(x)
@@ -174,7 +174,7 @@ def test_channels_one_to_three():
 
 def test_channels_three_to_one():
     images, labels = tiny_arrays(channels=3)
-    x = np.concatenate([x for x, _ in collect(evaluation(images, labels, channels=1))])
+    x = np.concatenate([x for x, _ in collect(evaluation(images, labels, transform=EvalTransform(channels=1)))])
     assert x.shape == (10, 8, 8, 1)
     luma = images.astype(np.float64) @ np.array([0.2989, 0.5870, 0.1140])
     np.testing.assert_allclose(x[..., 0], np.round(luma), atol=1.0)
@@ -185,8 +185,8 @@ def test_channels_three_to_one():
 def test_resize_to_another_image_size(size):
     images, labels = tiny_arrays(count=6)
     for dataset in (
-        evaluation(images, labels, image_size=size),
-        train(images, labels, image_size=size, augment=AUGMENT),
+        evaluation(images, labels, transform=EvalTransform(image_size=size)),
+        train(images, labels, transform=EvalTransform(image_size=size), augment=AUGMENT),
     ):
         for x, _ in collect(dataset):
             assert x.shape[1:] == (*size, 3)
@@ -195,7 +195,7 @@ def test_resize_to_another_image_size(size):
 
 def test_area_downscale_averages_blocks():
     images, labels = tiny_arrays(count=5)
-    x = np.concatenate([x for x, _ in collect(evaluation(images, labels, image_size=(4, 4), resize_method="area"))])
+    x = np.concatenate([x for x, _ in collect(evaluation(images, labels, transform=EvalTransform(image_size=(4, 4), resize_method="area")))])
     expected = images.astype(np.float64).reshape(5, 4, 2, 4, 2, 3).mean(axis=(2, 4))
     np.testing.assert_allclose(x, expected, atol=1e-3)
 
@@ -204,7 +204,7 @@ def test_bicubic_upscale_stays_in_range():
     images = np.zeros((4, 6, 6, 1), np.uint8)
     images[:, ::2, ::2] = 255  # a checkerboard makes bicubic overshoot
     x = np.concatenate(
-        [x for x, _ in collect(evaluation(images, np.zeros(4, int), image_size=(13, 13), resize_method="bicubic"))]
+        [x for x, _ in collect(evaluation(images, np.zeros(4, int), transform=EvalTransform(image_size=(13, 13), resize_method="bicubic")))]
     )
     assert x.min() >= 0.0 and x.max() <= 255.0
 

@@ -8,7 +8,7 @@ import json
 import keras
 import numpy as np
 import pytest
-from conftest import LEAN_RUN, Interrupt
+from helpers import LEAN_RUN, build_network
 
 from pipeline import cli, compat
 from pipeline import experiment as experiment_lib
@@ -87,20 +87,16 @@ def test_phase_one_moves_only_the_head_and_phase_two_only_the_unfrozen_layers(da
 
 # At the phase boundary, and (slow: the same code path one epoch later) inside phase 2.
 @pytest.mark.parametrize("interrupt_at", [2, pytest.param(3, marks=pytest.mark.slow)])
-def test_resume_in_phase_two_uses_phase_two_optimizer(data_env, tmp_path, monkeypatch, interrupt_at):
+def test_resume_in_phase_two_uses_phase_two_optimizer(
+    data_env, tmp_path, monkeypatch, interrupt_at, interrupt_training
+):
     config = two_phase_config(data_env)
-    original = run_callbacks.build_callbacks
-
-    def with_interrupt(*args, **kwargs):
-        callback_list, stateful = original(*args, **kwargs)
-        return [Interrupt(interrupt_at), *callback_list], stateful
-
-    monkeypatch.setattr(run_callbacks, "build_callbacks", with_interrupt)
+    interrupt_training(interrupt_at)
     with pytest.raises(KeyboardInterrupt):
         train.train(config, run_dir=tmp_path / "run", log=lambda *_: None)
     metadata = run_callbacks.read_backup_metadata(tmp_path / "run" / "backup")
     assert metadata["epoch"] == interrupt_at and metadata["completed_phases"] == (1 if interrupt_at >= 2 else 0)
-    monkeypatch.setattr(run_callbacks, "build_callbacks", original)
+    interrupt_training(None)
     messages = []
     metrics = train.train(config, run_dir=tmp_path / "run", log=messages.append)
     assert metrics["epochs_completed"] == 4
@@ -118,11 +114,11 @@ def test_trainable_backbone_keeps_its_batchnorm_statistics(data_env, tmp_path):
     config = experiment_lib.load_experiment(
         "tiny", [*data_env, "model.name=tiny_transfer", "train.epochs=1", *LEAN_RUN]
     )
-    model = modeling.build_model(config, input_shape=(16, 16, 3), num_classes=10)
+    model = build_network(config, input_shape=(16, 16, 3), num_classes=10)
     bn = compat.find_layer(model, "bn1")
     before = [w.numpy().copy() for w in bn.non_trainable_weights]
     gamma_before = bn.gamma.numpy().copy()
-    modeling.compile_model(model, config, phases.plan(config)[0], steps_per_epoch=2)
+    modeling.compile_model(model, phases.plan(config.train)[0], steps_per_epoch=2)
     images = np.random.default_rng(0).uniform(0, 255, (16, 16, 16, 3)).astype(np.float32)
     model.fit(images, np.eye(10)[np.arange(16) % 10], batch_size=8, epochs=1, verbose=0)
     assert bn.trainable

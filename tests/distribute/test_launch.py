@@ -1,7 +1,7 @@
 """`python -m pipeline launch`: N local workers with TF_CONFIG, prefixed output, failure handling.
 
 Stand-in worker programs (python -c) replace `python -m pipeline train`, so these tests need no
-TensorFlow and take a few seconds; tests/test_distribute.py runs real TensorFlow workers through launch.
+TensorFlow and take a few seconds; tests/distribute/test_distribute.py runs real TensorFlow workers through launch.
 """
 
 from __future__ import annotations
@@ -141,7 +141,6 @@ def test_launch_imports_no_tensorflow():
 def test_run_refuses_a_strategy_that_would_train_each_worker_alone(monkeypatch):
     import types
 
-    config = types.SimpleNamespace(name="tiny", distribute=types.SimpleNamespace(strategy="mirrored"))
     args = types.SimpleNamespace(workers=2, experiment="tiny", overrides=[], run_dir=None)
     monkeypatch.setattr(launch, "launch", lambda workers, argv: pytest.fail("no worker may start"))
     with pytest.raises(
@@ -149,7 +148,7 @@ def test_run_refuses_a_strategy_that_would_train_each_worker_alone(monkeypatch):
         match=r"needs distribute.strategy auto or multi_worker .* "
         r"Received: distribute.strategy='mirrored'",
     ):
-        launch.run(args, config)
+        launch.run(args, name="tiny", strategy="mirrored")
 
 
 def test_a_progress_bar_redrawn_with_carriage_returns_becomes_prefixed_lines():
