@@ -44,8 +44,8 @@ def main(argv=None) -> int:
                     100 * (result["test_accuracy"] - keras_accuracy) if keras_accuracy is not None else None,
                     result["test_images"], seconds,
                 ])  # fmt: skip
-                print(common.markdown_table(HEADERS, rows[-1:]).splitlines()[-1], flush=True)
-    table = common.markdown_table(HEADERS, [[row[0], row[1], *row[2:3], f"{row[3]:.2f}", *row[4:]] for row in rows])
+                print(common.markdown_table(HEADERS, [formatted(rows[-1])]).splitlines()[-1], flush=True)
+    table = common.markdown_table(HEADERS, [formatted(row) for row in rows])
     notes = (
         "- Accuracy change: the TFLite file's test accuracy minus the run's Keras float32 test accuracy "
         "(metrics.json), in points. int8: full-integer post-training quantization calibrated on 200 training "
@@ -54,6 +54,13 @@ def main(argv=None) -> int:
     common.finish(args, title="TFLite size and accuracy (float32, float16, int8)", module="benchmarks.tflite_quantization",
                   argv=argv, table=table, notes=notes, info=info)  # fmt: skip
     return 0
+
+
+def formatted(row: list) -> list:
+    """Accuracy and its change with two decimals (a quantization changes it by hundredths of a point)."""
+    model, weights, kib, ratio, accuracy, change, images, seconds = row
+    change = "n/a" if change is None else f"{change:+.2f}"
+    return [model, weights, kib, f"{ratio:.2f}", f"{accuracy:.2f}", change, images, seconds]
 
 
 HEADERS = ["model", "weights", "KiB", "size vs float32", "test accuracy %", "change (points)", "images", "export s"]
