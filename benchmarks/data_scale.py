@@ -273,7 +273,9 @@ def prepare(spec: dict) -> dict:
         "check_seconds": seconds,
         "files": sum(len(getattr(splits, name)[1]) for name in ("train", "validation", "test")),
         "working_mib": {
-            crop: splits_lib.estimate_working_bytes(sizes, splits.sized(EvalTransform.from_input_section(_config(dict(spec, variant=variant)).input)))
+            crop: splits_lib.estimate_working_bytes(
+                sizes, splits.sized(EvalTransform.from_input_section(_config(dict(spec, variant=variant)).input))
+            )
             / 2**20
             for crop, variant in (("random_resized", "A"), ("square", "As"))
         },

@@ -42,8 +42,6 @@ from pipeline.compat.layers import iter_layers
 # `LossScaleOptimizer` (mixed_float16) holds the EMA in its `inner_optimizer`. `ema_variable_pairs` reads
 # them; tests/compat/test_compat_augment.py fails, naming the Keras version, when any of these internals change.
 
-RAND_AUGMENT_ISSUE = "keras-team/keras#21169"
-
 
 class StatelessSeedStream(keras.random.SeedGenerator):
     """A `SeedGenerator` without state: inside `with stream.using(seed):` (seed: int32/int64 [2], one

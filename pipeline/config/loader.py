@@ -11,7 +11,6 @@ received and, for near-misses, "did you mean ...". The CLI turns it into exit co
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import types
 import typing
@@ -20,9 +19,10 @@ from typing import Any, Union
 
 import yaml
 
+from pipeline.config.choices import WARMUP_SCHEDULES
 from pipeline.config.schema import *  # noqa: F401,F403  (the schema, re-exported for its users)
 from pipeline.config.schema import Config, OptimizerConfig, ScheduleConfig
-from pipeline.core import errors
+from pipeline.core import errors, fileio
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENTS_DIR = PROJECT_ROOT / "experiments"
@@ -112,7 +112,7 @@ def _read_yaml(path: Path) -> dict:
     try:
         text = path.read_text()
     except OSError as error:
-        raise ConfigError(f"cannot read {path}: {error.strerror}") from None
+        raise ConfigError(f"cannot read {path}: {fileio.os_reason(error)}") from None
     try:
         data = yaml_load(text)
     except yaml.YAMLError as error:
@@ -211,10 +211,6 @@ def to_dict(config) -> dict:
 
 def dump_yaml(config: Config) -> str:
     return yaml.safe_dump(to_dict(config), sort_keys=False, default_flow_style=None)
-
-
-def save_config(config: Config, path: os.PathLike) -> None:
-    Path(path).write_text("# Fully resolved configuration of this run (defaults + YAML + --set).\n" + dump_yaml(config))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -457,7 +453,7 @@ def _check_optimization(optimizer: OptimizerConfig, schedule: ScheduleConfig, ep
         )
     if list(schedule.boundaries) != sorted(schedule.boundaries):
         raise ConfigError(f"{prefix}.schedule.boundaries: must be increasing; received {schedule.boundaries}")
-    if schedule.warmup_epochs and schedule.name not in ("cosine", "polynomial"):
+    if schedule.warmup_epochs and schedule.name not in WARMUP_SCHEDULES:
         raise ConfigError(
             f"{prefix}.schedule.warmup_epochs: warm-up is only available with the cosine and "
             f"polynomial schedules; received schedule {schedule.name!r}. Set "

@@ -1,13 +1,14 @@
 """The run directory: what a run writes and reads back, and the refusal of a directory of another config.
 
-Layout (`runs/<experiment>/<YYYYmmdd-HHMMSS>/` or `--run-dir`):
+Layout (`runs/<experiment>/<YYYYmmdd-HHMMSS>/` or `--run-dir`), every name defined once in `RunLayout`:
     config.yaml          the fully resolved config (written once, before training; marks a run directory)
     classes.txt          class names, one per line, label order
     checkpoints/         best.keras, last.keras (atomic writes)
     backup/              resume state (callbacks.CrashSafeBackupAndRestore)
     tensorboard/         TensorBoard logs
     history.csv          one row per epoch
-    evaluation/          the test-split report (report.json, figures)
+    curves.png           loss, accuracy and learning rate per epoch (from history.csv)
+    evaluation/          the test-split report (report.json, per_class.csv, figures)
     metrics.json         written last: its presence marks a finished run
     export/              SavedModel(s) in TF Serving layout
 
@@ -17,11 +18,13 @@ No TensorFlow here: `evaluate`, `export`, `predict` and `report` read runs throu
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime
 import fcntl
 import json
 import os
 from pathlib import Path
+from typing import ClassVar
 
 from pipeline import config as config_lib
 from pipeline.config import PROJECT_ROOT, Config
@@ -36,6 +39,81 @@ class RunDirError(errors.UserError):
     """A path given as a run directory is not one, or lacks a file the command needs."""
 
 
+@dataclasses.dataclass(frozen=True)
+class RunLayout:
+    """Every file name of a run directory, defined once. The class attributes are the names (relative to
+    the run directory, or to its sub-folder for BEST, LAST, REPORT, PER_CLASS); an instance gives the paths
+    of one run: `RunLayout(run_dir).history` is RUN/history.csv."""
+
+    root: Path
+
+    CONFIG: ClassVar[str] = "config.yaml"
+    CLASSES: ClassVar[str] = "classes.txt"
+    CHECKPOINTS: ClassVar[str] = "checkpoints"
+    BEST: ClassVar[str] = "best.keras"
+    LAST: ClassVar[str] = "last.keras"
+    BACKUP: ClassVar[str] = "backup"
+    TENSORBOARD: ClassVar[str] = "tensorboard"
+    HISTORY: ClassVar[str] = "history.csv"
+    CURVES: ClassVar[str] = "curves.png"
+    EVALUATION: ClassVar[str] = "evaluation"
+    REPORT: ClassVar[str] = "report.json"
+    PER_CLASS: ClassVar[str] = "per_class.csv"
+    METRICS: ClassVar[str] = "metrics.json"
+    EXPORT: ClassVar[str] = "export"
+
+    def __post_init__(self):
+        object.__setattr__(self, "root", Path(self.root))
+
+    @property
+    def config(self) -> Path:
+        return self.root / self.CONFIG
+
+    @property
+    def classes(self) -> Path:
+        return self.root / self.CLASSES
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.root / self.CHECKPOINTS
+
+    def checkpoint(self, which: str = "best") -> Path:
+        """RUN/checkpoints/best.keras or last.keras."""
+        return self.checkpoints / {"best": self.BEST, "last": self.LAST}[which]
+
+    @property
+    def backup(self) -> Path:
+        return self.root / self.BACKUP
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.root / self.TENSORBOARD
+
+    @property
+    def history(self) -> Path:
+        return self.root / self.HISTORY
+
+    @property
+    def curves(self) -> Path:
+        return self.root / self.CURVES
+
+    @property
+    def evaluation(self) -> Path:
+        return self.root / self.EVALUATION
+
+    @property
+    def report(self) -> Path:
+        return self.evaluation / self.REPORT
+
+    @property
+    def metrics(self) -> Path:
+        return self.root / self.METRICS
+
+    @property
+    def export(self) -> Path:
+        return self.root / self.EXPORT
+
+
 def default_run_dir(name: str) -> Path:
     """runs/<name>/<YYYYmmdd-HHMMSS> under the project."""
     return PROJECT_ROOT / "runs" / name / datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
@@ -43,7 +121,7 @@ def default_run_dir(name: str) -> Path:
 
 def checkpoint_path(run_dir: Path, which: str = "best") -> Path:
     """RUN/checkpoints/{best,last}.keras."""
-    return Path(run_dir) / "checkpoints" / f"{which}.keras"
+    return RunLayout(run_dir).checkpoint(which)
 
 
 def check_run_dir(run_dir: Path, config: Config) -> str:
@@ -53,7 +131,7 @@ def check_run_dir(run_dir: Path, config: Config) -> str:
         RunError: the directory exists and is not a run directory, or holds a run of another config
             (the message lists every differing key).
     """
-    config_path = run_dir / "config.yaml"
+    config_path = RunLayout(run_dir).config
     if not run_dir.exists() or (run_dir.is_dir() and not any(run_dir.iterdir())):
         return "new"
     if not config_path.is_file():
@@ -77,7 +155,7 @@ def check_run_dir(run_dir: Path, config: Config) -> str:
             + "\n  ".join(changed)
             + "\nResume it with the same experiment and --set values, or use a new --run-dir."
         )
-    return "finished" if (run_dir / "metrics.json").is_file() else "resume"
+    return "finished" if RunLayout(run_dir).metrics.is_file() else "resume"
 
 
 _HELD: set[str] = set()  # run directories this process has locked
@@ -116,7 +194,7 @@ def exclusive(run_dir: Path):
         yield
     finally:
         _HELD.discard(key)
-        if created and not (run_dir / "config.yaml").exists():
+        if created and not RunLayout(run_dir).config.exists():
             with contextlib.suppress(OSError):
                 run_dir.rmdir()  # only if empty
         fcntl.flock(handle, fcntl.LOCK_UN)
@@ -124,7 +202,8 @@ def exclusive(run_dir: Path):
 
 
 def flatten(tree: dict, prefix: str = "") -> dict:
-    """{'a': {'b': 1}} -> {'a.b': 1}; empty sections stay as values."""
+    """{'a': {'b': 1}} -> {'a.b': 1}: a config as dotted keys (the run-directory check, `compare`, the
+    HParams dashboard). Lists and scalars are leaves; empty sections stay as values ({})."""
     flat = {}
     for key, value in tree.items():
         if isinstance(value, dict) and value:
@@ -137,9 +216,10 @@ def flatten(tree: dict, prefix: str = "") -> dict:
 def start(run_dir: Path, config: Config, class_names: list[str]) -> None:
     """Writes classes.txt, then config.yaml (last: its presence marks a run directory)."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    fileio.atomic_write_text(run_dir / "classes.txt", "\n".join(class_names) + "\n")
+    layout = RunLayout(run_dir)
+    fileio.atomic_write_text(layout.classes, "\n".join(class_names) + "\n")
     fileio.atomic_write_text(
-        run_dir / "config.yaml",
+        layout.config,
         "# Fully resolved configuration of this run (defaults + YAML + --set).\n" + config_lib.dump_yaml(config),
     )
 
@@ -150,7 +230,7 @@ def load_run_config(run_dir: Path) -> Config:
     Raises:
         RunDirError: not a run directory, or its config.yaml is invalid.
     """
-    path = Path(run_dir) / "config.yaml"
+    path = RunLayout(run_dir).config
     if not path.is_file():
         raise RunDirError(
             f"{run_dir}: not a run directory (no config.yaml). Pass a directory written by "
@@ -164,7 +244,7 @@ def load_run_config(run_dir: Path) -> Config:
 
 def read_class_names(run_dir: Path) -> list[str]:
     """Raises RunDirError when classes.txt is missing."""
-    path = Path(run_dir) / "classes.txt"
+    path = RunLayout(run_dir).classes
     if not path.is_file():
         raise RunDirError(f"{path}: missing; the run directory is incomplete")
     return [line for line in path.read_text().splitlines() if line]
@@ -172,7 +252,7 @@ def read_class_names(run_dir: Path) -> list[str]:
 
 def read_metrics(run_dir: Path) -> dict:
     """metrics.json, or {} for an unfinished run."""
-    path = Path(run_dir) / "metrics.json"
+    path = RunLayout(run_dir).metrics
     if not path.is_file():
         return {}
     try:
@@ -182,7 +262,7 @@ def read_metrics(run_dir: Path) -> dict:
 
 
 def write_metrics(run_dir: Path, metrics: dict) -> None:
-    fileio.atomic_write_json(Path(run_dir) / "metrics.json", metrics)
+    fileio.atomic_write_json(RunLayout(run_dir).metrics, metrics)
 
 
 def metrics_record(

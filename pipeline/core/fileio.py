@@ -20,6 +20,22 @@ STORAGE_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 STORAGE_MESSAGES = ("No space left", "File too large", "Disk quota", "errno = 28", "errno = 27")
 
 
+# The one wording of the common reasons a file or folder cannot be read or written (data check, training's
+# scan, predict, the data tools); anything else falls back on the system's own message.
+OS_REASONS = {
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.ENOENT: "no such file (or a broken symbolic link)",
+    errno.ELOOP: "symbolic link loop",
+    errno.EISDIR: "is a directory",
+}
+
+
+def os_reason(error: OSError) -> str:
+    """Why an OSError happened, in words for a user: "permission denied", "symbolic link loop", ..."""
+    return OS_REASONS.get(getattr(error, "errno", None)) or str(getattr(error, "strerror", None) or error)
+
+
 class StorageFullError(errors.UserError):
     """A write failed because the disk (or a quota or file-size limit) is full. Nothing was lost: the
     file being written stays as it was (atomic writes)."""

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from pipeline.config import PROJECT_ROOT
-from pipeline.core import errors
+from pipeline.core import errors, fileio
 from pipeline.data import image_files
 
 
@@ -93,8 +93,9 @@ def extract_archive(archive: Path, data_dir: str) -> Path:
         (temporary / ".extracted-from").write_text(stamp)
         # Archives often wrap everything in one folder (hymenoptera/): remember it now, so files that
         # tools later write beside it (reports, statistics) never change what the dataset root is.
-        (temporary / ".dataset-root").write_text(single_top_folder(temporary).name
-                                                 if single_top_folder(temporary) != temporary else ".")
+        (temporary / ".dataset-root").write_text(
+            single_top_folder(temporary).name if single_top_folder(temporary) != temporary else "."
+        )
         try:
             os.replace(temporary, target)
         except OSError:
@@ -129,10 +130,10 @@ def read_folder_tree(root: Path) -> FileDataset:
     if not split_dirs:
         files, labels, class_names = image_files.list_class_folders(root)
         if not class_names:
-            raise DatasetError(f"{root}: no class folders found; expected {root}/<class>/<images> or "
-                               f"{root}/train/<class>/<images>")
-        return FileDataset({"train": ([str(f) for f in files], np.asarray(labels, np.int64))},
-                           class_names, root)
+            raise DatasetError(
+                f"{root}: no class folders found; expected {root}/<class>/<images> or {root}/train/<class>/<images>"
+            )
+        return FileDataset({"train": ([str(f) for f in files], np.asarray(labels, np.int64))}, class_names, root)
     if "train" not in split_dirs:
         raise DatasetError(f"{root}: has {', '.join(p.name for p in split_dirs.values())}/ but no train/ folder")
     _, _, class_names = image_files.list_class_folders(split_dirs["train"])
@@ -141,11 +142,15 @@ def read_folder_tree(root: Path) -> FileDataset:
         files, labels, names = image_files.list_class_folders(directory)
         unknown = sorted(set(names) - set(class_names))
         if unknown:
-            raise DatasetError(f"{directory}: class folders {', '.join(unknown)} are not in "
-                               f"{split_dirs['train']} (classes: {', '.join(class_names)})")
+            raise DatasetError(
+                f"{directory}: class folders {', '.join(unknown)} are not in "
+                f"{split_dirs['train']} (classes: {', '.join(class_names)})"
+            )
         remap = np.asarray([class_names.index(n) for n in names], np.int64)
-        splits[split] = ([str(f) for f in files], remap[np.asarray(labels, np.int64)] if labels else
-                         np.zeros(0, np.int64))
+        splits[split] = (
+            [str(f) for f in files],
+            remap[np.asarray(labels, np.int64)] if labels else np.zeros(0, np.int64),
+        )
     return FileDataset(splits, class_names, root)
 
 
@@ -158,8 +163,9 @@ def root_folder(root: Path, data_dir: str) -> Path:
     return root
 
 
-def read_file_lists(*, data_dir: str = "data", root: str | None = None, lists: dict | None = None,
-                    classes: str | None = None) -> FileDataset:
+def read_file_lists(
+    *, data_dir: str = "data", root: str | None = None, lists: dict | None = None, classes: str | None = None
+) -> FileDataset:
     """Images named by list files.
 
     Either `lists: {train: a.txt, validation: b.txt, test: c.txt}` (any subset with train) holding
@@ -172,8 +178,10 @@ def read_file_lists(*, data_dir: str = "data", root: str | None = None, lists: d
     if not lists:
         meta = root_path / "meta"
         if not (meta / "classes.txt").is_file():
-            raise DatasetError(f"dataset 'file_list': give dataset.lists (train/validation/test list files) "
-                               f"or a Food-101 style root with meta/classes.txt; {meta / 'classes.txt'} not found")
+            raise DatasetError(
+                f"dataset 'file_list': give dataset.lists (train/validation/test list files) "
+                f"or a Food-101 style root with meta/classes.txt; {meta / 'classes.txt'} not found"
+            )
         class_names = _read_lines(meta / "classes.txt", comments=False)
         splits = {}
         for split, name in (("train", "train.txt"), ("test", "test.txt")):
@@ -187,7 +195,9 @@ def read_file_lists(*, data_dir: str = "data", root: str | None = None, lists: d
         raise DatasetError(f"dataset.lists: a train list is required; received {', '.join(lists)}")
     unknown = set(lists) - {"train", "validation", "test"}
     if unknown:
-        raise DatasetError(f"dataset.lists: keys must be train, validation, test; received {', '.join(sorted(unknown))}")
+        raise DatasetError(
+            f"dataset.lists: keys must be train, validation, test; received {', '.join(sorted(unknown))}"
+        )
     if not classes:
         raise DatasetError("dataset.classes: the class-names file (one name per line) is required with dataset.lists")
     class_names = _read_lines(resolve_root(classes, dataset="file_list"), comments=False)
@@ -198,7 +208,7 @@ def read_file_lists(*, data_dir: str = "data", root: str | None = None, lists: d
         try:
             lines = list_file.read_text().splitlines()
         except OSError as error:
-            raise DatasetError(f"{list_file}: cannot read ({error.strerror})") from None
+            raise DatasetError(f"{list_file}: cannot read ({fileio.os_reason(error)})") from None
         mode = None
         for number, line in enumerate(lines, 1):  # numbered as in an editor: blank and # lines count
             line = line.strip()
@@ -216,14 +226,16 @@ def read_file_lists(*, data_dir: str = "data", root: str | None = None, lists: d
     return FileDataset(splits, class_names, root_path)
 
 
-
 def _read_lines(path: Path, comments: bool = True) -> list[str]:
     """Non-empty lines; `#` lines are comments in list files, but may be class names in a classes file."""
     try:
-        return [line.strip() for line in path.read_text().splitlines()
-                if line.strip() and not (comments and line.startswith("#"))]
+        return [
+            line.strip()
+            for line in path.read_text().splitlines()
+            if line.strip() and not (comments and line.startswith("#"))
+        ]
     except OSError as error:
-        raise DatasetError(f"{path}: cannot read ({error.strerror})") from None
+        raise DatasetError(f"{path}: cannot read ({fileio.os_reason(error)})") from None
 
 
 def _label_of(label: str, class_names: list[str], where, mode: str | None = None) -> int:
@@ -241,25 +253,24 @@ def _label_of(label: str, class_names: list[str], where, mode: str | None = None
     elif mode == "indices":
         by_name = None
     if by_name is not None and by_index is not None and by_name != by_index:
-        raise DatasetError(f"{where}: label {label!r} is ambiguous: the class named {label!r} (index {by_name}) "
-                           f"or the class at index {by_index} ({class_names[by_index]!r}); add a first line "
-                           f"`# labels: names` or `# labels: indices` to the list file to say which")
+        raise DatasetError(
+            f"{where}: label {label!r} is ambiguous: the class named {label!r} (index {by_name}) "
+            f"or the class at index {by_index} ({class_names[by_index]!r}); add a first line "
+            f"`# labels: names` or `# labels: indices` to the list file to say which"
+        )
     if by_name is not None:
         return by_name
     if by_index is not None:
         return by_index
-    raise DatasetError(f"{where}: label {label!r} is neither a class name nor an index below "
-                       f"{len(class_names)}")
+    raise DatasetError(f"{where}: label {label!r} is neither a class name nor an index below {len(class_names)}")
 
 
 def labels_mode(line: str) -> str | None:
     """'names' or 'indices' for a `# labels: ...` directive line, else None."""
     text = line.strip().lower()
     if text.startswith("#") and text.lstrip("# ").startswith("labels:"):
-        value = text.lstrip("# ")[len("labels:"):].strip()
+        value = text.lstrip("# ")[len("labels:") :].strip()
         for mode in ("names", "indices"):
             if value.startswith(mode):
                 return mode
     return None
-
-

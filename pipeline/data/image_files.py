@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import errno
 import hashlib
 import json
 import os
@@ -18,6 +17,7 @@ import stat
 import sys
 from pathlib import Path
 
+from pipeline.core import fileio
 from pipeline.core.fileio import atomic_write_json
 
 DECODABLE = {"jpeg": "JPEG", "png": "PNG", "gif": "GIF", "bmp": "BMP", "webp": "WebP"}
@@ -82,16 +82,8 @@ class ImageCheck:
         return self.reason is None
 
 
-def _os_reason(error: OSError) -> str:
-    if error.errno == errno.ELOOP:
-        return "unreadable: symbolic link loop"
-    if error.errno == errno.ENOENT:
-        return "unreadable: broken symbolic link or missing file"
-    if error.errno in (errno.EACCES, errno.EPERM):
-        return "unreadable: permission denied"
-    if error.errno == errno.EISDIR:
-        return "unreadable: is a directory"
-    return f"unreadable: {error.strerror or error}"
+def _unreadable(error: OSError) -> str:
+    return f"unreadable: {fileio.os_reason(error)}"
 
 
 def check_image(path: os.PathLike, *, min_size: int = 8, placeholder_colours: int = 64) -> ImageCheck:
@@ -115,7 +107,7 @@ def check_image(path: os.PathLike, *, min_size: int = 8, placeholder_colours: in
         with open(path, "rb") as handle:
             data = handle.read()
     except OSError as error:
-        result.reason = _os_reason(error)
+        result.reason = _unreadable(error)
         return result
     if not data:
         result.reason = "empty file (0 bytes)"
@@ -165,7 +157,7 @@ def _grey_bmp_palette(data: bytes) -> bool:
     """True when a palette BMP's colour table is the identity grey ramp (index == grey level)."""
     header_size = int.from_bytes(data[14:18], "little")
     colours = int.from_bytes(data[46:50], "little") or 2 ** int.from_bytes(data[28:30], "little")
-    table = data[14 + header_size: 14 + header_size + 4 * colours]
+    table = data[14 + header_size : 14 + header_size + 4 * colours]
     return all(table[4 * i] == table[4 * i + 1] == table[4 * i + 2] == i for i in range(len(table) // 4))
 
 
@@ -180,7 +172,7 @@ def find_files(root: os.PathLike, errors: list | None = None) -> list[Path]:
 
     def unreadable(error: OSError):
         if errors is not None:
-            errors.append((error.filename, _os_reason(error)))
+            errors.append((error.filename, _unreadable(error)))
 
     for directory, subdirectories, files in os.walk(root, onerror=unreadable):
         subdirectories[:] = sorted(d for d in subdirectories if not d.startswith("."))
@@ -198,8 +190,7 @@ def find_files(root: os.PathLike, errors: list | None = None) -> list[Path]:
 LOG_REFRESH_S = 30.0
 
 
-def progress_bar(total: int, description: str, *, unit: str = "file", enabled: bool = True,
-                 stream=None):
+def progress_bar(total: int, description: str, *, unit: str = "file", enabled: bool = True, stream=None):
     """A tqdm progress bar on stderr: count, rate and time left. Use it as a context manager (or call
     `close()`) so that the final state and the newline are written.
 
@@ -218,8 +209,7 @@ def progress_bar(total: int, description: str, *, unit: str = "file", enabled: b
         options = {"dynamic_ncols": True}  # follows a resized window
     else:
         options = {"mininterval": LOG_REFRESH_S, "maxinterval": LOG_REFRESH_S}
-    return tqdm(total=total, desc=description, file=stream, disable=not (enabled and total > 0),
-                unit=unit, **options)
+    return tqdm(total=total, desc=description, file=stream, disable=not (enabled and total > 0), unit=unit, **options)
 
 
 def _cache_key(path: Path) -> list | None:
@@ -231,9 +221,16 @@ def _cache_key(path: Path) -> list | None:
         return None
 
 
-def scan_images(paths, *, min_size: int = 8, placeholder_colours: int = 64, workers: int | None = None,
-                cache_dir: os.PathLike | None = None, progress: bool = False,
-                description: str = "checking images") -> list[ImageCheck]:
+def scan_images(
+    paths,
+    *,
+    min_size: int = 8,
+    placeholder_colours: int = 64,
+    workers: int | None = None,
+    cache_dir: os.PathLike | None = None,
+    progress: bool = False,
+    description: str = "checking images",
+) -> list[ImageCheck]:
     """Checks many files in parallel (TensorFlow's decoder releases the GIL). Results come back in input
     order. With `cache_dir`, a file whose size and modification time are unchanged is not decoded again,
     so re-scanning a clean dataset costs a `stat` per file. `progress` draws a `progress_bar` on stderr
@@ -259,10 +256,14 @@ def scan_images(paths, *, min_size: int = 8, placeholder_colours: int = 64, work
         else:
             todo.append(index)
     workers = workers or min(8, (os.cpu_count() or 2) * 2)
-    with progress_bar(len(todo), description, enabled=progress) as bar, \
-            concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
-        futures = {pool.submit(check_image, paths[i], min_size=min_size,
-                               placeholder_colours=placeholder_colours): i for i in todo}
+    with (
+        progress_bar(len(todo), description, enabled=progress) as bar,
+        concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool,
+    ):
+        futures = {
+            pool.submit(check_image, paths[i], min_size=min_size, placeholder_colours=placeholder_colours): i
+            for i in todo
+        }
         for future in concurrent.futures.as_completed(futures):
             results[futures[future]] = future.result()
             bar.update()
@@ -308,7 +309,9 @@ def split_folders(root: os.PathLike) -> dict[str, Path]:
         if path.is_dir() and path.name in SPLIT_NAMES:
             split = SPLIT_NAMES[path.name]
             if split in found:
-                raise ValueError(f"{root}: both {found[split].name}/ and {path.name}/ hold the {split} split; "
-                                 f"merge them into one folder")
+                raise ValueError(
+                    f"{root}: both {found[split].name}/ and {path.name}/ hold the {split} split; "
+                    f"merge them into one folder"
+                )
             found[split] = path
     return found

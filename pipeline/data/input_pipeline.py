@@ -18,9 +18,17 @@ from pipeline.data.transform import EvalTransform
 AUTOTUNE = tf.data.AUTOTUNE
 
 
-def _indexed_batches(images: np.ndarray, labels: np.ndarray, *, batch_size: int, num_classes: int,
-                     shuffle: bool, seed: int | None, shuffle_buffer: int | None,
-                     transform: EvalTransform) -> tf.data.Dataset:
+def _indexed_batches(
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    batch_size: int,
+    num_classes: int,
+    shuffle: bool,
+    seed: int | None,
+    shuffle_buffer: int | None,
+    transform: EvalTransform,
+) -> tf.data.Dataset:
     images_tensor = tf.constant(images)
     labels_tensor = tf.constant(np.asarray(labels, np.int64))
     dataset = tf.data.Dataset.range(len(images))
@@ -35,10 +43,18 @@ def _indexed_batches(images: np.ndarray, labels: np.ndarray, *, batch_size: int,
     return dataset.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
 
 
-def make_train_dataset(images: np.ndarray, labels: np.ndarray, *, batch_size: int, num_classes: int,
-                       seed: int, transform: EvalTransform = EvalTransform(),
-                       augment: Augmentation | dict | None = None, shuffle_buffer: int | None = None,
-                       deterministic: bool = True) -> tf.data.Dataset:
+def make_train_dataset(
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    batch_size: int,
+    num_classes: int,
+    seed: int,
+    transform: EvalTransform = EvalTransform(),
+    augment: Augmentation | dict | None = None,
+    shuffle_buffer: int | None = None,
+    deterministic: bool = True,
+) -> tf.data.Dataset:
     """Shuffled, augmented batches of (float32 images in [0, 255], one-hot labels).
 
     Args:
@@ -48,8 +64,16 @@ def make_train_dataset(images: np.ndarray, labels: np.ndarray, *, batch_size: in
         deterministic: run augmentation in order so a seed reproduces a run exactly; False lets
             tf.data run several augmentation calls at once (faster, not repeatable).
     """
-    dataset = _indexed_batches(images, labels, batch_size=batch_size, num_classes=num_classes,
-                               shuffle=True, seed=seed, shuffle_buffer=shuffle_buffer, transform=transform)
+    dataset = _indexed_batches(
+        images,
+        labels,
+        batch_size=batch_size,
+        num_classes=num_classes,
+        shuffle=True,
+        seed=seed,
+        shuffle_buffer=shuffle_buffer,
+        transform=transform,
+    )
     dataset = _augment(dataset, augment, seed, deterministic)
     return _batch_augment(dataset, augment, seed, deterministic).prefetch(AUTOTUNE)
 
@@ -67,8 +91,8 @@ def _augment(dataset, augment: Augmentation | dict | None, seed: int, determinis
     if augmenter.stateless:
         seeds = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True).batch(2)
         return tf.data.Dataset.zip(dataset, seeds).map(
-            lambda batch, pair: (augmenter(batch[0], pair), batch[1]), num_parallel_calls=AUTOTUNE,
-            deterministic=True)
+            lambda batch, pair: (augmenter(batch[0], pair), batch[1]), num_parallel_calls=AUTOTUNE, deterministic=True
+        )
     if deterministic:
         return dataset.map(lambda x, y: (augmenter(x), y))
     return dataset.map(lambda x, y: (augmenter(x), y), num_parallel_calls=AUTOTUNE, deterministic=False)
@@ -84,16 +108,31 @@ def _batch_augment(dataset, augment: Augmentation | dict | None, seed: int, dete
     return augment_lib.map_batch_augment(dataset, batch_augment, seed=seed + 2, deterministic=deterministic)
 
 
-def make_eval_dataset(images: np.ndarray, labels: np.ndarray, *, batch_size: int, num_classes: int,
-                      transform: EvalTransform = EvalTransform()) -> tf.data.Dataset:
+def make_eval_dataset(
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    batch_size: int,
+    num_classes: int,
+    transform: EvalTransform = EvalTransform(),
+) -> tf.data.Dataset:
     """Batches in order, eval transform only (no randomness)."""
-    return _indexed_batches(images, labels, batch_size=batch_size, num_classes=num_classes,
-                            shuffle=False, seed=None, shuffle_buffer=None, transform=transform).prefetch(AUTOTUNE)
+    return _indexed_batches(
+        images,
+        labels,
+        batch_size=batch_size,
+        num_classes=num_classes,
+        shuffle=False,
+        seed=None,
+        shuffle_buffer=None,
+        transform=transform,
+    ).prefetch(AUTOTUNE)
 
 
 # --------------------------------------------------------------------------------------------------
 # Image files of any size (folder and file_list datasets)
 # --------------------------------------------------------------------------------------------------
+
 
 def _cache(dataset: tf.data.Dataset, cache: str, suffix: str) -> tf.data.Dataset:
     if cache == "auto":  # resolved by the caller (Splits.cache_mode); never a file named "auto"
@@ -112,10 +151,22 @@ def make_file_dataset(paths, labels, **options) -> tf.data.Dataset:
     return make_image_dataset(source, count=len(labels), read=tf.io.read_file, **options)
 
 
-def make_image_dataset(source: tf.data.Dataset, *, count: int, training: bool, batch_size: int, num_classes: int,
-                       transform: EvalTransform, read=None, seed: int = 0, augment: Augmentation | dict | None = None,
-                       cache: str = "memory", shuffle_buffer: int | None = None, deterministic: bool = True,
-                       cache_suffix: str = "") -> tf.data.Dataset:
+def make_image_dataset(
+    source: tf.data.Dataset,
+    *,
+    count: int,
+    training: bool,
+    batch_size: int,
+    num_classes: int,
+    transform: EvalTransform,
+    read=None,
+    seed: int = 0,
+    augment: Augmentation | dict | None = None,
+    cache: str = "memory",
+    shuffle_buffer: int | None = None,
+    deterministic: bool = True,
+    cache_suffix: str = "",
+) -> tf.data.Dataset:
     """Batches of (float32 images in [0, 255], one-hot labels) from encoded images of any size.
 
     Memory follows the training resolution, not the files: training decodes each image at reduced scale
@@ -138,16 +189,25 @@ def make_image_dataset(source: tf.data.Dataset, *, count: int, training: bool, b
     read = read or (lambda item: item)
     one_hot = lambda images, y: (images, tf.one_hot(y, num_classes))  # noqa: E731
     if not training:
-        dataset = source.map(lambda item, label: (transform(decode.decode_image(read(item), channels=transform.channels)),
-                                                  label), num_parallel_calls=AUTOTUNE, deterministic=True)
+        dataset = source.map(
+            lambda item, label: (transform(decode.decode_image(read(item), channels=transform.channels)), label),
+            num_parallel_calls=AUTOTUNE,
+            deterministic=True,
+        )
         dataset = _cache(dataset.ignore_errors(log_warning=True), cache, f"eval{cache_suffix}")
         return dataset.batch(batch_size).map(one_hot, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
 
     crop, factor = transform.working_crop()
 
     def working(item, label):
-        image, margin = decode.decode_working_image(read(item), image_size=transform.image_size, crop=crop,
-                                                    margin=transform.margin, channels=transform.channels, factor=factor)
+        image, margin = decode.decode_working_image(
+            read(item),
+            image_size=transform.image_size,
+            crop=crop,
+            margin=transform.margin,
+            channels=transform.channels,
+            factor=factor,
+        )
         return image, margin, label
 
     buffer = shuffle_buffer or max(count, 1)
@@ -161,7 +221,9 @@ def make_image_dataset(source: tf.data.Dataset, *, count: int, training: bool, b
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
     dataset = tf.data.Dataset.zip(dataset, seeds).map(
         lambda element, pair: (transform.train_crop(element[0], pair, margin=element[1]), element[2]),
-        num_parallel_calls=AUTOTUNE, deterministic=True)
+        num_parallel_calls=AUTOTUNE,
+        deterministic=True,
+    )
     dataset = _augment(dataset.batch(batch_size), augment, seed, deterministic)
     dataset = _batch_augment(dataset.map(one_hot, num_parallel_calls=AUTOTUNE), augment, seed, deterministic)
     return dataset.prefetch(AUTOTUNE)

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.config import ConfigError
 from pipeline.data import datasets, image_files, input_pipeline, sharding
 from pipeline.data.options import DataOptions
 
@@ -26,11 +25,8 @@ def _worker_suffix(shard: tuple[int, int]) -> str:
 
 
 def _require_image_size(options: DataOptions) -> None:
-    if not options.transform.image_size:
-        raise ConfigError(
-            f"input.image_size: required for dataset {options.dataset!r}, whose "
-            f"images have many sizes; e.g. --set input.image_size=[224,224]"
-        )
+    """Raises ConfigError (`EvalTransform.for_data`'s) before any file is read when no image size is set."""
+    options.transform.for_data(None, source=f"dataset {options.dataset!r}")
 
 
 class ArrayReader:

@@ -60,10 +60,7 @@ class Splits:
         )
         check_split_sizes(parts, self.class_names, validation_split=options.validation_split, log=log)
         self.train, self.validation, self.test = parts["train"], parts["validation"], parts["test"]
-        height, width, channels = self.reader.native_shape
-        if options.transform.image_size:
-            height, width = options.transform.image_size
-        self.input_shape = (int(height), int(width), int(options.transform.channels or channels))
+        self.input_shape = options.transform.for_data(self.reader.native_shape).input_shape
 
     @classmethod
     def from_config(cls, config, *, log=print) -> Splits:
@@ -148,7 +145,7 @@ class Splits:
 
     def sized(self, transform: EvalTransform) -> EvalTransform:
         """`transform` with this data's input size and channels (e.g. another crop mode's, for estimates)."""
-        return transform.sized(image_size=self.input_shape[:2], channels=self.input_shape[-1])
+        return transform.for_data(self.input_shape)
 
     def channel_statistics(self) -> tuple[list[float], list[float]]:
         """Per-channel mean and std of the training split after the eval transform (for `standardize`),

@@ -37,7 +37,7 @@ from pipeline.distribute import strategy as distribute
 # What a non-chief worker copies from the run directory into its scratch directory: the files that
 # decide new / resume / finished (config.yaml, metrics.json) and the resume state itself (backup/), so
 # that it takes the same path through the run as the chief and restores the same epoch.
-RESUME_FILES = ("config.yaml", "metrics.json", "backup")
+RESUME_FILES = (rundir.RunLayout.CONFIG, rundir.RunLayout.METRICS, rundir.RunLayout.BACKUP)
 
 # Callbacks that call the model's predict function inside `fit`. Under multi_worker Keras all-gathers
 # predictions across the workers (keras/src/backend/tensorflow/trainer.py, reduce_per_replica with

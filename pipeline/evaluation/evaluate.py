@@ -76,7 +76,7 @@ def evaluate_model(
         images = _images_at(data, worst) if len(worst) else np.zeros((0, 1, 1, 3), np.float32)
         paths = evaluation_report.write_report(
             report,
-            Path(run_dir) / "evaluation",
+            rundir.RunLayout(run_dir).evaluation,
             labels=labels,
             probabilities=probabilities,
             class_names=splits.class_names,
@@ -123,5 +123,5 @@ def _evaluate_run(run_dir: Path, config, log) -> dict:
         return {"test": test}
     metrics["test"] = test
     write_metrics(run_dir, metrics)
-    log(f"{summary}; written to {run_dir / 'metrics.json'}")
+    log(f"{summary}; written to {rundir.RunLayout(run_dir).metrics}")
     return metrics

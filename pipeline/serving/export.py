@@ -70,8 +70,7 @@ def serving_functions(model: keras.Model, *, class_names: list[str], transform: 
 
 def eval_transform(model: keras.Model, config: Config) -> EvalTransform:
     """The eval transform of a run, sized by the model's input."""
-    height, width, channels = model.input_shape[1:]
-    return EvalTransform.from_input_section(config.input).sized(image_size=(height, width), channels=channels)
+    return EvalTransform.sized_for_data(config.input, native_shape=model.input_shape[1:])
 
 
 def next_version(model_dir: Path) -> int:
@@ -171,7 +170,7 @@ def export_run(
         model = tta.with_tta(model, config.export.tta)
         return export_model(
             model,
-            out_dir=out_dir or Path(run_dir) / "export",
+            out_dir=out_dir or rundir.RunLayout(run_dir).export,
             model_name=config.name,
             class_names=class_names,
             transform=eval_transform(model, config),

@@ -18,7 +18,6 @@ still predicted; only hidden entries and, in folders, files neither named nor en
 from __future__ import annotations
 
 import csv
-import errno
 import io
 import json
 import os
@@ -30,6 +29,8 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from pipeline.config import rundir
+from pipeline.core import fileio
 from pipeline.core.errors import UserError
 from pipeline.data import image_files  # TF-free; only its format sniffer, shared with `data check`
 
@@ -75,7 +76,7 @@ def _run_name(run_dir: Path) -> str | None:
     try:
         import yaml
 
-        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        config = yaml.safe_load(rundir.RunLayout(run_dir).config.read_text())
     except Exception:  # noqa: BLE001  (a missing or odd config only loses a tie-breaker)
         return None
     name = config.get("name") if isinstance(config, dict) else None
@@ -98,7 +99,7 @@ def resolve_export(path: Path) -> Path:
     versions = _versions(path)
     if versions:
         return versions[-1]
-    export_root = path / "export"
+    export_root = rundir.RunLayout(path).export
     if export_root.is_dir():
         newest = {
             child.name: _versions(child)[-1]
@@ -158,17 +159,6 @@ OTHER_IMAGE_EXTENSIONS = (
 SKIPPED = object()  # _screen's answer for a folder's non-image sidecar (notes.txt, labels.csv)
 
 
-def _os_reason(error: OSError) -> str:
-    reasons = {
-        errno.EACCES: "permission denied",
-        errno.EPERM: "permission denied",
-        errno.ENOENT: "no such file (or a broken symbolic link)",
-        errno.ELOOP: "symbolic link loop",
-        errno.EISDIR: "is a directory",
-    }
-    return reasons.get(error.errno) or f"cannot read ({error.strerror or error})"
-
-
 def _screen(path: Path, *, in_folder: bool):
     """Looks at a file before the model does: None (predict it), a Failure (why it cannot be), or
     SKIPPED for a file found in a folder that is neither named nor encoded as an image.
@@ -185,7 +175,7 @@ def _screen(path: Path, *, in_folder: bool):
         with open(path, "rb") as handle:
             head = handle.read(64)
     except OSError as error:
-        return Failure(str(path), _os_reason(error))
+        return Failure(str(path), fileio.os_reason(error))
     kind = image_files.sniff_format(head)
     if kind is not None and kind not in image_files.DECODABLE:
         reads = ", ".join(image_files.DECODABLE.values())  # what tf.io.decode_image reads
@@ -216,7 +206,7 @@ def collect_files(paths) -> tuple[list, int]:
             entries.append(entry)
 
     def unreadable_folder(error: OSError):
-        add(Failure(str(error.filename), f"cannot read the folder ({_os_reason(error)})"))
+        add(Failure(str(error.filename), f"cannot read the folder ({fileio.os_reason(error)})"))
 
     for path in map(Path, paths):
         if path.is_dir():
@@ -245,7 +235,7 @@ def read_bytes(path: Path) -> bytes | Failure:
     try:
         data = path.read_bytes()
     except OSError as error:
-        return Failure(str(path), _os_reason(error))
+        return Failure(str(path), fileio.os_reason(error))
     return data if data else Failure(str(path), "empty file")
 
 

@@ -11,6 +11,7 @@ import stat
 import sys
 from pathlib import Path
 
+from pipeline.core import fileio
 from pipeline.core.errors import UserError
 from pipeline.core.fileio import atomic_write_text
 from pipeline.data import image_files
@@ -41,7 +42,7 @@ def existing_folder(root, what: str = "folder") -> Path:
         with os.scandir(root) as entries:
             next(entries, None)
     except OSError as error:
-        raise DataError(f"{root}: cannot read ({error.strerror or error})") from None
+        raise DataError(f"{root}: cannot read ({fileio.os_reason(error)})") from None
     return root
 
 
@@ -55,7 +56,7 @@ def write_lists(files: dict) -> None:
         try:
             atomic_write_text(path, text)
         except OSError as error:
-            raise DataError(f"cannot write {path} ({error.strerror or error}); choose another --out") from None
+            raise DataError(f"cannot write {path} ({fileio.os_reason(error)}); choose another --out") from None
 
 
 def relative(path: Path, root: Path) -> str:

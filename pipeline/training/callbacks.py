@@ -23,6 +23,8 @@ import keras
 import numpy as np
 
 from pipeline import compat
+from pipeline.config.rundir import RunLayout
+from pipeline.core.errors import UserError
 from pipeline.core.fileio import atomic_write, atomic_write_json, atomic_write_text
 
 
@@ -90,6 +92,14 @@ def trim_history(path: os.PathLike, *, epochs: int) -> None:
     atomic_write_text(path, out.getvalue())
 
 
+class MonitorError(UserError):
+    """A callback monitors a metric that training does not log (known only once an epoch ends)."""
+
+
+class ResumeStateError(UserError, RuntimeError):
+    """A run's resume state (backup/) cannot be read: not written by this pipeline, or edited by hand."""
+
+
 class Checkpoints(_SavesFullModel, keras.callbacks.Callback):
     """Writes `last.keras` every epoch and `best.keras` when `monitor` improves, both atomically.
 
@@ -108,18 +118,18 @@ class Checkpoints(_SavesFullModel, keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         if self.monitor not in logs:
-            raise KeyError(
+            raise MonitorError(
                 f"train.callbacks.checkpoint.monitor: {self.monitor!r} is not a logged metric; "
                 f"logged: {', '.join(sorted(logs))}"
             )
         value = float(logs[self.monitor])
         if not self.healthy(logs):
             return  # the previous checkpoints stay the last good ones
-        atomic_write(self.directory / "last.keras", self.saved_model.save, suffix=".keras")
+        atomic_write(self.directory / RunLayout.LAST, self.saved_model.save, suffix=".keras")
         self.last_good_epoch = epoch + 1
         if math.isfinite(value) and (self.best is None or self._is_better(value, self.best)):
             self.best = value
-            atomic_write(self.directory / "best.keras", self.saved_model.save, suffix=".keras")
+            atomic_write(self.directory / RunLayout.BEST, self.saved_model.save, suffix=".keras")
 
     def get_state(self) -> dict:
         return {"best": self.best, "last_good_epoch": self.last_good_epoch}
@@ -280,7 +290,7 @@ def read_backup_metadata(directory: os.PathLike) -> dict | None:
             raise KeyError(metadata["weights"])
         return metadata
     except (ValueError, KeyError) as error:
-        raise RuntimeError(
+        raise ResumeStateError(
             f"{path}: resume state is unreadable ({error!r}); it was not written by this "
             f"pipeline or was edited by hand. Move the run directory aside and start a new "
             f"run."
@@ -306,9 +316,9 @@ class ResumePoint:
         """The run's resume point (epoch 0 when training never finished an epoch).
 
         Raises:
-            RuntimeError: the backup's metadata is unreadable.
+            ResumeStateError: the backup's metadata is unreadable.
         """
-        metadata = read_backup_metadata(Path(run_dir) / BACKUP_DIR)
+        metadata = read_backup_metadata(RunLayout(run_dir).backup)
         if not metadata:
             return cls()
         return cls(
@@ -320,11 +330,7 @@ class ResumePoint:
     def trim_history(self, run_dir: Path) -> None:
         """Drops history rows of epochs after this point (a kill between the CSV row and the backup)."""
         if self.epoch:
-            trim_history(Path(run_dir) / HISTORY_FILE, epochs=self.epoch)
-
-
-BACKUP_DIR = "backup"
-HISTORY_FILE = "history.csv"
+            trim_history(RunLayout(run_dir).history, epochs=self.epoch)
 
 
 @dataclasses.dataclass
@@ -368,7 +374,8 @@ def build_callbacks(
     from pipeline.training import ema as ema_lib
 
     averages = ema_lib.EMAWeights() if ema else None
-    checkpoints = Checkpoints(run_dir / "checkpoints", monitor=options.checkpoint.monitor, mode=options.checkpoint.mode)
+    layout = RunLayout(run_dir)
+    checkpoints = Checkpoints(layout.checkpoints, monitor=options.checkpoint.monitor, mode=options.checkpoint.mode)
     timer = Timer(images_per_epoch)
     stateful = {"checkpoints": checkpoints, "timer": timer}
     callback_list = [LearningRateLogger(), timer] + ([averages] if averages else [])
@@ -384,14 +391,14 @@ def build_callbacks(
         stateful["early_stopping"] = stopper
         callback_list.append(stopper)
     if options.csv_log:
-        callback_list.append(keras.callbacks.CSVLogger(str(run_dir / HISTORY_FILE), append=True))
+        callback_list.append(keras.callbacks.CSVLogger(str(layout.history), append=True))
     if options.tensorboard.enabled:
         update_freq = options.tensorboard.update_freq
         # write_graph=False: Keras 3.15 writes only its "conceptual graph" there, which TensorBoard's Graphs
         # tab cannot show ("Malformed GraphDef"); the op graph comes from tensorboard_logging.write_op_graph.
         callback_list.append(
             keras.callbacks.TensorBoard(
-                str(run_dir / "tensorboard"),
+                str(layout.tensorboard),
                 histogram_freq=options.tensorboard.histogram_freq,
                 update_freq=update_freq,
                 write_graph=False,
@@ -401,6 +408,6 @@ def build_callbacks(
     if averages:
         callback_list.append(averages.restore_callback())
     # Last: saves after the others updated their state, restores after their on_train_begin reset it.
-    backup = CrashSafeBackupAndRestore(run_dir / BACKUP_DIR, stateful=stateful, total_phases=total_phases)
+    backup = CrashSafeBackupAndRestore(layout.backup, stateful=stateful, total_phases=total_phases)
     callback_list.append(backup)
     return RunCallbacks(callback_list, checkpoints=checkpoints, timer=timer, backup=backup, stateful=stateful)

@@ -13,11 +13,12 @@ import keras
 
 from pipeline import compat
 from pipeline.config import OptimizerConfig, ScheduleConfig
-from pipeline.core.errors import did_you_mean
+from pipeline.core.errors import UserError, did_you_mean
 
 
-class PhaseError(ValueError):
-    """A phase names a layer the model does not have, or freezes a model without a backbone."""
+class PhaseError(UserError, ValueError):
+    """A phase names a layer the model does not have, or freezes a model without a backbone (exit code 2;
+    still a ValueError for callers that catch the builders' argument errors with it)."""
 
 
 @dataclasses.dataclass(frozen=True)

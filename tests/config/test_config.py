@@ -12,7 +12,7 @@ import yaml
 from pipeline import cli
 from pipeline import config as config_lib
 from pipeline import experiment as experiment_lib
-from pipeline.config import ConfigError
+from pipeline.config import ConfigError, rundir
 
 EXPERIMENTS = sorted(p.stem for p in config_lib.EXPERIMENTS_DIR.glob("*.yaml"))
 CIFAR10_NET = config_lib.EXPERIMENTS_DIR / "cifar10_net.yaml"
@@ -481,9 +481,9 @@ def test_round_trip_with_non_default_values(tmp_path):
     )
     text = config_lib.dump_yaml(config)
     assert config_lib.from_dict(yaml.safe_load(text)) == config
-    # and through a saved file, as a run directory stores it
-    config_lib.save_config(config, tmp_path / "config.yaml")
-    assert experiment_lib.load_experiment(str(tmp_path / "config.yaml")) == config
+    # and through the file a run directory stores (rundir.start writes it)
+    rundir.start(tmp_path / "run", config, ["a", "b"])
+    assert experiment_lib.load_experiment(str(rundir.RunLayout(tmp_path / "run").config)) == config
 
 
 def test_from_dict_of_defaults():

@@ -240,9 +240,7 @@ def all_batches(photos: dict, *, source: str, evaluation: bool = True, **options
     splits = splits_lib.Splits.from_config(config, log=lambda message: None)
     batches = {"train": epochs(splits.dataset("train", training=True))}
     if evaluation:
-        batches.update(
-            validation=epochs(splits.dataset("validation"), 1), test=epochs(splits.dataset("test"), 1)
-        )
+        batches.update(validation=epochs(splits.dataset("validation"), 1), test=epochs(splits.dataset("test"), 1))
     return batches
 
 

@@ -11,7 +11,6 @@ import tensorflow as tf
 from PIL import Image, ImageOps
 
 from pipeline.data import decode
-from pipeline.data import image_ops as preprocessing
 
 # The stored pixels for EXIF value n are the upright picture under the inverse of n's display transform.
 INVERSE = {
@@ -100,9 +99,7 @@ def _decode_before_exif(data: bytes, channels) -> np.ndarray:
         native = tf.io.decode_jpeg(data, channels=0, dct_method=decode.JPEG_DCT_METHOD)
     else:
         native = tf.io.decode_image(data, channels=0, expand_animations=False)
-    return preprocessing.convert_channels(
-        native[..., :3] if native.shape[-1] >= 3 else native[..., :1], channels
-    ).numpy()
+    return decode.convert_channels(native[..., :3] if native.shape[-1] >= 3 else native[..., :1], channels).numpy()
 
 
 def test_png_exif_chunk_is_honoured_and_other_formats_decode_as_before():
@@ -248,7 +245,7 @@ def test_graph_mode_tf_data_and_saved_model(tmp_path):
     for path, want in zip(files, eager):
         served = restored.decode(tf.io.read_file(path)).numpy()
         assert served.shape == (24, 32, 1)
-        np.testing.assert_array_equal(served, preprocessing.convert_channels(want, 1).numpy())
+        np.testing.assert_array_equal(served, decode.convert_channels(want, 1).numpy())
 
 
 def test_channels_are_validated():

@@ -747,7 +747,9 @@ def test_skip_placeholders_skips_a_flat_image_and_keeps_photos(tmp_path):
     flat[:10], flat[10:20], flat[20:] = (255, 255, 255), (200, 30, 30), (90, 90, 90)
     placeholder = save_image(root / "a" / "imageNotFound.png", flat)
     kept = save_image(root / "b" / "photo.jpg", photo_like(30, 40, 77), "JPEG")
-    relaxed = splits_lib.Splits.from_config(make_config(tmp_path, {"root": str(root), "test_split": 0.25}), log=lambda m: None)
+    relaxed = splits_lib.Splits.from_config(
+        make_config(tmp_path, {"root": str(root), "test_split": 0.25}), log=lambda m: None
+    )
     assert relaxed.skipped == []
     messages = []
     strict = splits_lib.Splits.from_config(

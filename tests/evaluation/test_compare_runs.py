@@ -12,6 +12,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from pipeline.config import rundir
 from pipeline.evaluation import compare_runs
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -121,7 +122,7 @@ def test_command_arguments_and_run(tmp_path, capsys):
 
 
 def test_flatten():
-    assert compare_runs.flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": {}}) == {"a.b": 1, "a.c.d": [1, 2], "e": {}}
+    assert rundir.flatten({"a": {"b": 1, "c": {"d": [1, 2]}}, "e": {}}) == {"a.b": 1, "a.c.d": [1, 2], "e": {}}
 
 
 def test_import_is_tensorflow_free():

@@ -507,7 +507,9 @@ def test_predict_rejects_a_directory_that_is_not_an_export(tmp_path, images, cap
 
 def test_predict_uses_only_the_saved_model():
     """predict must prove the export is self-contained: nothing from the project transforms the pixels.
-    Its project imports: the user-error base, and image_files for the format sniffer `data check` uses."""
+    Its project imports: the user-error base, image_files for the format sniffer `data check` uses, and two
+    facts defined once elsewhere: the run directory's layout (rundir.RunLayout: where export/ and config.yaml
+    are) and the OS-error wording (fileio.os_reason)."""
     tree = ast.parse((PROJECT_ROOT / "pipeline" / "serving" / "predict.py").read_text())
     imported = [alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names]
     imported += [
@@ -517,4 +519,9 @@ def test_predict_uses_only_the_saved_model():
         for alias in node.names
     ]
     project = [name for name in imported if name.split(".")[0] in ("pipeline", "models")]
-    assert sorted(project) == ["pipeline.core.errors.UserError", "pipeline.data.image_files"], imported
+    assert sorted(project) == [
+        "pipeline.config.rundir",
+        "pipeline.core.errors.UserError",
+        "pipeline.core.fileio",
+        "pipeline.data.image_files",
+    ], imported

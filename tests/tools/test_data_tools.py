@@ -301,14 +301,15 @@ def test_label_without_class_folders_is_a_user_error(tmp_path, capsys):
 
 
 def reference_images(paths, size, channels):
-    import tensorflow as tf
+    """The images as training's evaluation path prepares them (decode.decode_image, then the transform)."""
+    from pipeline.data import decode
+    from pipeline.data.transform import EvalTransform
 
-    from pipeline.data.image_ops import convert_channels
-
+    transform = EvalTransform(image_size=size, channels=channels)
     images = []
     for path in paths:
-        image = tf.io.decode_image(Path(path).read_bytes(), channels=0, expand_animations=False)
-        images.append(tf.image.resize(convert_channels(image, channels), size).numpy().astype(np.float64))
+        image = decode.decode_image(Path(path).read_bytes(), channels=channels)
+        images.append(transform(image).numpy().astype(np.float64))
     return np.stack(images)
 
 
