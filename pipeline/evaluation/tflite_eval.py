@@ -23,9 +23,10 @@ from pipeline.data.splits import Splits
 def run_of(tflite_path: Path) -> Path:
     """RUN for RUN/export_tflite/<name>/<version>/model.tflite (the layout `export --format tflite` writes)."""
     run_dir = Path(tflite_path).resolve().parents[3]
-    if not (run_dir / "config.yaml").is_file():
+    config_file = rundir.RunLayout(run_dir).config
+    if not config_file.is_file():
         raise rundir.RunDirError(
-            f"{tflite_path}: no run directory found above it (looked for {run_dir / 'config.yaml'}); "
+            f"{tflite_path}: no run directory found above it (looked for {config_file}); "
             f"evaluate a file written by `python -m pipeline export RUN --format tflite` in RUN/export_tflite"
         )
     return run_dir

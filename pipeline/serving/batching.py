@@ -28,7 +28,7 @@ import threading
 import time
 from pathlib import Path
 
-from pipeline.core import errors
+from pipeline.core import errors, fileio
 
 USED = ("max_batch_size", "batch_timeout_micros", "max_enqueued_batches", "num_batch_threads")
 # BatchingParameters fields TF Serving has that this scheduler does without (shapes are fixed per signature
@@ -74,7 +74,7 @@ def read_batching_parameters(path: Path) -> BatchingParameters:
     try:
         text = path.read_text()
     except OSError as error:
-        raise BatchingError(f"--batching-parameters {path}: cannot read ({error.strerror or error})") from None
+        raise BatchingError(f"--batching-parameters {path}: cannot read ({fileio.os_reason(error)})") from None
     values, ignored = {}, []
     lines = [line.split("#", 1)[0].strip() for line in text.splitlines()]
     for number, line in enumerate(lines, start=1):

@@ -11,7 +11,7 @@ The shapes follow TF Serving's REST API documentation (https://www.tensorflow.or
 where V is `{"b64": "<standard base64>"}` for the tf.string `image_bytes` input and a nested list of
 integers [H][W][C] for the uint8 `images` input. String outputs are written as JSON strings (TF Serving
 base64-encodes only outputs whose name ends in `_bytes`; ours are class names). Every mistake raises
-`RestError` with TF Serving's HTTP status for its error code (tensorflow_serving/model_servers/
+`RestRefusal` with TF Serving's HTTP status for its error code (tensorflow_serving/model_servers/
 http_server.cc, ToHTTPStatusCode: INVALID_ARGUMENT 400, NOT_FOUND 404, UNAVAILABLE 503).
 """
 
@@ -36,8 +36,9 @@ UNAVAILABLE = 503
 _STANDARD_BASE64 = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
 
 
-class RestError(Exception):
-    """A request the server refuses: `status` is the HTTP status, the message goes into {"error": ...}."""
+class RestRefusal(Exception):
+    """A request the server refuses: `status` is the HTTP status, the message goes into {"error": ...}.
+    An HTTP answer, never raised to the command line (so not a UserError)."""
 
     def __init__(self, status: int, message: str):
         super().__init__(message)
@@ -73,28 +74,30 @@ def parse_predict_body(body: bytes, *, signatures: dict[str, tuple[str, str]], m
         image the model decodes) or uint8 arrays [H, W, C] (all of one shape).
 
     Raises:
-        RestError: 400 for every malformed or unusable body, naming the instance at fault.
+        RestRefusal: 400 for every malformed or unusable body, naming the instance at fault.
     """
     try:
         document = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise RestError(INVALID_ARGUMENT, f"JSON Parse error: {error}") from None
+        raise RestRefusal(INVALID_ARGUMENT, f"JSON Parse error: {error}") from None
     if not isinstance(document, dict):
-        raise RestError(INVALID_ARGUMENT, f"the body must be a JSON object; received a JSON {type(document).__name__}")
+        raise RestRefusal(
+            INVALID_ARGUMENT, f"the body must be a JSON object; received a JSON {type(document).__name__}"
+        )
     unknown = sorted(set(document) - {"signature_name", "instances", "inputs"})
     if unknown:
-        raise RestError(
+        raise RestRefusal(
             INVALID_ARGUMENT, f"unknown key {unknown[0]!r} in the body; allowed: signature_name, instances, inputs"
         )
     if "instances" in document and "inputs" in document:
-        raise RestError(
+        raise RestRefusal(
             INVALID_ARGUMENT, "both 'instances' (row format) and 'inputs' (columnar format) given; send one"
         )
     if "instances" not in document and "inputs" not in document:
-        raise RestError(INVALID_ARGUMENT, "missing 'instances' (row format) or 'inputs' (columnar format)")
+        raise RestRefusal(INVALID_ARGUMENT, "missing 'instances' (row format) or 'inputs' (columnar format)")
     signature_name = document.get("signature_name", "serving_default")
     if not isinstance(signature_name, str) or signature_name not in signatures:
-        raise RestError(
+        raise RestRefusal(
             INVALID_ARGUMENT,
             f"Serving signature name: {signature_name!r} not found in signature def; "
             f"the model has: {', '.join(sorted(signatures))}",
@@ -105,11 +108,11 @@ def parse_predict_body(body: bytes, *, signatures: dict[str, tuple[str, str]], m
         _columnar_values(document["inputs"], input_name) if columnar else _row_values(document["instances"], input_name)
     )
     if not raw:
-        raise RestError(
+        raise RestRefusal(
             INVALID_ARGUMENT, f"'{'inputs' if columnar else 'instances'}' is empty: send at least one image"
         )
     if len(raw) > max_instances:
-        raise RestError(
+        raise RestRefusal(
             INVALID_ARGUMENT,
             f"Task size {len(raw)} is larger than maximum input batch size {max_instances}: "
             f"send at most {max_instances} images per request",
@@ -123,12 +126,12 @@ def parse_predict_body(body: bytes, *, signatures: dict[str, tuple[str, str]], m
 
 def _row_values(instances, input_name: str) -> list:
     if not isinstance(instances, list):
-        raise RestError(INVALID_ARGUMENT, f"'instances' must be a list; received a JSON {type(instances).__name__}")
+        raise RestRefusal(INVALID_ARGUMENT, f"'instances' must be a list; received a JSON {type(instances).__name__}")
     values = []
     for index, instance in enumerate(instances):
         if isinstance(instance, dict) and set(instance) != {"b64"}:
             if set(instance) != {input_name}:
-                raise RestError(
+                raise RestRefusal(
                     INVALID_ARGUMENT,
                     f"instance {index}: keys {sorted(instance)}; the signature's one input is {input_name!r}",
                 )
@@ -140,19 +143,19 @@ def _row_values(instances, input_name: str) -> list:
 def _columnar_values(inputs, input_name: str) -> list:
     if isinstance(inputs, dict) and set(inputs) != {"b64"}:
         if set(inputs) != {input_name}:
-            raise RestError(
+            raise RestRefusal(
                 INVALID_ARGUMENT, f"'inputs' has keys {sorted(inputs)}; the signature's one input is {input_name!r}"
             )
         inputs = inputs[input_name]
     if not isinstance(inputs, list):
-        raise RestError(INVALID_ARGUMENT, "'inputs' must hold a list of images (one per instance)")
+        raise RestRefusal(INVALID_ARGUMENT, "'inputs' must hold a list of images (one per instance)")
     return inputs
 
 
 def _image_bytes(value, index: int) -> bytes:
     """{"b64": ...} -> the decoded bytes, checked to be an image format the model's decoder reads."""
     if not (isinstance(value, dict) and isinstance(value.get("b64"), str)):
-        raise RestError(
+        raise RestRefusal(
             INVALID_ARGUMENT,
             f'instance {index}: expected {{"b64": "<base64 of a JPEG/PNG file>"}} for a tf.string input; '
             f"received a JSON {type(value).__name__}",
@@ -161,20 +164,20 @@ def _image_bytes(value, index: int) -> bytes:
     if not _STANDARD_BASE64.fullmatch(text) or len(text) % 4:
         url_safe = b"-" in text or b"_" in text
         hint = " (URL-safe base64 with '-' or '_' is not accepted: use the standard alphabet with '+' and '/')"
-        raise RestError(INVALID_ARGUMENT, f"instance {index}: Unable to base64 decode{hint if url_safe else ''}")
+        raise RestRefusal(INVALID_ARGUMENT, f"instance {index}: Unable to base64 decode{hint if url_safe else ''}")
     try:
         data = base64.b64decode(text, validate=True)
     except binascii.Error as error:
-        raise RestError(INVALID_ARGUMENT, f"instance {index}: Unable to base64 decode ({error})") from None
+        raise RestRefusal(INVALID_ARGUMENT, f"instance {index}: Unable to base64 decode ({error})") from None
     kind = image_files.sniff_format(data[:64])
     if kind is None:
-        raise RestError(
+        raise RestRefusal(
             INVALID_ARGUMENT,
             f"instance {index}: not an image ({len(data)} bytes that are not "
             f"{', '.join(image_files.DECODABLE.values())})",
         )
     if kind not in image_files.DECODABLE:
-        raise RestError(
+        raise RestRefusal(
             INVALID_ARGUMENT,
             f"instance {index}: {kind} is not supported; the model decodes {', '.join(image_files.DECODABLE.values())}",
         )
@@ -190,15 +193,15 @@ def _uint8_images(raw: list) -> list:
         except ValueError:  # ragged nesting
             array = None
         if array is None or array.ndim != 3 or not np.issubdtype(array.dtype, np.integer):
-            raise RestError(
+            raise RestRefusal(
                 INVALID_ARGUMENT,
                 f"instance {index}: the uint8 'images' input takes one [height][width][channels] list of integers "
                 f"per instance",
             )
         if array.size and (array.min() < 0 or array.max() > 255):
-            raise RestError(INVALID_ARGUMENT, f"instance {index}: values must be in 0..255 (uint8)")
+            raise RestRefusal(INVALID_ARGUMENT, f"instance {index}: values must be in 0..255 (uint8)")
         if images and array.shape != images[0].shape:
-            raise RestError(
+            raise RestRefusal(
                 INVALID_ARGUMENT,
                 f"instance {index}: shape {list(array.shape)} differs from instance 0's {list(images[0].shape)}; "
                 f"a batch holds images of one size",

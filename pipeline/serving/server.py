@@ -27,7 +27,7 @@ import threading
 import time
 from pathlib import Path
 
-from pipeline.core import errors
+from pipeline.core import errors, fileio
 
 HELP = "serve an export over HTTP with TF Serving's REST API (predict, status, metadata)"
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
@@ -173,18 +173,18 @@ class Server:
 
         def served(name: str, version: str | None):
             if name != self.store.name:
-                raise rest.RestError(
+                raise rest.RestRefusal(
                     rest.NOT_FOUND,
                     f"Servable not found for request: Latest({name}); this server serves {self.store.name!r}",
                 )
             number = None
             if version is not None:
                 if not version.isdigit():
-                    raise rest.RestError(rest.NOT_FOUND, f"version must be a number; received {version!r}")
+                    raise rest.RestRefusal(rest.NOT_FOUND, f"version must be a number; received {version!r}")
                 number = int(version)
             loaded = self.store.version(number)
             if loaded is None:
-                raise rest.RestError(
+                raise rest.RestRefusal(
                     rest.NOT_FOUND,
                     f"Servable not found for request: Specific({name}, {number}); "
                     f"served: version {self.store.current.version}",
@@ -194,7 +194,7 @@ class Server:
         async def read_body(request) -> bytes:
             declared = request.headers.get("content-length")
             if declared and declared.isdigit() and int(declared) > self.max_body_bytes:
-                raise rest.RestError(
+                raise rest.RestRefusal(
                     rest.PAYLOAD_TOO_LARGE,
                     f"request body of {declared} bytes is over the limit of "
                     f"{self.max_body_bytes} bytes (--max-body-bytes)",
@@ -203,7 +203,7 @@ class Server:
             async for chunk in request.stream():
                 size += len(chunk)
                 if size > self.max_body_bytes:
-                    raise rest.RestError(
+                    raise rest.RestRefusal(
                         rest.PAYLOAD_TOO_LARGE,
                         f"request body over the limit of {self.max_body_bytes} bytes (--max-body-bytes)",
                     )
@@ -228,13 +228,13 @@ class Server:
                     else:
                         future = self.other_runner.submit((parsed.signature_name, parsed.values))
                 except batching_lib.QueueFull as full:
-                    raise rest.RestError(rest.UNAVAILABLE, str(full)) from None
+                    raise rest.RestRefusal(rest.UNAVAILABLE, str(full)) from None
                 try:
                     outputs = await asyncio.wrap_future(future)
                 except Exception as failure:  # noqa: BLE001  (explained below)
                     raise await asyncio.to_thread(_explain, failure, loaded, parsed) from None
                 return responses.JSONResponse(rest.format_predictions(outputs, columnar=parsed.columnar))
-            except rest.RestError as refused:
+            except rest.RestRefusal as refused:
                 return error(refused.status, refused.message)
 
         def status(name: str, version: str | None):
@@ -243,15 +243,15 @@ class Server:
                 number = int(version) if version is not None and version.isdigit() else None
                 entries = self.store.status(number)
                 if version is not None and (number is None or not entries):
-                    raise rest.RestError(rest.NOT_FOUND, f"Could not find version {version} of model {name}")
+                    raise rest.RestRefusal(rest.NOT_FOUND, f"Could not find version {version} of model {name}")
                 return responses.JSONResponse({"model_version_status": entries})
-            except rest.RestError as refused:
+            except rest.RestRefusal as refused:
                 return error(refused.status, refused.message)
 
         def metadata(name: str, version: str | None):
             try:
                 loaded = served(name, version)
-            except rest.RestError as refused:
+            except rest.RestRefusal as refused:
                 return error(refused.status, refused.message)
             spec = {"name": name, "signature_name": "", "version": str(loaded.version)}
             return responses.JSONResponse({"model_spec": spec, "metadata": {"signature_def": loaded.metadata}})
@@ -282,22 +282,22 @@ class Server:
 
 
 def _explain(failure: Exception, loaded, parsed):
-    """The RestError for a failed model call. TF Serving fails the whole request when one image cannot be
+    """The RestRefusal for a failed model call. TF Serving fails the whole request when one image cannot be
     decoded (INVALID_ARGUMENT, 400); to name that image, the request's images are tried one at a time."""
     import tensorflow as tf
 
     from pipeline.serving import predict, rest
 
     if not isinstance(failure, tf.errors.InvalidArgumentError):
-        return rest.RestError(500, f"internal error ({type(failure).__name__}: {predict.error_detail(failure)})")
+        return rest.RestRefusal(500, f"internal error ({type(failure).__name__}: {predict.error_detail(failure)})")
     if loaded.signatures[parsed.signature_name][1] != "string":
-        return rest.RestError(rest.INVALID_ARGUMENT, predict.error_detail(failure))
+        return rest.RestRefusal(rest.INVALID_ARGUMENT, predict.error_detail(failure))
     for index, value in enumerate(parsed.values):
         try:
             loaded.run(parsed.signature_name, [value])
         except tf.errors.InvalidArgumentError as error:
-            return rest.RestError(rest.INVALID_ARGUMENT, f"instance {index}: {predict.failure_reason(value, error)}")
-    return rest.RestError(rest.INVALID_ARGUMENT, predict.error_detail(failure))
+            return rest.RestRefusal(rest.INVALID_ARGUMENT, f"instance {index}: {predict.failure_reason(value, error)}")
+    return rest.RestRefusal(rest.INVALID_ARGUMENT, predict.error_detail(failure))
 
 
 def run(args) -> int:
@@ -366,7 +366,7 @@ def _check_address(host: str, port: int) -> None:
             probe.bind((host, port))
         except OSError as error:
             raise ServeError(
-                f"--host {host} --port {port}: cannot listen there ({error.strerror or error}); "
+                f"--host {host} --port {port}: cannot listen there ({fileio.os_reason(error)}); "
                 f"choose another --port (or stop what uses it)"
             ) from None
 
