@@ -1,4 +1,4 @@
-"""Command line: `python -m pipeline {train,evaluate,export,predict,summary,report,launch,tune,data} ...`.
+"""Command line: `python -m pipeline {train,evaluate,export,predict,summary,report,launch,tune,serve,data} ...`.
 
 Thin on purpose: parse arguments, parse the config once, import the one command's module, call one
 function. Argument parsing and config validation import no TensorFlow, so `--help`, `--print-config` and
@@ -29,8 +29,10 @@ def _parser() -> argparse.ArgumentParser:
     train.add_argument("--run-dir", type=Path, help="run directory (default runs/<experiment>/<time>)")
     train.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
-    evaluate = commands.add_parser("evaluate", help="evaluate a run's best checkpoint on the test split")
-    evaluate.add_argument("run_dir", type=Path)
+    evaluate = commands.add_parser(
+        "evaluate", help="evaluate a run's best checkpoint (or one of its .tflite exports) on the test split"
+    )
+    evaluate.add_argument("run_dir", type=Path, metavar="RUN_DIR_OR_TFLITE")
 
     export = commands.add_parser("export", help="export a run's best checkpoint as a SavedModel or TFLite")
     export.add_argument("run_dir", type=Path)
@@ -43,6 +45,11 @@ def _parser() -> argparse.ArgumentParser:
         choices=["saved_model", "tflite"],
         default="saved_model",
         help="saved_model (default RUN_DIR/export) or tflite (default RUN_DIR/export_tflite)",
+    )
+    export.add_argument(
+        "--quantize",
+        choices=["int8", "float16"],
+        help="tflite only: int8 (full-integer, calibrated on training images) or float16 weights",
     )
 
     predict = commands.add_parser("predict", help="classify image files with an exported SavedModel")
@@ -81,13 +88,14 @@ def _parser() -> argparse.ArgumentParser:
 
 # Commands that import TensorFlow at once (`train` and `summary` do after their config is validated;
 # `report` and `launch` never do in this process).
-TENSORFLOW_COMMANDS = ("evaluate", "export", "predict", "data")
+TENSORFLOW_COMMANDS = ("evaluate", "export", "predict", "data", "serve")
 
 # Commands whose module owns its arguments (`HELP`, `add_arguments(parser)`, `run(args) -> int`).
 OPTIONAL_COMMANDS = {
     "report": "pipeline.evaluation.compare_runs",
     "launch": "pipeline.distribute.launch",
     "tune": "pipeline.tune.command",
+    "serve": "pipeline.serving.server",
 }
 
 
@@ -165,6 +173,11 @@ def run_command(args) -> int:
 
         train.train(config, run_dir=args.run_dir)
     elif args.command == "evaluate":
+        if args.run_dir.suffix == ".tflite":
+            from pipeline.evaluation import tflite_eval
+
+            tflite_eval.evaluate_tflite(args.run_dir)
+            return 0
         from pipeline.evaluation import evaluate
 
         evaluate.evaluate_run(args.run_dir)
@@ -177,9 +190,11 @@ def run_command(args) -> int:
                     "--top-k applies to --format saved_model only; the TFLite model outputs all probabilities"
                 )
             path = export.export_run_tflite(
-                args.run_dir, out_dir=args.out, version=args.version, checkpoint=args.checkpoint
+                args.run_dir, out_dir=args.out, version=args.version, checkpoint=args.checkpoint, quantize=args.quantize
             )
         else:
+            if args.quantize is not None:
+                raise export.ExportError("--quantize applies to --format tflite only")
             path = export.export_run(
                 args.run_dir, out_dir=args.out, version=args.version, top_k=args.top_k, checkpoint=args.checkpoint
             )
@@ -238,6 +253,7 @@ INTERRUPTED_STATE = {
     "predict": "the files listed above were predicted; the others were not",
     "data": "files already written are complete (written whole, then renamed); run the command again to finish",
     "tune": "finished trials are kept; run the same command again to resume the interrupted trials",
+    "serve": "the requests in flight were answered before it stopped; nothing was written",
 }
 
 

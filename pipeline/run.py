@@ -21,7 +21,7 @@ from pipeline.data.augmentation import Augmentation
 from pipeline.data.splits import Splits
 from pipeline.distribute import workers
 from pipeline.evaluation import evaluate, monitoring
-from pipeline.serving import export
+from pipeline.serving import export, warmup
 from pipeline.training import callbacks, phases
 from pipeline.training import model_setup as modeling
 
@@ -127,7 +127,10 @@ def _train(config: Config, run_dir: Path, log) -> dict:
         split_sizes={name: len(getattr(splits, name)[0]) for name in ("train", "validation", "test")},
         skipped_files=splits.skipped,
         distribution=cluster.summary(),
-        export=str(export.export_run(run_dir, config=config)) if config.export.enabled else None,
+        # TF Serving's warm-up requests (assets.extra/): a few of the run's test images.
+        export=str(export.export_run(run_dir, config=config, warmup_images=warmup.sample_images(splits)))
+        if config.export.enabled
+        else None,
     )
     monitoring.finish(config, run_dir, report, test, epochs_completed)
     rundir.write_metrics(run_dir, metrics)  # last: marks the run finished

@@ -392,6 +392,8 @@ USER_ERRORS = {
     "pipeline.inspection.summary": ["SummaryError"],
     "pipeline.serving.export": ["ExportError"],
     "pipeline.serving.predict": ["PredictError"],
+    "pipeline.serving.server": ["ServeError"],
+    "pipeline.serving.batching": ["BatchingError"],
     "pipeline.tools.common": ["DataError"],
     "pipeline.tune.space": ["TuneError"],
     "models.weights": ["WeightsError"],

@@ -13,12 +13,14 @@ with classes.txt beside it.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from pipeline.config import Config, rundir
@@ -27,6 +29,7 @@ from pipeline.core import errors
 from pipeline.data import decode, image_header
 from pipeline.data.transform import EvalTransform
 from pipeline.evaluation import evaluate
+from pipeline.serving import warmup
 
 
 class ExportError(errors.UserError):
@@ -165,9 +168,15 @@ def export_model(
     top_k: int = 5,
     version: int | None = None,
     max_pixels: int = image_header.DEFAULT_MAX_PIXELS,
+    warmup_images: list[bytes] | None = None,
 ) -> Path:
-    """Writes the SavedModel `<out_dir>/<model_name>/<version>/` and returns it. `max_pixels`: see
-    `serving_functions` (the run's `dataset.max_image_pixels`)."""
+    """Writes the SavedModel `<out_dir>/<model_name>/<version>/` and returns it.
+
+    Args:
+        max_pixels: see `serving_functions` (the run's `dataset.max_image_pixels`).
+        warmup_images: encoded images written as TF Serving's warm-up requests
+            (`assets.extra/tf_serving_warmup_requests`, see pipeline/serving/warmup.py); none: no file.
+    """
     serve_bytes, serve_images = serving_functions(
         model, class_names=class_names, transform=transform, top_k=top_k, max_pixels=max_pixels
     )
@@ -186,6 +195,7 @@ def export_model(
         # TF Serving ignores extra files in assets/; people and `predict` read the class names here.
         (folder / "assets" / "classes.txt").write_text("\n".join(class_names) + "\n")
         (folder / "assets" / "transform.json").write_text(transform.to_json())
+        warmup.write_warmup(folder, model_name=model_name, encoded_images=warmup_images or [])
 
     return _write_version(out_dir, model_name, version, write)
 
@@ -204,12 +214,21 @@ def export_run(
     version: int | None = None,
     top_k: int | None = None,
     checkpoint: str = "best",
+    warmup_images: list[bytes] | None = None,
+    log=print,
 ) -> Path:
-    """`python -m pipeline export RUN_DIR`: exports the run's best checkpoint (default) to RUN_DIR/export."""
+    """`python -m pipeline export RUN_DIR`: exports the run's best checkpoint (default) to RUN_DIR/export.
+
+    Args:
+        warmup_images: encoded images for the warm-up file; None: a few test images of the run's dataset
+            (`warmup.sample_images`), or no warm-up file (logged) when the dataset cannot be found.
+    """
     from pipeline.evaluation import tta
 
     with rundir.exclusive(run_dir):  # not while a `train` writes the run directory
         config, model, class_names = _load_run(run_dir, config, checkpoint)
+        if warmup_images is None:
+            warmup_images = _warmup_images(config, log)
         model = tta.with_tta(model, config.export.tta)
         return export_model(
             model,
@@ -220,7 +239,20 @@ def export_run(
             top_k=top_k or config.export.top_k,
             version=version,
             max_pixels=config.dataset.max_image_pixels,
+            warmup_images=warmup_images,
         )
+
+
+def _warmup_images(config: Config, log) -> list[bytes]:
+    """A few test images of the run's dataset for the warm-up file, or [] (logged) when it is unavailable."""
+    from pipeline.data.splits import Splits
+
+    try:
+        splits = Splits.from_config(config, log=lambda *args, **kwargs: None)
+    except errors.UserError as error:
+        log(f"export: no warm-up requests written (the dataset is not available: {error})")
+        return []
+    return warmup.sample_images(splits)
 
 
 def tflite_function(model: keras.Model, *, transform: EvalTransform):
@@ -238,6 +270,10 @@ def tflite_function(model: keras.Model, *, transform: EvalTransform):
     return predict, tf.TensorSpec([1, height, width, transform.channels], tf.uint8, name="images")
 
 
+QUANTIZATIONS = ("int8", "float16")
+REPRESENTATIVE_IMAGES = 200  # calibration images for int8 (TFLite's guide suggests ~100-500)
+
+
 def export_tflite(
     model: keras.Model,
     *,
@@ -246,9 +282,26 @@ def export_tflite(
     class_names: list[str],
     transform: EvalTransform,
     version: int | None = None,
+    quantize: str | None = None,
+    representative_images=None,
 ) -> Path:
     """Writes `<out_dir>/<model_name>/<version>/model.tflite` and `classes.txt` beside it; returns the
-    version directory. Signature `serving_default`: images uint8 [1, H, W, C] -> probabilities."""
+    version directory. Signature `serving_default`: images uint8 [1, H, W, C] -> probabilities.
+
+    Args:
+        quantize: None (float32 weights), "float16" (weights stored as float16, computed in float32) or
+            "int8" (post-training full-integer quantization: weights and activations int8, calibrated on
+            `representative_images`; https://ai.google.dev/edge/litert/models/post_training_integer_quant).
+        representative_images: for int8, a callable returning an iterable of uint8 [1, H, W, C] arrays
+            (training images through the eval transform, see `export_run_tflite`).
+
+    Raises:
+        ExportError: an unknown `quantize`, int8 without images, or the converter failed.
+    """
+    if quantize is not None and quantize not in QUANTIZATIONS:
+        raise ExportError(f"--quantize must be one of {', '.join(QUANTIZATIONS)}; received {quantize!r}")
+    if quantize == "int8" and representative_images is None:
+        raise ExportError("--quantize int8 needs representative images from the training split")
     predict, spec = tflite_function(model, transform=transform)
     # Keras 3's own path (keras/src/export/litert.py): ExportArchive -> SavedModel -> from_saved_model.
     # from_concrete_functions leaves Keras variables as uninitialised resource variables (NaN outputs).
@@ -259,6 +312,15 @@ def export_tflite(
         archive.write_out(saved_model_dir, verbose=False)
         converter = tf.lite.TFLiteConverter.from_saved_model(saved_model_dir)
         converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS, tf.lite.OpsSet.SELECT_TF_OPS]
+        if quantize == "float16":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.target_spec.supported_types = [tf.float16]
+        elif quantize == "int8":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.representative_dataset = lambda: ([image] for image in representative_images())
+            # Integer kernels only; the uint8 input is already integer and the output stays float32
+            # probabilities, as in the float model, so clients need no change.
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
         try:
             flatbuffer = converter.convert()
         except Exception as error:  # the converter raises ConverterError or plain exceptions
@@ -267,8 +329,28 @@ def export_tflite(
     def write(folder: Path):
         (folder / "model.tflite").write_bytes(flatbuffer)
         (folder / "classes.txt").write_text("\n".join(class_names) + "\n")
+        (folder / "tflite.json").write_text(json.dumps({"quantize": quantize or "none"}) + "\n")
 
     return _write_version(out_dir, model_name, version, write)
+
+
+def representative_images(config: Config, transform: EvalTransform, *, count: int = REPRESENTATIVE_IMAGES):
+    """A callable yielding `count` training images through the eval transform, as uint8 [1, H, W, C]."""
+    from pipeline.data.splits import Splits
+
+    splits = Splits.from_config(config, log=lambda *args, **kwargs: None)
+    dataset = splits.dataset("train", batch_size=32)  # the eval path: no augmentation, no shuffle
+
+    def images():
+        given = 0
+        for batch, _ in dataset:
+            for image in np.clip(np.round(batch.numpy()), 0, 255).astype(np.uint8):
+                yield image[None]
+                given += 1
+                if given == count:
+                    return
+
+    return images
 
 
 def export_run_tflite(
@@ -278,16 +360,21 @@ def export_run_tflite(
     out_dir: Path | None = None,
     version: int | None = None,
     checkpoint: str = "best",
+    quantize: str | None = None,
 ) -> Path:
-    """`python -m pipeline export RUN_DIR --format tflite`: the run's checkpoint as TFLite, by default in
-    RUN_DIR/export_tflite (kept apart from RUN_DIR/export, whose versions TF Serving loads as SavedModels)."""
+    """`python -m pipeline export RUN_DIR --format tflite [--quantize int8|float16]`: the run's checkpoint as
+    TFLite, by default in RUN_DIR/export_tflite (kept apart from RUN_DIR/export, whose versions TF Serving
+    loads as SavedModels)."""
     with rundir.exclusive(run_dir):
         config, model, class_names = _load_run(run_dir, config, checkpoint)
+        transform = eval_transform(model, config)
         return export_tflite(
             model,
             out_dir=out_dir or Path(run_dir) / "export_tflite",
             model_name=config.name,
             class_names=class_names,
-            transform=eval_transform(model, config),
+            transform=transform,
             version=version,
+            quantize=quantize,
+            representative_images=representative_images(config, transform) if quantize == "int8" else None,
         )

@@ -243,7 +243,7 @@ def read_bytes(path: Path, *, max_pixels: int = image_header.DEFAULT_MAX_PIXELS)
     return Failure(str(path), bomb) if bomb else data
 
 
-def _error_detail(error: Exception) -> str:
+def error_detail(error: Exception) -> str:
     """The op's own message, without TensorFlow's graph context ('Graph execution error', node names)."""
     lines = [line.strip() for line in str(getattr(error, "message", error)).splitlines()]
     skip = ("Graph execution error", "Detected at node", "<stack traces", "[[", "File ")
@@ -258,8 +258,8 @@ def failure_reason(data: bytes, error: Exception) -> str:
     if isinstance(error, tf.errors.InvalidArgumentError):
         if image_format is None:
             return "not an image (cannot decode)"
-        return f"corrupt or truncated {image_format} (cannot decode: {_error_detail(error)})"
-    return f"prediction failed ({type(error).__name__}: {_error_detail(error)})"
+        return f"corrupt or truncated {image_format} (cannot decode: {error_detail(error)})"
+    return f"prediction failed ({type(error).__name__}: {error_detail(error)})"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -275,7 +275,7 @@ class Predictor:
         try:
             self._loaded = tf.saved_model.load(str(self.version_dir))
         except Exception as error:  # noqa: BLE001  (TF raises many kinds for a broken SavedModel)
-            raise PredictError(f"{self.version_dir}: cannot load the SavedModel ({_error_detail(error)})") from None
+            raise PredictError(f"{self.version_dir}: cannot load the SavedModel ({error_detail(error)})") from None
         signature = self._loaded.signatures.get(SIGNATURE)
         if signature is None:
             raise PredictError(
