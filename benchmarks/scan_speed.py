@@ -1,0 +1,256 @@
+"""The pre-training image scan and the start of training on a large folder (issue 24, part 2).
+
+1. `image_files.scan_images` uncached on `--scan-files` ImageNet-like 500x375 JPEGs (quality 90, photo-like
+   noise, ~88 KiB: `data_scale.write_photos`), default threads, three ways in one process, interleaved
+   for `--rounds` rounds: `reduced` (the scan as shipped: JPEGs by a reduced-scale decode), `tensorflow`
+   (the same scan with every JPEG decoded in full by TensorFlow, as before issue 24), and `cached` (the
+   second scan of an unchanged folder). Files/s (wall) and CPU ms per file (process time: less sensitive
+   to other work on a shared machine; 2 cores / CPU per file is the rate on an idle machine).
+2. Time to the first training step on a `--folder-files` folder (default 100,000 tiny JPEGs: 48x64,
+   quality 90, 10 classes), each in a fresh process whose clock starts after TensorFlow's start-up:
+     ours      `pipeline.run.train` (the `tiny` model at 32x32, batch 256): the uncached scan of every file,
+               the splits, the model, the first step (the process ends there);
+     ours, cached   the same again: the scan cache is warm;
+     keras     `keras.utils.image_dataset_from_directory(image_size=(32, 32), batch_size=256)` + the same
+               model (`model_setup.build_model`), Adam, its first step; no file is checked first.
+
+    .venv/bin/python -m benchmarks.scan_speed [--scan-files 2000] [--folder-files 100000] [--rounds 2]
+        [--work-dir DIR] [--quick] [--no-record]
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a file: make `benchmarks` importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from benchmarks import common, data_scale  # noqa: E402
+
+MODULE = "benchmarks.scan_speed"
+TINY_SIZE = (48, 64)
+CLASSES = 10
+GOAL_FILES_PER_S, GOAL_FIRST_STEP_S = 3000, 60
+
+
+def write_tiny_folder(root: Path, count: int) -> Path:
+    """root/cNN/fNNNNNN.jpg: `count` JPEGs of TINY_SIZE, 1,000 distinct photo-like images cycled over the
+    classes (kept when already there: a --work-dir is reused)."""
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    if (root / "done").exists() and int((root / "done").read_text()) == count:
+        return root
+    encoded = []
+    for seed in range(1000):
+        rng = np.random.default_rng(seed)
+        rows, cols = np.meshgrid(np.linspace(0, 150, TINY_SIZE[0]), np.linspace(0, 90, TINY_SIZE[1]), indexing="ij")
+        pixels = (rows + cols)[..., None] + rng.integers(0, 100, 3) + rng.normal(0, 18, (*TINY_SIZE, 3))
+        buffer = io.BytesIO()
+        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(buffer, format="JPEG", quality=90)
+        encoded.append(buffer.getvalue())
+    for label in range(CLASSES):
+        (root / f"c{label:02d}").mkdir(parents=True, exist_ok=True)
+    for index in range(count):
+        (root / f"c{index % CLASSES:02d}" / f"f{index:06d}.jpg").write_bytes(encoded[index % len(encoded)])
+    (root / "done").write_text(str(count))  # a dot-less file at the root: not in any class
+    return root
+
+
+# --------------------------------------------------------------------------------------------------
+# Children: one measurement each, in a fresh process
+# --------------------------------------------------------------------------------------------------
+
+
+def _config(spec: dict):
+    from pipeline import config as config_lib
+
+    return config_lib.from_dict(
+        {
+            "name": "scan_speed",
+            "seed": 0,
+            "dataset": {"name": "folder", "root": spec["root"], "data_dir": spec["data_dir"]},
+            "input": {"image_size": [32, 32], "channels": 3},
+            "model": {"name": "tiny"},
+            "train": {"epochs": 1, "batch_size": 256, "callbacks": {"tensorboard": {"enabled": False}}},
+            "export": {"enabled": False},
+            "evaluation": {"report": False},
+        }
+    )
+
+
+def _first_step_callback(started: float):
+    import keras
+
+    class FirstStep(keras.callbacks.Callback):
+        def on_train_batch_end(self, batch, logs=None):
+            print("RESULT " + json.dumps({"seconds": time.perf_counter() - started}), flush=True)
+            os._exit(0)  # the measurement ends at the first step; nothing else of the run matters
+
+    return FirstStep()
+
+
+def run_child(spec: dict) -> None:
+    import tensorflow as tf
+
+    tf.io.decode_jpeg(tf.io.encode_jpeg(tf.zeros([8, 8, 3], tf.uint8)))  # TensorFlow's start-up, outside the clock
+    started = time.perf_counter()
+    config = _config(spec)
+    if spec["kind"] == "ours":
+        from pipeline import run
+        from pipeline.training import callbacks
+
+        real = callbacks.build_callbacks
+
+        def with_first_step(*args, **kwargs):
+            callback_list, stateful = real(*args, **kwargs)
+            return [_first_step_callback(started), *callback_list], stateful
+
+        callbacks.build_callbacks = with_first_step
+        run.train(config, run_dir=Path(spec["run_dir"]), log=lambda message: None)
+    else:
+        import keras
+
+        from pipeline.training import model_setup
+
+        dataset = keras.utils.image_dataset_from_directory(spec["root"], image_size=(32, 32), batch_size=256, seed=0)
+        model = model_setup.build_model(config, input_shape=(32, 32, 3), num_classes=CLASSES, log=lambda m: None)
+        model.compile(optimizer="adam", loss="sparse_categorical_crossentropy")
+        model.fit(dataset, epochs=1, verbose=0, callbacks=[_first_step_callback(started)])
+    raise SystemExit("the first step was never reached")
+
+
+# --------------------------------------------------------------------------------------------------
+# Measurements
+# --------------------------------------------------------------------------------------------------
+
+
+def scan_rates(paths: list[Path], rounds: int, work: Path) -> dict:
+    """{way: [(files/s, CPU ms per file), ...]} for reduced, tensorflow and cached, interleaved."""
+    import tensorflow as tf
+
+    from pipeline.data import image_files
+
+    tf.io.decode_jpeg(tf.io.encode_jpeg(tf.zeros([8, 8, 3], tf.uint8)))
+    reduced = image_files._decode_jpeg_reduced
+    rates: dict = {"reduced": [], "tensorflow": [], "cached": []}
+    for round_index in range(rounds):
+        for way in ("reduced", "tensorflow") if round_index % 2 == 0 else ("tensorflow", "reduced"):
+            cache = work / f"scan_cache_{way}"
+            shutil.rmtree(cache, ignore_errors=True)
+            image_files._decode_jpeg_reduced = reduced if way == "reduced" else (lambda data, thumbnail: None)
+            try:
+                wall, cpu = time.perf_counter(), time.process_time()
+                checks = image_files.scan_images(paths, cache_dir=cache)
+                rates[way].append(
+                    (len(paths) / (time.perf_counter() - wall), 1e3 * (time.process_time() - cpu) / len(paths))
+                )
+            finally:
+                image_files._decode_jpeg_reduced = reduced
+            assert all(check.ok for check in checks)
+            if way == "reduced":
+                wall, cpu = time.perf_counter(), time.process_time()
+                image_files.scan_images(paths, cache_dir=cache)
+                rates["cached"].append(
+                    (len(paths) / (time.perf_counter() - wall), 1e3 * (time.process_time() - cpu) / len(paths))
+                )
+    return rates
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = common.base_parser(__doc__.splitlines()[0])
+    parser.add_argument("--scan-files", type=int, default=2000, help="500x375 JPEGs the scan is timed on")
+    parser.add_argument("--folder-files", type=int, default=100_000, help="tiny JPEGs of the first-step folder")
+    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the scan measurements")
+    parser.add_argument("--work-dir", type=Path, help="where files are generated (kept; default: temporary)")
+    parser.add_argument("--child", help="internal: one measurement, as JSON")
+    args = parser.parse_args(argv)
+    if args.child:
+        run_child(json.loads(args.child))
+        return
+    if args.quick:
+        args.scan_files, args.folder_files, args.rounds = 100, 2000, 1
+    info = common.machine()
+    started = time.perf_counter()
+    temporary = None if args.work_dir else tempfile.mkdtemp(prefix="scan_speed-")
+    work = Path(args.work_dir or temporary).resolve()
+    (work / "logs").mkdir(parents=True, exist_ok=True)
+    try:
+        photos = data_scale.write_photos(work / "scan_files", args.scan_files, size=(375, 500), seed=2, noise=12.0)
+        paths = sorted(photos.rglob("*.jpg"))[: args.scan_files]
+        kib = sum(path.stat().st_size for path in paths) / len(paths) / 1024
+        rates = scan_rates(paths, args.rounds, work)
+        scan_rows = []
+        for way, label in (
+            ("tensorflow", "every JPEG decoded in full by TensorFlow (before issue 24)"),
+            ("reduced", "reduced-scale JPEG decode (shipped)"),
+            ("cached", "second scan, cache warm"),
+        ):
+            rate = common.median([r for r, _ in rates[way]])
+            cpu = common.median([c for _, c in rates[way]])
+            scan_rows.append(
+                [label, common.fmt(rate, 0), common.fmt(cpu, 2), common.fmt(2e3 / cpu, 0), common.fmt(1_281_167 / rate / 60, 1)]
+            )  # fmt: skip
+        scan_table = common.markdown_table(
+            ["scan", "files/s", "CPU ms/file", "2 idle cores, files/s", "1.28M files (min)"], scan_rows
+        )
+        print(f"{len(paths)} JPEGs 500x375, {kib:.0f} KiB each:\n\n{scan_table}", flush=True)
+
+        folder_start = time.perf_counter()
+        folder = write_tiny_folder(work / "tiny_folder", args.folder_files)
+        made = time.perf_counter() - folder_start
+        tiny_kib = os.path.getsize(folder / "c00" / "f000000.jpg") / 1024
+        data_dir = work / "data"
+        shutil.rmtree(data_dir, ignore_errors=True)
+        spec = {"root": str(folder), "data_dir": str(data_dir)}
+        first = {}
+        for name, kind in (("keras", "keras"), ("ours", "ours"), ("ours, cached", "ours")):
+            run_dir = work / "run"
+            shutil.rmtree(run_dir, ignore_errors=True)
+            child = dict(spec, kind=kind, run_dir=str(run_dir))
+            command = [sys.executable, "-m", MODULE, "--child", json.dumps(child)]
+            first[name] = data_scale.run_process(command, work / "logs" / f"first_{name.replace(', ', '_')}.log")
+        rows = [
+            [name, common.fmt(result["seconds"], 1), common.fmt(result["seconds"] / first["keras"]["seconds"], 2)]
+            for name, result in first.items()
+        ]
+        first_table = common.markdown_table(["loader", "seconds to the first step", "/ keras"], rows)
+        print(f"\n{args.folder_files} JPEGs {TINY_SIZE[1]}x{TINY_SIZE[0]}:\n\n{first_table}", flush=True)
+    finally:
+        if temporary:
+            shutil.rmtree(temporary, ignore_errors=True)
+    loads = (info["load_average"] or [0.0])[0], os.getloadavg()[0]
+    table = (
+        f"Uncached scan of {len(paths)} 500x375 JPEGs ({kib:.0f} KiB each, quality 90, photo-like noise), default "
+        f"threads, medians of {args.rounds} interleaved rounds (goal >= {GOAL_FILES_PER_S} files/s):\n\n{scan_table}"
+        f"\n\nFirst training step on {args.folder_files:,} JPEGs of {TINY_SIZE[1]}x{TINY_SIZE[0]} ({tiny_kib:.1f} KiB each, "
+        f"{CLASSES} classes; made in {made:.0f} s), fresh processes, clock after TensorFlow's start-up (goal "
+        f"<= {GOAL_FIRST_STEP_S} s):\n\n{first_table}"
+    )
+    notes = (
+        f"1-minute load average {loads[0]:.1f} at the start, {loads[1]:.1f} at the end on {info['nproc']} CPUs: "
+        f"the machine is shared with other jobs, so files/s (wall) understate what it does alone; CPU ms per file "
+        f"is the steadier figure. Whole benchmark {time.perf_counter() - started:.0f} s."
+    )
+    common.finish(
+        args,
+        title="Pre-training scan and first step on a large folder (issue 24)",
+        module=MODULE,
+        argv=argv,
+        table=table,
+        notes=notes,
+        info=info,
+    )
+
+
+if __name__ == "__main__":
+    main()
