@@ -142,8 +142,6 @@ def check_image(path: os.PathLike, *, min_size: int = 8, placeholder_colours: in
     else:
         import tensorflow as tf
 
-        from pipeline.data import decode
-
         try:
             # The decoder of every decode path, before its channel conversion: the native channel count.
             pixels = decode.decode_native(data).numpy()
@@ -221,7 +219,7 @@ def _decode_jpeg_reduced(data: bytes, *, thumbnail: bool) -> _ReducedJpeg | None
     training's decoder), for anything this path does not vouch for: a file Pillow refuses, a frame other
     than 8-bit Huffman baseline/progressive with 1 or 3 components (arithmetic, lossless, 12-bit, CMYK),
     a height given later (DNL). Equal verdicts to TensorFlow's full decode on truncated and corrupted
-    JPEGs are tested (tests/test_scan_speed.py).
+    JPEGs are tested (tests/test_fast_scan.py).
 
     Args:
         thumbnail: keep the pixels at a scale with >= THUMBNAIL pixels on each side where the image has
@@ -264,7 +262,7 @@ def _grey_bmp_palette(data: bytes) -> bool:
     """True when a palette BMP's colour table is the identity grey ramp (index == grey level)."""
     header_size = int.from_bytes(data[14:18], "little")
     colours = int.from_bytes(data[46:50], "little") or 2 ** int.from_bytes(data[28:30], "little")
-    table = data[14 + header_size : 14 + header_size + 4 * colours]
+    table = data[14 + header_size: 14 + header_size + 4 * colours]
     return all(table[4 * i] == table[4 * i + 1] == table[4 * i + 2] == i for i in range(len(table) // 4))
 
 
@@ -297,7 +295,8 @@ def find_files(root: os.PathLike, errors: list | None = None) -> list[Path]:
 LOG_REFRESH_S = 30.0
 
 
-def progress_bar(total: int, description: str, *, unit: str = "file", enabled: bool = True, stream=None):
+def progress_bar(total: int, description: str, *, unit: str = "file", enabled: bool = True,
+                 stream=None):
     """A tqdm progress bar on stderr: count, rate and time left. Use it as a context manager (or call
     `close()`) so that the final state and the newline are written.
 
@@ -316,7 +315,8 @@ def progress_bar(total: int, description: str, *, unit: str = "file", enabled: b
         options = {"dynamic_ncols": True}  # follows a resized window
     else:
         options = {"mininterval": LOG_REFRESH_S, "maxinterval": LOG_REFRESH_S}
-    return tqdm(total=total, desc=description, file=stream, disable=not (enabled and total > 0), unit=unit, **options)
+    return tqdm(total=total, desc=description, file=stream, disable=not (enabled and total > 0),
+                unit=unit, **options)
 
 
 def _cache_key(path: Path) -> list | None:
@@ -437,9 +437,7 @@ def split_folders(root: os.PathLike) -> dict[str, Path]:
         if path.is_dir() and path.name in SPLIT_NAMES:
             split = SPLIT_NAMES[path.name]
             if split in found:
-                raise ValueError(
-                    f"{root}: both {found[split].name}/ and {path.name}/ hold the {split} split; "
-                    f"merge them into one folder"
-                )
+                raise ValueError(f"{root}: both {found[split].name}/ and {path.name}/ hold the {split} split; "
+                                 f"merge them into one folder")
             found[split] = path
     return found
