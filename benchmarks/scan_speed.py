@@ -15,6 +15,10 @@
      keras     `keras.utils.image_dataset_from_directory(image_size=(32, 32), batch_size=256)` + the same
                network (the registry's `tiny`), Adam, its first step; no file is checked first.
 
+3. Verdicts on damaged copies of 150 of the 500x375 files (truncated, 16 bytes overwritten, 4 KiB zeroed),
+   reduced scan vs full TensorFlow scan vs a markers-only check; and reduced vs full on the mirror's
+   hymenoptera photos (verdicts, placeholder flags, colour counts), when the mirror is there.
+
     .venv/bin/python -m benchmarks.scan_speed [--scan-files 2000] [--folder-files 100000] [--rounds 2]
         [--work-dir DIR] [--quick] [--no-record]
 """
@@ -166,6 +170,98 @@ def scan_rates(paths: list[Path], rounds: int, work: Path) -> dict:
     return rates
 
 
+def _scan(paths: list[Path], *, reduced: bool) -> list:
+    """scan_images (uncached), with JPEGs by the reduced-scale decode or, `reduced` False, all by TensorFlow."""
+    from pipeline.data import image_files
+
+    shipped = image_files._decode_jpeg_reduced
+    if not reduced:
+        image_files._decode_jpeg_reduced = lambda data, thumbnail: None
+    try:
+        return image_files.scan_images(paths)
+    finally:
+        image_files._decode_jpeg_reduced = shipped
+
+
+def damaged_verdicts(paths: list[Path], work: Path, count: int = 150) -> str:
+    """What each check flags among damaged copies of the first `count` files: cut anywhere in the scan data,
+    16 bytes of it overwritten, a 4 KiB block of it zeroed; and what a header-and-end-marker check (no
+    decode) would flag."""
+    import random
+
+    rng = random.Random(0)
+    folder = work / "damaged"
+    shutil.rmtree(folder, ignore_errors=True)
+    kinds = ("intact", "truncated", "16 bytes overwritten", "4 KiB zeroed")
+    for index, path in enumerate(paths[:count]):
+        data = path.read_bytes()
+        scan = data.find(b"\xff\xda")
+        overwritten = bytearray(data)
+        for _ in range(16):
+            overwritten[rng.randrange(scan + 20, len(data) - 2)] = rng.randrange(256)
+        zeroed = bytearray(data)
+        at = rng.randrange(scan + 20, len(data) - 4100)
+        zeroed[at : at + 4096] = bytes(4096)
+        variants = (data, data[: rng.randrange(scan + 4, len(data) - 2)], bytes(overwritten), bytes(zeroed))
+        for kind, content in zip(kinds, variants):
+            (folder / kind.replace(" ", "_")).mkdir(parents=True, exist_ok=True)
+            (folder / kind.replace(" ", "_") / f"f{index:04d}.jpg").write_bytes(content)
+    rows = []
+    for kind in kinds:
+        files = sorted((folder / kind.replace(" ", "_")).glob("*.jpg"))
+        reduced, full = _scan(files, reduced=True), _scan(files, reduced=False)
+        structural = sum(
+            data.rfind(b"\xff\xd9") < max(data.find(b"\xff\xda"), 0) for data in (f.read_bytes() for f in files)
+        )
+        rows.append(
+            [
+                kind,
+                len(files),
+                sum(not c.ok for c in full),
+                sum(not c.ok for c in reduced),
+                sum(a.ok != b.ok for a, b in zip(full, reduced)),
+                structural,
+            ]
+        )
+    return common.markdown_table(
+        ["copies", "files", "bad: full TF decode", "bad: reduced scan", "verdicts differing", "bad: markers only"], rows
+    )
+
+
+def mirror_agreement(work: Path) -> str:
+    """Reduced vs full scan on the mirror's hymenoptera photos (398 files, one placeholder GIF)."""
+    import tarfile
+
+    import numpy as np
+
+    from pipeline.data import datasets, image_files
+
+    mirror = datasets.resolve_mirror()
+    archive = mirror / "hymenoptera.tar.gz" if mirror else None
+    if archive is None or not archive.exists():
+        return "Hymenoptera comparison: not run (no dataset mirror)."
+    folder = work / "hymenoptera"
+    if not folder.exists():
+        with tarfile.open(archive) as tar:
+            tar.extractall(folder, filter="data")
+    files = image_files.find_files(folder)
+    reduced, full = _scan(files, reduced=True), _scan(files, reduced=False)
+
+    def verdict(check):
+        return check.reason, bool(check.warning and "placeholder" in check.warning), check.height, check.width
+
+    same = sum(verdict(a) == verdict(b) for a, b in zip(reduced, full))
+    pairs = [(a.colours, b.colours) for a, b in zip(reduced, full) if a.format == "jpeg" and a.ok and b.colours]
+    ratios = np.array([a / b for a, b in pairs])
+    return (
+        f"Hymenoptera (mirror, {len(files)} files): {same} of {len(files)} with the same verdict, placeholder flag "
+        f"and size from the reduced scan as from the full TensorFlow one; JPEG colour counts (64x64 thumbnail) "
+        f"reduced / full: median {np.median(ratios):.3f}, range {ratios.min():.3f}-{ratios.max():.3f}; fewest "
+        f"colours of a JPEG photo {min(a for a, _ in pairs)} reduced, {min(b for _, b in pairs)} full "
+        f"(placeholder threshold 64)."
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = common.base_parser(__doc__.splitlines()[0])
@@ -205,6 +301,9 @@ def main(argv: list[str] | None = None) -> None:
             ["scan", "files/s", "CPU ms/file", "2 idle cores, files/s", "1.28M files (min)"], scan_rows
         )
         print(f"{len(paths)} JPEGs 500x375, {kib:.0f} KiB each:\n\n{scan_table}", flush=True)
+        damage_table = damaged_verdicts(paths, work)
+        agreement = mirror_agreement(work)
+        print(f"\n{damage_table}\n\n{agreement}", flush=True)
 
         folder_start = time.perf_counter()
         folder = write_tiny_folder(work / "tiny_folder", args.folder_files)
@@ -236,6 +335,9 @@ def main(argv: list[str] | None = None) -> None:
         f"\n\nFirst training step on {args.folder_files:,} JPEGs of {TINY_SIZE[1]}x{TINY_SIZE[0]} ({tiny_kib:.1f} KiB each, "
         f"{CLASSES} classes; made in {made:.0f} s), fresh processes, clock after TensorFlow's start-up (goal "
         f"<= {GOAL_FIRST_STEP_S} s):\n\n{first_table}"
+        f"\n\nVerdicts on damaged copies of the first 150 of those 500x375 JPEGs (damage inside the scan data; "
+        f"`markers only`: no end-of-image marker after the scan, as a check without decoding would see):\n\n"
+        f"{damage_table}\n\n{agreement}"
     )
     notes = (
         f"1-minute load average {loads[0]:.1f} at the start, {loads[1]:.1f} at the end on {info['nproc']} CPUs: "
