@@ -212,8 +212,8 @@ class _ReducedJpeg:
 def _decode_jpeg_reduced(data: bytes, *, thumbnail: bool) -> _ReducedJpeg | None:
     """Decodes a common JPEG with libjpeg's DCT scaling (Pillow's `draft`): every scan's entropy-coded data
     is still read, so truncation and corrupt coefficients are found as by a full decode, while the inverse
-    DCT and colour conversion run on 1/4 to 1/64 of the pixels. For 500x375 photos that is 0.7 ms instead
-    of the full check's 1.9 ms (`benchmarks/scan_speed.py`).
+    DCT and colour conversion run on 1/4 to 1/64 of the pixels: 1.15 ms of CPU per 500x375 photo instead of
+    1.71 ms through TensorFlow's full decode (`benchmarks/scan_speed.py`, RESULTS.md).
 
     Returns None, so that the caller decodes with TensorFlow (the verdict and its message then come from
     training's decoder), for anything this path does not vouch for: a file Pillow refuses, a frame other
