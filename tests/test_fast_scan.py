@@ -156,3 +156,12 @@ def test_reduced_decode_skips_pixels_when_no_colours_are_counted(tmp_path, place
     check = image_files.check_image(tmp_path / "photo.jpg", placeholder_colours=placeholder_colours)
     assert check.ok and (check.height, check.width, check.channels) == (64, 80, 3)
     assert (check.colours > 0) == bool(placeholder_colours)
+
+
+@pytest.mark.parametrize("shape", [(100, 130), (47, 63), (64, 64), (300, 17)])
+def test_thumbnail_samples_as_tensorflow_nearest_resize(shape):
+    """The placeholder thumbnail (numpy, no TensorFlow op per file) picks the pixels tf.image.resize's
+    nearest neighbour picks, so PNG/GIF/BMP/WebP colour counts are those of the scan before issue 24."""
+    pixels = np.random.default_rng(1).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    expected = tf.image.resize(pixels, (64, 64), method="nearest").numpy()
+    np.testing.assert_array_equal(image_files._thumbnail(pixels), expected)
