@@ -344,7 +344,9 @@ def build_compiled_model(
     keras.mixed_precision.set_dtype_policy(config.train.mixed_precision)
     try:
         model = modeling.build_model(
-            config,
+            name=config.name,
+            model=config.model,
+            normalization=config.input.normalization,
             input_shape=input_shape,
             num_classes=num_classes,
             statistics=statistics,
@@ -353,9 +355,15 @@ def build_compiled_model(
         )
     finally:
         keras.mixed_precision.set_dtype_policy("float32")
-    phase = phases.plan(config)[0]
+    phase = phases.plan(config.train)[0]
     phases.set_trainable(model, phase.trainable)
-    modeling.compile_model(model, config, phase, steps_per_epoch)
+    modeling.compile_model(
+        model,
+        phase,
+        steps_per_epoch,
+        label_smoothing=config.train.label_smoothing,
+        jit_compile=config.train.jit_compile,
+    )
     return model
 
 

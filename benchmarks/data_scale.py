@@ -243,8 +243,8 @@ def run_child(spec: dict) -> dict:
         dataset = _keras_dataset(spec)
     else:
         config = _config(spec)
-        splits = splits_lib.Splits(config, log=lambda message: None)
-        dataset = splits.dataset("train", config, training=True)
+        splits = splits_lib.Splits.from_config(config, log=lambda message: None)
+        dataset = splits.dataset("train", training=True)
     setup = time.perf_counter() - started
     seconds, images = [], []
     for _ in range(spec["epochs"]):
@@ -261,10 +261,11 @@ def prepare(spec: dict) -> dict:
     times it, fills the scan cache the variants' processes then read, and returns the split sizes and the
     working-size bytes `input.cache: auto` weighs (random resized and square crops)."""
     from pipeline.data import splits as splits_lib
+    from pipeline.data.transform import EvalTransform
 
     started = time.perf_counter()
     config = _config(spec)
-    splits = splits_lib.Splits(config, log=lambda message: None)
+    splits = splits_lib.Splits.from_config(config, log=lambda message: None)
     seconds = time.perf_counter() - started
     sizes = [splits.image_sizes[str(path)] for path in splits.train[0]]
     return {
@@ -272,7 +273,9 @@ def prepare(spec: dict) -> dict:
         "check_seconds": seconds,
         "files": sum(len(getattr(splits, name)[1]) for name in ("train", "validation", "test")),
         "working_mib": {
-            crop: splits_lib.estimate_working_bytes(sizes, splits.transform(_config(dict(spec, variant=variant))))
+            crop: splits_lib.estimate_working_bytes(
+                sizes, splits.sized(EvalTransform.from_input_section(_config(dict(spec, variant=variant)).input))
+            )
             / 2**20
             for crop, variant in (("random_resized", "A"), ("square", "As"))
         },

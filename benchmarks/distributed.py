@@ -66,7 +66,7 @@ def allreduce(workers: int) -> None:
         model = models.build_model(config.model.name, input_shape=shape, num_classes=classes, **options)
         total = sum(int(v.numpy().size) for v in model.variables)
         counts = []
-        for phase in phases.plan(config):  # a frozen backbone's gradients are not all-reduced
+        for phase in phases.plan(config.train):  # a frozen backbone's gradients are not all-reduced
             phases.set_trainable(model, phase.trainable)
             counts.append(sum(int(v.numpy().size) for v in model.trainable_variables))
         sizes = [count * 4 / 2**20 for count in counts]

@@ -1,6 +1,6 @@
 """Decode time of TensorFlow's fast JPEG IDCT (its default) against the accurate one the pipeline uses.
 
-pipeline/decode.py asks libjpeg for the accurate inverse DCT (Pillow's pixels exactly). This measures what
+pipeline/data/decode.py asks libjpeg for the accurate inverse DCT (Pillow's pixels exactly). This measures what
 that costs on a phone-size photo (4000x3000, quality 90, synthetic but smooth like a photo), at full size
 and at the 1/8 DCT scale the training pipeline uses for large photos; median of `--repeats` decodes each:
 

@@ -1,4 +1,4 @@
-"""Decoding a phone-size JPEG at full size versus with DCT scaling (pipeline/decode.py), one process each.
+"""Decoding a phone-size JPEG at full size versus with DCT scaling (pipeline/data/decode.py), one process each.
 
 Writes a 4000x3000 JPEG (smooth synthetic photo, quality 90, EXIF Orientation=6 as phones store it),
 then, in a fresh process per mode so peak RSS is that mode's own, decodes it `--repeats`

@@ -142,16 +142,16 @@ def scan_rates(paths: list[Path], rounds: int, work: Path) -> dict:
     """{way: [(files/s, CPU ms per file), ...]} for reduced, tensorflow and cached, interleaved."""
     import tensorflow as tf
 
-    from pipeline.data import image_files
+    from pipeline.data import image_files, reduced_jpeg
 
     tf.io.decode_jpeg(tf.io.encode_jpeg(tf.zeros([8, 8, 3], tf.uint8)))
-    reduced = image_files._decode_jpeg_reduced
+    reduced = reduced_jpeg.decode
     rates: dict = {"reduced": [], "tensorflow": [], "cached": []}
     for round_index in range(rounds):
         for way in ("reduced", "tensorflow") if round_index % 2 == 0 else ("tensorflow", "reduced"):
             cache = work / f"scan_cache_{way}"
             shutil.rmtree(cache, ignore_errors=True)
-            image_files._decode_jpeg_reduced = reduced if way == "reduced" else (lambda data, thumbnail: None)
+            reduced_jpeg.decode = reduced if way == "reduced" else (lambda data, thumbnail: None)
             try:
                 wall, cpu = time.perf_counter(), time.process_time()
                 checks = image_files.scan_images(paths, cache_dir=cache)
@@ -159,7 +159,7 @@ def scan_rates(paths: list[Path], rounds: int, work: Path) -> dict:
                     (len(paths) / (time.perf_counter() - wall), 1e3 * (time.process_time() - cpu) / len(paths))
                 )
             finally:
-                image_files._decode_jpeg_reduced = reduced
+                reduced_jpeg.decode = reduced
             assert all(check.ok for check in checks)
             if way == "reduced":
                 wall, cpu = time.perf_counter(), time.process_time()
@@ -172,15 +172,15 @@ def scan_rates(paths: list[Path], rounds: int, work: Path) -> dict:
 
 def _scan(paths: list[Path], *, reduced: bool) -> list:
     """scan_images (uncached), with JPEGs by the reduced-scale decode or, `reduced` False, all by TensorFlow."""
-    from pipeline.data import image_files
+    from pipeline.data import image_files, reduced_jpeg
 
-    shipped = image_files._decode_jpeg_reduced
+    shipped = reduced_jpeg.decode
     if not reduced:
-        image_files._decode_jpeg_reduced = lambda data, thumbnail: None
+        reduced_jpeg.decode = lambda data, thumbnail: None
     try:
         return image_files.scan_images(paths)
     finally:
-        image_files._decode_jpeg_reduced = shipped
+        reduced_jpeg.decode = shipped
 
 
 def damaged_verdicts(paths: list[Path], work: Path, count: int = 150) -> str:

@@ -121,7 +121,7 @@ def run_ours(config, splits, test_data, epochs: int, log=print, evaluate_from: i
     from pipeline.training import model_setup as modeling
     from pipeline.training import phases
 
-    statistics = splits.channel_statistics(config) if config.input.normalization == "standardize" else (None, None)
+    statistics = splits.channel_statistics() if config.input.normalization == "standardize" else (None, None)
     steps_per_epoch = -(-len(splits.train[1]) // config.train.batch_size)
     model = common.build_compiled_model(
         config,
@@ -129,7 +129,7 @@ def run_ours(config, splits, test_data, epochs: int, log=print, evaluate_from: i
         num_classes=splits.num_classes,
         steps_per_epoch=steps_per_epoch,
         statistics=statistics,
-        sample_images=lambda: splits.sample_images(config),
+        sample_images=lambda: splits.sample_images(),
     )
     schedule = config.train.schedule
     optimizer = config.train.optimizer
@@ -139,15 +139,21 @@ def run_ours(config, splits, test_data, epochs: int, log=print, evaluate_from: i
         f"label smoothing {config.train.label_smoothing:g}, test TTA {config.evaluation.tta}",
         flush=True,
     )
-    train_data = splits.dataset("train", config, training=True)
-    validation_data = splits.dataset("validation", config)
+    train_data = splits.dataset("train", training=True)
+    validation_data = splits.dataset("validation")
     recorder = EpochLog(
         "ours", test_data, time.perf_counter(), log, tta=config.evaluation.tta, evaluate_from=evaluate_from
     )
-    for index, phase in enumerate(phases.plan(config)):
+    for index, phase in enumerate(phases.plan(config.train)):
         if index:  # multi-phase configs: recompile for each phase, as pipeline.run does
             phases.set_trainable(model, phase.trainable)
-            modeling.compile_model(model, config, phase, steps_per_epoch)
+            modeling.compile_model(
+                model,
+                phase,
+                steps_per_epoch,
+                label_smoothing=config.train.label_smoothing,
+                jit_compile=config.train.jit_compile,
+            )
         model.fit(
             train_data,
             validation_data=validation_data,
@@ -261,7 +267,7 @@ def main(argv: list[str] | None = None) -> dict:
                 f"{config.name} and {BOOK_MODEL} use different dataset settings; both recipes must "
                 f"train on the same split (use --recipes ours)"
             )
-        splits = splits_lib.Splits(config, log=lambda *_: None)
+        splits = splits_lib.Splits.from_config(config, log=lambda *_: None)
         if args.quick:
             splits.train = common.subset(splits.train, QUICK_TRAIN, config.seed)
             splits.validation = common.subset(splits.validation, QUICK_EVAL, config.seed)
@@ -271,7 +277,7 @@ def main(argv: list[str] | None = None) -> dict:
             f"images",
             flush=True,
         )
-        test_data = splits.dataset("test", config)
+        test_data = splits.dataset("test")
         if "ours" in recipes:
             recorders["ours"] = run_ours(config, splits, test_data, ours_epochs, evaluate_from=args.evaluate_from)
         if "book" in recipes:

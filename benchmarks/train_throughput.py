@@ -59,7 +59,7 @@ def load_training_data(args, temporary: Path, *, limit: int | None):
     overrides = common.data_overrides(args, temporary) + [f"train.batch_size={args.batch_size}"]
     pipeline_config = experiment.load_experiment(PIPELINE_EXPERIMENT, overrides)
     model_config = experiment.load_experiment(MODEL_EXPERIMENT, overrides)
-    splits = splits_lib.Splits(pipeline_config, log=lambda *_: None)
+    splits = splits_lib.Splits.from_config(pipeline_config, log=lambda *_: None)
     splits.train = common.subset(splits.train, limit, pipeline_config.seed)
     return pipeline_config, model_config, splits
 
@@ -101,7 +101,7 @@ def make_inputs(variant: str, pipeline_config, splits, batch_size: int):
             images, labels, config=pipeline_config, batch_size=batch_size, num_classes=splits.num_classes
         )
     if variant == "B":
-        return splits.dataset("train", pipeline_config, training=True, batch_size=batch_size)
+        return splits.dataset("train", training=True, batch_size=batch_size)  # splits built from pipeline_config
     if variant == "C":
         return book_flow(
             images, labels, batch_size=batch_size, num_classes=splits.num_classes, seed=pipeline_config.seed

@@ -156,7 +156,7 @@ def _data_init(network: keras.Model, images, *, whiten=False, **_options) -> str
 
 
 # A builder's `data_init(network, images, **options)` runs once after building a new model, with float
-# [N, H, W, C] training images as the network receives them (pipeline/modeling.py); it returns a line for
+# [N, H, W, C] training images as the network receives them (pipeline/training/model_setup.py); it returns a line for
 # the run's log, or None.
 cifar10_fast.data_init = _data_init
 

@@ -16,12 +16,14 @@ from pathlib import Path
 import keras
 
 from pipeline import compat
+from pipeline.core.errors import UserError
 
 HEAD_LAYERS = ("fc", "logits")  # the head layers with weights, in order
 
 
-class WeightsError(RuntimeError):
-    """Weights cannot be obtained or do not fit the model. The message names the file and the fix."""
+class WeightsError(UserError, RuntimeError):
+    """Weights cannot be obtained or do not fit the model. The message names the file and the fix (exit
+    code 2; still a RuntimeError, as before)."""
 
 
 def check_weights_argument(weights):

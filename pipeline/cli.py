@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pipeline.core import errors
+from pipeline.core import errors, signals
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -55,6 +55,12 @@ def _parser() -> argparse.ArgumentParser:
     predict.add_argument("--top-k", type=int, help="classes per image (default: the export's top k)")
     predict.add_argument("--format", choices=["table", "csv", "json"], default="table")
     predict.add_argument("--batch-size", type=int, default=32)
+    predict.add_argument(
+        "--max-pixels",
+        type=int,
+        default=89_478_485,
+        help="images whose header promises more pixels are refused undecoded (default Pillow's limit; 0: none)",
+    )
 
     summary = commands.add_parser("summary", help="layer table, parameters and FLOPs of an experiment's network")
     summary.add_argument("experiment", help="experiment name (experiments/<name>.yaml) or path to a YAML file")
@@ -190,24 +196,44 @@ def run_command(args) -> int:
         from pipeline.serving import predict
 
         return predict.predict_command(
-            args.export_dir, args.paths, top_k=args.top_k, output_format=args.format, batch_size=args.batch_size
+            args.export_dir,
+            args.paths,
+            top_k=args.top_k,
+            output_format=args.format,
+            batch_size=args.batch_size,
+            max_pixels=args.max_pixels,
         )
     elif args.command == "launch":
         from pipeline import experiment
         from pipeline.distribute import launch
 
         config = experiment.load_experiment(args.experiment, args.overrides)  # as `train` does: no worker starts
-        return launch.run(args, config)
+        return launch.run(args, name=config.name, strategy=config.distribute.strategy)
     elif args.command in OPTIONAL_COMMANDS:
         return __import__(OPTIONAL_COMMANDS[args.command], fromlist=["run"]).run(args)
     return 0
 
 
+# What an interrupted command leaves, said in the one line printed when Ctrl-C or SIGTERM stops it.
+INTERRUPTED_STATE = {
+    "train": "run the same command again to resume from the last completed epoch",
+    "launch": "stopped all workers; run the same command again to resume from the last completed epoch",
+    "evaluate": "metrics.json and evaluation/ were left as they were (they are written whole, at the end)",
+    "export": "no new version was written (exports are renamed into place only when complete)",
+    "predict": "the files listed above were predicted; the others were not",
+    "data": "files already written are complete (written whole, then renamed); run the command again to finish",
+}
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
-    if args.command in TENSORFLOW_COMMANDS:
-        quiet_tensorflow()
+    if hasattr(sys.stdout, "reconfigure"):  # file names that are not UTF-8 print as their bytes, not a crash
+        sys.stdout.reconfigure(errors="surrogateescape")
+    previous = signals.install()  # SIGTERM (kill, timeout, a scheduler, Kubernetes) stops us as Ctrl-C does
+    signals.watch_parent()  # a `launch` worker stops when launch is gone, however launch ended
     try:
+        if args.command in TENSORFLOW_COMMANDS:
+            quiet_tensorflow()
         return run_command(args)
     except errors.UserError as error:
         print(f"error: {error}", file=sys.stderr)
@@ -221,6 +247,9 @@ def main(argv=None) -> int:
         path = getattr(error, "filename", None) or "a file of the run"
         print(f"error: {fileio.StorageFullError(path, reason)}", file=sys.stderr)
         return errors.USER_ERROR_EXIT_CODE
-    except KeyboardInterrupt:
-        print("\ninterrupted; run the same command again to resume from the last completed epoch", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as interrupt:
+        state = INTERRUPTED_STATE.get(args.command, "anything written so far was written whole")
+        print(f"\n{signals.describe(interrupt)}; {state}", file=sys.stderr, flush=True)
+        return signals.exit_status(interrupt)
+    finally:
+        signals.restore(previous)

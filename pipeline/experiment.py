@@ -1,4 +1,4 @@
-"""Loading an experiment: the config (pipeline/config.py) checked against the model and dataset registries.
+"""Loading an experiment: the config (pipeline/config/) checked against the model and dataset registries.
 
 This is what the CLI calls. It sits above config, models and datasets so that config stays at the bottom
 of the import graph; it imports no TensorFlow (the model registry reads its builders' names and options

@@ -1,7 +1,10 @@
 """One training run, top to bottom: data -> model -> fit (resumable, phase by phase) -> evaluate -> export.
 
-Where things live: splits and tf.data in `splits`, the model in `modeling`, callbacks and resume state in
-`callbacks`, the run directory's files in `rundir`, the test report in `evaluate`, the SavedModel in `export`.
+Where things live: the splits and their tf.data pipelines in `pipeline.data.splits`, the model and its
+compilation in `pipeline.training.model_setup`, callbacks and the resume point in
+`pipeline.training.callbacks`, the run directory's files in `pipeline.config.rundir`, the strategy and
+who-writes-what in `pipeline.distribute.workers.Cluster`, the test report in `pipeline.evaluation.evaluate`,
+the SavedModel in `pipeline.serving.export`.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import keras
 
 from pipeline.config import Config, rundir
 from pipeline.config.rundir import RunError
+from pipeline.data.augmentation import Augmentation
 from pipeline.data.splits import Splits
 from pipeline.distribute import workers
 from pipeline.evaluation import evaluate, monitoring
@@ -35,7 +39,7 @@ def train(config: Config, *, run_dir: Path | None = None, log=print) -> dict:
     """
     run_dir = Path(run_dir) if run_dir else rundir.default_run_dir(config.name)
     # One writer per run directory: in a distributed run the chief locks and writes it, the other workers
-    # write into a scratch copy removed at the end (pipeline/workers.py).
+    # write into a scratch copy removed at the end (pipeline/distribute/workers.py).
     with workers.writer_dir(run_dir, strategy=config.distribute.strategy) as out_dir:
         return _train(config, out_dir, log)
 
@@ -49,126 +53,155 @@ def _train(config: Config, run_dir: Path, log) -> dict:
         )
         return rundir.read_metrics(run_dir)
 
-    # Data and model first: a missing dataset, an input size the model refuses or a phase naming an
-    # unknown layer stops the run before anything is written.
-    modeling.configure_threads(intra_op=config.train.intra_op_threads, inter_op=config.train.inter_op_threads, log=log)
-    # Before any other TensorFlow op: a multi-worker strategy sets up collective ops when it starts.
-    strategy = workers.start(config.distribute.strategy, global_batch=config.train.batch_size, log=log)
-    with workers.chief_first(strategy):  # one archive extraction and image scan; the others read the cache
-        splits = Splits(config, log=log)
-    with workers.scope(strategy):  # the model's variables live on every replica
+    # Data, model and phases first: a missing dataset, an input size the model refuses or a phase naming
+    # an unknown layer stops the run before anything is written.
+    train = config.train
+    modeling.configure_threads(intra_op=train.intra_op_threads, inter_op=train.inter_op_threads, log=log)
+    cluster = workers.Cluster.start(config.distribute.strategy, global_batch=train.batch_size, log=log)
+    with cluster.chief_first():  # one archive extraction and image scan; the other workers read the cache
+        splits = Splits.from_config(config, log=log)
+    with cluster.scope():  # the model's variables live on every replica
         model = build_checked_model(config, splits, log=log)
-    plan = workers.prepare_phases(
-        phases.plan(config),
-        strategy,
-        global_batch=config.train.batch_size,
+    plan = cluster.prepare_phases(
+        phases.plan(train),
         scale_learning_rate=config.distribute.scale_learning_rate,
+        global_batch=train.batch_size,
         base_batch=config.distribute.base_batch_size,
         log=log,
     )
-
     if state == "new":
-        rundir.start(run_dir, config, splits.class_names)
+        rundir.start(run_dir, config, splits.class_names, split_sizes=rundir.split_sizes(splits))
         log(f"run directory: {run_dir}")
     else:
+        # Renamed classes or moved images are not trained on: the run's record is the truth.
+        rundir.check_same_data(run_dir, class_names=splits.class_names, split_sizes=rundir.split_sizes(splits))
+        rundir.remove_leftovers(run_dir)  # half-written temporary files of a killed process
         log(f"resuming {run_dir}")
-    steps_per_epoch = math.ceil(len(splits.train[1]) / config.train.batch_size)
-    shard = workers.shard(strategy)  # each worker reads its share of the files (arrays: of each batch)
-    train_data = splits.dataset("train", config, training=True, shard=shard)
-    validation_data = splits.dataset("validation", config, shard=shard) if len(splits.validation[1]) else None
-    train_data, validation_data = workers.without_short_batches(strategy, train_data, validation_data)
-    callback_list, stateful = callbacks.build_callbacks(
-        config.train.callbacks,
+
+    train_data, validation_data = cluster.datasets(splits)  # this worker's share
+    monitors = monitoring.start(config, run_dir, splits, model, validation_data, new=state == "new")
+    run_callbacks = callbacks.build_callbacks(
+        train.callbacks,
         run_dir,
         len(splits.train[1]),
         total_phases=len(plan),
         ema=all(phase.optimizer.ema for phase in plan),
-        extra=workers.fit_callbacks(
-            monitoring.start(config, run_dir, splits, model, validation_data, new=state == "new"), strategy, log=log
-        ),
+        extra=cluster.fit_callbacks(monitors, log=log),
     )
-    backup = callback_list[-1]
-
-    metadata = callbacks.read_backup_metadata(run_dir / "backup")
-    completed = metadata.get("completed_phases", 0) if metadata else 0
-    workers.check_workers_agree(
-        strategy,
-        splits=(splits.train, splits.validation, splits.test),
-        resume_epoch=metadata["epoch"] if metadata else 0,
-        completed_phases=completed,
-    )
-    if metadata:  # rows of epochs after the resume point (a kill between the CSV row and the backup)
-        callbacks.trim_history(run_dir / "history.csv", epochs=metadata["epoch"])
-    if completed >= len(plan):
-        log(f"training already complete ({metadata['epoch']} epochs); evaluating and exporting")
-        for name, callback in stateful.items():
-            callback.set_state(metadata["callbacks"].get(name, {}))
-    elif metadata:
-        log(f"resuming after epoch {metadata['epoch']} of {config.train.epochs}")
-    for position, phase in enumerate(plan[completed:]):
-        if len(plan) > 1:
-            log(
-                f"phase {phase.index + 1}/{len(plan)}: epochs {phase.start_epoch + 1}-{phase.end_epoch}, "
-                f"trainable {phase.trainable}, {phase.optimizer.name} lr {phase.optimizer.learning_rate}"
-            )
-        phases.set_trainable(model, phase.trainable)
-        with workers.scope(strategy):  # the phase's optimizer (and a cached-features head) replicated too
-            modeling.compile_model(model, config, phase, steps_per_epoch)
-            fitted, phase_train, phase_validation = model, train_data, validation_data
-            if phase.cache_features:
-                fitted, phase_train, phase_validation = modeling.cached_features_fit(
-                    model, splits, config, phase, steps_per_epoch, validation_data, log=log
-                )
-        for callback in callback_list:  # those that save or evaluate the full model, not the head fitted
-            if hasattr(callback, "target"):
-                callback.target = model if fitted is not model else None
-        backup.begin_phase(phase.index, restore=position == 0)
-        history = fitted.fit(
-            phase_train,
-            validation_data=phase_validation,
-            initial_epoch=phase.start_epoch,
-            epochs=phase.end_epoch,
-            shuffle=False,
-            callbacks=callback_list,
-            verbose=modeling.fit_verbosity(config.train.verbose),
-        )
-        check_finite(
-            history.history.get("loss", []),
+    resume = callbacks.ResumePoint.read(run_dir)
+    cluster.check_agree(splits, resume)
+    resume.trim_history(run_dir)
+    if resume.completed_phases >= len(plan):
+        log(f"training already complete ({resume.epoch} epochs); evaluating and exporting")
+        run_callbacks.restore(resume)
+    elif resume.epoch:
+        log(f"resuming after epoch {resume.epoch} of {train.epochs}")
+    for position, phase in enumerate(plan[resume.completed_phases :]):
+        fit_phase(
+            model,
             phase,
+            splits,
+            train_data,
+            validation_data,
+            run_callbacks,
+            config,
+            cluster,
             run_dir,
-            diverged=backup.diverged,
-            last_good_epoch=stateful["checkpoints"].last_good_epoch,
+            first=position == 0,
+            phases_in_plan=len(plan),
+            log=log,
         )
-    epochs_completed = callbacks.read_backup_metadata(run_dir / "backup")["epoch"]
-    if not workers.is_chief(strategy):  # evaluation, export and metrics.json are the chief's
-        workers.end_together(strategy)
-        return {"epochs_completed": epochs_completed, "distribution": workers.summary(strategy)}
+    epochs_completed = callbacks.ResumePoint.read(run_dir).epoch
+    if not cluster.is_chief:  # evaluation, export and metrics.json are the chief's
+        cluster.end_together()
+        return {"epochs_completed": epochs_completed, "distribution": cluster.summary()}
 
-    timer = stateful["timer"]
-    test_metrics = evaluate.evaluate_model(rundir.checkpoint_path(run_dir), config, splits, run_dir=run_dir, log=log)
-    report = test_metrics.pop("report", None)
-    metrics = {
-        "test": test_metrics,
-        "best_validation": {stateful["checkpoints"].monitor: stateful["checkpoints"].best},
-        "epochs_completed": epochs_completed,
-        "train_seconds": round(timer.fit_seconds, 2),
-        "images_per_second": round(timer.images_per_second, 1),
-        "train_images": len(splits.train[0]),
-        "validation_images": len(splits.validation[0]),
-        "test_images": len(splits.test[0]),
-        "skipped_files": splits.skipped,
-        "distribution": workers.summary(strategy),
-    }
-    if config.export.enabled:
-        metrics["export"] = str(export.export_run(run_dir, config=config))
-    monitoring.finish(config, run_dir, report, test_metrics, epochs_completed)
+    test = evaluate.evaluate_model(rundir.checkpoint_path(run_dir), config, splits, run_dir=run_dir, log=log)
+    report = test.pop("report", None)
+    metrics = rundir.metrics_record(
+        test=test,
+        best_validation={run_callbacks.checkpoints.monitor: run_callbacks.checkpoints.best},
+        epochs_completed=epochs_completed,
+        train_seconds=run_callbacks.timer.fit_seconds,
+        images_per_second=run_callbacks.timer.images_per_second,
+        split_sizes={name: len(getattr(splits, name)[0]) for name in ("train", "validation", "test")},
+        skipped_files=splits.skipped,
+        distribution=cluster.summary(),
+        export=str(export.export_run(run_dir, config=config)) if config.export.enabled else None,
+    )
+    monitoring.finish(config, run_dir, report, test, epochs_completed)
     rundir.write_metrics(run_dir, metrics)  # last: marks the run finished
-    workers.end_together(strategy)  # the other workers wait here for the chief
+    cluster.end_together()  # the other workers wait here for the chief
     log(
-        f"test accuracy {test_metrics['accuracy']:.4f}, loss {test_metrics['loss']:.4f} after "
-        f"{epochs_completed} epochs; {metrics['images_per_second']:.0f} images/s; metrics in {run_dir}/metrics.json"
+        f"test accuracy {test['accuracy']:.4f}, loss {test['loss']:.4f} after {epochs_completed} epochs; "
+        f"{metrics['images_per_second']:.0f} images/s; metrics in {run_dir}/metrics.json"
     )
     return metrics
+
+
+def fit_phase(
+    model,
+    phase,
+    splits,
+    train_data,
+    validation_data,
+    run_callbacks,
+    config,
+    cluster,
+    run_dir,
+    *,
+    first: bool,
+    phases_in_plan: int,
+    log=print,
+) -> None:
+    """Trains one phase from its start (or the resume point, when `first`) to its last epoch.
+
+    Raises:
+        RunError: the phase diverged (`check_finite`).
+    """
+    train = config.train
+    if phases_in_plan > 1:
+        log(
+            f"phase {phase.index + 1}/{phases_in_plan}: epochs {phase.start_epoch + 1}-{phase.end_epoch}, "
+            f"trainable {phase.trainable}, {phase.optimizer.name} lr {phase.optimizer.learning_rate}"
+        )
+    phases.set_trainable(model, phase.trainable)
+    steps_per_epoch = math.ceil(len(splits.train[1]) / train.batch_size)
+    compile_options = dict(label_smoothing=train.label_smoothing, jit_compile=train.jit_compile)
+    with cluster.scope():  # the phase's optimizer (and a cached-features head) replicated too
+        modeling.compile_model(model, phase, steps_per_epoch, **compile_options)
+        fitted, phase_train, phase_validation = model, train_data, validation_data
+        if phase.cache_features:
+            fitted, phase_train, phase_validation = modeling.cached_features_fit(
+                model,
+                splits.dataset("train"),
+                phase,
+                steps_per_epoch,
+                validation_data,
+                batch_size=train.batch_size,
+                seed=config.seed,
+                augmented=Augmentation.from_section(config.input.augment).enabled,
+                log=log,
+                **compile_options,
+            )
+    run_callbacks.save_from(model, fitted)  # checkpoints and evaluation always see the full model
+    run_callbacks.backup.begin_phase(phase.index, restore=first)
+    history = fitted.fit(
+        phase_train,
+        validation_data=phase_validation,
+        initial_epoch=phase.start_epoch,
+        epochs=phase.end_epoch,
+        shuffle=False,
+        callbacks=run_callbacks.all,
+        verbose=modeling.fit_verbosity(train.verbose),
+    )
+    check_finite(
+        history.history.get("loss", []),
+        phase,
+        run_dir,
+        diverged=run_callbacks.backup.diverged,
+        last_good_epoch=run_callbacks.checkpoints.last_good_epoch,
+    )
 
 
 def build_checked_model(config: Config, splits: Splits, *, log=print) -> keras.Model:
@@ -183,17 +216,21 @@ def build_checked_model(config: Config, splits: Splits, *, log=print) -> keras.M
 
     keras.utils.set_random_seed(config.seed)
     keras.mixed_precision.set_dtype_policy(config.train.mixed_precision)
+    augment = config.input.augment
     try:
-        statistics = splits.channel_statistics(config) if config.input.normalization == "standardize" else (None, None)
+        statistics = splits.channel_statistics() if config.input.normalization == "standardize" else (None, None)
         model = modeling.build_model(
-            config,
+            name=config.name,
+            model=config.model,
+            normalization=config.input.normalization,
             input_shape=splits.input_shape,
             num_classes=splits.num_classes,
             statistics=statistics,
-            sample_images=lambda: splits.sample_images(config),
+            sample_images=splits.sample_images,
+            noise_erasing=bool(augment.random_erasing) and augment.random_erasing_fill is None,
             log=log,
         )
-        for phase in phases.plan(config):
+        for phase in phases.plan(config.train):
             phases.set_trainable(model, phase.trainable)
             if phase.cache_features:
                 modeling.features.FeatureSplit(model)  # a model it cannot cut stops the run here

@@ -6,53 +6,18 @@ when it is absent, except under CI=true, where a missing mirror is a failure.
 
 from __future__ import annotations
 
-import gzip
 import io
 import os
-import struct
 import sys
 import tarfile
 from pathlib import Path
 
-import numpy as np
 import pytest
+from helpers import synthetic_images, write_idx
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
-
-# `--set` overrides for end-to-end runs whose subject is not monitoring or export: no SavedModel (~5 s),
-# no evaluation figures, no TensorBoard image grids, confusion matrices or op graph (~1 s per Matplotlib figure on
-# 2 cores). The scalars stay on. tests/test_tensorboard_logging.py, test_evaluation_report.py, test_export.py
-# and test_train.py's tiny_run cover what this leaves out.
-LEAN_RUN = (
-    "export.enabled=false",
-    "evaluation.report=false",
-    "train.callbacks.tensorboard.images=false",
-    "train.callbacks.tensorboard.confusion_matrix_freq=0",
-    "train.callbacks.tensorboard.graph=false",
-)
-
-
-def write_idx(path: Path, array: np.ndarray) -> None:
-    """Writes a gzipped IDX uint8 file, the official MNIST format."""
-    header = b"\x00\x00\x08" + bytes([array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with gzip.open(path, "wb") as handle:
-        handle.write(header + np.ascontiguousarray(array, np.uint8).tobytes())
-
-
-def synthetic_images(count: int, size: int, channels: int, num_classes: int, seed: int):
-    """Learnable images: each class is a bright square at its own position, plus noise."""
-    rng = np.random.default_rng(seed)
-    labels = np.arange(count) % num_classes
-    rng.shuffle(labels)
-    images = rng.integers(0, 60, size=(count, size, size, channels), dtype=np.uint8)
-    cell = size // 4
-    for index, label in enumerate(labels):
-        row, col = divmod(int(label) % 16, 4)
-        images[index, row * cell : (row + 1) * cell, col * cell : (col + 1) * cell] = 200
-    return images, labels.astype(np.uint8)
 
 
 def make_mirror(root: Path, *, train_count=300, test_count=100) -> Path:
@@ -109,28 +74,26 @@ def mirror_dir() -> Path:
     return mirror
 
 
-class Interrupt:
-    """A Keras callback that raises KeyboardInterrupt (what Ctrl-C does) at the start of an epoch."""
+@pytest.fixture
+def interrupt_training(monkeypatch):
+    """`interrupt_training(epoch)`: the next `train` in this test raises KeyboardInterrupt (what Ctrl-C
+    does) at the start of that epoch; `interrupt_training(None)` trains normally again."""
+    from helpers import Interrupt
 
-    def __new__(cls, at_epoch: int):
-        import keras
+    from pipeline.training import callbacks
 
-        class _Interrupt(keras.callbacks.Callback):
-            def on_epoch_begin(self, epoch, logs=None):
-                if epoch == at_epoch:
-                    raise KeyboardInterrupt
+    original = callbacks.build_callbacks
 
-        return _Interrupt()
+    def arm(at_epoch):
+        if at_epoch is None:
+            monkeypatch.setattr(callbacks, "build_callbacks", original)
+            return
 
+        def build(*args, **kwargs):
+            built = original(*args, **kwargs)
+            built.all.insert(0, Interrupt(at_epoch))
+            return built
 
-def with_transform(options: dict) -> dict:
-    """Keyword arguments of the old loose eval-transform form (image_size, channels, resize_method, crop,
-    margin) folded into the one `transform=EvalTransform(...)` argument the input pipelines take."""
-    from pipeline.data.transform import EvalTransform
+        monkeypatch.setattr(callbacks, "build_callbacks", build)
 
-    options = dict(options)
-    keys = ("image_size", "channels", "resize_method", "crop", "margin")
-    values = {key: options.pop(key) for key in keys if key in options}
-    if values:
-        options["transform"] = EvalTransform(**values)
-    return options
+    return arm

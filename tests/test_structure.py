@@ -137,6 +137,24 @@ def test_imports_flow_down_the_layers():
     assert not wrong, "imports against the layer order:\n" + "\n".join(wrong)
 
 
+# Layers whose functions take keyword arguments or config sections, never the whole config: the one
+# mapping from a config is a `from_config` constructor (e.g. `DataOptions.from_config`).
+CONFIG_FREE_LAYERS = ("data", "training", "distribute", "compat", "core")
+
+
+def test_below_the_driver_no_function_takes_the_whole_config():
+    wrong = []
+    for name, path in sorted(module_files().items()):
+        if layer_of(name) not in CONFIG_FREE_LAYERS:
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name != "from_config":
+                arguments = node.args.posonlyargs + node.args.args + node.args.kwonlyargs
+                if any(argument.arg == "config" for argument in arguments):
+                    wrong.append(f"{name}.{node.name}")
+    assert not wrong, "these take the whole config; pass sections or keyword arguments: " + ", ".join(wrong)
+
+
 def test_models_never_import_the_config():
     files = module_files()
     for name, path in files.items():

@@ -15,7 +15,7 @@ from pathlib import Path
 import keras
 import numpy as np
 import pytest
-from conftest import LEAN_RUN, Interrupt
+from helpers import LEAN_RUN
 
 from pipeline import cli
 from pipeline import config as config_lib
@@ -163,7 +163,7 @@ def test_same_seed_gives_the_same_metrics(data_env, tmp_path):
     assert strip(history_rows(tmp_path / "a")) == strip(history_rows(tmp_path / "b"))
 
 
-def test_resume_continues_the_learning_rate_schedule(data_env, tmp_path, monkeypatch):
+def test_resume_continues_the_learning_rate_schedule(data_env, tmp_path, monkeypatch, interrupt_training):
     overrides = [
         *data_env,
         "train.epochs=4",
@@ -175,19 +175,13 @@ def test_resume_continues_the_learning_rate_schedule(data_env, tmp_path, monkeyp
     config = experiment_lib.load_experiment("tiny", overrides)
     train.train(config, run_dir=tmp_path / "straight", log=lambda *_: None)
 
-    original = run_callbacks.build_callbacks
-
-    def with_interrupt(*args, **kwargs):
-        callback_list, stateful = original(*args, **kwargs)
-        return [Interrupt(2), *callback_list], stateful
-
-    monkeypatch.setattr(run_callbacks, "build_callbacks", with_interrupt)
+    interrupt_training(2)
     with pytest.raises(KeyboardInterrupt):
         train.train(config, run_dir=tmp_path / "resumed", log=lambda *_: None)
     assert not (tmp_path / "resumed" / "metrics.json").exists()
     metadata = run_callbacks.read_backup_metadata(tmp_path / "resumed" / "backup")
     assert metadata["epoch"] == 2 and not metadata["finished"]
-    monkeypatch.setattr(run_callbacks, "build_callbacks", original)
+    interrupt_training(None)
     metrics = train.train(config, run_dir=tmp_path / "resumed", log=lambda *_: None)
     assert metrics["epochs_completed"] == 4
 
@@ -222,7 +216,7 @@ def test_sigkill_mid_run_resumes_to_the_full_epoch_count(synthetic_mirror, tmp_p
     metadata_path = run_dir / "backup" / "training_metadata.json"
     env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"}
     # Killed right after a backup (each start costs a TensorFlow import: one kill keeps the test short;
-    # tests/test_distributed_runs.py kills workers at other points, under `slow`).
+    # tests/distribute/test_distributed_runs.py kills workers at other points, under `slow`).
     for kill_after_epoch in (2,):
         process = subprocess.Popen(
             _train_command(experiment, run_dir),
@@ -258,18 +252,15 @@ def test_sigkill_mid_run_resumes_to_the_full_epoch_count(synthetic_mirror, tmp_p
     assert not list(run_dir.rglob(".tmp-*"))
 
 
-def test_leftover_temporary_files_from_a_killed_save_do_not_break_resume(data_env, tmp_path):
+def test_leftover_temporary_files_from_a_killed_save_do_not_break_resume(data_env, tmp_path, interrupt_training):
     overrides = [*data_env, "train.epochs=3", *LEAN_RUN]
     config = experiment_lib.load_experiment("tiny", overrides)
     run_dir = tmp_path / "run"
 
-    original = run_callbacks.build_callbacks
-    try:
-        run_callbacks.build_callbacks = lambda *a, **k: (lambda cl, st: ([Interrupt(1), *cl], st))(*original(*a, **k))
-        with pytest.raises(KeyboardInterrupt):
-            train.train(config, run_dir=run_dir, log=lambda *_: None)
-    finally:
-        run_callbacks.build_callbacks = original
+    interrupt_training(1)
+    with pytest.raises(KeyboardInterrupt):
+        train.train(config, run_dir=run_dir, log=lambda *_: None)
+    interrupt_training(None)
     # What a kill -9 in the middle of writing leaves behind: half-written temporary files.
     (run_dir / "backup" / ".tmp-epoch-0002-abc.weights.h5").write_bytes(b"\x89HDF\r\n half")
     (run_dir / "checkpoints" / ".tmp-best-xyz.keras").write_bytes(b"PK\x03\x04 half")
@@ -294,7 +285,7 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
 
 def test_unreadable_resume_state_is_reported(tmp_path):
     (tmp_path / "training_metadata.json").write_text("{not json")
-    with pytest.raises(RuntimeError, match="resume state is unreadable"):
+    with pytest.raises(fileio.DamagedFileError, match="damaged or truncated .resume state unreadable"):
         run_callbacks.read_backup_metadata(tmp_path)
 
 

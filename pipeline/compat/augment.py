@@ -10,7 +10,7 @@ import keras
 from pipeline.compat.layers import iter_layers
 
 # --------------------------------------------------------------------------------------------------
-# Augmentation layers' randomness, and the optimizer's EMA slots (see pipeline/augment.py, pipeline/ema.py)
+# Augmentation layers' randomness, and the optimizer's EMA slots (see pipeline/data/batch_augment.py, pipeline/training/ema.py)
 # --------------------------------------------------------------------------------------------------
 #
 # Keras' image augmentation layers draw their random numbers from a `SeedGenerator` whose state is a
@@ -40,9 +40,7 @@ from pipeline.compat.layers import iter_layers
 # The weight EMA of Keras optimizers (`use_ema=True`) lives in the private `_model_variables_moving_average`
 # list, aligned with the private `_trainable_variables` (keras/src/optimizers/base_optimizer.py), and a
 # `LossScaleOptimizer` (mixed_float16) holds the EMA in its `inner_optimizer`. `ema_variable_pairs` reads
-# them; tests/test_compat_augment.py fails, naming the Keras version, when any of these internals change.
-
-RAND_AUGMENT_ISSUE = "keras-team/keras#21169"
+# them; tests/compat/test_compat_augment.py fails, naming the Keras version, when any of these internals change.
 
 
 class StatelessSeedStream(keras.random.SeedGenerator):

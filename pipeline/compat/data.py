@@ -1,17 +1,17 @@
-"""tf.data: bytes from Python inside a tf.numpy_function (pipeline/tfrecords.py's record reader).
+"""tf.data: bytes from Python inside a tf.numpy_function (pipeline/data/records.py's record reader).
 
-Part of `pipeline.compat` (see its docstring); tested in tests/test_compat_data_scale.py.
+Part of `pipeline.compat` (see its docstring); tested in tests/compat/test_compat_data_scale.py.
 """
 
 from __future__ import annotations
 
-# Bytes from Python inside tf.data (pipeline/tfrecords.py's record reader)
+# Bytes from Python inside tf.data (pipeline/data/records.py's record reader)
 # --------------------------------------------------------------------------------------------------
 #
 # TensorFlow 2.21 keeps alive the element of a 0-d object ndarray that a `tf.numpy_function` returns:
 # each call's bytes object is never freed (measured: +1 MiB of RSS per 1 MiB record, every epoch, so
 # training from TFRecords by id grew by the dataset's size each epoch). A 1-element 1-d object array
-# is released. tests/test_compat_data_scale.py checks both, and fails when an upgrade fixes the leak.
+# is released. tests/compat/test_compat_data_scale.py checks both, and fails when an upgrade fixes the leak.
 
 
 def numpy_function_bytes(function, inputs, *, stateful: bool = False):

@@ -8,7 +8,7 @@ from __future__ import annotations
 import keras
 
 # --------------------------------------------------------------------------------------------------
-# tf.distribute (see pipeline/distribute.py)
+# tf.distribute (see pipeline/distribute/strategy.py)
 # --------------------------------------------------------------------------------------------------
 #
 # Keras 3.15.1's TensorFlow trainer breaks `model.fit` under MultiWorkerMirroredStrategy (several worker
@@ -22,7 +22,7 @@ import keras
 # `patch_keras_for_multi_worker` replaces both with versions that differ from upstream only in
 # multi-worker mode: the symbolic build takes this worker's first local replica (shapes are all it needs),
 # and scalars are reduced with axis=None (the mean across replicas; every replica already holds the same
-# synchronised metric value). tests/test_compat_distribute.py fails when an upgrade fixes either bug.
+# synchronised metric value). tests/compat/test_compat_distribute.py fails when an upgrade fixes either bug.
 
 MULTI_WORKER_ISSUES = ("keras-team/keras#20585", "tensorflow/tensorflow#72388")
 
@@ -126,7 +126,7 @@ def without_short_batches(strategy, *datasets):
     empty batches. Empty batches are valid tf.distribute input, but on an x86 CPU TensorFlow 2.21's
     oneDNN Conv2D returns an empty input unchanged ([0, H, W, C_in], not [0, H', W', C_out]), so the
     step fails with "input depth must be evenly divisible by filter depth" (found here, no upstream
-    issue; tests/test_distributed_runs.py::test_onednn_convolutions_still_return_an_empty_batch_unchanged
+    issue; tests/distribute/test_distributed_runs.py::test_onednn_convolutions_still_return_an_empty_batch_unchanged
     fails when a TensorFlow upgrade fixes it). Dropping the batches shorter than the replica count leaves
     every replica a non-empty batch in every step; at most replicas - 1 examples per worker and epoch are
     left out (other ones each epoch in training, whose order is reshuffled; the same ones in validation).

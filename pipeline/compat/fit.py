@@ -15,7 +15,7 @@ import keras
 # `_save_model` and counts epochs in `_current_epoch`; a fit learns where to start from the model's
 # private `_initial_epoch` (keras/src/backend/tensorflow/trainer.py: `initial_epoch = self._initial_epoch
 # or initial_epoch`), which is how BackupAndRestore itself skips finished epochs. Our crash-safe backup
-# (pipeline/callbacks.py) keeps that mechanism and reaches it only through this class.
+# (pipeline/training/callbacks.py) keeps that mechanism and reaches it only through this class.
 
 
 class BackupAndRestoreHooks(keras.callbacks.BackupAndRestore):

@@ -14,7 +14,7 @@ import keras
 # Walking nested models, and reading the functional graph's nodes. Keras 3 has no public API for either:
 # `Model.layers` lists one level and misses the sublayers a custom layer tracks, and a functional model's
 # nodes (which call of a layer belongs to which graph) are only in private attributes. Used by
-# pipeline/phases.py, features.py, model_stats.py and models/weights.py; tests/test_compat_layers.py has
+# pipeline/training/phases.py, features.py, model_stats.py and models/weights.py; tests/compat/test_compat_layers.py has
 # one test per access below.
 
 

@@ -11,7 +11,6 @@ received and, for near-misses, "did you mean ...". The CLI turns it into exit co
 from __future__ import annotations
 
 import dataclasses
-import os
 import re
 import types
 import typing
@@ -20,22 +19,25 @@ from typing import Any, Union
 
 import yaml
 
+from pipeline.config.choices import WARMUP_SCHEDULES
 from pipeline.config.schema import *  # noqa: F401,F403  (the schema, re-exported for its users)
 from pipeline.config.schema import Config, OptimizerConfig, ScheduleConfig
-from pipeline.core import errors
+from pipeline.core import errors, fileio
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENTS_DIR = PROJECT_ROOT / "experiments"
 
 
 class _Loader(yaml.SafeLoader):
-    """SafeLoader that reads `1e-3` as a float (YAML 1.1 needs `1.0e-3`; people write `1e-3`) and refuses
-    duplicate keys, which PyYAML otherwise resolves silently by keeping the last (yaml/pyyaml#165): a
-    second `train:` section would drop the first one's keys without a word."""
+    """SafeLoader that reads `1e-3` as a float (YAML 1.1 needs `1.0e-3`) and refuses duplicate keys, which PyYAML
+    silently resolves by keeping the last (yaml/pyyaml#165). All else reads as `yaml.safe_load` reads it: anchors,
+    aliases, merge keys (`<<: *base`; omry/omegaconf#470 broke them), byte-order marks, CRLF line ends."""
 
     def construct_mapping(self, node, deep=False):
         seen = {}
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue  # `<<`: the mapping's own keys override merged ones (flatten_mapping); not duplicates
             key = self.construct_object(key_node, deep=True)
             try:
                 hash(key)
@@ -73,8 +75,8 @@ _Loader.add_implicit_resolver(
 )
 
 
-def yaml_load(text: str):
-    """Parses YAML text the way experiment files are read.
+def yaml_load(text: str | bytes):
+    """Parses YAML text (or bytes, decoded by their byte-order mark as PyYAML does) as experiment files are read.
 
     Raises:
         yaml.YAMLError: invalid YAML, or a mapping with a duplicate key (`DuplicateKeyError`).
@@ -110,9 +112,9 @@ def resolve_experiment_path(name_or_path: str) -> Path:
 
 def _read_yaml(path: Path) -> dict:
     try:
-        text = path.read_text()
+        text = path.read_bytes()  # bytes: PyYAML decodes them by their BOM, not by this machine's locale
     except OSError as error:
-        raise ConfigError(f"cannot read {path}: {error.strerror}") from None
+        raise ConfigError(f"cannot read {path}: {fileio.os_reason(error)}") from None
     try:
         data = yaml_load(text)
     except yaml.YAMLError as error:
@@ -211,10 +213,6 @@ def to_dict(config) -> dict:
 
 def dump_yaml(config: Config) -> str:
     return yaml.safe_dump(to_dict(config), sort_keys=False, default_flow_style=None)
-
-
-def save_config(config: Config, path: os.PathLike) -> None:
-    Path(path).write_text("# Fully resolved configuration of this run (defaults + YAML + --set).\n" + dump_yaml(config))
 
 
 # --------------------------------------------------------------------------------------------------
@@ -457,7 +455,7 @@ def _check_optimization(optimizer: OptimizerConfig, schedule: ScheduleConfig, ep
         )
     if list(schedule.boundaries) != sorted(schedule.boundaries):
         raise ConfigError(f"{prefix}.schedule.boundaries: must be increasing; received {schedule.boundaries}")
-    if schedule.warmup_epochs and schedule.name not in ("cosine", "polynomial"):
+    if schedule.warmup_epochs and schedule.name not in WARMUP_SCHEDULES:
         raise ConfigError(
             f"{prefix}.schedule.warmup_epochs: warm-up is only available with the cosine and "
             f"polynomial schedules; received schedule {schedule.name!r}. Set "

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from pipeline.config import choices
+
 
 def _field(
     default, *, help: str, choices=None, min=None, max=None, min_exclusive=False, max_exclusive=False, length=None
@@ -37,7 +39,7 @@ def _field(
 
 @dataclasses.dataclass(frozen=True)
 class DatasetConfig:
-    name: str = _field("cifar10", help="registered dataset name (see pipeline/datasets.py)")
+    name: str = _field("cifar10", help="registered dataset name (see pipeline/data/datasets.py)")
     validation_split: float = _field(
         0.1,
         min=0.0,
@@ -57,6 +59,12 @@ class DatasetConfig:
     classes: str | None = _field(None, help="file_list: file of class names, one per line")
     strict: bool = _field(False, help="fail before training if any image is unreadable (default: skip and report)")
     min_image_size: int = _field(8, min=1, help="images whose shorter side is smaller are skipped as bad")
+    max_image_pixels: int = _field(
+        89_478_485,
+        min=0,
+        help="images whose header promises more pixels (width x height) are skipped as bad before decoding "
+        "(decompression bombs); Pillow's limit by default; 0: no limit",
+    )
     skip_placeholders: bool = _field(
         False, help='also skip decodable images with very few colours ("image not found" placeholders)'
     )
@@ -73,7 +81,7 @@ class AugmentConfig:
     height_shift: float = _field(0.0, min=0.0, max=1.0, help="random vertical shift, fraction of height")
     fill_mode: str = _field(
         "nearest",
-        choices=["nearest", "reflect", "constant", "wrap"],
+        choices=list(choices.FILL_MODES),
         help="how shifted-in pixels are filled (ImageDataGenerator's default: nearest)",
     )
     crop_padding: int = _field(0, min=0, help="pad each side by this many pixels, then random-crop back")
@@ -107,7 +115,7 @@ class AugmentConfig:
 class CropConfig:
     mode: str = _field(
         "none",
-        choices=["none", "square", "shorter_side", "random_resized"],
+        choices=list(choices.CROP_MODES),
         help="none: resize whole image; square: square of side min(H,W)-2*margin (random in "
         "training, centred in evaluation); shorter_side: keep aspect, crop the target size; "
         "random_resized: Inception-style random area/aspect crop in training, the 0.875 "
@@ -134,7 +142,7 @@ class InputConfig:
     channels: int | None = _field(None, choices=[1, 3], help="1 (grey) or 3 (RGB); null keeps the dataset's")
     resize_method: str = _field(
         "bilinear",
-        choices=["bilinear", "area", "nearest", "bicubic"],
+        choices=list(choices.RESIZE_METHODS),
         help="interpolation used when image_size differs from the data",
     )
     crop: CropConfig = _field(CropConfig(), help="cropping of images (image files of any size)")
@@ -149,7 +157,7 @@ class InputConfig:
     )
     normalization: str = _field(
         "unit",
-        choices=["unit", "standardize"],
+        choices=list(choices.NORMALIZATIONS),
         help="unit: scale to [0, 1]; standardize: per-channel mean/std of the training split",
     )
     statistics: str | None = _field(
@@ -175,7 +183,7 @@ class ModelConfig:
 
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
-    name: str = _field("adam", choices=["sgd", "adam", "adamw", "rmsprop"], help="optimizer")
+    name: str = _field("adam", choices=list(choices.OPTIMIZERS), help="optimizer")
     learning_rate: float = _field(1e-3, min=0.0, min_exclusive=True, help="peak learning rate")
     momentum: float = _field(0.0, min=0.0, max=1.0, max_exclusive=True, help="sgd and rmsprop momentum")
     nesterov: bool = _field(False, help="Nesterov momentum (sgd)")
@@ -202,7 +210,7 @@ class OptimizerConfig:
 class ScheduleConfig:
     name: str = _field(
         "constant",
-        choices=["constant", "step", "polynomial", "cosine"],
+        choices=list(choices.SCHEDULES),
         help="learning-rate schedule, stepped every batch",
     )
     warmup_epochs: float = _field(0.0, min=0.0, help="linear warm-up (cosine and polynomial)")
@@ -316,7 +324,7 @@ class EvaluationConfig:
     top_k: int = _field(5, min=1, help="top-k accuracy's k (capped at the class count)")
     tta: str = _field(
         "none",
-        choices=["none", "flip", "flip_translate"],
+        choices=list(choices.TTA_MODES),
         help="test-time augmentation in evaluation: flip averages each image's and its mirror's "
         "probabilities; flip_translate adds both shifted 1 pixel (6 views, airbench94)",
     )
@@ -329,7 +337,7 @@ class ExportConfig:
     top_k: int = _field(5, min=1, help="classes returned by the serving signature")
     tta: str = _field(
         "none",
-        choices=["none", "flip", "flip_translate"],
+        choices=list(choices.TTA_MODES),
         help="test-time augmentation inside the SavedModel: flip averages each image's and its "
         "mirror's probabilities; flip_translate adds both shifted 1 pixel (6 views)",
     )
@@ -339,7 +347,7 @@ class ExportConfig:
 class DistributeConfig:
     strategy: str = _field(
         "auto",
-        choices=["auto", "default", "mirrored", "multi_worker"],
+        choices=list(choices.STRATEGIES),
         help="tf.distribute strategy: auto (multi_worker when TF_CONFIG names several workers, "
         "mirrored with several GPUs, else default)",
     )

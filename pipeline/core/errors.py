@@ -16,6 +16,14 @@ class UserError(Exception):
     """Base class of every error whose message is meant for the user as is (exit code 2)."""
 
 
+class UnknownNameError(UserError, KeyError):
+    """A name that no registered builder has (a model, a dataset). Also a KeyError, for code that looks
+    names up; printed without the quotes KeyError puts around its message."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
 def did_you_mean(word, candidates, prefix: str = "") -> str:
     """' (did you mean 'PREFIX<closest>'?)' for the closest candidate, or '' when none is close.
 

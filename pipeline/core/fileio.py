@@ -10,6 +10,7 @@ import errno
 import json
 import os
 import tempfile
+import zipfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,6 +19,22 @@ from pipeline.core import errors
 # "No space left on device", "File too large" (a file-size limit, `ulimit -f`), "Disk quota exceeded".
 STORAGE_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT)
 STORAGE_MESSAGES = ("No space left", "File too large", "Disk quota", "errno = 28", "errno = 27")
+
+
+# The one wording of the common reasons a file or folder cannot be read or written (data check, training's
+# scan, predict, the data tools); anything else falls back on the system's own message.
+OS_REASONS = {
+    errno.EACCES: "permission denied",
+    errno.EPERM: "permission denied",
+    errno.ENOENT: "no such file (or a broken symbolic link)",
+    errno.ELOOP: "symbolic link loop",
+    errno.EISDIR: "is a directory",
+}
+
+
+def os_reason(error: OSError) -> str:
+    """Why an OSError happened, in words for a user: "permission denied", "symbolic link loop", ..."""
+    return OS_REASONS.get(getattr(error, "errno", None)) or str(getattr(error, "strerror", None) or error)
 
 
 class StorageFullError(errors.UserError):
@@ -30,6 +47,28 @@ class StorageFullError(errors.UserError):
             f"is intact); free some space, then run the same command again to resume."
         )
         self.path = path
+
+
+class DamagedFileError(errors.UserError):
+    """A file this pipeline wrote exists but cannot be read back: cut short (an interrupted copy, download or
+    sync; our own writes are atomic) or altered. The message names it as damaged, never as missing."""
+
+    def __init__(self, path, *, reason: str, remedy: str):
+        super().__init__(f"{path}: damaged or truncated ({reason}). {remedy}")
+        self.path = path
+
+
+def check_zip(path: os.PathLike, *, remedy: str) -> None:
+    """Raises `DamagedFileError` unless `path` is a complete zip archive whose members all pass their CRC
+    check (a `.keras` file is a zip; a truncated one has lost its central directory, at the end). Reads the
+    whole file once; a checkpoint is small next to what loading it costs."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            bad = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as error:
+        raise DamagedFileError(path, reason=f"not a complete zip archive: {error}", remedy=remedy) from None
+    if bad is not None:
+        raise DamagedFileError(path, reason=f"member {bad!r} fails its CRC check", remedy=remedy)
 
 
 def storage_error(error: BaseException) -> str | None:
@@ -72,8 +111,11 @@ def atomic_write(path: os.PathLike, write: Callable[[str], None], suffix: str = 
 
 
 def atomic_write_text(path: os.PathLike, text: str) -> None:
+    """Writes `text` as UTF-8 atomically; file names that are not UTF-8 (held by Python as surrogates, see
+    os.fsdecode) are written as their original bytes, so list files name every file the folder holds."""
+
     def write(temporary):
-        with open(temporary, "w") as handle:
+        with open(temporary, "w", encoding="utf-8", errors="surrogateescape") as handle:
             handle.write(text)
 
     atomic_write(path, write)

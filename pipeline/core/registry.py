@@ -3,7 +3,7 @@
 A registry can be *lazy*: it is given the modules whose import registers its builders, and imports them
 only when a builder is needed. Until then its names, keyword options and flags are read from those
 modules' source (`ast`), so that the CLI can validate `model.name` and `model.options` without importing
-Keras and TensorFlow (2-3 s). `tests/test_models.py` checks that what is read from source equals what
+Keras and TensorFlow (2-3 s). `tests/models/test_models.py` checks that what is read from source equals what
 importing registers.
 """
 
@@ -33,7 +33,8 @@ class Declaration:
 class Registry:
     """Maps names to builder functions registered with a decorator.
 
-    A duplicate name raises at import time; an unknown name raises `KeyError` listing the known ones.
+    A duplicate name raises at import time; an unknown name raises `errors.UnknownNameError` (a UserError
+    and a KeyError) listing the known ones.
 
     Args:
         kind: what is registered, for messages ("model", "dataset").
@@ -72,7 +73,7 @@ class Registry:
         try:
             return self._builders[name]
         except KeyError:
-            raise KeyError(
+            raise errors.UnknownNameError(
                 f"unknown {self.kind} {name!r}{errors.did_you_mean(name, self.names())}. "
                 f"Known: {', '.join(self.names())}"
             ) from None
@@ -114,7 +115,7 @@ class Registry:
 
     def _check_known(self, name: str) -> None:
         if name not in self:
-            raise KeyError(
+            raise errors.UnknownNameError(
                 f"unknown {self.kind} {name!r}{errors.did_you_mean(name, self.names())}. "
                 f"Known: {', '.join(self.names())}"
             )

@@ -39,6 +39,7 @@ CENTER_CROP_FRACTION = 0.875  # 224 of 256: the ImageNet evaluation convention (
 # Random resized crop (per image)
 # --------------------------------------------------------------------------------------------------
 
+
 def _check_range(name: str, value, low: float, high: float | None = None) -> tuple[float, float]:
     try:
         first, second = (float(v) for v in value)
@@ -57,8 +58,9 @@ def _size(size) -> tuple[int, int]:
     return int(height), int(width)
 
 
-def random_resized_crop(image: tf.Tensor, *, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), seed: tf.Tensor,
-                        method: str = "bilinear") -> tf.Tensor:
+def random_resized_crop(
+    image: tf.Tensor, *, size, scale=(0.08, 1.0), ratio=(3 / 4, 4 / 3), seed: tf.Tensor, method: str = "bilinear"
+) -> tf.Tensor:
     """A random crop of `scale` of the image area with aspect ratio (width / height) in `ratio`, resized
     to `size` (Inception-style; Szegedy et al. 2015).
 
@@ -81,17 +83,24 @@ def random_resized_crop(image: tf.Tensor, *, size, scale=(0.08, 1.0), ratio=(3 /
     scale = _check_range("scale", scale, 0.0, 1.0)
     ratio = _check_range("ratio", ratio, 0.0)
     begin, extent, _ = tf.image.stateless_sample_distorted_bounding_box(
-        tf.shape(image), bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]), seed=seed,
+        tf.shape(image),
+        bounding_boxes=tf.constant([[[0.0, 0.0, 1.0, 1.0]]]),
+        seed=seed,
         min_object_covered=0.0,  # the area is constrained by area_range alone, as torchvision does
-        aspect_ratio_range=ratio, area_range=scale, max_attempts=10, use_image_if_no_bounding_boxes=True)
+        aspect_ratio_range=ratio,
+        area_range=scale,
+        max_attempts=10,
+        use_image_if_no_bounding_boxes=True,
+    )
     crop = tf.slice(image, begin, extent)
     crop.set_shape([None, None, image.shape[-1]])  # tf.slice forgets the channels; colour layers need them
     resized = tf.image.resize(tf.cast(crop, tf.float32), (height, width), method=method)
     return tf.clip_by_value(resized, 0.0, 255.0)  # bicubic overshoots
 
 
-def center_crop_for_random_resized(images: tf.Tensor, *, size, crop_fraction: float = CENTER_CROP_FRACTION,
-                                   method: str = "bilinear") -> tf.Tensor:
+def center_crop_for_random_resized(
+    images: tf.Tensor, *, size, crop_fraction: float = CENTER_CROP_FRACTION, method: str = "bilinear"
+) -> tf.Tensor:
     """The eval/serving counterpart of `random_resized_crop`: the centred window of the output's aspect
     ratio, `crop_fraction` of the largest such window in each dimension, resized to `size`.
 
@@ -118,8 +127,9 @@ def center_crop_for_random_resized(images: tf.Tensor, *, size, crop_fraction: fl
     window = tf.minimum(in_height / height, in_width / width) * float(crop_fraction)
     crop_height = tf.clip_by_value(tf.cast(tf.round(window * height), tf.int32), 1, shape[-3])
     crop_width = tf.clip_by_value(tf.cast(tf.round(window * width), tf.int32), 1, shape[-2])
-    images = tf.image.crop_to_bounding_box(images, (shape[-3] - crop_height) // 2, (shape[-2] - crop_width) // 2,
-                                           crop_height, crop_width)
+    images = tf.image.crop_to_bounding_box(
+        images, (shape[-3] - crop_height) // 2, (shape[-2] - crop_width) // 2, crop_height, crop_width
+    )
     resized = tf.image.resize(tf.cast(images, tf.float32), (height, width), method=method)
     return tf.clip_by_value(resized, 0.0, 255.0)
 
@@ -127,6 +137,7 @@ def center_crop_for_random_resized(images: tf.Tensor, *, size, crop_fraction: fl
 # --------------------------------------------------------------------------------------------------
 # Batch augmentation with Keras layers
 # --------------------------------------------------------------------------------------------------
+
 
 def _float32_layers(build):
     """Builds layers under the float32 policy: under mixed_float16 they would otherwise compute in float16
@@ -192,32 +203,52 @@ class BatchAugment:
     with switch_prob 0.5 does the same per batch).
     """
 
-    def __init__(self, *, rand_augment: dict | None, color_jitter: dict | None, random_erasing: float,
-                 mix_up: float, cut_mix: float, random_erasing_fill=None):
+    def __init__(
+        self,
+        *,
+        rand_augment: dict | None,
+        color_jitter: dict | None,
+        random_erasing: float,
+        mix_up: float,
+        cut_mix: float,
+        random_erasing_fill=None,
+    ):
         self.stream = compat.StatelessSeedStream()
         self.image_layers = []
         self.mixers = []
 
         def build():
             if rand_augment:
-                layer = keras.layers.RandAugment(value_range=(0, 255), num_ops=int(rand_augment.get("num_ops", 2)),
-                                                 factor=float(rand_augment.get("factor", 0.5)))
+                layer = keras.layers.RandAugment(
+                    value_range=(0, 255),
+                    num_ops=int(rand_augment.get("num_ops", 2)),
+                    factor=float(rand_augment.get("factor", 0.5)),
+                )
                 self.image_layers.append(compat.per_image_rand_augment(layer, self.stream))
             if color_jitter:
-                self.image_layers.append(keras.layers.RandomColorJitter(
-                    value_range=(0, 255), name="color_jitter", **color_jitter_factors(**color_jitter)))
+                self.image_layers.append(
+                    keras.layers.RandomColorJitter(
+                        value_range=(0, 255), name="color_jitter", **color_jitter_factors(**color_jitter)
+                    )
+                )
             if random_erasing:
                 # factor (p, p): every image is erased with probability p. A single float p would draw
                 # each image's probability from U(0, p), erasing p / 2 of them on average.
-                self.image_layers.append(keras.layers.RandomErasing(
-                    factor=(random_erasing, random_erasing), value_range=(0, 255), fill_value=random_erasing_fill,
-                    name="random_erasing"))
+                self.image_layers.append(
+                    keras.layers.RandomErasing(
+                        factor=(random_erasing, random_erasing),
+                        value_range=(0, 255),
+                        fill_value=random_erasing_fill,
+                        name="random_erasing",
+                    )
+                )
             if mix_up:
                 self.mixers.append(keras.layers.MixUp(alpha=mix_up, name="mix_up"))
             if cut_mix:
                 # factor (a, a): Beta(a, a) mixing weights; one float would draw a from U(0, a) per batch.
-                self.mixers.append(compat.exact_area_cut_mix(
-                    keras.layers.CutMix(factor=(cut_mix, cut_mix), name="cut_mix")))
+                self.mixers.append(
+                    compat.exact_area_cut_mix(keras.layers.CutMix(factor=(cut_mix, cut_mix), name="cut_mix"))
+                )
 
         _float32_layers(build)
         for layer in self.image_layers + self.mixers:
@@ -234,8 +265,11 @@ class BatchAugment:
                 images, labels = self._mix(self.mixers[0], images, labels)
             elif self.mixers:
                 coin = tf.random.stateless_uniform([], self.stream.next()) < 0.5
-                images, labels = tf.cond(coin, lambda: self._mix(self.mixers[0], images, labels),
-                                         lambda: self._mix(self.mixers[1], images, labels))
+                images, labels = tf.cond(
+                    coin,
+                    lambda: self._mix(self.mixers[0], images, labels),
+                    lambda: self._mix(self.mixers[1], images, labels),
+                )
         return images, labels
 
     def _mix(self, layer, images, labels):
@@ -243,9 +277,15 @@ class BatchAugment:
         return tf.clip_by_value(out["images"], 0.0, 255.0), out["labels"]  # lam * 255 + (1 - lam) * 255 > 255
 
 
-def build_batch_augment(*, rand_augment: dict | None = None, color_jitter: dict | None = None,
-                        random_erasing: float = 0.0, mix_up: float = 0.0, cut_mix: float = 0.0,
-                        random_erasing_fill=None) -> BatchAugment | None:
+def build_batch_augment(
+    *,
+    rand_augment: dict | None = None,
+    color_jitter: dict | None = None,
+    random_erasing: float = 0.0,
+    mix_up: float = 0.0,
+    cut_mix: float = 0.0,
+    random_erasing_fill=None,
+) -> BatchAugment | None:
     """The `input.augment` batch layers as one function, or None when all are off.
 
     Args:
@@ -286,8 +326,9 @@ def build_batch_augment(*, rand_augment: dict | None = None, color_jitter: dict 
     if color_jitter:
         unknown = set(color_jitter) - {"brightness", "contrast", "saturation", "hue"}
         if unknown:
-            raise ValueError(f"color_jitter takes brightness, contrast, saturation and hue. "
-                             f"Received: {sorted(unknown)}")
+            raise ValueError(
+                f"color_jitter takes brightness, contrast, saturation and hue. Received: {sorted(unknown)}"
+            )
         for key, value in color_jitter.items():
             if value is not None:
                 _positive(f"color_jitter.{key}", value, maximum=COLOR_JITTER_LIMITS[key])
@@ -295,8 +336,14 @@ def build_batch_augment(*, rand_augment: dict | None = None, color_jitter: dict 
         color_jitter = None  # every property off
     if not (rand_augment or color_jitter or random_erasing or mix_up or cut_mix):
         return None
-    return BatchAugment(rand_augment=rand_augment, color_jitter=color_jitter, random_erasing=random_erasing,
-                        mix_up=mix_up, cut_mix=cut_mix, random_erasing_fill=random_erasing_fill)
+    return BatchAugment(
+        rand_augment=rand_augment,
+        color_jitter=color_jitter,
+        random_erasing=random_erasing,
+        mix_up=mix_up,
+        cut_mix=cut_mix,
+        random_erasing_fill=random_erasing_fill,
+    )
 
 
 def _erasing_fill(fill):
@@ -304,10 +351,12 @@ def _erasing_fill(fill):
     if fill is None:
         return None
     values = list(fill) if isinstance(fill, (list, tuple)) else [fill]
-    if len(values) not in (1, 3) or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 255
-                                            for v in values):
-        raise ValueError(f"random_erasing_fill must be a pixel value in [0, 255] or [R, G, B] of them. "
-                         f"Received: {fill!r}")
+    if len(values) not in (1, 3) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v <= 255 for v in values
+    ):
+        raise ValueError(
+            f"random_erasing_fill must be a pixel value in [0, 255] or [R, G, B] of them. Received: {fill!r}"
+        )
     return float(values[0]) if len(values) == 1 else tuple(float(v) for v in values)
 
 
@@ -323,5 +372,7 @@ def map_batch_augment(dataset: tf.data.Dataset, augment, *, seed: int, determini
         return dataset
     seeds = tf.data.Dataset.random(seed=int(seed), rerandomize_each_iteration=True).batch(2)
     return tf.data.Dataset.zip(dataset, seeds).map(
-        lambda batch, pair: augment(batch[0], batch[1], pair), num_parallel_calls=tf.data.AUTOTUNE,
-        deterministic=deterministic)
+        lambda batch, pair: augment(batch[0], batch[1], pair),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=deterministic,
+    )

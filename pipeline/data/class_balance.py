@@ -35,16 +35,19 @@ def check_mode(mode, class_names=None, *, key: str = "train.class_weight") -> No
     checked against `class_names` when given (with a "did you mean")."""
     if isinstance(mode, str):
         if mode not in MODES:
-            raise ClassWeightError(f"{key}: must be none, balanced or a mapping {{class name: weight}}. "
-                                   f"Received: {mode!r}{did_you_mean(mode, MODES)}")
+            raise ClassWeightError(
+                f"{key}: must be none, balanced or a mapping {{class name: weight}}. "
+                f"Received: {mode!r}{did_you_mean(mode, MODES)}"
+            )
         return
     if not isinstance(mode, dict) or not mode:
-        raise ClassWeightError(f"{key}: must be none, balanced or a mapping {{class name: weight}}. "
-                               f"Received: {mode!r}")
+        raise ClassWeightError(f"{key}: must be none, balanced or a mapping {{class name: weight}}. Received: {mode!r}")
     for name, weight in mode.items():
         if class_names is not None and name not in class_names:
-            raise ClassWeightError(f"{key}.{name}: no such class; classes: {', '.join(map(str, class_names))}. "
-                                   f"Received: {name!r}{did_you_mean(name, class_names)}")
+            raise ClassWeightError(
+                f"{key}.{name}: no such class; classes: {', '.join(map(str, class_names))}. "
+                f"Received: {name!r}{did_you_mean(name, class_names)}"
+            )
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not weight >= 0:
             raise ClassWeightError(f"{key}.{name}: must be a number >= 0. Received: {weight!r}")
 
@@ -69,8 +72,10 @@ def class_weights(labels, num_classes: int, mode, *, class_names=None) -> np.nda
         return None
     if isinstance(mode, dict):
         if class_names is None or len(class_names) != num_classes:
-            raise ClassWeightError("train.class_weight: a {class name: weight} mapping needs the dataset's "
-                                   f"{num_classes} class names. Received: class_names={class_names!r}")
+            raise ClassWeightError(
+                "train.class_weight: a {class name: weight} mapping needs the dataset's "
+                f"{num_classes} class names. Received: class_names={class_names!r}"
+            )
         weights = np.ones(num_classes, np.float32)
         for name, weight in mode.items():
             weights[list(class_names).index(name)] = float(weight)

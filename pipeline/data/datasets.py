@@ -20,12 +20,19 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.data import folders
 from pipeline.config import PROJECT_ROOT
-from pipeline.data.folders import (DatasetError, FileDataset, read_folder_tree, resolve_data_dir,  # noqa: F401
-                              resolve_root, root_folder, single_top_folder)
 from pipeline.core.fileio import atomic_write
 from pipeline.core.registry import Registry
+from pipeline.data import folders
+from pipeline.data.folders import (  # noqa: F401
+    DatasetError,
+    FileDataset,
+    read_folder_tree,
+    resolve_data_dir,
+    resolve_root,
+    root_folder,
+    single_top_folder,
+)
 
 DATASETS = Registry("dataset")
 register_dataset = DATASETS.register
@@ -50,6 +57,7 @@ class ArrayDataset:
 # Locations
 # --------------------------------------------------------------------------------------------------
 
+
 def resolve_mirror(mirror_dir: str | None = None) -> Path | None:
     """The mirror directory to look in first: explicit, $DATA_MIRROR, or ../shared/datasets if present."""
     if mirror_dir:
@@ -62,6 +70,7 @@ def resolve_mirror(mirror_dir: str | None = None) -> Path | None:
 
 def download(url: str, destination: Path, timeout: float = 60.0) -> Path:
     """Downloads `url` to `destination` atomically (a partial file never takes the final name)."""
+
     def write(temporary):
         with open(temporary, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as response:
             shutil.copyfileobj(response, out)
@@ -70,8 +79,7 @@ def download(url: str, destination: Path, timeout: float = 60.0) -> Path:
     return destination
 
 
-def _find_or_download(filename: str, *, candidates: list[Path], store: Path, urls: list[str],
-                      dataset: str) -> Path:
+def _find_or_download(filename: str, *, candidates: list[Path], store: Path, urls: list[str], dataset: str) -> Path:
     """First existing `dir/filename` among candidates, else a download into `store`."""
     for directory in candidates:
         if (directory / filename).is_file():
@@ -87,12 +95,14 @@ def _find_or_download(filename: str, *, candidates: list[Path], store: Path, url
         f"dataset {dataset!r}: {filename} not found. Looked in:\n  {looked}\n"
         f"and the download failed:\n  " + "\n  ".join(errors) + "\n"
         f"Place the file in {store}/ by hand, or point DATA_MIRROR (or dataset.mirror_dir) at a mirror "
-        f"directory holding {dataset}/{filename}.")
+        f"directory holding {dataset}/{filename}."
+    )
 
 
 # --------------------------------------------------------------------------------------------------
 # IDX (MNIST, Fashion-MNIST)
 # --------------------------------------------------------------------------------------------------
+
 
 def read_idx(path: Path) -> np.ndarray:
     """Reads a (gzipped) IDX file: magic 0x0000 0x08 ndim, big-endian dims, uint8 data."""
@@ -107,7 +117,7 @@ def read_idx(path: Path) -> np.ndarray:
     ndim = data[3]
     if len(data) < 4 + 4 * ndim:
         raise DatasetError(f"{path}: truncated IDX header ({len(data)} bytes for {ndim} dimensions)")
-    dims = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+    dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     expected = int(np.prod(dims))
     payload = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if payload.size != expected:
@@ -115,8 +125,9 @@ def read_idx(path: Path) -> np.ndarray:
     return payload.reshape(dims)
 
 
-def _load_idx_dataset(name: str, urls: list[str], class_names: list[str], *, data_dir: str,
-                      mirror_dir: str | None) -> ArrayDataset:
+def _load_idx_dataset(
+    name: str, urls: list[str], class_names: list[str], *, data_dir: str, mirror_dir: str | None
+) -> ArrayDataset:
     store = resolve_data_dir(data_dir) / name
     mirror = resolve_mirror(mirror_dir)
     candidates = ([mirror / name] if mirror else []) + [store]
@@ -128,30 +139,68 @@ def _load_idx_dataset(name: str, urls: list[str], class_names: list[str], *, dat
             arrays[split, part] = read_idx(path)
     for split in ("train", "t10k"):
         if len(arrays[split, "images"]) != len(arrays[split, "labels"]):
-            raise DatasetError(f"dataset {name!r}: {split} images and labels differ in count "
-                               f"({len(arrays[split, 'images'])} vs {len(arrays[split, 'labels'])})")
-    return ArrayDataset(arrays["train", "images"][..., None], arrays["train", "labels"].astype(np.int64),
-                        arrays["t10k", "images"][..., None], arrays["t10k", "labels"].astype(np.int64),
-                        class_names)
+            raise DatasetError(
+                f"dataset {name!r}: {split} images and labels differ in count "
+                f"({len(arrays[split, 'images'])} vs {len(arrays[split, 'labels'])})"
+            )
+    return ArrayDataset(
+        arrays["train", "images"][..., None],
+        arrays["train", "labels"].astype(np.int64),
+        arrays["t10k", "images"][..., None],
+        arrays["t10k", "labels"].astype(np.int64),
+        class_names,
+    )
+
+
+MNIST_CLASSES = [str(digit) for digit in range(10)]
+FASHION_MNIST_CLASSES = [
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+]
 
 
 @register_dataset()
 def mnist(*, data_dir: str = "data", mirror_dir: str | None = None) -> ArrayDataset:
     """MNIST handwritten digits: 60,000 train + 10,000 test, 28x28 grey."""
     return _load_idx_dataset(
-        "mnist", ["https://storage.googleapis.com/cvdf-datasets/mnist/",
-                  "https://ossci-datasets.s3.amazonaws.com/mnist/"],
-        [str(digit) for digit in range(10)], data_dir=data_dir, mirror_dir=mirror_dir)
+        "mnist",
+        ["https://storage.googleapis.com/cvdf-datasets/mnist/", "https://ossci-datasets.s3.amazonaws.com/mnist/"],
+        MNIST_CLASSES,
+        data_dir=data_dir,
+        mirror_dir=mirror_dir,
+    )
+
+
+# Registry flags (`native_shape`, `known_class_count`): what `summary` needs without loading the data.
+mnist.image_shape = (28, 28, 1)
+mnist.num_classes = len(MNIST_CLASSES)
 
 
 @register_dataset()
 def fashion_mnist(*, data_dir: str = "data", mirror_dir: str | None = None) -> ArrayDataset:
     """Zalando's Fashion-MNIST: 60,000 train + 10,000 test, 28x28 grey, 10 clothing classes."""
     return _load_idx_dataset(
-        "fashion_mnist", ["https://storage.googleapis.com/tensorflow/tf-keras-datasets/",
-                          "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/"],
-        ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
-         "Ankle boot"], data_dir=data_dir, mirror_dir=mirror_dir)
+        "fashion_mnist",
+        [
+            "https://storage.googleapis.com/tensorflow/tf-keras-datasets/",
+            "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+        ],
+        FASHION_MNIST_CLASSES,
+        data_dir=data_dir,
+        mirror_dir=mirror_dir,
+    )
+
+
+fashion_mnist.image_shape = (28, 28, 1)
+fashion_mnist.num_classes = len(FASHION_MNIST_CLASSES)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -180,8 +229,11 @@ def decode_files(paths: list[str], *, source: str) -> np.ndarray:
         except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError) as error:
             raise DatasetError(f"{source}: {path} is not a readable image ({error.message.splitlines()[0]})") from None
 
-    with concurrent.futures.ThreadPoolExecutor(max_workers=(os.cpu_count() or 2) * 2) as pool:
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=(os.cpu_count() or 2) * 2)
+    try:
         images = list(pool.map(decode, paths))
+    finally:  # Ctrl-C or SIGTERM: drop the files not started (`with pool` would decode all 60,000 first)
+        pool.shutdown(wait=True, cancel_futures=True)
     shapes = {image.shape for image in images}
     if len(shapes) != 1:
         raise DatasetError(f"{source}: images of several sizes {sorted(shapes)[:3]}; expected one size")
@@ -191,11 +243,15 @@ def decode_files(paths: list[str], *, source: str) -> np.ndarray:
 def _cifar_from_folders(tree: FileDataset) -> dict:
     """CIFAR-10 as JPEG class folders (the mirror's form), read with the `folder` dataset's reader."""
     if tree.class_names != CIFAR10_CLASSES or not {"train", "test"} <= set(tree.splits):
-        raise DatasetError(f"{tree.root}: expected train/ and test/ folders with classes "
-                           f"{', '.join(CIFAR10_CLASSES)}; found splits {', '.join(tree.splits)} and classes "
-                           f"{', '.join(tree.class_names)}")
-    return {split: (decode_files(tree.splits[split][0], source=str(tree.root)), tree.splits[split][1])
-            for split in ("train", "test")}
+        raise DatasetError(
+            f"{tree.root}: expected train/ and test/ folders with classes "
+            f"{', '.join(CIFAR10_CLASSES)}; found splits {', '.join(tree.splits)} and classes "
+            f"{', '.join(tree.class_names)}"
+        )
+    return {
+        split: (decode_files(tree.splits[split][0], source=str(tree.root)), tree.splits[split][1])
+        for split in ("train", "test")
+    }
 
 
 def _cifar_from_pickles(directory: Path) -> dict:
@@ -209,8 +265,10 @@ def _cifar_from_pickles(directory: Path) -> dict:
         return images, np.asarray(batch[b"labels"], np.int64)
 
     train = [load(f"data_batch_{index}") for index in range(1, 6)]
-    return {"train": (np.concatenate([t[0] for t in train]), np.concatenate([t[1] for t in train])),
-            "test": load("test_batch")}
+    return {
+        "train": (np.concatenate([t[0] for t in train]), np.concatenate([t[1] for t in train])),
+        "test": load("test_batch"),
+    }
 
 
 @register_dataset()
@@ -227,8 +285,13 @@ def cifar10(*, data_dir: str = "data", mirror_dir: str | None = None) -> ArrayDa
     if cache.is_file():
         try:
             with np.load(cache) as saved:
-                cached = ArrayDataset(saved["train_images"], saved["train_labels"], saved["test_images"],
-                                      saved["test_labels"], list(CIFAR10_CLASSES))
+                cached = ArrayDataset(
+                    saved["train_images"],
+                    saved["train_labels"],
+                    saved["test_images"],
+                    saved["test_labels"],
+                    list(CIFAR10_CLASSES),
+                )
                 version = str(saved["cache_version"]) if "cache_version" in saved.files else None
         except (OSError, ValueError, KeyError) as error:
             raise DatasetError(f"{cache}: corrupt cache ({error}); delete it to rebuild it") from None
@@ -240,14 +303,23 @@ def cifar10(*, data_dir: str = "data", mirror_dir: str | None = None) -> ArrayDa
     except DatasetError as error:
         if stale is None:
             raise
-        print(f"{cache}: decoded by an older version (another JPEG IDCT) and not rebuilt ({error}); "
-              f"using it as it is", file=sys.stderr)
+        print(
+            f"{cache}: decoded by an older version (another JPEG IDCT) and not rebuilt ({error}); using it as it is",
+            file=sys.stderr,
+        )
         return stale
-    arrays = dict(train_images=splits["train"][0], train_labels=splits["train"][1],
-                  test_images=splits["test"][0], test_labels=splits["test"][1])
-    atomic_write(cache, lambda p: np.savez(p, cache_version=np.array(CIFAR10_CACHE_VERSION), **arrays),
-                 suffix=".npz")
+    arrays = dict(
+        train_images=splits["train"][0],
+        train_labels=splits["train"][1],
+        test_images=splits["test"][0],
+        test_labels=splits["test"][1],
+    )
+    atomic_write(cache, lambda p: np.savez(p, cache_version=np.array(CIFAR10_CACHE_VERSION), **arrays), suffix=".npz")
     return ArrayDataset(*splits["train"], *splits["test"], list(CIFAR10_CLASSES))
+
+
+cifar10.image_shape = (32, 32, 3)
+cifar10.num_classes = len(CIFAR10_CLASSES)
 
 
 def _cifar_splits(store: Path, mirror_dir: str | None, data_dir: str, *, download_allowed: bool = True) -> dict:
@@ -268,13 +340,17 @@ def _cifar_splits(store: Path, mirror_dir: str | None, data_dir: str, *, downloa
             try:
                 download(CIFAR10_URL, archive, timeout=120)
             except OSError as error:
-                places = [str(mirror / "cifar10-jpg.tar.gz") if mirror else "(no mirror configured)",
-                          str(store / "cifar-10-batches-py")]
+                places = [
+                    str(mirror / "cifar10-jpg.tar.gz") if mirror else "(no mirror configured)",
+                    str(store / "cifar-10-batches-py"),
+                ]
                 raise DatasetError(
-                    "dataset 'cifar10' not found. Looked in:\n  " + "\n  ".join(places) +
-                    f"\nand the download of {CIFAR10_URL} failed: {getattr(error, 'reason', error)}\n"
+                    "dataset 'cifar10' not found. Looked in:\n  "
+                    + "\n  ".join(places)
+                    + f"\nand the download of {CIFAR10_URL} failed: {getattr(error, 'reason', error)}\n"
                     f"Place cifar-10-python.tar.gz in {store}/ by hand, or set DATA_MIRROR to a directory "
-                    f"holding cifar10-jpg.tar.gz.") from None
+                    f"holding cifar10-jpg.tar.gz."
+                ) from None
         with tarfile.open(archive, "r:gz") as tar:
             tar.extractall(store, filter="data")
         splits = _cifar_from_pickles(store / "cifar-10-batches-py")
@@ -291,8 +367,14 @@ def folder(*, data_dir: str = "data", mirror_dir: str | None = None, root: str |
 
 
 @register_dataset()
-def file_list(*, data_dir: str = "data", mirror_dir: str | None = None, root: str | None = None,
-              lists: dict | None = None, classes: str | None = None) -> FileDataset:
+def file_list(
+    *,
+    data_dir: str = "data",
+    mirror_dir: str | None = None,
+    root: str | None = None,
+    lists: dict | None = None,
+    classes: str | None = None,
+) -> FileDataset:
     """Images named by list files; see `pipeline.data.folders.read_file_lists`."""
     return folders.read_file_lists(data_dir=data_dir, root=root, lists=lists, classes=classes)
 
@@ -340,17 +422,35 @@ def hymenoptera(*, data_dir: str = "data", mirror_dir: str | None = None) -> Fil
                 f"dataset 'hymenoptera' not found. Looked in: "
                 f"{mirror / 'hymenoptera.tar.gz' if mirror else '(no mirror configured)'}, {store}/hymenoptera/; "
                 f"the download of {HYMENOPTERA_URL} failed: {getattr(error, 'reason', error)}. "
-                f"Place hymenoptera_data.zip in {store}/ or set DATA_MIRROR.") from None
+                f"Place hymenoptera_data.zip in {store}/ or set DATA_MIRROR."
+            ) from None
     return read_folder_tree(root_folder(archive, data_dir))
 
 
-def load_dataset(name: str, *, data_dir: str = "data", mirror_dir: str | None = None,
-                 **options) -> ArrayDataset | FileDataset:
+hymenoptera.num_classes = 2  # ants, bees (the archive's class folders); many image sizes: no image_shape
+
+
+def native_shape(name: str) -> tuple[int, int, int] | None:
+    """(height, width, channels) that every image of registered dataset `name` has, or None (images of
+    many sizes, or an unknown name: the registry reports that where the data is loaded)."""
+    return DATASETS.flag(name, "image_shape") if name in DATASETS else None
+
+
+def known_class_count(name: str) -> int | None:
+    """The class count of a registered dataset whose classes are fixed, or None (read from the data)."""
+    return DATASETS.flag(name, "num_classes") if name in DATASETS else None
+
+
+def load_dataset(
+    name: str, *, data_dir: str = "data", mirror_dir: str | None = None, **options
+) -> ArrayDataset | FileDataset:
     """Loads a registered dataset by name. `options` not taken by that dataset are ignored when None."""
     accepted = set(DATASETS.options(name)) - {"data_dir", "mirror_dir"}
     extra = {key: value for key, value in options.items() if key in accepted}
     ignored = sorted(key for key, value in options.items() if key not in accepted and value)
     if ignored:
-        raise DatasetError(f"dataset {name!r} does not take dataset.{ignored[0]}; it takes: "
-                           f"{', '.join(sorted(accepted)) or 'no options'}")
+        raise DatasetError(
+            f"dataset {name!r} does not take dataset.{ignored[0]}; it takes: "
+            f"{', '.join(sorted(accepted)) or 'no options'}"
+        )
     return DATASETS.get(name)(data_dir=data_dir, mirror_dir=mirror_dir, **extra)

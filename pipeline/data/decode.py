@@ -28,7 +28,7 @@ import tensorflow as tf
 ORIENTATION_TAG = 0x0112
 _MAX_JPEG_MARKERS = 32  # segments scanned before giving up (phones write 2-6 before the image data)
 _MAX_PNG_CHUNKS = 32
-_MAX_IFD_ENTRIES = 64   # IFD0 entries read (cameras write ~10-20; tags are sorted, 0x0112 comes early)
+_MAX_IFD_ENTRIES = 64  # IFD0 entries read (cameras write ~10-20; tags are sorted, 0x0112 comes early)
 _JPEG_RATIOS = (1, 2, 4, 8)
 JPEG_DCT_METHOD = "INTEGER_ACCURATE"  # decoded-array caches record it (datasets.cifar10) and rebuild on change
 
@@ -41,8 +41,7 @@ def _bytes_at(data: tf.Tensor, size: tf.Tensor, position: tf.Tensor, count: int)
     """
     inside = (position >= 0) & (position <= size)
     start = tf.clip_by_value(position, 0, size)
-    raw = tf.io.decode_raw(tf.strings.substr(data, start, tf.constant(count, tf.int64)), tf.uint8,
-                           fixed_length=count)
+    raw = tf.io.decode_raw(tf.strings.substr(data, start, tf.constant(count, tf.int64)), tf.uint8, fixed_length=count)
     return tf.where(inside, tf.cast(raw, tf.int64), tf.zeros([count], tf.int64))
 
 
@@ -74,12 +73,18 @@ def _jpeg_exif_payload(data, size):
         stop |= ~fill & (segment < 2)
         found = ~stop & ~fill & tf.equal(marker, 0xE1) & (segment >= 8) & _equals(head[4:10], b"Exif\0\0")
         following = tf.where(fill, position + 1, position + 2 + segment)
-        return (index + 1, tf.where(stop | found, tf.constant(-1, tf.int64), following),
-                tf.where(found, position + 10, start), tf.where(found, segment - 8, length))
+        return (
+            index + 1,
+            tf.where(stop | found, tf.constant(-1, tf.int64), following),
+            tf.where(found, position + 10, start),
+            tf.where(found, segment - 8, length),
+        )
 
     _, _, start, length = tf.while_loop(
         lambda index, position, start, length: (index < _MAX_JPEG_MARKERS) & (position >= 0),
-        scan, (tf.constant(0), tf.constant(2, tf.int64), tf.constant(-1, tf.int64), tf.constant(0, tf.int64)))
+        scan,
+        (tf.constant(0), tf.constant(2, tf.int64), tf.constant(-1, tf.int64), tf.constant(0, tf.int64)),
+    )
     return start, length
 
 
@@ -92,12 +97,18 @@ def _png_exif_payload(data, size):
         stop = (position + 8 > size) | _equals(kind, b"IDAT") | _equals(kind, b"IEND")
         found = ~stop & _equals(kind, b"eXIf")
         following = position + 12 + chunk_length  # length, type, data, CRC
-        return (index + 1, tf.where(stop | found, tf.constant(-1, tf.int64), following),
-                tf.where(found, position + 8, start), tf.where(found, chunk_length, length))
+        return (
+            index + 1,
+            tf.where(stop | found, tf.constant(-1, tf.int64), following),
+            tf.where(found, position + 8, start),
+            tf.where(found, chunk_length, length),
+        )
 
     _, _, start, length = tf.while_loop(
         lambda index, position, start, length: (index < _MAX_PNG_CHUNKS) & (position >= 0),
-        scan, (tf.constant(0), tf.constant(8, tf.int64), tf.constant(-1, tf.int64), tf.constant(0, tf.int64)))
+        scan,
+        (tf.constant(0), tf.constant(8, tf.int64), tf.constant(-1, tf.int64), tf.constant(0, tf.int64)),
+    )
     # Pillow's Exif.load accepts an optional "Exif\0\0" before the TIFF header in any container.
     prefixed = _equals(_bytes_at(data, size, start, 6), b"Exif\0\0") & (start >= 0)
     return tf.where(prefixed, start + 6, start), tf.where(prefixed, length - 6, length)
@@ -152,8 +163,11 @@ def exif_orientation(encoded: tf.Tensor) -> tf.Tensor:
     def tiff_of(locate):
         return lambda: _tiff_orientation(encoded, size, *locate(encoded, size))
 
-    return tf.cond(is_jpeg, tiff_of(_jpeg_exif_payload),
-                   lambda: tf.cond(is_png, tiff_of(_png_exif_payload), lambda: tf.constant(1, tf.int32)))
+    return tf.cond(
+        is_jpeg,
+        tiff_of(_jpeg_exif_payload),
+        lambda: tf.cond(is_png, tiff_of(_png_exif_payload), lambda: tf.constant(1, tf.int32)),
+    )
 
 
 def exif_orientation_of(data: bytes) -> int:
@@ -163,8 +177,9 @@ def exif_orientation_of(data: bytes) -> int:
     bytes "Exif\\0\\0" or a PNG without an "eXIf" chunk name anywhere is upright (most photos outside
     phones and cameras), and other formats are not oriented.
     """
-    may_hold_tag = ((data[:3] == b"\xff\xd8\xff" and b"Exif\0\0" in data)
-                    or (data[:8] == b"\x89PNG\r\n\x1a\n" and b"eXIf" in data))
+    may_hold_tag = (data[:3] == b"\xff\xd8\xff" and b"Exif\0\0" in data) or (
+        data[:8] == b"\x89PNG\r\n\x1a\n" and b"eXIf" in data
+    )
     if may_hold_tag:
         return int(exif_orientation(tf.constant(data)))
     return 1
@@ -201,18 +216,22 @@ def apply_orientation(image: tf.Tensor, orientation) -> tf.Tensor:
 
 
 def convert_channels(image: tf.Tensor, channels: int | None) -> tf.Tensor:
-    """[..., H, W, C] with C in 1..4 known only at run time -> [..., H, W, channels]: grey <-> RGB, alpha
-    dropped (decoded files, and serving signatures that accept any channel count). The static-C version
-    is `preprocessing.convert_channels`.
+    """[..., H, W, C] with C in 1..4 -> [..., H, W, channels]: grey <-> RGB, alpha dropped. The one channel
+    conversion: decoded files, the eval transform, serving signatures that accept any channel count.
 
     channels None keeps grey or RGB (dropping alpha). RGB -> grey uses `tf.image.rgb_to_grayscale`'s
-    weights (ITU-R BT.601), rounded for integer dtypes.
+    weights (ITU-R BT.601), computed in float and rounded back for integer dtypes. When C is known
+    statically the conversion is decided now (the input itself is returned when nothing changes);
+    otherwise at run time (`tf.cond`).
 
     Raises:
         ValueError: channels is not None, 1 or 3 (an image of unknown rank is taken as [H, W, C]).
     """
     if channels not in (None, 1, 3):
         raise ValueError(f"channels must be None, 1 or 3. Received: channels={channels!r}")
+    image = tf.convert_to_tensor(image)
+    if image.shape.rank is not None and image.shape[-1] is not None:
+        return _convert_known_channels(image, image.shape[-1], channels)
     if image.shape.rank is None:
         image = tf.ensure_shape(image, [None, None, None])
     known = [None] * (image.shape.rank - 1)
@@ -231,6 +250,19 @@ def convert_channels(image: tf.Tensor, channels: int | None) -> tf.Tensor:
     if channels == 3:
         return tf.cond(has_colour, colour, lambda: tf.image.grayscale_to_rgb(grey()))
     return tf.cond(has_colour, colour, grey)
+
+
+def _convert_known_channels(image: tf.Tensor, source: int, channels: int | None) -> tf.Tensor:
+    """`convert_channels` for a channel count `source` known when the graph is built."""
+    if source in (2, 4):  # grey+alpha or RGBA: drop alpha
+        image, source = image[..., : source - 1], source - 1
+    if channels is None or source == channels:
+        return image
+    if source == 1:
+        return tf.image.grayscale_to_rgb(image)
+    dtype = image.dtype
+    grey = tf.image.rgb_to_grayscale(tf.cast(image, tf.float32))
+    return tf.cast(tf.round(grey), dtype) if dtype.is_integer else grey
 
 
 def decode_image(encoded: tf.Tensor, *, channels: int | None, orient: bool = True) -> tf.Tensor:
@@ -292,8 +324,9 @@ def _decode_scaled(encoded, min_height, min_width, orientation):
     return tf.cond(_is_jpeg(encoded), jpeg, other)
 
 
-def decode_image_at_least(encoded: tf.Tensor, *, min_height, min_width, channels: int | None,
-                          orient: bool = True) -> tf.Tensor:
+def decode_image_at_least(
+    encoded: tf.Tensor, *, min_height, min_width, channels: int | None, orient: bool = True
+) -> tf.Tensor:
     """Like `decode_image`, but a JPEG is decoded at 1/2, 1/4 or 1/8 scale (DCT scaling) when the result,
     once oriented, still has >= min_height rows and >= min_width columns; other formats at full size.
 
@@ -389,8 +422,16 @@ def resize_down(image: tf.Tensor, height, width) -> tf.Tensor:
     return tf.ensure_shape(tf.cond(same, lambda: image, shrink), [None, None, image.shape[-1]])
 
 
-def decode_working_image(encoded: tf.Tensor, *, image_size, crop: str = "none", margin: int = 0,
-                         channels: int | None, factor: float = 1.0, orient: bool = True):
+def decode_working_image(
+    encoded: tf.Tensor,
+    *,
+    image_size,
+    crop: str = "none",
+    margin: int = 0,
+    channels: int | None,
+    factor: float = 1.0,
+    orient: bool = True,
+):
     """Decodes at reduced scale where possible and brings the image down to its `working_size`.
 
     What the training pipeline caches and shuffles: memory per image follows image_size, not the file.
@@ -414,7 +455,12 @@ def decode_working_image(encoded: tf.Tensor, *, image_size, crop: str = "none", 
     image, ratio = _decode_scaled(encoded, minimum[0], minimum[1], orientation)
     image = apply_orientation(convert_channels(image, channels), orientation)
     shape = tf.shape(image)
-    height, width, new_margin = working_size(shape[0], shape[1], image_size=image_size, crop=crop,
-                                             margin=tf.cast(margin, tf.float64) / tf.cast(ratio, tf.float64),
-                                             factor=factor)
+    height, width, new_margin = working_size(
+        shape[0],
+        shape[1],
+        image_size=image_size,
+        crop=crop,
+        margin=tf.cast(margin, tf.float64) / tf.cast(ratio, tf.float64),
+        factor=factor,
+    )
     return resize_down(image, height, width), new_margin

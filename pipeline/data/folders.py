@@ -1,12 +1,15 @@
 """Image folders, archives of them and list files: reading them into `FileDataset`s (paths + labels).
 
-Below the dataset registry (pipeline/datasets.py), which registers the `folder`, `file_list` and
+Below the dataset registry (pipeline/data/datasets.py), which registers the `folder`, `file_list` and
 `hymenoptera` sources on top of these readers. No TensorFlow.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import fcntl
+import glob
 import os
 import shutil
 import tarfile
@@ -16,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.core import errors
-from pipeline.data import image_files
 from pipeline.config import PROJECT_ROOT
+from pipeline.core import errors, fileio
+from pipeline.data import image_files
 
 
 class DatasetError(errors.UserError):
@@ -48,6 +51,37 @@ def resolve_data_dir(data_dir: str) -> Path:
 # --------------------------------------------------------------------------------------------------
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".tar", ".zip")
+# List and class files read as written on any OS: a UTF-8 byte-order mark (Notepad) is dropped, CRLF ends
+# lines (splitlines), and file names that are not UTF-8 keep their bytes (surrogateescape, as os.fsdecode
+# reads them and `fileio.atomic_write_text` writes them back), whatever this machine's locale.
+LIST_ENCODING = {"encoding": "utf-8-sig", "errors": "surrogateescape"}
+# Photos barely compress (JPEG and PNG are compressed already): an archive that expands to more than this
+# many times its size is a decompression bomb (a few kilobytes of zeros declaring gigabytes), not images.
+MAX_EXPANSION_RATIO = 100
+MIN_BOMB_BYTES = 1 << 30  # below 1 GiB expanded, no ratio is worth refusing (a tar of text lists expands a lot)
+
+
+def check_expansion(archive: Path, *, expanded: int, target_dir: Path) -> None:
+    """Refuses an archive, before anything is written, whose members add up to more than
+    `MAX_EXPANSION_RATIO` times its size (and over `MIN_BOMB_BYTES`), or to more than the free space where it
+    would be extracted (a full disk would be met half-way, after minutes of work).
+
+    Raises:
+        DatasetError: naming the archive, its size, what it expands to and the limit.
+    """
+    size = max(archive.stat().st_size, 1)
+    if expanded > MIN_BOMB_BYTES and expanded > MAX_EXPANSION_RATIO * size:
+        raise DatasetError(
+            f"{archive}: refused: {size:,} bytes that expand to {expanded:,} bytes ({expanded / size:,.0f} times "
+            f"its size; image archives expand less than {MAX_EXPANSION_RATIO} times): a decompression bomb, or "
+            f"not an archive of images. Extract it yourself if you trust it, and set dataset.root to the folder."
+        )
+    free = shutil.disk_usage(target_dir).free
+    if expanded > free:
+        raise DatasetError(
+            f"{archive}: expands to {expanded / 2**30:,.2f} GiB, more than the {free / 2**30:,.2f} GiB free in "
+            f"{target_dir}; free some space or set dataset.data_dir to a disk with room. Nothing was extracted."
+        )
 
 
 def resolve_root(root: str | os.PathLike | None, *, dataset: str) -> Path:
@@ -82,34 +116,60 @@ def extract_archive(archive: Path, data_dir: str) -> Path:
             return target
         shutil.rmtree(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    temporary = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{name}-"))
-    try:
-        if archive.name.endswith(".zip"):
-            with zipfile.ZipFile(archive) as handle:
-                handle.extractall(temporary)
-        else:
-            with tarfile.open(archive, "r:*") as handle:
-                handle.extractall(temporary, filter="data")
-        (temporary / ".extracted-from").write_text(stamp)
-        # Archives often wrap everything in one folder (hymenoptera/): remember it now, so files that
-        # tools later write beside it (reports, statistics) never change what the dataset root is.
-        (temporary / ".dataset-root").write_text(single_top_folder(temporary).name
-                                                 if single_top_folder(temporary) != temporary else ".")
+    # One extraction at a time (the lock dies with its process), so the temporary folders of an extraction
+    # that was killed (kill -9, power) are known to be dead and are removed here.
+    with _extraction_lock(target):
+        if stamp_file.is_file() and stamp_file.read_text() == stamp:
+            return target  # another process extracted it while this one waited
+        for leftover in target.parent.glob(f".tmp-{glob.escape(name)}-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
+        temporary = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".tmp-{name}-"))
         try:
-            os.replace(temporary, target)
-        except OSError:
-            # Another process extracted the same archive meanwhile (renaming onto its non-empty folder
-            # fails): use that one if it is of this archive.
-            if not (stamp_file.is_file() and stamp_file.read_text() == stamp):
-                raise
+            if archive.name.endswith(".zip"):
+                with zipfile.ZipFile(archive) as handle:
+                    check_expansion(
+                        archive, expanded=sum(m.file_size for m in handle.infolist()), target_dir=target.parent
+                    )
+                    handle.extractall(temporary)
+            else:
+                with tarfile.open(archive, "r:*") as handle:
+                    check_expansion(
+                        archive, expanded=sum(m.size for m in handle.getmembers()), target_dir=target.parent
+                    )
+                    handle.extractall(temporary, filter="data")
+            (temporary / ".extracted-from").write_text(stamp)
+            # Archives often wrap everything in one folder (hymenoptera/): remember it now, so files that
+            # tools later write beside it (reports, statistics) never change what the dataset root is.
+            (temporary / ".dataset-root").write_text(
+                single_top_folder(temporary).name if single_top_folder(temporary) != temporary else "."
+            )
+            try:
+                os.replace(temporary, target)
+            except OSError:
+                # Another process extracted the same archive meanwhile (renaming onto its non-empty folder
+                # fails): use that one if it is of this archive.
+                if not (stamp_file.is_file() and stamp_file.read_text() == stamp):
+                    raise
+                shutil.rmtree(temporary, ignore_errors=True)
+        except (OSError, tarfile.TarError, zipfile.BadZipFile) as error:
             shutil.rmtree(temporary, ignore_errors=True)
-    except (OSError, tarfile.TarError, zipfile.BadZipFile) as error:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise DatasetError(f"{archive}: cannot extract ({error})") from None
-    except BaseException:
-        shutil.rmtree(temporary, ignore_errors=True)
-        raise
+            raise DatasetError(f"{archive}: cannot extract ({error})") from None
+        except BaseException:
+            shutil.rmtree(temporary, ignore_errors=True)
+            raise
     return target
+
+
+@contextlib.contextmanager
+def _extraction_lock(target: Path):
+    # The lock is on the data folder itself (as rundir.exclusive locks a run directory): no lock file to
+    # leave behind; extractions into one data folder wait for each other, which is rare and short.
+    handle = os.open(target.parent, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX)  # blocks while another process extracts into this folder
+        yield
+    finally:
+        os.close(handle)
 
 
 def single_top_folder(root: Path) -> Path:
@@ -129,10 +189,10 @@ def read_folder_tree(root: Path) -> FileDataset:
     if not split_dirs:
         files, labels, class_names = image_files.list_class_folders(root)
         if not class_names:
-            raise DatasetError(f"{root}: no class folders found; expected {root}/<class>/<images> or "
-                               f"{root}/train/<class>/<images>")
-        return FileDataset({"train": ([str(f) for f in files], np.asarray(labels, np.int64))},
-                           class_names, root)
+            raise DatasetError(
+                f"{root}: no class folders found; expected {root}/<class>/<images> or {root}/train/<class>/<images>"
+            )
+        return FileDataset({"train": ([str(f) for f in files], np.asarray(labels, np.int64))}, class_names, root)
     if "train" not in split_dirs:
         raise DatasetError(f"{root}: has {', '.join(p.name for p in split_dirs.values())}/ but no train/ folder")
     _, _, class_names = image_files.list_class_folders(split_dirs["train"])
@@ -141,11 +201,15 @@ def read_folder_tree(root: Path) -> FileDataset:
         files, labels, names = image_files.list_class_folders(directory)
         unknown = sorted(set(names) - set(class_names))
         if unknown:
-            raise DatasetError(f"{directory}: class folders {', '.join(unknown)} are not in "
-                               f"{split_dirs['train']} (classes: {', '.join(class_names)})")
+            raise DatasetError(
+                f"{directory}: class folders {', '.join(unknown)} are not in "
+                f"{split_dirs['train']} (classes: {', '.join(class_names)})"
+            )
         remap = np.asarray([class_names.index(n) for n in names], np.int64)
-        splits[split] = ([str(f) for f in files], remap[np.asarray(labels, np.int64)] if labels else
-                         np.zeros(0, np.int64))
+        splits[split] = (
+            [str(f) for f in files],
+            remap[np.asarray(labels, np.int64)] if labels else np.zeros(0, np.int64),
+        )
     return FileDataset(splits, class_names, root)
 
 
@@ -158,8 +222,9 @@ def root_folder(root: Path, data_dir: str) -> Path:
     return root
 
 
-def read_file_lists(*, data_dir: str = "data", root: str | None = None, lists: dict | None = None,
-                    classes: str | None = None) -> FileDataset:
+def read_file_lists(
+    *, data_dir: str = "data", root: str | None = None, lists: dict | None = None, classes: str | None = None
+) -> FileDataset:
     """Images named by list files.
 
     Either `lists: {train: a.txt, validation: b.txt, test: c.txt}` (any subset with train) holding
@@ -172,8 +237,10 @@ def read_file_lists(*, data_dir: str = "data", root: str | None = None, lists: d
     if not lists:
         meta = root_path / "meta"
         if not (meta / "classes.txt").is_file():
-            raise DatasetError(f"dataset 'file_list': give dataset.lists (train/validation/test list files) "
-                               f"or a Food-101 style root with meta/classes.txt; {meta / 'classes.txt'} not found")
+            raise DatasetError(
+                f"dataset 'file_list': give dataset.lists (train/validation/test list files) "
+                f"or a Food-101 style root with meta/classes.txt; {meta / 'classes.txt'} not found"
+            )
         class_names = _read_lines(meta / "classes.txt", comments=False)
         splits = {}
         for split, name in (("train", "train.txt"), ("test", "test.txt")):
@@ -187,7 +254,9 @@ def read_file_lists(*, data_dir: str = "data", root: str | None = None, lists: d
         raise DatasetError(f"dataset.lists: a train list is required; received {', '.join(lists)}")
     unknown = set(lists) - {"train", "validation", "test"}
     if unknown:
-        raise DatasetError(f"dataset.lists: keys must be train, validation, test; received {', '.join(sorted(unknown))}")
+        raise DatasetError(
+            f"dataset.lists: keys must be train, validation, test; received {', '.join(sorted(unknown))}"
+        )
     if not classes:
         raise DatasetError("dataset.classes: the class-names file (one name per line) is required with dataset.lists")
     class_names = _read_lines(resolve_root(classes, dataset="file_list"), comments=False)
@@ -196,9 +265,9 @@ def read_file_lists(*, data_dir: str = "data", root: str | None = None, lists: d
         list_file = resolve_root(list_path, dataset="file_list")
         paths, labels = [], []
         try:
-            lines = list_file.read_text().splitlines()
+            lines = list_file.read_text(**LIST_ENCODING).splitlines()
         except OSError as error:
-            raise DatasetError(f"{list_file}: cannot read ({error.strerror})") from None
+            raise DatasetError(f"{list_file}: cannot read ({fileio.os_reason(error)})") from None
         mode = None
         for number, line in enumerate(lines, 1):  # numbered as in an editor: blank and # lines count
             line = line.strip()
@@ -216,14 +285,16 @@ def read_file_lists(*, data_dir: str = "data", root: str | None = None, lists: d
     return FileDataset(splits, class_names, root_path)
 
 
-
 def _read_lines(path: Path, comments: bool = True) -> list[str]:
     """Non-empty lines; `#` lines are comments in list files, but may be class names in a classes file."""
     try:
-        return [line.strip() for line in path.read_text().splitlines()
-                if line.strip() and not (comments and line.startswith("#"))]
+        return [
+            line.strip()
+            for line in path.read_text(**LIST_ENCODING).splitlines()
+            if line.strip() and not (comments and line.startswith("#"))
+        ]
     except OSError as error:
-        raise DatasetError(f"{path}: cannot read ({error.strerror})") from None
+        raise DatasetError(f"{path}: cannot read ({fileio.os_reason(error)})") from None
 
 
 def _label_of(label: str, class_names: list[str], where, mode: str | None = None) -> int:
@@ -241,25 +312,24 @@ def _label_of(label: str, class_names: list[str], where, mode: str | None = None
     elif mode == "indices":
         by_name = None
     if by_name is not None and by_index is not None and by_name != by_index:
-        raise DatasetError(f"{where}: label {label!r} is ambiguous: the class named {label!r} (index {by_name}) "
-                           f"or the class at index {by_index} ({class_names[by_index]!r}); add a first line "
-                           f"`# labels: names` or `# labels: indices` to the list file to say which")
+        raise DatasetError(
+            f"{where}: label {label!r} is ambiguous: the class named {label!r} (index {by_name}) "
+            f"or the class at index {by_index} ({class_names[by_index]!r}); add a first line "
+            f"`# labels: names` or `# labels: indices` to the list file to say which"
+        )
     if by_name is not None:
         return by_name
     if by_index is not None:
         return by_index
-    raise DatasetError(f"{where}: label {label!r} is neither a class name nor an index below "
-                       f"{len(class_names)}")
+    raise DatasetError(f"{where}: label {label!r} is neither a class name nor an index below {len(class_names)}")
 
 
 def labels_mode(line: str) -> str | None:
     """'names' or 'indices' for a `# labels: ...` directive line, else None."""
     text = line.strip().lower()
     if text.startswith("#") and text.lstrip("# ").startswith("labels:"):
-        value = text.lstrip("# ")[len("labels:"):].strip()
+        value = text.lstrip("# ")[len("labels:") :].strip()
         for mode in ("names", "indices"):
             if value.startswith(mode):
                 return mode
     return None
-
-

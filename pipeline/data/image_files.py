@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import errno
 import hashlib
 import json
 import os
@@ -18,7 +17,9 @@ import stat
 import sys
 from pathlib import Path
 
+from pipeline.core import fileio
 from pipeline.core.fileio import atomic_write_json
+from pipeline.data import image_header, reduced_jpeg
 
 DECODABLE = {"jpeg": "JPEG", "png": "PNG", "gif": "GIF", "bmp": "BMP", "webp": "WebP"}
 EXTENSIONS = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png", ".gif": "gif", ".bmp": "bmp", ".webp": "webp"}
@@ -82,22 +83,22 @@ class ImageCheck:
         return self.reason is None
 
 
-def _os_reason(error: OSError) -> str:
-    if error.errno == errno.ELOOP:
-        return "unreadable: symbolic link loop"
-    if error.errno == errno.ENOENT:
-        return "unreadable: broken symbolic link or missing file"
-    if error.errno in (errno.EACCES, errno.EPERM):
-        return "unreadable: permission denied"
-    if error.errno == errno.EISDIR:
-        return "unreadable: is a directory"
-    return f"unreadable: {error.strerror or error}"
+def _unreadable(error: OSError) -> str:
+    return f"unreadable: {fileio.os_reason(error)}"
 
 
-def check_image(path: os.PathLike, *, min_size: int = 8, placeholder_colours: int = 64) -> ImageCheck:
+def check_image(
+    path: os.PathLike,
+    *,
+    min_size: int = 8,
+    placeholder_colours: int = 64,
+    max_pixels: int = image_header.DEFAULT_MAX_PIXELS,
+) -> ImageCheck:
     """Reads and decodes one file.
 
     Args:
+        max_pixels: an image whose header promises more pixels (width x height) is bad ("too many pixels")
+            and is not decoded (a decompression bomb would cost gigabytes); 0: no limit.
         min_size: images whose shorter side is below this are bad ("too small").
         placeholder_colours: a decodable RGB image with fewer distinct colours than this, at a 64x64
             thumbnail, gets a warning: real photos have hundreds; "image not found" placeholders a few.
@@ -108,13 +109,16 @@ def check_image(path: os.PathLike, *, min_size: int = 8, placeholder_colours: in
 
     result = ImageCheck(str(path))
     try:
+        if os.path.isdir(path):  # find_files lists a link to a folder it does not walk
+            result.reason = folder_link_reason(path)
+            return result
         if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO or device would block or never end
             result.reason = "not a regular file"
             return result
         with open(path, "rb") as handle:
             data = handle.read()
     except OSError as error:
-        result.reason = _os_reason(error)
+        result.reason = _unreadable(error)
         return result
     if not data:
         result.reason = "empty file (0 bytes)"
@@ -131,10 +135,13 @@ def check_image(path: os.PathLike, *, min_size: int = 8, placeholder_colours: in
         # TensorFlow's BMP decoder ignores the colour table and returns palette indices as grey levels.
         result.reason = "unsupported format (palette BMP: its colours would be misread; convert it to PNG)"
         return result
-    # JPEGs: a reduced-scale decode (`_decode_jpeg_reduced`), which reads every coefficient as the full decode
+    result.reason = image_header.too_many_pixels(data[: image_header.HEADER_BYTES], max_pixels=max_pixels)
+    if result.reason:
+        return result
+    # JPEGs: a reduced-scale decode (`reduced_jpeg.decode`), which reads every coefficient as the full decode
     # does; a file it refuses is decoded by TensorFlow below, so every "bad" verdict and its message come
     # from the decoder training uses.
-    image = _decode_jpeg_reduced(data, thumbnail=bool(placeholder_colours)) if kind == "jpeg" else None
+    image = reduced_jpeg.decode(data, thumbnail=bool(placeholder_colours)) if kind == "jpeg" else None
     if image is not None:
         result.height, result.width = image.full_size
         result.channels = image.channels
@@ -160,7 +167,7 @@ def check_image(path: os.PathLike, *, min_size: int = 8, placeholder_colours: in
     if extension and extension != kind:
         result.warning = f"{DECODABLE[kind]} content named {Path(path).suffix} (used as {DECODABLE[kind]})"
     if result.channels >= 3 and placeholder_colours:
-        thumbnail = _thumbnail(pixels[..., :3]).reshape(-1, 3)
+        thumbnail = reduced_jpeg.thumbnail(pixels[..., :3]).reshape(-1, 3)
         # Colours packed into one 24-bit integer each: np.unique(axis=0) on the rows sorts them as
         # structured records, 6x slower (3 ms of a 500x375 JPEG's ~6 ms check).
         # Then sorted and the changes counted: numpy 2's hashing `np.unique` takes 0.7 ms for these 4,096 values.
@@ -172,117 +179,87 @@ def check_image(path: os.PathLike, *, min_size: int = 8, placeholder_colours: in
     return result
 
 
-THUMBNAIL = 64  # side of the nearest-neighbour thumbnail whose colours the placeholder check counts
-_JPEG_FAST_FRAMES = (0xC0, 0xC1, 0xC2)  # baseline, extended and progressive Huffman frames (T.81 table B.1)
-_MAX_JPEG_SEGMENTS = 256  # header segments walked before the frame header (cameras write ~10)
-
-
-def _jpeg_frame(data: bytes) -> tuple[int, int, int, int, int] | None:
-    """(SOF marker, sample precision, height, width, components) from a JPEG's frame header (ITU T.81
-    B.2.2), or None when the headers end, break or hold no frame header before the scan."""
-    position, size = 2, len(data)
-    for _ in range(_MAX_JPEG_SEGMENTS):
-        if position + 4 > size or data[position] != 0xFF:
-            return None
-        marker = data[position + 1]
-        if marker == 0xFF:  # fill byte (B.1.1.2)
-            position += 1
-            continue
-        if marker in (0xDA, 0xD9):  # the scan or the end came first
-            return None
-        length = int.from_bytes(data[position + 2 : position + 4], "big")
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            if length < 8 or position + 10 > size:
-                return None
-            frame = data[position + 4 : position + 10]
-            return marker, frame[0], int.from_bytes(frame[1:3], "big"), int.from_bytes(frame[3:5], "big"), frame[5]
-        if length < 2:
-            return None
-        position += 2 + length
-    return None
-
-
-@dataclasses.dataclass
-class _ReducedJpeg:
-    full_size: tuple[int, int]  # (height, width) as stored, from the frame header
-    channels: int
-    pixels: object  # uint8 numpy [h, w, channels] at reduced scale, or None when no thumbnail was asked for
-
-
-def _decode_jpeg_reduced(data: bytes, *, thumbnail: bool) -> _ReducedJpeg | None:
-    """Decodes a common JPEG with libjpeg's DCT scaling (Pillow's `draft`): every scan's entropy-coded data
-    is still read, so truncation and corrupt coefficients are found as by a full decode, while the inverse
-    DCT and colour conversion run on 1/4 to 1/64 of the pixels: 1.15 ms of CPU per 500x375 photo instead of
-    1.71 ms through TensorFlow's full decode (`benchmarks/scan_speed.py`, RESULTS.md).
-
-    Returns None, so that the caller decodes with TensorFlow (the verdict and its message then come from
-    training's decoder), for anything this path does not vouch for: a file Pillow refuses, a frame other
-    than 8-bit Huffman baseline/progressive with 1 or 3 components (arithmetic, lossless, 12-bit, CMYK),
-    a height given later (DNL). Equal verdicts to TensorFlow's full decode on truncated and corrupted
-    JPEGs are tested (tests/test_fast_scan.py).
-
-    Args:
-        thumbnail: keep the pixels at a scale with >= THUMBNAIL pixels on each side where the image has
-            them (the placeholder check's thumbnail); False decodes at the smallest scale, 1/8.
-    """
-    frame = _jpeg_frame(data)
-    if frame is None or frame[0] not in _JPEG_FAST_FRAMES or frame[1] != 8 or frame[4] not in (1, 3):
-        return None
-    if frame[2] == 0 or frame[3] == 0:
-        return None
-    import io
-
-    import numpy as np
-    from PIL import Image
-
-    try:
-        with Image.open(io.BytesIO(data), formats=["JPEG"]) as image:
-            if image.mode not in ("L", "RGB") or image.size != (frame[3], frame[2]):
-                return None
-            image.draft(image.mode, (THUMBNAIL, THUMBNAIL) if thumbnail else (1, 1))
-            image.load()  # OSError "image file is truncated" when the data ends early
-            pixels = np.asarray(image).reshape(image.size[1], image.size[0], -1) if thumbnail else None
-    except Exception:  # any refusal is re-checked by TensorFlow, which names the fault
-        return None
-    return _ReducedJpeg((frame[2], frame[3]), frame[4], pixels)
-
-
-def _thumbnail(pixels):
-    """uint8 [H, W, C] -> [THUMBNAIL, THUMBNAIL, C] by nearest neighbour at pixel centres (the sampling of
-    `tf.image.resize(method="nearest")`), without a TensorFlow op per file."""
-    import numpy as np
-
-    height, width = pixels.shape[:2]
-    rows = np.minimum(((np.arange(THUMBNAIL) + 0.5) * height / THUMBNAIL).astype(np.int64), height - 1)
-    columns = np.minimum(((np.arange(THUMBNAIL) + 0.5) * width / THUMBNAIL).astype(np.int64), width - 1)
-    return pixels[rows][:, columns]
-
-
 def _grey_bmp_palette(data: bytes) -> bool:
     """True when a palette BMP's colour table is the identity grey ramp (index == grey level)."""
     header_size = int.from_bytes(data[14:18], "little")
     colours = int.from_bytes(data[46:50], "little") or 2 ** int.from_bytes(data[28:30], "little")
-    table = data[14 + header_size: 14 + header_size + 4 * colours]
+    table = data[14 + header_size : 14 + header_size + 4 * colours]
     return all(table[4 * i] == table[4 * i + 1] == table[4 * i + 2] == i for i in range(len(table) // 4))
 
 
 def find_files(root: os.PathLike, errors: list | None = None) -> list[Path]:
-    """Every non-hidden file under `root`, recursively, sorted. Symbolic links to directories are not
-    followed (a link loop would never end); links to files are listed and checked like files.
-    Folders that cannot be read are appended to `errors` as (path, reason) when a list is given."""
+    """Every non-hidden file under `root`, recursively, sorted: the one walk behind training, the data tools
+    and `predict`, so that all of them see the same files.
+
+    Symbolic links to folders are followed (people assemble class folders from other disks with links:
+    keras-team/keras#4657, pytorch/vision#1580), except a link back to a folder it sits in (a loop, which
+    would never end) and a second link to a folder already walked (its files would count twice): such a
+    link is listed itself, as a path, and `check_image` gives the reason it is not used. Links to files,
+    broken links and special files are listed too, for `check_image` to judge.
+
+    Args:
+        root: a folder, or a file (returned alone).
+        errors: when a list, folders that cannot be read are appended as (path, reason).
+
+    Returns:
+        Paths under `root` as reached (links not resolved), sorted.
+    """
     root = Path(root)
     if root.is_file():
         return [root]
-    found = []
+    found, links = [], []
+    walked = set()  # (device, inode) of every folder walked: a second way into one is not taken
 
-    def unreadable(error: OSError):
+    def walk(directory: str):
+        try:
+            with os.scandir(directory) as scanned:
+                entries = sorted(scanned, key=lambda entry: entry.name)
+        except OSError as error:
+            if errors is not None:
+                errors.append((error.filename or directory, fileio.os_reason(error)))
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            try:
+                info = os.stat(entry.path) if entry.is_dir() else None  # is_dir follows links
+            except OSError:
+                info = None  # a broken link or a loop of links: check_image names it
+            if info is None:
+                found.append(Path(entry.path))
+            elif entry.is_symlink():
+                links.append((entry.path, (info.st_dev, info.st_ino)))  # after the real folders: see below
+            elif (info.st_dev, info.st_ino) not in walked:
+                walked.add((info.st_dev, info.st_ino))
+                walk(entry.path)
+
+    try:
+        info = os.stat(root)
+    except OSError as error:
         if errors is not None:
-            errors.append((error.filename, _os_reason(error)))
-
-    for directory, subdirectories, files in os.walk(root, onerror=unreadable):
-        subdirectories[:] = sorted(d for d in subdirectories if not d.startswith("."))
-        found.extend(Path(directory) / name for name in files if not name.startswith("."))
+            errors.append((str(root), fileio.os_reason(error)))
+        return []
+    walked.add((info.st_dev, info.st_ino))
+    walk(str(root))
+    # Links to folders last, in name order: a folder reached both by its own path and by a link is read by
+    # its own path, and a link to a folder walked already (an ancestor: a loop) is listed, not walked.
+    while links:
+        links.sort()
+        path, identity = links.pop(0)
+        if identity in walked:
+            found.append(Path(path))  # check_image: "symbolic link loop" or "already included"
+        else:
+            walked.add(identity)
+            walk(path)
     return sorted(found)
+
+
+def folder_link_reason(path: os.PathLike) -> str:
+    """Why `find_files` listed a link to a folder instead of walking it: a loop, or a folder read already."""
+    real, parent = os.path.realpath(path), os.path.realpath(os.path.dirname(os.path.abspath(path)))
+    if parent == real or parent.startswith(real.rstrip(os.sep) + os.sep):
+        return f"symbolic link loop: links to {real}, a folder it is inside (not followed)"
+    return f"link to a folder already included ({real}): its files are read once"
 
 
 # Seconds between two redraws of a progress bar when stderr is not a terminal (a log file, a CI job,
@@ -295,8 +272,7 @@ def find_files(root: os.PathLike, errors: list | None = None) -> list[Path]:
 LOG_REFRESH_S = 30.0
 
 
-def progress_bar(total: int, description: str, *, unit: str = "file", enabled: bool = True,
-                 stream=None):
+def progress_bar(total: int, description: str, *, unit: str = "file", enabled: bool = True, stream=None):
     """A tqdm progress bar on stderr: count, rate and time left. Use it as a context manager (or call
     `close()`) so that the final state and the newline are written.
 
@@ -315,8 +291,7 @@ def progress_bar(total: int, description: str, *, unit: str = "file", enabled: b
         options = {"dynamic_ncols": True}  # follows a resized window
     else:
         options = {"mininterval": LOG_REFRESH_S, "maxinterval": LOG_REFRESH_S}
-    return tqdm(total=total, desc=description, file=stream, disable=not (enabled and total > 0),
-                unit=unit, **options)
+    return tqdm(total=total, desc=description, file=stream, disable=not (enabled and total > 0), unit=unit, **options)
 
 
 def _cache_key(path: Path) -> list | None:
@@ -341,6 +316,17 @@ def _cache_names(paths: list[Path]) -> list[str]:
     return [os.path.relpath(p, common) for p in absolute]
 
 
+def _cached_result(entry, path: Path, key: list | None) -> ImageCheck | None:
+    """The scan cache's verdict on `path` when its `_cache_key` is still `key` and the entry is well-formed,
+    else None."""
+    try:
+        if entry["key"] == key:
+            return ImageCheck(**dict(entry["result"], path=str(path)))
+    except (KeyError, TypeError):
+        pass  # an entry of another form (edited, or another version's): decode the file again
+    return None
+
+
 def scan_images(
     paths,
     *,
@@ -350,6 +336,7 @@ def scan_images(
     cache_dir: os.PathLike | None = None,
     progress: bool = False,
     description: str = "checking images",
+    max_pixels: int = image_header.DEFAULT_MAX_PIXELS,
 ) -> list[ImageCheck]:
     """Checks many files in parallel threads (libjpeg and TensorFlow's decoders release the GIL). Results
     come back in input order.
@@ -359,40 +346,51 @@ def scan_images(
     dataset costs a `stat` per file, also after the dataset was moved or copied with its times kept
     (`cp -a`, `rsync -a`); an edited file is checked again. The cache file is named after those relative
     paths and the check's settings. `progress` draws a `progress_bar` on stderr (files actually decoded,
-    with rate and time left) headed `description`."""
+    with rate and time left) headed `description`. `max_pixels` as in `check_image`."""
     paths = [Path(p) for p in paths]
-    settings = f"{min_size}:{placeholder_colours}:oriented:reduced"  # a new suffix when what a check reports changes
+    # a new suffix when what a check reports changes
+    settings = f"{min_size}:{placeholder_colours}:oriented:{max_pixels}:reduced"
     names = _cache_names(paths)
     cache_file = None
     cache: dict = {}
     if cache_dir is not None:
-        digest = hashlib.sha1(("\n".join(names) + settings).encode()).hexdigest()
+        digest = hashlib.sha1(("\n".join(names) + settings).encode(errors="surrogateescape")).hexdigest()
         cache_file = Path(cache_dir) / f"scan-{digest[:16]}.json"
         try:
             cache = json.loads(cache_file.read_text())
         except (OSError, ValueError):
+            cache = {}  # a cut-short or garbled cache only costs this scan its speed: it is rewritten whole
+        if not isinstance(cache, dict):
             cache = {}
     results: list[ImageCheck | None] = [None] * len(paths)
-    keys = [_cache_key(path) for path in paths] if cache_file is not None else []
+    keys = [_cache_key(path) for path in paths] if cache_file is not None else [None] * len(paths)
     todo = []
     for index, path in enumerate(paths):
         entry = cache.get(names[index])
-        if entry is not None and entry["key"] == keys[index]:
-            results[index] = ImageCheck(**dict(entry["result"], path=str(path)))
-        else:
+        results[index] = _cached_result(entry, path, keys[index]) if entry is not None else None
+        if results[index] is None:
             todo.append(index)
     # Two threads a core: while one reads a file, another decodes. More only add GIL contention.
     workers = workers or min(8, (os.cpu_count() or 2) * 2)
-    with (
-        progress_bar(len(todo), description, enabled=progress) as bar,
-        concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool,
-    ):
-        checks = pool.map(
-            lambda i: check_image(paths[i], min_size=min_size, placeholder_colours=placeholder_colours), todo
-        )
-        for index, check in zip(todo, checks):
-            results[index] = check
-            bar.update()
+    with progress_bar(len(todo), description, enabled=progress) as bar:
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers)
+        try:
+            futures = {
+                pool.submit(
+                    check_image,
+                    paths[i],
+                    min_size=min_size,
+                    placeholder_colours=placeholder_colours,
+                    max_pixels=max_pixels,
+                ): i
+                for i in todo
+            }
+            for future in concurrent.futures.as_completed(futures):
+                results[futures[future]] = future.result()
+                bar.update()
+        finally:
+            # Ctrl-C or SIGTERM: the files not started are dropped (`with pool` would decode them all first).
+            pool.shutdown(wait=True, cancel_futures=True)
     if cache_file is not None and todo:
         entries = {
             name: {"key": key, "result": dataclasses.asdict(result)} for name, key, result in zip(names, keys, results)
@@ -437,7 +435,9 @@ def split_folders(root: os.PathLike) -> dict[str, Path]:
         if path.is_dir() and path.name in SPLIT_NAMES:
             split = SPLIT_NAMES[path.name]
             if split in found:
-                raise ValueError(f"{root}: both {found[split].name}/ and {path.name}/ hold the {split} split; "
-                                 f"merge them into one folder")
+                raise ValueError(
+                    f"{root}: both {found[split].name}/ and {path.name}/ hold the {split} split; "
+                    f"merge them into one folder"
+                )
             found[split] = path
     return found

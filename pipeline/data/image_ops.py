@@ -12,26 +12,8 @@ import numpy as np
 import tensorflow as tf
 from keras import layers
 
-
-def convert_channels(images: tf.Tensor, channels: int | None) -> tf.Tensor:
-    """[..., H, W, C] with C in {1, 2, 3, 4} known statically -> [..., H, W, channels]; alpha is dropped."""
-    if channels is None:
-        return images
-    images = tf.convert_to_tensor(images)
-    source = images.shape[-1]
-    if source in (2, 4):  # grey+alpha or RGBA: drop alpha
-        images = images[..., : source - 1]
-        source -= 1
-    if source == channels:
-        return images
-    if source == 1 and channels == 3:
-        return tf.image.grayscale_to_rgb(images)
-    if source == 3 and channels == 1:
-        # rgb_to_grayscale on uint8 rounds; compute in float and cast back to keep the input dtype.
-        dtype = images.dtype
-        grey = tf.image.rgb_to_grayscale(tf.cast(images, tf.float32))
-        return tf.cast(tf.round(grey), dtype) if dtype.is_integer else grey
-    raise ValueError(f"cannot convert images with {source} channels to {channels}")
+from pipeline.config.choices import FILL_MODES, NORMALIZATIONS
+from pipeline.data import decode
 
 
 def _square_side(height, width, margin):
@@ -67,8 +49,15 @@ def resize_shorter_side(images: tf.Tensor, size: int, method: str = "bilinear") 
     return tf.image.resize(images, tf.maximum(new_size, size), method=method)
 
 
-def prepare_images(images: tf.Tensor, *, image_size=None, channels: int | None = None,
-                   resize_method: str = "bilinear", crop: str = "none", margin: int = 0) -> tf.Tensor:
+def prepare_images(
+    images: tf.Tensor,
+    *,
+    image_size=None,
+    channels: int | None = None,
+    resize_method: str = "bilinear",
+    crop: str = "none",
+    margin: int = 0,
+) -> tf.Tensor:
     """The eval transform: channel conversion, deterministic crop, resize, float32 in [0, 255].
 
     Args:
@@ -83,7 +72,7 @@ def prepare_images(images: tf.Tensor, *, image_size=None, channels: int | None =
     Returns:
         float32 tensor with the same rank, values in [0, 255].
     """
-    images = convert_channels(images, channels)
+    images = decode.convert_channels(images, channels)
     if crop == "square":
         images = center_square_crop(images, margin)
     elif crop == "shorter_side":
@@ -120,7 +109,7 @@ def normalization_layer(mode: str, *, mean=None, std=None) -> layers.Layer:
         mean = np.asarray(mean, np.float32)
         variance = np.square(np.asarray(std, np.float32))
         return layers.Normalization(mean=mean, variance=variance, name="normalize")
-    raise ValueError(f"normalization must be 'unit' or 'standardize'. Received: mode={mode!r}")
+    raise ValueError(f"normalization must be one of {', '.join(NORMALIZATIONS)}. Received: mode={mode!r}")
 
 
 def channel_statistics(images, chunk: int = 4096) -> tuple[list[float], list[float]]:
@@ -131,7 +120,7 @@ def channel_statistics(images, chunk: int = 4096) -> tuple[list[float], list[flo
     """
     if isinstance(images, np.ndarray):
         array = images
-        batches = (array[start:start + chunk] for start in range(0, len(array), chunk))
+        batches = (array[start : start + chunk] for start in range(0, len(array), chunk))
     else:
         batches = images
     total = total_sq = None
@@ -149,25 +138,27 @@ def channel_statistics(images, chunk: int = 4096) -> tuple[list[float], list[flo
 def _source_index(index: tf.Tensor, size: tf.Tensor, fill_mode: str) -> tuple[tf.Tensor, tf.Tensor | None]:
     """Maps output-to-source indices that fall outside [0, size) back inside, per fill mode; for
     "constant" also returns where the index was inside (pixels elsewhere become 0)."""
-    if fill_mode == "nearest":            # a a a | a b c d | d d d   (ImageDataGenerator's default)
+    if fill_mode == "nearest":  # a a a | a b c d | d d d   (ImageDataGenerator's default)
         return tf.clip_by_value(index, 0, size - 1), None
-    if fill_mode == "wrap":               # b c d | a b c d | a b c
+    if fill_mode == "wrap":  # b c d | a b c d | a b c
         return tf.math.floormod(index, size), None
-    if fill_mode == "reflect":            # c b a | a b c d | d c b   (Keras/scipy "reflect")
+    if fill_mode == "reflect":  # c b a | a b c d | d c b   (Keras/scipy "reflect")
         index = tf.math.floormod(index, 2 * size)
         return tf.where(index >= size, 2 * size - 1 - index, index), None
-    if fill_mode == "reflect101":         # d c b | a b c d | c b a   (tf.pad / numpy "reflect")
+    if fill_mode == "reflect101":  # d c b | a b c d | c b a   (tf.pad / numpy "reflect")
         period = tf.maximum(2 * size - 2, 1)
         index = tf.math.floormod(index, period)
         return tf.where(index >= size, period - index, index), None
     if fill_mode == "constant":
         inside = (index >= 0) & (index < size)
         return tf.clip_by_value(index, 0, size - 1), inside
-    raise ValueError(f"fill_mode must be nearest, wrap, reflect or constant. Received: fill_mode={fill_mode!r}")
+    # reflect101 is internal (pad-and-crop); the config's fill modes are choices.FILL_MODES.
+    raise ValueError(f"fill_mode must be one of {', '.join(FILL_MODES)}. Received: fill_mode={fill_mode!r}")
 
 
-def shift_and_flip(images: tf.Tensor, seed: tf.Tensor, *, max_rows, max_cols, flip: bool = False,
-                   fill_mode: str = "nearest") -> tf.Tensor:
+def shift_and_flip(
+    images: tf.Tensor, seed: tf.Tensor, *, max_rows, max_cols, flip: bool = False, fill_mode: str = "nearest"
+) -> tf.Tensor:
     """Random whole-pixel shifts of up to +-max_rows / +-max_cols (uniform, per image) and, with `flip`,
     random left-right flips, of a batch [B, H, W, C]; `seed` is a stateless seed (shape [2]).
 
@@ -213,8 +204,18 @@ class Augmenter:
     `stateless` is False when they are on, and deterministic runs then apply them one batch at a time.
     """
 
-    def __init__(self, *, horizontal_flip=False, width_shift=0.0, height_shift=0.0, fill_mode="nearest",
-                 crop_padding=0, rotation=0.0, zoom=0.0, seed=None):
+    def __init__(
+        self,
+        *,
+        horizontal_flip=False,
+        width_shift=0.0,
+        height_shift=0.0,
+        fill_mode="nearest",
+        crop_padding=0,
+        rotation=0.0,
+        zoom=0.0,
+        seed=None,
+    ):
         self.horizontal_flip = bool(horizontal_flip)
         self.width_shift, self.height_shift = float(width_shift), float(height_shift)
         self.fill_mode = fill_mode
@@ -225,8 +226,9 @@ class Augmenter:
         layer_seed = lambda offset: None if seed is None else self.seed + offset  # noqa: E731
         self.layers = []
         if rotation:
-            self.layers.append(layers.RandomRotation(rotation, fill_mode=fill_mode, seed=layer_seed(1),
-                                                     name="random_rotation"))
+            self.layers.append(
+                layers.RandomRotation(rotation, fill_mode=fill_mode, seed=layer_seed(1), name="random_rotation")
+            )
         if zoom:
             self.layers.append(layers.RandomZoom(zoom, fill_mode=fill_mode, seed=layer_seed(2), name="random_zoom"))
         self.stateless = not self.layers
@@ -238,20 +240,35 @@ class Augmenter:
         crop_seed, shift_seed = tf.unstack(tf.random.experimental.stateless_split(seed, 2))
         if self.crop_padding:
             # Pad by reflection and crop back at a random place == a shift of up to +-padding, reflected.
-            images = shift_and_flip(images, crop_seed, max_rows=self.crop_padding, max_cols=self.crop_padding,
-                                    fill_mode="reflect101")
+            images = shift_and_flip(
+                images, crop_seed, max_rows=self.crop_padding, max_cols=self.crop_padding, fill_mode="reflect101"
+            )
         if self.width_shift or self.height_shift or self.horizontal_flip:
             shape = tf.shape(images)
-            images = shift_and_flip(images, shift_seed, max_rows=_shift_limit(self.height_shift, shape[1]),
-                                    max_cols=_shift_limit(self.width_shift, shape[2]), flip=self.horizontal_flip,
-                                    fill_mode=self.fill_mode)
+            images = shift_and_flip(
+                images,
+                shift_seed,
+                max_rows=_shift_limit(self.height_shift, shape[1]),
+                max_cols=_shift_limit(self.width_shift, shape[2]),
+                flip=self.horizontal_flip,
+                fill_mode=self.fill_mode,
+            )
         for layer in self.layers:
             images = layer(images, training=True)
         return images
 
 
-def build_augmenter(*, horizontal_flip=False, width_shift=0.0, height_shift=0.0, fill_mode="nearest",
-                    crop_padding=0, rotation=0.0, zoom=0.0, seed=None) -> Augmenter | None:
+def build_augmenter(
+    *,
+    horizontal_flip=False,
+    width_shift=0.0,
+    height_shift=0.0,
+    fill_mode="nearest",
+    crop_padding=0,
+    rotation=0.0,
+    zoom=0.0,
+    seed=None,
+) -> Augmenter | None:
     """The `input.augment` settings as an `Augmenter`, or None when nothing is on.
 
     `width_shift` / `height_shift` are fractions of the image size, applied as whole-pixel shifts
@@ -261,5 +278,13 @@ def build_augmenter(*, horizontal_flip=False, width_shift=0.0, height_shift=0.0,
     """
     if not (horizontal_flip or width_shift or height_shift or crop_padding or rotation or zoom):
         return None
-    return Augmenter(horizontal_flip=horizontal_flip, width_shift=width_shift, height_shift=height_shift,
-                     fill_mode=fill_mode, crop_padding=crop_padding, rotation=rotation, zoom=zoom, seed=seed)
+    return Augmenter(
+        horizontal_flip=horizontal_flip,
+        width_shift=width_shift,
+        height_shift=height_shift,
+        fill_mode=fill_mode,
+        crop_padding=crop_padding,
+        rotation=rotation,
+        zoom=zoom,
+        seed=seed,
+    )

@@ -7,19 +7,31 @@ out of the hot path (one gather and one vectorised augmentation call per batch).
 
 from __future__ import annotations
 
+import os
+import sys
+
 import numpy as np
 import tensorflow as tf
 
-from pipeline.data import decode
+from pipeline.data import decode, disk_cache
 from pipeline.data import image_ops as preprocessing
+from pipeline.data.augmentation import Augmentation, as_augmentation
 from pipeline.data.transform import EvalTransform
 
 AUTOTUNE = tf.data.AUTOTUNE
 
 
-def _indexed_batches(images: np.ndarray, labels: np.ndarray, *, batch_size: int, num_classes: int,
-                     shuffle: bool, seed: int | None, shuffle_buffer: int | None,
-                     transform: EvalTransform) -> tf.data.Dataset:
+def _indexed_batches(
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    batch_size: int,
+    num_classes: int,
+    shuffle: bool,
+    seed: int | None,
+    shuffle_buffer: int | None,
+    transform: EvalTransform,
+) -> tf.data.Dataset:
     images_tensor = tf.constant(images)
     labels_tensor = tf.constant(np.asarray(labels, np.int64))
     dataset = tf.data.Dataset.range(len(images))
@@ -34,71 +46,96 @@ def _indexed_batches(images: np.ndarray, labels: np.ndarray, *, batch_size: int,
     return dataset.map(load, num_parallel_calls=AUTOTUNE, deterministic=True)
 
 
-def make_train_dataset(images: np.ndarray, labels: np.ndarray, *, batch_size: int, num_classes: int,
-                       seed: int, transform: EvalTransform = EvalTransform(),
-                       augment: dict | None = None, shuffle_buffer: int | None = None,
-                       deterministic: bool = True) -> tf.data.Dataset:
+def make_train_dataset(
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    batch_size: int,
+    num_classes: int,
+    seed: int,
+    transform: EvalTransform = EvalTransform(),
+    augment: Augmentation | dict | None = None,
+    shuffle_buffer: int | None = None,
+    deterministic: bool = True,
+) -> tf.data.Dataset:
     """Shuffled, augmented batches of (float32 images in [0, 255], one-hot labels).
 
     Args:
         images: uint8 [N, H, W, C]; labels: int [N].
         transform: the eval transform (applied to whole arrays; there is no random crop for arrays).
-        augment: keyword arguments for `preprocessing.build_augmenter` (None: no augmentation).
+        augment: the augmentation (`Augmentation`, or a dict of `input.augment` keys; None: none).
         deterministic: run augmentation in order so a seed reproduces a run exactly; False lets
             tf.data run several augmentation calls at once (faster, not repeatable).
     """
-    dataset = _indexed_batches(images, labels, batch_size=batch_size, num_classes=num_classes,
-                               shuffle=True, seed=seed, shuffle_buffer=shuffle_buffer, transform=transform)
+    dataset = _indexed_batches(
+        images,
+        labels,
+        batch_size=batch_size,
+        num_classes=num_classes,
+        shuffle=True,
+        seed=seed,
+        shuffle_buffer=shuffle_buffer,
+        transform=transform,
+    )
     dataset = _augment(dataset, augment, seed, deterministic)
     return _batch_augment(dataset, augment, seed, deterministic).prefetch(AUTOTUNE)
 
 
-def _augment(dataset, augment: dict | None, seed: int, deterministic: bool):
+def _augment(dataset, augment: Augmentation | dict | None, seed: int, deterministic: bool):
     """Batch-level augmentation (one vectorised call per batch).
 
     Shift/flip/crop augmenters are stateless: each batch gets its own seed from a seeded stream, so they
     run in parallel and still repeat exactly. Rotation and zoom use Keras layers whose random state is a
     variable that parallel calls would race for: run in order when `deterministic`.
     """
-    classic = {key: value for key, value in (augment or {}).items() if key not in BATCH_LAYERS + BATCH_OPTIONS}
-    augmenter = preprocessing.build_augmenter(**classic, seed=seed)
+    augmenter = preprocessing.build_augmenter(**as_augmentation(augment).image, seed=seed)
     if augmenter is None:
         return dataset
     if augmenter.stateless:
         seeds = tf.data.Dataset.random(seed=seed + 1, rerandomize_each_iteration=True).batch(2)
         return tf.data.Dataset.zip(dataset, seeds).map(
-            lambda batch, pair: (augmenter(batch[0], pair), batch[1]), num_parallel_calls=AUTOTUNE,
-            deterministic=True)
+            lambda batch, pair: (augmenter(batch[0], pair), batch[1]), num_parallel_calls=AUTOTUNE, deterministic=True
+        )
     if deterministic:
         return dataset.map(lambda x, y: (augmenter(x), y))
     return dataset.map(lambda x, y: (augmenter(x), y), num_parallel_calls=AUTOTUNE, deterministic=False)
 
 
-BATCH_LAYERS = ("rand_augment", "color_jitter", "random_erasing", "mix_up", "cut_mix")
-BATCH_OPTIONS = ("random_erasing_fill",)  # settings of a batch layer, not layers of their own
-
-
-def _batch_augment(dataset, augment: dict | None, seed: int, deterministic: bool):
+def _batch_augment(dataset, augment: Augmentation | dict | None, seed: int, deterministic: bool):
     """Keras' batch layers (RandAugment, RandomColorJitter, RandomErasing, MixUp, CutMix) on batches of
     (float32 images, one-hot labels), after the classic augmentation; see `pipeline.data.batch_augment`."""
     from pipeline.data import batch_augment as augment_lib
 
-    layers = {key: value for key, value in (augment or {}).items() if key in BATCH_LAYERS}
-    options = {key: value for key, value in (augment or {}).items() if key in BATCH_OPTIONS}
-    batch_augment = augment_lib.build_batch_augment(**layers, **options) if any(layers.values()) else None
+    batch = as_augmentation(augment).batch
+    batch_augment = augment_lib.build_batch_augment(**batch) if batch else None
     return augment_lib.map_batch_augment(dataset, batch_augment, seed=seed + 2, deterministic=deterministic)
 
 
-def make_eval_dataset(images: np.ndarray, labels: np.ndarray, *, batch_size: int, num_classes: int,
-                      transform: EvalTransform = EvalTransform()) -> tf.data.Dataset:
+def make_eval_dataset(
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    batch_size: int,
+    num_classes: int,
+    transform: EvalTransform = EvalTransform(),
+) -> tf.data.Dataset:
     """Batches in order, eval transform only (no randomness)."""
-    return _indexed_batches(images, labels, batch_size=batch_size, num_classes=num_classes,
-                            shuffle=False, seed=None, shuffle_buffer=None, transform=transform).prefetch(AUTOTUNE)
+    return _indexed_batches(
+        images,
+        labels,
+        batch_size=batch_size,
+        num_classes=num_classes,
+        shuffle=False,
+        seed=None,
+        shuffle_buffer=None,
+        transform=transform,
+    ).prefetch(AUTOTUNE)
 
 
 # --------------------------------------------------------------------------------------------------
 # Image files of any size (folder and file_list datasets)
 # --------------------------------------------------------------------------------------------------
+
 
 def _cache(dataset: tf.data.Dataset, cache: str, suffix: str) -> tf.data.Dataset:
     if cache == "auto":  # resolved by the caller (Splits.cache_mode); never a file named "auto"
@@ -107,20 +144,42 @@ def _cache(dataset: tf.data.Dataset, cache: str, suffix: str) -> tf.data.Dataset
         return dataset
     if cache == "memory":
         return dataset.cache()
-    return dataset.cache(f"{cache}-{suffix}")  # a disk cache; TF adds its own .index/.data files
+    prefix = f"{cache}-{suffix}"  # a disk cache; TF adds its own .index/.data files
+    removed = disk_cache.claim(prefix)  # one owner; what a killed first pass left is removed
+    if removed:
+        print(
+            f"input.cache: removed {len(removed)} file(s) an interrupted first pass left at {prefix} "
+            f"({', '.join(removed)}); the cache is written again",
+            file=sys.stderr,
+        )
+    return dataset.cache(prefix)
 
 
 def make_file_dataset(paths, labels, **options) -> tf.data.Dataset:
     """`make_image_dataset` over image files: paths [N] (str) and labels int [N]."""
     labels = np.asarray(labels, np.int64)
-    source = tf.data.Dataset.from_tensor_slices((list(map(str, paths)), labels))
+    # os.fsencode: the name's bytes as the file system holds them; str() of a name that is not UTF-8 (a
+    # Latin-1 "café.jpg" from an old camera) carries surrogates that TensorFlow refuses to convert.
+    source = tf.data.Dataset.from_tensor_slices((np.array([os.fsencode(path) for path in paths], object), labels))
     return make_image_dataset(source, count=len(labels), read=tf.io.read_file, **options)
 
 
-def make_image_dataset(source: tf.data.Dataset, *, count: int, training: bool, batch_size: int, num_classes: int,
-                       transform: EvalTransform, read=None, seed: int = 0, augment: dict | None = None,
-                       cache: str = "memory", shuffle_buffer: int | None = None, deterministic: bool = True,
-                       cache_suffix: str = "") -> tf.data.Dataset:
+def make_image_dataset(
+    source: tf.data.Dataset,
+    *,
+    count: int,
+    training: bool,
+    batch_size: int,
+    num_classes: int,
+    transform: EvalTransform,
+    read=None,
+    seed: int = 0,
+    augment: Augmentation | dict | None = None,
+    cache: str = "memory",
+    shuffle_buffer: int | None = None,
+    deterministic: bool = True,
+    cache_suffix: str = "",
+) -> tf.data.Dataset:
     """Batches of (float32 images in [0, 255], one-hot labels) from encoded images of any size.
 
     Memory follows the training resolution, not the files: training decodes each image at reduced scale
@@ -143,16 +202,25 @@ def make_image_dataset(source: tf.data.Dataset, *, count: int, training: bool, b
     read = read or (lambda item: item)
     one_hot = lambda images, y: (images, tf.one_hot(y, num_classes))  # noqa: E731
     if not training:
-        dataset = source.map(lambda item, label: (transform(decode.decode_image(read(item), channels=transform.channels)),
-                                                  label), num_parallel_calls=AUTOTUNE, deterministic=True)
+        dataset = source.map(
+            lambda item, label: (transform(decode.decode_image(read(item), channels=transform.channels)), label),
+            num_parallel_calls=AUTOTUNE,
+            deterministic=True,
+        )
         dataset = _cache(dataset.ignore_errors(log_warning=True), cache, f"eval{cache_suffix}")
         return dataset.batch(batch_size).map(one_hot, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
 
     crop, factor = transform.working_crop()
 
     def working(item, label):
-        image, margin = decode.decode_working_image(read(item), image_size=transform.image_size, crop=crop,
-                                                    margin=transform.margin, channels=transform.channels, factor=factor)
+        image, margin = decode.decode_working_image(
+            read(item),
+            image_size=transform.image_size,
+            crop=crop,
+            margin=transform.margin,
+            channels=transform.channels,
+            factor=factor,
+        )
         return image, margin, label
 
     buffer = shuffle_buffer or max(count, 1)
@@ -166,7 +234,9 @@ def make_image_dataset(source: tf.data.Dataset, *, count: int, training: bool, b
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
     dataset = tf.data.Dataset.zip(dataset, seeds).map(
         lambda element, pair: (transform.train_crop(element[0], pair, margin=element[1]), element[2]),
-        num_parallel_calls=AUTOTUNE, deterministic=True)
+        num_parallel_calls=AUTOTUNE,
+        deterministic=True,
+    )
     dataset = _augment(dataset.batch(batch_size), augment, seed, deterministic)
     dataset = _batch_augment(dataset.map(one_hot, num_parallel_calls=AUTOTUNE), augment, seed, deterministic)
     return dataset.prefetch(AUTOTUNE)

@@ -1,6 +1,6 @@
 """Writing TFRecord shards (`python -m pipeline data shard`): check, encode in parallel, write atomically.
 
-The layout, record ids and readers are described in `pipeline/tfrecords.py`. Everything is written into
+The layout, record ids and readers are described in `pipeline/data/records.py`. Everything is written into
 a temporary sibling directory that is renamed into place when complete: an interrupted run leaves the
 previous dataset (or none), and a killed one at most a `.tmp-*` folder. Files are checked with
 `image_files.scan_images` (cached beside the output, `.<name>-scan-cache`), so bad files are left out
@@ -21,11 +21,12 @@ import tempfile
 import time
 from pathlib import Path
 
+from pipeline.core import fileio
 from pipeline.data import records as tfrecords
 from pipeline.data.records import INDEX, MANIFEST, SPLIT_ORDER, TFRecordError
 
 TARGET_SHARD_BYTES = 128 * 2**20  # TF's tf.data performance guide: files of 100 MB or more read fastest
-MIN_SHARDS = 8                   # enough to spread over parallel reads and a few workers
+MIN_SHARDS = 8  # enough to spread over parallel reads and a few workers
 JPEG_QUALITY = 95
 
 
@@ -53,8 +54,10 @@ def _shrink_function(quality: int):
 
     # autograph=False: decode.py builds its control flow with tf.cond itself; autograph would re-read its
     # source from disk (and trace slower).
-    @tf.function(input_signature=[tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int32),
-                                  tf.TensorSpec([], tf.int32)], autograph=False)
+    @tf.function(
+        input_signature=[tf.TensorSpec([], tf.string), tf.TensorSpec([], tf.int32), tf.TensorSpec([], tf.int32)],
+        autograph=False,
+    )
     def shrink(encoded, height, width):
         # Oriented as training decodes it, since re-encoding drops the EXIF orientation tag; DCT-scaled
         # decoding where a JPEG allows it, then area averaging down to the exact size.
@@ -90,9 +93,10 @@ def _encode_record(item, *, max_side, quality) -> bytes:
             height, width = _stored_size(check, max_side)
             data, image_format = _shrink_function(quality)(data, height, width).numpy(), "jpeg"
     except (OSError, tf.errors.OpError) as error:
-        message = getattr(error, "message", None) or getattr(error, "strerror", None) or str(error)
-        raise TFRecordError(f"{path}: {message.splitlines()[0]}; it changed since it was checked: run the "
-                            f"command again") from None
+        message = getattr(error, "message", None) or fileio.os_reason(error)
+        raise TFRecordError(
+            f"{path}: {message.splitlines()[0]}; it changed since it was checked: run the command again"
+        ) from None
     feature = {
         "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[data])),
         "image/format": tf.train.Feature(bytes_list=tf.train.BytesList(value=[image_format.encode()])),
@@ -126,25 +130,40 @@ def _ordered_map(function, items, workers: int):
 def _shard_count(sizes: list[int], longer_sides: list[int], max_side) -> int:
     """Enough shards for ~TARGET_SHARD_BYTES each (file sizes, scaled by the pixel area --max-side keeps),
     but at least MIN_SHARDS (fewer when there are fewer images)."""
-    estimate = sum(size * min(1.0, (max_side / side) ** 2 if max_side else 1.0)
-                   for size, side in zip(sizes, longer_sides))
+    estimate = sum(
+        size * min(1.0, (max_side / side) ** 2 if max_side else 1.0) for size, side in zip(sizes, longer_sides)
+    )
     return max(1, min(len(sizes), max(MIN_SHARDS, math.ceil(estimate / TARGET_SHARD_BYTES))))
 
 
 def _prepare_output(out_dir: Path, overwrite: bool) -> None:
     if out_dir.exists() and not (out_dir.is_dir() and not any(out_dir.iterdir())):
         if not (out_dir / MANIFEST).is_file():
-            raise TFRecordError(f"--out {out_dir}: exists and is not a shard directory (no {MANIFEST}); "
-                                f"choose another --out (nothing is ever deleted that this tool did not write)")
+            raise TFRecordError(
+                f"--out {out_dir}: exists and is not a shard directory (no {MANIFEST}); "
+                f"choose another --out (nothing is ever deleted that this tool did not write)"
+            )
         if not overwrite:
             raise TFRecordError(f"--out {out_dir}: already holds shards; pass --overwrite to replace them")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
 
 
-def write_shards(splits: dict, class_names: list[str], *, out_dir, source_root, num_shards: int | None = None,
-                 max_side: int | None = None, workers: int | None = None, min_size: int = 8,
-                 skip_placeholders: bool = False, seed: int = 0, overwrite: bool = False,
-                 progress: bool = True, jpeg_quality: int = JPEG_QUALITY) -> WriteResult:
+def write_shards(
+    splits: dict,
+    class_names: list[str],
+    *,
+    out_dir,
+    source_root,
+    num_shards: int | None = None,
+    max_side: int | None = None,
+    workers: int | None = None,
+    min_size: int = 8,
+    skip_placeholders: bool = False,
+    seed: int = 0,
+    overwrite: bool = False,
+    progress: bool = True,
+    jpeg_quality: int = JPEG_QUALITY,
+) -> WriteResult:
     """Checks every file, then writes the good ones as TFRecord shards with index.npz and manifest.json.
 
     Args:
@@ -180,16 +199,27 @@ def write_shards(splits: dict, class_names: list[str], *, out_dir, source_root, 
 
     started = time.perf_counter()
     every = [str(path) for name in SPLIT_ORDER if name in splits for path in splits[name][0]]
-    checks = dict(zip(every, image_files.scan_images(
-        every, min_size=min_size, workers=workers, progress=progress, description=f"checking {len(every)} images",
-        cache_dir=out_dir.parent / f".{out_dir.name}-scan-cache")))
+    checks = dict(
+        zip(
+            every,
+            image_files.scan_images(
+                every,
+                min_size=min_size,
+                workers=workers,
+                progress=progress,
+                description=f"checking {len(every)} images",
+                cache_dir=out_dir.parent / f".{out_dir.name}-scan-cache",
+            ),
+        )
+    )
     skipped, warnings, plan = [], [], []
     for name in (n for n in SPLIT_ORDER if n in splits):
         good = []
         for path, label in zip(*splits[name]):
             check = checks[str(path)]
-            reason = check.reason or (check.warning if skip_placeholders and check.warning and
-                                      "placeholder" in check.warning else None)
+            reason = check.reason or (
+                check.warning if skip_placeholders and check.warning and "placeholder" in check.warning else None
+            )
             if reason:
                 skipped.append({"split": name, "path": _relative(path, source_root), "reason": reason})
                 continue
@@ -202,11 +232,20 @@ def write_shards(splits: dict, class_names: list[str], *, out_dir, source_root, 
     try:
         temporary = Path(tempfile.mkdtemp(dir=out_dir.parent, prefix=f".tmp-{out_dir.name}-"))
     except OSError as error:
-        raise TFRecordError(f"--out {out_dir}: cannot create a folder beside it ({error.strerror or error})") from None
+        raise TFRecordError(f"--out {out_dir}: cannot create a folder beside it ({fileio.os_reason(error)})") from None
     try:
-        manifest = _write_all(plan, class_names, temporary, source_root=source_root, num_shards=num_shards,
-                              max_side=max_side, workers=workers, seed=seed, progress=progress,
-                              quality=jpeg_quality)
+        manifest = _write_all(
+            plan,
+            class_names,
+            temporary,
+            source_root=source_root,
+            num_shards=num_shards,
+            max_side=max_side,
+            workers=workers,
+            seed=seed,
+            progress=progress,
+            quality=jpeg_quality,
+        )
         manifest.update(min_size=min_size, skip_placeholders=skip_placeholders, skipped=skipped)
         with open(temporary / MANIFEST, "w") as handle:
             json.dump(manifest, handle, indent=2)
@@ -223,8 +262,9 @@ def write_shards(splits: dict, class_names: list[str], *, out_dir, source_root, 
     return WriteResult(manifest, skipped, warnings, scan_seconds, time.perf_counter() - started - scan_seconds)
 
 
-def _write_all(plan, class_names, directory: Path, *, source_root, num_shards, max_side, workers, seed,
-               progress, quality) -> dict:
+def _write_all(
+    plan, class_names, directory: Path, *, source_root, num_shards, max_side, workers, seed, progress, quality
+) -> dict:
     """Writes every split's shards and index.npz into `directory`; returns the manifest (less settings)."""
     import numpy as np
     import tensorflow as tf
@@ -232,9 +272,15 @@ def _write_all(plan, class_names, directory: Path, *, source_root, num_shards, m
     from pipeline.data import image_files
 
     total = sum(len(good) for _, good in plan)
-    manifest = {"format": tfrecords.FORMAT, "classes": list(class_names),
-                "source_root": str(source_root.resolve()),
-                "max_side": max_side, "jpeg_quality": quality, "shard_seed": seed, "splits": {}}
+    manifest = {
+        "format": tfrecords.FORMAT,
+        "classes": list(class_names),
+        "source_root": str(source_root.resolve()),
+        "max_side": max_side,
+        "jpeg_quality": quality,
+        "shard_seed": seed,
+        "splits": {},
+    }
     labels = np.zeros(total, np.int64)
     shard_of, offsets, lengths = np.zeros(total, np.int32), np.zeros(total, np.int64), np.zeros(total, np.int64)
     heights, widths = np.zeros(total, np.int32), np.zeros(total, np.int32)  # as stored: `input.cache: auto` sizes
@@ -244,14 +290,34 @@ def _write_all(plan, class_names, directory: Path, *, source_root, num_shards, m
     with image_files.progress_bar(total, f"writing {total} records", enabled=progress) as bar:
         for split_number, (name, good) in enumerate(plan):
             ids = np.arange(first_id, first_id + len(good))
-            count = 0 if not good else min(len(good), num_shards or _shard_count(
-                [os.path.getsize(p) for p, _, _ in good], [max(c.height, c.width) for _, _, c in good], max_side))
+            count = (
+                0
+                if not good
+                else min(
+                    len(good),
+                    num_shards
+                    or _shard_count(
+                        [os.path.getsize(p) for p, _, _ in good], [max(c.height, c.width) for _, _, c in good], max_side
+                    ),
+                )
+            )
             order = np.random.default_rng([seed, split_number]).permutation(len(good))
             chunks = np.array_split(order, count) if count else []
-            items = ((int(ids[i]), good[i][0], good[i][2], good[i][1], class_names[good[i][1]],
-                      _relative(good[i][0], source_root)) for chunk in chunks for i in chunk)
-            records = _ordered_map(functools.partial(_encode_record, max_side=max_side, quality=quality),
-                                   items, workers)
+            items = (
+                (
+                    int(ids[i]),
+                    good[i][0],
+                    good[i][2],
+                    good[i][1],
+                    class_names[good[i][1]],
+                    _relative(good[i][0], source_root),
+                )
+                for chunk in chunks
+                for i in chunk
+            )
+            records = _ordered_map(
+                functools.partial(_encode_record, max_side=max_side, quality=quality), items, workers
+            )
             shards = []
             for shard_index, chunk in enumerate(chunks):
                 filename = tfrecords.shard_name(name, shard_index, count)
@@ -267,20 +333,41 @@ def _write_all(plan, class_names, directory: Path, *, source_root, num_shards, m
                         position += tfrecords.HEADER_BYTES + len(record) + tfrecords.FOOTER_BYTES
                         bar.update()
                 shard_files.append(filename)
-                shards.append({"file": filename, "records": len(chunk), "bytes": position,
-                               "sha256": tfrecords.file_sha256(directory / filename, fsync=True)})
+                shards.append(
+                    {
+                        "file": filename,
+                        "records": len(chunk),
+                        "bytes": position,
+                        "sha256": tfrecords.file_sha256(directory / filename, fsync=True),
+                    }
+                )
             per_class = collections.Counter(label for _, label, _ in good)
             manifest["splits"][name] = {
-                "count": len(good), "first_id": int(first_id),
+                "count": len(good),
+                "first_id": int(first_id),
                 "per_class": {class_name: per_class.get(i, 0) for i, class_name in enumerate(class_names)},
-                "shards": shards}
+                "shards": shards,
+            }
             first_id += len(good)
     blob = np.frombuffer(b"".join(filenames), np.uint8)
     ends = np.cumsum([len(f) for f in filenames], dtype=np.int64)
-    np.savez(directory / INDEX, label=labels, shard=shard_of, offset=offsets, length=lengths, height=heights,
-             width=widths, shard_files=np.asarray(shard_files, dtype=str), filename_bytes=blob, filename_ends=ends)
-    manifest["index"] = {"file": INDEX, "records": total,
-                         "sha256": tfrecords.file_sha256(directory / INDEX, fsync=True)}
+    np.savez(
+        directory / INDEX,
+        label=labels,
+        shard=shard_of,
+        offset=offsets,
+        length=lengths,
+        height=heights,
+        width=widths,
+        shard_files=np.asarray(shard_files, dtype=str),
+        filename_bytes=blob,
+        filename_ends=ends,
+    )
+    manifest["index"] = {
+        "file": INDEX,
+        "records": total,
+        "sha256": tfrecords.file_sha256(directory / INDEX, fsync=True),
+    }
     return manifest
 
 

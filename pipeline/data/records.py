@@ -1,6 +1,6 @@
 """TFRecord shards of an image dataset: their layout, and the two ways training reads them.
 
-A shard directory (written by `python -m pipeline data shard`, `pipeline/tfrecord_writer.py`) holds:
+A shard directory (written by `python -m pipeline data shard`, `pipeline/data/record_writer.py`) holds:
     manifest.json                            classes, counts per split and class, shard files with
                                              sha256 and record counts, the source, the settings used
     index.npz                                one row per record, by record id: label, shard, byte offset
@@ -35,6 +35,7 @@ import json
 import os
 from pathlib import Path
 
+from pipeline.core import fileio
 from pipeline.core.errors import UserError
 
 FORMAT = "pipeline-tfrecord-v1"
@@ -70,6 +71,7 @@ def file_sha256(path: Path, *, fsync: bool = False) -> str:
 # Reading
 # --------------------------------------------------------------------------------------------------
 
+
 def read_manifest(root, *, verify: bool = False) -> dict:
     """manifest.json of a shard directory, checked for form (and with `verify`, every file's sha256).
 
@@ -85,15 +87,14 @@ def read_manifest(root, *, verify: bool = False) -> dict:
     except FileNotFoundError:
         raise TFRecordError(f"{path}: not found; {root} is not a shard directory ({rewrite})") from None
     except OSError as error:
-        raise TFRecordError(f"{path}: cannot read ({error.strerror or error})") from None
+        raise TFRecordError(f"{path}: cannot read ({fileio.os_reason(error)})") from None
     except ValueError as error:
         raise TFRecordError(f"{path}: not valid JSON ({error}); {rewrite}") from None
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         found = manifest.get("format") if isinstance(manifest, dict) else type(manifest).__name__
         raise TFRecordError(f"{path}: format must be {FORMAT!r}; received {found!r}; {rewrite}")
     try:
-        files = [(shard["file"], shard["sha256"]) for split in manifest["splits"].values()
-                 for shard in split["shards"]]
+        files = [(shard["file"], shard["sha256"]) for split in manifest["splits"].values() for shard in split["shards"]]
         files.append((manifest["index"]["file"], manifest["index"]["sha256"]))
         manifest["classes"]
     except (KeyError, TypeError, AttributeError) as error:
@@ -102,8 +103,10 @@ def read_manifest(root, *, verify: bool = False) -> dict:
         if not (root / name).is_file():
             raise TFRecordError(f"{root / name}: listed in {path} but missing; {rewrite}")
         if verify and file_sha256(root / name) != digest:
-            raise TFRecordError(f"{root / name}: sha256 differs from {path} (expected {digest}); the file "
-                                f"changed or is damaged; {rewrite}")
+            raise TFRecordError(
+                f"{root / name}: sha256 differs from {path} (expected {digest}); the file "
+                f"changed or is damaged; {rewrite}"
+            )
     return manifest
 
 
@@ -117,8 +120,7 @@ def shard_files(root, split: str, *, manifest: dict | None = None) -> list[str]:
     """
     manifest = manifest or read_manifest(root)
     if split not in manifest["splits"]:
-        raise TFRecordError(f"{Path(root) / MANIFEST}: no split {split!r}; it has "
-                            f"{', '.join(manifest['splits'])}")
+        raise TFRecordError(f"{Path(root) / MANIFEST}: no split {split!r}; it has {', '.join(manifest['splits'])}")
     return [str(Path(root) / shard["file"]) for shard in manifest["splits"][split]["shards"]]
 
 
@@ -138,7 +140,7 @@ class ShardIndex:
     def filenames(self, ids) -> list[str]:
         """The source-relative file names of records `ids` (any int iterable)."""
         blob, ends = self.arrays["filename_bytes"], self.arrays["filename_ends"]
-        return [bytes(blob[(ends[i - 1] if i else 0):ends[i]]).decode() for i in (int(i) for i in ids)]
+        return [bytes(blob[(ends[i - 1] if i else 0) : ends[i]]).decode() for i in (int(i) for i in ids)]
 
 
 def load_tfrecord_split_index(root, *, verify: bool = False) -> ShardIndex:
@@ -161,16 +163,23 @@ def load_tfrecord_split_index(root, *, verify: bool = False) -> ShardIndex:
     for name, split in manifest["splits"].items():
         ids = np.arange(split["first_id"], split["first_id"] + split["count"], dtype=np.int64)
         if len(ids) and ids[-1] >= len(labels):
-            raise TFRecordError(f"{root / INDEX}: {len(labels)} records, but {root / MANIFEST} puts {name} "
-                                f"at ids {ids[0]}..{ids[-1]}; write the shards again")
+            raise TFRecordError(
+                f"{root / INDEX}: {len(labels)} records, but {root / MANIFEST} puts {name} "
+                f"at ids {ids[0]}..{ids[-1]}; write the shards again"
+            )
         splits[name] = (ids, labels[ids])
     return ShardIndex(splits, list(manifest["classes"]), root, manifest, arrays)
 
 
 FEATURES = {  # tf.io.FixedLenFeature arguments of every record
-    "image/encoded": ([], "string"), "image/format": ([], "string"), "image/class/label": ([], "int64"),
-    "image/class/text": ([], "string"), "image/filename": ([], "string"), "image/height": ([], "int64"),
-    "image/width": ([], "int64"), "image/id": ([], "int64"),
+    "image/encoded": ([], "string"),
+    "image/format": ([], "string"),
+    "image/class/label": ([], "int64"),
+    "image/class/text": ([], "string"),
+    "image/filename": ([], "string"),
+    "image/height": ([], "int64"),
+    "image/width": ([], "int64"),
+    "image/id": ([], "int64"),
 }
 
 
@@ -182,8 +191,14 @@ def parse_example(serialized):
     return tf.io.parse_single_example(serialized, spec)
 
 
-def tfrecord_dataset(files, *, num_parallel_reads: int | None = -1, deterministic: bool = True,
-                     cycle_length: int | None = None, with_keys: bool = False):
+def tfrecord_dataset(
+    files,
+    *,
+    num_parallel_reads: int | None = -1,
+    deterministic: bool = True,
+    cycle_length: int | None = None,
+    with_keys: bool = False,
+):
     """Records of `files`, streamed: each shard read sequentially, `cycle_length` shards interleaved.
 
     Order: round-robin over `cycle_length` shards at a time, one record each (tf.data `interleave` with
@@ -205,11 +220,18 @@ def tfrecord_dataset(files, *, num_parallel_reads: int | None = -1, deterministi
     files = [str(path) for path in files]
     if not files:
         raise ValueError("files must name at least one shard. Received: files=[]")
-    parallel = ({} if num_parallel_reads is None else  # None: sequential (interleave rejects `deterministic`)
-                {"num_parallel_calls": num_parallel_reads, "deterministic": deterministic})
+    parallel = (
+        {}
+        if num_parallel_reads is None
+        # None: sequential (interleave rejects `deterministic`)
+        else {"num_parallel_calls": num_parallel_reads, "deterministic": deterministic}
+    )
     dataset = tf.data.Dataset.from_tensor_slices(files).interleave(
         lambda path: tf.data.TFRecordDataset(path, buffer_size=1 << 20),
-        cycle_length=min(len(files), cycle_length or DEFAULT_CYCLE_LENGTH), block_length=1, **parallel)
+        cycle_length=min(len(files), cycle_length or DEFAULT_CYCLE_LENGTH),
+        block_length=1,
+        **parallel,
+    )
 
     def fields(serialized):
         record = parse_example(serialized)
@@ -253,14 +275,17 @@ def record_reader(root, *, index: ShardIndex | None = None):
         finally:
             os.close(descriptor)
         if len(data) != size + HEADER_BYTES or int.from_bytes(data[:8], "little") != size:
-            raise ValueError(f"{paths[shard[key]]}: record {key} is not where {root / INDEX} says; the shard "
-                             f"changed since it was written")
+            raise ValueError(
+                f"{paths[shard[key]]}: record {key} is not where {root / INDEX} says; the shard "
+                f"changed since it was written"
+            )
         return data[HEADER_BYTES:]
 
     def read(key):
         # Not a bare tf.numpy_function: returning these bytes as a 0-d array leaks every record read.
         serialized = compat.numpy_function_bytes(read_record, [key])
-        return tf.io.parse_single_example(
-            serialized, {"image/encoded": tf.io.FixedLenFeature([], tf.string)})["image/encoded"]
+        return tf.io.parse_single_example(serialized, {"image/encoded": tf.io.FixedLenFeature([], tf.string)})[
+            "image/encoded"
+        ]
 
     return read

@@ -33,12 +33,16 @@ def shard_options(kind: str):
     """
     import tensorflow as tf
 
-    policies = {"array": tf.data.experimental.AutoShardPolicy.DATA,
-                "tfrecord": tf.data.experimental.AutoShardPolicy.FILE,
-                "files": tf.data.experimental.AutoShardPolicy.OFF}
+    policies = {
+        "array": tf.data.experimental.AutoShardPolicy.DATA,
+        "tfrecord": tf.data.experimental.AutoShardPolicy.FILE,
+        "files": tf.data.experimental.AutoShardPolicy.OFF,
+    }
     if kind not in policies:
-        raise ShardError(f"shard kind must be one of {', '.join(SHARD_KINDS)}"
-                              f"{did_you_mean(kind, SHARD_KINDS)}. Received: kind={kind!r}")
+        raise ShardError(
+            f"shard kind must be one of {', '.join(SHARD_KINDS)}"
+            f"{did_you_mean(kind, SHARD_KINDS)}. Received: kind={kind!r}"
+        )
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = policies[kind]
     return options

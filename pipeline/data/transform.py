@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 
-CROP_MODES = ("none", "square", "shorter_side", "random_resized")
+from pipeline.config.choices import CROP_MODES
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,10 +55,18 @@ class EvalTransform:
         from pipeline.data import image_ops as preprocessing
 
         if self.crop == "random_resized":
-            images = preprocessing.convert_channels(images, self.channels)
+            from pipeline.data import decode
+
+            images = decode.convert_channels(images, self.channels)
             return augment.center_crop_for_random_resized(images, size=self.image_size, method=self.resize_method)
-        return preprocessing.prepare_images(images, image_size=self.image_size, channels=self.channels,
-                                            resize_method=self.resize_method, crop=self.crop, margin=self.margin)
+        return preprocessing.prepare_images(
+            images,
+            image_size=self.image_size,
+            channels=self.channels,
+            resize_method=self.resize_method,
+            crop=self.crop,
+            margin=self.margin,
+        )
 
     def train_crop(self, image, seed, margin=None):
         """The random counterpart used in training: one decoded image [H, W, channels] (already converted
@@ -73,8 +81,9 @@ class EvalTransform:
         if self.crop == "random_resized":
             from pipeline.data import batch_augment as augment
 
-            return augment.random_resized_crop(image, size=self.image_size, scale=self.scale, ratio=self.ratio,
-                                               seed=seed, method=self.resize_method)
+            return augment.random_resized_crop(
+                image, size=self.image_size, scale=self.scale, ratio=self.ratio, seed=seed, method=self.resize_method
+            )
         if self.crop == "square":
             image = preprocessing.random_square_crop(image, self.margin if margin is None else margin, seed)
         elif self.crop == "shorter_side":
@@ -83,7 +92,7 @@ class EvalTransform:
             image = tf.image.stateless_random_crop(image, [height, width, tf.shape(image)[-1]], seed=seed)
         return preprocessing.resize_to(image, self.image_size, self.resize_method)
 
-    def sized(self, *, image_size, channels) -> "EvalTransform":
+    def sized(self, *, image_size, channels) -> EvalTransform:
         """The same transform with the model's input size and channels filled in."""
         return dataclasses.replace(self, image_size=tuple(image_size), channels=int(channels))
 
@@ -97,7 +106,7 @@ class EvalTransform:
         return json.dumps(self.to_dict(), indent=2) + "\n"
 
     @classmethod
-    def from_dict(cls, values: dict) -> "EvalTransform":
+    def from_dict(cls, values: dict) -> EvalTransform:
         """Raises ValueError for unknown keys or invalid values."""
         unknown = set(values) - {field.name for field in dataclasses.fields(cls)}
         if unknown:
@@ -113,10 +122,54 @@ class EvalTransform:
             return "shorter_side", 1.0 / max(self.scale[0], 1e-6) ** 0.5
         return self.crop, 1.0
 
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        """(height, width, channels) of what it outputs: the model's input shape (needs both set)."""
+        return (*self.image_size, self.channels)
+
+    def for_data(self, native_shape=None, *, source: str = "this dataset") -> EvalTransform:
+        """This transform sized for the model: the one place the model's input size is derived (training's
+        splits, `summary` and the export all come here).
+
+        Args:
+            native_shape: (height, width, channels) the data's images all have (arrays; a model's input shape),
+                or None / (None, None, channels) for image files of many sizes. This transform's image_size
+                and channels (input.image_size, input.channels) win where set; channels default to 3 (what
+                a decoded file gives).
+            source: names the data in the error message, e.g. "dataset 'folder'".
+        Raises:
+            ConfigError: no image size set and no native size to fall back on.
+        """
+        native = tuple(native_shape) if native_shape else (None, None, None)
+        if self.image_size:
+            image_size = self.image_size
+        elif None not in native[:2]:
+            image_size = native[:2]
+        else:
+            from pipeline.config import ConfigError
+
+            raise ConfigError(
+                f"input.image_size: required for {source}, whose images have many sizes; "
+                f"e.g. --set input.image_size=[224,224]"
+            )
+        return self.sized(image_size=image_size, channels=self.channels or native[2] or 3)
+
     @classmethod
-    def from_input_section(cls, section) -> "EvalTransform":
+    def sized_for_data(cls, section, *, native_shape=None, source: str = "this dataset") -> EvalTransform:
+        """`from_input_section(section).for_data(native_shape, source=source)`: the experiment's eval
+        transform sized for its model, from the config's `input` section."""
+        return cls.from_input_section(section).for_data(native_shape, source=source)
+
+    @classmethod
+    def from_input_section(cls, section) -> EvalTransform:
         """From the config's `input` section (any object with image_size, channels, resize_method and
         crop.mode/crop.margin attributes); the one place the config's keys are mapped to the transform."""
-        return cls(image_size=tuple(section.image_size) if section.image_size else None, channels=section.channels,
-                   resize_method=section.resize_method, crop=section.crop.mode, margin=section.crop.margin,
-                   scale=tuple(section.crop.scale), ratio=tuple(section.crop.ratio))
+        return cls(
+            image_size=tuple(section.image_size) if section.image_size else None,
+            channels=section.channels,
+            resize_method=section.resize_method,
+            crop=section.crop.mode,
+            margin=section.crop.margin,
+            scale=tuple(section.crop.scale),
+            ratio=tuple(section.crop.ratio),
+        )

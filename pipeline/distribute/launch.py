@@ -23,6 +23,8 @@ import threading
 import time
 from pathlib import Path
 
+from pipeline.core import signals
+
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 STOP_GRACE_SECONDS = 10.0  # time a stopped worker gets to exit on SIGTERM before SIGKILL
 POLL_SECONDS = 0.1
@@ -122,7 +124,8 @@ def launch(
     Returns:
         0 when every worker exits with 0; otherwise the status of the first worker that failed
         (128 + N for signal N), after stopping the others; 124 after `timeout`; 130 when launch itself
-        is interrupted.
+        is interrupted (Ctrl-C), 143 when it is sent SIGTERM (`signals.install` must be in place, as the CLI
+        does), in both cases after its workers have stopped.
 
     Raises:
         ValueError: workers < 1.
@@ -143,6 +146,7 @@ def launch(
             os.environ,
             TF_CONFIG=tf_config(ports, index),
             PYTHONUNBUFFERED="1",
+            **{signals.PARENT_PID_VARIABLE: str(os.getpid())},  # a worker stops when launch is gone (SIGKILL too)
             PYTHONPATH=os.pathsep.join(filter(None, [str(PROJECT_ROOT), os.environ.get("PYTHONPATH")])),
         )
         process = subprocess.Popen(
@@ -180,10 +184,15 @@ def launch(
             status = _exit_status(returncode)
             stopped = f"; stopped worker(s) {', '.join(map(str, running))}" if running else ""
             message = f"launch: worker {index} {_describe_status(returncode)}{stopped}"
-    except KeyboardInterrupt:
-        # Ctrl-C reached the workers too (same process group); give them time to stop cleanly.
+    except KeyboardInterrupt as interrupt:
+        # Ctrl-C reached the workers too (same process group); SIGTERM (signals.Terminated) reached launch
+        # only: either way each worker gets SIGTERM, then SIGKILL after the grace period, before launch ends.
         _stop(processes, stop_grace)
-        status, message = 130, "launch: interrupted; stopped all workers"
+        status = signals.exit_status(interrupt)
+        message = (
+            f"launch: {signals.describe(interrupt)}; stopped all workers; run the same command again to resume "
+            f"from the last completed epoch"
+        )
     for thread in threads:
         thread.join(timeout=5)
     if status:
@@ -218,9 +227,13 @@ def add_arguments(parser) -> None:
     )
 
 
-def run(args, config) -> int:
-    """The `launch` command: picks the run directory and starts the workers. `config` is the experiment
-    validated by the CLI exactly as `train` validates it, so a misspelt model starts no process.
+def run(args, *, name: str, strategy: str) -> int:
+    """The `launch` command: picks the run directory and starts the workers. The CLI validated the
+    experiment exactly as `train` does before calling this, so a misspelt model starts no process.
+
+    Args:
+        args: the parsed `launch` arguments (workers, experiment, overrides, run_dir).
+        name: the experiment's name (the default run directory's); strategy: `distribute.strategy`.
 
     Raises:
         pipeline.config.ConfigError: --workers below 1, or a distribute.strategy that cannot span workers
@@ -230,8 +243,6 @@ def run(args, config) -> int:
 
     if args.workers < 1:
         raise config_lib.ConfigError(f"--workers must be at least 1. Received: --workers {args.workers}")
-    distribute = getattr(config, "distribute", None)
-    strategy = getattr(distribute, "strategy", "auto")
     if args.workers > 1 and strategy not in ("auto", "multi_worker"):
         raise config_lib.ConfigError(
             f"launch --workers {args.workers} needs distribute.strategy auto or multi_worker (otherwise each "
@@ -239,7 +250,7 @@ def run(args, config) -> int:
         )
     from pipeline.config import rundir  # TF-free
 
-    run_dir = Path(args.run_dir) if args.run_dir else rundir.default_run_dir(config.name)
+    run_dir = Path(args.run_dir) if args.run_dir else rundir.default_run_dir(name)
     print(
         f"launch: {args.workers} worker(s), run directory {run_dir} (rerun with --run-dir {run_dir} to resume)",
         file=sys.stderr,

@@ -26,9 +26,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from pipeline.config.choices import STRATEGIES
 from pipeline.core.errors import UserError, did_you_mean
 
-STRATEGIES = ("auto", "default", "mirrored", "multi_worker")
 # tf.distribute's own task types that take part in training (a parameter server or an evaluator does not).
 TRAINING_TASK_TYPES = ("chief", "worker")
 

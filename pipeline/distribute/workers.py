@@ -1,4 +1,4 @@
-"""What one training run does on each process of a tf.distribute cluster (used by pipeline/train.py).
+"""What one training run does on each process of a tf.distribute cluster (used by pipeline/run.py).
 
 `pipeline.distribute.strategy` holds the rules (strategy choice, TF_CONFIG, batch split, sharding); this module
 applies them to a run:
@@ -37,7 +37,7 @@ from pipeline.distribute import strategy as distribute
 # What a non-chief worker copies from the run directory into its scratch directory: the files that
 # decide new / resume / finished (config.yaml, metrics.json) and the resume state itself (backup/), so
 # that it takes the same path through the run as the chief and restores the same epoch.
-RESUME_FILES = ("config.yaml", "metrics.json", "backup")
+RESUME_FILES = (rundir.RunLayout.CONFIG, rundir.RunLayout.METRICS, rundir.RunLayout.BACKUP)
 
 # Callbacks that call the model's predict function inside `fit`. Under multi_worker Keras all-gathers
 # predictions across the workers (keras/src/backend/tensorflow/trainer.py, reduce_per_replica with
@@ -259,7 +259,7 @@ def prepare_phases(
     config, and so config.yaml, keeps the unscaled values; each scaled rate is logged.
 
     Args:
-        plan: `phases.plan(config)` (frozen dataclasses with `key`, `optimizer`, `schedule`,
+        plan: `phases.plan(config.train)` (frozen dataclasses with `key`, `optimizer`, `schedule`,
             `cache_features`).
         scale_learning_rate: `distribute.scale_learning_rate`.
         global_batch: `train.batch_size`; base_batch: `distribute.base_batch_size`.
@@ -309,3 +309,66 @@ def shard(strategy) -> tuple[int, int]:
     """(workers, this worker's index) for `Splits.dataset(shard=...)`: (1, 0) outside multi_worker."""
     info = distribute.describe(strategy)
     return info["num_workers"], info["worker_index"]
+
+
+class Cluster:
+    """The run's tf.distribute strategy and this process's place in it, behind one object.
+
+    The driver asks it what to do (where to build the model, who prepares the data first, which share of
+    the data to read, who writes) and never branches on the strategy: on one device every method is the
+    plain single-process behaviour.
+    """
+
+    def __init__(self, strategy):
+        self.strategy = strategy
+
+    @classmethod
+    def start(cls, name: str, *, global_batch: int, log=print) -> Cluster:
+        """`start` (resolves `distribute.strategy`, logs replicas and batch split) as a Cluster."""
+        return cls(start(name, global_batch=global_batch, log=log))
+
+    @property
+    def is_chief(self) -> bool:
+        """Whether this process writes the run directory, evaluates and exports."""
+        return is_chief(self.strategy)
+
+    def scope(self):
+        """Where the model and every optimizer are created (`scope`)."""
+        return scope(self.strategy)
+
+    def chief_first(self):
+        """Data preparation that writes shared files, on the chief first (`chief_first`)."""
+        return chief_first(self.strategy)
+
+    def prepare_phases(self, plan: list, **options) -> list:
+        """The phases as this strategy runs them (`prepare_phases`)."""
+        return prepare_phases(plan, self.strategy, **options)
+
+    def datasets(self, splits) -> tuple:
+        """(train, validation or None): this worker's share of the training and validation pipelines,
+        without last batches smaller than the replica count."""
+        share = shard(self.strategy)
+        train = splits.dataset("train", training=True, shard=share)
+        validation = splits.dataset("validation", shard=share) if len(splits.validation[1]) else None
+        return without_short_batches(self.strategy, train, validation)
+
+    def fit_callbacks(self, callbacks: list, *, log=print) -> list:
+        """`callbacks` less those that cannot run inside `fit` here (`fit_callbacks`)."""
+        return fit_callbacks(callbacks, self.strategy, log=log)
+
+    def check_agree(self, splits, resume) -> None:
+        """Every worker carved the same splits and restores the same resume point (`check_workers_agree`)."""
+        check_workers_agree(
+            self.strategy,
+            splits=(splits.train, splits.validation, splits.test),
+            resume_epoch=resume.epoch,
+            completed_phases=resume.completed_phases,
+        )
+
+    def summary(self) -> dict:
+        """{strategy, num_workers, num_replicas_in_sync} (`summary`)."""
+        return summary(self.strategy)
+
+    def end_together(self) -> None:
+        """The workers wait here for the chief (`end_together`)."""
+        end_together(self.strategy)

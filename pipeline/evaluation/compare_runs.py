@@ -16,6 +16,7 @@ from pathlib import Path
 
 import yaml
 
+from pipeline.config import rundir
 from pipeline.core import fileio
 from pipeline.core.errors import UserError
 
@@ -27,23 +28,11 @@ class CompareError(UserError):
     """A run directory is missing or holds a file that cannot be read; the message names the path."""
 
 
-def flatten(mapping: dict, prefix: str = "") -> dict:
-    """{"train": {"epochs": 2}} -> {"train.epochs": 2}; lists and scalars are leaves."""
-    flat = {}
-    for key, value in mapping.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, dict) and value:
-            flat.update(flatten(value, dotted + "."))
-        else:
-            flat[dotted] = value
-    return flat
-
-
 def _read_json(path: Path):
     try:
         return json.loads(path.read_text())
     except OSError as error:
-        raise CompareError(f"{path}: cannot read it ({error.strerror})") from None
+        raise CompareError(f"{path}: cannot read it ({fileio.os_reason(error)})") from None
     except json.JSONDecodeError as error:
         raise CompareError(
             f"{path}: not valid JSON ({error.msg} at line {error.lineno}); "
@@ -63,7 +52,8 @@ def load_run(run_dir: os.PathLike) -> dict:
             `evaluation/report.json`.
     """
     run_dir = Path(run_dir)
-    config_path = run_dir / "config.yaml"
+    layout = rundir.RunLayout(run_dir)
+    config_path = layout.config
     if not run_dir.is_dir():
         raise CompareError(
             f"{run_dir}: no such run directory. Pass directories written by "
@@ -80,7 +70,7 @@ def load_run(run_dir: os.PathLike) -> dict:
         raise CompareError(f"{config_path}: cannot read the run's config: {error}") from None
     if not isinstance(config, dict):
         raise CompareError(f"{config_path}: expected a mapping of config sections, found {type(config).__name__}")
-    metrics_path, report_path = run_dir / "metrics.json", run_dir / "evaluation" / "report.json"
+    metrics_path, report_path = layout.metrics, layout.report
     metrics = _read_json(metrics_path) if metrics_path.is_file() else {}
     report = _read_json(report_path) if report_path.is_file() else None
     for path, data in ((metrics_path, metrics), (report_path, report)):
@@ -90,7 +80,7 @@ def load_run(run_dir: os.PathLike) -> dict:
         "path": run_dir,
         "name": run_dir.name,
         "experiment": str(config.get("name", MISSING)),
-        "config": flatten(config),
+        "config": rundir.flatten(config),
         "metrics": metrics,
         "report": report,
     }
@@ -170,7 +160,7 @@ def curves_png(runs: list[dict], out_png: os.PathLike) -> Path | None:
 
     series = {}
     for run, label in zip(runs, _labels(runs)):
-        history_path = run["path"] / "history.csv"
+        history_path = rundir.RunLayout(run["path"]).history
         if history_path.is_file():
             series[label] = evaluation_report.read_history(history_path)
     if not series:

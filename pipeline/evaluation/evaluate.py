@@ -11,12 +11,19 @@ import models
 from pipeline import config as config_lib
 from pipeline.config import rundir
 from pipeline.config.rundir import RunDirError, load_run_config, read_metrics, write_metrics  # noqa: F401
+from pipeline.core import fileio
 from pipeline.data.splits import Splits
 
 
 def load_checkpoint(path: Path) -> keras.Model:
     """A saved .keras model of a run (every model module imported first: saved models may hold their
-    custom layers). Raises RunDirError when the file is missing."""
+    custom layers).
+
+    Raises:
+        RunDirError: the file is missing, or holds non-finite weights.
+        fileio.DamagedFileError: the file is there but not a complete `.keras` archive (a copy cut short);
+            Keras itself would call it "not found" (keras-team/keras#20259).
+    """
     models.load_all()
     # A checkpoint's optimizer may name our classes: compat's optimizers, optim's schedules (WarmUp).
     from pipeline import compat  # noqa: F401
@@ -27,6 +34,11 @@ def load_checkpoint(path: Path) -> keras.Model:
             f"{path}: checkpoint not found; the run has not finished an epoch yet. "
             f"Resume it with `python -m pipeline train <experiment> --run-dir {Path(path).parent.parent}`"
         )
+    fileio.check_zip(
+        path,
+        remedy="Copy it again from the machine that trained the run; `export --checkpoint last` exports "
+        "checkpoints/last.keras instead.",
+    )
     model = keras.models.load_model(path)
     from pipeline.training import callbacks
 
@@ -56,7 +68,7 @@ def evaluate_model(
     from pipeline.evaluation import tensorboard_logging, tta
 
     model = tta.with_tta(load_checkpoint(checkpoint), config.evaluation.tta)
-    data = splits.dataset("test", config)
+    data = splits.dataset("test")
     labels, probabilities = tensorboard_logging.predict_labelled(model, data)
     report = evaluation_report.build_report(
         labels=labels, probabilities=probabilities, class_names=splits.class_names, top_k=config.evaluation.top_k
@@ -76,7 +88,7 @@ def evaluate_model(
         images = _images_at(data, worst) if len(worst) else np.zeros((0, 1, 1, 3), np.float32)
         paths = evaluation_report.write_report(
             report,
-            Path(run_dir) / "evaluation",
+            rundir.RunLayout(run_dir).evaluation,
             labels=labels,
             probabilities=probabilities,
             class_names=splits.class_names,
@@ -112,7 +124,9 @@ def evaluate_run(run_dir: Path, *, log=print) -> dict:
 
 
 def _evaluate_run(run_dir: Path, config, log) -> dict:
-    splits = Splits(config)
+    splits = Splits.from_config(config)
+    # The run's record is the truth: data renamed, reordered or grown since training is refused, not scored.
+    rundir.check_same_data(run_dir, class_names=splits.class_names, split_sizes=rundir.split_sizes(splits))
     test = evaluate_model(rundir.checkpoint_path(run_dir), config, splits, run_dir=run_dir, log=log)
     test.pop("report", None)
     summary = f"test accuracy {test['accuracy']:.4f}, loss {test['loss']:.4f} ({len(splits.test[0])} images)"
@@ -123,5 +137,5 @@ def _evaluate_run(run_dir: Path, config, log) -> dict:
         return {"test": test}
     metrics["test"] = test
     write_metrics(run_dir, metrics)
-    log(f"{summary}; written to {run_dir / 'metrics.json'}")
+    log(f"{summary}; written to {rundir.RunLayout(run_dir).metrics}")
     return metrics

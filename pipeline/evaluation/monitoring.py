@@ -99,7 +99,7 @@ def start(config: Config, run_dir: Path, splits: Splits, model: keras.Model, val
     options = config.train.callbacks.tensorboard
     if not options.enabled:
         return []
-    log_dir = run_dir / "tensorboard"
+    log_dir = rundir.RunLayout(run_dir).tensorboard
     if new:
         write_run_start(
             log_dir,
@@ -114,7 +114,7 @@ def start(config: Config, run_dir: Path, splits: Splits, model: keras.Model, val
         class_names=splits.class_names,
         validation_data=validation_data,
         images=options.images,
-        sample_data=splits.dataset("train", config, training=True) if options.images else None,
+        sample_data=splits.dataset("train", training=True) if options.images else None,
         confusion_matrix_freq=options.confusion_matrix_freq,
         profile_steps=options.profile_steps,
     )
@@ -122,9 +122,10 @@ def start(config: Config, run_dir: Path, splits: Splits, model: keras.Model, val
 
 def finish(config: Config, run_dir: Path, report: dict | None, test: dict, epochs: int) -> None:
     """RUN/curves.png from history.csv, and the test evaluation in TensorBoard's test/ run."""
-    if config.train.callbacks.csv_log and (run_dir / "history.csv").is_file():
-        evaluation_report.plot_curves(run_dir / "history.csv", run_dir / "curves.png", title=config.name)
+    layout = rundir.RunLayout(run_dir)
+    if config.train.callbacks.csv_log and layout.history.is_file():
+        evaluation_report.plot_curves(layout.history, layout.curves, title=config.name)
     if report is not None and config.train.callbacks.tensorboard.enabled:
         tensorboard_logging.write_evaluation_summary(
-            run_dir / "tensorboard", report, step=max(epochs - 1, 0), loss=test["loss"]
+            layout.tensorboard, report, step=max(epochs - 1, 0), loss=test["loss"]
         )

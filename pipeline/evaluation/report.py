@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.config.rundir import RunLayout
 from pipeline.core import fileio
 from pipeline.core.errors import UserError
 from pipeline.evaluation import figures
@@ -240,7 +241,7 @@ def write_report(
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    paths = {"report": out_dir / "report.json", "per_class": out_dir / "per_class.csv"}
+    paths = {"report": out_dir / RunLayout.REPORT, "per_class": out_dir / RunLayout.PER_CLASS}
     fileio.atomic_write_json(paths["report"], report)
     fileio.atomic_write_text(paths["per_class"], per_class_csv(report))
     accuracy = f"accuracy {report['accuracy']:.4f} on {report['num_examples']} images"
@@ -283,7 +284,7 @@ def read_history(path: os.PathLike) -> dict[str, np.ndarray]:
     try:
         rows = list(csv.DictReader(path.read_text().splitlines()))
     except OSError as error:
-        raise ReportError(f"{path}: cannot read the training history ({error.strerror})") from None
+        raise ReportError(f"{path}: cannot read the training history ({fileio.os_reason(error)})") from None
     if not rows or "epoch" not in rows[0]:
         raise ReportError(
             f"{path}: not a training history: expected a CSV header with an 'epoch' column "

@@ -18,7 +18,7 @@ from __future__ import annotations
 import keras
 from keras import layers
 
-TTA_MODES = ("none", "flip", "flip_translate")
+from pipeline.config.choices import TTA_MODES
 
 
 def flip_tta_model(model: keras.Model) -> keras.Model:

@@ -1,7 +1,7 @@
 """Sizes of a built network, layer by layer: output shapes, parameters and FLOPs per image.
 
 Pure arithmetic over a Keras model (nothing is run): `summarize` makes one row per layer, nested models
-expanded after their own row, and `totals` adds them up; `pipeline/summary.py` prints them.
+expanded after their own row, and `totals` adds them up; `pipeline/inspection/summary.py` prints them.
 
 FLOPs count multiply-adds x2 in Conv1D/2D/3D, DepthwiseConv, SeparableConv, ConvTranspose and Dense
 layers, per image: positions x kernel size x 2, with positions the spatial size of the output (of the

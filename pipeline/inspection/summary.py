@@ -25,10 +25,6 @@ import sys
 from pipeline.core.errors import UserError
 from pipeline.inspection import layer_sizes  # pure Python; Keras and TensorFlow are imported once the config is read
 
-# Native image shape of datasets whose images all have one size (used when input.image_size / channels
-# are null, as train.py does with the arrays it loads).
-NATIVE_SHAPES = {"mnist": (28, 28, 1), "fashion_mnist": (28, 28, 1), "cifar10": (32, 32, 3)}
-CLASS_COUNTS = {"mnist": 10, "fashion_mnist": 10, "cifar10": 10, "hymenoptera": 2}
 REFERENCE_SIZE = 224  # a size every registered network takes, for the arithmetic of a size that fails
 
 
@@ -43,36 +39,28 @@ class SummaryError(UserError):
 
 def input_shape_for(config) -> tuple[int, int, int]:
     """(height, width, channels) the experiment's network is built for: its eval transform's output."""
-    transform = eval_transform_for(config)
-    return (*transform.image_size, transform.channels)
+    return eval_transform_for(config).input_shape
 
 
 def eval_transform_for(config):
     """The experiment's `EvalTransform` (the one training, evaluation and the export use), sized with
-    input.image_size and input.channels, or the dataset's native shape where they are null."""
+    input.image_size and input.channels, or the dataset's native shape (its registry flag) where they are
+    null; raises ConfigError when there is none."""
+    from pipeline.data import datasets
     from pipeline.data.transform import EvalTransform
 
-    native = NATIVE_SHAPES.get(config.dataset.name)
-    image_size, channels = config.input.image_size, config.input.channels
-    if image_size:
-        height, width = (int(v) for v in image_size)
-    elif native:
-        height, width = native[:2]
-    else:
-        raise SummaryError(
-            f"input.image_size: dataset {config.dataset.name!r} has no single native image size; "
-            f"set one, e.g. --set input.image_size=[224,224]"
-        )
-    return EvalTransform.from_input_section(config.input).sized(
-        image_size=(height, width), channels=int(channels or (native[2] if native else 3))
+    name = config.dataset.name
+    return EvalTransform.sized_for_data(
+        config.input, native_shape=datasets.native_shape(name), source=f"dataset {name!r}"
     )
 
 
 def num_classes_for(config) -> int:
     """The dataset's class count: known for the built-in datasets, else read from the dataset's listing."""
-    if config.dataset.name in CLASS_COUNTS:
-        return CLASS_COUNTS[config.dataset.name]
     from pipeline.data import datasets
+
+    if datasets.known_class_count(config.dataset.name):
+        return datasets.known_class_count(config.dataset.name)
 
     options = config.dataset
     try:

@@ -1,6 +1,6 @@
 """SavedModel export in TF Serving's layout: `<out>/<model_name>/<version>/`.
 
-Signatures (both run the run's `EvalTransform` (pipeline/transform.py), the one evaluation uses; it is also
+Signatures (both run the run's `EvalTransform` (pipeline/data/transform.py), the one evaluation uses; it is also
 written to `assets/transform.json`, so an export states its own input contract):
     serving_default  image_bytes: tf.string [batch]  encoded JPEG/PNG/GIF/BMP, any size
     serve_images     images: tf.uint8 [batch, H, W, C] any H, W; C = 1, 2, 3 or 4 (converted)
@@ -24,7 +24,7 @@ import tensorflow as tf
 from pipeline.config import Config, rundir
 from pipeline.config.rundir import read_class_names  # noqa: F401  (re-exported)
 from pipeline.core import errors
-from pipeline.data import decode
+from pipeline.data import decode, image_header
 from pipeline.data.transform import EvalTransform
 from pipeline.evaluation import evaluate
 
@@ -33,11 +33,63 @@ class ExportError(errors.UserError):
     """The export cannot be written; the message says why."""
 
 
-def serving_functions(model: keras.Model, *, class_names: list[str], transform: EvalTransform, top_k: int = 5):
+def header_pixels(encoded: tf.Tensor) -> tf.Tensor:
+    """int64 width x height that an encoded image's header promises (JPEG, PNG, GIF, BMP, WebP), read
+    without decoding; 0 for other content (the decoder then reports it). The graph twin of
+    `image_header.dimensions`, for the SavedModel, whose callers (TF Serving, HTTP) never pass through Python."""
+    padded = tf.strings.join([encoded, tf.constant(b"\0" * 32)])  # short files read zeros, never out of range
+
+    def number(offset, count, big_endian=False):
+        values = tf.cast(tf.io.decode_raw(tf.strings.substr(padded, offset, count), tf.uint8), tf.int64)
+        shifts = tf.range(count - 1, -1, -1, dtype=tf.int64) * 8 if big_endian else tf.range(count, dtype=tf.int64) * 8
+        return tf.reduce_sum(tf.bitwise.left_shift(values, shifts))
+
+    def signed32(value):
+        return tf.where(value >= 2**31, 2**32 - value, value)  # BMP: a negative height is a top-down bitmap
+
+    def starts(offset, text):
+        return tf.equal(tf.strings.substr(padded, offset, len(text)), text)
+
+    def webp():
+        lossless = number(21, 4)
+        return tf.case(
+            [
+                (starts(12, b"VP8X"), lambda: (number(24, 3) + 1) * (number(27, 3) + 1)),
+                (starts(12, b"VP8L"), lambda: (lossless % 2**14 + 1) * (lossless // 2**14 % 2**14 + 1)),
+                (starts(12, b"VP8 "), lambda: (number(26, 2) % 2**14) * (number(28, 2) % 2**14)),
+            ],
+            default=lambda: tf.constant(0, tf.int64),
+        )
+
+    return tf.case(
+        [
+            (
+                starts(0, b"\xff\xd8\xff"),
+                lambda: tf.reduce_prod(tf.cast(tf.io.extract_jpeg_shape(encoded)[:2], tf.int64)),
+            ),
+            (starts(0, b"\x89PNG"), lambda: number(16, 4, big_endian=True) * number(20, 4, big_endian=True)),
+            (starts(0, b"GIF8"), lambda: number(6, 2) * number(8, 2)),
+            (starts(0, b"BM"), lambda: signed32(number(18, 4)) * signed32(number(22, 4))),
+            (starts(0, b"RIFF") & starts(8, b"WEBP"), webp),
+        ],
+        default=lambda: tf.constant(0, tf.int64),
+    )
+
+
+def serving_functions(
+    model: keras.Model,
+    *,
+    class_names: list[str],
+    transform: EvalTransform,
+    top_k: int = 5,
+    max_pixels: int = image_header.DEFAULT_MAX_PIXELS,
+):
     """The two serving functions of an export, as plain callables (also used in-process by tests).
 
     Args:
         transform: the run's eval transform with image_size and channels set, see `eval_transform`.
+        max_pixels: `serving_default` refuses (InvalidArgumentError) an image whose header promises more
+            pixels, before decoding it; 0: no limit.
     """
     names = tf.constant(class_names)
     k = min(int(top_k), len(class_names))
@@ -51,6 +103,12 @@ def serving_functions(model: keras.Model, *, class_names: list[str], transform: 
 
     def serve_bytes(image_bytes):
         def decode_one(encoded):
+            if max_pixels:  # a decompression bomb is refused before the decoder allocates what it promises
+                tf.debugging.assert_less_equal(
+                    header_pixels(encoded),
+                    tf.constant(max_pixels, tf.int64),
+                    message=f"image refused: its header promises more than {max_pixels} pixels (a decompression bomb?)",
+                )
             decoded = decode.decode_image(encoded, channels=channels)
             return transform(decoded)
 
@@ -67,8 +125,7 @@ def serving_functions(model: keras.Model, *, class_names: list[str], transform: 
 
 def eval_transform(model: keras.Model, config: Config) -> EvalTransform:
     """The eval transform of a run, sized by the model's input."""
-    height, width, channels = model.input_shape[1:]
-    return EvalTransform.from_input_section(config.input).sized(image_size=(height, width), channels=channels)
+    return EvalTransform.sized_for_data(config.input, native_shape=model.input_shape[1:])
 
 
 def next_version(model_dir: Path) -> int:
@@ -107,9 +164,13 @@ def export_model(
     transform: EvalTransform,
     top_k: int = 5,
     version: int | None = None,
+    max_pixels: int = image_header.DEFAULT_MAX_PIXELS,
 ) -> Path:
-    """Writes the SavedModel `<out_dir>/<model_name>/<version>/` and returns it."""
-    serve_bytes, serve_images = serving_functions(model, class_names=class_names, transform=transform, top_k=top_k)
+    """Writes the SavedModel `<out_dir>/<model_name>/<version>/` and returns it. `max_pixels`: see
+    `serving_functions` (the run's `dataset.max_image_pixels`)."""
+    serve_bytes, serve_images = serving_functions(
+        model, class_names=class_names, transform=transform, top_k=top_k, max_pixels=max_pixels
+    )
     archive = keras.export.ExportArchive()
     archive.track(model)
     archive.add_endpoint(
@@ -152,12 +213,13 @@ def export_run(
         model = tta.with_tta(model, config.export.tta)
         return export_model(
             model,
-            out_dir=out_dir or Path(run_dir) / "export",
+            out_dir=out_dir or rundir.RunLayout(run_dir).export,
             model_name=config.name,
             class_names=class_names,
             transform=eval_transform(model, config),
             top_k=top_k or config.export.top_k,
             version=version,
+            max_pixels=config.dataset.max_image_pixels,
         )
 
 

@@ -18,7 +18,6 @@ still predicted; only hidden entries and, in folders, files neither named nor en
 from __future__ import annotations
 
 import csv
-import errno
 import io
 import json
 import os
@@ -30,8 +29,13 @@ from pathlib import Path
 import numpy as np
 import tensorflow as tf
 
+from pipeline.config import rundir
+from pipeline.core import fileio
 from pipeline.core.errors import UserError
-from pipeline.data import image_files  # TF-free; only its format sniffer, shared with `data check`
+from pipeline.data import (
+    image_files,
+    image_header,
+)  # TF-free; its folder walk and format sniffer, shared with `data check`
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp")
 SIGNATURE = "serving_default"
@@ -75,7 +79,7 @@ def _run_name(run_dir: Path) -> str | None:
     try:
         import yaml
 
-        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        config = yaml.safe_load(rundir.RunLayout(run_dir).config.read_text())
     except Exception:  # noqa: BLE001  (a missing or odd config only loses a tie-breaker)
         return None
     name = config.get("name") if isinstance(config, dict) else None
@@ -98,7 +102,7 @@ def resolve_export(path: Path) -> Path:
     versions = _versions(path)
     if versions:
         return versions[-1]
-    export_root = path / "export"
+    export_root = rundir.RunLayout(path).export
     if export_root.is_dir():
         newest = {
             child.name: _versions(child)[-1]
@@ -158,17 +162,6 @@ OTHER_IMAGE_EXTENSIONS = (
 SKIPPED = object()  # _screen's answer for a folder's non-image sidecar (notes.txt, labels.csv)
 
 
-def _os_reason(error: OSError) -> str:
-    reasons = {
-        errno.EACCES: "permission denied",
-        errno.EPERM: "permission denied",
-        errno.ENOENT: "no such file (or a broken symbolic link)",
-        errno.ELOOP: "symbolic link loop",
-        errno.EISDIR: "is a directory",
-    }
-    return reasons.get(error.errno) or f"cannot read ({error.strerror or error})"
-
-
 def _screen(path: Path, *, in_folder: bool):
     """Looks at a file before the model does: None (predict it), a Failure (why it cannot be), or
     SKIPPED for a file found in a folder that is neither named nor encoded as an image.
@@ -185,7 +178,7 @@ def _screen(path: Path, *, in_folder: bool):
         with open(path, "rb") as handle:
             head = handle.read(64)
     except OSError as error:
-        return Failure(str(path), _os_reason(error))
+        return Failure(str(path), fileio.os_reason(error))
     kind = image_files.sniff_format(head)
     if kind is not None and kind not in image_files.DECODABLE:
         reads = ", ".join(image_files.DECODABLE.values())  # what tf.io.decode_image reads
@@ -201,8 +194,9 @@ def collect_files(paths) -> tuple[list, int]:
 
     Files named directly are always tried. Folders are searched recursively in sorted order; hidden
     entries (`.name`) are skipped, and so are files that are neither named nor encoded as images
-    (sidecars such as notes.txt), which are only counted. Everything else is answered or reported:
-    links to folders (not followed: a loop would never end) and unreadable folders included.
+    (sidecars such as notes.txt), which are only counted. Folders are walked by `image_files.find_files`,
+    as training and the data tools walk them (links to folders followed, loops refused). Everything else is
+    answered or reported: link loops and unreadable folders included.
 
     Returns:
         ([Path to predict or Failure, ...], number of sidecars skipped).
@@ -215,19 +209,15 @@ def collect_files(paths) -> tuple[list, int]:
             seen.add(key)
             entries.append(entry)
 
-    def unreadable_folder(error: OSError):
-        add(Failure(str(error.filename), f"cannot read the folder ({_os_reason(error)})"))
-
     for path in map(Path, paths):
         if path.is_dir():
-            found = []
-            for root, dirs, names in os.walk(path, onerror=unreadable_folder):
-                dirs[:] = [name for name in dirs if not name.startswith(".")]
-                linked = [name for name in dirs if os.path.islink(os.path.join(root, name))]
-                found.extend(Path(root) / name for name in names + linked if not name.startswith("."))
+            unreadable = []
+            found = image_files.find_files(path, unreadable)  # the walk training and the data tools use
+            for folder, reason in unreadable:
+                add(Failure(str(folder), f"cannot read the folder ({reason})"))
             for file in sorted(found, key=lambda file: file.relative_to(path).parts):
-                if file.is_symlink() and file.is_dir():
-                    add(Failure(str(file), "symbolic link to a folder: not followed; pass the folder itself"))
+                if os.path.isdir(file):  # a link find_files did not follow: a loop, or a folder read already
+                    add(Failure(str(file), image_files.folder_link_reason(file)))
                     continue
                 screened = _screen(file, in_folder=True)
                 skipped += screened is SKIPPED
@@ -240,13 +230,17 @@ def collect_files(paths) -> tuple[list, int]:
     return entries, skipped
 
 
-def read_bytes(path: Path) -> bytes | Failure:
-    """The whole file, or a Failure naming why it cannot be read (or that it is empty)."""
+def read_bytes(path: Path, *, max_pixels: int = image_header.DEFAULT_MAX_PIXELS) -> bytes | Failure:
+    """The whole file, or a Failure naming why it cannot be read, that it is empty, or that its header
+    promises more than `max_pixels` pixels (never handed to the decoder: a decompression bomb)."""
     try:
         data = path.read_bytes()
     except OSError as error:
-        return Failure(str(path), _os_reason(error))
-    return data if data else Failure(str(path), "empty file")
+        return Failure(str(path), fileio.os_reason(error))
+    if not data:
+        return Failure(str(path), "empty file")
+    bomb = image_header.too_many_pixels(data[: image_header.HEADER_BYTES], max_pixels=max_pixels, key="--max-pixels")
+    return Failure(str(path), bomb) if bomb else data
 
 
 def _error_detail(error: Exception) -> str:
@@ -335,7 +329,9 @@ class Predictor:
         return ([[name.decode("utf-8") for name in row] for row in classes], scores.tolist())
 
 
-def predict_files(predictor: Predictor, files, *, top_k: int, batch_size: int) -> list:
+def predict_files(
+    predictor: Predictor, files, *, top_k: int, batch_size: int, max_pixels: int = image_header.DEFAULT_MAX_PIXELS
+) -> list:
     """A Prediction or Failure per file, in order. Files are read and predicted a batch at a time; when a
     batch fails, its files are predicted one by one, so one bad file never sinks the others."""
     results: list = []
@@ -362,7 +358,7 @@ def predict_files(predictor: Predictor, files, *, top_k: int, batch_size: int) -
 
     for file in files:
         results.append(None)
-        data = file if isinstance(file, Failure) else read_bytes(file)
+        data = file if isinstance(file, Failure) else read_bytes(file, max_pixels=max_pixels)
         if isinstance(data, Failure):
             results[-1] = data
             continue
@@ -422,6 +418,7 @@ def predict_command(
     top_k: int | None = None,
     output_format: str = "table",
     batch_size: int = 32,
+    max_pixels: int = image_header.DEFAULT_MAX_PIXELS,
     out=None,
     err=None,
 ) -> int:
@@ -435,6 +432,8 @@ def predict_command(
         raise PredictError(f"--batch-size must be at least 1, not {batch_size}")
     if top_k is not None and top_k < 1:
         raise PredictError(f"--top-k must be at least 1, not {top_k}")
+    if max_pixels < 0:
+        raise PredictError(f"--max-pixels must be at least 0 (0: no limit), not {max_pixels}")
     version_dir = resolve_export(export_dir)
     entries, skipped = collect_files(paths)
     if not entries:
@@ -445,7 +444,7 @@ def predict_command(
         )
     predictor = Predictor(version_dir)
     k = min(top_k or predictor.default_top_k, predictor.max_top_k())
-    results = predict_files(predictor, entries, top_k=k, batch_size=batch_size)
+    results = predict_files(predictor, entries, top_k=k, batch_size=batch_size, max_pixels=max_pixels)
     predictions = [r for r in results if isinstance(r, Prediction)]
     failures = [r for r in results if isinstance(r, Failure)]
 

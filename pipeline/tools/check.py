@@ -15,6 +15,7 @@ import shutil
 import sys
 from pathlib import Path
 
+from pipeline.core import fileio
 from pipeline.core.fileio import atomic_write_json
 from pipeline.data import image_files
 from pipeline.tools import common
@@ -184,7 +185,7 @@ def check(root, *, quarantine=None, min_size: int = 8, report=None, workers=None
                 try:
                     entry["moved_to"] = str(_move(root / entry["path"], quarantine / entry["path"]))
                 except OSError as error:
-                    entry["move_error"] = f"not moved: {error.strerror or error}"
+                    entry["move_error"] = f"not moved: {fileio.os_reason(error)}"
                 bar.update()
         _write_report(report, result)  # now with where each file went
     return result
@@ -195,7 +196,7 @@ def _write_report(report: Path, result: CheckReport) -> None:
         atomic_write_json(report, result.as_dict())
     except OSError as error:
         raise common.DataError(
-            f"cannot write the report {report} ({error.strerror or error}); choose another place with --report"
+            f"cannot write the report {report} ({fileio.os_reason(error)}); choose another place with --report"
         ) from None
 
 

@@ -11,6 +11,7 @@ import stat
 import sys
 from pathlib import Path
 
+from pipeline.core import fileio
 from pipeline.core.errors import UserError
 from pipeline.core.fileio import atomic_write_text
 from pipeline.data import image_files
@@ -41,7 +42,7 @@ def existing_folder(root, what: str = "folder") -> Path:
         with os.scandir(root) as entries:
             next(entries, None)
     except OSError as error:
-        raise DataError(f"{root}: cannot read ({error.strerror or error})") from None
+        raise DataError(f"{root}: cannot read ({fileio.os_reason(error)})") from None
     return root
 
 
@@ -55,7 +56,7 @@ def write_lists(files: dict) -> None:
         try:
             atomic_write_text(path, text)
         except OSError as error:
-            raise DataError(f"cannot write {path} ({error.strerror or error}); choose another --out") from None
+            raise DataError(f"cannot write {path} ({fileio.os_reason(error)}); choose another --out") from None
 
 
 def relative(path: Path, root: Path) -> str:
@@ -99,11 +100,14 @@ def class_tree(root: Path) -> tuple[list[Path], list[int], list[str]]:
     files, labels, class_names = image_files.list_class_folders(root)
     if not class_names:
         raise DataError(f"{root}: no class folders found; expected {root}/<class>/<images>")
-    return files, labels, class_names
+    kept = [(path, label) for path, label in zip(files, labels) if not os.path.isdir(path)]
+    for path in sorted(set(files) - {path for path, _ in kept}):  # links to folders find_files did not walk
+        print(f"warning: skipped {relative(path, root)}: {image_files.folder_link_reason(path)}", file=sys.stderr)
+    return [path for path, _ in kept], [label for _, label in kept], class_names
 
 
 # First line of every list file we write: says how to read the labels, so that class folders named
-# 0..11 (sorted as 0, 1, 10, 11, 2, ...) read back as written (see pipeline/folders.py, read_file_lists).
+# 0..11 (sorted as 0, 1, 10, 11, 2, ...) read back as written (see pipeline/data/folders.py, read_file_lists).
 LABELS_HEADER = "# labels: indices (0-based lines of classes.txt)\n"
 
 
@@ -130,6 +134,8 @@ def special_file(path: Path) -> str | None:
         return None  # check_image names the error (loop, broken link, permission)
     if stat.S_ISREG(mode):
         return None
+    if stat.S_ISDIR(mode):  # a link to a folder image_files.find_files did not walk: a loop, or read already
+        return image_files.folder_link_reason(path)
     kind = {
         stat.S_IFIFO: "named pipe",
         stat.S_IFSOCK: "socket",

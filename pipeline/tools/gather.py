@@ -22,6 +22,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+from pipeline.core import fileio
 from pipeline.data import image_files
 from pipeline.tools import common
 from pipeline.tools.common import DataError
@@ -147,7 +148,7 @@ def _is_placeholder_url(url: str) -> bool:
 
 def _error_text(error) -> str:
     reason = getattr(error, "reason", None) or error
-    return str(getattr(reason, "strerror", None) or reason)
+    return fileio.os_reason(reason)
 
 
 def _fetch(url: str, temporary: Path, timeout: float, opener) -> str:
@@ -292,7 +293,7 @@ def gather(
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise DataError(f"--out {out}: cannot create ({error.strerror or error})") from None
+        raise DataError(f"--out {out}: cannot create ({fileio.os_reason(error)})") from None
     _remove_stale_temporaries(out)
     opener = opener or urllib.request.build_opener()
     outcomes = list(failures)
@@ -318,7 +319,7 @@ def gather(
         outcomes += [future.result() for future in futures]
     except OSError as error:  # local: disk full, permissions
         pool.shutdown(wait=True, cancel_futures=True)
-        raise DataError(f"cannot write under {out} ({error.strerror or error})") from None
+        raise DataError(f"cannot write under {out} ({fileio.os_reason(error)})") from None
     except BaseException:
         pool.shutdown(wait=True, cancel_futures=True)
         raise

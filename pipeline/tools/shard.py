@@ -4,7 +4,7 @@ ROOT is read as training reads it: `ROOT/<class>/...` or `ROOT/{train,val,test}/
 (`folders.read_folder_tree`), or, with `--list`, list files of `relative/path label` lines
 (`folders.read_file_lists`; a Food-101 style ROOT with meta/classes.txt is recognised without `--list`).
 Every file is checked first (`image_files.scan_images`, cached beside DIR); bad ones are left out and
-listed as `data check` lists them. The shard layout, record ids and readers: `pipeline/tfrecords.py`.
+listed as `data check` lists them. The shard layout, record ids and readers: `pipeline/data/records.py`.
 """
 
 from __future__ import annotations

@@ -1,5 +1,9 @@
-"""`python -m pipeline data stats ROOT [--image-size H W]`: class counts, per-channel mean/std, mean image.
+"""`python -m pipeline data stats ROOT [--image-size H W] [--crop MODE]`: class counts, per-channel mean/std,
+mean image.
 
+Images are decoded and transformed exactly as training's evaluation path does (`decode.decode_image`: EXIF
+orientation, the accurate JPEG IDCT; then the `EvalTransform`: channels, crop, resize), so the mean/std it
+offers as `input.statistics` equal what `input.normalization: standardize` computes on the same images.
 Streaming: memory does not grow with the dataset. Outputs are written atomically.
 """
 
@@ -10,8 +14,11 @@ import concurrent.futures
 import os
 from pathlib import Path
 
+from pipeline.config.choices import CROP_MODES, RESIZE_METHODS
+from pipeline.core import fileio
 from pipeline.core.fileio import atomic_write, atomic_write_json
-from pipeline.data import image_files
+from pipeline.data import image_files, image_header
+from pipeline.data.transform import EvalTransform
 from pipeline.tools import common
 
 HELP = "class counts, per-channel mean/std and the mean image"
@@ -22,6 +29,13 @@ def add_arguments(parser) -> None:
     parser.add_argument("root", type=Path, metavar="ROOT")
     parser.add_argument("--image-size", type=int, nargs=2, default=[64, 64], metavar=("H", "W"))
     parser.add_argument("--channels", type=int, choices=[1, 3], default=3)
+    parser.add_argument(
+        "--crop", choices=CROP_MODES, default="none", metavar="MODE", help="input.crop.mode of the experiment"
+    )
+    parser.add_argument("--margin", type=int, default=0, metavar="N", help="input.crop.margin (square crop)")
+    parser.add_argument(
+        "--resize-method", choices=RESIZE_METHODS, default="bilinear", help="input.resize_method of the experiment"
+    )
     parser.add_argument(
         "--min-size",
         type=int,
@@ -51,35 +65,61 @@ def _stats_files(root: Path) -> tuple[list[Path], list[str | None], list[str] | 
     return files, [None] * len(files), None
 
 
-def _load_resized(path: Path, image_size, channels: int, min_size: int):
-    """float32 [H, W, C] in 0..255, or None when the file is not a good image."""
+def _decoder(transform: EvalTransform):
+    """A tf.function: encoded bytes (tf.string scalar) -> (decoded [height, width] int32, model input
+    float32 [H, W, C] in 0..255), through the evaluation path's decode and transform (input_pipeline)."""
     import tensorflow as tf
 
-    from pipeline.data.image_ops import convert_channels
+    from pipeline.data import decode
+
+    @tf.function(input_signature=[tf.TensorSpec([], tf.string)])
+    def prepare(encoded):
+        image = decode.decode_image(encoded, channels=transform.channels)
+        return tf.shape(image)[:2], transform(image)
+
+    return prepare
+
+
+def _load_transformed(path: Path, prepare, min_size: int):
+    """float32 [H, W, C] in 0..255 (`prepare`'s model input), or None when the file is not a good image."""
+    import tensorflow as tf
 
     if common.special_file(path):
         return None
     try:
         with open(path, "rb") as handle:
             data = handle.read()
-        image = tf.io.decode_image(data, channels=0, expand_animations=False)
+        if image_header.too_many_pixels(data[: image_header.HEADER_BYTES]):
+            return None  # a decompression bomb: never decoded; check_image gives the reason
+        size, image = prepare(tf.constant(data))
     except (OSError, tf.errors.InvalidArgumentError, tf.errors.UnknownError):
         return None
-    if min(int(image.shape[0]), int(image.shape[1])) < min_size:
+    if min(size.numpy().tolist()) < min_size:
         return None
-    image = convert_channels(image, channels)
-    return tf.image.resize(image, image_size).numpy()
+    return image.numpy()
 
 
 def stats(
-    root, *, image_size=(64, 64), channels: int = 3, out=None, min_size: int = 8, workers: int | None = None
+    root,
+    *,
+    image_size=(64, 64),
+    channels: int = 3,
+    crop: str = "none",
+    margin: int = 0,
+    resize_method: str = "bilinear",
+    out=None,
+    min_size: int = 8,
+    workers: int | None = None,
 ) -> dict:
     """Class counts, per-channel mean/std and the mean image of ROOT's images, at `image_size`.
 
-    Streaming: images are decoded (TensorFlow), converted to `channels` and resized a few at a time in
-    threads and folded into float64 running sums (Chan et al.'s parallel mean/variance update, "Updating
-    Formulae and a Pairwise Algorithm for Computing Sample Variances", 1979), so memory does not grow
-    with the dataset. Bad files are skipped and listed. Writes stats.json, mean.png ([H, W, C] uint8)
+    Each image goes through training's evaluation path: `decode.decode_image` (EXIF orientation, the
+    accurate JPEG IDCT, `channels`), then `EvalTransform(image_size, channels, resize_method, crop,
+    margin)`, so the mean/std equal those `input.normalization: standardize` computes (`Splits.
+    channel_statistics`) for an experiment with these input settings whose training split holds these
+    images. Streaming: images are prepared a few at a time in threads and folded into float64 running
+    sums (Chan et al.'s parallel mean/variance update, "Updating Formulae and a Pairwise Algorithm for
+    Computing Sample Variances", 1979), so memory does not grow with the dataset. Bad files are skipped and listed. Writes stats.json, mean.png ([H, W, C] uint8)
     and mean.npy ([H, W, C] float32, 0..255) to `out` (default ROOT/../<rootname>-stats/).
 
     Returns:
@@ -95,6 +135,15 @@ def stats(
         raise common.DataError(f"--image-size must be positive; received {height} {width}")
     if channels not in (1, 3):
         raise common.DataError(f"--channels must be 1 or 3; received {channels}")
+    if crop not in CROP_MODES or resize_method not in RESIZE_METHODS or margin < 0:
+        raise common.DataError(
+            f"--crop must be one of {', '.join(CROP_MODES)}, --resize-method one of {', '.join(RESIZE_METHODS)} "
+            f"and --margin >= 0; received {crop!r}, {resize_method!r}, {margin}"
+        )
+    transform = EvalTransform(
+        image_size=(height, width), channels=channels, resize_method=resize_method, crop=crop, margin=margin
+    )
+    prepare = _decoder(transform)
     out = Path(out) if out is not None else common.sibling(root, "-stats")
     files, names, class_names = _stats_files(root)
     count = 0
@@ -113,7 +162,7 @@ def stats(
 
         def submit(limit):
             for index in queue:
-                pending.append((index, pool.submit(_load_resized, files[index], (height, width), channels, min_size)))
+                pending.append((index, pool.submit(_load_transformed, files[index], prepare, min_size)))
                 if len(pending) >= limit:
                     return
 
@@ -160,7 +209,9 @@ def stats(
         "mean_unit": (mean / 255.0).tolist(),
         "std_unit": (std / 255.0).tolist(),
         "skipped": skipped,
-        "note": "mean/std: per channel over every pixel of the resized images; 'mean'/'std' in 0..255, "
+        "transform": transform.to_dict(),
+        "note": "mean/std: per channel over every pixel of the images as the model receives them (decoded and "
+        "transformed as in evaluation); 'mean'/'std' in 0..255, "
         "'*_unit' in 0..1 (for input.normalization: standardize, use the 0..255 values)",
     }
     _write_outputs(out, mean_image, result)
@@ -185,12 +236,21 @@ def _write_outputs(out: Path, mean_image, result: dict) -> None:
         atomic_write(out / "mean.png", write_png, suffix=".png")
         atomic_write_json(out / "stats.json", result)
     except OSError as error:
-        raise common.DataError(f"cannot write to {out} ({error.strerror or error}); choose another --out") from None
+        raise common.DataError(f"cannot write to {out} ({fileio.os_reason(error)}); choose another --out") from None
 
 
 def run(args) -> int:
     """`data stats`: prints skipped files, class counts and mean/std; exit code 0."""
-    result = stats(args.root, image_size=args.image_size, channels=args.channels, out=args.out, min_size=args.min_size)
+    result = stats(
+        args.root,
+        image_size=args.image_size,
+        channels=args.channels,
+        crop=args.crop,
+        margin=args.margin,
+        resize_method=args.resize_method,
+        out=args.out,
+        min_size=args.min_size,
+    )
     out = Path(args.out) if args.out is not None else common.sibling(Path(args.root), "-stats")
     for entry in result["skipped"]:
         print(f"skipped {entry['path']}: {entry['reason']}")

@@ -10,6 +10,7 @@ names the weights file it belongs to.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import json
 import math
@@ -22,7 +23,9 @@ import keras
 import numpy as np
 
 from pipeline import compat
-from pipeline.core.fileio import atomic_write, atomic_write_json, atomic_write_text
+from pipeline.config.rundir import RunLayout
+from pipeline.core.errors import UserError
+from pipeline.core.fileio import DamagedFileError, atomic_write, atomic_write_json, atomic_write_text, storage_error
 
 
 def _improved(mode: str, monitor: str):
@@ -89,6 +92,10 @@ def trim_history(path: os.PathLike, *, epochs: int) -> None:
     atomic_write_text(path, out.getvalue())
 
 
+class MonitorError(UserError):
+    """A callback monitors a metric that training does not log (known only once an epoch ends)."""
+
+
 class Checkpoints(_SavesFullModel, keras.callbacks.Callback):
     """Writes `last.keras` every epoch and `best.keras` when `monitor` improves, both atomically.
 
@@ -107,18 +114,18 @@ class Checkpoints(_SavesFullModel, keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
         if self.monitor not in logs:
-            raise KeyError(
+            raise MonitorError(
                 f"train.callbacks.checkpoint.monitor: {self.monitor!r} is not a logged metric; "
                 f"logged: {', '.join(sorted(logs))}"
             )
         value = float(logs[self.monitor])
         if not self.healthy(logs):
             return  # the previous checkpoints stay the last good ones
-        atomic_write(self.directory / "last.keras", self.saved_model.save, suffix=".keras")
+        atomic_write(self.directory / RunLayout.LAST, self.saved_model.save, suffix=".keras")
         self.last_good_epoch = epoch + 1
         if math.isfinite(value) and (self.best is None or self._is_better(value, self.best)):
             self.best = value
-            atomic_write(self.directory / "best.keras", self.saved_model.save, suffix=".keras")
+            atomic_write(self.directory / RunLayout.BEST, self.saved_model.save, suffix=".keras")
 
     def get_state(self) -> dict:
         return {"best": self.best, "last_good_epoch": self.last_good_epoch}
@@ -220,11 +227,11 @@ class CrashSafeBackupAndRestore(_SavesFullModel, compat.BackupAndRestoreHooks):
         if metadata.get("phase", 0) == self.phase:
             if model.optimizer is not None and not model.optimizer.built:
                 model.optimizer.build(model.trainable_variables)
-            model.load_weights(self.directory / metadata["weights"])
+            _load_backup_weights(model, self.directory / metadata["weights"])
         else:
             with warnings.catch_warnings():  # "Skipping variable loading for optimizer": intended
                 warnings.simplefilter("ignore")
-                model.load_weights(self.directory / metadata["weights"])
+                _load_backup_weights(model, self.directory / metadata["weights"])
         self.skip_to_epoch(metadata["epoch"])
         for name, callback in self.stateful.items():
             if name in metadata.get("callbacks", {}):
@@ -268,8 +275,32 @@ class CrashSafeBackupAndRestore(_SavesFullModel, compat.BackupAndRestoreHooks):
             self._write(completed_phases=self.phase + 1)
 
 
+def _backup_remedy(directory: Path) -> str:
+    return (
+        f"Our writes are atomic, so the run directory was copied incompletely or edited. Copy it again, or "
+        f"delete {directory} to train this run again from epoch 0 (its checkpoints are replaced as it goes)."
+    )
+
+
+def _load_backup_weights(model, path: Path) -> None:
+    """`model.load_weights(path)`; a truncated or garbled file (h5py: "truncated file", "bad object header")
+    becomes `DamagedFileError` naming it instead of a traceback."""
+    try:
+        model.load_weights(path)
+    except (OSError, ValueError, KeyError) as error:
+        if storage_error(error):
+            raise
+        raise DamagedFileError(
+            path, reason=f"resume state unreadable: {str(error)[:200]}", remedy=_backup_remedy(path.parent)
+        ) from None
+
+
 def read_backup_metadata(directory: os.PathLike) -> dict | None:
-    """The resume metadata of a run's backup directory, or None when training never finished an epoch."""
+    """The resume metadata of a run's backup directory, or None when training never finished an epoch.
+
+    Raises:
+        DamagedFileError: training_metadata.json is not JSON of our form, or names a weights file that is gone.
+    """
     path = Path(directory) / CrashSafeBackupAndRestore.METADATA
     if not path.is_file():
         return None
@@ -277,19 +308,77 @@ def read_backup_metadata(directory: os.PathLike) -> dict | None:
         metadata = json.loads(path.read_text())
         if not (Path(directory) / metadata["weights"]).is_file():
             raise KeyError(metadata["weights"])
+        int(metadata["epoch"])
         return metadata
-    except (ValueError, KeyError) as error:
-        raise RuntimeError(
-            f"{path}: resume state is unreadable ({error!r}); it was not written by this "
-            f"pipeline or was edited by hand. Move the run directory aside and start a new "
-            f"run."
+    except (ValueError, KeyError, TypeError) as error:
+        raise DamagedFileError(
+            path, reason=f"resume state unreadable: {error!r}", remedy=_backup_remedy(Path(directory))
         ) from None
+
+
+@dataclasses.dataclass(frozen=True)
+class ResumePoint:
+    """Where a run resumes: what its backup (`CrashSafeBackupAndRestore`) last recorded.
+
+    Attributes:
+        epoch: epochs completed (0: a new run, or one that never finished an epoch).
+        completed_phases: training phases completed.
+        callbacks: the saved state of the stateful callbacks, by name.
+    """
+
+    epoch: int = 0
+    completed_phases: int = 0
+    callbacks: dict = dataclasses.field(default_factory=dict)
+
+    @classmethod
+    def read(cls, run_dir: Path) -> ResumePoint:
+        """The run's resume point (epoch 0 when training never finished an epoch).
+
+        Raises:
+            DamagedFileError: the backup's metadata is unreadable.
+        """
+        metadata = read_backup_metadata(RunLayout(run_dir).backup)
+        if not metadata:
+            return cls()
+        return cls(
+            epoch=metadata["epoch"],
+            completed_phases=metadata.get("completed_phases", 0),
+            callbacks=metadata.get("callbacks", {}),
+        )
+
+    def trim_history(self, run_dir: Path) -> None:
+        """Drops history rows of epochs after this point (a kill between the CSV row and the backup)."""
+        if self.epoch:
+            trim_history(RunLayout(run_dir).history, epochs=self.epoch)
+
+
+@dataclasses.dataclass
+class RunCallbacks:
+    """The run's callbacks (`all`, in order) and the ones the driver talks to by name."""
+
+    all: list
+    checkpoints: Checkpoints
+    timer: Timer
+    backup: CrashSafeBackupAndRestore
+    stateful: dict
+
+    def restore(self, resume: ResumePoint) -> None:
+        """Puts the stateful callbacks back as `resume` recorded them (a run whose training is complete)."""
+        for name, callback in self.stateful.items():
+            callback.set_state(resume.callbacks.get(name, {}))
+
+    def save_from(self, model, fitted) -> None:
+        """Callbacks that save or evaluate a model use `model` while `fitted` (e.g. a head on cached
+        features) is what `fit` trains."""
+        for callback in self.all:
+            if hasattr(callback, "target"):
+                callback.target = model if fitted is not model else None
 
 
 def build_callbacks(
     options, run_dir: Path, images_per_epoch: int, total_phases: int = 1, *, ema: bool = False, extra=()
-) -> tuple[list, dict]:
-    """The run's callbacks, and the ones whose state the resume backup carries (by name).
+) -> RunCallbacks:
+    """The run's callbacks, with the ones whose state the resume backup carries (by name).
 
     Order: EMA weights in (validation, checkpoints and `extra` see the averages), the others, `extra`
     (e.g. monitoring), the raw weights back, the resume backup last.
@@ -304,7 +393,8 @@ def build_callbacks(
     from pipeline.training import ema as ema_lib
 
     averages = ema_lib.EMAWeights() if ema else None
-    checkpoints = Checkpoints(run_dir / "checkpoints", monitor=options.checkpoint.monitor, mode=options.checkpoint.mode)
+    layout = RunLayout(run_dir)
+    checkpoints = Checkpoints(layout.checkpoints, monitor=options.checkpoint.monitor, mode=options.checkpoint.mode)
     timer = Timer(images_per_epoch)
     stateful = {"checkpoints": checkpoints, "timer": timer}
     callback_list = [LearningRateLogger(), timer] + ([averages] if averages else [])
@@ -320,14 +410,14 @@ def build_callbacks(
         stateful["early_stopping"] = stopper
         callback_list.append(stopper)
     if options.csv_log:
-        callback_list.append(keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True))
+        callback_list.append(keras.callbacks.CSVLogger(str(layout.history), append=True))
     if options.tensorboard.enabled:
         update_freq = options.tensorboard.update_freq
         # write_graph=False: Keras 3.15 writes only its "conceptual graph" there, which TensorBoard's Graphs
         # tab cannot show ("Malformed GraphDef"); the op graph comes from tensorboard_logging.write_op_graph.
         callback_list.append(
             keras.callbacks.TensorBoard(
-                str(run_dir / "tensorboard"),
+                str(layout.tensorboard),
                 histogram_freq=options.tensorboard.histogram_freq,
                 update_freq=update_freq,
                 write_graph=False,
@@ -337,5 +427,6 @@ def build_callbacks(
     if averages:
         callback_list.append(averages.restore_callback())
     # Last: saves after the others updated their state, restores after their on_train_begin reset it.
-    callback_list.append(CrashSafeBackupAndRestore(run_dir / "backup", stateful=stateful, total_phases=total_phases))
-    return callback_list, stateful
+    backup = CrashSafeBackupAndRestore(layout.backup, stateful=stateful, total_phases=total_phases)
+    callback_list.append(backup)
+    return RunCallbacks(callback_list, checkpoints=checkpoints, timer=timer, backup=backup, stateful=stateful)

@@ -12,7 +12,7 @@ import keras
 
 import models
 from pipeline import config as config_lib
-from pipeline.config import PROJECT_ROOT, Config
+from pipeline.config import PROJECT_ROOT
 from pipeline.data import image_ops as preprocessing
 from pipeline.training import feature_cache as features
 from pipeline.training import optimizers as optim
@@ -32,50 +32,68 @@ def resolve_option_paths(options: dict) -> dict:
 
 
 def build_model(
-    config: Config, *, input_shape, num_classes: int, statistics=(None, None), sample_images=None, log=print
+    *,
+    name: str,
+    model,
+    normalization: str,
+    input_shape,
+    num_classes: int,
+    statistics=(None, None),
+    sample_images=None,
+    noise_erasing: bool = False,
+    log=print,
 ) -> keras.Model:
     """The registered network behind a normalisation layer, so saved models carry their normalisation.
 
     Args:
-        statistics: (mean, std) per channel in pixel units, for `input.normalization: standardize`.
+        name: the Keras model's name (the experiment's).
+        model: the `model` section (registered `name` and the builder's `options`).
+        normalization: `input.normalization` ("unit" or "standardize").
+        input_shape: (height, width, channels); num_classes: the classifier's outputs.
+        statistics: (mean, std) per channel in pixel units, for `standardize`.
         sample_images: a function returning training images, float32 [N, H, W, C] in pixel units (eval
             transform), for builders with a data-dependent initialisation (`builder.data_init`, e.g.
             cifar10_fast's `whiten`); called only when the builder has one.
+        noise_erasing: training erases rectangles with Keras' noise fill (a warning for data-fitted stems).
     """
     mean, std = statistics
-    options = resolve_option_paths(config.model.options)
-    network = models.build_model(config.model.name, input_shape=input_shape, num_classes=num_classes, **options)
+    options = resolve_option_paths(model.options)
+    network = models.build_model(model.name, input_shape=input_shape, num_classes=num_classes, **options)
     inputs = keras.Input(shape=input_shape, name="image")
-    if models.includes_preprocessing(config.model.name):
+    if models.includes_preprocessing(model.name):
         normalize = None
         outputs = network(inputs)  # the network turns [0, 255] pixels into its backbone's input itself
     else:
-        normalize = preprocessing.normalization_layer(config.input.normalization, mean=mean, std=std)
+        normalize = preprocessing.normalization_layer(normalization, mean=mean, std=std)
         outputs = network(normalize(inputs))
-    data_init = models.data_init(config.model.name)
+    data_init = models.data_init(model.name)
     if data_init is not None and sample_images is not None:
         # The network sees normalised images: the same layer the model applies turns the sample into them.
         done = data_init(network, lambda: (normalize or (lambda x: x))(sample_images()), **options)
         if done:
-            log(f"model {config.model.name}: {done}")
-            augment = config.input.augment
-            if augment.random_erasing and augment.random_erasing_fill is None:
+            log(f"model {model.name}: {done}")
+            if noise_erasing:
                 # A data-fitted first layer (whitening) amplifies the noise fill's high frequencies into
                 # BatchNorm statistics that clean images never match (RESULTS.md, cifar10_fast run 7).
                 log(
-                    f"warning: input.augment.random_erasing fills with noise, which {config.model.name}'s "
+                    f"warning: input.augment.random_erasing fills with noise, which {model.name}'s "
                     f"data-fitted first layer amplifies (validation accuracy collapsed in a measured run); "
                     f"set input.augment.random_erasing_fill, e.g. the training mean [125, 123, 114] for CIFAR-10"
                 )
-    return keras.Model(inputs, outputs, name=config.name)
+    return keras.Model(inputs, outputs, name=name)
 
 
 def compile_model(
-    model: keras.Model, config: Config, phase: phases.Phase, steps_per_epoch: int, optimizer=None
+    model: keras.Model,
+    phase: phases.Phase,
+    steps_per_epoch: int,
+    *,
+    label_smoothing: float = 0.0,
+    jit_compile="auto",
+    optimizer=None,
 ) -> None:
     """Compiles for one phase: its optimizer (fresh state, unless `optimizer` is given) and its schedule
-    over its own epochs."""
-    train = config.train
+    over its own epochs, with `train.label_smoothing` and `train.jit_compile`."""
     if optimizer is None:
         schedule = optim.build_schedule(
             **vars_of(phase.schedule),
@@ -88,35 +106,47 @@ def compile_model(
         optimizer = optim.build_optimizer(**optimizer_options)
     model.compile(
         optimizer=optimizer,
-        loss=keras.losses.CategoricalCrossentropy(label_smoothing=train.label_smoothing),
+        loss=keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing),
         metrics=["accuracy"],
-        jit_compile=resolve_jit_compile(train.jit_compile),
+        jit_compile=resolve_jit_compile(jit_compile),
     )
 
 
 def cached_features_fit(
-    model: keras.Model, splits, config: Config, phase: phases.Phase, steps_per_epoch: int, validation_data, *, log=print
+    model: keras.Model,
+    train_data,
+    phase: phases.Phase,
+    steps_per_epoch: int,
+    validation_data,
+    *,
+    batch_size: int,
+    seed: int,
+    augmented: bool = False,
+    log=print,
+    **compile_options,
 ):
     """What a `cache_features` phase fits instead of `model`: (head model, train data, validation data).
 
     The head is made of `model`'s layers and compiled with `model`'s optimizer (already compiled for
     this phase), built on the head's variables, so that the full model's checkpoints and resume state
-    carry the optimizer the head trains with."""
+    carry the optimizer the head trains with.
+
+    Args:
+        train_data: the training split's un-augmented pipeline (its features are computed once).
+        batch_size: the feature batches'; seed: their shuffling (the phase index is added).
+        augmented: the run augments its images (logged: this phase trains on un-augmented ones).
+        compile_options: `compile_model`'s label_smoothing and jit_compile.
+    """
     split = features.FeatureSplit(model)
-    compile_model(split.head, config, phase, steps_per_epoch, optimizer=model.optimizer)
+    compile_model(split.head, phase, steps_per_epoch, optimizer=model.optimizer, **compile_options)
     model.optimizer.build(split.head.trainable_variables)
-    if config.input.augment and any(config_lib.to_dict(config.input.augment).values()):
+    if augmented:
         log(
             f"{phase.key}.cache_features: this phase trains on un-augmented images (input.augment applies "
             f"to the other phases)"
         )
     train_data, validation_data = features.feature_datasets(
-        split,
-        splits.dataset("train", config),
-        validation_data,
-        batch_size=config.train.batch_size,
-        seed=config.seed + phase.index,
-        log=log,
+        split, train_data, validation_data, batch_size=batch_size, seed=seed + phase.index, log=log
     )
     return split.head, train_data, validation_data
 

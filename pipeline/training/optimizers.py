@@ -9,6 +9,16 @@ from __future__ import annotations
 
 import keras
 
+from pipeline.config.choices import OPTIMIZERS, SCHEDULES
+
+# optimizer.name -> Keras class; the names are `choices.OPTIMIZERS` (tests/test_one_fact.py checks).
+OPTIMIZER_CLASSES = {
+    "sgd": keras.optimizers.SGD,
+    "adam": keras.optimizers.Adam,
+    "adamw": keras.optimizers.AdamW,
+    "rmsprop": keras.optimizers.RMSprop,
+}
+
 
 def build_schedule(
     *,
@@ -27,7 +37,7 @@ def build_schedule(
     """Returns a float (constant) or a `keras.optimizers.schedules.LearningRateSchedule`.
 
     Args:
-        name: constant | step | polynomial | cosine.
+        name: one of `choices.SCHEDULES` (constant | step | polynomial | cosine).
         learning_rate: the peak rate.
         boundaries: step: epochs at which the rate is multiplied by `factor`.
         warmup_epochs: cosine, polynomial: linear warm-up to `learning_rate`...
@@ -59,7 +69,7 @@ def build_schedule(
                 warmup_steps=warmup_steps,
             )
         return keras.optimizers.schedules.CosineDecay(learning_rate, total_steps, alpha=alpha)
-    raise ValueError(f"schedule must be constant, step, polynomial or cosine. Received: name={name!r}")
+    raise ValueError(f"schedule must be one of {', '.join(SCHEDULES)}. Received: name={name!r}")
 
 
 @keras.saving.register_keras_serializable(package="pipeline")
@@ -105,15 +115,9 @@ def build_optimizer(
     from pipeline import compat
     from pipeline.training import ema as ema_lib
 
-    classes = {
-        "sgd": keras.optimizers.SGD,
-        "adam": keras.optimizers.Adam,
-        "adamw": keras.optimizers.AdamW,
-        "rmsprop": keras.optimizers.RMSprop,
-    }
-    if name not in classes:
-        raise ValueError(f"optimizer must be sgd, adam, adamw or rmsprop. Received: name={name!r}")
-    optimizer_class, options = compat.with_norm_bias_lr_factor(classes[name], norm_bias_lr_factor)
+    if name not in OPTIMIZER_CLASSES:
+        raise ValueError(f"optimizer must be one of {', '.join(OPTIMIZERS)}. Received: name={name!r}")
+    optimizer_class, options = compat.with_norm_bias_lr_factor(OPTIMIZER_CLASSES[name], norm_bias_lr_factor)
     options.update(learning_rate=learning_rate, clipnorm=clipnorm, **ema_lib.ema_optimizer_options(ema))
     if weight_decay is not None:
         options["weight_decay"] = weight_decay

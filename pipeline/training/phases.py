@@ -12,12 +12,13 @@ import dataclasses
 import keras
 
 from pipeline import compat
-from pipeline.config import Config, OptimizerConfig, ScheduleConfig
-from pipeline.core.errors import did_you_mean
+from pipeline.config import OptimizerConfig, ScheduleConfig
+from pipeline.core.errors import UserError, did_you_mean
 
 
-class PhaseError(ValueError):
-    """A phase names a layer the model does not have, or freezes a model without a backbone."""
+class PhaseError(UserError, ValueError):
+    """A phase names a layer the model does not have, or freezes a model without a backbone (exit code 2;
+    still a ValueError for callers that catch the builders' argument errors with it)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,12 +43,12 @@ class Phase:
         return self.end_epoch - self.start_epoch
 
 
-def plan(config: Config) -> list[Phase]:
-    """The run's phases with their epoch ranges [start, end)."""
-    if not config.train.phases:
-        return [Phase(0, 0, config.train.epochs, "all", config.train.optimizer, config.train.schedule)]
+def plan(train) -> list[Phase]:
+    """The run's phases with their epoch ranges [start, end) (`train`: the config's `train` section)."""
+    if not train.phases:
+        return [Phase(0, 0, train.epochs, "all", train.optimizer, train.schedule)]
     phases, start = [], 0
-    for index, phase in enumerate(config.train.phases):
+    for index, phase in enumerate(train.phases):
         phases.append(
             Phase(
                 index,

@@ -1,0 +1,74 @@
+"""Performance knobs change speed, not results: XLA, thread settings' resolution, and the image cache."""
+
+from __future__ import annotations
+
+import csv
+
+import numpy as np
+import pytest
+
+from pipeline import experiment as experiment_lib
+from pipeline import run as train
+from pipeline.data import input_pipeline
+from pipeline.data.transform import EvalTransform
+from pipeline.training import model_setup as modeling
+
+
+@pytest.mark.slow  # XLA compiles for ~30 s on 2 cores
+def test_xla_trains_to_the_same_result(data_env, tmp_path):
+    """train.jit_compile=true compiles the train step with XLA: same data, same seed, same numbers up to
+    floating-point reordering."""
+    losses = {}
+    for jit in ("false", "true"):
+        config = experiment_lib.load_experiment("tiny", [*data_env, f"train.jit_compile={jit}", "export.enabled=false"])
+        metrics = train.train(config, run_dir=tmp_path / jit, log=lambda *_: None)
+        with open(tmp_path / jit / "history.csv") as handle:
+            losses[jit] = [float(row["loss"]) for row in csv.DictReader(handle)] + [metrics["test"]["loss"]]
+    np.testing.assert_allclose(losses["true"], losses["false"], rtol=2e-3)
+
+
+def test_auto_jit_is_off_without_a_gpu():
+    import tensorflow as tf
+
+    assert modeling.resolve_jit_compile("auto") is bool(tf.config.list_physical_devices("GPU"))
+    assert modeling.resolve_jit_compile(True) is True and modeling.resolve_jit_compile(False) is False
+
+
+@pytest.fixture
+def photo_files(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    paths, labels = [], []
+    for index in range(12):
+        size = (20 + index, 16 + 2 * index)
+        path = tmp_path / "photos" / f"{index:02d}.png"
+        path.parent.mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (*size, 3), dtype=np.uint8)).save(path)
+        paths.append(path)
+        labels.append(index % 3)
+    return paths, labels
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_cache_modes_give_identical_batches(photo_files, tmp_path, training):
+    """input.cache memory / a file / none: the same images in the same order, augmentation included."""
+    paths, labels = photo_files
+    options = dict(
+        training=training,
+        batch_size=5,
+        num_classes=3,
+        transform=EvalTransform(image_size=(16, 16), channels=3, crop="square"),
+        seed=3,
+        augment={"horizontal_flip": True, "width_shift": 0.2} if training else None,
+    )
+    epochs = {}
+    for cache in ("memory", str(tmp_path / "cache" / "images"), "none"):
+        (tmp_path / "cache").mkdir(exist_ok=True)
+        dataset = input_pipeline.make_file_dataset(paths, labels, cache=cache, **options)
+        epochs[cache] = [np.concatenate([x for x, _ in dataset.as_numpy_iterator()]) for _ in range(2)]
+    reference = epochs.pop("none")
+    for cache, batches in epochs.items():
+        for got, want in zip(batches, reference):
+            np.testing.assert_array_equal(got, want, err_msg=cache)
+    assert list((tmp_path / "cache").iterdir()), "the file cache was written"
