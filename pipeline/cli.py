@@ -1,4 +1,4 @@
-"""Command line: `python -m pipeline {train,evaluate,export,predict,summary,report,launch,data} ...`.
+"""Command line: `python -m pipeline {train,evaluate,export,predict,summary,report,launch,tune,data} ...`.
 
 Thin on purpose: parse arguments, parse the config once, import the one command's module, call one
 function. Argument parsing and config validation import no TensorFlow, so `--help`, `--print-config` and
@@ -84,7 +84,11 @@ def _parser() -> argparse.ArgumentParser:
 TENSORFLOW_COMMANDS = ("evaluate", "export", "predict", "data")
 
 # Commands whose module owns its arguments (`HELP`, `add_arguments(parser)`, `run(args) -> int`).
-OPTIONAL_COMMANDS = {"report": "pipeline.evaluation.compare_runs", "launch": "pipeline.distribute.launch"}
+OPTIONAL_COMMANDS = {
+    "report": "pipeline.evaluation.compare_runs",
+    "launch": "pipeline.distribute.launch",
+    "tune": "pipeline.tune.command",
+}
 
 
 def _add_overrides(parser: argparse.ArgumentParser, example: str) -> None:
@@ -209,6 +213,17 @@ def run_command(args) -> int:
 
         config = experiment.load_experiment(args.experiment, args.overrides)  # as `train` does: no worker starts
         return launch.run(args, name=config.name, strategy=config.distribute.strategy)
+    elif args.command == "tune":
+        from pipeline.tune import command as tune
+
+        if args.status is not None:
+            return tune.run(args)
+        if args.experiment is None:
+            raise errors.UserError("tune: name an experiment, or pass --status DIR")
+        from pipeline import experiment
+
+        config = experiment.load_experiment(args.experiment, args.overrides)  # as `train` does, before any trial
+        return tune.run(args, config, check=_checked_config)
     elif args.command in OPTIONAL_COMMANDS:
         return __import__(OPTIONAL_COMMANDS[args.command], fromlist=["run"]).run(args)
     return 0
@@ -222,7 +237,18 @@ INTERRUPTED_STATE = {
     "export": "no new version was written (exports are renamed into place only when complete)",
     "predict": "the files listed above were predicted; the others were not",
     "data": "files already written are complete (written whole, then renamed); run the command again to finish",
+    "tune": "finished trials are kept; run the same command again to resume the interrupted trials",
 }
+
+
+def _checked_config(data: dict):
+    """A trial's config dict validated as `train` validates its experiment (schema, then registries)."""
+    from pipeline import config as config_lib
+    from pipeline import experiment
+
+    config = config_lib.from_dict(data)
+    experiment.check_registries(config)
+    return config
 
 
 def main(argv=None) -> int:

@@ -393,6 +393,7 @@ USER_ERRORS = {
     "pipeline.serving.export": ["ExportError"],
     "pipeline.serving.predict": ["PredictError"],
     "pipeline.tools.common": ["DataError"],
+    "pipeline.tune.space": ["TuneError"],
     "models.weights": ["WeightsError"],
 }
 # Builtins kept as second bases, for callers (and tests) that catch them.

@@ -28,6 +28,8 @@ TF_FREE = (
     "pipeline.data.datasets",
     "pipeline.cli",
     "pipeline.tools",
+    "pipeline.tune.command",
+    "pipeline.tune.report",
     "models",
     "models.registry",
 )
@@ -107,6 +109,7 @@ ALLOWED = {
     "serving": {"core", "compat", "config", "data", "models", "training", "evaluation"},
     "inspection": {"core", "compat", "config", "data", "models", "training"},
     "tools": {"core", "compat", "config", "data"},
+    "tune": {"core", "config"},  # trials are `train` processes: the tuner never imports TensorFlow
 }
 TOP = "top"
 
@@ -189,6 +192,7 @@ def test_the_config_layer_imports_no_tensorflow():
         ["train", "{bad}"],
         ["train", "tiny", "--set", "model.name=tinny"],
         ["summary", "{bad}"],
+        ["tune", "{bad}"],
         ["train", "tiny", "--print-config"],
         ["--help"],
     ],

@@ -401,3 +401,28 @@ def metrics_record(
     if export is not None:
         record["export"] = export
     return record
+
+
+# A study directory (`python -m pipeline tune`): its marker file and the folder of its trials' run
+# directories, here so that `report` and `tune` read one definition.
+STUDY_FILE = "study.json"
+TRIALS_DIR = "trials"
+
+
+def is_study_dir(path: Path) -> bool:
+    """Whether `path` holds a study (`study.json`) written by `python -m pipeline tune`."""
+    return (Path(path) / STUDY_FILE).is_file()
+
+
+def study_trial_dirs(study_dir: Path) -> list[Path]:
+    """The run directories of a study's trials that have a config.yaml, in trial order."""
+    trials = Path(study_dir) / TRIALS_DIR
+    return sorted(path for path in trials.glob("*") if path.is_dir() and RunLayout(path).config.is_file())
+
+
+def expand_study_dirs(paths) -> list[Path]:
+    """Each study directory among `paths` replaced by its trials' run directories; other paths kept."""
+    expanded = []
+    for path in map(Path, paths):
+        expanded.extend(study_trial_dirs(path) if is_study_dir(path) else [path])
+    return expanded

@@ -359,6 +359,41 @@ class DistributeConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class SamplerConfig:
+    name: str = _field("tpe", choices=["tpe", "random", "grid"], help="Optuna sampler that proposes the trials")
+    seed: int | None = _field(0, min=0, help="the sampler's seed (null: a random one)")
+
+
+@dataclasses.dataclass(frozen=True)
+class PrunerConfig:
+    name: str = _field(
+        "median", choices=["median", "hyperband", "none"], help="stops hopeless trials from their per-epoch metric"
+    )
+    warmup_epochs: int = _field(1, min=0, help="median: epochs a trial always trains before it may be pruned")
+    startup_trials: int = _field(2, min=0, help="median: finished trials needed before any pruning")
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneConfig:
+    """`python -m pipeline tune` only; `train` ignores this section."""
+
+    study_name: str = _field("search", help="the study: runs/<experiment>/tune-<study_name>/ and its storage name")
+    metric: str = _field("val_accuracy", help="a per-epoch metric of history.csv; a trial's value is its best epoch")
+    direction: str = _field(
+        "auto", choices=["auto", "maximize", "minimize"], help="auto: minimize a loss, maximize anything else"
+    )
+    trials: int = _field(20, min=1, help="COMPLETE + PRUNED trials of the whole study, across workers and restarts")
+    max_failures: int = _field(3, min=1, help="this many failed trials in a row stop the search")
+    baseline: bool = _field(True, help="the first trial runs the experiment's own values of the space's keys")
+    sampler: SamplerConfig = _field(SamplerConfig(), help="how trials are proposed")
+    pruner: PrunerConfig = _field(PrunerConfig(), help="how trials are stopped early")
+    space: dict = _field(
+        {},
+        help="{dotted config key: {type: float|int|categorical, low, high, log, step, choices}}",
+    )
+
+
+@dataclasses.dataclass(frozen=True)
 class Config:
     name: str = _field("experiment", help="experiment name (default: the YAML file's stem)")
     seed: int = _field(42, min=0, help="seeds data split, shuffling, augmentation and weights")
@@ -371,3 +406,4 @@ class Config:
     )
     distribute: DistributeConfig = _field(DistributeConfig(), help="several GPUs or machines (tf.distribute)")
     export: ExportConfig = _field(ExportConfig(), help="export")
+    tune: TuneConfig = _field(TuneConfig(), help="hyperparameter search (`python -m pipeline tune`; train ignores it)")

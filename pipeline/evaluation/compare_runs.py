@@ -197,7 +197,13 @@ def write_outputs(runs: list[dict], table: str, out: os.PathLike) -> list[Path]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The `report` command's arguments (for `python -m pipeline report`)."""
-    parser.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN", help="run directories to compare")
+    parser.add_argument(
+        "run_dirs",
+        nargs="+",
+        type=Path,
+        metavar="RUN",
+        help="run directories to compare (a study directory: its trials)",
+    )
     parser.add_argument(
         "--out",
         type=Path,
@@ -208,7 +214,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Prints the table (and writes --out); returns the exit code."""
-    runs = [load_run(path) for path in args.run_dirs]
+    runs = [load_run(path) for path in rundir.expand_study_dirs(args.run_dirs)]
+    if not runs:
+        raise CompareError(f"{', '.join(map(str, args.run_dirs))}: the study has no trial with a config.yaml yet")
     table = markdown_table(runs)
     print(table, end="")
     if args.out is not None:

@@ -347,9 +347,9 @@ class ResumePoint:
         )
 
     def trim_history(self, run_dir: Path) -> None:
-        """Drops history rows of epochs after this point (a kill between the CSV row and the backup)."""
-        if self.epoch:
-            trim_history(RunLayout(run_dir).history, epochs=self.epoch)
+        """Drops history rows of epochs after this point: a kill between an epoch's CSV row and its backup,
+        or before the first backup (then every row goes, as the resumed run logs epoch 1 again)."""
+        trim_history(RunLayout(run_dir).history, epochs=self.epoch)
 
 
 @dataclasses.dataclass
