@@ -15,6 +15,7 @@ from pathlib import Path
 
 import keras
 
+from pipeline import config as config_lib
 from pipeline.config import Config, rundir
 from pipeline.config.rundir import RunError
 from pipeline.data.augmentation import Augmentation
@@ -79,7 +80,15 @@ def _train(config: Config, run_dir: Path, log) -> dict:
         log(f"resuming {run_dir}")
 
     train_data, validation_data = cluster.datasets(splits)  # this worker's share
-    monitors = monitoring.start(config, run_dir, splits, model, validation_data, new=state == "new")
+    monitors = monitoring.start(
+        train.callbacks.tensorboard,
+        run_dir,
+        splits,
+        model,
+        validation_data,
+        new=state == "new",
+        resolved=config_lib.to_dict(config),
+    )
     run_callbacks = callbacks.build_callbacks(
         train.callbacks,
         run_dir,
@@ -116,7 +125,14 @@ def _train(config: Config, run_dir: Path, log) -> dict:
         cluster.end_together()
         return {"epochs_completed": epochs_completed, "distribution": cluster.summary()}
 
-    test = evaluate.evaluate_model(rundir.checkpoint_path(run_dir), config, splits, run_dir=run_dir, log=log)
+    test = evaluate.evaluate_model(
+        rundir.checkpoint_path(run_dir),
+        splits,
+        evaluation=config.evaluation,
+        label_smoothing=train.label_smoothing,
+        run_dir=run_dir,
+        log=log,
+    )
     report = test.pop("report", None)
     metrics = rundir.metrics_record(
         test=test,
@@ -132,7 +148,7 @@ def _train(config: Config, run_dir: Path, log) -> dict:
         if config.export.enabled
         else None,
     )
-    monitoring.finish(config, run_dir, report, test, epochs_completed)
+    monitoring.finish(run_dir, report, test, epochs_completed, name=config.name, callbacks=train.callbacks)
     rundir.write_metrics(run_dir, metrics)  # last: marks the run finished
     cluster.end_together()  # the other workers wait here for the chief
     log(

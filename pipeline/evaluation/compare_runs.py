@@ -91,8 +91,8 @@ def differing_keys(configs: list[dict]) -> list[str]:
     the order they first appear; `name` is left out (it is the experiment column)."""
     keys = list(dict.fromkeys(key for config in configs for key in config))
 
-    def value(config, key):
-        return json.dumps(config[key], sort_keys=True, default=str) if key in config else "<absent>"
+    def value(run_config, key):
+        return json.dumps(run_config[key], sort_keys=True, default=str) if key in run_config else "<absent>"
 
     return [key for key in keys if key != "name" and len({value(config, key) for config in configs}) > 1]
 

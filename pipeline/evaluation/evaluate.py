@@ -8,7 +8,6 @@ import keras
 import numpy as np
 
 import models
-from pipeline import config as config_lib
 from pipeline.config import rundir
 from pipeline.config.rundir import RunDirError, load_run_config, read_metrics, write_metrics  # noqa: F401
 from pipeline.core import fileio
@@ -51,7 +50,7 @@ def load_checkpoint(path: Path) -> keras.Model:
 
 
 def evaluate_model(
-    checkpoint: Path, config: config_lib.Config, splits, *, run_dir: Path | None = None, log=print
+    checkpoint: Path, splits, *, evaluation, label_smoothing: float = 0.0, run_dir: Path | None = None, log=print
 ) -> dict:
     """Test metrics of a saved model through the eval input pipeline, and the evaluation report.
 
@@ -61,29 +60,34 @@ def evaluate_model(
     (confusion matrix, the most confident mistakes, reliability diagram). `evaluation.tta: flip`
     averages each image's and its mirror's probabilities.
 
+    Args:
+        splits: the run's `Splits` (its test split through the eval transform).
+        evaluation: the `evaluation` section (tta, top_k, report); label_smoothing: `train.label_smoothing`
+            (the loss is the run's).
+
     Returns:
         {"accuracy", "loss", "top_k", "top_k_accuracy", "balanced_accuracy", "tta"} (floats, ints, str).
     """
     from pipeline.evaluation import report as evaluation_report
     from pipeline.evaluation import tensorboard_logging, tta
 
-    model = tta.with_tta(load_checkpoint(checkpoint), config.evaluation.tta)
+    model = tta.with_tta(load_checkpoint(checkpoint), evaluation.tta)
     data = splits.dataset("test")
     labels, probabilities = tensorboard_logging.predict_labelled(model, data)
     report = evaluation_report.build_report(
-        labels=labels, probabilities=probabilities, class_names=splits.class_names, top_k=config.evaluation.top_k
+        labels=labels, probabilities=probabilities, class_names=splits.class_names, top_k=evaluation.top_k
     )
     one_hot = np.eye(splits.num_classes, dtype=np.float32)[labels]
-    loss = keras.losses.CategoricalCrossentropy(label_smoothing=config.train.label_smoothing)(one_hot, probabilities)
+    loss = keras.losses.CategoricalCrossentropy(label_smoothing=label_smoothing)(one_hot, probabilities)
     test = {
         "accuracy": report["accuracy"],
         "loss": float(loss),
         "top_k": report["top_k"],
         "top_k_accuracy": report["top_k_accuracy"],
         "balanced_accuracy": report["balanced_accuracy"],
-        "tta": config.evaluation.tta,
+        "tta": evaluation.tta,
     }
-    if run_dir is not None and config.evaluation.report:
+    if run_dir is not None and evaluation.report:
         worst = evaluation_report.most_confident_mistakes(labels, probabilities)
         images = _images_at(data, worst) if len(worst) else np.zeros((0, 1, 1, 3), np.float32)
         paths = evaluation_report.write_report(
@@ -127,7 +131,14 @@ def _evaluate_run(run_dir: Path, config, log) -> dict:
     splits = Splits.from_config(config)
     # The run's record is the truth: data renamed, reordered or grown since training is refused, not scored.
     rundir.check_same_data(run_dir, class_names=splits.class_names, split_sizes=rundir.split_sizes(splits))
-    test = evaluate_model(rundir.checkpoint_path(run_dir), config, splits, run_dir=run_dir, log=log)
+    test = evaluate_model(
+        rundir.checkpoint_path(run_dir),
+        splits,
+        evaluation=config.evaluation,
+        label_smoothing=config.train.label_smoothing,
+        run_dir=run_dir,
+        log=log,
+    )
     test.pop("report", None)
     summary = f"test accuracy {test['accuracy']:.4f}, loss {test['loss']:.4f} ({len(splits.test[0])} images)"
     metrics = read_metrics(run_dir)

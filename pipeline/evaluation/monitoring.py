@@ -13,7 +13,7 @@ from pathlib import Path
 import keras
 
 from pipeline import config as config_lib
-from pipeline.config import Config, rundir
+from pipeline.config import rundir
 from pipeline.data.splits import Splits
 from pipeline.evaluation import report as evaluation_report
 from pipeline.evaluation import tensorboard_logging
@@ -93,20 +93,26 @@ def write_run_start(
         tensorboard_logging.write_op_graph(log_dir, model)
 
 
-def start(config: Config, run_dir: Path, splits: Splits, model: keras.Model, validation_data, *, new: bool) -> list:
+def start(
+    options, run_dir: Path, splits: Splits, model: keras.Model, validation_data, *, new: bool, resolved: dict
+) -> list:
     """What TensorBoard shows beyond Keras' scalars: written once for a new run (hparams, config, op
-    graph), and the callbacks (input samples, validation confusion matrix, profiler)."""
-    options = config.train.callbacks.tensorboard
+    graph), and the callbacks (input samples, validation confusion matrix, profiler).
+
+    Args:
+        options: the `train.callbacks.tensorboard` section.
+        resolved: the run's resolved config as a plain dict (`config.to_dict`), shown as text and hparams.
+    """
     if not options.enabled:
         return []
     log_dir = rundir.RunLayout(run_dir).tensorboard
     if new:
         write_run_start(
             log_dir,
-            flat_config=rundir.flatten(config_lib.to_dict(config)),
-            config_yaml=config_lib.dump_yaml(config),
+            flat_config=rundir.flatten(resolved),
+            config_yaml=config_lib.yaml.safe_dump(resolved, sort_keys=False, default_flow_style=None),
             model=model if options.graph else None,
-            trial_id=f"{config.name}/{run_dir.name}",
+            trial_id=f"{resolved['name']}/{run_dir.name}",
             hparams=options.hparams,
         )
     return run_callbacks(
@@ -120,12 +126,16 @@ def start(config: Config, run_dir: Path, splits: Splits, model: keras.Model, val
     )
 
 
-def finish(config: Config, run_dir: Path, report: dict | None, test: dict, epochs: int) -> None:
-    """RUN/curves.png from history.csv, and the test evaluation in TensorBoard's test/ run."""
+def finish(run_dir: Path, report: dict | None, test: dict, epochs: int, *, name: str, callbacks) -> None:
+    """RUN/curves.png from history.csv, and the test evaluation in TensorBoard's test/ run.
+
+    Args:
+        name: the experiment's (the curves' title); callbacks: the `train.callbacks` section.
+    """
     layout = rundir.RunLayout(run_dir)
-    if config.train.callbacks.csv_log and layout.history.is_file():
-        evaluation_report.plot_curves(layout.history, layout.curves, title=config.name)
-    if report is not None and config.train.callbacks.tensorboard.enabled:
+    if callbacks.csv_log and layout.history.is_file():
+        evaluation_report.plot_curves(layout.history, layout.curves, title=name)
+    if report is not None and callbacks.tensorboard.enabled:
         tensorboard_logging.write_evaluation_summary(
             layout.tensorboard, report, step=max(epochs - 1, 0), loss=test["loss"]
         )
