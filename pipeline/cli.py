@@ -100,14 +100,9 @@ OPTIONAL_COMMANDS = {
 
 
 def _add_overrides(parser: argparse.ArgumentParser, example: str) -> None:
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help=f"override a config value, {example} (repeatable)",
-    )
+    from pipeline.config import arguments  # TF-free
+
+    arguments.add_overrides(parser, f"override a config value, {example} (repeatable)")
 
 
 def quiet_tensorflow() -> None:

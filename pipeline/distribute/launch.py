@@ -23,6 +23,7 @@ import threading
 import time
 from pathlib import Path
 
+from pipeline.config import arguments
 from pipeline.core import signals
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
@@ -211,14 +212,7 @@ def add_arguments(parser) -> None:
         help="number of local worker processes (one MultiWorkerMirroredStrategy cluster)",
     )
     parser.add_argument("experiment", help="experiment name (experiments/<name>.yaml) or path to a YAML file")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, passed to every worker (repeatable)",
-    )
+    arguments.add_overrides(parser, "override a config value, passed to every worker (repeatable)")
     parser.add_argument(
         "--run-dir",
         type=Path,

@@ -15,7 +15,7 @@ import zlib
 from pathlib import Path
 
 from pipeline import config as config_lib
-from pipeline.config import ConfigError
+from pipeline.config import ConfigError, arguments
 from pipeline.core import fileio
 from pipeline.tune import space as space_lib
 from pipeline.tune.space import TuneError
@@ -29,14 +29,7 @@ HELP = "hyperparameter search over the experiment's `tune:` section, a `train` p
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The `tune` command's arguments."""
     parser.add_argument("experiment", nargs="?", help="experiment name or YAML path (with a `tune:` section)")
-    parser.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set tune.trials=8 (repeatable)",
-    )
+    arguments.add_overrides(parser, "override a config value, e.g. --set tune.trials=8 (repeatable)")
     parser.add_argument("--study", type=Path, help="study directory (default runs/<experiment>/tune-<study_name>)")
     parser.add_argument("--workers", type=_positive, default=1, help="trials run at once by this process")
     parser.add_argument("--trials", type=_positive, help="COMPLETE + PRUNED trials wanted (default tune.trials)")
