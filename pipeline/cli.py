@@ -75,10 +75,14 @@ def _parser() -> argparse.ArgumentParser:
 
 # Commands that import TensorFlow at once (`train` and `summary` do after their config is validated;
 # `report` and `launch` never do in this process).
-TENSORFLOW_COMMANDS = ("evaluate", "export", "predict", "data")
+TENSORFLOW_COMMANDS = ("evaluate", "export", "predict", "data", "audit")
 
 # Commands whose module owns its arguments (`HELP`, `add_arguments(parser)`, `run(args) -> int`).
-OPTIONAL_COMMANDS = {"report": "pipeline.evaluation.compare_runs", "launch": "pipeline.distribute.launch"}
+OPTIONAL_COMMANDS = {
+    "report": "pipeline.evaluation.compare_runs",
+    "launch": "pipeline.distribute.launch",
+    "audit": "pipeline.audit",
+}
 
 
 def _add_overrides(parser: argparse.ArgumentParser, example: str) -> None:

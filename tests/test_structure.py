@@ -107,6 +107,7 @@ ALLOWED = {
     "serving": {"core", "compat", "config", "data", "models", "training", "evaluation"},
     "inspection": {"core", "compat", "config", "data", "models", "training"},
     "tools": {"core", "compat", "config", "data"},
+    "audit": {"core", "compat", "config", "data", "models", "training", "evaluation"},
 }
 TOP = "top"
 
