@@ -183,7 +183,7 @@ def audit(target, *, overrides=(), out=None, write_lists=None, threshold=None, p
         name=name,
     )
     report["out"] = str(out)
-    _write(out, report, kept, all_groups)
+    _write(out, report, kept)
     if write_lists is not None:
         report["lists"] = _write_lists(Path(write_lists), kept, list_root, class_names, report)
         atomic_write_json(out / "audit.json", report)
@@ -292,50 +292,41 @@ def _load(item):
         return None
 
 
-def _sheet(path, groups, kept, title) -> None:
+def _sheet(path, described: list[dict], kept, title) -> None:
+    """One row per described group (audit.json's form): each member's image, path, split and class; the
+    first caption also says exact or near (and the largest pHash distance)."""
     from pipeline.data import contact_sheet
 
+    index = {item["name"]: n for n, item in enumerate(kept)}
     rows = []
-    for group in groups[:SHEET_ROWS]:
-        members = [kept[i] for i in group] if isinstance(group, list) else []
-        rows.append(
-            [
-                (_load(item), f"{item['name']}\n{item['split'] or ''} {item['class'] or ''}".strip())
-                for item in members[: contact_sheet.MAX_COLUMNS]
-            ]
-        )
-    if len(groups) > SHEET_ROWS:
-        title += f" (first {SHEET_ROWS} of {len(groups)} groups; audit.json lists all)"
+    for group in described[:SHEET_ROWS]:
+        cells = []
+        for position, member in enumerate(group["members"][: contact_sheet.MAX_COLUMNS]):
+            caption = f"{member['path']}\n{member['split'] or ''} {member['class'] or ''}".rstrip()
+            if position == 0:
+                kind = "exact" if group["kind"] == "exact" else f"near, pHash <= {group['max_phash_distance']}"
+                caption = f"[{kind}] {caption}"
+            cells.append((_load(kept[index[member["path"]]]), caption))
+        rows.append(cells)
+    if len(described) > SHEET_ROWS:
+        title += f" (first {SHEET_ROWS} of {len(described)} groups; audit.json lists all)"
     contact_sheet.write_sheet(path, rows, title=title)
 
 
-def _write(out: Path, report: dict, kept, groups) -> None:
+def _write(out: Path, report: dict, kept) -> None:
     """audit.json, audit.md and the contact sheets into `out` (created), each atomically."""
-    index = {item["name"]: n for n, item in enumerate(kept)}
-
-    def as_indices(described):
-        return [[index[m["path"]] for m in g["members"]] for g in described]
-
+    sheets = [
+        ("duplicates.png", report["groups"], "Duplicate groups (one row each): exact and near"),
+        ("leakage.png", report["leak_groups"], "Duplicates across splits (train vs validation/test): leakage"),
+        ("conflicts.png", report["conflict_groups"], "Duplicates filed under different classes: conflicts"),
+    ]
     try:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_json(out / "audit.json", report)
         atomic_write_text(out / "audit.md", _markdown(report))
-        sheets = [
-            ("duplicates.png", groups, "Duplicate groups (one row each): exact and near"),
-            (
-                "leakage.png",
-                as_indices(report["leak_groups"]),
-                "Duplicates across splits (train vs validation/test): leakage",
-            ),
-            (
-                "conflicts.png",
-                as_indices(report["conflict_groups"]),
-                "Duplicates filed under different classes: conflicts",
-            ),
-        ]
-        for name, chosen, title in sheets:
-            if chosen:
-                _sheet(out / name, chosen, kept, title)
+        for name, described, title in sheets:
+            if described:
+                _sheet(out / name, described, kept, title)
             elif (out / name).exists():
                 (out / name).unlink()  # a sheet of an earlier audit would show what this one did not find
     except OSError as error:

@@ -120,3 +120,29 @@ def test_a_run_of_another_dataset_version_is_refused(colour_run, tmp_path, capsy
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and "another dataset version" in error[0]
     assert not (copy / "audit").exists()
+
+
+@pytest.mark.slow
+def test_train_split_with_folds_finds_flipped_training_labels_and_resumes(tmp_path):
+    """`--split train --folds 2`: two fold trainings (subprocesses) predict the halves they did not see;
+    flipped training labels are found; a second audit reuses the finished folds (no training)."""
+    from PIL import Image
+
+    root = write_tree(tmp_path / "colours", train_per_class=40, val_per_class=6, seed=1)
+    rng = np.random.default_rng(7)
+    planted = {"train/green/flip-red.png": "red", "train/blue/flip-yellow.png": "yellow"}
+    for relative, true_class in planted.items():
+        Image.fromarray(coloured(COLOURS[COLOUR_OF[true_class]], rng)).save(root / relative)
+    run = tmp_path / "run"
+    argv = ["train", "tiny", "--run-dir", str(run), *overrides(root, tmp_path / "data")]
+    assert cli.main(argv) == 0
+    assert cli.main(["audit", str(run), "--split", "train", "--folds", "2", "--fold-epochs", "8"]) == 0
+    with open(run / "audit" / "label_issues.csv") as handle:
+        rows = {str(Path(row["path"]).relative_to(root)): row for row in csv.DictReader(handle)}
+    for relative, true_class in planted.items():
+        assert rows[relative]["suggested"] == true_class, rows
+    checkpoints = sorted((run / "audit" / "folds").glob("fold-*/run/checkpoints/best.keras"))
+    assert len(checkpoints) == 2
+    stamps = [path.stat().st_mtime_ns for path in checkpoints]
+    assert cli.main(["audit", str(run), "--split", "train", "--folds", "2", "--fold-epochs", "8"]) == 0
+    assert [path.stat().st_mtime_ns for path in checkpoints] == stamps  # finished folds are not trained again
