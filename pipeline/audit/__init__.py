@@ -36,9 +36,10 @@ def run(args) -> int:
     summary = label_issues.audit_run(
         args.run_dir, split=args.split, folds=args.folds, fold_epochs=args.fold_epochs, top=args.top
     )
+    outliers = "no embedding layer found, outliers skipped" if summary["outliers"] is None else summary["outliers"]
     print(
         f"{summary['split']}: {summary['issues']} likely label errors among {summary['images']} images "
-        f"({100 * summary['issue_share']:.2f}%), {summary['outliers']} outliers; wrote {summary['out']}/"
+        f"({100 * summary['issue_share']:.2f}%), outliers: {outliers}; wrote {summary['out']}/"
         f"label_issues.csv, label_issues.png, class_pairs.csv, outliers.csv, outliers.png, summary.json"
     )
     return 0
