@@ -1,6 +1,6 @@
 """`python -m pipeline audit RUN [--split validation|test|train] [--folds K]`: after training, likely label
 errors (cleanlab, from out-of-sample predicted probabilities) and outliers (images far from their class in
-the model's penultimate-layer embedding space), written to RUN/audit/.
+the model's penultimate-layer embedding space), written to RUN/audit/<split>/.
 
 validation and test: the run's own predictions are out of sample. train: the run has seen those labels, so
 `--folds K` trains K models of the same experiment, each without one K-th of the training split, and each
@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-HELP = "likely label errors and outliers of a trained run's split (cleanlab), in RUN/audit/"
+HELP = "likely label errors and outliers of a trained run's split (cleanlab), in RUN/audit/SPLIT/"
 SPLITS = ("validation", "test", "train")
 
 

@@ -10,7 +10,7 @@ Outliers: images far from their own class in the penultimate-layer embedding spa
 Dense layer, L2-normalised): cosine distance to the class's mean embedding, as a robust z-score within the
 class (median and MAD; Iglewicz and Hoaglin, "How to Detect and Handle Outliers", 1993: |z| > 3.5).
 
-Outputs in RUN/audit/: label_issues.csv (ranked), label_issues.png (the top issues: image, given ->
+Outputs in RUN/audit/<split>/: label_issues.csv (ranked), label_issues.png (the top issues: image, given ->
 suggested, score), class_pairs.csv (issues per given -> suggested pair), outliers.csv, outliers.png,
 summary.json, and one line in TensorBoard's text tab (RUN/tensorboard/audit).
 """
@@ -176,7 +176,7 @@ def audit_run(
     top: int = 24,
     log=print,
 ) -> dict:
-    """Label issues and outliers of one split of a run, written to RUN/audit/ (see the module docstring).
+    """Label issues and outliers of one split of a run, written to RUN/audit/<split>/ (see the module docstring).
 
     Returns:
         summary.json's content: split, images, issues, issue_share, outliers, class_pairs, out.
@@ -211,7 +211,7 @@ def audit_run(
         issues = find_issues(labels, probabilities)
         outliers = outlier_scores(embeddings, labels) if embeddings is not None else None
         return _write_outputs(
-            run_dir / "audit",
+            run_dir / "audit" / split,
             split=split,
             names=names,
             labels=labels,

@@ -77,7 +77,7 @@ def colour_run(tmp_path_factory):
 def test_flipped_labels_are_found_with_their_true_class(colour_run):
     run, root = colour_run
     assert cli.main(["audit", str(run), "--split", "test"]) == 0
-    with open(run / "audit" / "label_issues.csv") as handle:
+    with open(run / "audit" / "test" / "label_issues.csv") as handle:
         rows = list(csv.DictReader(handle))
     found = {str(Path(row["path"]).relative_to(root)): row for row in rows}
     assert set(FLIPPED) <= set(found), rows
@@ -86,10 +86,10 @@ def test_flipped_labels_are_found_with_their_true_class(colour_run):
         assert float(found[relative]["score"]) < 0.5
     assert len(rows) <= len(FLIPPED) + 2  # untouched images are (nearly) never flagged
     assert [int(row["rank"]) for row in rows] == list(range(1, len(rows) + 1))
-    summary = json.loads((run / "audit" / "summary.json").read_text())
+    summary = json.loads((run / "audit" / "test" / "summary.json").read_text())
     assert summary["split"] == "test" and summary["images"] == 4 * 12 + 4 and summary["issues"] == len(rows)
     for name in ("label_issues.png", "outliers.png", "class_pairs.csv", "outliers.csv"):
-        assert (run / "audit" / name).is_file(), name
+        assert (run / "audit" / "test" / name).is_file(), name
     assert list((run / "tensorboard" / "audit").glob("events.out.tfevents.*"))
 
 
@@ -101,12 +101,12 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, colour_run, ca
         "train_without_folds": ["audit", str(run), "--split", "train"],
         "folds_on_test": ["audit", str(run), "--split", "test", "--folds", "3"],
     }[case]
-    before = sorted(p.name for p in (run / "audit").glob("*")) if (run / "audit").exists() else []
+    before = sorted(str(p) for p in (run / "audit").rglob("*")) if (run / "audit").exists() else []
     assert cli.main(argv) == 2
     error = capsys.readouterr().err.strip().splitlines()
     assert len(error) == 1 and error[0].startswith("error: ")
     assert {"experiment": "tiny", "train_without_folds": "--folds", "folds_on_test": "--folds"}[case] in error[0]
-    after = sorted(p.name for p in (run / "audit").glob("*")) if (run / "audit").exists() else []
+    after = sorted(str(p) for p in (run / "audit").rglob("*")) if (run / "audit").exists() else []
     assert after == before
 
 
@@ -142,7 +142,7 @@ def test_train_split_with_folds_finds_flipped_training_labels_and_resumes(tmp_pa
     argv = ["train", "tiny", "--run-dir", str(run), *overrides(root, tmp_path / "data")]
     assert cli.main(argv) == 0
     assert cli.main(["audit", str(run), "--split", "train", "--folds", "2", "--fold-epochs", "8"]) == 0
-    with open(run / "audit" / "label_issues.csv") as handle:
+    with open(run / "audit" / "train" / "label_issues.csv") as handle:
         rows = {str(Path(row["path"]).relative_to(root)): row for row in csv.DictReader(handle)}
     folds = run / "audit" / "folds" / "fold-0"
     in_train = {
