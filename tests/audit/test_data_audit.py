@@ -125,3 +125,14 @@ def test_bad_input_exits_2_with_one_line_and_writes_nothing(case, tmp_path, caps
     assert len(error) == 1 and error[0].startswith("error: ") and "Traceback" not in error[0]
     assert (target in error[0]) or ("no_such_experiment" in error[0])
     assert not out.exists()
+
+
+def test_in_memory_grey_images_are_fingerprinted_like_files():
+    from pipeline.data import fingerprints
+
+    images = np.random.default_rng(0).integers(0, 256, (4, 28, 28, 1), np.uint8)
+    images[3] = images[1]
+    prints = fingerprints.fingerprint_arrays(images)
+    assert prints.height.tolist() == [28] * 4 and not prints.failed
+    assert fingerprints.exact_pairs(prints.exact, prints.height, prints.width).tolist() == [[1, 3]]
+    assert fingerprints.group(4, [(1, 3, 0)]) == [[1, 3]]
