@@ -1,4 +1,4 @@
-"""Command line: `python -m pipeline {train,evaluate,export,predict,summary,report,launch,data} ...`.
+"""Command line: `python -m pipeline {train,evaluate,export,predict,summary,report,launch,audit,data} ...`.
 
 Thin on purpose: parse arguments, parse the config once, import the one command's module, call one
 function. Argument parsing and config validation import no TensorFlow, so `--help`, `--print-config` and
