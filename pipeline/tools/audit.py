@@ -13,6 +13,7 @@ conflicting images, for the `file_list` dataset.
 from __future__ import annotations
 
 import collections
+import itertools
 import os
 from pathlib import Path
 
@@ -178,6 +179,7 @@ def audit(target, *, overrides=(), out=None, write_lists=None, threshold=None, p
         near_groups,
         all_groups,
         class_names,
+        near=near,
         small_side=small_side,
         threshold=threshold,
         name=name,
@@ -201,7 +203,7 @@ def _describe_group(group, kept, prints, kind) -> dict:
 
 
 def _report(
-    kept, prints, items, exact_groups, near_groups, all_groups, class_names, *, small_side, threshold, name
+    kept, prints, items, exact_groups, near_groups, all_groups, class_names, *, near, small_side, threshold, name
 ) -> dict:
     """The audit.json content (see docs_audit.md for every key)."""
     import numpy as np
@@ -213,18 +215,26 @@ def _report(
     described_groups = [
         _describe_group(g, kept, prints, "exact" if frozenset(g) in exact_sets else "near") for g in all_groups
     ]
-    leaks, conflicts = [], []
-    leaked_by_split = collections.Counter()
-    for group, described in zip(all_groups, described_groups):
-        splits_in = {kept[i]["split"] for i in group}
-        classes_in = {kept[i]["class"] for i in group} - {None}
-        if "train" in splits_in and splits_in & {"validation", "test"}:
-            leaks.append(described)
-            for i in group:
-                if kept[i]["split"] in ("validation", "test"):
-                    leaked_by_split[kept[i]["split"]] += 1
-        if len(classes_in) > 1:
-            conflicts.append(described)
+    # Leakage and conflicts are read from direct pairs, not from whole groups: a group is a connected
+    # component, and on small low-texture images (CIFAR-10's skies) chains join pictures that are not
+    # duplicates of each other. Every pair inside an exact group is direct (identical pixels).
+    member_of = {i: n for n, group in enumerate(all_groups) for i in group}
+    direct = [tuple(pair) for pair in near[:, :2].tolist()]
+    for group in exact_groups:
+        direct += list(itertools.combinations(group, 2)) if len(group) <= 200 else [(group[0], i) for i in group[1:]]
+    leak_ids, conflict_ids, leaked, train_copies, conflicting = set(), set(), set(), set(), set()
+    for i, j in direct:
+        a, b = kept[i], kept[j]
+        if {a["split"], b["split"]} & {"validation", "test"} and "train" in (a["split"], b["split"]):
+            leak_ids.add(member_of[i])
+            leaked.update(k for k in (i, j) if kept[k]["split"] in ("validation", "test"))
+            train_copies.update(k for k in (i, j) if kept[k]["split"] == "train")
+        if a["class"] is not None and b["class"] is not None and a["class"] != b["class"]:
+            conflict_ids.add(member_of[i])
+            conflicting.update((i, j))
+    leaks = [described_groups[n] for n in sorted(leak_ids)]
+    conflicts = [described_groups[n] for n in sorted(conflict_ids)]
+    leaked_by_split = collections.Counter(kept[i]["split"] for i in leaked)
     per_class = {}
     for class_name in sorted({item["class"] for item in kept}, key=lambda c: (c is None, c or "")):
         rows = [n for n, item in enumerate(kept) if item["class"] == class_name]
@@ -270,10 +280,13 @@ def _report(
                 if splits.get(split)
             },
         },
-        "conflicts": {"groups": len(conflicts), "images": sum(g["size"] for g in conflicts)},
+        "conflicts": {"groups": len(conflicts), "images": len(conflicting)},
         "per_class": per_class,
         "groups": described_groups,
         "leak_groups": leaks,
+        "leaked_images": sorted(kept[i]["name"] for i in leaked),
+        "train_copies_of_leaked": sorted(kept[i]["name"] for i in train_copies),
+        "conflicting_images": sorted(kept[i]["name"] for i in conflicting),
         "conflict_groups": conflicts,
     }
 
@@ -386,8 +399,7 @@ def _write_lists(folder: Path, kept, root_hint, class_names, report) -> dict:
     paths = [str(item["path"]) for item in kept]
     root = Path(os.path.commonpath(paths)) if len(paths) > 1 else Path(paths[0]).parent
     root = root if root.is_dir() else root.parent
-    dropped = {m["path"] for g in report["conflict_groups"] for m in g["members"]}
-    dropped |= {m["path"] for g in report["leak_groups"] for m in g["members"] if m["split"] == "train"}
+    dropped = set(report["conflicting_images"]) | set(report["train_copies_of_leaked"])
     files, written = {}, {}
     names = {"train": "train.txt", "validation": "val.txt", "test": "test.txt", None: "train.txt"}
     for split in SPLIT_ORDER:
