@@ -117,8 +117,9 @@ def fingerprint_files(paths, *, progress=None) -> Fingerprints:
         image = decode.decode_image(tf.io.read_file(path), channels=3)
         return (index, *_summary(image))
 
+    # An empty list has no dtype to infer: give the string tensor one.
     dataset = tf.data.Dataset.from_tensor_slices(
-        (tf.range(len(paths), dtype=tf.int64), tf.constant(paths or [""])[: len(paths)])
+        (tf.range(len(paths), dtype=tf.int64), tf.constant(paths, dtype=tf.string, shape=[len(paths)]))
     )
     dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     dataset = dataset.ignore_errors().prefetch(tf.data.AUTOTUNE)  # a bad file drops out; its index shows it

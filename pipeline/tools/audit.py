@@ -89,15 +89,14 @@ def _items_of_folder(root: Path) -> tuple[list[dict], list[str] | None]:
     return items, (sorted(classes) or None)
 
 
-def _items_of_experiment(config) -> tuple[list[dict], list[str], object, object]:
-    """Items of an experiment's three splits, class names, the splits, and a folder names are relative to."""
+def _items_of_experiment(config) -> tuple[list[dict], list[str], object]:
+    """Items ({name, path or array, split, class}) of an experiment's three splits, class names, the splits."""
     splits = load_splits(config)
     if splits.kind == "records":
         raise common.DataError(
             f"dataset {config.dataset.name!r}: TFRecord shards are not audited; audit the "
             f"folder they were written from (`data audit ROOT`)"
         )
-    root = getattr(splits, "root", None)
     items = []
     for split in ("train", "validation", "test"):
         sources, labels = getattr(splits, split)
@@ -108,7 +107,7 @@ def _items_of_experiment(config) -> tuple[list[dict], list[str], object, object]
             else:
                 item.update(name=str(source), path=Path(source))
             items.append(item)
-    return items, splits.class_names, splits, root
+    return items, splits.class_names, splits
 
 
 def audit(target, *, overrides=(), out=None, write_lists=None, threshold=None, progress=True) -> dict:
@@ -140,10 +139,10 @@ def audit(target, *, overrides=(), out=None, write_lists=None, threshold=None, p
             raise common.DataError("--set applies to an experiment, not to a folder")
         items, class_names = _items_of_folder(folder)
         out = Path(out) if out else common.sibling(folder, "-audit")
-        list_root, name = folder, str(folder)
+        name = str(folder)
     else:
         config = config_lib.load_config(str(target), list(overrides))
-        items, class_names, splits, list_root = _items_of_experiment(config)
+        items, class_names, splits = _items_of_experiment(config)
         if config.input.image_size:
             small_side = max(1, min(config.input.image_size) // 2)
         out = Path(out) if out else config_lib.PROJECT_ROOT / "runs" / Path(str(target)).stem / "data-audit"
@@ -187,7 +186,7 @@ def audit(target, *, overrides=(), out=None, write_lists=None, threshold=None, p
     report["out"] = str(out)
     _write(out, report, kept)
     if write_lists is not None:
-        report["lists"] = _write_lists(Path(write_lists), kept, list_root, class_names, report)
+        report["lists"] = _write_lists(Path(write_lists), kept, class_names, report)
         atomic_write_json(out / "audit.json", report)
     return report
 
@@ -391,7 +390,7 @@ def _markdown(report: dict) -> str:
     return "\n".join(lines)
 
 
-def _write_lists(folder: Path, kept, root_hint, class_names, report) -> dict:
+def _write_lists(folder: Path, kept, class_names, report) -> dict:
     """train/val/test list files (and classes.txt) without conflicting images and without the train copies
     of leaked ones; validation and test stay as they were, so results remain comparable."""
     if not class_names:
