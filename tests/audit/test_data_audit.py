@@ -136,3 +136,20 @@ def test_in_memory_grey_images_are_fingerprinted_like_files():
     assert prints.height.tolist() == [28] * 4 and not prints.failed
     assert fingerprints.exact_pairs(prints.exact, prints.height, prints.width).tolist() == [[1, 3]]
     assert fingerprints.group(4, [(1, 3, 0)]) == [[1, 3]]
+
+
+@pytest.mark.slow
+@pytest.mark.mirror
+def test_the_mirrors_hymenoptera_has_no_duplicates(mirror_dir, tmp_path):
+    """The real photos (398 files, one GIF placeholder): none decodes to the same or nearly the same picture
+    as another (its closest pairs, pHash 12-16 of 64, are different photographs; benchmarks/RESULTS.md)."""
+    import tarfile
+
+    with tarfile.open(mirror_dir / "hymenoptera.tar.gz") as archive:
+        archive.extractall(tmp_path, filter="data")
+    out = tmp_path / "report"
+    assert cli.main(["data", "audit", str(tmp_path / "hymenoptera"), "--out", str(out)]) == 0
+    report = json.loads((out / "audit.json").read_text())
+    assert report["images"] == 398 and report["splits"] == {"train": 245, "validation": 153}
+    assert report["groups"] == [] and report["leakage"]["groups"] == 0 and report["conflicts"]["groups"] == 0
+    assert report["per_class"]["ants"]["count"] == 194 and report["per_class"]["bees"]["count"] == 204
