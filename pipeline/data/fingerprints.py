@@ -130,14 +130,13 @@ def fingerprint_arrays(images: np.ndarray, *, progress=None) -> Fingerprints:
     """Fingerprints of in-memory images uint8 [N, H, W] or [N, H, W, C] (C 1 or 3), as `fingerprint_files`."""
     import tensorflow as tf
 
-    from pipeline.data import image_ops
-
     images = np.asarray(images)
     if images.ndim == 3:
         images = images[..., None]
+    grey = images.shape[-1] == 1  # known here, so no run-time channel test is needed
 
     def load(index, image):
-        return (index, *_summary(image_ops.convert_channels(image, 3)))  # channels known statically here
+        return (index, *_summary(tf.image.grayscale_to_rgb(image) if grey else image))
 
     dataset = tf.data.Dataset.from_tensor_slices((np.arange(len(images), dtype=np.int64), images))
     dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
