@@ -264,7 +264,12 @@ def _report(
             f"{in_groups} of {len(kept)} images ({100 * in_groups / len(kept):.0f}%) fall in near-duplicate groups: "
             f"the perceptual hashes do not separate these images at --threshold {threshold} (small, centred "
             f"objects on a plain background look alike to them); the near-duplicate, leakage and conflict "
-            f"figures are mostly chance. Look at the sheets, and try a lower --threshold (e.g. 4)"
+            f"figures are mostly chance. Look at the sheets"
+            + (
+                ", and try a lower --threshold (e.g. 4)"
+                if threshold > 4
+                else "; only the exact duplicates are reliable"
+            )
         )
     return {
         "source": name,
