@@ -1,4 +1,4 @@
-"""Command line: `python -m pipeline {train,evaluate,export,predict,summary,report,launch,tune,serve,data} ...`.
+"""Command line: `python -m pipeline {train,evaluate,export,predict,summary,report,launch,tune,serve,audit,data} ...`.
 
 Thin on purpose: parse arguments, parse the config once, import the one command's module, call one
 function. Argument parsing and config validation import no TensorFlow, so `--help`, `--print-config` and
@@ -88,7 +88,7 @@ def _parser() -> argparse.ArgumentParser:
 
 # Commands that import TensorFlow at once (`train` and `summary` do after their config is validated;
 # `report` and `launch` never do in this process).
-TENSORFLOW_COMMANDS = ("evaluate", "export", "predict", "data", "serve")
+TENSORFLOW_COMMANDS = ("evaluate", "export", "predict", "data", "serve", "audit")
 
 # Commands whose module owns its arguments (`HELP`, `add_arguments(parser)`, `run(args) -> int`).
 OPTIONAL_COMMANDS = {
@@ -96,6 +96,7 @@ OPTIONAL_COMMANDS = {
     "launch": "pipeline.distribute.launch",
     "tune": "pipeline.tune.command",
     "serve": "pipeline.serving.server",
+    "audit": "pipeline.audit",
 }
 
 

@@ -396,6 +396,7 @@ USER_ERRORS = {
     "pipeline.serving.batching": ["BatchingError"],
     "pipeline.tools.common": ["DataError"],
     "pipeline.tune.space": ["TuneError"],
+    "pipeline.audit.common": ["AuditError"],
     "models.weights": ["WeightsError"],
 }
 # Builtins kept as second bases, for callers (and tests) that catch them.

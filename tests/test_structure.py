@@ -110,6 +110,7 @@ ALLOWED = {
     "inspection": {"core", "compat", "config", "data", "models", "training"},
     "tools": {"core", "compat", "config", "data"},
     "tune": {"core", "config"},  # trials are `train` processes: the tuner never imports TensorFlow
+    "audit": {"core", "compat", "config", "data", "models", "training", "evaluation"},
 }
 TOP = "top"
 

@@ -5,6 +5,7 @@
     stats  ROOT [--image-size H W]             class counts, per-channel mean/std, mean image (streaming)
     split  ROOT --val 0.1 --test 0.1           stratified train/val/test lists + classes.txt
     gather URLS.txt --out DIR                  download image URLs into class folders, skipping broken links
+    audit  ROOT_OR_EXPERIMENT [--out DIR]      duplicates, leakage across splits, class conflicts, odd images
 
 The lists written by `label` and `split` are what the `file_list` dataset reads (`dataset.lists` +
 `dataset.classes`, paths relative to `dataset.root`). "Good" everywhere means what `image_files.check_image`
@@ -30,7 +31,7 @@ import importlib.util
 from pipeline.tools.common import DataError  # noqa: F401  (the CLI catches tools.DataError)
 
 # The order of `data --help`. A name whose module does not exist (yet) is left out of the CLI.
-TOOLS = ("label", "check", "stats", "split", "gather", "shard")
+TOOLS = ("label", "check", "stats", "split", "gather", "shard", "audit")
 
 
 def available_tools() -> list[str]:

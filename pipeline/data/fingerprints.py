@@ -1,0 +1,201 @@
+"""Image fingerprints for the data audit: exact-pixel keys, perceptual hashes and a few statistics.
+
+Images are decoded the way training decodes them (`decode.decode_image`: EXIF orientation, the accurate
+JPEG IDCT, grey and RGBA brought to RGB), so "exact duplicate" means the same pixels the model would
+see, whatever the file format or name. Per image only a few numbers are kept (two 64-bit hashes, an
+exact key, size and brightness statistics), never the decoded image: 100,000 images take ~6 MB.
+
+Near duplicates: the DCT perceptual hash (pHash, `imagehash.phash`: the signs of the 8x8 lowest DCT
+frequencies of a 32x32 grey thumbnail, relative to their median; Zauner, "Implementation and
+Benchmarking of Perceptual Image Hash Functions", 2010) is unchanged by JPEG recompression, resizing and
+moderate brightness changes, and moves a few bits under a small crop. Two images are near duplicates
+when their pHashes differ in at most `threshold` of 64 bits (`NEAR_THRESHOLD`, chosen by
+benchmarks/audit_quality.py) *and* their difference hashes (dHash, the signs of horizontal gradients
+of a 9x8 thumbnail) in at most `DHASH_THRESHOLD`: two hashes of different kinds rarely agree by chance.
+The search is exact: every pair is compared (bit counts of XORs, in blocks of ~4 million pairs: ~32 MB).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+THUMBNAIL = 64  # side of the RGB thumbnail the hashes are computed from (imagehash resizes it to 32 or 9)
+NEAR_THRESHOLD = 10  # pHash bits of 64 (benchmarks/audit_quality.py: the transformations of docs_audit.md)
+DHASH_THRESHOLD = 16  # dHash bits of 64, checked together with the pHash (cuts chance matches)
+_BLOCK_ELEMENTS = 4_000_000  # XORs per block (32 MB of uint64): rows per block = this // N
+
+
+@dataclasses.dataclass
+class Fingerprints:
+    """One row per image that decoded; `failed` holds (index, reason) of those that did not.
+
+    Attributes (arrays of length N, in input order of the decodable images):
+        index: int64, the position of the image in the input.
+        exact: uint64, farmhash64 of the decoded pixels (same key and same shape = same pixels).
+        phash, dhash: uint64, 64-bit perceptual hashes.
+        height, width: int32, the image as displayed.
+        brightness: float32, mean grey level 0..255 (ITU-R BT.601 weights).
+        contrast: float32, standard deviation of the grey levels.
+    """
+
+    index: np.ndarray
+    exact: np.ndarray
+    phash: np.ndarray
+    dhash: np.ndarray
+    height: np.ndarray
+    width: np.ndarray
+    brightness: np.ndarray
+    contrast: np.ndarray
+    failed: list
+
+
+def _hashes(thumbnail: np.ndarray) -> tuple[int, int]:
+    """(pHash, dHash) of a uint8 RGB thumbnail, as unsigned 64-bit integers."""
+    import imagehash
+    from PIL import Image
+
+    image = Image.fromarray(thumbnail)
+    return (
+        int(str(imagehash.phash(image)), 16),
+        int(str(imagehash.dhash(image)), 16),
+    )
+
+
+def _summary(image):
+    """uint8 [H, W, 3] -> (exact key, height, width, brightness, contrast, thumbnail [64, 64, 3] uint8)."""
+    import tensorflow as tf
+
+    shape = tf.shape(image)
+    key = tf.fingerprint(tf.reshape(image, [1, -1]))[0]  # farmhash64 of the pixel bytes, uint8 [8]
+    grey = tf.image.rgb_to_grayscale(tf.cast(image, tf.float32))
+    thumbnail = tf.image.resize(tf.cast(image, tf.float32), [THUMBNAIL, THUMBNAIL], method="area", antialias=True)
+    thumbnail = tf.cast(tf.round(tf.clip_by_value(thumbnail, 0.0, 255.0)), tf.uint8)
+    return key, shape[0], shape[1], tf.reduce_mean(grey), tf.math.reduce_std(grey), thumbnail
+
+
+def _collect(dataset, count: int, progress) -> Fingerprints:
+    """Runs a tf.data pipeline of (index, summary...) and hashes each thumbnail in Python."""
+    rows = {name: [] for name in ("index", "exact", "phash", "dhash", "height", "width", "brightness", "contrast")}
+    for index, key, height, width, brightness, contrast, thumbnail in dataset.as_numpy_iterator():
+        phash, dhash = _hashes(thumbnail)
+        rows["index"].append(int(index))
+        rows["exact"].append(int.from_bytes(key.tobytes(), "little"))
+        rows["phash"].append(phash)
+        rows["dhash"].append(dhash)
+        rows["height"].append(int(height))
+        rows["width"].append(int(width))
+        rows["brightness"].append(float(brightness))
+        rows["contrast"].append(float(contrast))
+        if progress is not None:
+            progress.update()
+    decoded = set(rows["index"])
+    failed = [(i, "cannot be decoded") for i in range(count) if i not in decoded]
+    dtypes = {"index": np.int64, "exact": np.uint64, "phash": np.uint64, "dhash": np.uint64, "height": np.int32}
+    arrays = {name: np.asarray(values, dtypes.get(name, np.float32)) for name, values in rows.items()}
+    arrays["width"] = arrays["width"].astype(np.int32)
+    return Fingerprints(**arrays, failed=failed)
+
+
+def fingerprint_files(paths, *, progress=None) -> Fingerprints:
+    """Fingerprints of image files, decoded as training decodes them, in parallel (tf.data).
+
+    Args:
+        paths: file paths (str or Path).
+        progress: an object with `update()` called once per decoded image, or None.
+    Returns:
+        Fingerprints; files that do not decode are listed in `failed`, not raised.
+    """
+    import tensorflow as tf
+
+    from pipeline.data import decode
+
+    paths = [str(p) for p in paths]
+
+    def load(index, path):
+        image = decode.decode_image(tf.io.read_file(path), channels=3)
+        return (index, *_summary(image))
+
+    # An empty list has no dtype to infer: give the string tensor one.
+    dataset = tf.data.Dataset.from_tensor_slices(
+        (tf.range(len(paths), dtype=tf.int64), tf.constant(paths, dtype=tf.string, shape=[len(paths)]))
+    )
+    dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    dataset = dataset.ignore_errors().prefetch(tf.data.AUTOTUNE)  # a bad file drops out; its index shows it
+    return _collect(dataset, len(paths), progress)
+
+
+def fingerprint_arrays(images: np.ndarray, *, progress=None) -> Fingerprints:
+    """Fingerprints of in-memory images uint8 [N, H, W] or [N, H, W, C] (C 1 or 3), as `fingerprint_files`."""
+    import tensorflow as tf
+
+    images = np.asarray(images)
+    if images.ndim == 3:
+        images = images[..., None]
+    grey = images.shape[-1] == 1  # known here, so no run-time channel test is needed
+
+    def load(index, image):
+        return (index, *_summary(tf.image.grayscale_to_rgb(image) if grey else image))
+
+    dataset = tf.data.Dataset.from_tensor_slices((np.arange(len(images), dtype=np.int64), images))
+    dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    return _collect(dataset, len(images), progress)
+
+
+def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Bits that differ between uint64 hashes (broadcasting), int."""
+    return np.bitwise_count(np.bitwise_xor(a, b))
+
+
+def near_pairs(
+    phash: np.ndarray, dhash: np.ndarray, *, threshold: int = NEAR_THRESHOLD, dhash_threshold: int = DHASH_THRESHOLD
+) -> np.ndarray:
+    """Every pair (i < j) with pHash distance <= threshold and dHash distance <= dhash_threshold.
+
+    Exact search, blocked: time O(N^2) bit counts (~3 s for 10,000 images), memory ~32 MB whatever N.
+
+    Returns:
+        int64 [P, 3]: i, j, pHash distance.
+    """
+    found = []
+    block = max(1, _BLOCK_ELEMENTS // max(len(phash), 1))
+    for start in range(0, len(phash), block):
+        stop = min(start + block, len(phash))
+        distance = hamming(phash[start:stop, None], phash[None, :])
+        rows, columns = np.nonzero(distance <= threshold)
+        keep = columns > rows + start
+        rows, columns = rows[keep], columns[keep]
+        close = hamming(dhash[rows + start], dhash[columns]) <= dhash_threshold
+        rows, columns = rows[close], columns[close]
+        found.append(np.stack([rows + start, columns, distance[rows, columns]], axis=1).astype(np.int64))
+    return np.concatenate(found) if found else np.zeros((0, 3), np.int64)
+
+
+def group(count: int, pairs) -> list[list[int]]:
+    """Connected components (union-find) of `count` items joined by `pairs` ((i, j, ...) rows); only
+    components of two or more, each sorted, largest first."""
+    parent = list(range(count))
+
+    def root(item):
+        while parent[item] != item:
+            parent[item] = parent[parent[item]]
+            item = parent[item]
+        return item
+
+    for i, j, *_ in pairs:
+        a, b = root(int(i)), root(int(j))
+        if a != b:
+            parent[max(a, b)] = min(a, b)
+    components: dict[int, list[int]] = {}
+    for item in range(count):
+        components.setdefault(root(item), []).append(item)
+    return sorted((c for c in components.values() if len(c) > 1), key=lambda c: (-len(c), c[0]))
+
+
+def exact_pairs(exact: np.ndarray, height: np.ndarray, width: np.ndarray) -> np.ndarray:
+    """Pairs (first, other) of images with the same pixel key and shape: [P, 2] int64 (chains, not all pairs)."""
+    order = np.lexsort((width, height, exact))
+    same = (exact[order][1:] == exact[order][:-1]) & (height[order][1:] == height[order][:-1])
+    same &= width[order][1:] == width[order][:-1]
+    return np.stack([order[:-1][same], order[1:][same]], axis=1).astype(np.int64)
