@@ -209,6 +209,9 @@ def _train_command(experiment: Path, run_dir: Path) -> list[str]:
     return [sys.executable, "-m", "pipeline", "train", str(experiment), "--run-dir", str(run_dir)]
 
 
+# Two TensorFlow processes in sequence (killed, then resumed): `slow`; in `make test` the interrupt tests
+# (Ctrl-C at an epoch, a killed save's leftovers) and field case 25 (kill -9 with a disk cache) cover resume.
+@pytest.mark.slow
 def test_sigkill_mid_run_resumes_to_the_full_epoch_count(synthetic_mirror, tmp_path):
     epochs = 4
     experiment = _write_experiment(tmp_path / "kill.yaml", synthetic_mirror, tmp_path / "data", epochs)

@@ -25,6 +25,7 @@ import numpy as np
 from pipeline.audit.common import AuditError, load_splits
 from pipeline.config import PROJECT_ROOT, rundir
 from pipeline.core import fileio
+from pipeline.data import readers
 
 
 def assign_folds(labels: np.ndarray, folds: int, seed: int) -> np.ndarray:
@@ -58,7 +59,7 @@ def out_of_sample(run_dir: Path, config, splits, *, folds: int, epochs: int | No
     """
     from pipeline.evaluation import evaluate
 
-    if splits.kind != "files":
+    if not isinstance(splits.reader, readers.FileReader):
         raise AuditError(
             f"--folds: dataset {config.dataset.name!r} is held in memory, not as image files, and the folds are "
             f"trained from list files; audit --split validation or test, or a copy of it written as class folders"
@@ -114,7 +115,7 @@ def out_of_sample(run_dir: Path, config, splits, *, folds: int, epochs: int | No
         fold_config = rundir.load_run_config(folder / "run")
         fold_splits = load_splits(fold_config)
         model = evaluate.load_checkpoint(rundir.checkpoint_path(folder / "run"))
-        _, probability, embedding = predict(model, fold_splits.dataset("test", fold_config))
+        _, probability, embedding = predict(model, fold_splits.dataset("test"))
         rows = np.asarray([position[str(path)] for path in fold_splits.test[0]], np.int64)
         if probabilities is None:
             probabilities = np.zeros((len(labels), probability.shape[1]), np.float32)

@@ -27,6 +27,7 @@ import numpy as np
 from pipeline.audit.common import AuditError, load_splits
 from pipeline.config import rundir
 from pipeline.core import fileio
+from pipeline.data import readers
 
 LABEL_SCORE = "self_confidence"  # cleanlab's default rank (benchmarks/audit_quality.py compares the others)
 OUTLIER_Z = 3.5  # modified z-score above which an image is an outlier (Iglewicz and Hoaglin)
@@ -151,7 +152,7 @@ def outlier_scores(embeddings: np.ndarray, labels: np.ndarray) -> np.ndarray:
 def _names_and_images(splits, split: str):
     """(display names [N], a function index -> uint8 image) of a split, in the split's order."""
     sources = getattr(splits, split)[0]
-    if splits.kind == "arrays":
+    if isinstance(splits.reader, readers.ArrayReader):
         return [f"{split}[{i}]" for i in range(len(sources))], lambda i: np.asarray(sources[i])
 
     def load(i):
@@ -206,7 +207,7 @@ def audit_run(
             )
         else:
             model = evaluate.load_checkpoint(rundir.checkpoint_path(run_dir))
-            labels, probabilities, embeddings = predict(model, splits.dataset(split, config))
+            labels, probabilities, embeddings = predict(model, splits.dataset(split))
         names, load_image = _names_and_images(splits, split)
         issues = find_issues(labels, probabilities)
         outliers = outlier_scores(embeddings, labels) if embeddings is not None else None

@@ -93,8 +93,10 @@ def _items_of_folder(root: Path) -> tuple[list[dict], list[str] | None]:
 
 def _items_of_experiment(config) -> tuple[list[dict], list[str], object]:
     """Items ({name, path or array, split, class}) of an experiment's three splits, class names, the splits."""
+    from pipeline.data import readers  # TensorFlow: only when the audit runs
+
     splits = load_splits(config)
-    if splits.kind == "records":
+    if isinstance(splits.reader, readers.RecordReader):
         raise common.DataError(
             f"dataset {config.dataset.name!r}: TFRecord shards are not audited; audit the "
             f"folder they were written from (`data audit ROOT`)"
@@ -104,7 +106,7 @@ def _items_of_experiment(config) -> tuple[list[dict], list[str], object]:
         sources, labels = getattr(splits, split)
         for position, (source, label) in enumerate(zip(sources, labels)):
             item = {"split": split, "class": splits.class_names[int(label)]}
-            if splits.kind == "arrays":
+            if isinstance(splits.reader, readers.ArrayReader):
                 item.update(name=f"{split}[{position}]", array=source)
             else:
                 item.update(name=str(source), path=Path(source))
@@ -129,7 +131,10 @@ def audit(target, *, overrides=(), out=None, write_lists=None, threshold=None, p
     import numpy as np
 
     from pipeline import config as config_lib
-    from pipeline.data import fingerprints
+    from pipeline.data import (
+        fingerprints,
+        readers,  # TensorFlow: only when the audit runs
+    )
 
     threshold = fingerprints.NEAR_THRESHOLD if threshold is None else int(threshold)
     if not 0 <= threshold <= 32:
@@ -149,7 +154,7 @@ def audit(target, *, overrides=(), out=None, write_lists=None, threshold=None, p
             small_side = max(1, min(config.input.image_size) // 2)
         out = Path(out) if out else config_lib.PROJECT_ROOT / "runs" / Path(str(target)).stem / "data-audit"
         name = f"experiment {target}"
-        if write_lists is not None and splits.kind == "arrays":
+        if write_lists is not None and isinstance(splits.reader, readers.ArrayReader):
             raise common.DataError(
                 f"--write-lists: dataset {config.dataset.name!r} is held in memory, not as files; "
                 f"list files can only name image files"

@@ -353,6 +353,9 @@ def quiet_env(tmp_path: Path) -> dict:
     return environ
 
 
+# Several TensorFlow processes (launch and two workers, then a resume): `slow`, as pytest.ini says; the
+# lockstep test in test_distribute.py keeps two real workers in `make test`.
+@pytest.mark.slow
 def test_two_workers_train_a_folder_dataset_into_one_run_directory(tmp_path):
     root = write_folder(tmp_path / "photos", per_class=10)
     experiment = tmp_path / "two.yaml"
