@@ -406,3 +406,21 @@ def test_real_cifar10(mirror_dir):
     assert np.bincount(data.train_labels).tolist() == [5000] * 10
     assert np.bincount(data.test_labels).tolist() == [1000] * 10
     assert (datasets.resolve_data_dir("data") / "cifar10" / "cifar10.npz").is_file()
+
+
+def test_decode_files_in_parallel_gives_each_files_pixels_and_names_a_bad_one(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    arrays = [rng.integers(0, 256, (8, 8, 3), dtype=np.uint8) for _ in range(5)]
+    paths = []
+    for index, array in enumerate(arrays):
+        paths.append(str(tmp_path / f"{index}.png"))
+        Image.fromarray(array).save(paths[-1])
+    np.testing.assert_array_equal(datasets.decode_files(paths, source="src"), np.stack(arrays))
+    (tmp_path / "bad.png").write_bytes(b"<html>not an image</html>")
+    with pytest.raises(datasets.DatasetError, match=r"src: .*bad\.png is not a readable image"):
+        datasets.decode_files([*paths, str(tmp_path / "bad.png")], source="src")
+    Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "small.png")
+    with pytest.raises(datasets.DatasetError, match="images of several sizes"):
+        datasets.decode_files([*paths, str(tmp_path / "small.png")], source="src")
