@@ -47,24 +47,38 @@ def dimensions(head: bytes) -> tuple[int, int] | None:
     return None
 
 
-def _jpeg(head: bytes) -> tuple[int, int] | None:
-    position = 2
+def jpeg_frame(head: bytes) -> tuple[int, int, int, int, int] | None:
+    """(SOF marker, sample precision, height, width, components) from a JPEG's frame header (ITU T.81
+    B.2.2), or None when the headers end, break or reach the scan before a frame header. Fill bytes
+    (B.1.1.2) and markers without a length (SOI, TEM, RSTn) are stepped over."""
+    position, size = 2, len(head)
     for _ in range(_MAX_JPEG_SEGMENTS):
-        while (
-            position < len(head) and head[position] == 0xFF and position + 1 < len(head) and head[position + 1] == 0xFF
-        ):
-            position += 1  # fill bytes
-        if position + 4 > len(head) or head[position] != 0xFF:
+        if position + 4 > size or head[position] != 0xFF:
             return None
         marker = head[position + 1]
-        if marker in _JPEG_SOF:
-            height, width = struct.unpack(">HH", head[position + 5 : position + 9])
-            return width, height
-        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:  # markers without a length
+        if marker == 0xFF:  # fill byte
+            position += 1
+            continue
+        if marker in (0xD8, 0x01) or 0xD0 <= marker <= 0xD7:
             position += 2
             continue
-        position += 2 + struct.unpack(">H", head[position + 2 : position + 4])[0]
+        if marker in (0xDA, 0xD9):  # the scan or the end came first
+            return None
+        length = struct.unpack(">H", head[position + 2 : position + 4])[0]
+        if marker in _JPEG_SOF:
+            if length < 8 or position + 10 > size:
+                return None
+            frame = head[position + 4 : position + 10]
+            return marker, frame[0], int.from_bytes(frame[1:3], "big"), int.from_bytes(frame[3:5], "big"), frame[5]
+        if length < 2:
+            return None
+        position += 2 + length
     return None
+
+
+def _jpeg(head: bytes) -> tuple[int, int] | None:
+    frame = jpeg_frame(head)
+    return None if frame is None else (frame[3], frame[2])  # (width, height)
 
 
 def _webp(head: bytes) -> tuple[int, int] | None:

@@ -10,34 +10,10 @@ from __future__ import annotations
 
 import dataclasses
 
+from pipeline.data.image_header import jpeg_frame  # the one JPEG header reader
+
 THUMBNAIL = 64  # side of the nearest-neighbour thumbnail whose colours the placeholder check counts
 _JPEG_FAST_FRAMES = (0xC0, 0xC1, 0xC2)  # baseline, extended and progressive Huffman frames (T.81 table B.1)
-_MAX_JPEG_SEGMENTS = 256  # header segments walked before the frame header (cameras write ~10)
-
-
-def jpeg_frame(data: bytes) -> tuple[int, int, int, int, int] | None:
-    """(SOF marker, sample precision, height, width, components) from a JPEG's frame header (ITU T.81
-    B.2.2), or None when the headers end, break or hold no frame header before the scan."""
-    position, size = 2, len(data)
-    for _ in range(_MAX_JPEG_SEGMENTS):
-        if position + 4 > size or data[position] != 0xFF:
-            return None
-        marker = data[position + 1]
-        if marker == 0xFF:  # fill byte (B.1.1.2)
-            position += 1
-            continue
-        if marker in (0xDA, 0xD9):  # the scan or the end came first
-            return None
-        length = int.from_bytes(data[position + 2 : position + 4], "big")
-        if 0xC0 <= marker <= 0xCF and marker not in (0xC4, 0xC8, 0xCC):
-            if length < 8 or position + 10 > size:
-                return None
-            frame = data[position + 4 : position + 10]
-            return marker, frame[0], int.from_bytes(frame[1:3], "big"), int.from_bytes(frame[3:5], "big"), frame[5]
-        if length < 2:
-            return None
-        position += 2 + length
-    return None
 
 
 @dataclasses.dataclass

@@ -15,7 +15,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from pipeline.data import decode, image_files, reduced_jpeg
+from pipeline.data import decode, image_files, image_header, reduced_jpeg
 
 
 def jpeg_bytes(height: int, width: int, seed: int, *, mode: str = "RGB", **options) -> bytes:
@@ -91,9 +91,9 @@ def test_reduced_jpeg_still_flags_a_flat_placeholder(tmp_path):
 
 def test_jpeg_frame_reads_the_size_from_the_headers():
     data = jpeg_bytes(37, 53, 5, progressive=True)
-    assert reduced_jpeg.jpeg_frame(data) == (0xC2, 8, 37, 53, 3)
-    assert reduced_jpeg.jpeg_frame(data[: data.find(b"\xff\xc2")]) is None  # headers end before the frame
-    assert reduced_jpeg.jpeg_frame(b"\xff\xd8\xff\xda\x00\x08") is None
+    assert image_header.jpeg_frame(data) == (0xC2, 8, 37, 53, 3)
+    assert image_header.jpeg_frame(data[: data.find(b"\xff\xc2")]) is None  # headers end before the frame
+    assert image_header.jpeg_frame(b"\xff\xd8\xff\xda\x00\x08") is None
 
 
 def write_tree(root: Path) -> list[Path]:
