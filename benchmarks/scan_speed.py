@@ -269,6 +269,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--folder-files", type=int, default=100_000, help="tiny JPEGs of the first-step folder")
     parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds of the scan measurements")
     parser.add_argument("--work-dir", type=Path, help="where files are generated (kept; default: temporary)")
+    parser.add_argument(
+        "--part", choices=["all", "scan", "first-step"], default="all", help="the scan tables, the first step, or both"
+    )
     parser.add_argument("--child", help="internal: one measurement, as JSON")
     args = parser.parse_args(argv)
     if args.child:
@@ -282,63 +285,73 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(args.work_dir or temporary).resolve()
     (work / "logs").mkdir(parents=True, exist_ok=True)
     try:
-        photos = data_scale.write_photos(work / "scan_files", args.scan_files, size=(375, 500), seed=2, noise=12.0)
-        paths = sorted(photos.rglob("*.jpg"))[: args.scan_files]
-        kib = sum(path.stat().st_size for path in paths) / len(paths) / 1024
-        rates = scan_rates(paths, args.rounds, work)
-        scan_rows = []
-        for way, label in (
-            ("tensorflow", "every JPEG decoded in full by TensorFlow (before issue 24)"),
-            ("reduced", "reduced-scale JPEG decode (shipped)"),
-            ("cached", "second scan, cache warm"),
-        ):
-            rate = common.median([r for r, _ in rates[way]])
-            cpu = common.median([c for _, c in rates[way]])
-            scan_rows.append(
-                [label, common.fmt(rate, 0), common.fmt(cpu, 2), common.fmt(2e3 / cpu, 0), common.fmt(1_281_167 / rate / 60, 1)]
-            )  # fmt: skip
-        scan_table = common.markdown_table(
-            ["scan", "files/s", "CPU ms/file", "2 idle cores, files/s", "1.28M files (min)"], scan_rows
-        )
-        print(f"{len(paths)} JPEGs 500x375, {kib:.0f} KiB each:\n\n{scan_table}", flush=True)
-        damage_table = damaged_verdicts(paths, work)
-        agreement = mirror_agreement(work)
-        print(f"\n{damage_table}\n\n{agreement}", flush=True)
+        sections = []
+        if args.part in ("all", "scan"):
+            photos = data_scale.write_photos(work / "scan_files", args.scan_files, size=(375, 500), seed=2, noise=12.0)
+            paths = sorted(photos.rglob("*.jpg"))[: args.scan_files]
+            kib = sum(path.stat().st_size for path in paths) / len(paths) / 1024
+            rates = scan_rates(paths, args.rounds, work)
+            scan_rows = []
+            for way, label in (
+                ("tensorflow", "every JPEG decoded in full by TensorFlow (before issue 24)"),
+                ("reduced", "reduced-scale JPEG decode (shipped)"),
+                ("cached", "second scan, cache warm"),
+            ):
+                rate = common.median([r for r, _ in rates[way]])
+                cpu = common.median([c for _, c in rates[way]])
+                scan_rows.append(
+                    [label, common.fmt(rate, 0), common.fmt(cpu, 2), common.fmt(2e3 / cpu, 0), common.fmt(1_281_167 / rate / 60, 1)]
+                )  # fmt: skip
+            scan_table = common.markdown_table(
+                ["scan", "files/s", "CPU ms/file", "2 idle cores, files/s", "1.28M files (min)"], scan_rows
+            )
+            print(f"{len(paths)} JPEGs 500x375, {kib:.0f} KiB each:\n\n{scan_table}", flush=True)
+            damage_table = damaged_verdicts(paths, work)
+            agreement = mirror_agreement(work)
+            print(f"\n{damage_table}\n\n{agreement}", flush=True)
 
-        folder_start = time.perf_counter()
-        folder = write_tiny_folder(work / "tiny_folder", args.folder_files)
-        made = time.perf_counter() - folder_start
-        tiny_kib = os.path.getsize(folder / "c00" / "f000000.jpg") / 1024
-        data_dir = work / "data"
-        shutil.rmtree(data_dir, ignore_errors=True)
-        spec = {"root": str(folder), "data_dir": str(data_dir)}
-        first = {}
-        for name, kind in (("keras", "keras"), ("ours", "ours"), ("ours, cached", "ours")):
-            run_dir = work / "run"
-            shutil.rmtree(run_dir, ignore_errors=True)
-            child = dict(spec, kind=kind, run_dir=str(run_dir))
-            command = [sys.executable, "-m", MODULE, "--child", json.dumps(child)]
-            first[name] = data_scale.run_process(command, work / "logs" / f"first_{name.replace(', ', '_')}.log")
-        rows = [
-            [name, common.fmt(result["seconds"], 1), common.fmt(result["seconds"] / first["keras"]["seconds"], 2)]
-            for name, result in first.items()
-        ]
-        first_table = common.markdown_table(["loader", "seconds to the first step", "/ keras"], rows)
-        print(f"\n{args.folder_files} JPEGs {TINY_SIZE[1]}x{TINY_SIZE[0]}:\n\n{first_table}", flush=True)
+            sections.append(
+                f"Uncached scan of {len(paths)} 500x375 JPEGs ({kib:.0f} KiB each, quality 90, photo-like noise), "
+                f"default threads, medians of {args.rounds} interleaved rounds (goal >= {GOAL_FILES_PER_S} "
+                f"files/s):\n\n{scan_table}"
+            )
+        if args.part in ("all", "first-step"):
+            folder_start = time.perf_counter()
+            folder = write_tiny_folder(work / "tiny_folder", args.folder_files)
+            made = time.perf_counter() - folder_start
+            tiny_kib = os.path.getsize(folder / "c00" / "f000000.jpg") / 1024
+            data_dir = work / "data"
+            shutil.rmtree(data_dir, ignore_errors=True)
+            spec = {"root": str(folder), "data_dir": str(data_dir)}
+            first = {}
+            for name, kind in (("keras", "keras"), ("ours", "ours"), ("ours, cached", "ours")):
+                run_dir = work / "run"
+                shutil.rmtree(run_dir, ignore_errors=True)
+                child = dict(spec, kind=kind, run_dir=str(run_dir))
+                command = [sys.executable, "-m", MODULE, "--child", json.dumps(child)]
+                first[name] = data_scale.run_process(command, work / "logs" / f"first_{name.replace(', ', '_')}.log")
+            rows = [
+                [name, common.fmt(result["seconds"], 1), common.fmt(result["seconds"] / first["keras"]["seconds"], 2)]
+                for name, result in first.items()
+            ]
+            first_table = common.markdown_table(["loader", "seconds to the first step", "/ keras"], rows)
+            print(f"\n{args.folder_files} JPEGs {TINY_SIZE[1]}x{TINY_SIZE[0]}:\n\n{first_table}", flush=True)
+            sections.append(
+                f"First training step on {args.folder_files:,} JPEGs of {TINY_SIZE[1]}x{TINY_SIZE[0]} ({tiny_kib:.1f} "
+                f"KiB each, {CLASSES} classes; made in {made:.0f} s), fresh processes, clock after TensorFlow's "
+                f"start-up (goal <= {GOAL_FIRST_STEP_S} s):\n\n{first_table}"
+            )
+        if args.part in ("all", "scan"):
+            sections.append(
+                "Verdicts on damaged copies of the first 150 of those 500x375 JPEGs (damage inside the scan data; "
+                "`markers only`: no end-of-image marker after the scan, as a check without decoding would see):"
+                f"\n\n{damage_table}\n\n{agreement}"
+            )
     finally:
         if temporary:
             shutil.rmtree(temporary, ignore_errors=True)
     loads = (info["load_average"] or [0.0])[0], os.getloadavg()[0]
-    table = (
-        f"Uncached scan of {len(paths)} 500x375 JPEGs ({kib:.0f} KiB each, quality 90, photo-like noise), default "
-        f"threads, medians of {args.rounds} interleaved rounds (goal >= {GOAL_FILES_PER_S} files/s):\n\n{scan_table}"
-        f"\n\nFirst training step on {args.folder_files:,} JPEGs of {TINY_SIZE[1]}x{TINY_SIZE[0]} ({tiny_kib:.1f} KiB each, "
-        f"{CLASSES} classes; made in {made:.0f} s), fresh processes, clock after TensorFlow's start-up (goal "
-        f"<= {GOAL_FIRST_STEP_S} s):\n\n{first_table}"
-        f"\n\nVerdicts on damaged copies of the first 150 of those 500x375 JPEGs (damage inside the scan data; "
-        f"`markers only`: no end-of-image marker after the scan, as a check without decoding would see):\n\n"
-        f"{damage_table}\n\n{agreement}"
-    )
+    table = "\n\n".join(sections)
     notes = (
         f"1-minute load average {loads[0]:.1f} at the start, {loads[1]:.1f} at the end on {info['nproc']} CPUs: "
         f"the machine is shared with other jobs, so files/s (wall) understate what it does alone; CPU ms per file "
