@@ -291,7 +291,7 @@ def run(args) -> int:
     store.start_polling()
     log(
         f"ready in {time.monotonic() - started:.1f} s: http://{args.host}:{args.port}/v1/models/{store.name} "
-        f"(version {store.current.version})"
+        f"and /v2/models/{store.name} (version {store.current.version})"
     )
     # uvicorn handles SIGTERM/SIGINT (stop accepting, finish the requests in flight) and then raises the
     # signal again for the handler it found; a no-op one lets this function stop the batch threads and

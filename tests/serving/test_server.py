@@ -227,6 +227,10 @@ def test_serve_refuses_bad_arguments_before_loading(server, tmp_path, capsys):
         cli.main(["serve", str(tmp_path), "--port", "70000"])
     assert exited.value.code == 2
     assert "argument --port: must be 0..65535; received 70000" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["serve", str(tmp_path), "--tensorflow-intra-op-parallelism", "-1"])
+    assert exited.value.code == 2
+    assert "argument --tensorflow-intra-op-parallelism: must be at least 0; received -1" in capsys.readouterr().err
     assert cli.main(["serve", str(tmp_path), "--port", str(server.port)]) == 2
     assert f"--port {server.port}: cannot listen there (Address already in use)" in capsys.readouterr().err
     assert cli.main(["serve", str(tmp_path / "missing"), "--port", "0"]) == 2
