@@ -14,10 +14,11 @@ Each of the export's signatures takes one input, so the input's name picks the s
 BYTES elements as strings, and base64 is KServe's convention for binary ones) runs `serving_default`, the
 batched one; `images` (UINT8, shape [N, H, W, C], `data` row-major, flat or nested) runs `serve_images`.
 Output `data` is flattened in row-major order, as the specification writes it; BYTES outputs (class names)
-are UTF-8 strings. Errors are {"error": "..."} with 400 (the specification's "usually 400"), 404 for an
-unknown model or version (KServe's model server does the same), 413 and 503 as in V1 (pipeline/serving/
-rest.py). Not supported: the binary tensor data extension (refused with 400 naming it) and classification
-parameters; request-level "parameters" are accepted and ignored.
+are UTF-8 strings; a request without an "id" is answered with a new UUID (KServe's server does the same).
+Errors are {"error": "..."} with 400 (the specification's "typically 400"), 404 for an unknown model or
+version (as KServe's model server), 413 and 503 as in V1 (pipeline/serving/rest.py). Not supported: the
+binary tensor data extension (refused with 400 naming it) and classification parameters; request-level
+"parameters" are accepted and ignored.
 """
 
 from __future__ import annotations
