@@ -31,6 +31,10 @@ def _version_folders(model_dir: Path) -> dict[int, Path]:
     return {int(c.name): c for c in children if c.name.isdigit() and (c / "saved_model.pb").is_file()}
 
 
+def _dtype_and_shape(spec: tf.TensorSpec) -> tuple[str, list[int]]:
+    return spec.dtype.name, [-1 if size is None else size for size in spec.shape.as_list()]
+
+
 class LoadedVersion:
     """One SavedModel version: its signatures, their input names and kinds, and its metadata."""
 
@@ -39,6 +43,8 @@ class LoadedVersion:
         self.version = int(self.version_dir.name)
         self._loaded = tf.saved_model.load(str(self.version_dir))
         self.signatures = {}  # name -> (input name, "string" | "uint8")
+        # name -> {"inputs"|"outputs": {tensor name: (dtype name, shape with -1 for any size)}} (V2 metadata)
+        self.tensor_specs = {}
         for name, function in self._loaded.signatures.items():
             inputs = function.structured_input_signature[1]
             if len(inputs) != 1:
@@ -47,6 +53,10 @@ class LoadedVersion:
             kind = {tf.string: "string", tf.uint8: "uint8"}.get(spec.dtype)
             if kind is not None:
                 self.signatures[name] = (input_name, kind)
+                self.tensor_specs[name] = {
+                    "inputs": {input_name: _dtype_and_shape(spec)},
+                    "outputs": {key: _dtype_and_shape(value) for key, value in function.structured_outputs.items()},
+                }
         if "serving_default" not in self.signatures:
             raise PredictError(
                 f"{self.version_dir}: no 'serving_default' signature taking one tf.string or uint8 input "

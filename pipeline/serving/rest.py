@@ -160,26 +160,39 @@ def _image_bytes(value, index: int) -> bytes:
             f'instance {index}: expected {{"b64": "<base64 of a JPEG/PNG file>"}} for a tf.string input; '
             f"received a JSON {type(value).__name__}",
         )
-    text = value["b64"].encode("ascii", errors="replace")
-    if not _STANDARD_BASE64.fullmatch(text) or len(text) % 4:
-        url_safe = b"-" in text or b"_" in text
+    return decode_image_base64(value["b64"], where=f"instance {index}")
+
+
+def decode_image_base64(text: str, *, where: str) -> bytes:
+    """Standard base64 text -> the encoded image's bytes, checked to be a format the model's decoder reads.
+
+    Args:
+        text: the base64 string from the request.
+        where: how messages name the value, e.g. "instance 2" (V1) or "input 'image_bytes' element 2" (V2).
+
+    Raises:
+        RestRefusal: 400 for bad or URL-safe base64, bytes that are not an image, an image format the model
+            cannot decode.
+    """
+    encoded = text.encode("ascii", errors="replace")
+    if not _STANDARD_BASE64.fullmatch(encoded) or len(encoded) % 4:
+        url_safe = b"-" in encoded or b"_" in encoded
         hint = " (URL-safe base64 with '-' or '_' is not accepted: use the standard alphabet with '+' and '/')"
-        raise RestRefusal(INVALID_ARGUMENT, f"instance {index}: Unable to base64 decode{hint if url_safe else ''}")
+        raise RestRefusal(INVALID_ARGUMENT, f"{where}: Unable to base64 decode{hint if url_safe else ''}")
     try:
-        data = base64.b64decode(text, validate=True)
+        data = base64.b64decode(encoded, validate=True)
     except binascii.Error as error:
-        raise RestRefusal(INVALID_ARGUMENT, f"instance {index}: Unable to base64 decode ({error})") from None
+        raise RestRefusal(INVALID_ARGUMENT, f"{where}: Unable to base64 decode ({error})") from None
     kind = image_files.sniff_format(data[:64])
     if kind is None:
         raise RestRefusal(
             INVALID_ARGUMENT,
-            f"instance {index}: not an image ({len(data)} bytes that are not "
-            f"{', '.join(image_files.DECODABLE.values())})",
+            f"{where}: not an image ({len(data)} bytes that are not {', '.join(image_files.DECODABLE.values())})",
         )
     if kind not in image_files.DECODABLE:
         raise RestRefusal(
             INVALID_ARGUMENT,
-            f"instance {index}: {kind} is not supported; the model decodes {', '.join(image_files.DECODABLE.values())}",
+            f"{where}: {kind} is not supported; the model decodes {', '.join(image_files.DECODABLE.values())}",
         )
     return data
 
@@ -226,11 +239,15 @@ def format_predictions(outputs: dict[str, np.ndarray], *, columnar: bool) -> dic
 
 
 def _json_values(array: np.ndarray):
-    if array.dtype.kind in ("S", "O"):
-        return np.vectorize(
-            lambda item: item.decode("utf-8") if isinstance(item, bytes) else str(item), otypes=[object]
-        )(array).tolist()
+    if array.dtype.kind in ("S", "O"):  # class names: bytes -> str, row by row (np.vectorize costs more)
+        return _decoded(array.tolist())
     return array.tolist()
+
+
+def _decoded(values):
+    if isinstance(values, list):
+        return [_decoded(value) for value in values]
+    return values.decode("utf-8") if isinstance(values, bytes) else str(values)
 
 
 def error_body(message: str) -> dict:

@@ -6,6 +6,7 @@ Every wait is bounded in time; servers listen on the loopback address only.
 from __future__ import annotations
 
 import base64
+import functools
 import io
 import json
 import os
@@ -63,6 +64,59 @@ def export_tiny(out_dir: Path, *, version: int, seed: int, warmup_images: list[b
         version=version,
         warmup_images=warmup_images,
     )
+
+
+@functools.cache
+def predictor(version_dir):
+    from pipeline.serving import predict
+
+    return predict.Predictor(version_dir)
+
+
+def in_process(version_dir, encoded: list[bytes]) -> np.ndarray:
+    """`predict`'s answer for these files (its Predictor on the same SavedModel, every class ranked), as
+    probabilities [images, classes] in class order."""
+    names, scores = predictor(version_dir)(encoded, top_k=len(CLASS_NAMES))
+    probabilities = np.zeros((len(encoded), len(CLASS_NAMES)))
+    for row, (ranked, values) in enumerate(zip(names, scores)):
+        for name, value in zip(ranked, values):
+            probabilities[row, CLASS_NAMES.index(name)] = value
+    return probabilities
+
+
+async def asgi_request(app, method: str, path: str, body: bytes = b"") -> tuple[int, dict, bytes]:
+    """One HTTP request to an ASGI application in this process (no socket): (status, headers, body)."""
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "query_string": b"",
+        "root_path": "",
+        "headers": [(b"content-length", str(len(body)).encode()), (b"content-type", b"application/json")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8501),
+    }
+    delivered = False
+
+    async def receive():
+        nonlocal delivered
+        if delivered:
+            return {"type": "http.disconnect"}
+        delivered = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    messages = []
+
+    async def send(message):
+        messages.append(message)
+
+    await app(scope, receive, send)
+    start = messages[0]
+    return start["status"], dict(start["headers"]), b"".join(message.get("body", b"") for message in messages[1:])
 
 
 def free_port() -> int:

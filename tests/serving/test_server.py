@@ -8,7 +8,6 @@ The test that adds version 2 runs last. The SIGTERM / full-queue test starts its
 from __future__ import annotations
 
 import base64
-import functools
 import json
 import threading
 import time
@@ -63,22 +62,7 @@ def images():
     return {"png": [helpers.encoded(a, "PNG") for a in arrays], "jpeg": [helpers.encoded(a, "JPEG") for a in arrays]}
 
 
-@functools.cache
-def predictor(version_dir):
-    from pipeline.serving import predict
-
-    return predict.Predictor(version_dir)
-
-
-def in_process(version_dir, encoded: list[bytes]) -> np.ndarray:
-    """`predict`'s answer for these files (its Predictor on the same SavedModel, every class ranked), as
-    probabilities [images, classes] in class order."""
-    names, scores = predictor(version_dir)(encoded, top_k=len(helpers.CLASS_NAMES))
-    probabilities = np.zeros((len(encoded), len(helpers.CLASS_NAMES)))
-    for row, (ranked, values) in enumerate(zip(names, scores)):
-        for name, value in zip(ranked, values):
-            probabilities[row, helpers.CLASS_NAMES.index(name)] = value
-    return probabilities
+in_process = helpers.in_process
 
 
 # --------------------------------------------------------------------------------------------------
@@ -243,6 +227,10 @@ def test_serve_refuses_bad_arguments_before_loading(server, tmp_path, capsys):
         cli.main(["serve", str(tmp_path), "--port", "70000"])
     assert exited.value.code == 2
     assert "argument --port: must be 0..65535; received 70000" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["serve", str(tmp_path), "--tensorflow-intra-op-parallelism", "-1"])
+    assert exited.value.code == 2
+    assert "argument --tensorflow-intra-op-parallelism: must be at least 0; received -1" in capsys.readouterr().err
     assert cli.main(["serve", str(tmp_path), "--port", str(server.port)]) == 2
     assert f"--port {server.port}: cannot listen there (Address already in use)" in capsys.readouterr().err
     assert cli.main(["serve", str(tmp_path / "missing"), "--port", "0"]) == 2
