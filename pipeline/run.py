@@ -95,6 +95,7 @@ def _train(config: Config, run_dir: Path, log) -> dict:
         len(splits.train[1]),
         total_phases=len(plan),
         ema=all(phase.optimizer.ema for phase in plan),
+        lookahead=train.lookahead,
         extra=cluster.fit_callbacks(monitors, log=log),
     )
     resume = callbacks.ResumePoint.read(run_dir)

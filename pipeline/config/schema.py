@@ -279,6 +279,14 @@ class TensorBoardConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class LookaheadConfig:
+    enabled: bool = _field(False, help="Lookahead on the weights (pipeline/training/lookahead.py; airbench94's)")
+    every: int = _field(5, min=1, help="optimizer steps between two Lookahead steps")
+    base: float = _field(0.95, min=0.0, max=1.0, help="decay schedule base**every * (step / total)**power")
+    power: float = _field(3.0, min=0.0, help="the schedule's exponent (3: no averaging early, most at the end)")
+
+
+@dataclasses.dataclass(frozen=True)
 class CallbacksConfig:
     checkpoint: CheckpointConfig = _field(CheckpointConfig(), help="best/last checkpoints")
     early_stopping: EarlyStoppingConfig = _field(EarlyStoppingConfig(), help="early stopping")
@@ -299,6 +307,7 @@ class TrainConfig:
         "layers (fine-tuning); their epochs must add up to train.epochs",
     )
     label_smoothing: float = _field(0.0, min=0.0, max=1.0, max_exclusive=True, help="label smoothing")
+    lookahead: LookaheadConfig = _field(LookaheadConfig(), help="Lookahead (slow weights every k steps)")
     class_weight: str | dict = _field(
         "none",
         help="none | balanced (n / (classes * count) on the training "

@@ -376,7 +376,14 @@ class RunCallbacks:
 
 
 def build_callbacks(
-    options, run_dir: Path, images_per_epoch: int, total_phases: int = 1, *, ema: bool = False, extra=()
+    options,
+    run_dir: Path,
+    images_per_epoch: int,
+    total_phases: int = 1,
+    *,
+    ema: bool = False,
+    lookahead=None,
+    extra=(),
 ) -> RunCallbacks:
     """The run's callbacks, with the ones whose state the resume backup carries (by name).
 
@@ -388,6 +395,8 @@ def build_callbacks(
             tensorboard).
         images_per_epoch: training images per epoch (for the images/s timer).
         ema: the optimizers keep a weight EMA (`train.optimizer.ema`).
+        lookahead: the `train.lookahead` section, or None; first in the list, so every other callback
+            sees the slow weights after an epoch's last batch.
         extra: callbacks to run after the others, before the backup.
     """
     from pipeline.training import ema as ema_lib
@@ -398,6 +407,10 @@ def build_callbacks(
     timer = Timer(images_per_epoch)
     stateful = {"checkpoints": checkpoints, "timer": timer}
     callback_list = [LearningRateLogger(), timer] + ([averages] if averages else [])
+    if lookahead is not None and lookahead.enabled:
+        from pipeline.training.lookahead import Lookahead
+
+        callback_list.insert(0, Lookahead(every=lookahead.every, base=lookahead.base, power=lookahead.power))
     if options.terminate_on_nan:
         callback_list.append(keras.callbacks.TerminateOnNaN())
     callback_list.append(checkpoints)
