@@ -33,6 +33,7 @@ DETAIL_DIVISOR = 12  # the blur removed has sigma = comparison side / this (32 p
 MIN_SIDE = 8  # pixels: the smallest comparison side
 CROP_SCALES = (0.95, 0.9)  # crops tried for pairs of different sizes (side of the crop over the image's)
 CROP_POSITIONS = 7  # places per axis of each crop (steps of 0.8 px or less at 32 px)
+_FLAT = 1.0  # grey levels: a detail norm below this is a uniform picture, which correlates with nothing
 _BLOCK_ELEMENTS = 4_000_000  # hash XORs per search block (32 MB of uint64)
 _PAIR_BLOCK = 256  # pairs verified at a time (crops: ~100 MB of float32 work arrays)
 
@@ -117,11 +118,11 @@ def _blur_operator(size: int) -> np.ndarray:
 
 def _detail(pictures: np.ndarray, rows: np.ndarray, columns: np.ndarray, blur: np.ndarray) -> np.ndarray:
     """float32 [B, S, S] -> [B, K*K]: resampled by rows @ x @ columns.T, minus its blur, zero mean, unit norm
-    (a uniform picture gives zeros: it correlates with nothing)."""
+    (a uniform picture, norm < _FLAT, gives ~zeros)."""
     resampled = rows @ pictures @ columns.T
     flat = (resampled - blur @ resampled @ blur.T).reshape(len(pictures), -1)
     flat = flat - flat.mean(axis=1, keepdims=True)
-    return flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), 1e-3)
+    return flat / np.maximum(np.linalg.norm(flat, axis=1, keepdims=True), _FLAT)
 
 
 def _crop_operators(side: int, size: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -154,7 +155,7 @@ def _best_crop(pictures: np.ndarray, other: np.ndarray, operators, size: int) ->
         detail = detail.reshape(len(pictures), CROP_POSITIONS, size, CROP_POSITIONS, size)
         products = np.einsum("bpkql,bkl->bpq", detail, other)
         sums, squares = detail.sum(axis=(2, 4)), np.einsum("bpkql,bpkql->bpq", detail, detail)
-        norms = np.sqrt(np.maximum(squares - sums**2 / size**2, 1e-6))
+        norms = np.maximum(np.sqrt(np.maximum(squares - sums**2 / size**2, 0.0)), _FLAT)
         best = np.maximum(best, (products / norms).reshape(len(pictures), -1).max(axis=1))
     return best
 
@@ -168,7 +169,9 @@ def verify(grey: np.ndarray, height: np.ndarray, width: np.ndarray, pairs: np.nd
     Returns:
         float32 [P] in -1..1; pairs of different sizes: the best over the crops tried.
     """
-    pairs = np.asarray(pairs, np.int64).reshape(len(pairs), -1)
+    pairs = np.asarray(pairs, np.int64)
+    if len(pairs) == 0:
+        return np.zeros(0, np.float32)
     side = grey.shape[-1]
     shorter = np.minimum(height, width)
     first, second = pairs[:, 0], pairs[:, 1]
