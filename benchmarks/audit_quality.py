@@ -25,7 +25,7 @@ labels: planted label noise on Fashion-MNIST or CIFAR-10 (`--dataset`): `--noise
     .venv/bin/python -m benchmarks.audit_quality --part duplicates --images 5000 --planted 200
     .venv/bin/python -m benchmarks.audit_quality --part fashion --fashion-count 20000
     .venv/bin/python -m benchmarks.audit_quality --part labels --train-count 20000 --epochs 3 --folds 2
-    .venv/bin/python -m benchmarks.audit_quality --part labels --dataset cifar10 --train-count 20000 --epochs 4
+    .venv/bin/python -m benchmarks.audit_quality --part labels --dataset cifar10 --train-count 20000 --epochs 8
 """
 
 from __future__ import annotations

@@ -2,17 +2,18 @@
 
 Images are decoded the way training decodes them (`decode.decode_image`: EXIF orientation, the accurate
 JPEG IDCT, grey and RGBA brought to RGB), so "exact duplicate" means the same pixels the model would
-see, whatever the file format or name. Per image only a few numbers are kept (two 64-bit hashes, an
-exact key, size and brightness statistics), never the decoded image: 100,000 images take ~6 MB.
+see, whatever the file format or name. Per image only a few numbers and a small grey thumbnail are kept
+(four 64-bit hashes, an exact key, size and brightness statistics, 32x32 grey pixels), never the decoded
+image: 100,000 images take ~110 MB.
 
 Near duplicates: the DCT perceptual hash (pHash, `imagehash.phash`: the signs of the 8x8 lowest DCT
 frequencies of a 32x32 grey thumbnail, relative to their median; Zauner, "Implementation and
 Benchmarking of Perceptual Image Hash Functions", 2010) is unchanged by JPEG recompression, resizing and
-moderate brightness changes, and moves a few bits under a small crop. Two images are near duplicates
-when their pHashes differ in at most `threshold` of 64 bits (`NEAR_THRESHOLD`, chosen by
-benchmarks/audit_quality.py) *and* their difference hashes (dHash, the signs of horizontal gradients
-of a 9x8 thumbnail) in at most `DHASH_THRESHOLD`: two hashes of different kinds rarely agree by chance.
-The search is exact: every pair is compared (bit counts of XORs, in blocks of ~4 million pairs: ~32 MB).
+moderate brightness changes, and moves a few bits under a small crop; the difference hash (dHash, the
+signs of horizontal gradients of a 9x8 thumbnail) is a second, different opinion. Both are also taken of
+the image's centre (`CENTRE` of each side), which a crop of the image matches better. Two images are
+candidate near duplicates when their hashes are close (`NEAR_THRESHOLD`, `DHASH_THRESHOLD` for images of
+one size); `near_duplicates` searches the pairs and verifies them on the grey thumbnails.
 """
 
 from __future__ import annotations
@@ -24,9 +25,8 @@ import numpy as np
 THUMBNAIL = 64  # side of the RGB thumbnail the hashes are computed from (imagehash resizes it to 32 or 9)
 GREY_SIDE = 32  # side of the grey thumbnail kept per image for the verification (1 KB: 100 MB per 100,000 images)
 CENTRE = 0.9  # the centre crop hashed as well (its side over the image's): crops of up to 10% match it
-NEAR_THRESHOLD = 10  # pHash bits of 64 (benchmarks/audit_quality.py: the transformations of docs_audit.md)
+NEAR_THRESHOLD = 10  # pHash bits of 64, images of one size (benchmarks/audit_quality.py sweeps it)
 DHASH_THRESHOLD = 16  # dHash bits of 64, checked together with the pHash (cuts chance matches)
-_BLOCK_ELEMENTS = 4_000_000  # XORs per block (32 MB of uint64): rows per block = this // N
 
 
 @dataclasses.dataclass
@@ -177,30 +177,6 @@ def fingerprint_arrays(images: np.ndarray, *, progress=None) -> Fingerprints:
 def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Bits that differ between uint64 hashes (broadcasting), int."""
     return np.bitwise_count(np.bitwise_xor(a, b))
-
-
-def near_pairs(
-    phash: np.ndarray, dhash: np.ndarray, *, threshold: int = NEAR_THRESHOLD, dhash_threshold: int = DHASH_THRESHOLD
-) -> np.ndarray:
-    """Every pair (i < j) with pHash distance <= threshold and dHash distance <= dhash_threshold.
-
-    Exact search, blocked: time O(N^2) bit counts (~3 s for 10,000 images), memory ~32 MB whatever N.
-
-    Returns:
-        int64 [P, 3]: i, j, pHash distance.
-    """
-    found = []
-    block = max(1, _BLOCK_ELEMENTS // max(len(phash), 1))
-    for start in range(0, len(phash), block):
-        stop = min(start + block, len(phash))
-        distance = hamming(phash[start:stop, None], phash[None, :])
-        rows, columns = np.nonzero(distance <= threshold)
-        keep = columns > rows + start
-        rows, columns = rows[keep], columns[keep]
-        close = hamming(dhash[rows + start], dhash[columns]) <= dhash_threshold
-        rows, columns = rows[close], columns[close]
-        found.append(np.stack([rows + start, columns, distance[rows, columns]], axis=1).astype(np.int64))
-    return np.concatenate(found) if found else np.zeros((0, 3), np.int64)
 
 
 def group(count: int, pairs) -> list[list[int]]:
