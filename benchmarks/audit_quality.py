@@ -105,8 +105,16 @@ def _cifar_tree(args, temporary: Path) -> Path:
     return temporary / "source" / "cifar10"
 
 
-SWEEP_PHASH = (6, 8, 10, 12, 14)  # same-size pHash thresholds of the sweep
-SWEEP_CORRELATION = (None, 0.9, 0.93, 0.96)  # verification thresholds (None: the hash candidates as they are)
+SWEEP_PHASH = (6, 10, 14)  # same-size pHash thresholds of the sweep
+SWEEP_CORRELATION = (
+    None,
+    0.5,
+    0.7,
+    0.8,
+    0.9,
+    0.93,
+    0.96,
+)  # verification thresholds (None: the hash candidates as they are)
 
 
 def duplicates(args) -> None:
@@ -135,9 +143,9 @@ def duplicates(args) -> None:
     planted_pairs = {tuple(sorted((position[test], position[copy]))): kind for test, copy, kind in planted}
     planted_members = {x for pair in planted_pairs for x in pair}
     score_of = {(int(i), int(j)): float(r) for (i, j, _), r in zip(proposed, correlation)}
-    print(f"planted pairs below r {near_duplicates.VERIFY_NCC} (kind, pHash, dHash, r or '-': not a candidate):")
+    print(f"planted pairs below r {default[2]['min_correlation']} (kind, pHash, dHash, r or '-': not a candidate):")
     for (a, b), kind in planted_pairs.items():
-        if score_of.get((a, b), -1.0) < near_duplicates.VERIFY_NCC:
+        if score_of.get((a, b), -1.0) < default[2]["min_correlation"]:
             bits = [int(fingerprints.hamming(h[a], h[b])) for h in (prints.phash, prints.dhash)]
             print(kind, *bits, f"{score_of[(a, b)]:.3f}" if (a, b) in score_of else "-")
     rows = []
@@ -168,7 +176,7 @@ def duplicates(args) -> None:
         f"dHash <= {near_duplicates.RESIZED_DHASH} (whole or centre crop) for different sizes; 'r >=': the "
         f"verification's detail correlation ('hashes only': none). Fingerprinting (decode as training does, "
         f"four hashes, grey thumbnail) {hashed:.1f} s, candidate search and verification at the defaults "
-        f"({default[2]} candidates, {len(default[0])} kept) {searched:.2f} s: {per_10k:.1f} s per 10,000 images "
+        f"({default[2]['candidates']} candidates, {len(default[0])} kept at r >= {default[2]['min_correlation']}) {searched:.2f} s: {per_10k:.1f} s per 10,000 images "
         f"on this machine (2 cores shared with other jobs). 'untouched pairs': pairs flagged between images "
         f"that were not planted."
     )
@@ -194,7 +202,7 @@ def fashion(args) -> None:
     proposed = near_duplicates.candidates(prints)
     correlation = near_duplicates.verify(prints.grey, prints.height, prints.width, proposed)
     rows = []
-    for lowest in (None, 0.88, 0.9, 0.92, 0.93, 0.94, 0.96):
+    for lowest in (None, 0.7, 0.8, 0.85, 0.9, 0.93, 0.96):
         kept = proposed[correlation >= (lowest or -2.0)]
         groups = fingerprints.group(len(chosen), kept)
         grouped = [x for g in groups for x in g]

@@ -28,7 +28,6 @@ DARK = 20.0  # mean grey level (0..255) below which an image is "very dark"
 UNIFORM = 4.0  # standard deviation of the grey levels below which an image is "nearly uniform"
 SHEET_ROWS = 24  # groups drawn per contact sheet (the JSON lists them all)
 SPLIT_ORDER = ("train", "validation", "test", None)
-CHANCE_SHARE = 0.2  # above this share of images in near-duplicate groups, look again (alike, not copies?)
 
 
 def add_arguments(parser) -> None:
@@ -169,7 +168,7 @@ def audit(target, *, overrides=(), out=None, write_lists=None, threshold=None, p
         raise common.DataError(f"{target}: none of the {len(items)} files decodes as an image")
     kept = [items[i] for i in prints.index]
     exact = fingerprints.exact_pairs(prints.exact, prints.height, prints.width)
-    near, correlation, candidates = near_duplicates.find(prints, threshold=threshold)
+    near, correlation, search = near_duplicates.find(prints, threshold=threshold)
     exact_groups = fingerprints.group(len(kept), exact)
     all_groups = fingerprints.group(len(kept), np.concatenate([exact, near[:, :2]]) if len(near) else exact)
     exact_sets = {frozenset(g) for g in exact_groups}
@@ -184,7 +183,7 @@ def audit(target, *, overrides=(), out=None, write_lists=None, threshold=None, p
         class_names,
         near=near,
         correlation=correlation,
-        candidates=candidates,
+        search=search,
         small_side=small_side,
         threshold=threshold,
         name=name,
@@ -209,7 +208,7 @@ def _describe_group(group, kept, prints, kind, lowest) -> dict:
 
 
 def _report(
-    kept, prints, items, exact_groups, near_groups, all_groups, class_names, *, near, correlation, candidates, **rest
+    kept, prints, items, exact_groups, near_groups, all_groups, class_names, *, near, correlation, search, **rest
 ) -> dict:
     """The audit.json content (see docs_audit.md for every key)."""
     import numpy as np
@@ -265,16 +264,19 @@ def _report(
             "nearly_uniform": [kept[n]["name"] for n in rows if prints.contrast[n] < UNIFORM],
         }
     splits = {split or "all": split_count[split] for split in SPLIT_ORDER if split_count[split]}
-    warnings = []
+    warnings, lowest = [], search["min_correlation"]
     in_groups = sum(len(g) for g in near_groups)
-    if in_groups > CHANCE_SHARE * len(kept):
-        # Before the verification, 85% of the mirror's Fashion-MNIST did (hashes agreeing by chance); after
-        # it, what remains are pictures alike in detail too (plain trousers on black: benchmarks/RESULTS.md).
+    if lowest > near_duplicates.VERIFY_LADDER[0]:  # Fashion-MNIST: garments of one outline (RESULTS.md)
+        warnings.append(
+            f"near duplicates verified at a correlation >= {lowest}, not {near_duplicates.VERIFY_LADDER[0]}: "
+            f"below, over {near_duplicates.LOOK_ALIKE_SHARE:.0%} of the images had a match (look-alikes); "
+            f"copies changed more than that are missed"
+        )
+    if in_groups > near_duplicates.LOOK_ALIKE_SHARE * len(kept):
         warnings.append(
             f"{in_groups} of {len(kept)} images ({100 * in_groups / len(kept):.0f}%) fall in near-duplicate groups: "
-            f"many pictures here are alike even in detail (e.g. plain objects centred on a plain background), "
-            f"so the near-duplicate, leakage and conflict figures may count look-alikes, not copies. Look at "
-            f"the sheets before acting on them; the exact duplicates are reliable"
+            f"many pictures are alike even in detail, so the near-duplicate, leakage and conflict figures may "
+            f"count look-alikes, not copies; look at the sheets (the exact duplicates are reliable)"
         )
     return {
         "source": name,
@@ -289,8 +291,9 @@ def _report(
             f"of 64 (imagehash) for images of one size, pHash <= {near_duplicates.RESIZED_PHASH} and dHash <= "
             f"{near_duplicates.RESIZED_DHASH} (whole or centre crop) for different sizes, exact all-pairs search; "
             f"kept when the detail correlation of the grey thumbnails (crops tried for different sizes) is "
-            f">= {near_duplicates.VERIFY_NCC}",
-            "near_candidates": candidates,
+            f">= {lowest}",
+            "near_candidates": search["candidates"],
+            "near_min_correlation": lowest,
             "near_verified": len(near),
             "very_small_side": small_side,
             "very_dark_mean": DARK,

@@ -84,9 +84,9 @@ def test_copies_correlate_whatever_the_brightness_compression_or_size():
 def test_a_crop_is_found_by_trying_crops_and_only_for_different_sizes():
     original = photo(3)
     cropped = original.crop((9, 0, 96, 90))  # 9% off the left, 6% off the bottom
-    assert correlation(original, cropped) >= near_duplicates.VERIFY_NCC
+    assert correlation(original, cropped) >= near_duplicates.VERIFY_LADDER[-2]
     # The same picture cut and stretched back to the original size is compared as it is (no crop search).
-    assert correlation(original, cropped.resize((96, 96))) < near_duplicates.VERIFY_NCC
+    assert correlation(original, cropped.resize((96, 96))) < near_duplicates.VERIFY_LADDER[-2]
 
 
 def test_same_outline_with_other_detail_is_not_a_near_duplicate():
@@ -99,11 +99,19 @@ def test_same_outline_with_other_detail_is_not_a_near_duplicate():
     assert scores[0] < 0.85 and scores[1] > 0.99  # the detail: another garment, and a recompressed copy
 
 
-def test_find_keeps_the_verified_candidates(monkeypatch):
-    monkeypatch.setattr(fingerprints, "DHASH_THRESHOLD", 64)  # with pHash <= 64: every pair is a candidate
-    prints = prints_of([photo(6), recompressed(photo(6), 65), photo(7)])
-    pairs, kept, count = near_duplicates.find(prints, threshold=64)
-    assert count == 3 and pairs[:, :2].tolist() == [[0, 1]] and kept[0] > 0.97
+def test_find_keeps_the_verified_candidates_and_raises_its_threshold_for_look_alikes(monkeypatch):
+    monkeypatch.setattr(fingerprints, "DHASH_THRESHOLD", 64)  # with pHash <= 64: all same-size pairs are candidates
+    pictures = [photo(seed) for seed in range(6, 26)]
+    pictures += [recompressed(pictures[0], 65), garment("vertical"), garment("horizontal")]
+    pairs, kept, search = near_duplicates.find(prints_of(pictures), threshold=64)
+    assert search["candidates"] >= 20 * 19 // 2 + 1 and search["min_correlation"] == near_duplicates.VERIFY_LADDER[0]
+    assert pairs[:, :2].tolist() == [[0, 20], [21, 22]] and kept[0] > 0.97 and 0.7 <= kept[1] < 0.8
+    # Four images: any pair holds over 20% of them, so the threshold climbs to the top of the ladder.
+    few = prints_of(pictures[:1] + pictures[20:])
+    pairs, _, search = near_duplicates.find(few, threshold=64)
+    assert search["min_correlation"] == near_duplicates.VERIFY_LADDER[-1] and pairs[:, :2].tolist() == [[0, 1]]
+    pairs, _, search = near_duplicates.find(few, threshold=64, min_correlation=0.5)  # given: not raised
+    assert search["min_correlation"] == 0.5 and pairs[:, :2].tolist() == [[0, 1], [2, 3]]
 
 
 def test_candidates_of_different_sizes_are_matched_on_the_centre_crop_hash_too():
