@@ -6,6 +6,7 @@ No TensorFlow: the fingerprints are made here with Pillow (box-filtered thumbnai
 
 from __future__ import annotations
 
+import hashlib
 import io
 import types
 
@@ -47,7 +48,8 @@ def prints_of(images) -> types.SimpleNamespace:
     """What `fingerprints._collect` keeps, computed with Pillow instead of the tf.data decode."""
     from PIL import Image
 
-    rows = {name: [] for name in ("phash", "dhash", "phash_centre", "dhash_centre", "grey", "height", "width")}
+    names = ("phash", "dhash", "phash_centre", "dhash_centre", "grey", "height", "width", "exact")
+    rows = {name: [] for name in names}
     for image in images:
         width, height = image.size
         side = round(fingerprints.CENTRE * width), round(fingerprints.CENTRE * height)
@@ -57,10 +59,12 @@ def prints_of(images) -> types.SimpleNamespace:
         phash, dhash = fingerprints._hashes(thumbnail)
         phash_centre, dhash_centre = fingerprints._hashes(np.asarray(centre.resize((fingerprints.THUMBNAIL,) * 2)))
         grey = image.convert("L").resize((fingerprints.GREY_SIDE,) * 2, Image.BOX)
-        for name, value in zip(rows, (phash, dhash, phash_centre, dhash_centre, np.asarray(grey), height, width)):
+        exact = int.from_bytes(hashlib.blake2b(np.asarray(image).tobytes(), digest_size=8).digest(), "little")
+        values = (phash, dhash, phash_centre, dhash_centre, np.asarray(grey), height, width, exact)
+        for name, value in zip(rows, values):
             rows[name].append(value)
     arrays = {name: np.asarray(values) for name, values in rows.items()}
-    for name in ("phash", "dhash", "phash_centre", "dhash_centre"):
+    for name in ("phash", "dhash", "phash_centre", "dhash_centre", "exact"):
         arrays[name] = arrays[name].astype(np.uint64)
     return types.SimpleNamespace(**arrays)
 
@@ -112,6 +116,8 @@ def test_find_keeps_the_verified_candidates_and_raises_its_threshold_for_look_al
     assert search["min_correlation"] == near_duplicates.VERIFY_LADDER[-1] and pairs[:, :2].tolist() == [[0, 1]]
     pairs, _, search = near_duplicates.find(few, threshold=64, min_correlation=0.5)  # given: not raised
     assert search["min_correlation"] == 0.5 and pairs[:, :2].tolist() == [[0, 1], [2, 3]]
+    copies = prints_of(pictures[:1] * 3 + pictures[1:3])  # exact copies do not count as look-alikes
+    assert near_duplicates.find(copies)[2]["min_correlation"] == near_duplicates.VERIFY_LADDER[0]
 
 
 def test_candidates_of_different_sizes_are_matched_on_the_centre_crop_hash_too():
