@@ -65,7 +65,7 @@ def write_sheet(path, rows: list[list[tuple[np.ndarray | None, str]]], *, title:
                 axis.imshow(thumbnail(image), interpolation="nearest")
             lines = [textwrap.fill(part, 30) for part in caption.split("\n")]
             axis.set_title("\n".join(lines), fontsize=7, loc="left")
-    figure.suptitle(heading, fontsize=9, x=0.01, ha="left")
+    figure.suptitle(heading, fontsize=9, x=0.01, y=1 - 0.05 / height, ha="left", va="top")
     figure.tight_layout(rect=(0, 0, 1, 1 - heading_inches / height))
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=80)
