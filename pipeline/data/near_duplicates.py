@@ -27,7 +27,8 @@ import numpy as np
 from pipeline.data import fingerprints
 
 VERIFY_LADDER = (0.7, 0.8, 0.85, 0.9, 0.93, 0.96)  # lowest detail correlation of a near duplicate: see `find`
-LOOK_ALIKE_SHARE = 0.2  # a threshold leaving more images than this in pairs counts look-alikes, not copies
+LOOK_ALIKE_SHARE = 0.1  # a threshold leaving more images than this share (and LOOK_ALIKE_MIN) in pairs
+LOOK_ALIKE_MIN = 100  # counts look-alikes, not copies (a few duplicates in a small folder prove nothing)
 RESIZED_PHASH = 18  # pHash bits of 64 for candidates of different sizes (whole or centre crop)
 RESIZED_DHASH = 24  # dHash bits of 64 for them
 DETAIL_DIVISOR = 12  # the blur removed has sigma = comparison side / this (32 px: 2.7 px)
@@ -213,7 +214,7 @@ def find(prints, *, threshold: int = fingerprints.NEAR_THRESHOLD, min_correlatio
     """Verified near-duplicate pairs of fingerprinted images.
 
     The verification threshold, unless given, is the lowest of VERIFY_LADDER that leaves at most
-    LOOK_ALIKE_SHARE of the images in a pair other than an exact copy (else the last). Measured (benchmarks/RESULTS.md, round 2): the
+    LOOK_ALIKE_SHARE of the images (or LOOK_ALIKE_MIN) in a pair other than an exact copy (else the last). Measured (benchmarks/RESULTS.md, round 2): the
     planted copies on CIFAR-10 score 0.93-1.0; CIFAR-10's own near duplicates (one photo re-cropped,
     re-coloured, re-shot) 0.5-1.0, and its candidates above 0.7 are nearly all such; on Fashion-MNIST,
     different garments of one outline score up to ~0.97, and 0.7 would leave most images in pairs.
@@ -229,6 +230,6 @@ def find(prints, *, threshold: int = fingerprints.NEAR_THRESHOLD, min_correlatio
     copies &= prints.width[first] == prints.width[second]
     for lowest in VERIFY_LADDER if min_correlation is None else (min_correlation,):
         kept = correlation >= lowest
-        if len(np.unique(proposed[kept & ~copies, :2])) <= LOOK_ALIKE_SHARE * len(prints.grey):
+        if len(np.unique(proposed[kept & ~copies, :2])) <= max(LOOK_ALIKE_SHARE * len(prints.grey), LOOK_ALIKE_MIN):
             break  # (pairs of identical pixels are copies, whatever their number: not counted)
     return proposed[kept], correlation[kept], {"candidates": len(proposed), "min_correlation": lowest}

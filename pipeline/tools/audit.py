@@ -272,7 +272,7 @@ def _report(
             f"below, over {near_duplicates.LOOK_ALIKE_SHARE:.0%} of the images had a match (look-alikes); "
             f"copies changed more than that are missed"
         )
-    if in_groups > near_duplicates.LOOK_ALIKE_SHARE * len(kept):
+    if in_groups > max(near_duplicates.LOOK_ALIKE_SHARE * len(kept), near_duplicates.LOOK_ALIKE_MIN):
         warnings.append(
             f"{in_groups} of {len(kept)} images ({100 * in_groups / len(kept):.0f}%) fall in near-duplicate groups: "
             f"many pictures are alike even in detail, so the near-duplicate, leakage and conflict figures may "

@@ -105,13 +105,14 @@ def test_same_outline_with_other_detail_is_not_a_near_duplicate():
 
 def test_find_keeps_the_verified_candidates_and_raises_its_threshold_for_look_alikes(monkeypatch):
     monkeypatch.setattr(fingerprints, "DHASH_THRESHOLD", 64)  # with pHash <= 64: all same-size pairs are candidates
-    pictures = [photo(seed) for seed in range(6, 26)]
+    monkeypatch.setattr(near_duplicates, "LOOK_ALIKE_MIN", 0)  # the share alone decides, even for a few images
+    pictures = [photo(seed) for seed in range(6, 46)]
     pictures += [recompressed(pictures[0], 65), garment("vertical"), garment("horizontal")]
     pairs, kept, search = near_duplicates.find(prints_of(pictures), threshold=64)
-    assert search["candidates"] >= 20 * 19 // 2 + 1 and search["min_correlation"] == near_duplicates.VERIFY_LADDER[0]
-    assert pairs[:, :2].tolist() == [[0, 20], [21, 22]] and kept[0] > 0.97 and 0.7 <= kept[1] < 0.8
-    # Four images: any pair holds over 20% of them, so the threshold climbs to the top of the ladder.
-    few = prints_of(pictures[:1] + pictures[20:])
+    assert search["candidates"] >= 40 * 39 // 2 + 1 and search["min_correlation"] == near_duplicates.VERIFY_LADDER[0]
+    assert pairs[:, :2].tolist() == [[0, 40], [41, 42]] and kept[0] > 0.97 and 0.7 <= kept[1] < 0.8
+    # Four images: any pair holds over 10% of them, so the threshold climbs to the top of the ladder.
+    few = prints_of(pictures[:1] + pictures[40:])
     pairs, _, search = near_duplicates.find(few, threshold=64)
     assert search["min_correlation"] == near_duplicates.VERIFY_LADDER[-1] and pairs[:, :2].tolist() == [[0, 1]]
     pairs, _, search = near_duplicates.find(few, threshold=64, min_correlation=0.5)  # given: not raised
