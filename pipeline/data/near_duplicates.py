@@ -17,7 +17,9 @@ brightness or contrast change (an affine map of the grey levels); averaging to t
 what a downscale or JPEG recompression removed; without the coarse shading, two different garments of the
 same outline no longer correlate by their silhouette alone. For pairs of different sizes, crops of one
 picture (CROP_SCALES of its side at CROP_POSITIONS x CROP_POSITIONS places) are also tried against the other,
-both ways, and the best r is kept. Same-size pairs are compared as they are (a crop changes the size).
+both ways, and the best r is kept. Same-size pairs are compared as they are (a crop changes the size; a
+crop scaled back to the original size, as in CIFAR-10's own near duplicates, passes only while its detail
+still correlates at the threshold that `find` chooses: they score 0.5-1.0).
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ _PAIR_BLOCK = 256  # pairs verified at a time (crops: ~100 MB of float32 work ar
 
 
 def _search(rows_hashes, columns_hashes, rule, *, same_only_diagonal: bool):
-    """Blocked all-pairs search: yields (rows, columns, pHash distance) where rule(rows, columns, distance)."""
+    """Blocked all-pairs search: yields (rows, columns, dHash distance, pHash distance) of the pairs that
+    rule(start, stop, pHash distances of rows start..stop) selects."""
     (row_phash, row_dhash), (column_phash, column_dhash) = rows_hashes, columns_hashes
     count = len(row_phash)
     block = max(1, _BLOCK_ELEMENTS // max(len(column_phash), 1))
