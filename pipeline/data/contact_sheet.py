@@ -49,12 +49,10 @@ def write_sheet(path, rows: list[list[tuple[np.ndarray | None, str]]], *, title:
     from pipeline.core.fileio import atomic_write
 
     columns = max(1, min(MAX_COLUMNS, max((len(row) for row in rows), default=1)))
-    figure, axes = pyplot.subplots(
-        len(rows) or 1,
-        columns,
-        figsize=(CELL_INCHES * columns, CELL_INCHES * 1.3 * max(len(rows), 1) + 0.5),
-        squeeze=False,
-    )
+    heading = textwrap.fill(title, 30 * columns)
+    heading_inches = 0.2 * (heading.count("\n") + 1) + 0.1  # kept free above the cells: no overlap
+    height = CELL_INCHES * 1.3 * max(len(rows), 1) + 0.4 + heading_inches
+    figure, axes = pyplot.subplots(len(rows) or 1, columns, figsize=(CELL_INCHES * columns, height), squeeze=False)
     for axis in axes.flat:
         axis.axis("off")
     for row_index, row in enumerate(rows):
@@ -67,8 +65,8 @@ def write_sheet(path, rows: list[list[tuple[np.ndarray | None, str]]], *, title:
                 axis.imshow(thumbnail(image), interpolation="nearest")
             lines = [textwrap.fill(part, 30) for part in caption.split("\n")]
             axis.set_title("\n".join(lines), fontsize=7, loc="left")
-    figure.suptitle(textwrap.fill(title, 30 * columns), fontsize=9, x=0.01, ha="left")
-    figure.tight_layout()
+    figure.suptitle(heading, fontsize=9, x=0.01, y=1 - 0.05 / height, ha="left", va="top")
+    figure.tight_layout(rect=(0, 0, 1, 1 - heading_inches / height))
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=80)
     pyplot.close(figure)

@@ -2,17 +2,18 @@
 
 Images are decoded the way training decodes them (`decode.decode_image`: EXIF orientation, the accurate
 JPEG IDCT, grey and RGBA brought to RGB), so "exact duplicate" means the same pixels the model would
-see, whatever the file format or name. Per image only a few numbers are kept (two 64-bit hashes, an
-exact key, size and brightness statistics), never the decoded image: 100,000 images take ~6 MB.
+see, whatever the file format or name. Per image only a few numbers and a small grey thumbnail are kept
+(four 64-bit hashes, an exact key, size and brightness statistics, 32x32 grey pixels), never the decoded
+image: 100,000 images take ~110 MB.
 
 Near duplicates: the DCT perceptual hash (pHash, `imagehash.phash`: the signs of the 8x8 lowest DCT
 frequencies of a 32x32 grey thumbnail, relative to their median; Zauner, "Implementation and
 Benchmarking of Perceptual Image Hash Functions", 2010) is unchanged by JPEG recompression, resizing and
-moderate brightness changes, and moves a few bits under a small crop. Two images are near duplicates
-when their pHashes differ in at most `threshold` of 64 bits (`NEAR_THRESHOLD`, chosen by
-benchmarks/audit_quality.py) *and* their difference hashes (dHash, the signs of horizontal gradients
-of a 9x8 thumbnail) in at most `DHASH_THRESHOLD`: two hashes of different kinds rarely agree by chance.
-The search is exact: every pair is compared (bit counts of XORs, in blocks of ~4 million pairs: ~32 MB).
+moderate brightness changes, and moves a few bits under a small crop; the difference hash (dHash, the
+signs of horizontal gradients of a 9x8 thumbnail) is a second, different opinion. Both are also taken of
+the image's centre (`CENTRE` of each side), which a crop of the image matches better. Two images are
+candidate near duplicates when their hashes are close (`NEAR_THRESHOLD`, `DHASH_THRESHOLD` for images of
+one size); `near_duplicates` searches the pairs and verifies them on the grey thumbnails.
 """
 
 from __future__ import annotations
@@ -22,9 +23,10 @@ import dataclasses
 import numpy as np
 
 THUMBNAIL = 64  # side of the RGB thumbnail the hashes are computed from (imagehash resizes it to 32 or 9)
-NEAR_THRESHOLD = 10  # pHash bits of 64 (benchmarks/audit_quality.py: the transformations of docs_audit.md)
+GREY_SIDE = 32  # side of the grey thumbnail kept per image for the verification (1 KB: 100 MB per 100,000 images)
+CENTRE = 0.9  # the centre crop hashed as well (its side over the image's): crops of up to 10% match it
+NEAR_THRESHOLD = 10  # pHash bits of 64, images of one size (benchmarks/audit_quality.py sweeps it)
 DHASH_THRESHOLD = 16  # dHash bits of 64, checked together with the pHash (cuts chance matches)
-_BLOCK_ELEMENTS = 4_000_000  # XORs per block (32 MB of uint64): rows per block = this // N
 
 
 @dataclasses.dataclass
@@ -35,6 +37,8 @@ class Fingerprints:
         index: int64, the position of the image in the input.
         exact: uint64, farmhash64 of the decoded pixels (same key and same shape = same pixels).
         phash, dhash: uint64, 64-bit perceptual hashes.
+        phash_centre, dhash_centre: uint64, the same hashes of the image's centre (CENTRE of each side).
+        grey: uint8 [N, GREY_SIDE, GREY_SIDE], grey thumbnail (area-averaged) for `near_duplicates.verify`.
         height, width: int32, the image as displayed.
         brightness: float32, mean grey level 0..255 (ITU-R BT.601 weights).
         contrast: float32, standard deviation of the grey levels.
@@ -44,6 +48,9 @@ class Fingerprints:
     exact: np.ndarray
     phash: np.ndarray
     dhash: np.ndarray
+    phash_centre: np.ndarray
+    dhash_centre: np.ndarray
+    grey: np.ndarray
     height: np.ndarray
     width: np.ndarray
     brightness: np.ndarray
@@ -63,27 +70,50 @@ def _hashes(thumbnail: np.ndarray) -> tuple[int, int]:
     )
 
 
+def _thumbnail(image, side: int):
+    """float32 [H, W, C] -> uint8 [side, side, C], area-averaged (every pixel counts: no aliasing)."""
+    import tensorflow as tf
+
+    thumbnail = tf.image.resize(image, [side, side], method="area", antialias=True)
+    return tf.cast(tf.round(tf.clip_by_value(thumbnail, 0.0, 255.0)), tf.uint8)
+
+
 def _summary(image):
-    """uint8 [H, W, 3] -> (exact key, height, width, brightness, contrast, thumbnail [64, 64, 3] uint8)."""
+    """uint8 [H, W, 3] -> (exact key, height, width, brightness, contrast, thumbnail [64, 64, 3] uint8,
+    centre thumbnail [64, 64, 3] uint8, grey thumbnail [GREY_SIDE, GREY_SIDE] uint8)."""
     import tensorflow as tf
 
     shape = tf.shape(image)
     key = tf.fingerprint(tf.reshape(image, [1, -1]))[0]  # farmhash64 of the pixel bytes, uint8 [8]
-    grey = tf.image.rgb_to_grayscale(tf.cast(image, tf.float32))
-    thumbnail = tf.image.resize(tf.cast(image, tf.float32), [THUMBNAIL, THUMBNAIL], method="area", antialias=True)
-    thumbnail = tf.cast(tf.round(tf.clip_by_value(thumbnail, 0.0, 255.0)), tf.uint8)
-    return key, shape[0], shape[1], tf.reduce_mean(grey), tf.math.reduce_std(grey), thumbnail
+    pixels = tf.cast(image, tf.float32)
+    grey = tf.image.rgb_to_grayscale(pixels)
+    centre = tf.image.central_crop(pixels, CENTRE)
+    return (
+        key,
+        shape[0],
+        shape[1],
+        tf.reduce_mean(grey),
+        tf.math.reduce_std(grey),
+        _thumbnail(pixels, THUMBNAIL),
+        _thumbnail(centre, THUMBNAIL),
+        _thumbnail(grey, GREY_SIDE)[..., 0],
+    )
 
 
 def _collect(dataset, count: int, progress) -> Fingerprints:
     """Runs a tf.data pipeline of (index, summary...) and hashes each thumbnail in Python."""
-    rows = {name: [] for name in ("index", "exact", "phash", "dhash", "height", "width", "brightness", "contrast")}
-    for index, key, height, width, brightness, contrast, thumbnail in dataset.as_numpy_iterator():
+    names = ("index", "exact", "phash", "dhash", "phash_centre", "dhash_centre", "grey", "height", "width")
+    rows = {name: [] for name in (*names, "brightness", "contrast")}
+    for index, key, height, width, brightness, contrast, thumbnail, centre, grey in dataset.as_numpy_iterator():
         phash, dhash = _hashes(thumbnail)
+        phash_centre, dhash_centre = _hashes(centre)
         rows["index"].append(int(index))
         rows["exact"].append(int.from_bytes(key.tobytes(), "little"))
         rows["phash"].append(phash)
         rows["dhash"].append(dhash)
+        rows["phash_centre"].append(phash_centre)
+        rows["dhash_centre"].append(dhash_centre)
+        rows["grey"].append(grey)
         rows["height"].append(int(height))
         rows["width"].append(int(width))
         rows["brightness"].append(float(brightness))
@@ -92,9 +122,10 @@ def _collect(dataset, count: int, progress) -> Fingerprints:
             progress.update()
     decoded = set(rows["index"])
     failed = [(i, "cannot be decoded") for i in range(count) if i not in decoded]
-    dtypes = {"index": np.int64, "exact": np.uint64, "phash": np.uint64, "dhash": np.uint64, "height": np.int32}
+    dtypes = dict.fromkeys(("exact", "phash", "dhash", "phash_centre", "dhash_centre"), np.uint64)
+    dtypes.update(index=np.int64, height=np.int32, width=np.int32, grey=np.uint8)
     arrays = {name: np.asarray(values, dtypes.get(name, np.float32)) for name, values in rows.items()}
-    arrays["width"] = arrays["width"].astype(np.int32)
+    arrays["grey"] = arrays["grey"].reshape(-1, GREY_SIDE, GREY_SIDE)  # also when nothing decoded
     return Fingerprints(**arrays, failed=failed)
 
 
@@ -146,30 +177,6 @@ def fingerprint_arrays(images: np.ndarray, *, progress=None) -> Fingerprints:
 def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Bits that differ between uint64 hashes (broadcasting), int."""
     return np.bitwise_count(np.bitwise_xor(a, b))
-
-
-def near_pairs(
-    phash: np.ndarray, dhash: np.ndarray, *, threshold: int = NEAR_THRESHOLD, dhash_threshold: int = DHASH_THRESHOLD
-) -> np.ndarray:
-    """Every pair (i < j) with pHash distance <= threshold and dHash distance <= dhash_threshold.
-
-    Exact search, blocked: time O(N^2) bit counts (~3 s for 10,000 images), memory ~32 MB whatever N.
-
-    Returns:
-        int64 [P, 3]: i, j, pHash distance.
-    """
-    found = []
-    block = max(1, _BLOCK_ELEMENTS // max(len(phash), 1))
-    for start in range(0, len(phash), block):
-        stop = min(start + block, len(phash))
-        distance = hamming(phash[start:stop, None], phash[None, :])
-        rows, columns = np.nonzero(distance <= threshold)
-        keep = columns > rows + start
-        rows, columns = rows[keep], columns[keep]
-        close = hamming(dhash[rows + start], dhash[columns]) <= dhash_threshold
-        rows, columns = rows[close], columns[close]
-        found.append(np.stack([rows + start, columns, distance[rows, columns]], axis=1).astype(np.int64))
-    return np.concatenate(found) if found else np.zeros((0, 3), np.int64)
 
 
 def group(count: int, pairs) -> list[list[int]]:

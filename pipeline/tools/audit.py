@@ -28,7 +28,6 @@ DARK = 20.0  # mean grey level (0..255) below which an image is "very dark"
 UNIFORM = 4.0  # standard deviation of the grey levels below which an image is "nearly uniform"
 SHEET_ROWS = 24  # groups drawn per contact sheet (the JSON lists them all)
 SPLIT_ORDER = ("train", "validation", "test", None)
-CHANCE_SHARE = 0.2  # above this share of images in near-duplicate groups, the hashes do not separate the data
 
 
 def add_arguments(parser) -> None:
@@ -131,10 +130,7 @@ def audit(target, *, overrides=(), out=None, write_lists=None, threshold=None, p
     import numpy as np
 
     from pipeline import config as config_lib
-    from pipeline.data import (
-        fingerprints,
-        readers,  # TensorFlow: only when the audit runs
-    )
+    from pipeline.data import fingerprints, near_duplicates, readers  # TensorFlow: only when the audit runs
 
     threshold = fingerprints.NEAR_THRESHOLD if threshold is None else int(threshold)
     if not 0 <= threshold <= 32:
@@ -172,7 +168,7 @@ def audit(target, *, overrides=(), out=None, write_lists=None, threshold=None, p
         raise common.DataError(f"{target}: none of the {len(items)} files decodes as an image")
     kept = [items[i] for i in prints.index]
     exact = fingerprints.exact_pairs(prints.exact, prints.height, prints.width)
-    near = fingerprints.near_pairs(prints.phash, prints.dhash, threshold=threshold)
+    near, correlation, search = near_duplicates.find(prints, threshold=threshold)
     exact_groups = fingerprints.group(len(kept), exact)
     all_groups = fingerprints.group(len(kept), np.concatenate([exact, near[:, :2]]) if len(near) else exact)
     exact_sets = {frozenset(g) for g in exact_groups}
@@ -186,6 +182,8 @@ def audit(target, *, overrides=(), out=None, write_lists=None, threshold=None, p
         all_groups,
         class_names,
         near=near,
+        correlation=correlation,
+        search=search,
         small_side=small_side,
         threshold=threshold,
         name=name,
@@ -198,33 +196,39 @@ def audit(target, *, overrides=(), out=None, write_lists=None, threshold=None, p
     return report
 
 
-def _describe_group(group, kept, prints, kind) -> dict:
-    """A group as audit.json lists it: kind (exact/near), size, members (path, split, class), and the largest
-    pHash distance of a member to the first."""
+def _describe_group(group, kept, prints, kind, lowest) -> dict:
+    """A group as audit.json lists it: kind (exact/near), size, members (path, split, class), the largest
+    pHash distance of a member to the first, and the lowest verified correlation of its near pairs (`lowest`)."""
     from pipeline.data import fingerprints
 
     members = [{"path": kept[i]["name"], "split": kept[i]["split"], "class": kept[i]["class"]} for i in group]
     distance = fingerprints.hamming(prints.phash[group[0]], prints.phash[list(group)])
-    return {"kind": kind, "size": len(group), "members": members, "max_phash_distance": int(distance.max())}
+    described = {"kind": kind, "size": len(group), "members": members, "max_phash_distance": int(distance.max())}
+    return described | {"min_correlation": round(lowest, 4) if lowest is not None else None}
 
 
 def _report(
-    kept, prints, items, exact_groups, near_groups, all_groups, class_names, *, near, small_side, threshold, name
+    kept, prints, items, exact_groups, near_groups, all_groups, class_names, *, near, correlation, search, **rest
 ) -> dict:
     """The audit.json content (see docs_audit.md for every key)."""
     import numpy as np
 
-    from pipeline.data import fingerprints
+    from pipeline.data import fingerprints, near_duplicates
 
+    small_side, threshold, name = rest["small_side"], rest["threshold"], rest["name"]
     split_count = collections.Counter(item["split"] for item in kept)
     exact_sets = {frozenset(g) for g in exact_groups}
+    member_of = {i: n for n, group in enumerate(all_groups) for i in group}
+    lowest = {}
+    for (i, _, _), r in zip(near.tolist(), correlation.tolist()):
+        lowest[member_of[i]] = min(r, lowest.get(member_of[i], 1.0))
     described_groups = [
-        _describe_group(g, kept, prints, "exact" if frozenset(g) in exact_sets else "near") for g in all_groups
+        _describe_group(g, kept, prints, "exact" if frozenset(g) in exact_sets else "near", lowest.get(n))
+        for n, g in enumerate(all_groups)
     ]
     # Leakage and conflicts are read from direct pairs, not from whole groups: a group is a connected
     # component, and on small low-texture images (CIFAR-10's skies) chains join pictures that are not
     # duplicates of each other. Every pair inside an exact group is direct (identical pixels).
-    member_of = {i: n for n, group in enumerate(all_groups) for i in group}
     direct = [tuple(pair) for pair in near[:, :2].tolist()]
     for group in exact_groups:
         direct += list(itertools.combinations(group, 2)) if len(group) <= 200 else [(group[0], i) for i in group[1:]]
@@ -260,22 +264,19 @@ def _report(
             "nearly_uniform": [kept[n]["name"] for n in rows if prints.contrast[n] < UNIFORM],
         }
     splits = {split or "all": split_count[split] for split in SPLIT_ORDER if split_count[split]}
-    warnings = []
+    warnings, lowest = [], search["min_correlation"]
     in_groups = sum(len(g) for g in near_groups)
-    if in_groups > CHANCE_SHARE * len(kept):
-        # Measured on the mirror's Fashion-MNIST: 28-pixel centred objects on black give 85% of the images
-        # a pHash neighbour at the default threshold (benchmarks/RESULTS.md); the thresholds were chosen on
-        # photos (CIFAR-10).
+    if lowest > near_duplicates.VERIFY_LADDER[0]:  # Fashion-MNIST: garments of one outline (RESULTS.md)
+        warnings.append(
+            f"near duplicates verified at a correlation >= {lowest}, not {near_duplicates.VERIFY_LADDER[0]}: "
+            f"below, over {near_duplicates.LOOK_ALIKE_SHARE:.0%} of the images had a match (look-alikes); "
+            f"copies changed more than that are missed"
+        )
+    if in_groups > max(near_duplicates.LOOK_ALIKE_SHARE * len(kept), near_duplicates.LOOK_ALIKE_MIN):
         warnings.append(
             f"{in_groups} of {len(kept)} images ({100 * in_groups / len(kept):.0f}%) fall in near-duplicate groups: "
-            f"the perceptual hashes do not separate these images at --threshold {threshold} (small, centred "
-            f"objects on a plain background look alike to them); the near-duplicate, leakage and conflict "
-            f"figures are mostly chance. Look at the sheets"
-            + (
-                ", and try a lower --threshold (e.g. 4)"
-                if threshold > 4
-                else "; only the exact duplicates are reliable"
-            )
+            f"many pictures are alike even in detail, so the near-duplicate, leakage and conflict figures may "
+            f"count look-alikes, not copies; look at the sheets (the exact duplicates are reliable)"
         )
     return {
         "source": name,
@@ -286,8 +287,14 @@ def _report(
         "classes": class_names,
         "method": {
             "exact": "farmhash64 of the decoded pixels (pipeline.data.decode, as training decodes)",
-            "near": f"pHash distance <= {threshold} and dHash distance <= {fingerprints.DHASH_THRESHOLD} "
-            f"bits of 64 (imagehash), exact all-pairs search",
+            "near": f"candidates: pHash distance <= {threshold} and dHash <= {fingerprints.DHASH_THRESHOLD} bits "
+            f"of 64 (imagehash) for images of one size, pHash <= {near_duplicates.RESIZED_PHASH} and dHash <= "
+            f"{near_duplicates.RESIZED_DHASH} (whole or centre crop) for different sizes, exact all-pairs search; "
+            f"kept when the detail correlation of the grey thumbnails (crops tried for different sizes) is "
+            f">= {lowest}",
+            "near_candidates": search["candidates"],
+            "near_min_correlation": lowest,
+            "near_verified": len(near),
             "very_small_side": small_side,
             "very_dark_mean": DARK,
             "nearly_uniform_std": UNIFORM,
@@ -341,7 +348,7 @@ def _sheet(path, described: list[dict], kept, title) -> None:
         for position, member in enumerate(group["members"][: contact_sheet.MAX_COLUMNS]):
             caption = f"{member['path']}\n{member['split'] or ''} {member['class'] or ''}".rstrip()
             if position == 0:
-                kind = "exact" if group["kind"] == "exact" else f"near, pHash <= {group['max_phash_distance']}"
+                kind = "exact" if group["kind"] == "exact" else f"near, r >= {group['min_correlation']:.2f}"
                 caption = f"[{kind}] {caption}"
             cells.append((_load(kept[index[member["path"]]]), caption))
         rows.append(cells)

@@ -86,6 +86,9 @@ def test_every_planted_duplicate_is_found_in_its_own_group(audited):
         frozenset({"train/b/3.jpg", "test/b/leak-3.jpg"}): "near",
     }
     assert report["exact_duplicate_groups"] == 2 and report["near_duplicate_groups"] == 2
+    assert report["method"]["near_min_correlation"] == 0.7 and report["warnings"] == []  # no look-alikes here
+    near = [g for g in report["groups"] if g["kind"] == "near"]
+    assert all(g["min_correlation"] > 0.9 for g in near)  # the recompressed leak and the resized-cropped copy
     assert report["images"] == 25 and report["splits"] == {"train": 14, "test": 11}
 
 
