@@ -388,6 +388,7 @@ def test_mixed_precision_trains_and_serves_float32(data_env, tmp_path, policy):
     np.testing.assert_allclose(out.numpy().sum(), 1.0, atol=1e-3)
 
 
+@pytest.mark.slow  # a fresh process or two: kept out of `make test`'s 4 minutes (run with `make test-slow`)
 def test_thread_settings_apply_in_a_fresh_process(synthetic_mirror, tmp_path):
     experiment = _write_experiment(tmp_path / "threads.yaml", synthetic_mirror, tmp_path / "data", 1)
     code = (

@@ -253,6 +253,7 @@ def test_mirrored_over_two_cpu_devices_matches_one_device(tmp_path):
     assert_same_weights(result["weights_one"], result["weights_two"], atol=1e-5)
 
 
+@pytest.mark.slow  # a fresh process or two: kept out of `make test`'s 4 minutes (run with `make test-slow`)
 def test_two_local_workers_train_in_lockstep_like_one_device(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(MULTI_WORKER)

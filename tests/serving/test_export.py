@@ -174,6 +174,7 @@ def _newest_saved_model(model_dir: Path) -> Path:
 # --------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow  # a fresh process or two: kept out of `make test`'s 4 minutes (run with `make test-slow`)
 def test_saved_model_cli_lists_both_signatures(version_dir):
     tool = Path(sys.executable).parent / "saved_model_cli"
     tool = str(tool) if tool.exists() else shutil.which("saved_model_cli")
