@@ -21,28 +21,13 @@ import sys
 import time
 from pathlib import Path
 
+from pipeline.config.arguments import int_at_least
 from pipeline.core import errors, fileio
 
 HELP = "serve an export over HTTP: TF Serving's REST API (V1) and the Open Inference Protocol (V2)"
 DEFAULT_MAX_BODY_BYTES = 16 * 1024 * 1024
 LARGE_BODY_BYTES = 64 * 1024
 DEFAULT_MAX_BATCH_SIZE = 64  # images per request without --batching-parameters (with it: its max_batch_size)
-
-
-def _at_least(low: int, high: int | None = None):
-    """An argparse type: an integer in [low, high] (argparse reports a bad one and exits with code 2)."""
-
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"must be an integer; received {text!r}") from None
-        if value < low or (high is not None and value > high):
-            allowed = f"{low}..{high}" if high is not None else f"at least {low}"
-            raise argparse.ArgumentTypeError(f"must be {allowed}; received {value}")
-        return value
-
-    return parse
 
 
 def _seconds(text: str) -> float:
@@ -62,7 +47,9 @@ def add_arguments(parser) -> None:
         metavar="EXPORT_OR_RUN_DIR",
         help="run directory, export/<name> (newest version, new ones picked up) or one version folder",
     )
-    parser.add_argument("--port", type=_at_least(0, 65535), default=8501, help="TF Serving's REST port (default 8501)")
+    parser.add_argument(
+        "--port", type=int_at_least(0, 65535), default=8501, help="TF Serving's REST port (default 8501)"
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1 only)")
     parser.add_argument("--model-name", help="name in the URLs (default: the export's folder name)")
     parser.add_argument(
@@ -73,20 +60,20 @@ def add_arguments(parser) -> None:
     )
     parser.add_argument(
         "--max-batch-size",
-        type=_at_least(1),
+        type=int_at_least(1),
         default=DEFAULT_MAX_BATCH_SIZE,
         help=f"images per request without batching (default {DEFAULT_MAX_BATCH_SIZE})",
     )
     parser.add_argument(
         "--max-body-bytes",
-        type=_at_least(1),
+        type=int_at_least(1),
         default=DEFAULT_MAX_BODY_BYTES,
         help="largest request body accepted (default 16 MiB); larger ones get 413",
     )
-    parser.add_argument("--threads", type=_at_least(1), default=2, help="model calls at once without batching")
+    parser.add_argument("--threads", type=int_at_least(1), default=2, help="model calls at once without batching")
     parser.add_argument(
         "--max-queued",
-        type=_at_least(1),
+        type=int_at_least(1),
         default=64,
         help="requests waiting for the model without batching before 503 (default 64)",
     )
@@ -102,7 +89,7 @@ def add_arguments(parser) -> None:
     for kind in ("intra", "inter"):
         parser.add_argument(
             f"--tensorflow-{kind}-op-parallelism",
-            type=_at_least(0),
+            type=int_at_least(0),
             default=0,
             help=f"TensorFlow's {kind}-op threads (0: TensorFlow's choice, one per core)",
         )

@@ -31,22 +31,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("experiment", nargs="?", help="experiment name or YAML path (with a `tune:` section)")
     arguments.add_overrides(parser, "override a config value, e.g. --set tune.trials=8 (repeatable)")
     parser.add_argument("--study", type=Path, help="study directory (default runs/<experiment>/tune-<study_name>)")
-    parser.add_argument("--workers", type=_positive, default=1, help="trials run at once by this process")
-    parser.add_argument("--trials", type=_positive, help="COMPLETE + PRUNED trials wanted (default tune.trials)")
+    parser.add_argument(
+        "--workers", type=arguments.int_at_least(1), default=1, help="trials run at once by this process"
+    )
+    parser.add_argument(
+        "--trials", type=arguments.int_at_least(1), help="COMPLETE + PRUNED trials wanted (default tune.trials)"
+    )
     parser.add_argument(
         "--storage", help="database URL shared by several machines (postgresql://...); default: STUDY/journal.log"
     )
     parser.add_argument("--status", type=Path, metavar="DIR", help="report on a study directory and exit")
-
-
-def _positive(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, received {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, received {text!r}")
-    return value
 
 
 def run(args: argparse.Namespace, config=None, check=config_lib.from_dict, log=print) -> int:
