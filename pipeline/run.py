@@ -96,6 +96,7 @@ def _train(config: Config, run_dir: Path, log) -> dict:
         total_phases=len(plan),
         ema=all(phase.optimizer.ema for phase in plan),
         lookahead=train.lookahead,
+        steps_per_epoch=math.ceil(len(splits.train[1]) / train.batch_size),
         extra=cluster.fit_callbacks(monitors, log=log),
     )
     resume = callbacks.ResumePoint.read(run_dir)

@@ -383,6 +383,7 @@ def build_callbacks(
     *,
     ema: bool = False,
     lookahead=None,
+    steps_per_epoch: int | None = None,
     extra=(),
 ) -> RunCallbacks:
     """The run's callbacks, with the ones whose state the resume backup carries (by name).
@@ -397,6 +398,8 @@ def build_callbacks(
         ema: the optimizers keep a weight EMA (`train.optimizer.ema`).
         lookahead: the `train.lookahead` section, or None; first in the list, so every other callback
             sees the slow weights after an epoch's last batch.
+        steps_per_epoch: batches per epoch, for Lookahead's schedule where `fit` cannot count them (image
+            files: tf.data's `ignore_errors` leaves the cardinality unknown).
         extra: callbacks to run after the others, before the backup.
     """
     from pipeline.training import ema as ema_lib
@@ -410,7 +413,12 @@ def build_callbacks(
     if lookahead is not None and lookahead.enabled:
         from pipeline.training.lookahead import Lookahead
 
-        callback_list.insert(0, Lookahead(every=lookahead.every, base=lookahead.base, power=lookahead.power))
+        callback_list.insert(
+            0,
+            Lookahead(
+                every=lookahead.every, base=lookahead.base, power=lookahead.power, steps_per_epoch=steps_per_epoch
+            ),
+        )
     if options.terminate_on_nan:
         callback_list.append(keras.callbacks.TerminateOnNaN())
     callback_list.append(checkpoints)

@@ -38,24 +38,32 @@ class Lookahead(keras.callbacks.Callback):
     Args:
         every: optimizer steps between two Lookahead steps (airbench94: 5).
         base, power: the decay schedule, base**every * (t / T)**power (airbench94: 0.95, 3).
+        steps_per_epoch: batches per epoch when `fit` does not know them (a dataset of unknown
+            cardinality); `fit`'s own count wins when it has one.
     """
 
-    def __init__(self, *, every: int = 5, base: float = 0.95, power: float = 3.0):
+    def __init__(self, *, every: int = 5, base: float = 0.95, power: float = 3.0, steps_per_epoch: int | None = None):
         super().__init__()
         self.every, self.base, self.power = int(every), float(base), float(power)
+        self.steps_per_epoch = steps_per_epoch
         self._slow: list[np.ndarray] | None = None
         self._variables = []
+        self._steps = 1
         self._total = 1
+        self._synced_at = -1  # the optimizer step of the last Lookahead step
 
     def on_train_begin(self, logs=None):
         self._variables = [v for v in self.model.weights if "float" in str(v.dtype)]
         self._slow = [np.array(v.numpy(), copy=True) for v in self._variables]
-        self._total = max(1, int(self.params.get("epochs") or 1) * int(self.params.get("steps") or 1))
+        self._steps = max(1, int(self.params.get("steps") or self.steps_per_epoch or 1))
+        self._total = max(1, int(self.params.get("epochs") or 1) * self._steps)
 
     def _step(self) -> int:
         return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
 
-    def _update(self, decay: float) -> None:
+    def _update(self, step: int) -> None:
+        decay = lookahead_decay(step, self._total, every=self.every, base=self.base, power=self.power)
+        self._synced_at = step
         for index, variable in enumerate(self._variables):
             slow = self._slow[index]
             slow *= decay
@@ -65,5 +73,12 @@ class Lookahead(keras.callbacks.Callback):
     def on_train_batch_end(self, batch, logs=None):
         step = self._step()
         # The epoch's last batch steps too: validation, checkpoints and the resume backup see the slow weights.
-        if step % self.every == 0 or batch + 1 == self.params.get("steps"):
-            self._update(lookahead_decay(step, self._total, every=self.every, base=self.base, power=self.power))
+        if step % self.every == 0 or batch + 1 == self._steps:
+            self._update(step)
+
+    def on_epoch_end(self, epoch, logs=None):
+        # An epoch shorter than counted (a file that stopped decoding since the scan) missed the last-batch
+        # step: take it now, so that at least the backup holds the slow weights.
+        step = self._step()
+        if step != self._synced_at:
+            self._update(step)

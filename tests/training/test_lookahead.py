@@ -58,3 +58,20 @@ def test_config_switch_puts_lookahead_first(tmp_path):
     assert not any(isinstance(c, Lookahead) for c in off.all)
     on = callbacks_lib.build_callbacks(options, tmp_path, 100, lookahead=LookaheadConfig(enabled=True, every=7))
     assert isinstance(on.all[0], Lookahead) and on.all[0].every == 7
+
+
+def test_unknown_cardinality_uses_the_given_steps_per_epoch():
+    """Image-file pipelines end in `ignore_errors`: `fit` cannot count their batches, the driver can; the
+    schedule's T comes from the given count and the epoch still ends on the slow weights."""
+    import tensorflow as tf
+
+    rng = np.random.default_rng(1)
+    x, y = rng.normal(size=(16, 3)).astype("float32"), rng.normal(size=(16, 2)).astype("float32")
+    unknown = tf.data.Dataset.from_tensor_slices((x, y)).batch(4).ignore_errors()
+    assert unknown.cardinality().numpy() == tf.data.UNKNOWN_CARDINALITY
+    model, lookahead = _model(), Lookahead(every=3, steps_per_epoch=4)
+    model.fit(unknown, epochs=2, verbose=0, callbacks=[lookahead])
+    assert (lookahead._steps, lookahead._total) == (4, 8)
+    assert lookahead._synced_at == int(model.optimizer.iterations.numpy())  # the last step was a Lookahead step
+    for got, slow in zip([v.numpy() for v in lookahead._variables], lookahead._slow):
+        np.testing.assert_array_equal(got, slow)
