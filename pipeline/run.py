@@ -236,7 +236,7 @@ def build_checked_model(config: Config, splits: Splits, *, log=print) -> keras.M
     from models import applications  # WeightsError: weights files missing, unreadable or unfit
 
     keras.utils.set_random_seed(config.seed)
-    keras.mixed_precision.set_dtype_policy(config.train.mixed_precision)
+    keras.mixed_precision.set_dtype_policy(modeling.resolve_mixed_precision(config.train.mixed_precision, log=log))
     augment = config.input.augment
     try:
         statistics = splits.channel_statistics() if config.input.normalization == "standardize" else (None, None)

@@ -315,7 +315,10 @@ class TrainConfig:
     )
     jit_compile: bool | str = _field("auto", choices=[True, False, "auto"], help="XLA compilation")
     mixed_precision: str = _field(
-        "float32", choices=["float32", "mixed_bfloat16", "mixed_float16"], help="Keras dtype policy"
+        "float32",
+        choices=["float32", "mixed_bfloat16", "mixed_float16", "auto"],
+        help="Keras dtype policy; auto: mixed_bfloat16 on a CPU with bfloat16 instructions or a GPU of compute "
+        "capability >= 8, mixed_float16 on 7.x, else float32",
     )
     intra_op_threads: int = _field(0, min=0, help="threads inside one op (0: TensorFlow's choice, all cores)")
     inter_op_threads: int = _field(0, min=0, help="ops run at once (0: TensorFlow's choice)")

@@ -187,6 +187,71 @@ def resolve_jit_compile(setting) -> bool:
     return bool(setting)
 
 
+# CPU flags (Linux /proc/cpuinfo names) of native bfloat16 arithmetic: AVX-512 BF16 (Cooper Lake, Zen 4 and
+# later) or AMX (Sapphire Rapids and later). Without them TensorFlow and PyTorch emulate bfloat16 through
+# float32, far slower than float32 itself: cifar10_fast 8 vs 86 images/s on an AVX2 EPYC (2 cores),
+# against 500 vs 458 with AMX (benchmarks/RESULTS.md, "bfloat16 without bfloat16 hardware").
+BFLOAT16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_has_bfloat16(cpuinfo: str | None = None) -> bool:
+    """True when the CPU has native bfloat16 instructions (`BFLOAT16_CPU_FLAGS`). `cpuinfo`: the text of
+    /proc/cpuinfo (read when None); False where it cannot be read (not Linux), the safe answer."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+                cpuinfo = handle.read()
+        except OSError:
+            return False
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+    return any(flag in flags for flag in BFLOAT16_CPU_FLAGS)
+
+
+def resolve_mixed_precision(setting: str, *, gpus=None, cpu_bfloat16=None, log=print) -> str:
+    """`train.mixed_precision` as a Keras dtype policy name.
+
+    `auto` picks by hardware, as the Keras mixed-precision guide advises: on a GPU of compute capability
+    >= 8.0 `mixed_bfloat16` (float16's speed without loss scaling), 7.x `mixed_float16` (Tensor Cores,
+    with Keras' loss scaling), older ones float32; on a CPU `mixed_bfloat16` only with native bfloat16
+    instructions (`cpu_has_bfloat16`), else float32. An explicit `mixed_bfloat16` on a CPU without them
+    is kept, with a warning: it runs emulated, ~10x slower than float32.
+
+    Args:
+        setting: "auto", "float32", "mixed_bfloat16" or "mixed_float16".
+        gpus: [(major, minor) compute capability] of the visible GPUs; looked up through TensorFlow when None.
+        cpu_bfloat16: `cpu_has_bfloat16()` when None.
+    """
+    if gpus is None:
+        import tensorflow as tf
+
+        gpus = [
+            tuple(tf.config.experimental.get_device_details(gpu).get("compute_capability") or (0, 0))
+            for gpu in tf.config.list_physical_devices("GPU")
+        ]
+    on_cpu = not gpus
+    if on_cpu and cpu_bfloat16 is None and setting in ("auto", "mixed_bfloat16"):
+        cpu_bfloat16 = cpu_has_bfloat16()
+    if setting == "auto":
+        if on_cpu:
+            policy = "mixed_bfloat16" if cpu_bfloat16 else "float32"
+            why = "native bfloat16 instructions" if cpu_bfloat16 else f"no {' or '.join(BFLOAT16_CPU_FLAGS)}"
+            log(f"train.mixed_precision auto: {policy} (CPU, {why})")
+        else:
+            capability = min(gpus)
+            policy = "mixed_bfloat16" if capability >= (8, 0) else "mixed_float16" if capability >= (7, 0) else "float32"
+            log(f"train.mixed_precision auto: {policy} (GPU compute capability {capability[0]}.{capability[1]})")
+        return policy
+    if setting == "mixed_bfloat16" and on_cpu and not cpu_bfloat16:
+        log(
+            "warning: train.mixed_precision mixed_bfloat16 on a CPU without bfloat16 instructions "
+            f"({' or '.join(BFLOAT16_CPU_FLAGS)}): emulated, about 10x slower than float32; use auto or float32"
+        )
+    return setting
+
+
 def vars_of(section) -> dict:
     """A config section as plain keyword arguments (nested sections excluded)."""
     return {key: value for key, value in config_lib.to_dict(section).items() if not isinstance(value, dict)}

@@ -34,6 +34,60 @@ def test_auto_jit_is_off_without_a_gpu():
     assert modeling.resolve_jit_compile(True) is True and modeling.resolve_jit_compile(False) is False
 
 
+AVX2_CPUINFO = "processor\t: 0\nmodel name\t: AMD EPYC\nflags\t\t: fpu sse2 avx fma avx2\n"
+AMX_CPUINFO = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"
+
+
+def test_cpu_bfloat16_is_read_from_the_flags():
+    assert modeling.cpu_has_bfloat16(AVX2_CPUINFO) is False
+    assert modeling.cpu_has_bfloat16(AMX_CPUINFO) is True
+    assert modeling.cpu_has_bfloat16("flags : avx512f avx512_bf16\n") is True  # Zen 4: AVX-512 BF16, no AMX
+    assert modeling.cpu_has_bfloat16("") is False
+
+
+@pytest.mark.parametrize(
+    "gpus, cpu_bfloat16, expected",
+    [
+        ([], False, "float32"),  # AVX2 CPU: bfloat16 would be emulated, 10x slower
+        ([], True, "mixed_bfloat16"),  # AMX / AVX-512 BF16
+        ([(9, 0)], False, "mixed_bfloat16"),
+        ([(8, 0), (7, 5)], False, "mixed_float16"),  # the weakest GPU decides
+        ([(6, 1)], False, "float32"),
+    ],
+)
+def test_auto_mixed_precision_follows_the_hardware(gpus, cpu_bfloat16, expected):
+    lines = []
+    assert modeling.resolve_mixed_precision("auto", gpus=gpus, cpu_bfloat16=cpu_bfloat16, log=lines.append) == expected
+    assert lines and expected in lines[0]
+
+
+def test_explicit_bfloat16_on_a_cpu_without_it_is_kept_with_a_warning():
+    lines = []
+    policy = modeling.resolve_mixed_precision("mixed_bfloat16", gpus=[], cpu_bfloat16=False, log=lines.append)
+    assert policy == "mixed_bfloat16"
+    assert lines[0].startswith("warning:") and "float32" in lines[0]
+    lines.clear()
+    assert modeling.resolve_mixed_precision("mixed_bfloat16", gpus=[], cpu_bfloat16=True, log=lines.append)
+    assert modeling.resolve_mixed_precision("float32", gpus=[], log=lines.append) == "float32"
+    assert not lines
+
+
+def test_auto_mixed_precision_on_this_machine_trains(data_env, tmp_path):
+    """`auto` through a whole run: the policy the log names is the one the saved model's layers carry."""
+    import keras
+
+    lines = []
+    config = experiment_lib.load_experiment(
+        "tiny", [*data_env, "train.mixed_precision=auto", "train.epochs=1", "export.enabled=false"]
+    )
+    train.train(config, run_dir=tmp_path / "run", log=lines.append)
+    chosen = next(line for line in lines if line.startswith("train.mixed_precision auto:")).split()[2]
+    expected = "mixed_bfloat16" if modeling.cpu_has_bfloat16() else "float32"
+    assert chosen == expected
+    model = keras.saving.load_model(tmp_path / "run" / "checkpoints" / "best.keras", compile=False)
+    assert {layer.dtype_policy.name for layer in model.layers if layer.weights} == {expected}
+
+
 @pytest.fixture
 def photo_files(tmp_path):
     from PIL import Image
