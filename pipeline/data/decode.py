@@ -25,6 +25,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from pipeline.data import image_header
+
 ORIENTATION_TAG = 0x0112
 _MAX_JPEG_MARKERS = 32  # segments scanned before giving up (phones write 2-6 before the image data)
 _MAX_PNG_CHUNKS = 32
@@ -185,10 +187,7 @@ def exif_orientation_of(data: bytes) -> int:
     bytes "Exif\\0\\0" or a PNG without an "eXIf" chunk name anywhere is upright (most photos outside
     phones and cameras), and other formats are not oriented.
     """
-    may_hold_tag = (data[:3] == b"\xff\xd8\xff" and b"Exif\0\0" in data) or (
-        data[:8] == b"\x89PNG\r\n\x1a\n" and b"eXIf" in data
-    )
-    if may_hold_tag:
+    if image_header.may_hold_orientation(data):
         return int(exif_orientation(tf.constant(data)))
     return 1
 

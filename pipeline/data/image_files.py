@@ -19,7 +19,7 @@ from pathlib import Path
 
 from pipeline.core import fileio
 from pipeline.core.fileio import atomic_write_json
-from pipeline.data import image_header, reduced_jpeg
+from pipeline.data import image_header, reduced_jpeg, scan_worker
 
 DECODABLE = {"jpeg": "JPEG", "png": "PNG", "gif": "GIF", "bmp": "BMP", "webp": "WebP"}
 EXTENSIONS = {".jpg": "jpeg", ".jpeg": "jpeg", ".png": "png", ".gif": "gif", ".bmp": "bmp", ".webp": "webp"}
@@ -105,8 +105,6 @@ def check_image(
     """
     import numpy as np
 
-    from pipeline.data import decode
-
     result = ImageCheck(str(path))
     try:
         if os.path.isdir(path):  # find_files lists a link to a folder it does not walk
@@ -149,6 +147,8 @@ def check_image(
     else:
         import tensorflow as tf
 
+        from pipeline.data import decode
+
         try:
             # The decoder of every decode path, before its channel conversion: the native channel count.
             pixels = decode.decode_native(data).numpy()
@@ -157,7 +157,9 @@ def check_image(
             result.reason = f"truncated or corrupt {DECODABLE[kind]} ({message})"
             return result
         result.height, result.width, result.channels = (int(v) for v in pixels.shape)
-    if decode.exif_orientation_of(data) >= 5:
+    # TensorFlow is imported only for files that may carry the tag: scan workers (`scan_worker`) of a plain
+    # JPEG folder never load it.
+    if image_header.may_hold_orientation(data) and _orientation(data) >= 5:
         # The size as displayed (EXIF orientation 5-8); the pixels need not be turned for this check.
         result.height, result.width = result.width, result.height
     if min(result.height, result.width) < min_size:
@@ -177,6 +179,12 @@ def check_image(
             note = f"only {result.colours} colours: may be a placeholder, not a photo"
             result.warning = f"{result.warning}; {note}" if result.warning else note
     return result
+
+
+def _orientation(data: bytes) -> int:
+    from pipeline.data import decode
+
+    return decode.exif_orientation_of(data)
 
 
 def _grey_bmp_palette(data: bytes) -> bool:
@@ -294,12 +302,12 @@ def progress_bar(total: int, description: str, *, unit: str = "file", enabled: b
     return tqdm(total=total, desc=description, file=stream, disable=not (enabled and total > 0), unit=unit, **options)
 
 
-def _cache_key(path: Path) -> list | None:
+def _cache_key(path: os.PathLike) -> list | None:
     """Size, modification time and mode: an edited file (new size or mtime) and a permission fix (new mode)
     are checked again. Not the status-change time nor the inode: `mv`, `cp -a` and `rsync -a` keep size, mtime
     and mode but not those, and a moved or copied dataset should not be decoded again."""
     try:
-        info = path.stat()
+        info = os.stat(path)
         return [info.st_size, info.st_mtime_ns, info.st_mode]
     except OSError:
         return None
@@ -307,13 +315,16 @@ def _cache_key(path: Path) -> list | None:
 
 def _cache_names(paths: list[Path]) -> list[str]:
     """Each path relative to the folder that holds them all, so a dataset moved elsewhere keeps its cache."""
-    absolute = [os.path.abspath(p) for p in paths]  # abspath, not resolve(): resolving a link loop raises
-    if not absolute:
+    texts = [os.fspath(p) for p in paths]
+    if not texts:
         return []
-    common = os.path.commonpath(absolute)
-    if len(absolute) == 1:
-        common = os.path.dirname(common)
-    return [os.path.relpath(p, common) for p in absolute]
+    # abspath, not resolve(): resolving a link loop raises. `find_files` gives normalised absolute paths:
+    # those are kept as they are (abspath and relpath cost 6 s of a 100,000-file folder's cached scan).
+    normal = all(t.startswith(os.sep) and f"{os.sep}." not in t and os.sep * 2 not in t for t in texts)
+    absolute = texts if normal else [os.path.abspath(t) for t in texts]
+    common = os.path.commonpath(absolute) if len(absolute) > 1 else os.path.dirname(absolute[0])
+    prefix = common if common.endswith(os.sep) else common + os.sep
+    return [p[len(prefix) :] for p in absolute]
 
 
 def _cached_result(entry, path: Path, key: list | None) -> ImageCheck | None:
@@ -338,8 +349,10 @@ def scan_images(
     description: str = "checking images",
     max_pixels: int = image_header.DEFAULT_MAX_PIXELS,
 ) -> list[ImageCheck]:
-    """Checks many files in parallel threads (libjpeg and TensorFlow's decoders release the GIL). Results
-    come back in input order.
+    """Checks many files in parallel: in a worker process a core (`scan_worker`) when at least
+    `scan_worker.MIN_FILES` need checking, else in threads (libjpeg and TensorFlow's decoders release the
+    GIL; the rest of the check does not). `workers`: threads, and the most processes; 1 checks in this
+    process only. Results come back in input order.
 
     With `cache_dir`, a file is not decoded again while its path relative to the folder holding all
     `paths`, its size, modification time and mode are unchanged (`_cache_key`), so re-scanning a clean
@@ -347,7 +360,7 @@ def scan_images(
     (`cp -a`, `rsync -a`); an edited file is checked again. The cache file is named after those relative
     paths and the check's settings. `progress` draws a `progress_bar` on stderr (files actually decoded,
     with rate and time left) headed `description`. `max_pixels` as in `check_image`."""
-    paths = [Path(p) for p in paths]
+    paths = list(paths)  # str or Path, as given: no Path object per file (100,000 of them cost seconds)
     # a new suffix when what a check reports changes
     settings = f"{min_size}:{placeholder_colours}:oriented:{max_pixels}:reduced"
     names = _cache_names(paths)
@@ -370,28 +383,30 @@ def scan_images(
         results[index] = _cached_result(entry, path, keys[index]) if entry is not None else None
         if results[index] is None:
             todo.append(index)
-    # Two threads a core: while one reads a file, another decodes. More only add GIL contention.
-    workers = workers or min(8, (os.cpu_count() or 2) * 2)
+    decoded_any = bool(todo)
+    options = {"min_size": min_size, "placeholder_colours": placeholder_colours, "max_pixels": max_pixels}
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     with progress_bar(len(todo), description, enabled=progress) as bar:
-        pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers)
+        if len(todo) >= scan_worker.MIN_FILES and cores > 1 and workers != 1:
+            # A process a core for large folders (the per-file Python holds the GIL: `scan_worker`); what the
+            # workers leave unanswered is checked by the threads below.
+            answered, left = scan_worker.check_in_processes(
+                [paths[i] for i in todo], options, processes=min(workers or cores, cores), on_chunk=bar.update
+            )
+            for position, result in answered.items():
+                results[todo[position]] = result
+            todo = [todo[position] for position in left]
+        # Two threads a core: while one reads a file, another decodes. More only add GIL contention.
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers or min(8, cores * 2))
         try:
-            futures = {
-                pool.submit(
-                    check_image,
-                    paths[i],
-                    min_size=min_size,
-                    placeholder_colours=placeholder_colours,
-                    max_pixels=max_pixels,
-                ): i
-                for i in todo
-            }
+            futures = {pool.submit(check_image, paths[i], **options): i for i in todo}
             for future in concurrent.futures.as_completed(futures):
                 results[futures[future]] = future.result()
                 bar.update()
         finally:
             # Ctrl-C or SIGTERM: the files not started are dropped (`with pool` would decode them all first).
             pool.shutdown(wait=True, cancel_futures=True)
-    if cache_file is not None and todo:
+    if cache_file is not None and decoded_any:
         entries = {
             name: {"key": key, "result": dataclasses.asdict(result)} for name, key, result in zip(names, keys, results)
         }

@@ -112,3 +112,12 @@ def too_many_pixels(
         f"too many pixels: its header promises {width}x{height} = {width * height / 1e6:,.1f} megapixels, over "
         f"the limit of {max_pixels / 1e6:,.1f} megapixels (a decompression bomb? else raise {key}); not decoded"
     )
+
+
+def may_hold_orientation(data: bytes) -> bool:
+    """False when a file cannot carry an EXIF orientation tag: a JPEG without the bytes "Exif\\0\\0", a PNG
+    without an "eXIf" chunk name anywhere, any other format (most photos outside phones and cameras). The
+    scan then needs no TensorFlow for the orientation (`decode.exif_orientation_of` reads the tag)."""
+    return (data[:3] == b"\xff\xd8\xff" and b"Exif\0\0" in data) or (
+        data[:8] == b"\x89PNG\r\n\x1a\n" and b"eXIf" in data
+    )

@@ -241,7 +241,9 @@ def resolve_mixed_precision(setting: str, *, gpus=None, cpu_bfloat16=None, log=p
             log(f"train.mixed_precision auto: {policy} (CPU, {why})")
         else:
             capability = min(gpus)
-            policy = "mixed_bfloat16" if capability >= (8, 0) else "mixed_float16" if capability >= (7, 0) else "float32"
+            policy = (
+                "mixed_bfloat16" if capability >= (8, 0) else "mixed_float16" if capability >= (7, 0) else "float32"
+            )
             log(f"train.mixed_precision auto: {policy} (GPU compute capability {capability[0]}.{capability[1]})")
         return policy
     if setting == "mixed_bfloat16" and on_cpu and not cpu_bfloat16:
