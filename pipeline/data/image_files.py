@@ -181,6 +181,13 @@ def check_image(
     return result
 
 
+def check_fields(path: str, **options) -> dict:
+    """`check_image`'s result as a dict without the path: what a scan worker (`scan_worker`) sends back."""
+    fields = dataclasses.asdict(check_image(path, **options))
+    del fields["path"]
+    return fields
+
+
 def _orientation(data: bytes) -> int:
     from pipeline.data import decode
 
@@ -390,11 +397,15 @@ def scan_images(
         if len(todo) >= scan_worker.MIN_FILES and cores > 1 and workers != 1:
             # A process a core for large folders (the per-file Python holds the GIL: `scan_worker`); what the
             # workers leave unanswered is checked by the threads below.
-            answered, left = scan_worker.check_in_processes(
-                [paths[i] for i in todo], options, processes=min(workers or cores, cores), on_chunk=bar.update
+            answered, left = scan_worker.map_in_processes(
+                f"{__name__}:check_fields",
+                [paths[i] for i in todo],
+                options,
+                processes=min(workers or cores, cores),
+                on_chunk=bar.update,
             )
-            for position, result in answered.items():
-                results[todo[position]] = result
+            for position, fields in answered.items():
+                results[todo[position]] = ImageCheck(path=str(paths[todo[position]]), **fields)
             todo = [todo[position] for position in left]
         # Two threads a core: while one reads a file, another decodes. More only add GIL contention.
         pool = concurrent.futures.ThreadPoolExecutor(max_workers=workers or min(8, cores * 2))

@@ -1,25 +1,26 @@
-"""The pre-training scan in worker processes (issue 24): `image_files.check_image` on chunks of files, in fresh
-interpreters.
+"""The pre-training scan in worker processes (issue 24): a module-level function of ours (for the scan,
+`image_files.check_fields`) applied to chunks of file paths in fresh interpreters.
 
 Why processes: the check's per-file Python (open, sniff, header, Pillow, numpy) holds the GIL, so threads
 in one process keep about one core busy on small files (0.4 ms of Python per 64x48 JPEG: 44 s of a
 100,000-file folder's start). Why not `multiprocessing`: its spawn start imports the caller's `__main__`
 script again in every worker (a user's training script without an `if __name__ == "__main__"` guard would
 start training again there), and fork is unsafe once TensorFlow's threads run. So each worker is started as
-`python -m pipeline.data.scan_worker OPTIONS`, imports only the standard library, numpy and Pillow (TensorFlow
-only if a file needs its decoder), and speaks one JSON line per chunk over its pipes:
+`python -m pipeline.data.scan_worker "module:function" OPTIONS`, imports that function's module (the scan's:
+the standard library, numpy and Pillow; TensorFlow only if a file needs its decoder), and speaks one JSON
+line per chunk over its pipes:
 
-    in:  ["path", ...]                    out: [{ImageCheck fields but path}, ...]  (or {"error": "..."})
+    in:  ["path", ...]                    out: [function(path, **options), ...]  (or {"error": "..."})
 
-A worker ignores SIGINT (the parent, which gets Ctrl-C, ends them all) and exits when its stdin closes, so
-a parent killed with SIGKILL leaves no worker behind. Any chunk a worker cannot answer (it died, it could
-not start, a file raised) is handed back; the caller checks those files itself, so every verdict and every
-error still comes from `check_image`.
+The function is named, not pickled, as pickle names functions too; this module imports none of ours. A
+worker ignores SIGINT (the parent, which gets Ctrl-C, ends them all) and exits when its stdin closes, so a
+parent killed with SIGKILL leaves no worker behind. Any chunk a worker cannot answer (it died, it could not
+start, a file raised) is handed back; the caller checks those files itself, so every verdict and every
+error still comes from the same function.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import queue
@@ -33,8 +34,8 @@ CHUNK = 64  # files per exchange: ~2 ms of JSON and pipe per chunk against 25-75
 MIN_FILES = 2_000  # below this, starting interpreters (~0.2 s each) costs more than it saves
 
 
-def _worker_command(options: dict) -> list[str]:
-    return [sys.executable, "-m", "pipeline.data.scan_worker", json.dumps(options)]
+def _worker_command(function: str, options: dict) -> list[str]:
+    return [sys.executable, "-m", "pipeline.data.scan_worker", function, json.dumps(options)]
 
 
 def _worker_env() -> dict:
@@ -48,20 +49,22 @@ def _worker_env() -> dict:
     return env
 
 
-def check_in_processes(paths: list, options: dict, *, processes: int, on_chunk=None) -> tuple[dict, list[int]]:
-    """`check_image(paths[i], **options)` for every i, in `processes` worker interpreters.
+def map_in_processes(
+    function: str, paths: list, options: dict, *, processes: int, on_chunk=None
+) -> tuple[dict, list[int]]:
+    """`function(paths[i], **options)` for every i, in `processes` worker interpreters.
 
     Args:
+        function: "package.module:name" of a module-level function taking a path (str) and `options`, and
+            returning a JSON-serialisable value.
         paths: file paths (str or Path).
-        options: `check_image`'s keyword arguments (JSON-serialisable).
+        options: the function's keyword arguments (JSON-serialisable).
         processes: worker count (>= 1).
         on_chunk: called with the number of files of each chunk answered (a progress bar's `update`).
     Returns:
-        ({index: ImageCheck} for the files the workers answered, [indices they did not answer]): the
-        caller checks the second list itself.
+        ({index: the function's value (through JSON)} for the files the workers answered, [indices they did
+        not answer]): the caller runs the function on the second list itself.
     """
-    from pipeline.data.image_files import ImageCheck
-
     pending: queue.SimpleQueue = queue.SimpleQueue()
     for start in range(0, len(paths), CHUNK):
         pending.put(list(range(start, min(start + CHUNK, len(paths)))))
@@ -72,7 +75,7 @@ def check_in_processes(paths: list, options: dict, *, processes: int, on_chunk=N
     def drive():
         try:
             worker = subprocess.Popen(
-                _worker_command(options),
+                _worker_command(function, options),
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.DEVNULL,  # a worker's failure shows as the caller's own check of its chunk
@@ -120,8 +123,7 @@ def check_in_processes(paths: list, options: dict, *, processes: int, on_chunk=N
             if answer is None:
                 unanswered.extend(chunk)
                 continue
-            for index, fields in zip(chunk, answer):
-                results[index] = ImageCheck(path=str(paths[index]), **fields)
+            results.update(zip(chunk, answer))
             if on_chunk is not None:
                 on_chunk(len(chunk))
         finished = True
@@ -136,17 +138,15 @@ def check_in_processes(paths: list, options: dict, *, processes: int, on_chunk=N
     return results, unanswered
 
 
-def _serve(options: dict) -> None:
-    from pipeline.data.image_files import check_image
+def _serve(function: str, options: dict) -> None:
+    import importlib
 
+    module, _, name = function.partition(":")
+    apply = getattr(importlib.import_module(module), name)
     for line in sys.stdin.buffer:
         try:
-            answer = []
-            for path in json.loads(line):
-                fields = dataclasses.asdict(check_image(path, **options))
-                del fields["path"]
-                answer.append(fields)
-        except Exception as error:  # noqa: BLE001 - the caller re-checks the chunk itself and sees the error
+            answer = [apply(path, **options) for path in json.loads(line)]
+        except Exception as error:  # noqa: BLE001 - the caller re-runs the chunk itself and sees the error
             answer = {"error": f"{type(error).__name__}: {error}"}
         sys.stdout.write(json.dumps(answer) + "\n")
         sys.stdout.flush()
@@ -154,4 +154,4 @@ def _serve(options: dict) -> None:
 
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.SIG_IGN)
-    _serve(json.loads(sys.argv[1]))
+    _serve(sys.argv[1], json.loads(sys.argv[2]))

@@ -16,6 +16,7 @@ from PIL import Image
 from pipeline.data import image_files, scan_worker
 
 PROJECT = Path(__file__).resolve().parents[2]
+CHECK = "pipeline.data.image_files:check_fields"
 
 
 def _jpeg(seed: int, size=(40, 48)) -> bytes:
@@ -49,8 +50,8 @@ def mixed_folder(tmp_path):
 def test_workers_give_the_in_process_verdicts(mixed_folder, monkeypatch):
     expected = image_files.scan_images(mixed_folder, workers=1)  # threads of this process only
     monkeypatch.setattr(scan_worker, "MIN_FILES", 1)
-    answered, left = scan_worker.check_in_processes(
-        mixed_folder, {"min_size": 8, "placeholder_colours": 64, "max_pixels": 10**8}, processes=2
+    answered, left = scan_worker.map_in_processes(
+        CHECK, mixed_folder, {"min_size": 8, "placeholder_colours": 64, "max_pixels": 10**8}, processes=2
     )
     assert left == [] and len(answered) == len(mixed_folder)  # nothing fell back: the workers did it all
     assert image_files.scan_images(mixed_folder, workers=2) == expected
@@ -65,12 +66,12 @@ def test_workers_give_the_in_process_verdicts(mixed_folder, monkeypatch):
 def test_a_worker_that_cannot_start_or_dies_costs_no_verdict(mixed_folder, monkeypatch):
     expected = image_files.scan_images(mixed_folder, workers=1)
     monkeypatch.setattr(scan_worker, "MIN_FILES", 1)
-    monkeypatch.setattr(scan_worker, "_worker_command", lambda options: ["/nonexistent/python"])
+    monkeypatch.setattr(scan_worker, "_worker_command", lambda *_: ["/nonexistent/python"])
     assert image_files.scan_images(mixed_folder) == expected
     # Workers that answer garbage and exit: every chunk is checked by the caller.
     garbage = "import sys; sys.stdin.buffer.readline(); print('garbage'); sys.exit(3)"
-    monkeypatch.setattr(scan_worker, "_worker_command", lambda options: [sys.executable, "-c", garbage])
-    answered, left = scan_worker.check_in_processes(mixed_folder, {"min_size": 8}, processes=2)
+    monkeypatch.setattr(scan_worker, "_worker_command", lambda *_: [sys.executable, "-c", garbage])
+    answered, left = scan_worker.map_in_processes(CHECK, mixed_folder, {"min_size": 8}, processes=2)
     assert answered == {} and sorted(left) == list(range(len(mixed_folder)))
     assert image_files.scan_images(mixed_folder) == expected
 
@@ -102,7 +103,7 @@ def test_a_worker_checks_plain_jpegs_without_tensorflow(mixed_folder):
         "import sys, json, io\n"
         "from pipeline.data import scan_worker\n"
         "sys.stdin = io.TextIOWrapper(io.BytesIO(sys.argv[1].encode() + b'\\n'))\n"
-        "scan_worker._serve({})\n"
+        "scan_worker._serve('pipeline.data.image_files:check_fields', {})\n"
         "print('tensorflow' in sys.modules)\n"
     )
     jpegs = [str(path) for path in mixed_folder if path.name.startswith("good_")][:5]
