@@ -153,6 +153,7 @@ def _refuse_download(url, destination, timeout=60.0):
     raise OSError("network unreachable")
 
 
+@pytest.mark.slow  # 7-30 s on a 2-core AVX2 VM: make test must stay under 4 min there
 def test_same_seed_gives_the_same_metrics(data_env, tmp_path):
     overrides = sets(*data_env, "input.augment.width_shift=0.1", "input.augment.horizontal_flip=true", *LEAN_RUN)
     for name in ("a", "b"):
@@ -163,6 +164,7 @@ def test_same_seed_gives_the_same_metrics(data_env, tmp_path):
     assert strip(history_rows(tmp_path / "a")) == strip(history_rows(tmp_path / "b"))
 
 
+@pytest.mark.slow  # 7-30 s on a 2-core AVX2 VM: make test must stay under 4 min there
 def test_resume_continues_the_learning_rate_schedule(data_env, tmp_path, monkeypatch, interrupt_training):
     overrides = [
         *data_env,
@@ -255,6 +257,7 @@ def test_sigkill_mid_run_resumes_to_the_full_epoch_count(synthetic_mirror, tmp_p
     assert not list(run_dir.rglob(".tmp-*"))
 
 
+@pytest.mark.slow  # 7-30 s on a 2-core AVX2 VM: make test must stay under 4 min there
 def test_leftover_temporary_files_from_a_killed_save_do_not_break_resume(data_env, tmp_path, interrupt_training):
     overrides = [*data_env, "train.epochs=3", *LEAN_RUN]
     config = experiment_lib.load_experiment("tiny", overrides)
@@ -366,6 +369,7 @@ def test_unknown_monitor_is_a_config_error(capsys):
     assert "did you mean 'val_accuracy'" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # 7-30 s on a 2-core AVX2 VM: make test must stay under 4 min there
 @pytest.mark.parametrize("policy", ["mixed_bfloat16"])
 def test_mixed_precision_trains_and_serves_float32(data_env, tmp_path, policy):
     overrides = sets(

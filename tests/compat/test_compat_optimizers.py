@@ -106,6 +106,7 @@ def test_keras_file_round_trip_keeps_the_optimizer(tmp_path):
     assert int(loaded.optimizer.iterations) == 1
 
 
+@pytest.mark.slow  # 7-30 s on a 2-core AVX2 VM: make test must stay under 4 min there
 def test_a_fresh_process_loads_a_checkpoint_with_our_optimizer_and_schedule(tmp_path):
     # pipeline.evaluation.evaluate.load_checkpoint imports what a checkpoint's optimizer names (found when
     # `evaluate` of a cifar10_fast run ran in a process that had not imported pipeline.training.optimizers).

@@ -244,6 +244,7 @@ def all_batches(photos: dict, *, source: str, evaluation: bool = True, **options
     return batches
 
 
+@pytest.mark.slow  # 7-30 s on a 2-core AVX2 VM: make test must stay under 4 min there
 def test_shards_and_folder_give_identical_batches(photos):
     folder = all_batches(photos, source="folder")
     shards = all_batches(photos, source="tfrecord")

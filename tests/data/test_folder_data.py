@@ -872,6 +872,7 @@ def test_file_dataset_eval_path_is_deterministic_and_matches_prepare_images(tmp_
         np.testing.assert_allclose(image, expected, atol=1e-4)
 
 
+@pytest.mark.slow  # 7-30 s on a 2-core AVX2 VM: make test must stay under 4 min there
 def test_file_dataset_seeded_training_is_repeatable(tmp_path):
     paths, labels = labelled_files(tmp_path, count=12)
     first = collect(file_dataset(paths, labels, training=True, seed=3))
@@ -888,6 +889,7 @@ def test_file_dataset_seeded_training_is_repeatable(tmp_path):
     assert not np.array_equal(epoch_one[0], epoch_two[0])
 
 
+@pytest.mark.slow  # 7-30 s on a 2-core AVX2 VM: make test must stay under 4 min there
 def test_file_dataset_mixed_sizes_and_channel_layouts(tmp_path):
     paths, labels = labelled_files(tmp_path, count=6)  # RGB PNG, grey PNG, RGBA PNG, RGB JPEG, grey JPEG
     for training in (True, False):

@@ -26,41 +26,57 @@ def _jpeg(seed: int, size=(40, 48)) -> bytes:
     return buffer.getvalue()
 
 
-@pytest.fixture
-def mixed_folder(tmp_path):
-    """Good JPEGs and PNGs, a truncated JPEG, an empty file, an HTML page, a too-small image, a GIF named .jpg,
-    a palette BMP: 150 files, so that several chunks of `CHUNK` files go to the workers."""
-    root = tmp_path / "images"
+def _folder(root: Path, *, decoded_by_tensorflow: bool) -> list[Path]:
+    """130 good JPEGs (several chunks of `CHUNK` files), an empty file, an HTML page, a too-small JPEG, a
+    text file named .png; with `decoded_by_tensorflow`, also what a worker needs TensorFlow's decoders
+    for (a truncated JPEG, a PNG, a GIF named .jpg, a palette BMP), which costs each worker its start-up."""
     root.mkdir()
-    for index in range(140):
+    for index in range(130):
         (root / f"good_{index:03d}.jpg").write_bytes(_jpeg(index))
-    (root / "cut.jpg").write_bytes(_jpeg(900)[:300])
     (root / "empty.jpg").write_bytes(b"")
     (root / "page.jpg").write_bytes(b"<!DOCTYPE html><html><body>404</body></html>")
     (root / "tiny.jpg").write_bytes(_jpeg(901, size=(4, 4)))
-    Image.new("RGB", (30, 20), (200, 10, 10)).save(root / "red.png")
-    Image.new("P", (30, 20)).save(root / "gif.jpg", format="GIF")
-    palette = Image.new("P", (30, 20))
-    palette.putpalette([255, 0, 0] * 256)  # not the grey ramp: refused (its colours would be misread)
-    palette.save(root / "palette.bmp")
     (root / "text.png").write_text("not an image")
+    if decoded_by_tensorflow:
+        (root / "cut.jpg").write_bytes(_jpeg(900)[:300])
+        Image.new("RGB", (30, 20), (200, 10, 10)).save(root / "red.png")
+        Image.new("P", (30, 20)).save(root / "gif.jpg", format="GIF")
+        palette = Image.new("P", (30, 20))
+        palette.putpalette([255, 0, 0] * 256)  # not the grey ramp: refused (its colours would be misread)
+        palette.save(root / "palette.bmp")
     return sorted(root.iterdir())
 
 
-def test_workers_give_the_in_process_verdicts(mixed_folder, monkeypatch):
-    expected = image_files.scan_images(mixed_folder, workers=1)  # threads of this process only
+@pytest.fixture
+def mixed_folder(tmp_path):
+    return _folder(tmp_path / "images", decoded_by_tensorflow=False)
+
+
+def _same_verdicts_in_workers(paths, monkeypatch) -> dict:
+    expected = image_files.scan_images(paths, workers=1)  # threads of this process only
     monkeypatch.setattr(scan_worker, "MIN_FILES", 1)
     answered, left = scan_worker.map_in_processes(
-        CHECK, mixed_folder, {"min_size": 8, "placeholder_colours": 64, "max_pixels": 10**8}, processes=2
+        CHECK, paths, {"min_size": 8, "placeholder_colours": 64, "max_pixels": 10**8}, processes=2
     )
-    assert left == [] and len(answered) == len(mixed_folder)  # nothing fell back: the workers did it all
-    assert image_files.scan_images(mixed_folder, workers=2) == expected
+    assert left == [] and len(answered) == len(paths)  # nothing fell back: the workers did it all
+    assert image_files.scan_images(paths, workers=2) == expected
     reasons = {Path(check.path).name: check.reason for check in expected}
-    assert reasons["cut.jpg"].startswith("truncated or corrupt JPEG")
     assert reasons["empty.jpg"] == "empty file (0 bytes)" and "HTML" in reasons["page.jpg"]
-    assert reasons["tiny.jpg"].startswith("too small") and reasons["red.png"] is None
+    assert reasons["tiny.jpg"].startswith("too small") and reasons["text.png"] == "not an image (text)"
+    return reasons
+
+
+def test_workers_give_the_in_process_verdicts(mixed_folder, monkeypatch):
+    reasons = _same_verdicts_in_workers(mixed_folder, monkeypatch)
+    assert sum(reason is None for reason in reasons.values()) == 130
+
+
+@pytest.mark.slow  # each worker starts TensorFlow for the formats it decodes: 30 s on a 2-core VM
+def test_workers_give_the_in_process_verdicts_on_files_tensorflow_decodes(tmp_path, monkeypatch):
+    reasons = _same_verdicts_in_workers(_folder(tmp_path / "images", decoded_by_tensorflow=True), monkeypatch)
+    assert reasons["cut.jpg"].startswith("truncated or corrupt JPEG") and reasons["red.png"] is None
     assert reasons["palette.bmp"].startswith("unsupported format (palette BMP")
-    assert sum(reason is None for reason in reasons.values()) == 142  # 140 JPEGs, the PNG, the GIF
+    assert sum(reason is None for reason in reasons.values()) == 132  # 130 JPEGs, the PNG, the GIF
 
 
 def test_a_worker_that_cannot_start_or_dies_costs_no_verdict(mixed_folder, monkeypatch):
@@ -93,7 +109,7 @@ def test_a_script_without_a_main_guard_runs_once(mixed_folder, tmp_path):
         env={"PYTHONPATH": str(PROJECT), "PATH": "/usr/bin:/bin"},
     )  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
-    assert done.stdout.split()[-1] == "142" and ran.read_text() == "ran\n"
+    assert done.stdout.split()[-1] == "130" and ran.read_text() == "ran\n"
 
 
 def test_a_worker_checks_plain_jpegs_without_tensorflow(mixed_folder):

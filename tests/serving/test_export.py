@@ -239,6 +239,7 @@ FRESH_PROCESS = textwrap.dedent("""
 """)
 
 
+@pytest.mark.slow  # 7-30 s on a 2-core AVX2 VM: make test must stay under 4 min there
 def test_fresh_process_without_the_project_matches_the_keras_model(
     version_dir, images, expected, class_names, tmp_path
 ):

@@ -111,6 +111,7 @@ def backbone_snapshot(model):
     return {w.path: w.numpy().copy() for w in compat.find_layer(model, "backbone").weights}
 
 
+@pytest.mark.slow  # 7-30 s on a 2-core AVX2 VM: make test must stay under 4 min there
 def test_resume_inside_a_cached_phase_restores_the_optimizer(data_env, tmp_path, monkeypatch, interrupt_training):
     one_phase = (
         "train.phases=[{epochs: 3, trainable: none, cache_features: true, "

@@ -72,6 +72,7 @@ def test_explicit_bfloat16_on_a_cpu_without_it_is_kept_with_a_warning():
     assert not lines
 
 
+@pytest.mark.slow  # 7-30 s on a 2-core AVX2 VM: make test must stay under 4 min there
 def test_auto_mixed_precision_on_this_machine_trains(data_env, tmp_path):
     """`auto` through a whole run: the policy the log names is the one the saved model's layers carry."""
     import keras

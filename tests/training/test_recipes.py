@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from pipeline import experiment as experiment_lib
@@ -46,6 +47,7 @@ def run(tmp_path: Path, name: str, root: Path, *extra: str) -> dict:
     return json.loads((tmp_path / name / "evaluation" / "report.json").read_text())
 
 
+@pytest.mark.slow  # 7-30 s on a 2-core AVX2 VM: make test must stay under 4 min there
 def test_balanced_class_weights_raise_the_minority_recall(tmp_path):
     root = imbalanced_folder(tmp_path / "ds", {"common": 180, "rare": 20})
     plain = run(tmp_path, "plain", root)
@@ -59,6 +61,7 @@ def test_balanced_class_weights_raise_the_minority_recall(tmp_path):
     assert metrics["test"]["balanced_accuracy"] == balanced["balanced_accuracy"]
 
 
+@pytest.mark.slow  # 7-30 s on a 2-core AVX2 VM: make test must stay under 4 min there
 def test_ema_tta_and_batch_layers_train_end_to_end(tmp_path):
     root = imbalanced_folder(tmp_path / "ds", {"dark": 30, "bright": 30})
     report = run(
