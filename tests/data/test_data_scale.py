@@ -211,6 +211,7 @@ def test_auto_picks_memory_at_the_budget_and_streams_one_byte_over(photos, monke
     assert budgets_asked == [7, 7]  # input.cache_budget_mb reaches the budget
 
 
+@pytest.mark.slow  # 5-12 s on a 2-core AVX2 VM: make test must stay under 4 min there
 def test_estimate_bounds_the_cached_bytes(photos, recorded):
     """`estimate_working_bytes` (what `auto` weighs) is at least what is cached, and close to it."""
     for crop in CROP_MODES:

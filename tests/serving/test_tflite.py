@@ -36,6 +36,7 @@ def tiny_model():
     return registry.build_model("tiny", input_shape=(*helpers.IMAGE_SIZE, 3), num_classes=len(helpers.CLASS_NAMES))
 
 
+@pytest.mark.slow  # 5-12 s on a 2-core AVX2 VM: make test must stay under 4 min there
 def test_int8_and_float16_exports(tiny_model, tmp_path):
     from pipeline.data.transform import EvalTransform
     from pipeline.serving import export

@@ -105,6 +105,7 @@ def photo_files(tmp_path):
     return paths, labels
 
 
+@pytest.mark.slow  # 5-12 s on a 2-core AVX2 VM: make test must stay under 4 min there
 @pytest.mark.parametrize("training", [False, True])
 def test_cache_modes_give_identical_batches(photo_files, tmp_path, training):
     """input.cache memory / a file / none: the same images in the same order, augmentation included."""
