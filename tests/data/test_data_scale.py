@@ -135,7 +135,10 @@ def recorded(monkeypatch) -> dict:
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("crop", CROP_MODES)
+# Two crop modes in make test, the others in make test-slow (2-3 s each on a 2-core VM).
+@pytest.mark.parametrize(
+    "crop", [c if c in ("none", "square") else pytest.param(c, marks=pytest.mark.slow) for c in CROP_MODES]
+)
 def test_training_caches_and_shuffles_working_size_images(photos, recorded, crop):
     config = make_config(photos, crop=crop, cache="memory")
     splits = splits_lib.Splits.from_config(config, log=lambda message: None)

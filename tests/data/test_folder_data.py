@@ -853,7 +853,7 @@ def test_file_dataset_training_shapes_and_labels(tmp_path, crop):
     assert sorted(all_labels.tolist()) == sorted(labels.tolist())
 
 
-@pytest.mark.parametrize("crop", ["none", "square", "shorter_side"])
+@pytest.mark.parametrize("crop", ["square", pytest.param("none", marks=pytest.mark.slow), "shorter_side"])
 def test_file_dataset_eval_path_is_deterministic_and_matches_prepare_images(tmp_path, crop):
     paths, labels = labelled_files(tmp_path)
     dataset = file_dataset(paths, labels, training=False, crop=crop, margin=2)
