@@ -316,6 +316,7 @@ def test_evaluate_and_export_commands(tiny_run_copy, capsys):
     assert "not a run directory" in capsys.readouterr().err
 
 
+@pytest.mark.slow  # 3-8 s on a 2-core AVX2 VM: make test must stay under 4 min there
 def test_early_stopping_marks_training_finished(data_env, tmp_path):
     overrides = [
         *data_env,

@@ -73,6 +73,7 @@ def test_balanced_accuracy_matches_scikit_learn_and_skips_absent_classes():
     assert np.isnan(recall[2])
 
 
+@pytest.mark.slow  # 3-8 s on a 2-core AVX2 VM: make test must stay under 4 min there
 def test_balanced_weights_raise_the_minority_recall_on_90_10_data():
     rng = np.random.default_rng(0)
     labels = np.array([0] * 360 + [1] * 40)

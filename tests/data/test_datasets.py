@@ -124,6 +124,7 @@ def test_cifar10_from_the_mirror_is_cached_and_the_cache_is_reused(data_env, mon
         datasets.load_dataset("cifar10", data_dir=str(tmp_path / "fresh_data"))
 
 
+@pytest.mark.slow  # 3-8 s on a 2-core AVX2 VM: make test must stay under 4 min there
 def test_cifar10_cache_of_an_older_decoder_is_rebuilt_or_kept(data_env, monkeypatch, tmp_path, capsys):
     """A cache written before JPEGs were decoded with the accurate IDCT (no cache_version) is rebuilt from
     the mirror; with no source left it is used as it is, with a message naming it."""

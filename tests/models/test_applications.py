@@ -302,6 +302,7 @@ def test_batch_norm_learns_from_scratch_and_stays_frozen_once_trained(tmp_path):
     assert any(not np.array_equal(b[2], a[2]) or not np.array_equal(b[3], a[3]) for b, a in zip(copied, after))
 
 
+@pytest.mark.slow  # 3-8 s on a 2-core AVX2 VM: make test must stay under 4 min there
 def test_files_that_do_not_fit_raise_weights_error(earlier_run, tmp_path):
     with pytest.raises(WeightsError, match="does not fit this model's backbone") as error:
         build(backbone="vgg19", weights=str(earlier_run["keras"]))

@@ -109,6 +109,7 @@ def test_whitening_stem_decorrelates_the_patches():
         fast_resnet.init_whitening(build_model("tiny", input_shape=(24, 24, 3), num_classes=10), images)
 
 
+@pytest.mark.slow  # 3-8 s on a 2-core AVX2 VM: make test must stay under 4 min there
 def test_whiten_option_sets_a_frozen_stem_from_normalised_training_images(data_env, tmp_path):
     from pipeline import experiment as experiment_lib
     from pipeline import run as train
@@ -159,6 +160,7 @@ def test_whiten_option_sets_a_frozen_stem_from_normalised_training_images(data_e
     assert plain.get_layer("cifar10_fast").get_layer("whiten").trainable
 
 
+@pytest.mark.slow  # 3-8 s on a 2-core AVX2 VM: make test must stay under 4 min there
 def test_noise_filled_erasing_with_a_whitening_stem_is_warned_about(data_env):
     from pipeline import experiment as experiment_lib
     from pipeline import run as train

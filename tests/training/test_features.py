@@ -65,6 +65,7 @@ def test_feature_split_refuses_a_trainable_backbone():
         features.FeatureSplit(plain)
 
 
+@pytest.mark.slow  # 3-8 s on a 2-core AVX2 VM: make test must stay under 4 min there
 def test_cached_phase_trains_the_head_and_saves_the_full_model(data_env, tmp_path, monkeypatch, interrupt_training):
     config = cached_config(data_env, "input.augment={horizontal_flip: true}")
     fitted = []
@@ -149,6 +150,7 @@ def test_cache_features_needs_a_frozen_backbone(tmp_path, capsys):
     assert "train.phases[0].cache_features" in capsys.readouterr().err and not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow  # 3-8 s on a 2-core AVX2 VM: make test must stay under 4 min there
 def test_a_model_caching_cannot_cut_stops_before_the_run_dir(data_env, tmp_path, monkeypatch, capsys):
     def refuse(model):
         raise phases.PhaseError("cache_features: layer 'backbone' is called 2 times in 'tiny'")
