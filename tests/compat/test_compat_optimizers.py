@@ -67,6 +67,7 @@ def test_weight_decay_of_norm_biases_keeps_the_plain_rate():
     np.testing.assert_allclose(scaled_wd[beta] - scaled[beta], decay, rtol=1e-4)
 
 
+@pytest.mark.slow  # 3-4 s on a 2-core AVX2 VM: make test must stay under 4 min there
 def test_adaptive_optimizers_scale_the_rate_too():
     plain, scaled = _one_step(1.0, name="adam"), _one_step(8.0, name="adam")
     beta = next(path for path in plain if path.endswith("bn/beta"))
@@ -89,6 +90,7 @@ def test_factor_one_is_the_plain_class_and_bad_factors_are_refused():
     )
 
 
+@pytest.mark.slow  # 3-4 s on a 2-core AVX2 VM: make test must stay under 4 min there
 def test_keras_file_round_trip_keeps_the_optimizer(tmp_path):
     model = _net()
     schedule = optim.build_schedule(name="polynomial", learning_rate=0.2, steps_per_epoch=2, epochs=2, warmup_epochs=1)

@@ -159,7 +159,7 @@ def test_training_caches_and_shuffles_working_size_images(photos, recorded, crop
     assert images.shape == (4, *IMAGE_SIZE, 3) and labels.shape == (4, 2)
 
 
-@pytest.mark.parametrize("source", ["folder", "tfrecord"])
+@pytest.mark.parametrize("source", ["folder", pytest.param("tfrecord", marks=pytest.mark.slow)])
 def test_streaming_shuffles_names_or_ids_and_caches_nothing(photos, recorded, source):
     config = make_config(photos, source=source, cache="none")
     splits = splits_lib.Splits.from_config(config, log=lambda message: None)

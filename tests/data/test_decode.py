@@ -222,6 +222,7 @@ def test_garbled_and_truncated_exif_never_raises():
     assert int(_orientation_graph(tf.constant(good[:60]))) == 6  # the headers alone are enough
 
 
+@pytest.mark.slow  # 3-4 s on a 2-core AVX2 VM: make test must stay under 4 min there
 def test_graph_mode_tf_data_and_saved_model(tmp_path):
     files = []
     for orientation in (1, 6, 8):

@@ -422,6 +422,7 @@ def test_imagenet_uses_the_file_keras_finds_in_its_cache(tmp_path, monkeypatch):
     assert_same_arrays(backbone_arrays(model), expected)
 
 
+@pytest.mark.slow  # 3-4 s on a 2-core AVX2 VM: make test must stay under 4 min there
 def test_bn_momentum_replaces_the_backbones_batchnorm_momentum():
     model = build(backbone="mobilenet_v2", bn_momentum=0.9, dense_units=0)
     norms = [
