@@ -97,3 +97,25 @@ def interrupt_training(monkeypatch):
         monkeypatch.setattr(callbacks, "build_callbacks", build)
 
     return arm
+
+
+# The files with the most work (trained-run fixtures, many trainings) are handed out first. `--dist loadfile`
+# gives each xdist worker whole files in collection order, so a heavy file collected late (tests/test_train.py
+# sorts after the folders) kept one worker busy alone at the end while the other core idled.
+HEAVY_FIRST = (
+    "test_train.py",
+    "data/test_folder_data.py",
+    "serving/test_server.py",
+    "data/test_data_scale.py",
+    "models/test_applications.py",
+    "audit/test_label_audit.py",
+    "training/test_features.py",
+    "training/test_phases.py",
+    "tune/test_search.py",
+    "serving/test_export.py",
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: position for position, name in enumerate(HEAVY_FIRST)}
+    items.sort(key=lambda item: rank.get(item.nodeid.split("::")[0].removeprefix("tests/"), len(HEAVY_FIRST)))
