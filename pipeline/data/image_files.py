@@ -159,9 +159,12 @@ def check_image(
         result.height, result.width, result.channels = (int(v) for v in pixels.shape)
     # TensorFlow is imported only for files that may carry the tag: scan workers (`scan_worker`) of a plain
     # JPEG folder never load it.
-    if image_header.may_hold_orientation(data) and _orientation(data) >= 5:
-        # The size as displayed (EXIF orientation 5-8); the pixels need not be turned for this check.
-        result.height, result.width = result.width, result.height
+    if image_header.may_hold_orientation(data):
+        from pipeline.data import decode
+
+        if decode.exif_orientation_of(data) >= 5:
+            # The size as displayed (EXIF orientation 5-8); the pixels need not be turned for this check.
+            result.height, result.width = result.width, result.height
     if min(result.height, result.width) < min_size:
         result.reason = f"too small ({result.width}x{result.height} pixels; the shorter side must be >= {min_size})"
         return result
@@ -186,12 +189,6 @@ def check_fields(path: str, **options) -> dict:
     fields = dataclasses.asdict(check_image(path, **options))
     del fields["path"]
     return fields
-
-
-def _orientation(data: bytes) -> int:
-    from pipeline.data import decode
-
-    return decode.exif_orientation_of(data)
 
 
 def _grey_bmp_palette(data: bytes) -> bool:

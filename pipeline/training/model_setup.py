@@ -194,20 +194,26 @@ def resolve_jit_compile(setting) -> bool:
 BFLOAT16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
-def cpu_has_bfloat16(cpuinfo: str | None = None) -> bool:
-    """True when the CPU has native bfloat16 instructions (`BFLOAT16_CPU_FLAGS`). `cpuinfo`: the text of
-    /proc/cpuinfo (read when None); False where it cannot be read (not Linux), the safe answer."""
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The CPU's feature flags as Linux names them ("avx2", "avx512f", "amx_bf16", ...). `cpuinfo`: the text
+    of /proc/cpuinfo (read when None); an empty set where it cannot be read (not Linux)."""
     if cpuinfo is None:
         try:
             with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
                 cpuinfo = handle.read()
         except OSError:
-            return False
+            return set()
     flags = set()
     for line in cpuinfo.splitlines():
         if line.startswith("flags"):
             flags.update(line.partition(":")[2].split())
-    return any(flag in flags for flag in BFLOAT16_CPU_FLAGS)
+    return flags
+
+
+def cpu_has_bfloat16(cpuinfo: str | None = None) -> bool:
+    """True when the CPU has native bfloat16 instructions (`BFLOAT16_CPU_FLAGS`); False where the flags cannot
+    be read, the safe answer. `cpuinfo` as in `cpu_flags`."""
+    return not cpu_flags(cpuinfo).isdisjoint(BFLOAT16_CPU_FLAGS)
 
 
 def resolve_mixed_precision(setting: str, *, gpus=None, cpu_bfloat16=None, log=print) -> str:
