@@ -151,6 +151,68 @@ def test_cifar10_cache_of_an_older_decoder_is_rebuilt_or_kept(data_env, monkeypa
     assert str(cache) in capsys.readouterr().err
 
 
+def test_cifar10_archive_is_read_in_memory_as_the_folder_reader_reads_it_extracted(synthetic_mirror, tmp_path):
+    """The mirror's cifar10-jpg.tar.gz is decoded from the archive without extracting it: the same images,
+    labels and order as extracting it and reading the class folders; a `./` prefix and hidden files (a
+    macOS tar's `._x.jpg`, `__MACOSX/`) change nothing, as the folder walk skips them too."""
+    import io
+    import tarfile
+
+    archive = synthetic_mirror / "cifar10-jpg.tar.gz"
+    in_memory = datasets._cifar_from_archive(archive)
+    extracted = datasets._cifar_from_folders(datasets.read_folder_tree(datasets.root_folder(archive, str(tmp_path))))
+    for split in ("train", "test"):
+        np.testing.assert_array_equal(in_memory[split][0], extracted[split][0])
+        np.testing.assert_array_equal(in_memory[split][1], extracted[split][1])
+
+    # the same files rewritten in reverse order, under ./ and beside hidden junk
+    repacked = tmp_path / "repacked.tar"
+    with tarfile.open(archive) as source, tarfile.open(repacked, "w") as target:
+        members = [m for m in source.getmembers() if m.isfile()]
+        for member in reversed(members):
+            data = source.extractfile(member).read()
+            folder, _, file = member.name.rpartition("/")
+            for name in (f"./{member.name}", f"__MACOSX/{member.name}", f"{folder}/._{file}"):
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                target.addfile(info, io.BytesIO(data))
+    again = datasets._cifar_from_archive(repacked)
+    for split in ("train", "test"):
+        np.testing.assert_array_equal(again[split][0], in_memory[split][0])
+
+
+def test_cifar10_archive_with_a_broken_member_or_wrong_classes_names_it(tmp_path):
+    import io
+    import tarfile
+
+    from PIL import Image
+
+    def write(path, names):
+        with tarfile.open(path, "w:gz") as archive:
+            for name in names:
+                buffer = io.BytesIO()
+                Image.new("RGB", (32, 32), (200, 10, 10)).save(buffer, format="JPEG")
+                data = b"<html>not a picture</html>" if "broken" in name else buffer.getvalue()
+                info = tarfile.TarInfo(name)
+                info.size = len(data)
+                archive.addfile(info, io.BytesIO(data))
+        return path
+
+    everything = [f"cifar10/{split}/{name}/0.jpg" for split in ("train", "test") for name in CIFAR10_CLASSES]
+    broken = write(tmp_path / "broken.tar.gz", [*everything, "cifar10/train/cat/broken.jpg"])
+    with pytest.raises(DatasetError) as raised:
+        datasets._cifar_from_archive(broken)
+    assert str(broken) in str(raised.value) and "train/cat/broken.jpg is not a readable image" in str(raised.value)
+
+    wrong = write(tmp_path / "wrong.tar.gz", [n for n in everything if "/truck/" not in n])
+    with pytest.raises(DatasetError, match="expected train/ and test/ folders with classes") as raised:
+        datasets._cifar_from_archive(wrong)
+    assert str(wrong) in str(raised.value)
+    (tmp_path / "cut.tar.gz").write_bytes(broken.read_bytes()[:200])
+    with pytest.raises(DatasetError, match="cannot read"):
+        datasets._cifar_from_archive(tmp_path / "cut.tar.gz")
+
+
 def test_corrupt_cifar10_cache_is_a_dataset_error(tmp_path):
     cache = tmp_path / "data" / "cifar10" / "cifar10.npz"
     cache.parent.mkdir(parents=True)
