@@ -31,6 +31,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import numpy as np  # noqa: E402
 
+from pipeline.data.cifar_sources import CIFAR10_CLASSES  # noqa: E402
+
 RESULTS_PATH = PROJECT_ROOT / "benchmarks" / "RESULTS.md"
 RESULTS_HEADER = """# Benchmark results
 
@@ -42,7 +44,6 @@ command and the table). Reproduce with `make bench` (or one script:
 whatever else ran on it: compare sections measured on the same machine, and check its load average.
 """
 
-CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 SYNTHETIC_TRAIN = 512  # synthetic CIFAR-10 stand-in: train and test images
 SYNTHETIC_TEST = 128
 

@@ -311,9 +311,12 @@ def _gone(pid: int, within: float) -> bool:
 
 @pytest.mark.parametrize("sent, status", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_launch_stops_its_workers_on_sigterm_as_on_ctrl_c(sent, status):
+    # SIGINT as a terminal delivers it: a test run started in the background (`make test &`) hands its
+    # children SIGINT ignored, and Python then installs no KeyboardInterrupt handler
     launcher = subprocess.Popen(
         [sys.executable, "-c", LAUNCHER, WORKER], cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
         text=True, env=dict(os.environ, PYTHONPATH=str(PROJECT)),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )  # fmt: skip
     lines = []
     workers = _workers_of(launcher, lines)

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from helpers import synthetic_images, write_idx
 
-from pipeline.data import datasets
+from pipeline.data import cifar_sources, datasets
 from pipeline.data import splits as splits_lib
 from pipeline.data.datasets import DatasetError
 
@@ -159,8 +159,8 @@ def test_cifar10_archive_is_read_in_memory_as_the_folder_reader_reads_it_extract
     import tarfile
 
     archive = synthetic_mirror / "cifar10-jpg.tar.gz"
-    in_memory = datasets._cifar_from_archive(archive)
-    extracted = datasets._cifar_from_folders(datasets.read_folder_tree(datasets.root_folder(archive, str(tmp_path))))
+    in_memory = cifar_sources.from_archive(archive)
+    extracted = cifar_sources.from_folders(datasets.read_folder_tree(datasets.root_folder(archive, str(tmp_path))))
     for split in ("train", "test"):
         np.testing.assert_array_equal(in_memory[split][0], extracted[split][0])
         np.testing.assert_array_equal(in_memory[split][1], extracted[split][1])
@@ -176,7 +176,7 @@ def test_cifar10_archive_is_read_in_memory_as_the_folder_reader_reads_it_extract
                 info = tarfile.TarInfo(name)
                 info.size = len(data)
                 target.addfile(info, io.BytesIO(data))
-    again = datasets._cifar_from_archive(repacked)
+    again = cifar_sources.from_archive(repacked)
     for split in ("train", "test"):
         np.testing.assert_array_equal(again[split][0], in_memory[split][0])
 
@@ -201,16 +201,16 @@ def test_cifar10_archive_with_a_broken_member_or_wrong_classes_names_it(tmp_path
     everything = [f"cifar10/{split}/{name}/0.jpg" for split in ("train", "test") for name in CIFAR10_CLASSES]
     broken = write(tmp_path / "broken.tar.gz", [*everything, "cifar10/train/cat/broken.jpg"])
     with pytest.raises(DatasetError) as raised:
-        datasets._cifar_from_archive(broken)
+        cifar_sources.from_archive(broken)
     assert str(broken) in str(raised.value) and "train/cat/broken.jpg is not a readable image" in str(raised.value)
 
     wrong = write(tmp_path / "wrong.tar.gz", [n for n in everything if "/truck/" not in n])
     with pytest.raises(DatasetError, match="expected train/ and test/ folders with classes") as raised:
-        datasets._cifar_from_archive(wrong)
+        cifar_sources.from_archive(wrong)
     assert str(wrong) in str(raised.value)
     (tmp_path / "cut.tar.gz").write_bytes(broken.read_bytes()[:200])
     with pytest.raises(DatasetError, match="cannot read"):
-        datasets._cifar_from_archive(tmp_path / "cut.tar.gz")
+        cifar_sources.from_archive(tmp_path / "cut.tar.gz")
 
 
 def test_corrupt_cifar10_cache_is_a_dataset_error(tmp_path):
@@ -480,10 +480,10 @@ def test_decode_files_in_parallel_gives_each_files_pixels_and_names_a_bad_one(tm
     for index, array in enumerate(arrays):
         paths.append(str(tmp_path / f"{index}.png"))
         Image.fromarray(array).save(paths[-1])
-    np.testing.assert_array_equal(datasets.decode_files(paths, source="src"), np.stack(arrays))
+    np.testing.assert_array_equal(cifar_sources.decode_files(paths, source="src"), np.stack(arrays))
     (tmp_path / "bad.png").write_bytes(b"<html>not an image</html>")
     with pytest.raises(datasets.DatasetError, match=r"src: .*bad\.png is not a readable image"):
-        datasets.decode_files([*paths, str(tmp_path / "bad.png")], source="src")
+        cifar_sources.decode_files([*paths, str(tmp_path / "bad.png")], source="src")
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "small.png")
     with pytest.raises(datasets.DatasetError, match="images of several sizes"):
-        datasets.decode_files([*paths, str(tmp_path / "small.png")], source="src")
+        cifar_sources.decode_files([*paths, str(tmp_path / "small.png")], source="src")
