@@ -121,8 +121,10 @@ def atomic_write_text(path: os.PathLike, text: str) -> None:
     atomic_write(path, write)
 
 
-def atomic_write_json(path: os.PathLike, data) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2) + "\n")
+def atomic_write_json(path: os.PathLike, data, *, indent: int | None = 2) -> None:
+    """`data` as JSON, indented for people (`indent=None`: one compact line, for large machine-read files)."""
+    text = json.dumps(data, indent=indent) if indent else json.dumps(data, separators=(",", ":"))
+    atomic_write_text(path, text + "\n")
 
 
 def _umask() -> int:
