@@ -165,3 +165,21 @@ def test_thumbnail_samples_as_tensorflow_nearest_resize(shape):
     pixels = np.random.default_rng(1).integers(0, 256, (*shape, 3), dtype=np.uint8)
     expected = tf.image.resize(pixels, (64, 64), method="nearest").numpy()
     np.testing.assert_array_equal(reduced_jpeg.thumbnail(pixels), expected)
+
+
+@pytest.mark.parametrize("shape", [(47, 63), (64, 64), (1, 64), (64, 9), (3, 2)])
+def test_an_image_within_the_thumbnail_has_the_thumbnails_colours(shape):
+    """The check counts a small image's own colours instead of its thumbnail's: nearest-neighbour sampling
+    up to 64x64 takes every pixel of it, so the two sets are equal."""
+    pixels = np.random.default_rng(2).integers(0, 256, (*shape, 3), dtype=np.uint8)
+    own = {tuple(p) for p in pixels.reshape(-1, 3)}
+    assert {tuple(p) for p in reduced_jpeg.thumbnail(pixels).reshape(-1, 3)} == own
+
+
+def test_the_scan_cache_is_one_compact_line_without_paths(tmp_path):
+    paths = write_tree(tmp_path / "photos")
+    results = image_files.scan_images(paths, cache_dir=tmp_path / "cache")
+    (cache_file,) = (tmp_path / "cache").iterdir()
+    text = cache_file.read_text()
+    assert text.count("\n") == 1 and ": " not in text and str(tmp_path) not in text
+    assert all(result.fields() == {k: v for k, v in vars(result).items() if k != "path"} for result in results)
