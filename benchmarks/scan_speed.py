@@ -184,6 +184,26 @@ def scan_rates(paths: list[Path], rounds: int, work: Path) -> dict:
     return rates
 
 
+def decoder_floor(paths: list[Path]) -> float:
+    """CPU ms per file of libjpeg alone at its smallest scale (Pillow `draft` to 1/8, from bytes in memory):
+    the entropy decoding any check that reads every coefficient must do, with no check around it. Medians of
+    3 passes, in this process."""
+    import io
+
+    from PIL import Image
+
+    contents = [path.read_bytes() for path in paths[:400]]
+    passes = []
+    for _ in range(3):
+        cpu = time.process_time()
+        for data in contents:
+            with Image.open(io.BytesIO(data)) as image:
+                image.draft(image.mode, (1, 1))
+                image.load()
+        passes.append(1e3 * (time.process_time() - cpu) / len(contents))
+    return common.median(passes)
+
+
 def _scan(paths: list[Path], *, reduced: bool) -> list:
     """scan_images (uncached), with JPEGs by the reduced-scale decode or, `reduced` False, all by TensorFlow."""
     from pipeline.data import image_files, reduced_jpeg, scan_worker
@@ -318,6 +338,10 @@ def main(argv: list[str] | None = None) -> None:
                 scan_rows.append(
                     [label, common.fmt(rate, 0), common.fmt(cpu, 2), common.fmt(2e3 / cpu, 0), common.fmt(1_281_167 / rate / 60, 1)]
                 )  # fmt: skip
+            floor = decoder_floor(paths)
+            scan_rows.append(
+                ["libjpeg's decode alone at 1/8 scale, no check (the floor)", "", common.fmt(floor, 2), common.fmt(2e3 / floor, 0), ""]
+            )  # fmt: skip
             scan_table = common.markdown_table(
                 ["scan", "files/s", "CPU ms/file", "2 idle cores, files/s", "1.28M files (min)"], scan_rows
             )

@@ -104,6 +104,7 @@ def interrupt_training(monkeypatch):
 # sorts after the folders) kept one worker busy alone at the end while the other core idled.
 HEAVY_FIRST = (
     "test_train.py",
+    "data/test_datasets.py",  # in a fresh clone: the real CIFAR-10 decoded into data/ (35 s on 2 cores)
     "data/test_folder_data.py",
     "serving/test_server.py",
     "data/test_data_scale.py",
