@@ -487,3 +487,26 @@ def test_decode_files_in_parallel_gives_each_files_pixels_and_names_a_bad_one(tm
     Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / "small.png")
     with pytest.raises(datasets.DatasetError, match="images of several sizes"):
         cifar_sources.decode_files([*paths, str(tmp_path / "small.png")], source="src")
+
+
+def test_decode_files_from_bytes_turns_an_exif_rotated_picture_as_displayed():
+    """Bytes in memory are decoded without the orientation read only when none can hold the tag: one
+    rotated JPEG among plain ones comes out as displayed, the plain ones as stored."""
+    import io
+
+    from PIL import Image
+
+    def jpeg(orientation=None):
+        buffer, image = io.BytesIO(), Image.new("RGB", (8, 8), (250, 250, 250))
+        image.paste((10, 10, 10), (0, 0, 8, 2))  # a dark band along the top as stored
+        exif = Image.Exif()
+        if orientation:
+            exif[0x0112] = orientation
+        image.save(buffer, format="JPEG", quality=95, exif=exif.tobytes())
+        return buffer.getvalue()
+
+    plain = cifar_sources.decode_files(["a", "b"], source="src", contents=[jpeg(), jpeg()])
+    assert plain[0][:2].mean() < 60 and plain[0][:, :2].mean() > 60  # band on top: not turned
+    mixed = cifar_sources.decode_files(["a", "c"], source="src", contents=[jpeg(), jpeg(6)])
+    np.testing.assert_array_equal(mixed[0], plain[0])
+    assert mixed[1][:, -2:].mean() < 60 and mixed[1][:2].mean() > 60  # orientation 6: the top band on the right
