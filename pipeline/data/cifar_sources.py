@@ -75,7 +75,7 @@ def _decode_files_one_by_one(paths: list[str], *, source: str, contents: list[by
     return np.stack(images)
 
 
-def check_layout(source, class_names: list[str], splits) -> None:
+def _check_layout(source, class_names: list[str], splits) -> None:
     if class_names != CIFAR10_CLASSES or not {"train", "test"} <= set(splits):
         raise DatasetError(
             f"{source}: expected train/ and test/ folders with classes "
@@ -86,7 +86,7 @@ def check_layout(source, class_names: list[str], splits) -> None:
 
 def from_folders(tree: FileDataset) -> dict:
     """CIFAR-10 as JPEG class folders (the mirror's form), read with the `folder` dataset's reader."""
-    check_layout(tree.root, tree.class_names, tree.splits)
+    _check_layout(tree.root, tree.class_names, tree.splits)
     return {
         split: (decode_files(tree.splits[split][0], source=str(tree.root)), tree.splits[split][1])
         for split in ("train", "test")
@@ -120,7 +120,7 @@ def from_archive(archive: Path) -> dict:
         if len(parts) >= 3 and parts[0] in image_files.SPLIT_NAMES:
             by_split.setdefault(image_files.SPLIT_NAMES[parts[0]], []).append((parts[1:], data))
     train_classes = sorted({parts[0] for parts, _ in by_split.get("train", [])})
-    check_layout(archive, train_classes, by_split)
+    _check_layout(archive, train_classes, by_split)
     splits = {}
     for split in ("train", "test"):
         found = sorted(by_split[split], key=lambda item: item[0])
