@@ -28,6 +28,9 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 if str(PROJECT_ROOT) not in sys.path:
     sys.path.insert(0, str(PROJECT_ROOT))
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from pipeline.core import cpu_kernels  # noqa: E402
+
+cpu_kernels.choose("onednn")  # train.cpu_kernels' default (before TensorFlow is imported)
 
 import numpy as np  # noqa: E402
 
@@ -342,7 +345,8 @@ def build_compiled_model(
     from pipeline.training import phases
 
     keras.utils.set_random_seed(config.seed)
-    keras.mixed_precision.set_dtype_policy(config.train.mixed_precision)
+    precision = modeling.resolve_mixed_precision(config.train.mixed_precision, log=lambda *_: None)  # `auto`
+    keras.mixed_precision.set_dtype_policy(precision)
     try:
         model = modeling.build_model(
             name=config.name,

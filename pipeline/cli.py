@@ -14,7 +14,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from pipeline.core import errors, signals
+from pipeline.core import cpu_kernels, errors, signals
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -164,6 +164,7 @@ def run_command(args) -> int:
         if args.print_config:
             print(config_lib.dump_yaml(config), end="")
             return 0
+        cpu_kernels.choose(config.train.cpu_kernels)  # read by TensorFlow once, at its import
         quiet_tensorflow()
         from pipeline import run as train
 

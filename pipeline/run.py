@@ -18,6 +18,7 @@ import keras
 from pipeline import config as config_lib
 from pipeline.config import Config, rundir
 from pipeline.config.rundir import RunError
+from pipeline.core import cpu_kernels
 from pipeline.data.augmentation import Augmentation
 from pipeline.data.splits import Splits
 from pipeline.distribute import workers
@@ -57,6 +58,7 @@ def _train(config: Config, run_dir: Path, log) -> dict:
     # Data, model and phases first: a missing dataset, an input size the model refuses or a phase naming
     # an unknown layer stops the run before anything is written.
     train = config.train
+    log(cpu_kernels.describe())
     modeling.configure_threads(intra_op=train.intra_op_threads, inter_op=train.inter_op_threads, log=log)
     cluster = workers.Cluster.start(config.distribute.strategy, global_batch=train.batch_size, log=log)
     with cluster.chief_first():  # one archive extraction and image scan; the other workers read the cache

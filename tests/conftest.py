@@ -19,6 +19,10 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(PROJECT_ROOT))
 
+from pipeline.core import cpu_kernels  # noqa: E402
+
+cpu_kernels.choose("onednn")  # train.cpu_kernels' default (before anything imports TensorFlow)
+
 
 def make_mirror(root: Path, *, train_count=300, test_count=100) -> Path:
     """A mirror directory with small synthetic mnist, fashion_mnist (IDX) and cifar10 (JPEG tar)."""

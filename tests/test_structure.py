@@ -24,6 +24,7 @@ TF_FREE = (
     "pipeline.experiment",
     "pipeline.config.rundir",
     "pipeline.core.fileio",
+    "pipeline.core.cpu_kernels",
     "pipeline.data.folders",
     "pipeline.data.datasets",
     "pipeline.cli",

@@ -254,3 +254,12 @@ def test_jpeg_idct_quick(capsys):
     assert jpeg_idct.main(["--repeats", "1", "--size", "64x48"]) == 0
     rows = table_with(capsys.readouterr().out, "IDCT", "DCT scale")
     assert len(rows) == 4 and all(positive(row[next(k for k in row if k.startswith("median"))]) for row in rows)
+
+
+def test_onednn_speed_quick(capsys, results_untouched):
+    from benchmarks import onednn_speed
+
+    onednn_speed.main(["--quick", "--no-record"])
+    rows = table_with(capsys.readouterr().out, "experiment", "train images/s Eigen", "1-image ms Eigen")
+    assert [row["experiment"] for row in rows] == ["mnist_lenet"]
+    assert all(positive(rows[0][column]) for column in ("train images/s Eigen", "1-image ms Eigen", "batch"))
