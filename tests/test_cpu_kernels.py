@@ -63,7 +63,11 @@ def test_an_unknown_setting_is_refused():
 
 @pytest.mark.parametrize(
     ("environ", "said"),
-    [({}, "TensorFlow's choice"), ({"TF_ENABLE_ONEDNN_OPTS": "1"}, "oneDNN"), ({"TF_ENABLE_ONEDNN_OPTS": "0"}, "Eigen")],
+    [
+        ({}, "TensorFlow's choice"),
+        ({"TF_ENABLE_ONEDNN_OPTS": "1"}, "oneDNN"),
+        ({"TF_ENABLE_ONEDNN_OPTS": "0"}, "Eigen"),
+    ],
 )
 def test_the_run_log_says_which(environ, said):
     assert said in cpu_kernels.describe(environ)
