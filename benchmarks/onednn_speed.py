@@ -57,11 +57,10 @@ def _timed(call, *, seconds: float, minimum: int, maximum: int) -> list[float]:
 
 def measure(experiment: str, *, seconds: float) -> dict:
     """One child's figures for `experiment` under whatever TF_ENABLE_ONEDNN_OPTS it was started with."""
-    from benchmarks import common  # sets the variable only where the parent left it unset
-
     import keras
     import numpy as np
 
+    from benchmarks import common  # sets the variable only where the parent left it unset
     from pipeline import experiment as experiment_lib
     from pipeline.inspection import summary
 
