@@ -226,7 +226,9 @@ def main(argv=None) -> None:
     p = sub.add_parser("train", help="train airbench94 on the exported split (anchor venv)")
     p.add_argument("--data", type=Path, required=True)
     p.add_argument("--epochs", type=float, default=9.9)
-    p.add_argument("--precision", choices=["float32", "bfloat16"], default="bfloat16")
+    # auto: as cifar10_fast's `train.mixed_precision: auto` on a CPU: bfloat16 only with native bfloat16
+    # instructions (emulated, it is ~10x slower than float32: RESULTS, "bfloat16 without bfloat16 hardware")
+    p.add_argument("--precision", choices=["auto", "float32", "bfloat16"], default="auto")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path)
     p = sub.add_parser("speed", help="training images/s of the network in PyTorch (anchor venv)")
@@ -238,6 +240,11 @@ def main(argv=None) -> None:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
+    if getattr(args, "precision", None) == "auto":
+        sys.path.insert(0, str(PROJECT))
+        from pipeline.core import cpu_kernels  # no TensorFlow: importable from the anchor's venv
+
+        args.precision = "bfloat16" if cpu_kernels.cpu_has_bfloat16() else "float32"
     if args.command == "export":
         export(args.out, args.experiment)
         return

@@ -60,7 +60,7 @@ def measure(experiment: str, *, seconds: float) -> dict:
     import keras
     import numpy as np
 
-    from benchmarks import common  # sets the variable only where the parent left it unset
+    from benchmarks import common  # the parent set TF_ENABLE_ONEDNN_OPTS in this child's environment
     from pipeline import experiment as experiment_lib
     from pipeline.inspection import summary
 

@@ -15,7 +15,8 @@ inference commands (evaluate, predict, serve) keep TensorFlow's rule. PyTorch us
 TensorFlow reads TF_ENABLE_ONEDNN_OPTS once, when it is imported: `train` sets it from the config after
 parsing it and before importing TensorFlow; its data workers and `launch`'s workers inherit it.
 
-No TensorFlow here.
+Also the CPU's feature flags (`cpu_flags`, `cpu_has_bfloat16`: `train.mixed_precision: auto`'s rule, which the
+anchor benchmark applies in its own virtualenv). No TensorFlow here.
 """
 
 from __future__ import annotations
@@ -62,3 +63,32 @@ def describe(environ=None) -> str:
         return "CPU kernels: TensorFlow's choice (oneDNN on CPUs with AVX512_VNNI, AVX512_BF16 or AMX, else Eigen)"
     kind = "Eigen" if value.strip().lower() in ("0", "false", "off") else "oneDNN"
     return f"CPU kernels: {kind} ({VARIABLE}={value})"
+
+
+# CPU flags (Linux /proc/cpuinfo names) of native bfloat16 arithmetic: AVX-512 BF16 (Cooper Lake, Zen 4 and
+# later) or AMX (Sapphire Rapids and later). Without them TensorFlow and PyTorch emulate bfloat16 through
+# float32, far slower than float32 itself: cifar10_fast 8 vs 86 images/s on an AVX2 EPYC (2 cores),
+# against 500 vs 458 with AMX (benchmarks/RESULTS.md, "bfloat16 without bfloat16 hardware").
+BFLOAT16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
+
+
+def cpu_flags(cpuinfo: str | None = None) -> set[str]:
+    """The CPU's feature flags as Linux names them ("avx2", "avx512f", "amx_bf16", ...). `cpuinfo`: the text
+    of /proc/cpuinfo (read when None); an empty set where it cannot be read (not Linux)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
+                cpuinfo = handle.read()
+        except OSError:
+            return set()
+    flags = set()
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags.update(line.partition(":")[2].split())
+    return flags
+
+
+def cpu_has_bfloat16(cpuinfo: str | None = None) -> bool:
+    """True when the CPU has native bfloat16 instructions (`BFLOAT16_CPU_FLAGS`); False where the flags cannot
+    be read, the safe answer. `cpuinfo` as in `cpu_flags`."""
+    return not cpu_flags(cpuinfo).isdisjoint(BFLOAT16_CPU_FLAGS)

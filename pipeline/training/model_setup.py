@@ -13,6 +13,7 @@ import keras
 import models
 from pipeline import config as config_lib
 from pipeline.config import PROJECT_ROOT
+from pipeline.core import cpu_kernels
 from pipeline.data import image_ops as preprocessing
 from pipeline.training import feature_cache as features
 from pipeline.training import optimizers as optim
@@ -187,48 +188,19 @@ def resolve_jit_compile(setting) -> bool:
     return bool(setting)
 
 
-# CPU flags (Linux /proc/cpuinfo names) of native bfloat16 arithmetic: AVX-512 BF16 (Cooper Lake, Zen 4 and
-# later) or AMX (Sapphire Rapids and later). Without them TensorFlow and PyTorch emulate bfloat16 through
-# float32, far slower than float32 itself: cifar10_fast 8 vs 86 images/s on an AVX2 EPYC (2 cores),
-# against 500 vs 458 with AMX (benchmarks/RESULTS.md, "bfloat16 without bfloat16 hardware").
-BFLOAT16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")
-
-
-def cpu_flags(cpuinfo: str | None = None) -> set[str]:
-    """The CPU's feature flags as Linux names them ("avx2", "avx512f", "amx_bf16", ...). `cpuinfo`: the text
-    of /proc/cpuinfo (read when None); an empty set where it cannot be read (not Linux)."""
-    if cpuinfo is None:
-        try:
-            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as handle:
-                cpuinfo = handle.read()
-        except OSError:
-            return set()
-    flags = set()
-    for line in cpuinfo.splitlines():
-        if line.startswith("flags"):
-            flags.update(line.partition(":")[2].split())
-    return flags
-
-
-def cpu_has_bfloat16(cpuinfo: str | None = None) -> bool:
-    """True when the CPU has native bfloat16 instructions (`BFLOAT16_CPU_FLAGS`); False where the flags cannot
-    be read, the safe answer. `cpuinfo` as in `cpu_flags`."""
-    return not cpu_flags(cpuinfo).isdisjoint(BFLOAT16_CPU_FLAGS)
-
-
 def resolve_mixed_precision(setting: str, *, gpus=None, cpu_bfloat16=None, log=print) -> str:
     """`train.mixed_precision` as a Keras dtype policy name.
 
     `auto` picks by hardware, as the Keras mixed-precision guide advises: on a GPU of compute capability
     >= 8.0 `mixed_bfloat16` (float16's speed without loss scaling), 7.x `mixed_float16` (Tensor Cores,
     with Keras' loss scaling), older ones float32; on a CPU `mixed_bfloat16` only with native bfloat16
-    instructions (`cpu_has_bfloat16`), else float32. An explicit `mixed_bfloat16` on a CPU without them
+    instructions (`cpu_kernels.cpu_has_bfloat16`), else float32. An explicit `mixed_bfloat16` on a CPU without them
     is kept, with a warning: it runs emulated, ~10x slower than float32.
 
     Args:
         setting: "auto", "float32", "mixed_bfloat16" or "mixed_float16".
         gpus: [(major, minor) compute capability] of the visible GPUs; looked up through TensorFlow when None.
-        cpu_bfloat16: `cpu_has_bfloat16()` when None.
+        cpu_bfloat16: `cpu_kernels.cpu_has_bfloat16()` when None.
     """
     if gpus is None:
         import tensorflow as tf
@@ -239,11 +211,13 @@ def resolve_mixed_precision(setting: str, *, gpus=None, cpu_bfloat16=None, log=p
         ]
     on_cpu = not gpus
     if on_cpu and cpu_bfloat16 is None and setting in ("auto", "mixed_bfloat16"):
-        cpu_bfloat16 = cpu_has_bfloat16()
+        cpu_bfloat16 = cpu_kernels.cpu_has_bfloat16()
     if setting == "auto":
         if on_cpu:
             policy = "mixed_bfloat16" if cpu_bfloat16 else "float32"
-            why = "native bfloat16 instructions" if cpu_bfloat16 else f"no {' or '.join(BFLOAT16_CPU_FLAGS)}"
+            why = (
+                "native bfloat16 instructions" if cpu_bfloat16 else f"no {' or '.join(cpu_kernels.BFLOAT16_CPU_FLAGS)}"
+            )
             log(f"train.mixed_precision auto: {policy} (CPU, {why})")
         else:
             capability = min(gpus)
@@ -255,7 +229,7 @@ def resolve_mixed_precision(setting: str, *, gpus=None, cpu_bfloat16=None, log=p
     if setting == "mixed_bfloat16" and on_cpu and not cpu_bfloat16:
         log(
             "warning: train.mixed_precision mixed_bfloat16 on a CPU without bfloat16 instructions "
-            f"({' or '.join(BFLOAT16_CPU_FLAGS)}): emulated, about 10x slower than float32; use auto or float32"
+            f"({' or '.join(cpu_kernels.BFLOAT16_CPU_FLAGS)}): emulated, about 10x slower than float32; use auto or float32"
         )
     return setting
 

@@ -218,7 +218,7 @@ def test_onednn_convolutions_still_return_an_empty_batch_unchanged():
     paragraph of its docstring (dropping short batches still keeps every worker at the same step count)."""
     with tf.device("/cpu:0"):
         output = tf.nn.conv2d(tf.zeros((0, 12, 12, 3)), tf.zeros((3, 3, 3, 8)), strides=2, padding="SAME")
-    from pipeline.training.model_setup import cpu_flags
+    from pipeline.core.cpu_kernels import cpu_flags
 
     if tuple(output.shape) == (0, 6, 6, 8) and "avx512f" not in cpu_flags() and cpu_flags():
         # Seen on AVX-512 CPUs (Sapphire Rapids); an AVX2 EPYC takes another oneDNN path and gets it right.

@@ -9,6 +9,7 @@ import pytest
 
 from pipeline import experiment as experiment_lib
 from pipeline import run as train
+from pipeline.core import cpu_kernels
 from pipeline.data import input_pipeline
 from pipeline.data.transform import EvalTransform
 from pipeline.training import model_setup as modeling
@@ -39,10 +40,10 @@ AMX_CPUINFO = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 
 
 
 def test_cpu_bfloat16_is_read_from_the_flags():
-    assert modeling.cpu_has_bfloat16(AVX2_CPUINFO) is False
-    assert modeling.cpu_has_bfloat16(AMX_CPUINFO) is True
-    assert modeling.cpu_has_bfloat16("flags : avx512f avx512_bf16\n") is True  # Zen 4: AVX-512 BF16, no AMX
-    assert modeling.cpu_has_bfloat16("") is False
+    assert cpu_kernels.cpu_has_bfloat16(AVX2_CPUINFO) is False
+    assert cpu_kernels.cpu_has_bfloat16(AMX_CPUINFO) is True
+    assert cpu_kernels.cpu_has_bfloat16("flags : avx512f avx512_bf16\n") is True  # Zen 4: AVX-512 BF16, no AMX
+    assert cpu_kernels.cpu_has_bfloat16("") is False
 
 
 @pytest.mark.parametrize(
@@ -83,7 +84,7 @@ def test_auto_mixed_precision_on_this_machine_trains(data_env, tmp_path):
     )
     train.train(config, run_dir=tmp_path / "run", log=lines.append)
     chosen = next(line for line in lines if line.startswith("train.mixed_precision auto:")).split()[2]
-    expected = "mixed_bfloat16" if modeling.cpu_has_bfloat16() else "float32"
+    expected = "mixed_bfloat16" if cpu_kernels.cpu_has_bfloat16() else "float32"
     assert chosen == expected
     model = keras.saving.load_model(tmp_path / "run" / "checkpoints" / "best.keras", compile=False)
     assert {layer.dtype_policy.name for layer in model.layers if layer.weights} == {expected}
