@@ -13,7 +13,8 @@ MobileNetV2's is slower (0.86x), and one image at a time is no faster: benchmark
 oneDNN's CPU kernels". So only `train` changes the kernels (`train.cpu_kernels`, oneDNN by default); the
 inference commands (evaluate, predict, serve) keep TensorFlow's rule. PyTorch uses oneDNN on every x86 CPU.
 TensorFlow reads TF_ENABLE_ONEDNN_OPTS once, when it is imported: `train` sets it from the config after
-parsing it and before importing TensorFlow; its data workers and `launch`'s workers inherit it.
+parsing it and before importing TensorFlow; its data workers inherit it, and `launch`'s workers,
+`tune`'s trials and `audit`'s folds are `train` processes that choose from their own config.
 
 Also the CPU's feature flags (`cpu_flags`, `cpu_has_bfloat16`: `train.mixed_precision: auto`'s rule, which the
 anchor benchmark applies in its own virtualenv). No TensorFlow here.
